@@ -1,0 +1,1 @@
+"""Actors of the gate and the pure rules they decide with."""

@@ -1,0 +1,259 @@
+"""Audit actor: turns judged requests into hash-chained records, durably, then answers.
+
+Accepts:
+- `Wiring` (from the runtime) -> opens the store file, drains outbox rows a crash left
+  behind into chained records, replies `Started`.
+- `Verdict` (from Router, Presence, Capability, TaskStore) -> buffered; on the next `Flush`
+  all buffered records commit in one transaction, then each gets `Replied` (to the
+  request's `reply_to`) and `Done` (to its channel actor). A reply never precedes its
+  durable record (SPEC §6).
+- `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
+- `Flush` (from itself) -> group commit.
+- `ActorExitRequest` -> final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from actors import gate
+from actors.base import GateActor
+from actors.chain import checkpoint_mac, record_hash
+from actors.log import get_logger
+from actors.schema import connect
+from messages.audit import GENESIS_HASH, AuditRecord
+from messages.outcomes import Outcome
+from messages.protocol import (
+    AuditRead,
+    Done,
+    Flush,
+    InFlight,
+    QueryFailed,
+    ReadAudit,
+    Replied,
+    Settings,
+    Started,
+    Verdict,
+    Wiring,
+)
+from messages.reasons import Reason
+
+AUDIT_COLUMNS = (
+    "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
+    "task_id, run_id, payload_size, replay, prev_hash, hash"
+)
+
+
+def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
+    """The unchained part of a record: who, where, what, and how it was judged.
+
+    Identifiers are stored in safe form: a rejected request may carry anything.
+    """
+    ctx = flight.context
+    actor = gate.derived_actor(ctx) if gate.check_context(ctx) is None else ""
+    return {
+        "workspace": gate.safe_field(ctx.workspace),
+        "channel": gate.safe_field(ctx.channel),
+        "peer_id": gate.safe_field(ctx.peer_id),
+        "actor": gate.safe_field(actor, 300),
+        "request_id": gate.safe_field(ctx.request_id),
+        "action": outcome.action.value,
+        "outcome": "accepted" if outcome.accepted else "rejected",
+        "reason": outcome.reason.value if outcome.reason else None,
+        "task_id": outcome.task_id,
+        "run_id": outcome.run_id,
+        "payload_size": flight.submission.payload_size,
+        "replay": outcome.replay,
+    }
+
+
+def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
+    """Build an AuditRecord from an `AUDIT_COLUMNS` row."""
+    names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
+    values = dict(zip(names, row, strict=True))
+    values["replay"] = bool(values["replay"])
+    return AuditRecord.model_validate(values, strict=False)
+
+
+def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
+    """Every committed record in commit order."""
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
+    return [record_from_row(r) for r in rows]
+
+
+def checkpoint_path(store_path: str) -> str:
+    """Where checkpoints of a store file live: beside it, outside the database."""
+    return store_path + ".checkpoint"
+
+
+class Audit(GateActor):
+    """Owner of the hash chain; the only writer of audit rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+        self.conn: sqlite3.Connection | None = None
+        self.seq = 0
+        self.head = GENESIS_HASH
+        self.pending: list[Verdict] = []
+        self.flush_queued = False
+        self.unchecked = 0
+        self.last_checkpoint = time.monotonic()
+        self.log = get_logger(actor="audit")
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Open the store, load the chain head, drain the outbox; reply Started."""
+        try:
+            self.settings = msg.settings
+            self.conn = connect(msg.settings.store_path, msg.settings.durable)
+            row = self.conn.execute(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if row:
+                self.seq, self.head = int(row[0]), str(row[1])
+            drained = self._drain_outbox()
+            if drained:
+                self.log.warning("audit.outbox_drained", records=drained)
+            self.send(sender, Started(ticket=msg.ticket))
+        except Exception as exc:  # reported to the facade, which raises it to the embedder
+            self.send(sender, Started(ticket=msg.ticket, error=f"audit: {exc!r}"))
+
+    def _drain_outbox(self) -> int:
+        assert self.conn is not None
+        rows = self.conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
+        if not rows:
+            return 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for outbox_id, blob in rows:
+                self._append(json.loads(blob))
+                self.conn.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self._checkpoint(force=True)
+        return len(rows)
+
+    def _append(self, fields: dict[str, Any]) -> None:
+        assert self.conn is not None
+        record = dict(fields, seq=self.seq + 1, at=time.time(), prev_hash=self.head)
+        record["hash"] = record_hash(record)
+        self.conn.execute(
+            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
+            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
+            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
+            record,
+        )
+        self.seq += 1
+        self.head = record["hash"]
+        self.unchecked += 1
+
+    def receiveMsg_Verdict(self, msg: Verdict, sender: Any) -> None:
+        """Buffer the verdict; one Flush commits everything that arrived before it."""
+        self.pending.append(msg)
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.send(self.myAddress, Flush(generation=self.seq))
+
+    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
+        """Group commit: chain and commit every buffered verdict, then answer each."""
+        self.flush_queued = False
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        committed = self._commit(batch)
+        for verdict in batch:
+            outcome = verdict.outcome if committed else _failed(verdict.outcome)
+            self._log_outcome(verdict.flight, outcome)
+            self.send(verdict.flight.reply_to, Replied(ticket=verdict.flight.submission.ticket,
+                                                       outcome=outcome))
+            if verdict.flight.channel_actor is not None:
+                self.send(verdict.flight.channel_actor,
+                          Done(ticket=verdict.flight.submission.ticket))
+        self._checkpoint(force=False)
+
+    def _commit(self, batch: list[Verdict]) -> bool:
+        assert self.conn is not None
+        seq, head, unchecked = self.seq, self.head, self.unchecked
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for verdict in batch:
+                if verdict.outbox_id is not None:
+                    gone = self.conn.execute(
+                        "DELETE FROM outbox WHERE id = ?", (verdict.outbox_id,)
+                    ).rowcount
+                    if gone == 0:
+                        continue  # already chained by a start-up drain: never twice
+                self._append(audit_fields(verdict.flight, verdict.outcome))
+            self.conn.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.seq, self.head, self.unchecked = seq, head, unchecked
+            self.log.error("audit.commit_failed", error=repr(exc), records=len(batch))
+            return False
+
+    def _log_outcome(self, flight: InFlight, outcome: Outcome) -> None:
+        ctx = flight.context
+        self.log.info(
+            "ingress.outcome",
+            peer_id=gate.safe_field(ctx.peer_id),
+            channel=gate.safe_field(ctx.channel),
+            workspace=gate.safe_field(ctx.workspace),
+            request_id=gate.safe_field(ctx.request_id),
+            action=outcome.action.value,
+            outcome="accepted" if outcome.accepted else "rejected",
+            reason=outcome.reason.value if outcome.reason else None,
+        )
+
+    def _checkpoint(self, force: bool) -> None:
+        """Write (seq, head, HMAC) beside the store every N records / T seconds / on exit."""
+        settings = self.settings
+        if settings is None or not settings.audit_key or self.seq == 0:
+            return
+        due = (
+            self.unchecked >= settings.checkpoint_every
+            or time.monotonic() - self.last_checkpoint >= settings.checkpoint_seconds
+        )
+        if not (force or (due and self.unchecked)):
+            return
+        path = checkpoint_path(settings.store_path)
+        mac = checkpoint_mac(bytes.fromhex(settings.audit_key), self.seq, self.head)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"seq": self.seq, "hash": self.head, "mac": mac, "at": time.time()}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.unchecked = 0
+        self.last_checkpoint = time.monotonic()
+
+    def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
+        """Answer with every committed record, in commit order."""
+        try:
+            assert self.conn is not None
+            self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(read_records(self.conn))))
+        except Exception as exc:
+            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """Shutdown: flush what is buffered, write the final checkpoint, close the file."""
+        if self.pending:
+            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+        if self.conn is not None:
+            self._checkpoint(force=True)
+            self.conn.close()
+            self.conn = None
+
+
+def _failed(outcome: Outcome) -> Outcome:
+    return Outcome(
+        request_id=outcome.request_id, action=outcome.action, accepted=False,
+        reason=Reason.TASK_INGRESS_FAILED,
+    )

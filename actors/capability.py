@@ -1,0 +1,62 @@
+"""Capability actor: peer cards per (workspace, channel, peer) and rule 4 (`task.write`).
+
+Accepts:
+- `Wiring` (from the runtime) -> remembers TaskStore and Audit; replies `Started`.
+- `PresenceFlight` (from Presence) -> stores or drops the card, replies `PresenceApplied`
+  to the caller: from then on the channel's requests see the change.
+- `InFlight` (from Presence) -> forwards to TaskStore when the card grants `task.write`
+  (claimed and backed by a non-empty proof), else a `capability_denied` `Verdict` to Audit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors import gate
+from actors.base import GateActor
+from messages.outcomes import Outcome
+from messages.peers import PeerCard
+from messages.protocol import InFlight, PresenceApplied, PresenceFlight, Started, Verdict, Wiring
+from messages.reasons import Reason
+
+
+def card_grants_write(card: PeerCard | None) -> bool:
+    """Rule 4 on a possibly missing card."""
+    return card is not None and gate.grants_write(card.capabilities, card.proof)
+
+
+class Capability(GateActor):
+    """Owner of the current card of every visible peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: Any = None
+        self.audit: Any = None
+        self.cards: dict[tuple[str, str, str], PeerCard] = {}
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Remember neighbours."""
+        self.store, self.audit = msg.store, msg.audit
+        self.send(sender, Started(ticket=msg.ticket))
+
+    def receiveMsg_PresenceFlight(self, msg: PresenceFlight, sender: Any) -> None:
+        """Replace (greet) or drop (leave) the card; the change is now in effect."""
+        change = msg.change
+        key = (change.workspace, change.channel, change.peer_id)
+        if change.card is None:
+            self.cards.pop(key, None)
+        else:
+            self.cards[key] = change.card
+        self.send(msg.reply_to, PresenceApplied(ticket=change.ticket))
+
+    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
+        """Rule 4: does the peer's current card grant `task.write`?"""
+        ctx = msg.context
+        if card_grants_write(self.cards.get((ctx.workspace, ctx.channel, ctx.peer_id))):
+            self.send(self.store, msg)
+            return
+        rejected = Outcome(
+            request_id=ctx.request_id, action=msg.submission.action, accepted=False,
+            reason=Reason.CAPABILITY_DENIED,
+        )
+        self.send(self.audit, Verdict(flight=msg, outcome=rejected))

@@ -1,0 +1,41 @@
+"""structlog set-up shared by every actor process: JSON lines on stderr.
+
+Configured lazily and idempotently because multiprocess actor bases import actor modules
+in fresh processes that never ran the facade's set-up. Level from TASK_INGRESS_LOG_LEVEL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure(level: str | None = None) -> None:
+    """Route structlog to JSON lines on stderr, filtered at `level` (default: env or info)."""
+    global _configured
+    name = (level or os.environ.get("TASK_INGRESS_LOG_LEVEL", "info")).upper()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with `bound` context; configures structlog on first use."""
+    if not _configured and not structlog.is_configured():
+        configure()
+    return structlog.get_logger().bind(**bound)

@@ -1,0 +1,106 @@
+"""Presence actor: who is visible as a remote peer in each (workspace, channel).
+
+Accepts:
+- `Wiring` (from the runtime) -> remembers Capability and Audit; replies `Started`.
+- `PresenceFlight` (from a ChannelIngress, already fenced) -> applies the greet or leave,
+  forwards to Capability (which replies `PresenceApplied`). Going through the same two
+  hops as requests is what orders a card change before the channel's next check.
+- `InFlight` (from a ChannelIngress) -> rule 3: forwards to Capability when the peer is
+  visible, else a `peer_not_found` `Verdict` to Audit.
+- `Sweep` (from the runtime's timer) -> forgets expired peers so memory stays bounded.
+
+Time comes stamped on each message (the runtime owns the injectable clock) and never runs
+backwards here: a later message with an earlier stamp is judged at the latest time seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.base import GateActor
+from actors.log import get_logger
+from messages.outcomes import Outcome
+from messages.protocol import InFlight, PresenceFlight, Settings, Started, Sweep, Verdict, Wiring
+from messages.reasons import Reason
+
+PresenceKey = tuple[str, str, str]
+
+
+def is_visible(last_greet: float | None, now: float, greet_interval: float) -> bool:
+    """Visible from a greet until `2 x greet_interval` has passed (SPEC §3/§5)."""
+    return last_greet is not None and now - last_greet < 2 * greet_interval
+
+
+def is_remote(peer_id: str, local_peer_id: str) -> bool:
+    """Only remote peers write: the daemon's own peer is never admitted through ingress."""
+    return peer_id != local_peer_id
+
+
+def expired_keys(
+    greets: dict[PresenceKey, float], now: float, greet_interval: float
+) -> list[PresenceKey]:
+    """Keys whose last greet is too old to make them visible at `now`."""
+    return [k for k, t in greets.items() if not is_visible(t, now, greet_interval)]
+
+
+class Presence(GateActor):
+    """Owner of last-greet times per (workspace, channel, peer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+        self.capability: Any = None
+        self.audit: Any = None
+        self.greets: dict[PresenceKey, float] = {}
+        self.now = float("-inf")
+        self.log = get_logger(actor="presence")
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Remember settings and neighbours."""
+        self.settings, self.capability, self.audit = msg.settings, msg.capability, msg.audit
+        self.send(sender, Started(ticket=msg.ticket))
+
+    def _advance(self, stamp: float) -> float:
+        self.now = max(self.now, stamp)
+        return self.now
+
+    def receiveMsg_PresenceFlight(self, msg: PresenceFlight, sender: Any) -> None:
+        """Apply a greet (refresh) or leave (forget), then let Capability apply the card."""
+        change = msg.change
+        key = (change.workspace, change.channel, change.peer_id)
+        now = self._advance(change.now)
+        if change.card is None:
+            self.greets.pop(key, None)
+        else:
+            self.greets[key] = now
+        self.log.info(
+            "presence.changed", peer_id=change.peer_id, channel=change.channel,
+            workspace=change.workspace, change="leave" if change.card is None else "greet",
+        )
+        self.send(self.capability, msg)
+
+    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
+        """Rule 3: is the peer visible as a remote peer in this (workspace, channel)?"""
+        assert self.settings is not None
+        ctx = msg.context
+        now = self._advance(msg.submission.now)
+        last = self.greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
+        visible = is_visible(last, now, self.settings.greet_interval) and is_remote(
+            ctx.peer_id, self.settings.local_peer_id
+        )
+        if visible:
+            self.send(self.capability, msg)
+            return
+        rejected = Outcome(
+            request_id=ctx.request_id, action=msg.submission.action, accepted=False,
+            reason=Reason.PEER_NOT_FOUND,
+        )
+        self.send(self.audit, Verdict(flight=msg, outcome=rejected))
+
+    def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
+        """Forget expired peers (their visibility is already gone; this frees memory)."""
+        assert self.settings is not None
+        now = self._advance(msg.now)
+        for key in expired_keys(self.greets, now, self.settings.greet_interval):
+            del self.greets[key]
+            self.log.info("presence.expired", workspace=key[0], channel=key[1], peer_id=key[2])

@@ -1,0 +1,106 @@
+"""SQLite schema of the store file, versioned with `PRAGMA user_version`.
+
+Tasks, runs, accepted requests and the outbox belong to TaskStore; the audit table to
+Audit. Both live in one file so that `audit verify --store PATH` sees everything.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        network_channel TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'open',
+        priority INTEGER,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        version INTEGER NOT NULL DEFAULT 1,
+        locked INTEGER NOT NULL DEFAULT 0,
+        cancel_reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks(task_id),
+        workspace TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'queued',
+        idempotency_key TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (workspace, channel, peer_id, idempotency_key)
+    );
+    CREATE TABLE IF NOT EXISTS accepted_requests (
+        workspace TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        task_id TEXT,
+        run_id TEXT,
+        PRIMARY KEY (workspace, channel, peer_id, request_id)
+    );
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        workspace TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        task_id TEXT,
+        run_id TEXT,
+        payload_size INTEGER NOT NULL,
+        replay INTEGER NOT NULL DEFAULT 0,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    """,
+}
+
+
+def connect(path: str, durable: bool) -> sqlite3.Connection:
+    """Open the store file in WAL mode, autocommit off, and bring the schema up to date.
+
+    `durable` selects synchronous=FULL (a reply means the commit is on disk); throwaway
+    test stores use OFF. The connection belongs to the calling actor's thread/process.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply every migration newer than the file's `user_version`, each atomically."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for version in sorted(v for v in MIGRATIONS if v > current):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # user_version re-read under the write lock: another process may have migrated.
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) < version:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,193 @@
+"""TaskStore actor: the only writer of tasks and runs; store-side checks and writes are atomic.
+
+Accepts:
+- `Wiring` (from the runtime) -> opens the store file; replies `Started`.
+- `InFlight` (from Capability) -> buffered; on `Flush` every buffered request is judged
+  (replay, rules 5-10) and applied in arrival order inside ONE transaction, each under a
+  savepoint, with an outbox row per accepted mutation; after COMMIT each becomes a
+  `Verdict` to Audit. A failed commit turns that batch's acceptances into
+  `task_ingress_failed`, with nothing applied.
+- `GetTask` / `GetRun` / `LockTask` (from the runtime) -> `TaskFound` / `RunFound` / `TaskLocked`.
+- `Flush` (from itself).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from actors import store_ops
+from actors.audit import audit_fields
+from actors.base import GateActor
+from actors.gate import Limits
+from actors.log import get_logger
+from actors.schema import connect
+from messages.outcomes import Outcome
+from messages.protocol import (
+    Flush,
+    GetRun,
+    GetTask,
+    InFlight,
+    LockTask,
+    QueryFailed,
+    RunFound,
+    Settings,
+    Started,
+    TaskFound,
+    TaskLocked,
+    Verdict,
+    Wiring,
+)
+from messages.reasons import Reason
+
+
+class InjectedCommitFailure(sqlite3.OperationalError):
+    """Raised by the fault-injection seam (`Settings.fail_commit_at`) in place of a disk error."""
+
+
+class TaskStore(GateActor):
+    """Owner of the tasks, runs, accepted-request and outbox tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+        self.conn: sqlite3.Connection | None = None
+        self.audit: Any = None
+        self.limits = Limits()
+        self.pending: list[InFlight] = []
+        self.flush_queued = False
+        self.commits = 0
+        self.log = get_logger(actor="task_store")
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Open the store file (in this actor's own process) and remember Audit's address."""
+        try:
+            s = msg.settings
+            self.settings, self.audit = s, msg.audit
+            self.limits = Limits(
+                max_title_chars=s.max_title_chars,
+                max_description_bytes=s.max_description_bytes,
+                max_metadata_entries=s.max_metadata_entries,
+                max_metadata_bytes=s.max_metadata_bytes,
+            )
+            self.conn = connect(s.store_path, s.durable)
+            self.send(sender, Started(ticket=msg.ticket))
+        except Exception as exc:
+            self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
+
+    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
+        """Buffer an admitted request until the Flush behind it."""
+        self.pending.append(msg)
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.send(self.myAddress, Flush(generation=self.commits))
+
+    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
+        """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
+        self.flush_queued = False
+        batch, self.pending = self.pending, []
+        if batch:
+            for verdict in self._apply_batch(batch):
+                self.send(self.audit, verdict)
+
+    def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
+        conn = self.conn
+        assert conn is not None
+        now = time.time()
+        results: list[tuple[InFlight, Outcome, int | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for flight in batch:
+                results.append(self._apply_one(conn, flight, now))
+            self.commits += 1
+            if self.settings and self.commits == self.settings.fail_commit_at:
+                raise InjectedCommitFailure("disk I/O error (injected)")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.log.error(
+                "store.commit_failed", error=repr(exc),
+                request_ids=[f.context.request_id for f in batch],
+            )
+            return [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+        return [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
+
+    def _apply_one(
+        self, conn: sqlite3.Connection, flight: InFlight, now: float
+    ) -> tuple[InFlight, Outcome, int | None]:
+        """One request under a savepoint: a failure undoes it alone, never its neighbours."""
+        request = flight.submission.request
+        assert request is not None
+        conn.execute("SAVEPOINT one")
+        try:
+            outcome = store_ops.judge_and_apply(conn, flight.context, request, self.limits, now)
+            outbox_id = None
+            if outcome.accepted and not outcome.replay:
+                # The outbox row commits with the mutation: a crash before Audit chains it
+                # leaves the row behind, and Audit's start-up drain turns it into the record.
+                cur = conn.execute(
+                    "INSERT INTO outbox (record) VALUES (?)",
+                    (json.dumps(audit_fields(flight, outcome)),),
+                )
+                outbox_id = int(cur.lastrowid or 0)
+            conn.execute("RELEASE one")
+            return flight, outcome, outbox_id
+        except sqlite3.Error:
+            raise  # a database error fails the whole batch: the commit is suspect
+        except Exception as exc:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            self.log.error(
+                "store.request_failed", error=repr(exc), request_id=flight.context.request_id,
+                peer_id=flight.context.peer_id, channel=flight.context.channel,
+            )
+            return flight, _failed(flight), None
+
+    def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
+        """Answer with the task (or None)."""
+        try:
+            assert self.conn is not None
+            task = store_ops.load_task(self.conn, msg.workspace, msg.task_id)
+            self.send(sender, TaskFound(ticket=msg.ticket, task=task))
+        except Exception as exc:
+            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
+        """Answer with the run (or None)."""
+        try:
+            assert self.conn is not None
+            run = store_ops.load_run(self.conn, msg.workspace, msg.run_id)
+            self.send(sender, RunFound(ticket=msg.ticket, run=run))
+        except Exception as exc:
+            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
+        """Operator lock: committed at once (it is not a peer write and is not audited)."""
+        try:
+            assert self.conn is not None
+            self.conn.execute("BEGIN IMMEDIATE")
+            found = store_ops.set_lock(self.conn, msg.workspace, msg.task_id, msg.locked)
+            self.conn.execute("COMMIT")
+            self.send(sender, TaskLocked(ticket=msg.ticket, found=found))
+        except Exception as exc:
+            if self.conn is not None and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """Shutdown: apply what is buffered so nothing admitted is lost, then close."""
+        if self.pending:
+            self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _failed(flight: InFlight) -> Outcome:
+    return Outcome(
+        request_id=flight.context.request_id, action=flight.submission.action, accepted=False,
+        reason=Reason.TASK_INGRESS_FAILED,
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks: the runtime against a lock-based baseline."""

@@ -1,0 +1,31 @@
+"""The audit record (SPEC §6, field names fixed by SPEC §7)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from messages.base import Message
+from messages.reasons import Action, Reason
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditRecord(Message):
+    """One committed outcome in the hash-chained audit log."""
+
+    seq: int = Field(description="1-based position in commit order.")
+    at: float = Field(description="Unix time the record was chained.")
+    workspace: str
+    channel: str
+    peer_id: str
+    actor: str = Field(description="Derived actor 'peer:<peer>/channel:<channel>'.")
+    request_id: str
+    action: Action
+    outcome: str = Field(description="'accepted' or 'rejected'.")
+    reason: Reason | None
+    task_id: str | None
+    run_id: str | None
+    payload_size: int
+    replay: bool = Field(default=False, description="An accepted request ID seen again.")
+    prev_hash: str
+    hash: str

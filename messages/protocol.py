@@ -1,0 +1,208 @@
+"""The internal actor protocol: messages that only actors and the runtime facade exchange.
+
+Flow of one request (one `ask`-equivalent per request; each stage forwards):
+driver -SubmitBatch-> IngressRouter -Submission-> ChannelIngress -InFlight-> Presence
+-InFlight-> Capability -InFlight-> TaskStore -Verdict-> Audit -Replied-> driver, and
+Audit -Done-> ChannelIngress so the channel takes its next message.
+Rejections leave the pipeline early and go straight to Audit as a Verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from messages.audit import AuditRecord
+from messages.base import InternalMessage
+from messages.outcomes import Outcome, Run, Task
+from messages.peers import PeerCard
+from messages.reasons import Action, Reason
+from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+
+
+class Settings(InternalMessage):
+    """Runtime settings every actor needs; plain data so it crosses process boundaries."""
+
+    store_path: str = Field(description="Resolved SQLite file path (never ':memory:').")
+    durable: bool = Field(description="synchronous=FULL when true, OFF for throwaway stores.")
+    local_peer_id: str
+    greet_interval: float
+    tasks_enabled: bool
+    max_title_chars: int = 256
+    max_description_bytes: int = 16 * 1024
+    max_metadata_entries: int = 32
+    max_metadata_bytes: int = 8 * 1024
+    max_batch: int = 256
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 1.0
+    audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
+    fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
+
+
+class Wiring(InternalMessage):
+    """Tells an actor its settings and the addresses of the shared actors; reply `Started`."""
+
+    ticket: int
+    settings: Settings
+    presence: Any = None
+    capability: Any = None
+    store: Any = None
+    audit: Any = None
+
+
+class Started(InternalMessage):
+    """Reply to `Wiring`: the actor is configured (and, for I/O actors, its database is open)."""
+
+    ticket: int
+    error: str = ""
+
+
+class Submission(InternalMessage):
+    """One request handed to the router, stamped by the driver with its clock reading."""
+
+    ticket: int
+    context: IngressContext
+    request: CreateTask | UpdateTask | CancelTask | EnqueueRun | None
+    action: Action
+    payload_size: int
+    now: float
+    preset: Reason | None = Field(default=None, description="Rejection decided before the gate.")
+
+
+class PresenceChange(InternalMessage):
+    """A greet (card given) or leave (card None) for one (workspace, channel, peer)."""
+
+    ticket: int
+    workspace: str
+    channel: str
+    peer_id: str
+    card: PeerCard | None
+    now: float
+
+
+class SubmitBatch(InternalMessage):
+    """Everything the driver found waiting, sent as one message so the store can group-commit."""
+
+    items: tuple[Submission | PresenceChange, ...]
+
+
+class InFlight(InternalMessage):
+    """A submission travelling the gate pipeline with the addresses needed to answer it."""
+
+    submission: Submission
+    context: IngressContext = Field(description="Trimmed, grammar-checked context.")
+    reply_to: Any
+    channel_actor: Any = None
+
+
+class Verdict(InternalMessage):
+    """A judged request on its way to Audit; `outbox_id` marks a committed mutation."""
+
+    flight: InFlight
+    outcome: Outcome
+    outbox_id: int | None = None
+
+
+class Replied(InternalMessage):
+    """Audit's answer to the driver: the outcome of ticket, durable in the audit log."""
+
+    ticket: int
+    outcome: Outcome
+
+
+class Done(InternalMessage):
+    """Audit tells a channel actor that its in-flight request is finished."""
+
+    ticket: int
+
+
+class PresenceApplied(InternalMessage):
+    """A presence change has taken effect for every later request of its channel."""
+
+    ticket: int
+
+
+class Flush(InternalMessage):
+    """Self-message: commit what is buffered. Arrives behind everything already queued."""
+
+    generation: int
+
+
+class Sweep(InternalMessage):
+    """Drop presence entries that expired by `now` (bounded memory)."""
+
+    now: float
+
+
+class GetTask(InternalMessage):
+    """Ask the store for a task; reply `TaskFound`."""
+
+    ticket: int
+    workspace: str
+    task_id: str
+
+
+class TaskFound(InternalMessage):
+    """Reply to GetTask."""
+
+    ticket: int
+    task: Task | None
+
+
+class GetRun(InternalMessage):
+    """Ask the store for a run; reply `RunFound`."""
+
+    ticket: int
+    workspace: str
+    run_id: str
+
+
+class RunFound(InternalMessage):
+    """Reply to GetRun."""
+
+    ticket: int
+    run: Run | None
+
+
+class LockTask(InternalMessage):
+    """Operator command: lock (or unlock) a task against network writes; reply `TaskLocked`."""
+
+    ticket: int
+    workspace: str
+    task_id: str
+    locked: bool
+
+
+class TaskLocked(InternalMessage):
+    """Reply to LockTask: whether the task existed."""
+
+    ticket: int
+    found: bool
+
+
+class ReadAudit(InternalMessage):
+    """Ask Audit for every committed record; reply `AuditRead`."""
+
+    ticket: int
+
+
+class AuditRead(InternalMessage):
+    """Reply to ReadAudit, records in commit order."""
+
+    ticket: int
+    records: tuple[AuditRecord, ...]
+
+
+class QueryFailed(InternalMessage):
+    """Reply to any query that raised; the facade turns it into an exception."""
+
+    ticket: int
+    error: str
+
+
+class PresenceFlight(InternalMessage):
+    """A presence change travelling ChannelIngress -> Presence -> Capability."""
+
+    change: PresenceChange
+    reply_to: Any

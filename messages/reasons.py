@@ -1,0 +1,31 @@
+"""The closed set of rejection reason codes (SPEC §6) and the action names (SPEC §5)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a request was rejected; exactly the codes SPEC §6 lists."""
+
+    CHANNEL_MISMATCH = "channel_mismatch"
+    STALE_CHANNEL = "stale_channel"
+    CAPABILITY_DENIED = "capability_denied"
+    PEER_NOT_FOUND = "peer_not_found"
+    TASK_INGRESS_UNAVAILABLE = "task_ingress_unavailable"
+    TASK_NOT_FOUND = "task_not_found"
+    VALIDATION_FAILED = "validation_failed"
+    PERMISSION_DENIED = "permission_denied"
+    INVALID_REQUEST = "invalid_request"
+    TASK_INGRESS_FAILED = "task_ingress_failed"
+    OVERLOADED = "overloaded"
+
+
+class Action(StrEnum):
+    """Audit action names; `UNKNOWN` marks wire bytes whose kind could not be read."""
+
+    CREATE = "task.create"
+    UPDATE = "task.update"
+    CANCEL = "task.cancel"
+    ENQUEUE = "task.run.enqueue"
+    UNKNOWN = "unknown"

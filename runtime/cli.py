@@ -1,0 +1,38 @@
+"""The `task-ingress` console script (SPEC §9). Each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="task-ingress: the race-free gate for network peers' task writes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root() -> None:
+    """task-ingress: the race-free gate for network peers' task writes."""
+
+
+@app.command()
+def demo(
+    store: str = typer.Option(":memory:", help="SQLite store path (':memory:' = throwaway)."),
+) -> None:
+    """Scripted walkthrough: every action and rejection path, then the audit tail."""
+    from runtime.demo import run_demo
+
+    raise typer.Exit(run_demo(store))
+
+
+# --- command registrations (one line per command module) ---
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""RuntimeConfig: the embedding contract's settings (SPEC §7), with safe defaults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings of one IngressRuntime. The first six fields are SPEC §7's, defaults included.
+
+    Limits may be lowered, never raised above SPEC's defaults (the gate enforces both).
+    """
+
+    store_path: str = ":memory:"
+    actor_base: str = "simpleSystemBase"
+    local_peer_id: str = "local"
+    greet_interval: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    tasks_enabled: bool = True
+    # --- beyond SPEC §7 ---
+    durable: bool = True
+    """synchronous=FULL on file stores: a reply means the write and its audit are on disk."""
+    request_timeout: float = 30.0
+    """Seconds a caller waits for an answer before `IngressTimeout` is raised."""
+    max_in_flight_total: int = 1024
+    """Requests admitted and unanswered, all channels; excess is rejected `overloaded`."""
+    max_in_flight_per_channel: int = 64
+    """Requests admitted and unanswered in one (workspace, channel)."""
+    max_batch: int = 256
+    """Most requests the driver hands to the actors in one message."""
+    audit_key: str | None = None
+    """Hex HMAC key for audit checkpoints; None: env TASK_INGRESS_AUDIT_KEY or a key file."""
+    max_title_chars: int = 256
+    max_description_bytes: int = 16 * 1024
+    max_metadata_entries: int = 32
+    max_metadata_bytes: int = 8 * 1024
+    max_envelope_bytes: int = 64 * 1024
+    fail_commit_at: int = 0
+    """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
+
+    def __post_init__(self) -> None:
+        limits = {
+            "max_title_chars": 256,
+            "max_description_bytes": 16 * 1024,
+            "max_metadata_entries": 32,
+            "max_metadata_bytes": 8 * 1024,
+            "max_envelope_bytes": 64 * 1024,
+        }
+        for name, ceiling in limits.items():
+            value = getattr(self, name)
+            if not 0 < value <= ceiling:
+                raise ValueError(f"{name} must be in 1..{ceiling}, got {value}")
+        if self.greet_interval <= 0:
+            raise ValueError("greet_interval must be positive")
+        if self.max_in_flight_total < 1 or self.max_in_flight_per_channel < 1:
+            raise ValueError("in-flight caps must be at least 1")

@@ -1,0 +1,346 @@
+"""The driver thread: the only thread that touches the Thespian ActorSystem.
+
+Thespian's ActorSystem is not thread-safe (replies go to the wrong thread), so callers
+hand `(message, future)` pairs to a queue; the driver stamps each with the clock, applies
+the in-flight caps, sends everything waiting as ONE `SubmitBatch` (which is what lets the
+store and audit group-commit), then collects replies by ticket and resolves futures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from thespian.actors import ActorSystem, PoisonMessage
+
+from actors import gate
+from actors.audit import Audit
+from actors.capability import Capability
+from actors.log import get_logger
+from actors.presence import Presence
+from actors.router import IngressRouter
+from actors.task_store import TaskStore
+from messages.protocol import (
+    PresenceChange,
+    Settings,
+    Started,
+    Submission,
+    SubmitBatch,
+    Sweep,
+    Wiring,
+)
+from messages.reasons import Reason
+from runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
+
+MULTIPROC_POLL = 0.001
+IDLE_WAIT = 0.05
+SWEEP_EVERY = 1.0
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass
+class Call:
+    """One caller's request to the driver."""
+
+    target: str
+    message: Any
+    future: Future[Any] = field(default_factory=Future)
+    channel: tuple[str, str] | None = None
+    deadline: float = 0.0
+
+
+_STOP = object()
+
+
+def free_port() -> int:
+    """A free loopback TCP port (for Thespian bases that need an admin port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Driver:
+    """Owns the ActorSystem on its own thread; thread-safe `call` for everyone else."""
+
+    def __init__(
+        self,
+        base: str,
+        settings: Settings,
+        clock: Callable[[], float],
+        request_timeout: float,
+        max_total: int,
+        max_per_channel: int,
+    ) -> None:
+        self.base = base
+        self.settings = settings
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self.max_total = max_total
+        self.max_per_channel = max_per_channel
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.tickets = itertools.count(1)
+        self.ready = threading.Event()
+        self.start_error: BaseException | None = None
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="task-ingress-driver", daemon=True)
+        self.addresses: dict[str, Any] = {}
+        self.log = get_logger(component="driver")
+        self.children_before: set[int] = set()
+
+    # ---- caller side -------------------------------------------------------------
+    def start(self) -> None:
+        """Start the actor system and wait until every actor is wired (or raise)."""
+        self.thread.start()
+        self.ready.wait()
+        if self.start_error is not None:
+            self.thread.join(timeout=SHUTDOWN_GRACE)
+            raise RuntimeStartError(str(self.start_error)) from self.start_error
+
+    def next_ticket(self) -> int:
+        """A fresh ticket (itertools.count is atomic under the GIL)."""
+        return next(self.tickets)
+
+    def submit_call(self, target: str, message: Any, channel: tuple[str, str] | None = None
+                    ) -> Future[Any]:
+        """Queue a message for the driver; the future resolves with the actor's reply."""
+        if self.closed.is_set():
+            raise RuntimeClosed("the runtime is closed")
+        call = Call(target=target, message=message, channel=channel)
+        self.inbox.put(call)
+        return call.future
+
+    def wait(self, future: Future[Any]) -> Any:
+        """Block for a reply, converting a timeout into IngressTimeout."""
+        try:
+            return future.result(timeout=self.request_timeout)
+        except TimeoutError as exc:
+            raise IngressTimeout(
+                f"no answer within {self.request_timeout}s; outcome unknown"
+            ) from exc
+
+    def stop(self) -> None:
+        """Refuse new calls, answer those in flight, shut the actor system down."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.inbox.put(_STOP)
+        self.thread.join(timeout=SHUTDOWN_GRACE * 3)
+
+    # ---- driver thread -----------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+            asys = self._start_system()
+        except BaseException as exc:
+            self.start_error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._loop(asys)
+        except BaseException as exc:
+            self.log.error("driver.crashed", error=repr(exc))
+        finally:
+            self.closed.set()
+            self._fail_waiting(RuntimeClosed("the runtime shut down"))
+            self._shutdown(asys)
+
+    def _start_system(self) -> Any:
+        capabilities: dict[str, Any] = {}
+        if self.base in ("multiprocTCPBase", "multiprocUDPBase"):
+            capabilities["Admin Port"] = free_port()
+        asys = ActorSystem(self.base, capabilities, transientUnique=True)
+        try:
+            names = {"audit": Audit, "store": TaskStore, "capability": Capability,
+                     "presence": Presence, "router": IngressRouter}
+            self.addresses = {name: asys.createActor(cls) for name, cls in names.items()}
+            wiring = dict(
+                settings=self.settings, presence=self.addresses["presence"],
+                capability=self.addresses["capability"], store=self.addresses["store"],
+                audit=self.addresses["audit"],
+            )
+            # The store migrates the schema before Audit drains the outbox.
+            for name in ("store", "audit", "capability", "presence", "router"):
+                reply = asys.ask(self.addresses[name], Wiring(ticket=0, **wiring), 60)
+                if not isinstance(reply, Started):
+                    raise RuntimeStartError(f"{name} actor did not start (reply {reply!r})")
+                if reply.error:
+                    raise RuntimeStartError(reply.error)
+        except BaseException:
+            self._shutdown(asys)
+            raise
+        return asys
+
+    def _loop(self, asys: Any) -> None:
+        pending: dict[int, Call] = {}
+        per_channel: Counter[tuple[str, str]] = Counter()
+        stopping_since: float | None = None
+        last_sweep = time.monotonic()
+        simple = self.base == "simpleSystemBase"
+        while True:
+            calls, stop = self._collect(block=not pending and stopping_since is None)
+            if stop and stopping_since is None:
+                stopping_since = time.monotonic()
+            self._dispatch(asys, calls, pending, per_channel)
+            while pending:
+                reply = asys.listen(0.0005 if simple else MULTIPROC_POLL)
+                if reply is None:
+                    break
+                self._resolve(reply, pending, per_channel)
+            now = time.monotonic()
+            self._expire(pending, per_channel, now)
+            if now - last_sweep >= SWEEP_EVERY:
+                last_sweep = now
+                asys.tell(self.addresses["presence"], Sweep(now=self.clock()))
+            if stopping_since is not None and (
+                not pending or now - stopping_since > SHUTDOWN_GRACE
+            ):
+                for call in pending.values():
+                    call.future.set_exception(RuntimeClosed("shut down before an answer"))
+                return
+
+    def _collect(self, block: bool) -> tuple[list[Call], bool]:
+        calls: list[Call] = []
+        stop = False
+        try:
+            item = self.inbox.get(timeout=IDLE_WAIT) if block else self.inbox.get_nowait()
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    calls.append(item)
+                if len(calls) >= self.settings.max_batch:
+                    break
+                item = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
+        return calls, stop
+
+    def _dispatch(
+        self, asys: Any, calls: list[Call], pending: dict[int, Call],
+        per_channel: Counter[tuple[str, str]],
+    ) -> None:
+        batch: list[Submission | PresenceChange] = []
+        deadline = time.monotonic() + self.request_timeout * 2
+        for call in calls:
+            ticket = call.message.ticket
+            call.deadline = deadline
+            pending[ticket] = call
+            msg = call.message
+            if isinstance(msg, Submission):
+                preset = msg.preset
+                if preset is None and call.channel is not None:
+                    if (len(pending) > self.max_total
+                            or per_channel[call.channel] >= self.max_per_channel):
+                        preset = Reason.OVERLOADED
+                    else:
+                        per_channel[call.channel] += 1
+                if preset is not None:
+                    call.channel = None  # not admitted: holds no channel slot
+                batch.append(msg.model_copy(update={"now": self.clock(), "preset": preset}))
+            elif isinstance(msg, PresenceChange):
+                batch.append(msg.model_copy(update={"now": self.clock()}))
+            else:
+                asys.tell(self.addresses[call.target], msg)
+        if batch:
+            asys.tell(self.addresses["router"], SubmitBatch(items=tuple(batch)))
+
+    def _resolve(self, reply: Any, pending: dict[int, Call],
+                 per_channel: Counter[tuple[str, str]]) -> None:
+        if isinstance(reply, PoisonMessage):
+            ticket = getattr(reply.poisonMessage, "ticket", None)
+            call = pending.pop(ticket, None) if isinstance(ticket, int) else None
+            self.log.error("driver.poison_message", ticket=ticket)
+            if call is not None:
+                self._release(call, per_channel)
+                call.future.set_exception(RuntimeError("actor failed on the request"))
+            return
+        ticket = getattr(reply, "ticket", None)
+        call = pending.pop(ticket, None) if isinstance(ticket, int) else None
+        if call is None:
+            self.log.warning("driver.unmatched_reply", reply_type=type(reply).__name__)
+            return
+        self._release(call, per_channel)
+        call.future.set_result(reply)
+
+    def _release(self, call: Call, per_channel: Counter[tuple[str, str]]) -> None:
+        if call.channel is not None:
+            per_channel[call.channel] -= 1
+            if per_channel[call.channel] <= 0:
+                del per_channel[call.channel]
+
+    def _expire(self, pending: dict[int, Call], per_channel: Counter[tuple[str, str]],
+                now: float) -> None:
+        """Free the slot of a request whose answer never came (a lost message)."""
+        late = [t for t, c in pending.items() if c.deadline and now > c.deadline]
+        for ticket in late:
+            call = pending.pop(ticket)
+            self._release(call, per_channel)
+            self.log.error("driver.reply_lost", ticket=ticket)
+            if not call.future.done():
+                call.future.set_exception(IngressTimeout("no reply from the actors"))
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Call) and not item.future.done():
+                item.future.set_exception(exc)
+
+    def _shutdown(self, asys: Any) -> None:
+        """Shut the system down; a watchdog kills actor processes left behind by a hang."""
+        done = threading.Event()
+
+        def _do() -> None:
+            try:
+                asys.shutdown()
+            except Exception as exc:
+                self.log.error("driver.shutdown_failed", error=repr(exc))
+            done.set()
+
+        threading.Thread(target=_do, name="task-ingress-shutdown", daemon=True).start()
+        if not done.wait(SHUTDOWN_GRACE):
+            self.log.error("driver.shutdown_hung")
+        self._reap_children()
+
+    def _reap_children(self) -> None:
+        """Actor processes (forks of this Python) born after start must not outlive us.
+
+        Other children (a nats-server the daemon started, say) are not ours to touch.
+        """
+        me = psutil.Process(os.getpid())
+        try:
+            exe = me.exe()
+            ours = [
+                p for p in me.children(recursive=True)
+                if p.pid not in self.children_before and p.exe() == exe
+            ]
+        except psutil.Error:
+            return
+        _, alive = psutil.wait_procs(ours, timeout=3)
+        for proc in alive:
+            self.log.warning("driver.killing_leftover_actor", pid=proc.pid)
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+
+def channel_key(workspace: str, channel: str) -> tuple[str, str] | None:
+    """The in-flight accounting key of a (normalized) grammatical channel, else None."""
+    if gate.is_channel(workspace) and gate.is_channel(channel):
+        return (workspace, channel)
+    return None

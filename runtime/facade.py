@@ -1,0 +1,293 @@
+"""IngressRuntime: the embedding contract of SPEC §7, safe to call from many threads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from actors import gate
+from actors.log import get_logger
+from messages.audit import AuditRecord
+from messages.codec import decode_envelope, encode_reply
+from messages.outcomes import Outcome, Run, Task
+from messages.peers import PeerCard
+from messages.protocol import (
+    AuditRead,
+    GetRun,
+    GetTask,
+    LockTask,
+    PresenceApplied,
+    PresenceChange,
+    QueryFailed,
+    ReadAudit,
+    Replied,
+    RunFound,
+    Settings,
+    Submission,
+    TaskFound,
+    TaskLocked,
+)
+from messages.reasons import Action, Reason
+from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+from runtime.config import RuntimeConfig
+from runtime.driver import Driver, channel_key
+from runtime.errors import IngressTimeout, RuntimeClosed
+
+_REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
+
+
+def key_path(store_path: str) -> str:
+    """Default location of the audit checkpoint key of a store file."""
+    return store_path + ".key"
+
+
+def load_or_create_key(store_path: str) -> str:
+    """The operator's checkpoint key: env TASK_INGRESS_AUDIT_KEY, else a key file beside
+    the store (created with mode 0600 and a warning the first time)."""
+    env = os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip()
+    if env:
+        return env
+    path = key_path(store_path)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    get_logger(component="runtime").warning(
+        "audit.key_generated", path=path,
+        hint="set TASK_INGRESS_AUDIT_KEY or keep this file away from the store's editors",
+    )
+    return key
+
+
+class IngressRuntime:
+    """The gated write path: greet/leave peers, submit or deliver requests, read results.
+
+    Use as a context manager; leaving it shuts the actor system down and leaves no
+    process behind. Every method may be called from many threads at once.
+    """
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self._tempdir: str | None = None
+        self._driver: Driver | None = None
+        self.store_path = ""
+
+    # ---- lifecycle ---------------------------------------------------------------
+    def __enter__(self) -> IngressRuntime:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the actor system and open the store; raises RuntimeStartError on failure."""
+        if self._driver is not None:
+            raise RuntimeError("runtime already started")
+        cfg = self.config
+        durable = cfg.durable
+        audit_key = ""
+        if cfg.store_path == ":memory:":
+            # Two actors (maybe two processes) share the store, so ":memory:" becomes a
+            # throwaway file that is removed at close.
+            self._tempdir = tempfile.mkdtemp(prefix="task-ingress-")
+            self.store_path = os.path.join(self._tempdir, "store.db")
+            durable = False
+        else:
+            self.store_path = os.path.abspath(cfg.store_path)
+            audit_key = cfg.audit_key or load_or_create_key(self.store_path)
+        settings = Settings(
+            store_path=self.store_path, durable=durable, local_peer_id=cfg.local_peer_id,
+            greet_interval=cfg.greet_interval, tasks_enabled=cfg.tasks_enabled,
+            max_title_chars=cfg.max_title_chars, max_description_bytes=cfg.max_description_bytes,
+            max_metadata_entries=cfg.max_metadata_entries,
+            max_metadata_bytes=cfg.max_metadata_bytes, max_batch=cfg.max_batch,
+            audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
+        )
+        driver = Driver(
+            cfg.actor_base, settings, cfg.clock, cfg.request_timeout,
+            cfg.max_in_flight_total, cfg.max_in_flight_per_channel,
+        )
+        try:
+            driver.start()
+        except BaseException:
+            self._cleanup_tempdir()
+            raise
+        self._driver = driver
+
+    def close(self) -> None:
+        """Answer what is in flight, flush store and audit, stop every actor."""
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            driver.stop()
+        self._cleanup_tempdir()
+
+    def _cleanup_tempdir(self) -> None:
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+    def _running(self) -> Driver:
+        if self._driver is None:
+            raise RuntimeClosed("the runtime is not running")
+        return self._driver
+
+    # ---- presence ----------------------------------------------------------------
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
+        """Make `card.peer_id` visible in (workspace, channel) with this card.
+
+        Returns once the change holds for every later `submit`. Raises ValueError for
+        malformed identifiers (a transport validates greets before calling this).
+        """
+        self._presence(workspace, channel, card.peer_id, card)
+
+    def leave(self, workspace: str, channel: str, peer_id: str) -> None:
+        """Make the peer invisible in (workspace, channel); no later write of it is accepted."""
+        self._presence(workspace, channel, peer_id, None)
+
+    def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
+        ws, ch, peer = workspace.strip(), channel.strip(), peer_id.strip()
+        if not (gate.is_channel(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
+            raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
+        driver = self._running()
+        change = PresenceChange(
+            ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card, now=0.0
+        )
+        reply = driver.wait(driver.submit_call("router", change))
+        if not isinstance(reply, PresenceApplied):
+            raise RuntimeError(f"presence change failed: {reply!r}")
+
+    # ---- requests ----------------------------------------------------------------
+    def submit(self, context: IngressContext, request: Any) -> Outcome:
+        """Judge one request; never raises for a bad request (it gets a rejected Outcome)."""
+        driver = self._running()
+        return self._outcome(driver, driver.submit_call(*self._submission(driver, context,
+                                                                           request)))
+
+    async def asubmit(self, context: IngressContext, request: Any) -> Outcome:
+        """`submit` for event loops: awaits the answer without blocking the loop."""
+        driver = self._running()
+        future = driver.submit_call(*self._submission(driver, context, request))
+        try:
+            reply = await asyncio.wait_for(asyncio.wrap_future(future), driver.request_timeout)
+        except TimeoutError as exc:
+            raise IngressTimeout("no answer in time; outcome unknown") from exc
+        return self._unwrap_outcome(reply)
+
+    def _submission(
+        self, driver: Driver, context: Any, request: Any,
+        preset: Reason | None = None, payload_size: int | None = None,
+    ) -> tuple[str, Submission, tuple[str, str] | None]:
+        if not isinstance(context, IngressContext):
+            context = IngressContext(workspace="", peer_id="", channel="", request_id="")
+        is_request = isinstance(request, _REQUEST_TYPES)
+        action = request.action if is_request else Action.UNKNOWN
+        if payload_size is None:
+            payload_size = _payload_size(request) if is_request else 0
+        sub = Submission(
+            ticket=driver.next_ticket(), context=context,
+            request=request if is_request else None, action=action,
+            payload_size=payload_size, now=0.0, preset=preset,
+        )
+        ctx = gate.normalize_context(context)
+        return "router", sub, channel_key(ctx.workspace, ctx.channel)
+
+    def _outcome(self, driver: Driver, future: Any) -> Outcome:
+        return self._unwrap_outcome(driver.wait(future))
+
+    @staticmethod
+    def _unwrap_outcome(reply: Any) -> Outcome:
+        if not isinstance(reply, Replied):
+            raise RuntimeError(f"unexpected reply {reply!r}")
+        return reply.outcome
+
+    def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
+        """The wire path: any bytes in, a msgpack reply out; identity from the arguments."""
+        decoded = decode_envelope(envelope, self.config.max_envelope_bytes)
+        try:
+            context = IngressContext(
+                workspace=_text(workspace), peer_id=_text(peer_id), channel=_text(channel),
+                request_id=decoded.request_id,
+            )
+            driver = self._running()
+            target, sub, key = self._submission(
+                driver, context, decoded.request, decoded.rejection, decoded.size
+            )
+            if decoded.request is None:
+                sub = sub.model_copy(update={"action": decoded.action})
+            outcome = self._outcome(driver, driver.submit_call(target, sub, key))
+        except RuntimeClosed:
+            outcome = _unanswered(decoded.request_id, decoded.action,
+                                  Reason.TASK_INGRESS_UNAVAILABLE)
+        except Exception as exc:
+            get_logger(component="runtime").error("deliver.failed", error=repr(exc))
+            outcome = _unanswered(decoded.request_id, decoded.action, Reason.TASK_INGRESS_FAILED)
+        return encode_reply(outcome)
+
+    # ---- reads -------------------------------------------------------------------
+    def get_task(self, workspace: str, task_id: str) -> Task | None:
+        """The stored task, or None (also for a task of another workspace)."""
+        if not self.config.tasks_enabled:
+            return None
+        reply = self._query("store", lambda t: GetTask(ticket=t, workspace=workspace,
+                                                       task_id=task_id))
+        assert isinstance(reply, TaskFound)
+        return reply.task
+
+    def get_run(self, workspace: str, run_id: str) -> Run | None:
+        """The stored run, or None."""
+        if not self.config.tasks_enabled:
+            return None
+        reply = self._query("store", lambda t: GetRun(ticket=t, workspace=workspace,
+                                                      run_id=run_id))
+        assert isinstance(reply, RunFound)
+        return reply.run
+
+    def lock_task(self, workspace: str, task_id: str, locked: bool = True) -> bool:
+        """Operator rule: a locked task refuses every network write (`permission_denied`).
+
+        Returns False when no such task exists in the workspace.
+        """
+        reply = self._query("store", lambda t: LockTask(ticket=t, workspace=workspace,
+                                                        task_id=task_id, locked=locked))
+        assert isinstance(reply, TaskLocked)
+        return reply.found
+
+    def audit(self) -> list[AuditRecord]:
+        """Every audit record committed before the call, in commit order."""
+        reply = self._query("audit", lambda t: ReadAudit(ticket=t))
+        assert isinstance(reply, AuditRead)
+        return list(reply.records)
+
+    def _query(self, target: str, build: Any) -> Any:
+        driver = self._running()
+        reply = driver.wait(driver.submit_call(target, build(driver.next_ticket())))
+        if isinstance(reply, QueryFailed):
+            raise RuntimeError(f"{target} query failed: {reply.error}")
+        return reply
+
+
+def _payload_size(request: Any) -> int:
+    return len(msgpack.packb(request.model_dump(exclude_none=True), use_bin_type=True))
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _unanswered(request_id: str, action: Action, reason: Reason) -> Outcome:
+    return Outcome(request_id=gate.safe_field(request_id), action=action, accepted=False,
+                   reason=reason)
