@@ -214,6 +214,19 @@ class IngressRuntime:
             raise RuntimeError(f"unexpected reply {reply!r}")
         return reply.outcome
 
+    def reject(
+        self, context: IngressContext, action: Action, reason: Reason, payload_size: int = 0
+    ) -> Outcome:
+        """Audit and return a rejection decided by a transport (bad signature, bad bytes).
+
+        For transports that judge something the gate cannot see, such as an envelope whose
+        signature fails: the rejection is audited exactly like the gate's own.
+        """
+        driver = self._running()
+        target, sub, key = self._submission(driver, context, None, reason, payload_size)
+        sub = sub.model_copy(update={"action": action})
+        return self._outcome(driver, driver.submit_call(target, sub, key))
+
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
         """The wire path: any bytes in, a msgpack reply out; identity from the arguments."""
         decoded = decode_envelope(envelope, self.config.max_envelope_bytes)
