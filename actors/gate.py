@@ -182,10 +182,12 @@ def check_payload(request: AnyRequest, limits: Limits) -> Reason | None:
 
 def check_version(request: AnyRequest, task: StoredTask) -> Reason | None:
     """Rule 9, store side: an `expected_version` that is not current is a stale write."""
-    if isinstance(request, UpdateTask) and request.expected_version is not None:
-        if request.expected_version != task.version:
-            return Reason.VALIDATION_FAILED
-    return None
+    stale = (
+        isinstance(request, UpdateTask)
+        and request.expected_version is not None
+        and request.expected_version != task.version
+    )
+    return Reason.VALIDATION_FAILED if stale else None
 
 
 def authorize(request: AnyRequest, task: StoredTask) -> Reason | None:

@@ -38,4 +38,6 @@ def get_logger(**bound: Any) -> Any:
     """A structlog logger with `bound` context; configures structlog on first use."""
     if not _configured and not structlog.is_configured():
         configure()
-    return structlog.get_logger().bind(**bound)
+    # A lazy proxy, not .bind(): the configuration is looked up at each call, so tests'
+    # capture_logs() and later level changes reach loggers actors created earlier.
+    return structlog.get_logger(**bound)

@@ -18,4 +18,6 @@ class Message(BaseModel):
 class InternalMessage(BaseModel):
     """Base of actor-protocol messages; may carry Thespian actor addresses."""
 
-    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, strict=True, extra="forbid", arbitrary_types_allowed=True
+    )

@@ -8,6 +8,7 @@ store and audit group-commit), then collects replies by ticket and resolves futu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -332,10 +333,8 @@ class Driver:
         _, alive = psutil.wait_procs(ours, timeout=3)
         for proc in alive:
             self.log.warning("driver.killing_leftover_actor", pid=proc.pid)
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(alive, timeout=5)
 
 

@@ -1,0 +1,80 @@
+"""Shared fixtures: a fake clock, runtimes per actor base, and request helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from messages import IngressContext, PeerCard
+from runtime import IngressRuntime, RuntimeConfig
+
+os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
+
+WRITER = ["task.write"]
+
+
+class FakeClock:
+    """A clock tests move by hand; the runtime reads it through RuntimeConfig.clock."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fresh fake clock at t=1000."""
+    return FakeClock()
+
+
+def writer_card(peer_id: str, proof: str = "signed") -> PeerCard:
+    """A card that grants task.write."""
+    return PeerCard(peer_id=peer_id, capabilities=WRITER, proof=proof)
+
+
+def ctx(request_id: str, peer: str = "peer-a", channel: str = "ops",
+        workspace: str = "ws") -> IngressContext:
+    """An ingress context with sensible defaults."""
+    return IngressContext(workspace=workspace, peer_id=peer, channel=channel,
+                          request_id=request_id)
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def make_runtime(clock: FakeClock) -> Iterator[Callable[..., IngressRuntime]]:
+    """Factory for started runtimes (closed at teardown, with a leaked-process check)."""
+    started: list[IngressRuntime] = []
+    before = _children()
+
+    def factory(**overrides: object) -> IngressRuntime:
+        overrides.setdefault("clock", clock)
+        rt = IngressRuntime(RuntimeConfig(**overrides))  # type: ignore[arg-type]
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield factory
+    for rt in started:
+        rt.close()
+    leaked = _children() - before
+    assert not leaked, f"processes left behind: {leaked}"
+
+
+@pytest.fixture
+def rt(make_runtime: Callable[..., IngressRuntime]) -> IngressRuntime:
+    """A runtime on simpleSystemBase with peer-a (writer) visible in ws/ops."""
+    runtime = make_runtime()
+    runtime.greet("ws", "ops", writer_card("peer-a"))
+    return runtime
