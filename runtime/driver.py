@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from thespian.actors import ActorSystem, PoisonMessage
+from thespian.actors import ActorExitRequest, ActorSystem, PoisonMessage
 
 from actors import gate
 from actors.audit import Audit
@@ -311,6 +311,16 @@ class Driver:
                 self.log.error("driver.shutdown_failed", error=repr(exc))
             done.set()
 
+        # simpleSystemBase's shutdown() does not send ActorExitRequest: send it ourselves so
+        # the store and audit flush and the final checkpoint is written. Router first (its
+        # channel actors go with it), Audit last (it answers what the others hand it).
+        for name in ("router", "presence", "capability", "store", "audit"):
+            address = self.addresses.get(name)
+            if address is not None:
+                try:
+                    asys.tell(address, ActorExitRequest())
+                except Exception as exc:
+                    self.log.error("driver.exit_request_failed", actor=name, error=repr(exc))
         threading.Thread(target=_do, name="task-ingress-shutdown", daemon=True).start()
         if not done.wait(SHUTDOWN_GRACE):
             self.log.error("driver.shutdown_hung")
@@ -322,14 +332,19 @@ class Driver:
         Other children (a nats-server the daemon started, say) are not ours to touch.
         """
         me = psutil.Process(os.getpid())
-        try:
-            exe = me.exe()
-            ours = [
-                p for p in me.children(recursive=True)
-                if p.pid not in self.children_before and p.exe() == exe
-            ]
-        except psutil.Error:
-            return
+        exe = me.exe()
+        ours = []
+        for proc in me.children(recursive=True):
+            if proc.pid in self.children_before:
+                continue
+            try:
+                # Exited actor processes linger as zombies until waited for: reap them too.
+                if proc.status() == psutil.STATUS_ZOMBIE or proc.exe() == exe:
+                    ours.append(proc)
+            except psutil.ZombieProcess:
+                ours.append(proc)
+            except psutil.Error:
+                continue
         _, alive = psutil.wait_procs(ours, timeout=3)
         for proc in alive:
             self.log.warning("driver.killing_leftover_actor", pid=proc.pid)
