@@ -29,6 +29,13 @@ class RuntimeConfig:
     """Requests admitted and unanswered, all channels; excess is rejected `overloaded`."""
     max_in_flight_per_channel: int = 64
     """Requests admitted and unanswered in one (workspace, channel)."""
+    max_in_flight_per_peer: int = 16
+    """Requests admitted and unanswered of one peer in one channel: a flooder cannot fill
+    its channel's slots and starve well-behaved peers."""
+    peer_rate: float = 500.0
+    """Per-peer token-bucket refill, requests/second (by the injected clock); 0 disables."""
+    peer_burst: float = 1000.0
+    """Per-peer token-bucket size: requests a quiet peer may send at once."""
     max_batch: int = 256
     """Most requests the driver hands to the actors in one message."""
     audit_key: str | None = None
@@ -55,5 +62,6 @@ class RuntimeConfig:
                 raise ValueError(f"{name} must be in 1..{ceiling}, got {value}")
         if self.greet_interval <= 0:
             raise ValueError("greet_interval must be positive")
-        if self.max_in_flight_total < 1 or self.max_in_flight_per_channel < 1:
+        if min(self.max_in_flight_total, self.max_in_flight_per_channel,
+               self.max_in_flight_per_peer) < 1:
             raise ValueError("in-flight caps must be at least 1")

@@ -15,7 +15,6 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from messages.protocol import (
     Sweep,
     Wiring,
 )
-from messages.reasons import Reason
+from messages.requests import IngressContext
 from runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
+from runtime.flow import FlowControl, FlowLimits, PeerKey
 
 MULTIPROC_POLL = 0.001
 IDLE_WAIT = 0.05
@@ -56,7 +56,7 @@ class Call:
     target: str
     message: Any
     future: Future[Any] = field(default_factory=Future)
-    channel: tuple[str, str] | None = None
+    peer: PeerKey | None = None
     deadline: float = 0.0
 
 
@@ -79,15 +79,13 @@ class Driver:
         settings: Settings,
         clock: Callable[[], float],
         request_timeout: float,
-        max_total: int,
-        max_per_channel: int,
+        limits: FlowLimits,
     ) -> None:
         self.base = base
         self.settings = settings
         self.clock = clock
         self.request_timeout = request_timeout
-        self.max_total = max_total
-        self.max_per_channel = max_per_channel
+        self.flow = FlowControl(limits)
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.tickets = itertools.count(1)
         self.ready = threading.Event()
@@ -111,12 +109,12 @@ class Driver:
         """A fresh ticket (itertools.count is atomic under the GIL)."""
         return next(self.tickets)
 
-    def submit_call(self, target: str, message: Any, channel: tuple[str, str] | None = None
+    def submit_call(self, target: str, message: Any, peer: PeerKey | None = None
                     ) -> Future[Any]:
         """Queue a message for the driver; the future resolves with the actor's reply."""
         if self.closed.is_set():
             raise RuntimeClosed("the runtime is closed")
-        call = Call(target=target, message=message, channel=channel)
+        call = Call(target=target, message=message, peer=peer)
         self.inbox.put(call)
         return call.future
 
@@ -184,7 +182,6 @@ class Driver:
 
     def _loop(self, asys: Any) -> None:
         pending: dict[int, Call] = {}
-        per_channel: Counter[tuple[str, str]] = Counter()
         stopping_since: float | None = None
         last_sweep = time.monotonic()
         simple = self.base == "simpleSystemBase"
@@ -192,17 +189,19 @@ class Driver:
             calls, stop = self._collect(block=not pending and stopping_since is None)
             if stop and stopping_since is None:
                 stopping_since = time.monotonic()
-            self._dispatch(asys, calls, pending, per_channel)
+            self._dispatch(asys, calls, pending)
             while pending:
                 reply = asys.listen(0.0005 if simple else MULTIPROC_POLL)
                 if reply is None:
                     break
-                self._resolve(reply, pending, per_channel)
+                self._resolve(reply, pending)
             now = time.monotonic()
-            self._expire(pending, per_channel, now)
+            self._expire(pending, now)
             if now - last_sweep >= SWEEP_EVERY:
                 last_sweep = now
-                asys.tell(self.addresses["presence"], Sweep(now=self.clock()))
+                stamp = self.clock()
+                self.flow.sweep(stamp)
+                asys.tell(self.addresses["presence"], Sweep(now=stamp))
             if stopping_since is not None and (
                 not pending or now - stopping_since > SHUTDOWN_GRACE
             ):
@@ -227,10 +226,7 @@ class Driver:
             pass
         return calls, stop
 
-    def _dispatch(
-        self, asys: Any, calls: list[Call], pending: dict[int, Call],
-        per_channel: Counter[tuple[str, str]],
-    ) -> None:
+    def _dispatch(self, asys: Any, calls: list[Call], pending: dict[int, Call]) -> None:
         batch: list[Submission | PresenceChange] = []
         deadline = time.monotonic() + self.request_timeout * 2
         for call in calls:
@@ -239,16 +235,13 @@ class Driver:
             pending[ticket] = call
             msg = call.message
             if isinstance(msg, Submission):
+                now = self.clock()
                 preset = msg.preset
-                if preset is None and call.channel is not None:
-                    if (len(pending) > self.max_total
-                            or per_channel[call.channel] >= self.max_per_channel):
-                        preset = Reason.OVERLOADED
-                    else:
-                        per_channel[call.channel] += 1
+                if preset is None and call.peer is not None:
+                    preset = self.flow.admit(call.peer, now)
                 if preset is not None:
-                    call.channel = None  # not admitted: holds no channel slot
-                batch.append(msg.model_copy(update={"now": self.clock(), "preset": preset}))
+                    call.peer = None  # not admitted: holds no slot
+                batch.append(msg.model_copy(update={"now": now, "preset": preset}))
             elif isinstance(msg, PresenceChange):
                 batch.append(msg.model_copy(update={"now": self.clock()}))
             else:
@@ -256,14 +249,13 @@ class Driver:
         if batch:
             asys.tell(self.addresses["router"], SubmitBatch(items=tuple(batch)))
 
-    def _resolve(self, reply: Any, pending: dict[int, Call],
-                 per_channel: Counter[tuple[str, str]]) -> None:
+    def _resolve(self, reply: Any, pending: dict[int, Call]) -> None:
         if isinstance(reply, PoisonMessage):
             ticket = getattr(reply.poisonMessage, "ticket", None)
             call = pending.pop(ticket, None) if isinstance(ticket, int) else None
             self.log.error("driver.poison_message", ticket=ticket)
             if call is not None:
-                self._release(call, per_channel)
+                self._release(call)
                 call.future.set_exception(RuntimeError("actor failed on the request"))
             return
         ticket = getattr(reply, "ticket", None)
@@ -271,22 +263,20 @@ class Driver:
         if call is None:
             self.log.warning("driver.unmatched_reply", reply_type=type(reply).__name__)
             return
-        self._release(call, per_channel)
+        self._release(call)
         call.future.set_result(reply)
 
-    def _release(self, call: Call, per_channel: Counter[tuple[str, str]]) -> None:
-        if call.channel is not None:
-            per_channel[call.channel] -= 1
-            if per_channel[call.channel] <= 0:
-                del per_channel[call.channel]
+    def _release(self, call: Call) -> None:
+        if call.peer is not None:
+            self.flow.release(call.peer)
+            call.peer = None
 
-    def _expire(self, pending: dict[int, Call], per_channel: Counter[tuple[str, str]],
-                now: float) -> None:
+    def _expire(self, pending: dict[int, Call], now: float) -> None:
         """Free the slot of a request whose answer never came (a lost message)."""
         late = [t for t, c in pending.items() if c.deadline and now > c.deadline]
         for ticket in late:
             call = pending.pop(ticket)
-            self._release(call, per_channel)
+            self._release(call)
             self.log.error("driver.reply_lost", ticket=ticket)
             if not call.future.done():
                 call.future.set_exception(IngressTimeout("no reply from the actors"))
@@ -353,8 +343,9 @@ class Driver:
         psutil.wait_procs(alive, timeout=5)
 
 
-def channel_key(workspace: str, channel: str) -> tuple[str, str] | None:
-    """The in-flight accounting key of a (normalized) grammatical channel, else None."""
-    if gate.is_channel(workspace) and gate.is_channel(channel):
-        return (workspace, channel)
+def peer_key(ctx: IngressContext) -> PeerKey | None:
+    """The admission key of a (normalized) well-formed context; None for one the router
+    rejects anyway (it never reaches a channel, so it holds no slot)."""
+    if gate.check_context(ctx) is None:
+        return (ctx.workspace, ctx.channel, ctx.peer_id)
     return None

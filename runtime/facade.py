@@ -37,8 +37,9 @@ from messages.protocol import (
 from messages.reasons import Action, Reason
 from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
 from runtime.config import RuntimeConfig
-from runtime.driver import Driver, channel_key
+from runtime.driver import Driver, peer_key
 from runtime.errors import IngressTimeout, RuntimeClosed
+from runtime.flow import FlowLimits, PeerKey
 
 _REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 
@@ -117,10 +118,12 @@ class IngressRuntime:
             max_metadata_bytes=cfg.max_metadata_bytes, max_batch=cfg.max_batch,
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
         )
-        driver = Driver(
-            cfg.actor_base, settings, cfg.clock, cfg.request_timeout,
-            cfg.max_in_flight_total, cfg.max_in_flight_per_channel,
+        limits = FlowLimits(
+            max_total=cfg.max_in_flight_total, max_per_channel=cfg.max_in_flight_per_channel,
+            max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
+            peer_burst=cfg.peer_burst,
         )
+        driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits)
         try:
             driver.start()
         except BaseException:
@@ -190,7 +193,7 @@ class IngressRuntime:
     def _submission(
         self, driver: Driver, context: Any, request: Any,
         preset: Reason | None = None, payload_size: int | None = None,
-    ) -> tuple[str, Submission, tuple[str, str] | None]:
+    ) -> tuple[str, Submission, PeerKey | None]:
         if not isinstance(context, IngressContext):
             context = IngressContext(workspace="", peer_id="", channel="", request_id="")
         is_request = isinstance(request, _REQUEST_TYPES)
@@ -202,8 +205,7 @@ class IngressRuntime:
             request=request if is_request else None, action=action,
             payload_size=payload_size, now=0.0, preset=preset,
         )
-        ctx = gate.normalize_context(context)
-        return "router", sub, channel_key(ctx.workspace, ctx.channel)
+        return "router", sub, peer_key(gate.normalize_context(context))
 
     def _outcome(self, driver: Driver, future: Any) -> Outcome:
         return self._unwrap_outcome(driver.wait(future))
