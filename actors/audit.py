@@ -192,7 +192,7 @@ class Audit(GateActor):
                 self._append(audit_fields(verdict.flight, verdict.outcome))
             self.conn.execute("COMMIT")
             return True
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self.seq, self.head, self.unchecked = seq, head, unchecked

@@ -1,4 +1,5 @@
-"""What every actor shares: type dispatch and a loud answer to unknown messages."""
+"""What every actor shares: type dispatch, a loud answer to unknown messages, and the rule
+that a handler failure answers the request instead of hanging it."""
 
 from __future__ import annotations
 
@@ -7,15 +8,49 @@ from typing import Any
 from thespian.actors import ActorTypeDispatcher
 
 from actors.log import get_logger
+from messages.outcomes import Outcome
+from messages.protocol import InFlight, Verdict
+from messages.reasons import Reason
+
+_SYSTEM_MESSAGES = {"ChildActorExited", "ActorExitRequest", "DeadEnvelope", "WakeupMessage",
+                    "PoisonMessage"}
+
+
+def failed_verdict(flight: InFlight) -> Verdict:
+    """The verdict for a request an actor failed on: `task_ingress_failed`, nothing applied."""
+    outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
+                      accepted=False, reason=Reason.TASK_INGRESS_FAILED)
+    return Verdict(flight=flight, outcome=outcome)
 
 
 class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
-    """Base actor: dispatches on message type; logs anything it does not understand."""
+    """Base actor: dispatches on message type and contains handler failures.
+
+    A failing handler is never re-raised: Thespian would re-deliver the message (a second
+    application of a write) and then bounce it as a PoisonMessage nobody answers. Instead a
+    request in flight is handed to Audit as `task_ingress_failed`, and the failure logged.
+    """
+
+    audit: Any = None
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
+        """Dispatch; on failure answer the request (if any) and log with its request ID."""
+        try:
+            return super().receiveMessage(message, sender)
+        except Exception as exc:
+            request_id = message.context.request_id if isinstance(message, InFlight) else None
+            get_logger(actor=type(self).__name__).error(
+                "actor.handler_failed", message_type=type(message).__name__,
+                request_id=request_id, error=repr(exc),
+            )
+            if isinstance(message, InFlight) and self.audit is not None:
+                self.send(self.audit, failed_verdict(message))
+            return None
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Log unknown messages as data; Thespian system messages are ignored quietly."""
         name = type(message).__name__
-        if name in {"ChildActorExited", "ActorExitRequest", "DeadEnvelope", "WakeupMessage"}:
+        if name in _SYSTEM_MESSAGES:
             return
         get_logger(actor=type(self).__name__).warning(
             "actor.unrecognized_message", message_type=name

@@ -34,8 +34,8 @@ class ChannelIngress(GateActor):
         self.log = get_logger(actor="channel_ingress")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
-        """Remember Presence (the router does not wait for an answer)."""
-        self.presence = msg.presence
+        """Remember Presence and Audit (the router does not wait for an answer)."""
+        self.presence, self.audit = msg.presence, msg.audit
 
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
         """Start the request now, or queue it behind the one in flight."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from actors import gate
-from actors.base import GateActor
+from actors.base import GateActor, failed_verdict
 from actors.ingress import ChannelIngress
+from actors.log import get_logger
 from messages.outcomes import Outcome
 from messages.protocol import (
     InFlight,
@@ -53,7 +54,7 @@ class IngressRouter(GateActor):
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
         """Remember the shared actors; channel actors get the same wiring."""
-        self.wiring, self.settings = msg, msg.settings
+        self.wiring, self.settings, self.audit = msg, msg.settings, msg.audit
         self.send(sender, Started(ticket=msg.ticket))
 
     def receiveMsg_SubmitBatch(self, msg: SubmitBatch, sender: Any) -> None:
@@ -63,7 +64,14 @@ class IngressRouter(GateActor):
                 target = self._channel(item.workspace, item.channel)
                 self.send(target, PresenceFlight(change=item, reply_to=sender))
             else:
-                self._route(item, sender)
+                try:
+                    self._route(item, sender)
+                except Exception as exc:  # one bad item must not strand the rest of the batch
+                    get_logger(actor="router").error(
+                        "router.route_failed", error=repr(exc),
+                        request_id=gate.safe_field(item.context.request_id))
+                    flight = InFlight(submission=item, context=item.context, reply_to=sender)
+                    self.send(self.audit, failed_verdict(flight))
 
     def _route(self, sub: Submission, reply_to: Any) -> None:
         assert self.wiring is not None and self.settings is not None

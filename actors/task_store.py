@@ -88,9 +88,18 @@ class TaskStore(GateActor):
         """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
         self.flush_queued = False
         batch, self.pending = self.pending, []
-        if batch:
-            for verdict in self._apply_batch(batch):
-                self.send(self.audit, verdict)
+        if not batch:
+            return
+        try:
+            verdicts = self._apply_batch(batch)
+        except Exception as exc:  # a bug, not a disk error: answer everyone, apply nothing
+            if self.conn is not None and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.log.error("store.batch_failed", error=repr(exc),
+                           request_ids=[f.context.request_id for f in batch])
+            verdicts = [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+        for verdict in verdicts:
+            self.send(self.audit, verdict)
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         conn = self.conn

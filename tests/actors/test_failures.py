@@ -1,0 +1,67 @@
+"""Failures inside actors answer the request with `task_ingress_failed`, apply nothing, and
+leave the runtime serving; nothing is ever applied twice."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from actors import capability, store_ops, task_store
+from messages import CreateTask, Reason
+from runtime import IngressRuntime
+from tests.conftest import ctx
+
+
+def _tasks(rt: IngressRuntime) -> int:
+    conn = sqlite3.connect(f"file:{rt.store_path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_raising_gate_actor_answers_failed_and_keeps_serving(
+    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capability, "card_grants_write", lambda card: 1 / 0)
+    out = rt.submit(ctx("boom"), CreateTask(title="t"))
+    assert out.reason == Reason.TASK_INGRESS_FAILED
+    assert rt.audit()[-1].reason == Reason.TASK_INGRESS_FAILED
+    monkeypatch.undo()
+    assert rt.submit(ctx("after"), CreateTask(title="t")).accepted
+    assert _tasks(rt) == 1
+
+
+def test_a_failure_after_the_write_rolls_the_write_back(
+    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mutation is applied, then building its outbox row fails: the savepoint undoes it.
+    def broken_fields(*args: object) -> dict[str, object]:
+        raise ValueError("outbox row cannot be built")
+
+    monkeypatch.setattr(task_store, "audit_fields", broken_fields)
+    out = rt.submit(ctx("r-1"), CreateTask(title="t"))
+    assert out.reason == Reason.TASK_INGRESS_FAILED
+    assert _tasks(rt) == 0
+    monkeypatch.undo()
+    # The request ID row went with the rollback: the retry is judged afresh, not replayed.
+    retry = rt.submit(ctx("r-1"), CreateTask(title="t"))
+    assert retry.accepted and not retry.replay
+    assert _tasks(rt) == 1
+
+
+def test_a_request_failing_in_the_store_does_not_stop_later_requests(
+    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store_ops.judge_and_apply
+
+    def flaky(conn: sqlite3.Connection, ctx_: object, request: CreateTask, *a: object) -> object:
+        if request.title == "bad":
+            raise RuntimeError("bug")
+        return real(conn, ctx_, request, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_ops, "judge_and_apply", flaky)
+    assert rt.submit(ctx("a"), CreateTask(title="bad")).reason == Reason.TASK_INGRESS_FAILED
+    assert rt.submit(ctx("b"), CreateTask(title="good")).accepted
+    assert _tasks(rt) == 1
