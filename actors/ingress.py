@@ -32,10 +32,12 @@ class ChannelIngress(GateActor):
         self.busy: int | None = None
         self.stash: deque[InFlight | PresenceFlight] = deque()
         self.log = get_logger(actor="channel_ingress")
+        self.naive = False  # race-test seam Settings.naive_fence: no fence, no serializing
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
         """Remember Presence and Audit (the router does not wait for an answer)."""
         self.presence, self.audit = msg.presence, msg.audit
+        self.naive = msg.settings.naive_fence
 
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
         """Start the request now, or queue it behind the one in flight."""
@@ -49,7 +51,7 @@ class ChannelIngress(GateActor):
 
     def receiveMsg_Done(self, msg: Done, sender: Any) -> None:
         """Release the channel and move on."""
-        if self.busy != msg.ticket:
+        if self.busy != msg.ticket and not self.naive:
             self.log.warning("ingress.unexpected_done", ticket=msg.ticket, busy=self.busy)
         self.busy = None
         self._pump()
@@ -60,5 +62,5 @@ class ChannelIngress(GateActor):
         while self.busy is None and self.stash:
             item = self.stash.popleft()
             self.send(self.presence, item)
-            if isinstance(item, InFlight):
+            if isinstance(item, InFlight) and not self.naive:
                 self.busy = item.submission.ticket

@@ -108,8 +108,12 @@ class TaskStore(GateActor):
         results: list[tuple[InFlight, Outcome, int | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for flight in batch:
-                results.append(self._apply_one(conn, flight, now))
+            if self.settings and self.settings.naive_store:  # race-test seam only
+                from actors.hold import naive_apply_batch
+                results = naive_apply_batch(conn, batch, self.limits, now)
+            else:
+                for flight in batch:
+                    results.append(self._apply_one(conn, flight, now))
             self.commits += 1
             if self.settings and self.commits == self.settings.fail_commit_at:
                 raise InjectedCommitFailure("disk I/O error (injected)")

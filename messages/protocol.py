@@ -38,6 +38,10 @@ class Settings(InternalMessage):
     checkpoint_seconds: float = 1.0
     audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
+    # --- race-test seams (tests/race, actors/hold.py); all off in production ---
+    hold_store: bool = Field(default=False, description="Test seam: Hold actor before TaskStore.")
+    naive_fence: bool = Field(default=False, description="Test seam: channel actor never waits.")
+    naive_store: bool = Field(default=False, description="Test seam: check-then-act store batch.")
 
 
 class Wiring(InternalMessage):

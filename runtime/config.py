@@ -47,6 +47,15 @@ class RuntimeConfig:
     max_envelope_bytes: int = 64 * 1024
     fail_commit_at: int = 0
     """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
+    hold_store: bool = False
+    """Test seam (race harness): a Hold actor between Capability and TaskStore, driver target
+    "hold" (actors/hold.py, messages/harness.py)."""
+    naive_fence: bool = False
+    """Test seam (race harness): ChannelIngress neither fences presence changes nor serializes
+    requests, i.e. AGH's check-then-act. Never on in production."""
+    naive_store: bool = False
+    """Test seam (race harness): TaskStore judges a batch against the state before it, then
+    applies (non-atomic check-then-act). Never on in production."""
 
     def __post_init__(self) -> None:
         limits = {

@@ -168,6 +168,9 @@ class Driver:
                 capability=self.addresses["capability"], store=self.addresses["store"],
                 audit=self.addresses["audit"],
             )
+            if self.settings.hold_store:  # race-test seam: Hold sits before TaskStore
+                from actors.hold import start_hold
+                self.addresses["hold"] = wiring["store"] = start_hold(asys, wiring)
             # The store migrates the schema before Audit drains the outbox.
             for name in ("store", "audit", "capability", "presence", "router"):
                 reply = asys.ask(self.addresses[name], Wiring(ticket=0, **wiring), 60)

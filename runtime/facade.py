@@ -117,6 +117,7 @@ class IngressRuntime:
             max_metadata_entries=cfg.max_metadata_entries,
             max_metadata_bytes=cfg.max_metadata_bytes, max_batch=cfg.max_batch,
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
+            hold_store=cfg.hold_store, naive_fence=cfg.naive_fence, naive_store=cfg.naive_store,
         )
         limits = FlowLimits(
             max_total=cfg.max_in_flight_total, max_per_channel=cfg.max_in_flight_per_channel,

@@ -1,0 +1,44 @@
+"""Messages of the race-test harness (actors/hold.py): hold store-bound requests, release them.
+
+Only the test seam `Settings.hold_store` puts the `Hold` actor in the pipeline; production
+never sends these. Each query carries a `ticket` so the driver can match the reply.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from messages.base import InternalMessage
+
+
+class HoldArm(InternalMessage):
+    """Start holding every request bound for TaskStore until `HoldRelease`; reply `HoldState`."""
+
+    ticket: int
+
+
+class HoldRelease(InternalMessage):
+    """Forward the held requests to TaskStore and stop holding; reply `HoldState` (after).
+
+    All released requests are sent in one go, so they reach TaskStore ahead of its `Flush`
+    and are judged in one batch, in the order given.
+    """
+
+    ticket: int
+    order: tuple[int, ...] = Field(
+        default=(), description="Indices into the held list (arrival order); () = all, in order."
+    )
+
+
+class HoldQuery(InternalMessage):
+    """Ask what is held; reply `HoldState`. On simpleSystemBase it is also a barrier."""
+
+    ticket: int
+
+
+class HoldState(InternalMessage):
+    """Reply to the hold messages: whether holding is armed and which requests are held."""
+
+    ticket: int
+    holding: bool
+    held: tuple[str, ...] = Field(description="Request IDs of the held requests, arrival order.")
