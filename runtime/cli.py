@@ -27,6 +27,9 @@ def demo(
 
 
 # --- command registrations (one line per command module) ---
+from runtime.audit_cli import audit_app  # noqa: E402  (registrations live together here)
+
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

@@ -1,0 +1,466 @@
+"""Verification of a store file: hash chain, checkpoint, and store-vs-audit agreement.
+
+Pure functions over a read-only snapshot, returning a structured `VerifyResult` that the
+`task-ingress audit verify` command prints and that other code (the swarm's invariants,
+crash tests) can assert on. Nothing here writes: the store is opened with a read-only URI.
+
+What is checked (SPEC §6):
+- chain: records are numbered 1..N without gaps, each `prev_hash` is its predecessor's
+  hash, each `hash` matches the record's contents (an edited or deleted record fails);
+- checkpoint (`<store>.checkpoint`, HMAC-SHA256 with the operator key): its MAC holds, its
+  seq exists in the audit and the record there has its hash (a deleted tail or a rewritten
+  chain fails). Records after an older checkpoint are fine when the chain holds;
+- store: every accepted record's write is in the store (create -> task, enqueue -> run,
+  every acceptance -> its accepted-request row) and every task, run and accepted-request
+  row is vouched for by an accepted record or by a pending outbox row (an accepted write
+  whose record Audit chains on its next start: reported, not an error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
+from actors.chain import checkpoint_ok, first_bad_record
+from actors.gate import safe_field
+from messages.audit import AuditRecord
+from messages.reasons import Action
+
+KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
+CHECKPOINT_EVERY = 1000
+"""Audit writes a checkpoint at least every this many records (Settings.checkpoint_every)."""
+CHECKPOINT_SECONDS = 1.0
+"""... and at least this often while records arrive (Settings.checkpoint_seconds)."""
+MAX_PROBLEMS = 100
+
+
+class StoreUnreadable(Exception):
+    """The store file is missing or is not a task-ingress store (not: it fails verification)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement; `seq` names the audit record concerned, when there is one."""
+
+    kind: str
+    """'chain', 'checkpoint' or 'store'."""
+    seq: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"record seq {self.seq}" if self.seq is not None else "store"
+        return f"{self.kind}: {where}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The checkpoint file's content: latest seq and hash, their HMAC, and when written."""
+
+    seq: int
+    hash: str
+    mac: str
+    at: float
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A pending outbox row: an accepted write whose audit record is not chained yet."""
+
+    id: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Everything verification reads from the store, taken in one read transaction."""
+
+    audit_rows: list[tuple[Any, ...]]
+    tasks: dict[str, str]
+    """task_id -> workspace."""
+    runs: dict[str, tuple[str, str]]
+    """run_id -> (task_id, workspace)."""
+    accepted: list[tuple[str, str, str, str, str, str | None, str | None]]
+    """(workspace, channel, peer_id, request_id, action, task_id, run_id) rows."""
+    outbox: list[OutboxEntry]
+    bad_outbox: list[int] = field(default_factory=list)
+    """IDs of outbox rows whose JSON does not parse."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of verifying one store; `ok` when chain, checkpoint and store agree."""
+
+    records: int
+    head_seq: int
+    head_hash: str
+    checkpoint: Checkpoint | None
+    pending_outbox: int
+    tasks: int
+    runs: int
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing disagrees."""
+        return not self.problems
+
+    @property
+    def first_problem(self) -> Problem | None:
+        """The problem at the lowest record seq (store-only problems come last)."""
+        if not self.problems:
+            return None
+        return min(self.problems, key=lambda p: (p.seq is None, p.seq or 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for `audit verify --json` and reports)."""
+        data = asdict(self)
+        data["ok"] = self.ok
+        first = self.first_problem
+        data["first_problem"] = None if first is None else asdict(first)
+        return data
+
+
+# ---- reading (read-only) -------------------------------------------------------------
+
+
+def readonly_uri(path: str) -> str:
+    """A `file:` URI that opens the store read-only.
+
+    With no `-wal` file beside it the store is fully checkpointed and no writer has it
+    open, so `immutable=1` reads it without creating `-wal`/`-shm` files; otherwise the
+    WAL must be read (a SIGKILLed writer leaves committed pages there) with `mode=ro`.
+    """
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    if not os.path.exists(path + "-wal"):
+        uri += "&immutable=1"
+    return uri
+
+
+@contextmanager
+def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store file; raises StoreUnreadable when it is absent."""
+    if not os.path.isfile(path):
+        raise StoreUnreadable(f"no store file at {path}")
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise StoreUnreadable(f"cannot open {path} read-only: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
+    """Read audit, tasks, runs, accepted requests and outbox in one read transaction."""
+    try:
+        conn.execute("BEGIN")
+        try:
+            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
+            tasks = dict(conn.execute("SELECT task_id, workspace FROM tasks").fetchall())
+            runs = {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT run_id, task_id, workspace FROM runs").fetchall()}
+            accepted = conn.execute(
+                "SELECT workspace, channel, peer_id, request_id, action, task_id, run_id "
+                "FROM accepted_requests").fetchall()
+            outbox_rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
+    outbox: list[OutboxEntry] = []
+    bad_outbox: list[int] = []
+    for outbox_id, blob in outbox_rows:
+        try:
+            fields = json.loads(blob)
+        except (TypeError, ValueError):
+            bad_outbox.append(int(outbox_id))
+            continue
+        if isinstance(fields, dict):
+            outbox.append(OutboxEntry(int(outbox_id), fields))
+        else:
+            bad_outbox.append(int(outbox_id))
+    return StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox)
+
+
+def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
+    """(checkpoint, None), (None, None) when there is no file, or (None, why it is bad)."""
+    path = checkpoint_path(store_path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"checkpoint file {path} is unreadable: {exc}"
+    try:
+        cp = Checkpoint(seq=data["seq"], hash=data["hash"], mac=data["mac"],
+                        at=float(data.get("at", 0.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"checkpoint file {path} is malformed: {exc!r}"
+    if not (type(cp.seq) is int and isinstance(cp.hash, str) and isinstance(cp.mac, str)):
+        return None, f"checkpoint file {path} has fields of the wrong type"
+    return cp, None
+
+
+def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None, str | None]:
+    """The checkpoint key as the runtime finds it: `explicit`, env TASK_INGRESS_AUDIT_KEY,
+    else the key file `<store>.key`. Returns (key, None), (None, None) or (None, error)."""
+    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
+    source = "the given key" if explicit else f"${KEY_ENV}"
+    if not text:
+        path = store_path + ".key"
+        source = path
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read().strip()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"key file {path} is unreadable: {exc}"
+    try:
+        return bytes.fromhex(text), None
+    except ValueError:
+        return None, f"the checkpoint key from {source} is not hex"
+
+
+# ---- verification (pure) -------------------------------------------------------------
+
+
+def verify_store(
+    store_path: str,
+    key: str | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+) -> VerifyResult:
+    """Verify a store file read-only. Raises StoreUnreadable when it cannot be read at all.
+
+    The checkpoint is read before the database so that a live writer's newer checkpoint
+    never vouches for records the snapshot cannot see yet.
+    """
+    cp, cp_error = read_checkpoint(store_path)
+    key_bytes, key_error = load_key(store_path, key)
+    with open_readonly(store_path) as conn:
+        snap = read_snapshot(conn)
+    return verify_snapshot(snap, cp, cp_error, key_bytes, key_error,
+                           checkpoint_every, checkpoint_seconds)
+
+
+def verify_snapshot(
+    snap: StoreSnapshot,
+    checkpoint: Checkpoint | None,
+    checkpoint_error: str | None,
+    key: bytes | None,
+    key_error: str | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+) -> VerifyResult:
+    """Check chain, checkpoint and store against each other (no I/O)."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    records, chain_problem = _parse_and_chain(snap.audit_rows)
+    if chain_problem is not None:
+        problems.append(chain_problem)
+    head_seq = int(snap.audit_rows[-1][0]) if snap.audit_rows else 0
+    head_hash = str(snap.audit_rows[-1][-1]) if snap.audit_rows else ""
+    problems += _check_checkpoint(
+        snap.audit_rows, checkpoint, checkpoint_error, key, key_error,
+        checkpoint_every, checkpoint_seconds, notes,
+    )
+    problems += _check_store(records, snap)
+    if snap.outbox:
+        notes.append(f"{len(snap.outbox)} pending outbox row(s): accepted writes whose audit "
+                     "records the runtime chains on its next start")
+    if len(problems) > MAX_PROBLEMS:
+        notes.append(f"{len(problems) - MAX_PROBLEMS} further problem(s) not listed")
+        problems = sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))[:MAX_PROBLEMS]
+    return VerifyResult(
+        records=len(snap.audit_rows), head_seq=head_seq, head_hash=head_hash,
+        checkpoint=checkpoint, pending_outbox=len(snap.outbox), tasks=len(snap.tasks),
+        runs=len(snap.runs), problems=tuple(problems), notes=tuple(notes),
+    )
+
+
+def _parse_and_chain(rows: list[tuple[Any, ...]]) -> tuple[list[AuditRecord], Problem | None]:
+    """Parse rows into records up to the first unparseable one and check the chain."""
+    records: list[AuditRecord] = []
+    unparseable: Problem | None = None
+    for row in rows:
+        try:
+            records.append(record_from_row(row))
+        except (ValidationError, TypeError, ValueError) as exc:
+            unparseable = Problem("chain", _int_or_none(row[0]),
+                                  f"record does not parse: {_first_line(exc)}")
+            break
+    bad = first_bad_record(records)
+    if bad is not None:
+        seq, why = bad
+        if why.startswith("sequence gap"):
+            why = f"{why} (record {_expected_seq(records, seq)} is missing)"
+        return records, Problem("chain", seq, why)
+    return records, unparseable
+
+
+def _expected_seq(records: list[AuditRecord], seq: int) -> int:
+    previous = [r.seq for r in records if r.seq < seq]
+    return (max(previous) if previous else 0) + 1
+
+
+def _check_checkpoint(
+    rows: list[tuple[Any, ...]],
+    cp: Checkpoint | None,
+    cp_error: str | None,
+    key: bytes | None,
+    key_error: str | None,
+    checkpoint_every: int,
+    checkpoint_seconds: float,
+    notes: list[str],
+) -> list[Problem]:
+    if cp_error is not None:
+        return [Problem("checkpoint", None, cp_error)]
+    head_seq = int(rows[-1][0]) if rows else 0
+    if cp is None:
+        if not rows:
+            return []
+        span = float(rows[-1][1]) - float(rows[0][1])
+        if len(rows) >= checkpoint_every or span >= checkpoint_seconds:
+            # Audit checkpoints every N records / T seconds while records arrive, so a
+            # chain past either threshold without one has lost its checkpoint file.
+            return [Problem("checkpoint", None,
+                            f"checkpoint file missing, yet {len(rows)} records spanning "
+                            f"{span:.1f}s must have produced one (deleted?)")]
+        notes.append("no checkpoint yet (young chain): a deleted tail cannot be detected")
+        return []
+    if key_error is not None:
+        return [Problem("checkpoint", cp.seq, key_error)]
+    if key is None:
+        return [Problem("checkpoint", cp.seq, "no key to authenticate the checkpoint "
+                        f"(set ${KEY_ENV} or restore the <store>.key file)")]
+    if not checkpoint_ok(key, cp.seq, cp.hash, cp.mac):
+        return [Problem("checkpoint", cp.seq,
+                        "checkpoint MAC does not verify (forged checkpoint or wrong key)")]
+    if cp.seq > head_seq:
+        return [Problem("checkpoint", head_seq + 1,
+                        f"tail deleted: the checkpoint vouches for records up to seq {cp.seq} "
+                        f"but the audit ends at seq {head_seq}")]
+    at_cp = [r for r in rows if r[0] == cp.seq]
+    if not at_cp:
+        return [Problem("checkpoint", cp.seq, "the checkpointed record is missing")]
+    if at_cp[0][-1] != cp.hash:
+        return [Problem("checkpoint", cp.seq,
+                        "record hash differs from the checkpoint: the chain up to this record "
+                        "was rewritten")]
+    if cp.seq < head_seq:
+        notes.append(f"{head_seq - cp.seq} record(s) after the last checkpoint (seq {cp.seq}) "
+                     "are covered by the chain only")
+    return []
+
+
+def _check_store(records: list[AuditRecord], snap: StoreSnapshot) -> list[Problem]:
+    """Accepted records against tasks, runs and accepted-request rows, both ways."""
+    problems: list[Problem] = []
+    for outbox_id in snap.bad_outbox:
+        problems.append(Problem("store", None, f"outbox row {outbox_id} is not a JSON record"))
+    rows_by_key: dict[tuple[str, str, str, str], list[tuple[str, str | None, str | None]]] = {}
+    for ws, ch, peer, rid, action, task_id, run_id in snap.accepted:
+        key = (ws, ch, peer, safe_field(rid))
+        rows_by_key.setdefault(key, []).append((action, task_id, run_id))
+    vouched: Counter[tuple[str, str, str, str, str, str | None, str | None]] = Counter()
+    created: dict[str, int] = {}
+    enqueued: set[str] = set()
+    for rec in records:
+        if rec.outcome != "accepted":
+            continue
+        problems += _check_accepted(rec, snap, rows_by_key)
+        if rec.replay:
+            continue
+        vouched[(rec.workspace, rec.channel, rec.peer_id, rec.request_id, rec.action.value,
+                 rec.task_id, rec.run_id)] += 1
+        if rec.action is Action.CREATE and rec.task_id is not None:
+            if rec.task_id in created:
+                problems.append(Problem("store", rec.seq, f"task {rec.task_id} created twice "
+                                        f"(first at seq {created[rec.task_id]})"))
+            created.setdefault(rec.task_id, rec.seq)
+        if rec.action is Action.ENQUEUE and rec.run_id is not None:
+            enqueued.add(rec.run_id)
+    for entry in snap.outbox:
+        f = entry.fields
+        vouched[(str(f.get("workspace")), str(f.get("channel")), str(f.get("peer_id")),
+                 str(f.get("request_id")), str(f.get("action")), f.get("task_id"),
+                 f.get("run_id"))] += 1
+        if f.get("action") == Action.CREATE.value and isinstance(f.get("task_id"), str):
+            created.setdefault(f["task_id"], 0)
+        if f.get("action") == Action.ENQUEUE.value and isinstance(f.get("run_id"), str):
+            enqueued.add(f["run_id"])
+        problems += _check_outbox_entry(entry, snap)
+    for ws, ch, peer, rid, action, task_id, run_id in snap.accepted:
+        key7 = (ws, ch, peer, safe_field(rid), action, task_id, run_id)
+        if vouched[key7] > 0:
+            vouched[key7] -= 1
+        else:
+            problems.append(Problem("store", None, f"accepted request {ws}/{ch}/{peer}/"
+                                    f"{safe_field(rid)} ({action}) has no accepted record"))
+    for task_id in sorted(set(snap.tasks) - set(created)):
+        problems.append(Problem("store", None,
+                                f"task {safe_field(task_id)} has no accepted task.create record"))
+    for run_id in sorted(set(snap.runs) - enqueued):
+        problems.append(Problem("store", None,
+                                f"run {safe_field(run_id)} has no accepted enqueue record"))
+    return problems
+
+
+def _check_accepted(
+    rec: AuditRecord,
+    snap: StoreSnapshot,
+    rows_by_key: dict[tuple[str, str, str, str], list[tuple[str, str | None, str | None]]],
+) -> list[Problem]:
+    """An accepted record's write must be in the store."""
+    out: list[Problem] = []
+    if rec.task_id is None or snap.tasks.get(rec.task_id) != rec.workspace:
+        out.append(Problem("store", rec.seq, f"accepted {rec.action.value}: task "
+                           f"{rec.task_id} is not in the store (workspace {rec.workspace})"))
+    if rec.action is Action.ENQUEUE:
+        run = snap.runs.get(rec.run_id or "")
+        if run is None or run != (rec.task_id, rec.workspace):
+            out.append(Problem("store", rec.seq, f"accepted enqueue: run {rec.run_id} of "
+                               f"task {rec.task_id} is not in the store"))
+    key = (rec.workspace, rec.channel, rec.peer_id, rec.request_id)
+    if (rec.action.value, rec.task_id, rec.run_id) not in rows_by_key.get(key, []):
+        out.append(Problem("store", rec.seq, f"accepted request {rec.request_id} has no "
+                           "matching accepted-request row in the store"))
+    return out
+
+
+def _check_outbox_entry(entry: OutboxEntry, snap: StoreSnapshot) -> list[Problem]:
+    """A pending outbox row stands for a committed write: the write must be there."""
+    f = entry.fields
+    task_id, run_id = f.get("task_id"), f.get("run_id")
+    if f.get("outcome") != "accepted" or not isinstance(task_id, str) \
+            or task_id not in snap.tasks:
+        return [Problem("store", None, f"outbox row {entry.id} is not an accepted write "
+                        "present in the store")]
+    if f.get("action") == Action.ENQUEUE.value and (not isinstance(run_id, str)
+                                                    or run_id not in snap.runs):
+        return [Problem("store", None, f"outbox row {entry.id}: run {run_id} is not in the "
+                        "store")]
+    return []
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(text[:3]) if text else repr(exc)

@@ -1,0 +1,295 @@
+"""`task-ingress audit verify`: passes on an honest store, names the first bad record of a
+tampered one (edited, deleted, rewritten, truncated), never writes to the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from actors.audit import AUDIT_COLUMNS
+from actors.chain import checkpoint_mac, record_hash
+from messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
+from runtime import IngressRuntime, RuntimeConfig
+from runtime.cli import app
+from runtime.verify import verify_store
+from tests.conftest import ctx, writer_card
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key comes from the key file beside the store unless a test sets the env var."""
+    monkeypatch.delenv("TASK_INGRESS_AUDIT_KEY", raising=False)
+
+
+def populate(store: Path) -> list[str]:
+    """A store with accepted and rejected writes of every action; returns the task IDs."""
+    with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
+        rt.greet("ws", "ops", writer_card("peer-a"))
+        rt.greet("ws", "ops", PeerCard(peer_id="peer-r", capabilities=["task.read"]))
+        t1 = rt.submit(ctx("r-1"), CreateTask(title="one", network_channel="ops")).task_id
+        t2 = rt.submit(ctx("r-2"), CreateTask(title="two")).task_id
+        assert t1 and t2
+        rt.submit(ctx("r-3"), UpdateTask(task_id=t1, title="one!"))
+        rt.submit(ctx("r-4"), EnqueueRun(task_id=t1, idempotency_key="k1"))
+        rt.submit(ctx("r-5"), EnqueueRun(task_id=t1, idempotency_key="k1"))  # same run
+        rt.submit(ctx("r-1"), CreateTask(title="one", network_channel="ops"))  # replay
+        rt.submit(ctx("r-6", peer="peer-r"), CreateTask(title="denied"))
+        rt.submit(ctx("r-7"), CreateTask(title=" "))
+        rt.submit(ctx("r-8"), CancelTask(task_id=t2))
+        rt.submit(ctx("r-9"), UpdateTask(task_id="task_nope", title="x"))
+    return [t1, t2]
+
+
+def verify_cli(store: Path, *extra: str) -> tuple[int, list[str]]:
+    result = runner.invoke(app, ["audit", "verify", "--store", str(store), *extra])
+    return result.exit_code, result.output.strip().splitlines()
+
+
+def db(store: Path) -> sqlite3.Connection:
+    return sqlite3.connect(store, isolation_level=None)
+
+
+def rows(store: Path) -> list[dict[str, object]]:
+    conn = db(store)
+    names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
+    out = [dict(zip(names, r, strict=True))
+           for r in conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")]
+    conn.close()
+    for r in out:
+        r["replay"] = bool(r["replay"])
+    return out
+
+
+def rewrite_chain_from(store: Path, seq: int) -> None:
+    """What a careful forger does: recompute every hash from `seq` on so the chain holds."""
+    conn = db(store)
+    prev = ""
+    for r in rows(store):
+        if int(str(r["seq"])) >= seq:
+            r["prev_hash"] = prev
+            r["hash"] = record_hash(r)
+            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                         (r["prev_hash"], r["hash"], r["seq"]))
+        prev = str(r["hash"])
+    conn.close()
+
+
+def write_checkpoint(store: Path, seq: int) -> None:
+    """A valid checkpoint at `seq`, as Audit writes it (the key file is the runtime's)."""
+    key = bytes.fromhex(Path(f"{store}.key").read_text().strip())
+    head = next(str(r["hash"]) for r in rows(store) if r["seq"] == seq)
+    Path(f"{store}.checkpoint").write_text(json.dumps(
+        {"seq": seq, "hash": head, "mac": checkpoint_mac(key, seq, head), "at": time.time()}))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "store.db"
+    populate(path)
+    yield path
+
+
+def test_honest_store_verifies_and_prints_the_record_count_last(store: Path) -> None:
+    code, lines = verify_cli(store)
+    assert code == 0, lines
+    assert lines[-1] == "10"
+    result = verify_store(str(store))
+    assert result.ok and result.records == 10 and result.checkpoint is not None
+    assert result.checkpoint.seq == 10 and result.tasks == 2 and result.runs == 1
+
+
+def test_edited_record_fails_naming_it(store: Path) -> None:
+    conn = db(store)
+    conn.execute("UPDATE audit SET outcome = 'accepted', reason = NULL WHERE seq = 7")
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1
+    assert "first bad record: record seq 7" in lines[-1]
+    assert "hash does not match" in lines[-1]
+
+
+def test_edited_record_with_its_own_hash_recomputed_breaks_the_link_to_the_next(store: Path
+                                                                               ) -> None:
+    conn = db(store)
+    conn.execute("UPDATE audit SET peer_id = 'peer-x' WHERE seq = 4")
+    conn.close()
+    r4 = next(r for r in rows(store) if r["seq"] == 4)
+    conn = db(store)
+    conn.execute("UPDATE audit SET hash = ? WHERE seq = 4", (record_hash(r4),))
+    conn.close()
+    result = verify_store(str(store))
+    details = [str(p) for p in result.problems]
+    assert "chain: record seq 5: prev_hash does not match the previous record" in details
+    # The store check pins the edit itself: r-4's accepted-request row names peer-a.
+    first = result.first_problem
+    assert first is not None and first.seq == 4 and first.kind == "store"
+
+
+def test_rewritten_chain_is_caught_by_the_checkpoint(store: Path) -> None:
+    conn = db(store)
+    conn.execute("UPDATE audit SET reason = 'peer_not_found' WHERE seq = 7")
+    conn.close()
+    rewrite_chain_from(store, 7)
+    result = verify_store(str(store))
+    assert not result.ok
+    first = result.first_problem
+    assert first is not None and first.kind == "checkpoint" and first.seq == 10
+    assert "rewritten" in first.detail
+
+
+def test_deleted_record_fails_naming_the_gap(store: Path) -> None:
+    conn = db(store)
+    conn.execute("DELETE FROM audit WHERE seq = 6")
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1
+    assert "record seq 7" in lines[-1] and "record 6 is missing" in lines[-1]
+
+
+def test_deleted_tail_fails_against_the_checkpoint(store: Path) -> None:
+    conn = db(store)
+    conn.execute("DELETE FROM audit WHERE seq >= 9")
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1
+    assert "record seq 9" in lines[-1] and "tail deleted" in lines[-1]
+
+
+def test_records_after_an_older_checkpoint_pass_when_the_chain_holds(store: Path) -> None:
+    write_checkpoint(store, 5)
+    result = verify_store(str(store))
+    assert result.ok, result.problems
+    assert any("after the last checkpoint" in n for n in result.notes)
+
+
+def test_forged_checkpoint_fails(store: Path) -> None:
+    cp = json.loads(Path(f"{store}.checkpoint").read_text())
+    cp["seq"], cp["hash"] = 9, next(str(r["hash"]) for r in rows(store) if r["seq"] == 9)
+    Path(f"{store}.checkpoint").write_text(json.dumps(cp))
+    code, lines = verify_cli(store)
+    assert code == 1 and "MAC does not verify" in lines[-1]
+
+
+def test_wrong_key_in_the_environment_fails(store: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    monkeypatch.setenv("TASK_INGRESS_AUDIT_KEY", "ab" * 32)
+    assert not verify_store(str(store)).ok
+    monkeypatch.setenv("TASK_INGRESS_AUDIT_KEY", Path(f"{store}.key").read_text().strip())
+    assert verify_store(str(store)).ok
+
+
+def test_missing_checkpoint_of_an_old_chain_fails(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
+        rt.greet("ws", "ops", writer_card("peer-a"))
+        rt.submit(ctx("r-1"), CreateTask(title="early"))
+        time.sleep(1.1)  # records spanning more than a checkpoint interval
+        rt.submit(ctx("r-2"), CreateTask(title="late"))
+    assert verify_store(str(path)).ok
+    os.remove(f"{path}.checkpoint")
+    result = verify_store(str(path))
+    assert not result.ok and "checkpoint file missing" in str(result.first_problem)
+
+
+def test_task_deleted_from_the_store_fails_naming_its_create_record(store: Path,
+                                                                    ) -> None:
+    conn = db(store)
+    task_id = conn.execute("SELECT task_id FROM audit WHERE seq = 2").fetchone()[0]
+    conn.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+    conn.close()
+    result = verify_store(str(store))
+    first = result.first_problem
+    assert first is not None and first.kind == "store" and first.seq == 2
+
+
+def test_task_without_an_accepted_record_fails(store: Path) -> None:
+    conn = db(store)
+    conn.execute("INSERT INTO tasks (task_id, workspace, title, description, created_at, "
+                 "updated_at) VALUES ('task_smuggled', 'ws', 't', '', 0, 0)")
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1 and "task_smuggled has no accepted task.create record" in lines[-1]
+
+
+def test_run_and_request_rows_without_records_fail(store: Path) -> None:
+    conn = db(store)
+    task_id = conn.execute("SELECT task_id FROM tasks LIMIT 1").fetchone()[0]
+    conn.execute("INSERT INTO runs (run_id, task_id, workspace, idempotency_key, peer_id, "
+                 "channel, created_at) VALUES ('run_smuggled', ?, 'ws', 'kx', 'peer-a', 'ops', 0)",
+                 (task_id,))
+    conn.execute("INSERT INTO accepted_requests VALUES ('ws', 'ops', 'peer-a', 'r-forged', "
+                 "'task.update', ?, NULL)", (task_id,))
+    conn.close()
+    details = [str(p) for p in verify_store(str(store)).problems]
+    assert any("run_smuggled has no accepted enqueue record" in d for d in details)
+    assert any("r-forged (task.update) has no accepted record" in d for d in details)
+
+
+def test_pending_outbox_rows_are_reported_not_errors_and_drained_on_start(store: Path) -> None:
+    # A SIGKILL between the store's commit and Audit's leaves the record in the outbox:
+    # move the newest accepted record back there, as that crash would have left it.
+    last = max((r for r in rows(store) if r["outcome"] == "accepted" and not r["replay"]),
+               key=lambda r: int(str(r["seq"])))
+    fields = {k: v for k, v in last.items() if k not in ("seq", "at", "prev_hash", "hash")}
+    conn = db(store)
+    conn.execute("DELETE FROM audit WHERE seq >= ?", (last["seq"],))
+    conn.execute("INSERT INTO outbox (record) VALUES (?)", (json.dumps(fields),))
+    conn.close()
+    write_checkpoint(store, int(str(last["seq"])) - 1)
+    result = verify_store(str(store))
+    assert result.ok, result.problems
+    assert result.pending_outbox == 1 and any("pending outbox" in n for n in result.notes)
+    with IngressRuntime(RuntimeConfig(store_path=str(store))):
+        pass  # Audit drains the outbox on start
+    after = verify_store(str(store))
+    assert after.ok and after.pending_outbox == 0
+    assert after.records == int(str(last["seq"]))
+
+
+def test_verify_never_changes_the_store_files(store: Path) -> None:
+    def snapshot() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(store.parent.iterdir())}
+
+    before = snapshot()
+    assert verify_cli(store)[0] == 0
+    assert runner.invoke(app, ["audit", "export", "--store", str(store)]).exit_code == 0
+    assert runner.invoke(app, ["audit", "show", "--store", str(store)]).exit_code == 0
+    assert snapshot() == before
+
+
+def test_verify_reads_a_store_a_live_runtime_is_writing(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
+        rt.greet("ws", "ops", writer_card("peer-a"))
+        for i in range(5):
+            rt.submit(ctx(f"r-{i}"), CreateTask(title=f"t{i}"))
+        live = verify_store(str(path))
+        assert live.ok and live.records == 5, live.problems
+    assert verify_store(str(path)).ok
+
+
+def test_missing_store_exits_2(tmp_path: Path) -> None:
+    code, _ = verify_cli(tmp_path / "nope.db")
+    assert code == 2
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_json_output_names_the_first_problem(store: Path) -> None:
+    conn = db(store)
+    conn.execute("DELETE FROM audit WHERE seq = 3")
+    conn.close()
+    result = runner.invoke(app, ["audit", "verify", "--store", str(store), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["ok"] is False and data["first_problem"]["seq"] == 4

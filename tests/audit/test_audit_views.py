@@ -1,0 +1,138 @@
+"""`task-ingress audit show | tail | export`: filters, follow mode, and JSON Lines an
+operator can pipe into a log system (and re-verify)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from actors.chain import first_bad_record
+from messages import AuditRecord, CreateTask, PeerCard
+from runtime import IngressRuntime, RuntimeConfig
+from runtime.audit_cli import parse_time
+from runtime.cli import app
+from tests.conftest import ctx, writer_card
+
+runner = CliRunner(env={"COLUMNS": "250"})
+SPEC_FIELDS = {"seq", "at", "workspace", "channel", "peer_id", "actor", "request_id", "action",
+               "outcome", "reason", "task_id", "run_id", "payload_size", "prev_hash", "hash"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Writes by two peers in two channels, with rejections of three kinds."""
+    path = tmp_path / "store.db"
+    with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
+        rt.greet("ws", "ops", writer_card("peer-a"))
+        rt.greet("ws", "dev", writer_card("peer-b"))
+        rt.greet("ws", "ops", PeerCard(peer_id="peer-r", capabilities=["task.read"]))
+        rt.submit(ctx("a-1"), CreateTask(title="a one"))
+        rt.submit(ctx("a-2"), CreateTask(title=""))  # validation_failed
+        rt.submit(ctx("b-1", peer="peer-b", channel="dev"), CreateTask(title="b one"))
+        rt.submit(ctx("r-1", peer="peer-r"), CreateTask(title="no"))  # capability_denied
+        rt.submit(ctx("z-1", peer="peer-z"), CreateTask(title="no"))  # peer_not_found
+    return path
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, ["audit", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_show_filters_by_peer_channel_reason_and_outcome(store: Path) -> None:
+    out = invoke("show", "--store", str(store), "--peer", "peer-b")
+    assert "b-1" in out and "a-1" not in out and "1 record(s)" in out
+    out = invoke("show", "--store", str(store), "--channel", "ops", "--outcome", "rejected")
+    assert "a-2" in out and "r-1" in out and "z-1" in out and "a-1 " not in out
+    assert "3 record(s)" in out
+    out = invoke("show", "--store", str(store), "--reason", "capability_denied")
+    assert "r-1" in out and "1 record(s)" in out
+    out = invoke("show", "--store", str(store), "--workspace", "elsewhere")
+    assert "0 record(s)" in out
+
+
+def test_show_filters_by_time_range(store: Path) -> None:
+    assert "5 record(s)" in invoke("show", "--store", str(store), "--since", "1h")
+    assert "0 record(s)" in invoke("show", "--store", str(store), "--until", "1h")
+    future = str(time.time() + 3600)
+    assert "0 record(s)" in invoke("show", "--store", str(store), "--since", future)
+    assert "5 record(s)" in invoke("show", "--store", str(store), "--until", future)
+
+
+def test_tail_prints_the_newest_records_in_order(store: Path) -> None:
+    lines = invoke("tail", "--store", str(store), "-n", "2").strip().splitlines()
+    assert len(lines) == 2
+    assert "#4 " in lines[0] and "capability_denied" in lines[0]
+    assert "#5 " in lines[1] and "peer_not_found" in lines[1]
+
+
+def test_export_writes_one_spec_record_per_line_that_reverifies(store: Path) -> None:
+    lines = invoke("export", "--store", str(store)).strip().splitlines()
+    assert len(lines) == 5
+    dicts = [json.loads(line) for line in lines]
+    assert all(set(d) >= SPEC_FIELDS for d in dicts)
+    records = [AuditRecord.model_validate(d, strict=False) for d in dicts]
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert first_bad_record(records) is None  # the export carries everything the chain needs
+
+
+def test_export_to_a_file_with_filters(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rejected.jsonl"
+    invoke("export", "--store", str(store), "--outcome", "rejected", "-o", str(out))
+    reasons = [json.loads(line)["reason"] for line in out.read_text().splitlines()]
+    assert reasons == ["validation_failed", "capability_denied", "peer_not_found"]
+
+
+def test_tail_follow_prints_records_written_after_it_started(store: Path) -> None:
+    env = dict(os.environ, TASK_INGRESS_LOG_LEVEL="warning")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "audit", "tail", "--store", str(store), "-n", "1",
+         "-f", "--for", "6", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "audit tail -f printed nothing within 30 s"
+        first = json.loads(proc.stdout.readline())  # the existing head: tail is running
+        assert first["seq"] == 5
+        with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
+            rt.greet("ws", "ops", writer_card("peer-a"))
+            rt.submit(ctx("late-1"), CreateTask(title="late"))
+            rt.submit(ctx("late-2"), CreateTask(title="later"))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    followed = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(r["seq"], r["request_id"]) for r in followed] == [(6, "late-1"), (7, "late-2")]
+
+
+def test_commands_exit_2_on_a_missing_store(tmp_path: Path) -> None:
+    for command in ("show", "tail", "export"):
+        result = runner.invoke(app, ["audit", command, "--store", str(tmp_path / "none.db")])
+        assert result.exit_code == 2, command
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1700000000.5", 1700000000.5),
+    ("2023-11-14T22:13:20", 1700000000.0),
+    ("2023-11-14T22:13:20Z", 1700000000.0),
+    ("2023-11-14T23:13:20+01:00", 1700000000.0),
+    ("90s", 1000.0 - 90),
+    ("15m", 1000.0 - 900),
+    ("2h", 1000.0 - 7200),
+    ("1d", 1000.0 - 86400),
+])
+def test_time_options_accept_iso_unix_and_ages(text: str, expected: float) -> None:
+    assert parse_time(text, now=1000.0) == pytest.approx(expected)
