@@ -129,9 +129,8 @@ class Audit(GateActor):
             return 0
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for outbox_id, blob in rows:
-                self._append(json.loads(blob))
-                self.conn.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+            self._insert([self._chain(json.loads(blob)) for _, blob in rows])
+            self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -139,19 +138,23 @@ class Audit(GateActor):
         self._checkpoint(force=True)
         return len(rows)
 
-    def _append(self, fields: dict[str, Any]) -> None:
-        assert self.conn is not None
+    def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Give the record its place in the chain (seq, prev_hash, hash) and advance the head."""
         record = dict(fields, seq=self.seq + 1, at=time.time(), prev_hash=self.head)
         record["hash"] = record_hash(record)
-        self.conn.execute(
-            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
-            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
-            record,
-        )
         self.seq += 1
         self.head = record["hash"]
         self.unchecked += 1
+        return record
+
+    def _insert(self, records: list[dict[str, Any]]) -> None:
+        assert self.conn is not None
+        self.conn.executemany(
+            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
+            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
+            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
+            records,
+        )
 
     def receiveMsg_Verdict(self, msg: Verdict, sender: Any) -> None:
         """Buffer the verdict; one Flush commits everything that arrived before it."""
@@ -182,14 +185,15 @@ class Audit(GateActor):
         seq, head, unchecked = self.seq, self.head, self.unchecked
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for verdict in batch:
-                if verdict.outbox_id is not None:
-                    gone = self.conn.execute(
-                        "DELETE FROM outbox WHERE id = ?", (verdict.outbox_id,)
-                    ).rowcount
-                    if gone == 0:
-                        continue  # already chained by a start-up drain: never twice
-                self._append(audit_fields(verdict.flight, verdict.outcome))
+            boxed = [v.outbox_id for v in batch if v.outbox_id is not None]
+            waiting = self._outbox_rows(boxed)
+            self._insert([
+                self._chain(audit_fields(v.flight, v.outcome)) for v in batch
+                # an outbox row already chained by a start-up drain is never chained twice
+                if v.outbox_id is None or v.outbox_id in waiting
+            ])
+            if boxed:
+                self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in boxed])
             self.conn.execute("COMMIT")
             return True
         except Exception as exc:
@@ -198,6 +202,15 @@ class Audit(GateActor):
             self.seq, self.head, self.unchecked = seq, head, unchecked
             self.log.error("audit.commit_failed", error=repr(exc), records=len(batch))
             return False
+
+    def _outbox_rows(self, ids: list[int]) -> set[int]:
+        """Which of these outbox rows still wait to be chained (one query per batch)."""
+        if not ids:
+            return set()
+        assert self.conn is not None
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(f"SELECT id FROM outbox WHERE id IN ({marks})", ids)
+        return {int(r[0]) for r in rows}
 
     def _log_outcome(self, flight: InFlight, outcome: Outcome) -> None:
         ctx = flight.context

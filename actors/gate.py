@@ -242,6 +242,8 @@ def trusted_metadata(payload: dict[str, str] | None, ctx: IngressContext) -> dic
 def safe_field(value: object, limit: int = MAX_ID_CHARS) -> str:
     """A malformed field in a form safe to store and log: printable, escaped, truncated."""
     text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text  # the common case: a well-formed ID is its own safe form
     escaped = "".join(c if c.isprintable() and c not in "\\" else _escape(c) for c in text)
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 

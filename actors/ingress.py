@@ -1,15 +1,18 @@
-"""ChannelIngress actor: one per (workspace, channel); one request at a time, end to end.
+"""ChannelIngress actor: one per (workspace, channel); orders a channel's writes and presence.
 
 Accepts:
-- `Wiring` (from the router) -> remembers Presence.
-- `InFlight` (from the router) -> when idle, starts it through Presence; when a request is
-  in flight, stashes it. Released by `Done`.
-- `PresenceFlight` (from the router) -> the fence: a greet or leave is stashed behind the
-  in-flight request and passed to Presence only when nothing is in flight, so a change
-  never lands between a request's checks and its commit.
-- `Done` (from Audit) -> the in-flight request is answered; take the next stashed message.
+- `Wiring` (from the router) -> remembers Presence, Audit and the pipeline depth.
+- `InFlight` (from the router) -> queued in arrival order; started through Presence while
+  fewer than `channel_pipeline` requests of the channel are in flight (1 = strictly one
+  request at a time, end to end). Admitted requests stay in arrival order all the way to
+  the store: every hop between here and TaskStore is one sender-receiver pair.
+- `PresenceFlight` (from the router) -> the fence: a greet or leave waits at the head of
+  the queue until NO request of the channel is in flight, then goes to Presence; requests
+  behind it wait for it. So a change never lands between a request's checks and its
+  commit, and every later request is checked after it.
+- `Done` (from Audit) -> a request is answered; start what the queue allows.
 
-The stash is bounded by the runtime's per-channel in-flight cap (excess is rejected
+The queue is bounded by the runtime's per-channel in-flight cap (excess is rejected
 `overloaded` before it is sent here), so nothing here grows without bound.
 """
 
@@ -23,44 +26,53 @@ from actors.log import get_logger
 from messages.protocol import Done, InFlight, PresenceFlight, Wiring
 
 
+def may_start(head: InFlight | PresenceFlight, in_flight: int, pipeline: int) -> bool:
+    """The fence rule: a presence change needs an idle channel; a request a free slot."""
+    if isinstance(head, PresenceFlight):
+        return in_flight == 0
+    return in_flight < pipeline
+
+
 class ChannelIngress(GateActor):
-    """Serializes a channel's writes and presence changes."""
+    """Serializes a channel's presence changes with its writes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.presence: Any = None
-        self.busy: int | None = None
-        self.stash: deque[InFlight | PresenceFlight] = deque()
+        self.in_flight: set[int] = set()
+        self.pipeline = 1
+        self.queue: deque[InFlight | PresenceFlight] = deque()
         self.log = get_logger(actor="channel_ingress")
-        self.naive = False  # race-test seam Settings.naive_fence: no fence, no serializing
+        self.naive = False  # race-test seam Settings.naive_fence: no fence, no ordering wait
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
         """Remember Presence and Audit (the router does not wait for an answer)."""
         self.presence, self.audit = msg.presence, msg.audit
+        self.pipeline = max(1, msg.settings.channel_pipeline)
         self.naive = msg.settings.naive_fence
 
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """Start the request now, or queue it behind the one in flight."""
-        self.stash.append(msg)
+        """Start the request now, or queue it behind what must go first."""
+        self.queue.append(msg)
         self._pump()
 
     def receiveMsg_PresenceFlight(self, msg: PresenceFlight, sender: Any) -> None:
-        """Fence a presence change behind the in-flight request."""
-        self.stash.append(msg)
+        """Fence a presence change behind the channel's in-flight requests."""
+        self.queue.append(msg)
         self._pump()
 
     def receiveMsg_Done(self, msg: Done, sender: Any) -> None:
-        """Release the channel and move on."""
-        if self.busy != msg.ticket and not self.naive:
-            self.log.warning("ingress.unexpected_done", ticket=msg.ticket, busy=self.busy)
-        self.busy = None
+        """A request of this channel is answered; start what the queue allows."""
+        if msg.ticket not in self.in_flight and not self.naive:
+            self.log.warning("ingress.unexpected_done", ticket=msg.ticket)
+        self.in_flight.discard(msg.ticket)
         self._pump()
 
     def _pump(self) -> None:
-        # Presence changes pass straight through when idle: the channel's next check
-        # reaches Presence and Capability behind them on the same paths.
-        while self.busy is None and self.stash:
-            item = self.stash.popleft()
+        while self.queue and (
+            self.naive or may_start(self.queue[0], len(self.in_flight), self.pipeline)
+        ):
+            item = self.queue.popleft()
             self.send(self.presence, item)
             if isinstance(item, InFlight) and not self.naive:
-                self.busy = item.submission.ticket
+                self.in_flight.add(item.submission.ticket)

@@ -34,6 +34,7 @@ class Settings(InternalMessage):
     max_metadata_entries: int = 32
     max_metadata_bytes: int = 8 * 1024
     max_batch: int = 256
+    channel_pipeline: int = Field(default=32, description="Requests in flight per channel.")
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 1.0
     audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")

@@ -38,6 +38,10 @@ class RuntimeConfig:
     """Per-peer token-bucket size: requests a quiet peer may send at once."""
     max_batch: int = 256
     """Most requests the driver hands to the actors in one message."""
+    channel_pipeline: int = 32
+    """Admitted requests of one channel in flight at once (arrival order is kept; a presence
+    change still waits for all of them). 1 = strictly one request at a time, end to end.
+    More in flight means bigger store/audit group commits."""
     audit_key: str | None = None
     """Hex HMAC key for audit checkpoints; None: env TASK_INGRESS_AUDIT_KEY or a key file."""
     max_title_chars: int = 256
