@@ -9,6 +9,8 @@ Accepts:
   durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
+- `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
+  then `ProbeDone` to the router.
 - `ActorExitRequest` -> final checkpoint.
 """
 
@@ -32,6 +34,8 @@ from messages.protocol import (
     Done,
     Flush,
     InFlight,
+    Probe,
+    ProbeDone,
     QueryFailed,
     ReadAudit,
     Replied,
@@ -246,6 +250,11 @@ class Audit(GateActor):
         os.replace(tmp, path)
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
+
+    def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
+        """Commit and answer everything received before the marker, then report back."""
+        self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+        self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id))
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""

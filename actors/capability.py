@@ -16,7 +16,15 @@ from actors import gate
 from actors.base import GateActor
 from messages.outcomes import Outcome
 from messages.peers import PeerCard
-from messages.protocol import InFlight, PresenceApplied, PresenceFlight, Started, Verdict, Wiring
+from messages.protocol import (
+    InFlight,
+    PresenceApplied,
+    PresenceFlight,
+    Probe,
+    Started,
+    Verdict,
+    Wiring,
+)
 from messages.reasons import Reason
 
 
@@ -48,6 +56,10 @@ class Capability(GateActor):
         else:
             self.cards[key] = change.card
         self.send(msg.reply_to, PresenceApplied(ticket=change.ticket))
+
+    def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
+        """Pass the marker on behind every request already forwarded."""
+        self.send(self.store, msg)
 
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
         """Rule 4: does the peer's current card grant `task.write`?"""

@@ -20,7 +20,16 @@ from typing import Any
 from actors.base import GateActor
 from actors.log import get_logger
 from messages.outcomes import Outcome
-from messages.protocol import InFlight, PresenceFlight, Settings, Started, Sweep, Verdict, Wiring
+from messages.protocol import (
+    InFlight,
+    PresenceFlight,
+    Probe,
+    Settings,
+    Started,
+    Sweep,
+    Verdict,
+    Wiring,
+)
 from messages.reasons import Reason
 
 PresenceKey = tuple[str, str, str]
@@ -96,6 +105,10 @@ class Presence(GateActor):
             reason=Reason.PEER_NOT_FOUND,
         )
         self.send(self.audit, Verdict(flight=msg, outcome=rejected))
+
+    def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
+        """Pass the marker on behind every request already forwarded."""
+        self.send(self.capability, msg)
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
         """Forget expired peers (their visibility is already gone; this frees memory)."""

@@ -31,6 +31,7 @@ from messages.protocol import (
     GetTask,
     InFlight,
     LockTask,
+    Probe,
     QueryFailed,
     RunFound,
     Settings,
@@ -158,6 +159,11 @@ class TaskStore(GateActor):
                 peer_id=flight.context.peer_id, channel=flight.context.channel,
             )
             return flight, _failed(flight), None
+
+    def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
+        """Commit what is buffered, then pass the marker on behind its verdicts."""
+        self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+        self.send(self.audit, msg)
 
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
         """Answer with the task (or None)."""

@@ -211,3 +211,19 @@ class PresenceFlight(InternalMessage):
 
     change: PresenceChange
     reply_to: Any
+
+
+class Probe(InternalMessage):
+    """Marker the router sends down Presence -> Capability -> TaskStore -> Audit after a
+    channel actor died; each stage passes it on only after everything it received before.
+    When Audit returns it (`ProbeDone`), any request of the dead channel still unanswered
+    never left that actor: it is lost and gets `task_ingress_failed`."""
+
+    probe_id: int
+    reply_to: Any
+
+
+class ProbeDone(InternalMessage):
+    """Audit's answer to a Probe: everything sent before it has been answered."""
+
+    probe_id: int
