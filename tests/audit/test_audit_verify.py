@@ -193,8 +193,10 @@ def test_missing_checkpoint_of_an_old_chain_fails(tmp_path: Path) -> None:
     with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
         rt.greet("ws", "ops", writer_card("peer-a"))
         rt.submit(ctx("r-1"), CreateTask(title="early"))
-        time.sleep(1.1)  # records spanning more than a checkpoint interval
+        time.sleep(1.2)  # records spanning more than a checkpoint interval ...
         rt.submit(ctx("r-2"), CreateTask(title="late"))
+        time.sleep(0.7)  # ... and older than the crash grace
+        rt.submit(ctx("r-3"), CreateTask(title="latest"))
     assert verify_store(str(path)).ok
     os.remove(f"{path}.checkpoint")
     result = verify_store(str(path))
