@@ -3,9 +3,10 @@
 Accepts:
 - `Wiring` (from the router) -> remembers Presence, Audit and the pipeline depth.
 - `InFlight` (from the router) -> queued in arrival order; started through Presence while
-  fewer than `channel_pipeline` requests of the channel are in flight (1 = strictly one
-  request at a time, end to end). Admitted requests stay in arrival order all the way to
-  the store: every hop between here and TaskStore is one sender-receiver pair.
+  fewer than `channel_pipeline` requests of the channel, and none of the same peer, are in
+  flight (1 = strictly one request at a time, end to end). Admitted requests stay in
+  arrival order all the way to the store: every hop to TaskStore is one sender-receiver
+  pair.
 - `PresenceFlight` (from the router) -> the fence: a greet or leave waits at the head of
   the queue until NO request of the channel is in flight, then goes to Presence; requests
   behind it wait for it. So a change never lands between a request's checks and its
@@ -26,11 +27,17 @@ from actors.log import get_logger
 from messages.protocol import Done, InFlight, PresenceFlight, Wiring
 
 
-def may_start(head: InFlight | PresenceFlight, in_flight: int, pipeline: int) -> bool:
-    """The fence rule: a presence change needs an idle channel; a request a free slot."""
+def may_start(head: InFlight | PresenceFlight, in_flight: dict[int, str], pipeline: int) -> bool:
+    """The fence rule: a presence change needs an idle channel; a request a free slot and no
+    other request of its own peer in flight.
+
+    The per-peer rule matters: were a peer's second request checked while its first still
+    waits on the store, the second could see the peer expired (and say so) before the first
+    commits as accepted — an accepted write after the expiry was observable.
+    """
     if isinstance(head, PresenceFlight):
-        return in_flight == 0
-    return in_flight < pipeline
+        return not in_flight
+    return len(in_flight) < pipeline and head.context.peer_id not in in_flight.values()
 
 
 class ChannelIngress(GateActor):
@@ -39,7 +46,7 @@ class ChannelIngress(GateActor):
     def __init__(self) -> None:
         super().__init__()
         self.presence: Any = None
-        self.in_flight: set[int] = set()
+        self.in_flight: dict[int, str] = {}  # ticket -> peer
         self.pipeline = 1
         self.queue: deque[InFlight | PresenceFlight] = deque()
         self.log = get_logger(actor="channel_ingress")
@@ -65,14 +72,14 @@ class ChannelIngress(GateActor):
         """A request of this channel is answered; start what the queue allows."""
         if msg.ticket not in self.in_flight and not self.naive:
             self.log.warning("ingress.unexpected_done", ticket=msg.ticket)
-        self.in_flight.discard(msg.ticket)
+        self.in_flight.pop(msg.ticket, None)
         self._pump()
 
     def _pump(self) -> None:
         while self.queue and (
-            self.naive or may_start(self.queue[0], len(self.in_flight), self.pipeline)
+            self.naive or may_start(self.queue[0], self.in_flight, self.pipeline)
         ):
             item = self.queue.popleft()
             self.send(self.presence, item)
             if isinstance(item, InFlight) and not self.naive:
-                self.in_flight.add(item.submission.ticket)
+                self.in_flight[item.submission.ticket] = item.context.peer_id

@@ -165,11 +165,6 @@ def check_expiry_mid_request(obs: Observed) -> None:
     assert_clean(obs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug (reported to the lead): with channel_pipeline > 1 a later request of the same "
-    "peer is checked while its earlier write is in flight, so the peer is told it expired "
-    "(peer_not_found) before that write commits; fix: ChannelIngress starts a request only "
-    "when no request of the same peer is in flight"))
 def test_expiry_reached_mid_request_orders_the_write_before_the_expiry(
         make_runtime: MakeRuntime, clock: FakeClock) -> None:
     check_expiry_mid_request(run_expiry_mid_request(make_runtime, clock))
