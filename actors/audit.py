@@ -25,7 +25,7 @@ from typing import Any
 from actors import gate
 from actors.base import GateActor
 from actors.chain import checkpoint_mac, record_hash
-from actors.log import get_logger
+from actors.log import get_logger, info_enabled
 from actors.schema import connect
 from messages.audit import GENESIS_HASH, AuditRecord
 from messages.outcomes import Outcome
@@ -174,14 +174,17 @@ class Audit(GateActor):
         if not batch:
             return
         committed = self._commit(batch)
+        log_info = info_enabled()
         for verdict in batch:
             outcome = verdict.outcome if committed else _failed(verdict.outcome)
-            self._log_outcome(verdict.flight, outcome)
-            self.send(verdict.flight.reply_to, Replied(ticket=verdict.flight.submission.ticket,
-                                                       outcome=outcome))
+            if log_info:
+                self._log_outcome(verdict.flight, outcome)
+            ticket = verdict.flight.submission.ticket
+            # model_construct: validated parts, per-request path.
+            self.send(verdict.flight.reply_to, Replied.model_construct(ticket=ticket,
+                                                                       outcome=outcome))
             if verdict.flight.channel_actor is not None:
-                self.send(verdict.flight.channel_actor,
-                          Done(ticket=verdict.flight.submission.ticket))
+                self.send(verdict.flight.channel_actor, Done.model_construct(ticket=ticket))
         self._checkpoint(force=False)
 
     def _commit(self, batch: list[Verdict]) -> bool:

@@ -80,6 +80,10 @@ def _is_control(c: str) -> bool:
 
 def normalize_context(ctx: IngressContext) -> IngressContext:
     """Trim every identifier, as the grammar is checked after trimming."""
+    fields = (ctx.workspace, ctx.peer_id, ctx.channel, ctx.request_id, ctx.work_id,
+              ctx.trace_id, ctx.causation_id)
+    if all(f == f.strip() for f in fields):
+        return ctx  # the common case: nothing to trim, no new model to build
     return IngressContext(
         workspace=ctx.workspace.strip(),
         peer_id=ctx.peer_id.strip(),

@@ -14,12 +14,14 @@ from typing import Any
 import structlog
 
 _configured = False
+_level = logging.INFO
 
 
 def configure(level: str | None = None) -> None:
     """Route structlog to JSON lines on stderr, filtered at `level` (default: env or info)."""
-    global _configured
+    global _configured, _level
     name = (level or os.environ.get("TASK_INGRESS_LOG_LEVEL", "info")).upper()
+    _level = getattr(logging, name, logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -27,11 +29,18 @@ def configure(level: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def info_enabled() -> bool:
+    """Whether info events are emitted: lets hot paths skip building events nobody sees."""
+    if not _configured and not structlog.is_configured():
+        configure()
+    return _level <= logging.INFO
 
 
 def get_logger(**bound: Any) -> Any:

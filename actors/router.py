@@ -109,8 +109,9 @@ class IngressRouter(GateActor):
             return
         target = self._channel(ctx.workspace, ctx.channel)
         # Audit reports Done to us, so we know what a channel actor held if it dies.
-        flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
-                          channel_actor=self.myAddress)
+        # model_construct: every field was validated already; this is the per-request path.
+        flight = InFlight.model_construct(submission=sub, context=ctx, reply_to=reply_to,
+                                          channel_actor=self.myAddress)
         self.unanswered[sub.ticket] = flight
         self.send(target, flight)
 

@@ -127,7 +127,9 @@ class TaskStore(GateActor):
                 request_ids=[f.context.request_id for f in batch],
             )
             return [Verdict(flight=f, outcome=_failed(f)) for f in batch]
-        return [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
+        # model_construct: validated parts, per-request path.
+        return [Verdict.model_construct(flight=f, outcome=o, outbox_id=box)
+                for f, o, box in results]
 
     def _apply_one(
         self, conn: sqlite3.Connection, flight: InFlight, now: float
