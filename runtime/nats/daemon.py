@@ -1,0 +1,225 @@
+"""The serve loop: one asyncio loop, nats-py, the runtime, graceful shutdown.
+
+Start: local nats-server (unless --nats-url), trust file, runtime (actor system + store),
+NATS connection, subscriptions to `agh.network.v0.<ws>.<ch|*>.broadcast` and
+`agh.network.v0.<ws>.<ch|*>.peer.<route_token(daemon peer)>`, metrics, ready file.
+
+Stop (first SIGTERM/SIGINT, or `request_stop()`): readiness off, unsubscribe (the server
+sends no more; messages already received are still judged), answer every in-flight
+request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
+the local server, remove the ready file, exit 0. A second signal exits at once (status
+130): SQLite's WAL keeps committed transactions, so the store stays consistent; requests
+not yet answered were not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from typing import Any
+
+from actors.log import get_logger
+from runtime.config import RuntimeConfig
+from runtime.facade import IngressRuntime
+from runtime.nats import envelope as wire
+from runtime.nats.handler import EnvelopeHandler
+from runtime.nats.metrics import Metrics
+from runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
+from runtime.nats.server import NatsServer
+from runtime.nats.settings import ServeSettings
+from runtime.nats.signing import generate_key, public_key_text
+from runtime.nats.trust import TrustStore, ensure_trust_file
+
+HARD_EXIT_STATUS = 130
+PENDING_MSGS_LIMIT = 65536
+
+
+class Daemon:
+    """`task-ingress serve`: construct with settings, then `await run()` (or `run_sync`)."""
+
+    def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
+                 runtime_config: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.install_signals = install_signals
+        self.runtime_config = runtime_config or {}
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.info: ReadyInfo | None = None
+        self.runtime: IngressRuntime | None = None
+        self.server: NatsServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.log = get_logger(component="nats.daemon")
+
+    # ---- control -----------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Begin a graceful stop; safe from any thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info("serve.stopping", signal=signal.Signals(signum).name)
+            if self._stop is not None:
+                self._stop.set()
+            return
+        self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
+        if self.server is not None:
+            self.server.stop()
+        os._exit(HARD_EXIT_STATUS)
+
+    def run_sync(self) -> int:
+        """Run the daemon on a fresh event loop in this thread; returns the exit status."""
+        return asyncio.run(self.run())
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def run(self) -> int:
+        """Serve until stopped; returns 0 after a graceful stop."""
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self.install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        self.log.info("serve.settings", **s.public())
+        handler: EnvelopeHandler | None = None
+        nc: Any = None
+        try:
+            url, token = await self._nats_endpoint()
+            ensure_trust_file(s.trust_path)
+            trust = TrustStore(s.trust_path)
+            key = generate_key()
+            config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
+                                   local_peer_id=s.peer_id, greet_interval=s.greet_interval,
+                                   **self.runtime_config)
+            self.runtime = IngressRuntime(config)
+            await asyncio.to_thread(self.runtime.start)
+            nc = await self._connect(url, token)
+            handler = EnvelopeHandler(runtime=self.runtime, trust=trust, key=key,
+                                      peer_id=s.peer_id, publish=nc.publish,
+                                      metrics=self.metrics)
+            subs = await self._subscribe(nc, handler)
+            metrics_url = None
+            if s.metrics_port:
+                port = self.metrics.serve(s.metrics_port)
+                metrics_url = f"http://127.0.0.1:{port}/metrics"
+            self.info = ReadyInfo(
+                nats_url=url, pid=os.getpid(), trust_file=s.trust_path,
+                credentials={"token": token} if token else {},
+                store=self.runtime.store_path, workspace=s.workspace, channels=s.channels,
+                daemon_peer_id=s.peer_id, daemon_route_token=wire.route_token(s.peer_id),
+                daemon_public_key=public_key_text(key), greet_interval=s.greet_interval,
+                metrics_url=metrics_url,
+            )
+            if s.ready_file:
+                write_ready_file(s.ready_file, self.info)
+            self.metrics.ready.set(1)
+            self.ready.set()
+            self.log.info("serve.ready", nats_url=url, workspace=s.workspace,
+                          subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
+            await self._stop.wait()
+            await self._drain(nc, subs)
+            return 0
+        finally:
+            self.metrics.ready.set(0)
+            await self._shutdown(nc, handler)
+
+    async def _nats_endpoint(self) -> tuple[str, str]:
+        s = self.settings
+        if s.nats_url:
+            return s.nats_url, s.nats_token.get_secret_value() if s.nats_token else ""
+        self.server = await asyncio.to_thread(NatsServer().start)
+        return self.server.url, self.server.token
+
+    async def _connect(self, url: str, token: str) -> Any:
+        import nats  # heavy import: only when serving
+
+        log = self.log
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats.error", error=repr(exc))
+
+        async def on_disconnect() -> None:
+            log.warning("nats.disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats.reconnected")
+
+        options: dict[str, Any] = {"servers": [url], "name": "task-ingress-serve",
+                                   "max_reconnect_attempts": -1, "error_cb": on_error,
+                                   "disconnected_cb": on_disconnect,
+                                   "reconnected_cb": on_reconnect}
+        if token:
+            options["token"] = token
+        return await nats.connect(**options)
+
+    async def _subscribe(self, nc: Any, handler: EnvelopeHandler) -> list[Any]:
+        s = self.settings
+        token = wire.route_token(s.peer_id)
+        subs = []
+        for channel in s.channels or ["*"]:
+            for subject in (wire.broadcast_subject(s.workspace, channel),
+                            f"{wire.SUBJECT_PREFIX}.{s.workspace}.{channel}.peer.{token}"):
+                subs.append(await nc.subscribe(
+                    subject, cb=self._dispatcher(handler), pending_msgs_limit=PENDING_MSGS_LIMIT,
+                    pending_bytes_limit=PENDING_MSGS_LIMIT * 1024))
+        await nc.flush()
+        return subs
+
+    def _dispatcher(self, handler: EnvelopeHandler) -> Any:
+        tasks = self._tasks
+
+        async def dispatch(msg: Any) -> None:
+            # One task per message, started in arrival order (asyncio runs new tasks FIFO),
+            # so requests reach the runtime in the order NATS delivered them.
+            task = asyncio.create_task(handler.handle(msg.subject, msg.data, msg.reply))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        return dispatch
+
+    async def _drain(self, nc: Any, subs: list[Any]) -> None:
+        self.metrics.ready.set(0)
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.drain(), self.settings.drain_timeout)
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks),
+                                               timeout=self.settings.drain_timeout)
+            if pending:
+                self.log.error("serve.drain_timeout", unanswered=len(pending))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.flush(), 5)
+        self.log.info("serve.drained", answered=self._answered())
+
+    def _answered(self) -> int:
+        total = 0.0
+        for metric in self.metrics.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    total += sample.value
+        return int(total)
+
+    async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+        if handler is not None:
+            await asyncio.to_thread(handler.close)
+        if self.runtime is not None:
+            await asyncio.to_thread(self.runtime.close)
+        self.metrics.close()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+        if self.settings.ready_file:
+            remove_ready_file(self.settings.ready_file, os.getpid())
+        self.log.info("serve.stopped")

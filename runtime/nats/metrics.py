@@ -1,0 +1,98 @@
+"""Prometheus metrics and readiness on a loopback HTTP port (off unless --metrics-port).
+
+GET /metrics: Prometheus text format. GET /ready: 200 "ready" while serving, 503 otherwise
+(starting or draining). Counters are kept even when the endpoint is off (cheap, and the
+daemon's shutdown log reports them).
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+
+
+class Metrics:
+    """The daemon's counters, histogram and gauges in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "task_ingress_requests", "Task requests answered, by action, outcome and reason.",
+            ["action", "outcome", "reason"], registry=self.registry)
+        self.latency = Histogram(
+            "task_ingress_request_seconds", "Arrival to reply published, per action.",
+            ["action"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.greets = Counter(
+            "task_ingress_greets", "Greets received, by result.", ["result"],
+            registry=self.registry)
+        self.ignored = Counter(
+            "task_ingress_ignored_envelopes", "Valid AGH envelopes not for task ingress.",
+            ["kind"], registry=self.registry)
+        self.in_flight = Gauge(
+            "task_ingress_in_flight", "Requests received and not yet answered.",
+            registry=self.registry)
+        self.pending_presence = Gauge(
+            "task_ingress_pending_presence", "Greets and rejections waiting for a worker.",
+            registry=self.registry)
+        self.ready = Gauge("task_ingress_ready", "1 while serving, else 0.",
+                           registry=self.registry)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def observe_request(self, action: str, accepted: bool, reason: str | None,
+                        seconds: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(action, "accepted" if accepted else "rejected",
+                             reason or "").inc()
+        self.latency.labels(action).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return bytes(generate_latest(self.registry))
+
+    def serve(self, port: int) -> int:
+        """Serve /metrics and /ready on 127.0.0.1:`port` in a thread; returns the port."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    body, status, ctype = metrics.exposition(), 200, CONTENT_TYPE_LATEST
+                elif self.path.startswith("/ready"):
+                    ok = metrics.ready._value.get() == 1.0
+                    body = b"ready\n" if ok else b"not ready\n"
+                    status, ctype = (200 if ok else 503), "text/plain"
+                else:
+                    body, status, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes are not worth a log line
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="task-ingress-metrics", daemon=True)
+        self._thread.start()
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if any."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

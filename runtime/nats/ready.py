@@ -1,0 +1,62 @@
+"""The ready file: written (atomically, mode 0600) once the daemon serves; read by clients.
+
+It holds what a local client needs: the NATS URL and token, the trust file to enrol keys
+in, the daemon's peer ID, route token and public key, the store path and the workspace.
+It contains the NATS token, hence 0600. The daemon removes it when it exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReadyInfo(BaseModel):
+    """Contents of the ready file."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    nats_url: str
+    pid: int
+    trust_file: str
+    credentials: dict[str, str] = Field(default_factory=dict, description="e.g. {'token': ...}")
+    store: str
+    workspace: str
+    channels: list[str] = Field(default_factory=list, description="[] = all channels")
+    daemon_peer_id: str
+    daemon_route_token: str
+    daemon_public_key: str
+    greet_interval: float
+    metrics_url: str | None = None
+
+
+def write_ready_file(path: str, info: ReadyInfo) -> None:
+    """Write `info` to `path` atomically with mode 0600."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(info.model_dump_json(indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_ready_file(path: str) -> ReadyInfo:
+    """Parse a ready file; raises ValueError/OSError when missing or malformed."""
+    with open(path, encoding="utf-8") as fh:
+        return ReadyInfo.model_validate(json.load(fh))
+
+
+def remove_ready_file(path: str, pid: int) -> None:
+    """Remove the ready file if it is still ours (another daemon may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if read_ready_file(path).pid == pid:
+            os.unlink(path)

@@ -1,0 +1,82 @@
+"""`task-ingress serve` configuration: CLI flags over env vars (TASK_INGRESS_*) over defaults."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from actors import gate
+
+
+class ServeSettings(BaseSettings):
+    """Everything the daemon needs; env names are TASK_INGRESS_<FIELD> (e.g. _NATS_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="TASK_INGRESS_", extra="ignore",
+                                      validate_default=True)
+
+    nats_url: str | None = Field(default=None, description=(
+        "NATS server to use; none: start a local nats-server on a free loopback port."))
+    nats_token: SecretStr | None = Field(default=None, description=(
+        "Token for --nats-url (user:password may also sit in the URL)."))
+    store: str = Field(default="task-ingress.db", description="SQLite store path.")
+    workspace: str = Field(default="default", description="Workspace served.")
+    channels: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Channels served (comma-separated in env); empty: all, via a subject wildcard."))
+    peer_id: str = Field(default="task-ingress", description="The daemon's own peer ID.")
+    trust_file: str | None = Field(default=None, description=(
+        "Trust file of peer public keys; default <store>.trust.json."))
+    metrics_port: int = Field(default=0, ge=0, le=65535, description=(
+        "Loopback port for /metrics and /ready; 0: off."))
+    ready_file: str | None = Field(default=None, description="Ready file written once serving.")
+    greet_interval: float = Field(default=30.0, gt=0, description="Seconds; expiry at 2x.")
+    actor_base: str = Field(default="simpleSystemBase", description="Thespian system base.")
+    drain_timeout: float = Field(default=10.0, gt=0, description=(
+        "Seconds to answer in-flight requests after SIGTERM/SIGINT."))
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ServeSettings:
+        if not gate.is_channel(self.workspace):
+            raise ValueError(f"malformed workspace {self.workspace!r}")
+        for channel in self.channels:
+            if not gate.is_channel(channel):
+                raise ValueError(f"malformed channel {channel!r}")
+        if not gate.is_peer_id(self.peer_id):
+            raise ValueError(f"malformed peer id {self.peer_id!r}")
+        return self
+
+    @property
+    def trust_path(self) -> str:
+        """The trust file actually used."""
+        return os.path.abspath(self.trust_file or self.store + ".trust.json")
+
+    def public(self) -> dict[str, Any]:
+        """The settings as printed at start: secrets masked, URL passwords removed."""
+        data = self.model_dump()
+        data["nats_token"] = "***" if self.nats_token else None
+        data["nats_url"] = mask_url(self.nats_url) if self.nats_url else None
+        data["trust_file"] = self.trust_path
+        return data
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if parts.password is not None else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

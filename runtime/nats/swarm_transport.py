@@ -1,0 +1,225 @@
+"""NatsSwarmTransport: the swarm's simulated peers talking to a daemon over NATS.
+
+Thread-safe: one asyncio loop runs in a background thread; callers hand it coroutines with
+`run_coroutine_threadsafe`. Each simulated peer gets its own Ed25519 key, enrolled in the
+daemon's trust file (from the ready file) before its first message.
+
+- `greet` sends a signed AGH greet on the broadcast subject as a NATS request and returns
+  once the daemon answered that it applied it; the transport then re-greets the peer every
+  half `greet_interval` (AGH heartbeats) until `leave`.
+- `leave` just stops greeting (AGH has no leave message): the peer expires on the daemon
+  2 x greet_interval after its last greet, not when `leave` returns.
+- `deliver` wraps the SPEC §7 msgpack envelope in the signed compact form, sends it to the
+  daemon's peer subject as a NATS request and returns the SPEC §7 msgpack reply.
+- A card that claims `task.write` with an empty proof is greeted without `task.write`:
+  over the wire the proof is the signature, and such a card grants nothing in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from actors import gate
+from messages.codec import decode_envelope, encode_reply
+from messages.outcomes import Outcome
+from messages.peers import PeerCard
+from messages.reasons import Reason
+from runtime.nats import envelope as wire
+from runtime.nats.compact import encode_compact
+from runtime.nats.ready import read_ready_file
+from runtime.nats.signing import generate_key, public_key_text, sign_envelope
+from runtime.nats.trust import enroll
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 30.0
+
+
+class NatsSwarmTransport:
+    """Drives a running `task-ingress serve` over NATS (see the module docstring)."""
+
+    greet_interval: float
+
+    def __init__(self, *, ready_file: str | None = None, nats_url: str | None = None,
+                 workspace: str = "default", trust_file: str | None = None,
+                 token: str | None = None, daemon_peer_id: str | None = None,
+                 greet_interval: float | None = None,
+                 request_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.workspace = workspace
+        self.request_timeout = request_timeout
+        self._store = ""
+        if ready_file:
+            info = read_ready_file(ready_file)
+            url = nats_url or info.nats_url
+            token = token or info.credentials.get("token")
+            trust_file = trust_file or info.trust_file
+            daemon_peer_id = daemon_peer_id or info.daemon_peer_id
+            greet_interval = greet_interval or info.greet_interval
+            self._store = info.store
+        elif nats_url:
+            # A daemon elsewhere: its trust file must be shared (or peers enrolled out of
+            # band), the token comes from the URL or TASK_INGRESS_NATS_TOKEN.
+            url = nats_url
+            token = token or os.environ.get("TASK_INGRESS_NATS_TOKEN") or None
+            trust_file = trust_file or os.environ.get("TASK_INGRESS_TRUST_FILE") or None
+        else:
+            raise ValueError("NatsSwarmTransport needs ready_file or nats_url")
+        self.nats_url = url
+        self.trust_file = trust_file
+        self.daemon_peer_id = daemon_peer_id or "task-ingress"
+        self.greet_interval = float(greet_interval or 30.0)
+        self._token = token
+        self._keys: dict[str, Ed25519PrivateKey] = {}
+        self._keys_lock = threading.Lock()
+        self._greeted: dict[tuple[str, str, str], tuple[PeerCard, float]] = {}
+        self._greeted_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="nats-swarm-transport", daemon=True)
+        self._thread.start()
+        self._nc: Any = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        try:
+            self._call(self._connect(), timeout=15.0)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- loop plumbing -----------------------------------------------------------
+    def _call(self, coro: Any, timeout: float) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError("no answer from the daemon in time") from None
+
+    async def _connect(self) -> None:
+        import nats  # heavy import: only when this transport is used
+
+        options: dict[str, Any] = {"servers": [self.nats_url], "name": "task-ingress-swarm",
+                                   "max_reconnect_attempts": 10}
+        if self._token and not urlsplit(self.nats_url).username:
+            options["token"] = self._token
+        self._nc = await nats.connect(**options)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+
+    # ---- identities --------------------------------------------------------------
+    def _key_for(self, peer_id: str) -> Ed25519PrivateKey:
+        with self._keys_lock:
+            key = self._keys.get(peer_id)
+            if key is None:
+                key = generate_key()
+                if self.trust_file and gate.is_peer_id(peer_id):
+                    enroll(self.trust_file, {peer_id: public_key_text(key)})
+                self._keys[peer_id] = key
+            return key
+
+    # ---- presence ----------------------------------------------------------------
+    def _greet_bytes(self, workspace: str, channel: str, card: PeerCard) -> bytes:
+        capabilities = list(card.capabilities)
+        if not card.proof:
+            capabilities = [c for c in capabilities if c.strip() != gate.TASK_WRITE]
+        peer_card: dict[str, Any] = {
+            "peer_id": card.peer_id, "profiles_supported": [wire.PROTOCOL],
+            "capabilities": capabilities, "artifacts_supported": [],
+            "trust_modes_supported": ["ed25519"],
+        }
+        if card.display_name:
+            peer_card["display_name"] = card.display_name
+        env = wire.build_envelope(kind=wire.KIND_GREET, workspace=workspace, channel=channel,
+                                  sender=card.peer_id, body={"peer_card": peer_card})
+        return wire.encode_json(sign_envelope(env, self._key_for(card.peer_id)))
+
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
+        """Signed greet; returns once the daemon applied it, then heartbeats until leave."""
+        data = self._greet_bytes(workspace, channel, card)
+        subject = wire.broadcast_subject(workspace, channel)
+        msg = self._call(self._request(subject, data), self.request_timeout + 1)
+        answer = json.loads(msg.data)
+        body = answer.get("body", {}) if isinstance(answer, dict) else {}
+        if not body.get("applied"):
+            raise RuntimeError(f"daemon refused greet of {card.peer_id!r}: {body!r}")
+        with self._greeted_lock:
+            self._greeted[(workspace, channel, card.peer_id)] = (card, time.monotonic())
+
+    def leave(self, workspace: str, channel: str, peer_id: str) -> None:
+        """Go silent: stop re-greeting (AGH has no leave message; the daemon expires it)."""
+        with self._greeted_lock:
+            self._greeted.pop((workspace, channel, peer_id), None)
+
+    async def _heartbeat_loop(self) -> None:
+        tick = max(0.01, min(1.0, self.greet_interval / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            with self._greeted_lock:
+                due = [(k, card) for k, (card, last) in self._greeted.items()
+                       if now - last >= self.greet_interval / 2]
+                for k, card in due:
+                    self._greeted[k] = (card, now)
+            for (ws, ch, _peer), card in due:
+                try:
+                    await self._nc.publish(wire.broadcast_subject(ws, ch),
+                                           self._greet_bytes(ws, ch, card))
+                except Exception:  # a heartbeat lost to a reconnect is retried next tick
+                    continue
+
+    # ---- requests ----------------------------------------------------------------
+    async def _request(self, subject: str, data: bytes) -> Any:
+        return await self._nc.request(subject, data, timeout=self.request_timeout)
+
+    def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
+        """Send SPEC §7 envelope bytes as `peer_id` (signed compact form); the msgpack reply."""
+        data = encode_compact(bytes(envelope), workspace=workspace, channel=channel,
+                              sender=peer_id, to=self.daemon_peer_id, ts=int(time.time()),
+                              key=self._key_for(peer_id))
+        try:
+            subject = wire.peer_subject(workspace, channel, self.daemon_peer_id)
+            msg = self._call(self._request(subject, data), self.request_timeout + 1)
+        except Exception:  # no responder, timeout, malformed subject: nothing was judged
+            decoded = decode_envelope(bytes(envelope))
+            return encode_reply(Outcome(
+                request_id=gate.safe_field(decoded.request_id), action=decoded.action,
+                accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE))
+        return bytes(msg.data)
+
+    def store_path(self) -> str:
+        """The daemon's store (from the ready file; '' when driving a remote daemon)."""
+        return self._store
+
+    def close(self) -> None:
+        """Stop heartbeats, close the connection and the loop thread; idempotent."""
+        if not self._thread.is_alive():
+            return
+
+        async def _close() -> None:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            if self._nc is not None:
+                try:
+                    await asyncio.wait_for(self._nc.close(), 5)
+                except Exception:  # closing a broken connection: nothing left to do
+                    return
+
+        with contextlib.suppress(Exception):  # close must not raise; the loop still stops
+            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> NatsSwarmTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
