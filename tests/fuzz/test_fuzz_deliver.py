@@ -64,6 +64,7 @@ SEEN: Counter[tuple[str, str, str | None]] = Counter()
 
 def deliver_and_check(target: FuzzTarget, data: bytes, ident: tuple[str, str, str]) -> None:
     ws, ch, peer = ident
+    target.tap.new_records()  # a failed earlier example must not leave its record to us
     raw = target.rt.deliver(data, workspace=ws, channel=ch, peer_id=peer)
     reply = check_wire_reply(raw)
     rec = check_one_record(target.tap, reply["accepted"], reply["reason"], reply["request_id"])

@@ -85,6 +85,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
 def send(target: FuzzTarget, path: str, ws: str, ch: str, peer: str, rid: str
          ) -> tuple[bool, str | None, str]:
     """One create through `path`; returns (accepted, reason, request ID as replied)."""
+    target.tap.new_records()  # a failed earlier test must not leave its record to us
     request = CreateTask(title="tricky")
     if path == "deliver":
         raw = target.rt.deliver(encode_envelope(request, rid), workspace=ws, channel=ch,
