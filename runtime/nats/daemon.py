@@ -53,6 +53,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._signals = 0
+        self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.log = get_logger(component="nats.daemon")
 
@@ -147,7 +148,8 @@ class Daemon:
             log.warning("nats.error", error=repr(exc))
 
         async def on_disconnect() -> None:
-            log.warning("nats.disconnected")
+            if not self._closing:
+                log.warning("nats.disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats.reconnected")
@@ -208,6 +210,7 @@ class Daemon:
         return int(total)
 
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if nc is not None:

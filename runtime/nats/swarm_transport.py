@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actors import gate
+from actors.log import get_logger
 from messages.codec import decode_envelope, encode_reply
 from messages.outcomes import Outcome
 from messages.peers import PeerCard
@@ -107,8 +108,14 @@ class NatsSwarmTransport:
     async def _connect(self) -> None:
         import nats  # heavy import: only when this transport is used
 
+        log = get_logger(component="nats.swarm_transport")
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py prints a traceback per reconnect attempt without this.
+            log.debug("nats.error", error=repr(exc))
+
         options: dict[str, Any] = {"servers": [self.nats_url], "name": "task-ingress-swarm",
-                                   "max_reconnect_attempts": 10}
+                                   "max_reconnect_attempts": 10, "error_cb": on_error}
         if self._token and not urlsplit(self.nats_url).username:
             options["token"] = self._token
         self._nc = await nats.connect(**options)

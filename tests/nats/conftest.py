@@ -1,0 +1,110 @@
+"""Fixtures for the NATS transport: a real nats-server, an in-process daemon, signing peers.
+
+Everything started here is stopped in `finally` blocks, and a leaked-process check runs
+after each daemon fixture.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from runtime.nats.daemon import Daemon
+from runtime.nats.server import NatsServer
+from runtime.nats.settings import ServeSettings
+from tests.nats.nats_support import Wire
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A token-protected nats-server on a free loopback port, always stopped."""
+    server = NatsServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+class RunningDaemon:
+    """A Daemon serving on a background thread."""
+
+    def __init__(self, daemon: Daemon, thread: threading.Thread) -> None:
+        self.daemon = daemon
+        self.thread = thread
+
+    @property
+    def runtime(self) -> Any:
+        return self.daemon.runtime
+
+    @property
+    def info(self) -> Any:
+        return self.daemon.info
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+
+@pytest.fixture
+def start_daemon(nats_server: NatsServer, tmp_path: Path
+                 ) -> Iterator[Callable[..., RunningDaemon]]:
+    """Factory: an in-process daemon on `nats_server` (stopped at teardown)."""
+    running: list[RunningDaemon] = []
+    before = _children()
+
+    def factory(**overrides: Any) -> RunningDaemon:
+        values: dict[str, Any] = {
+            "nats_url": nats_server.url, "nats_token": nats_server.token,
+            "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
+        }
+        values.update(overrides)
+        daemon = Daemon(ServeSettings(**values),
+                        runtime_config={"audit_key": "00" * 32})
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["status"] = daemon.run_sync()
+            except BaseException as exc:  # surfaced by the ready check below
+                result["error"] = exc
+                daemon.ready.set()
+
+        thread = threading.Thread(target=run, name="test-daemon", daemon=True)
+        thread.start()
+        handle = RunningDaemon(daemon, thread)
+        running.append(handle)
+        assert daemon.ready.wait(20), "daemon not ready"
+        if "error" in result:
+            raise result["error"]
+        return handle
+
+    try:
+        yield factory
+    finally:
+        for handle in running:
+            handle.stop()
+        leaked = _children() - before
+        assert not leaked, f"processes left behind: {leaked}"
+
+
+@pytest.fixture
+def nats_wire(nats_server: NatsServer) -> Iterator[Wire]:
+    """A raw client on the test server."""
+    client = Wire(nats_server.url, nats_server.token)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
