@@ -7,8 +7,9 @@ daemon's trust file (from the ready file) before its first message.
 - `greet` sends a signed AGH greet on the broadcast subject as a NATS request and returns
   once the daemon answered that it applied it; the transport then re-greets the peer every
   half `greet_interval` (AGH heartbeats) until `leave`.
-- `leave` just stops greeting (AGH has no leave message): the peer expires on the daemon
-  2 x greet_interval after its last greet, not when `leave` returns.
+- `leave` just stops greeting (AGH has no leave message) and returns once the re-greets
+  already sent were applied: the peer expires on the daemon at most 2 x greet_interval
+  after `leave` returns, not at once (`leave_revokes = False`).
 - `deliver` wraps the SPEC §7 msgpack envelope in the signed compact form, sends it to the
   daemon's peer subject as a NATS request and returns the SPEC §7 msgpack reply.
 - A card that claims `task.write` with an empty proof is greeted without `task.write`:
@@ -50,13 +51,14 @@ class NatsSwarmTransport:
     """Drives a running `task-ingress serve` over NATS (see the module docstring)."""
 
     greet_interval: float
+    leave_revokes = False
+    """Over NATS a leave is silence: only expiry (2 x greet_interval) revokes."""
 
     def __init__(self, *, ready_file: str | None = None, nats_url: str | None = None,
                  workspace: str = "default", trust_file: str | None = None,
                  token: str | None = None, daemon_peer_id: str | None = None,
                  greet_interval: float | None = None,
                  request_timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.workspace = workspace
         self.request_timeout = request_timeout
         self._store = ""
         if ready_file:
@@ -67,6 +69,7 @@ class NatsSwarmTransport:
             daemon_peer_id = daemon_peer_id or info.daemon_peer_id
             greet_interval = greet_interval or info.greet_interval
             self._store = info.store
+            workspace = info.workspace  # the only workspace the daemon serves
         elif nats_url:
             # A daemon elsewhere: its trust file must be shared (or peers enrolled out of
             # band), the token comes from the URL or TASK_INGRESS_NATS_TOKEN.
@@ -76,6 +79,7 @@ class NatsSwarmTransport:
         else:
             raise ValueError("NatsSwarmTransport needs ready_file or nats_url")
         self.nats_url = url
+        self.workspace = workspace
         self.trust_file = trust_file
         self.daemon_peer_id = daemon_peer_id or "task-ingress"
         self.greet_interval = float(greet_interval or 30.0)
@@ -84,6 +88,7 @@ class NatsSwarmTransport:
         self._keys_lock = threading.Lock()
         self._greeted: dict[tuple[str, str, str], tuple[PeerCard, float]] = {}
         self._greeted_lock = threading.Lock()
+        self._heartbeats: dict[tuple[str, str, str], set[asyncio.Task[None]]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="nats-swarm-transport", daemon=True)
@@ -161,9 +166,19 @@ class NatsSwarmTransport:
             self._greeted[(workspace, channel, card.peer_id)] = (card, time.monotonic())
 
     def leave(self, workspace: str, channel: str, peer_id: str) -> None:
-        """Go silent: stop re-greeting (AGH has no leave message; the daemon expires it)."""
+        """Go silent: stop re-greeting (AGH has no leave message; the daemon expires it).
+
+        Returns once every re-greet already sent for the peer has been applied, so the
+        peer's expiry clock on the daemon runs from no later than this return.
+        """
+        self._call(self._leave((workspace, channel, peer_id)), self.request_timeout + 1)
+
+    async def _leave(self, key: tuple[str, str, str]) -> None:
         with self._greeted_lock:
-            self._greeted.pop((workspace, channel, peer_id), None)
+            self._greeted.pop(key, None)
+        pending = self._heartbeats.pop(key, set())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _heartbeat_loop(self) -> None:
         tick = max(0.01, min(1.0, self.greet_interval / 4))
@@ -175,12 +190,17 @@ class NatsSwarmTransport:
                        if now - last >= self.greet_interval / 2]
                 for k, card in due:
                     self._greeted[k] = (card, now)
-            for (ws, ch, _peer), card in due:
-                try:
-                    await self._nc.publish(wire.broadcast_subject(ws, ch),
-                                           self._greet_bytes(ws, ch, card))
-                except Exception:  # a heartbeat lost to a reconnect is retried next tick
-                    continue
+            for key, card in due:
+                task = asyncio.create_task(self._heartbeat_greet(key, card))
+                tasks = self._heartbeats.setdefault(key, set())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    async def _heartbeat_greet(self, key: tuple[str, str, str], card: PeerCard) -> None:
+        ws, ch, _peer = key
+        # Request/reply, so that `leave` can wait until a re-greet was applied.
+        with contextlib.suppress(Exception):  # a lost heartbeat is retried next period
+            await self._request(wire.broadcast_subject(ws, ch), self._greet_bytes(ws, ch, card))
 
     # ---- requests ----------------------------------------------------------------
     async def _request(self, subject: str, data: bytes) -> Any:
