@@ -30,6 +30,9 @@ def demo(
 from runtime.audit_cli import audit_app  # noqa: E402  (registrations live together here)
 
 app.add_typer(audit_app, name="audit")
+from runtime.swarm.cli import swarm_command  # noqa: E402
+
+app.command("swarm")(swarm_command)
 from runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
 
 app.command(name="serve")(serve)

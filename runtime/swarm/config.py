@@ -1,0 +1,58 @@
+"""SwarmConfig: every knob of `task-ingress swarm` (SPEC §9 options plus a few more)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_GREET_INTERVAL = 1.0
+"""Seconds. Short on purpose (AGH's is 30 s) so that heartbeats, silence and expiry all
+happen inside a default run of a few seconds."""
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """One swarm run. `requests` and `duration` both bound it: whichever is reached first."""
+
+    requests: int = 5000
+    duration: float = 60.0
+    peers: int = 32
+    channels: int = 8
+    workspaces: int = 1
+    concurrency: int = 16
+    churn: float = 0.02
+    """Per request slot, the chance that a peer churns instead: leaves (and re-greets a
+    little later) or goes silent until it expires. 0 disables churn."""
+    bad_share: float = 0.1
+    """Share of requests that are deliberately bad (each kind must be rejected)."""
+    actor_base: str = "simpleSystemBase"
+    store: str | None = None
+    """SQLite store file; None: a durable temp file, removed after the run."""
+    seed: int = 1
+    json_path: str | None = None
+    plot_path: str | None = None
+    ack_log: str | None = None
+    transport: str = "inproc"
+    nats_url: str | None = None
+    daemon: str | None = None
+    greet_interval: float = DEFAULT_GREET_INTERVAL
+    """In-process runtimes only; over NATS the daemon's interval is read from the transport."""
+    capless_share: float = 0.125
+    """Share of peers whose card lacks task.write (or its proof): they only send bad
+    requests, each expected `capability_denied`."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.duration <= 0:
+            raise ValueError("requests must be >= 1 and duration > 0")
+        if self.peers < 1 or self.channels < 1 or self.workspaces < 1:
+            raise ValueError("peers, channels and workspaces must be >= 1")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not 0.0 <= self.churn <= 1.0 or not 0.0 <= self.bad_share <= 1.0:
+            raise ValueError("churn and bad-share are fractions in 0..1")
+        if not 0.0 <= self.capless_share < 1.0:
+            raise ValueError("capless-share is a fraction in 0..1 (exclusive)")
+        if self.transport not in ("inproc", "nats"):
+            raise ValueError("transport is 'inproc' or 'nats'")
+        if self.greet_interval <= 0:
+            raise ValueError("greet-interval must be positive")

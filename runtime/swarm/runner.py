@@ -1,0 +1,315 @@
+"""Runs a swarm: worker threads drive simulated peers through a transport, then checks.
+
+Threads: `concurrency` workers (at most one per peer), each owning a fixed set of peers
+so every peer acts sequentially. The calling thread only reports progress. The run ends
+when `requests` have been sent or `duration` has passed (or on Ctrl-C), then the
+transport is closed (store flushed, final checkpoint) and the invariants read the store.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from messages.codec import decode_reply
+from runtime.swarm.config import SwarmConfig
+from runtime.swarm.history import PresenceEvent, PresenceHistory
+from runtime.swarm.invariants import Check, check_all, gather
+from runtime.swarm.journal import AckLog, Journal, read_journal
+from runtime.swarm.peers import (
+    BAD_KINDS,
+    Greet,
+    Leave,
+    PeerSettings,
+    Plan,
+    Pools,
+    SimPeer,
+    build_peers,
+)
+from runtime.swarm.stats import Snapshot, Stats
+from runtime.swarm.transport import SwarmTransport
+from runtime.verify import StoreUnreadable, open_readonly
+
+TICK = 0.25
+IDLE_SLEEP = 0.005
+MAX_SILENCE_WAIT = 5.0
+"""Expiry (2 x greet_interval) longer than this is not waited for by silent peers."""
+
+
+@dataclass(frozen=True)
+class SwarmResult:
+    """Everything a report needs."""
+
+    config: SwarmConfig
+    stats: Stats
+    checks: list[Check]
+    elapsed: float
+    rss_start_mb: float
+    rss_end_mb: float
+    workers: int
+    greet_interval: float
+    store_path: str
+    transport: str
+
+    @property
+    def ok(self) -> bool:
+        """True when every invariant held."""
+        return all(c.ok for c in self.checks)
+
+    @property
+    def throughput(self) -> float:
+        """Requests answered per second of run time."""
+        return (self.stats.requests - self.stats.errors) / max(self.elapsed, 1e-9)
+
+
+def bad_rates(bad_share: float, capless: float) -> tuple[float, float]:
+    """(writer peers' bad chance per slot, capless peers' send chance per turn) such that
+    about `bad_share` of all requests are bad and capability-less peers send one bad kind's
+    fair part of them (workers visit every peer equally often)."""
+    if bad_share <= 0.0:
+        return 0.0, 0.0
+    if capless <= 0.0:
+        return bad_share, 0.0
+    part = bad_share / (len(BAD_KINDS) + 1)  # capless requests' share of all requests
+    capless_send = min(1.0, part * (1 - capless) / (capless * (1 - part)))
+    writer_bad = min(1.0, (bad_share - part) / (1 - part))
+    return writer_bad, capless_send
+
+
+class Budget:
+    """Request slots and the deadline, shared by all workers."""
+
+    def __init__(self, requests: int, deadline: float) -> None:
+        self.left = requests
+        self.deadline = deadline
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def over(self) -> bool:
+        """No more work: slots used up, deadline passed, or stopped."""
+        return self.left <= 0 or self.stopped.is_set() or time.monotonic() >= self.deadline
+
+    def take(self) -> bool:
+        """Claim one request slot."""
+        with self._lock:
+            if self.over():
+                return False
+            self.left -= 1
+            return True
+
+
+def tree_rss_mb() -> float:
+    """Resident memory of this process and its children (actor processes), MB."""
+    me = psutil.Process()
+    total = int(me.memory_info().rss)
+    for child in me.children(recursive=True):
+        try:
+            total += int(child.memory_info().rss)
+        except psutil.Error:
+            continue
+    return total / (1024 * 1024)
+
+
+def audit_head(store_path: str) -> int:
+    """The store's last audit seq (0 for a new store)."""
+    try:
+        with open_readonly(store_path) as conn:
+            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
+    except StoreUnreadable:
+        return 0
+    return int(row[0])
+
+
+class Swarm:
+    """One run: peers, workers, bookkeeping. Use `run_swarm` unless testing."""
+
+    def __init__(self, cfg: SwarmConfig, transport: SwarmTransport, workdir: str,
+                 audit_key: str | None = None) -> None:
+        self.cfg = cfg
+        self.transport = transport
+        self.audit_key = audit_key
+        self.leave_revokes = bool(getattr(transport, "leave_revokes", False))
+        self.greet_interval = float(transport.greet_interval)
+        self.history = PresenceHistory(expiry=2 * self.greet_interval,
+                                       leave_revokes=self.leave_revokes)
+        self.store_path = transport.store_path()
+        self.start_seq = audit_head(self.store_path)
+        tag = f"s{cfg.seed}" if self.start_seq == 0 else f"s{cfg.seed}-{secrets.token_hex(3)}"
+        fixed_ws = getattr(transport, "workspace", None) if cfg.transport == "nats" else None
+        workspaces = ([str(fixed_ws)] if fixed_ws
+                      else [f"ws-{i}" for i in range(cfg.workspaces)])
+        channels = [f"ch-{i}" for i in range(cfg.channels)]
+        capless = cfg.capless_share if cfg.peers > 1 else 0.0
+        writer_bad, capless_send = bad_rates(cfg.bad_share, capless)
+        settings = PeerSettings(
+            channels=channels, greet_interval=self.greet_interval, churn=cfg.churn,
+            writer_bad_p=writer_bad, capless_send_p=capless_send,
+            tag=tag, leave_revokes=self.leave_revokes,
+            allow_silence=2 * self.greet_interval <= MAX_SILENCE_WAIT,
+        )
+        self.peers = build_peers(cfg.peers, channels, workspaces, capless, settings, Pools(),
+                                 cfg.seed)
+        self.workers = min(cfg.concurrency, len(self.peers))
+        self.journal = Journal(os.path.join(workdir, "journal.jsonl"))
+        self.ack = AckLog(cfg.ack_log) if cfg.ack_log else None
+        self.stats = Stats(start=time.monotonic())
+        self.budget = Budget(cfg.requests, self.stats.start + cfg.duration)
+
+    # ---- worker side -------------------------------------------------------------
+    def _greet(self, peer: SimPeer) -> None:
+        key = (peer.workspace, peer.channel, peer.peer_id)
+        sent = time.monotonic()
+        try:
+            self.transport.greet(peer.workspace, peer.channel, peer.card())
+        finally:
+            # Recorded even when the call failed: it may have taken effect (conservative).
+            returned = time.monotonic()
+            self.history.record(key, PresenceEvent("greet", peer.writer, sent, returned))
+        peer.greeted(returned)
+        self.stats.presence("greet")
+
+    def _leave(self, peer: SimPeer) -> None:
+        sent = time.monotonic()
+        self.transport.leave(peer.workspace, peer.channel, peer.peer_id)
+        returned = time.monotonic()
+        # Only a leave that returned is evidence of a revocation.
+        self.history.record((peer.workspace, peer.channel, peer.peer_id),
+                            PresenceEvent("leave", False, sent, returned))
+        peer.left(returned)
+        self.stats.presence("leave")
+
+    def _send(self, peer: SimPeer, plan: Plan) -> None:
+        sent = time.monotonic()
+        reply: dict[str, Any] | None = None
+        what = f"{plan.bad or plan.kind} {plan.peer_id} {plan.request_id!r}"
+        try:
+            raw = self.transport.deliver(plan.envelope, workspace=plan.workspace,
+                                         channel=plan.channel, peer_id=plan.peer_id)
+            reply = decode_reply(raw)
+        except Exception as exc:
+            what = f"{what}: {exc!r:.200}"
+        returned = time.monotonic()
+        self.journal.write(plan, sent, returned, reply)
+        if reply is None:
+            self.stats.record(returned, returned - sent, None, None, plan.bad, plan.expect, what)
+            return
+        accepted = bool(reply.get("accepted"))
+        reason = reply.get("reason")
+        self.stats.record(returned, returned - sent, accepted,
+                          reason if isinstance(reason, str) else None, plan.bad, plan.expect,
+                          what)
+        if self.ack is not None:
+            self.ack.write(plan, reply)
+        peer.on_reply(plan, reply)
+
+    def _work(self, peers: list[SimPeer]) -> None:
+        idle = 0
+        i = 0
+        while not self.budget.over():
+            peer = peers[i % len(peers)]
+            i += 1
+            step = peer.next_step(time.monotonic())
+            if step is None:
+                idle += 1
+                if idle >= len(peers):
+                    time.sleep(IDLE_SLEEP)
+                    idle = 0
+                continue
+            idle = 0
+            try:
+                if isinstance(step, Greet):
+                    self._greet(peer)
+                elif isinstance(step, Leave):
+                    self._leave(peer)
+                elif self.budget.take():
+                    self._send(peer, step)
+            except Exception as exc:  # a failing greet/leave must not kill the worker
+                self.stats.record(time.monotonic(), 0.0, None, None,
+                                  what=f"{type(step).__name__} {peer.peer_id}: {exc!r:.200}")
+                time.sleep(IDLE_SLEEP)
+
+    # ---- driver side -------------------------------------------------------------
+    def run(self, on_tick: Callable[[Snapshot], None] | None = None) -> tuple[float, float,
+                                                                               float]:
+        """Run the workers to the end; returns (elapsed, rss_start_mb, rss_end_mb)."""
+        rss_start = tree_rss_mb()
+        threads = [
+            threading.Thread(target=self._work, args=(self.peers[w::self.workers],),
+                             name=f"swarm-worker-{w}", daemon=True)
+            for w in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                time.sleep(TICK)
+                if on_tick is not None:
+                    on_tick(self.stats.snapshot(time.monotonic()))
+        except KeyboardInterrupt:
+            self.budget.stopped.set()
+        for t in threads:
+            t.join()
+        end = time.monotonic()
+        self.stats.finish(end)
+        if on_tick is not None:
+            on_tick(self.stats.snapshot(end))
+        rss_end = tree_rss_mb()
+        self.journal.close()
+        if self.ack is not None:
+            self.ack.close()
+        return end - self.stats.start, rss_start, rss_end
+
+    def check(self) -> list[Check]:
+        """The invariants, over the store file and this run's journal and history."""
+        sent = list(read_journal(self.journal.path))
+        evidence = gather(self.store_path, self.start_seq, sent, self.history, self.audit_key)
+        return check_all(evidence)
+
+
+def make_inproc(cfg: SwarmConfig, workdir: str) -> tuple[SwarmTransport, str | None]:
+    """An in-process runtime on a durable file store (a temp file unless --store)."""
+    from runtime.config import RuntimeConfig
+    from runtime.swarm.transport import InProcTransport
+
+    store = cfg.store or os.path.join(workdir, "store.db")
+    # A throwaway store gets a throwaway key (no key-file warning); a named one uses the
+    # operator's key (env or key file), as `audit verify` will.
+    key = secrets.token_hex(32) if cfg.store is None else None
+    rc = RuntimeConfig(store_path=store, durable=True, actor_base=cfg.actor_base,
+                       greet_interval=cfg.greet_interval, audit_key=key)
+    return InProcTransport(rc), key
+
+
+def run_swarm(
+    cfg: SwarmConfig,
+    transport_factory: Callable[[SwarmConfig, str], tuple[SwarmTransport, str | None]]
+    = make_inproc,
+    on_tick: Callable[[Snapshot], None] | None = None,
+) -> SwarmResult:
+    """One complete swarm run: start, drive, close, check. Temp files are removed."""
+    workdir = tempfile.mkdtemp(prefix="task-ingress-swarm-")
+    try:
+        transport, key = transport_factory(cfg, workdir)
+        try:
+            swarm = Swarm(cfg, transport, workdir, key)
+            elapsed, rss_start, rss_end = swarm.run(on_tick)
+        finally:
+            transport.close()
+        checks = swarm.check()
+        return SwarmResult(
+            config=cfg, stats=swarm.stats, checks=checks, elapsed=elapsed,
+            rss_start_mb=rss_start, rss_end_mb=rss_end, workers=swarm.workers,
+            greet_interval=swarm.greet_interval, store_path=swarm.store_path,
+            transport=cfg.transport,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
