@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated, Any
 
@@ -47,6 +48,10 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
-    status = Daemon(settings, install_signals=True).run_sync()
+    typer.echo("task-ingress serve: settings " + json.dumps(settings.public(), sort_keys=True),
+               err=True)
+    status = Daemon(settings, install_signals=True,
+                    announce=lambda line: typer.echo("task-ingress serve: " + line,
+                                                     err=True)).run_sync()
     sys.stderr.flush()
     raise typer.Exit(status)

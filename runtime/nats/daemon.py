@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from actors.log import get_logger
@@ -41,8 +42,10 @@ class Daemon:
     """`task-ingress serve`: construct with settings, then `await run()` (or `run_sync`)."""
 
     def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
-                 runtime_config: dict[str, Any] | None = None) -> None:
+                 runtime_config: dict[str, Any] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.announce = announce or (lambda line: None)
         self.install_signals = install_signals
         self.runtime_config = runtime_config or {}
         self.metrics = Metrics()
@@ -123,10 +126,16 @@ class Daemon:
                 write_ready_file(s.ready_file, self.info)
             self.metrics.ready.set(1)
             self.ready.set()
+            self.announce(f"serving workspace {s.workspace!r} on {url} as peer {s.peer_id!r}; "
+                          f"store {self.runtime.store_path}; trust file {s.trust_path}"
+                          + (f"; ready file {s.ready_file}" if s.ready_file else "")
+                          + (f"; metrics {metrics_url}" if metrics_url else ""))
             self.log.info("serve.ready", nats_url=url, workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
             await self._stop.wait()
+            self.announce("draining: answering in-flight requests")
             await self._drain(nc, subs)
+            self.announce(f"stopped after {self._answered()} answered requests")
             return 0
         finally:
             self.metrics.ready.set(0)
@@ -136,7 +145,9 @@ class Daemon:
         s = self.settings
         if s.nats_url:
             return s.nats_url, s.nats_token.get_secret_value() if s.nats_token else ""
-        self.server = await asyncio.to_thread(NatsServer().start)
+        # Started on this thread, not a worker: PR_SET_PDEATHSIG follows the starting
+        # thread, and this one lives as long as the daemon. Startup has nothing to overlap.
+        self.server = NatsServer().start()
         return self.server.url, self.server.token
 
     async def _connect(self, url: str, token: str) -> Any:
