@@ -26,11 +26,13 @@ from tests.fuzz.fuzz_support import (
 )
 
 SCALE = 50 if SLOW else 1
+pytestmark = pytest.mark.timeout(3600 if SLOW else 300)
 # Inputs per test in the normal suite (sum 2,000); x50 in the slow profile (100,000).
 RANDOM_BYTES, RANDOM_MSGPACK, DEEP_NESTING, NEAR_VALID = 500, 500, 200, 800
 
 
 def fuzz_settings(examples: int) -> settings:
+    """`examples` inputs (x50 in the slow profile), one shared runtime, no deadline."""
     return settings(
         max_examples=examples * SCALE, deadline=None, database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -86,15 +88,15 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
     st.floats(allow_nan=True), st.text(max_size=64), st.binary(max_size=64),
 )
-structures = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=8),
-        st.dictionaries(st.one_of(st.text(max_size=16), st.sampled_from(
-            ["v", "kind", "request_id", "body", "title", "task_id"])), inner, max_size=8),
-    ),
-    max_leaves=40,
-)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.one_of(st.text(max_size=16),
+                     st.sampled_from(["v", "kind", "request_id", "body", "title", "task_id"]))
+    return st.one_of(st.lists(inner, max_size=8), st.dictionaries(keys, inner, max_size=8))
+
+
+structures = st.recursive(scalars, _containers, max_leaves=40)
 
 
 @fuzz_settings(RANDOM_MSGPACK)
