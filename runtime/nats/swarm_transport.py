@@ -156,14 +156,32 @@ class NatsSwarmTransport:
     def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
         """Signed greet; returns once the daemon applied it, then heartbeats until leave."""
         data = self._greet_bytes(workspace, channel, card)
-        subject = wire.broadcast_subject(workspace, channel)
-        msg = self._call(self._request(subject, data), self.request_timeout + 1)
+        key = (workspace, channel, card.peer_id)
+        msg = self._call(self._greet(key, card, data), self.request_timeout + 1)
         answer = json.loads(msg.data)
         body = answer.get("body", {}) if isinstance(answer, dict) else {}
         if not body.get("applied"):
+            with self._greeted_lock:
+                self._greeted.pop(key, None)
             raise RuntimeError(f"daemon refused greet of {card.peer_id!r}: {body!r}")
+
+    async def _greet(self, key: tuple[str, str, str], card: PeerCard, data: bytes) -> Any:
+        # From now on heartbeats carry the new card; a heartbeat with the old card that is
+        # already on its way must land first, or it would undo a card that drops task.write.
         with self._greeted_lock:
-            self._greeted[(workspace, channel, card.peer_id)] = (card, time.monotonic())
+            self._greeted[key] = (card, time.monotonic())
+        await self._settle_heartbeats(key)
+        try:
+            return await self._request(wire.broadcast_subject(key[0], key[1]), data)
+        except BaseException:
+            with self._greeted_lock:
+                self._greeted.pop(key, None)
+            raise
+
+    async def _settle_heartbeats(self, key: tuple[str, str, str]) -> None:
+        pending = self._heartbeats.pop(key, set())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def leave(self, workspace: str, channel: str, peer_id: str) -> None:
         """Go silent: stop re-greeting (AGH has no leave message; the daemon expires it).
@@ -176,9 +194,7 @@ class NatsSwarmTransport:
     async def _leave(self, key: tuple[str, str, str]) -> None:
         with self._greeted_lock:
             self._greeted.pop(key, None)
-        pending = self._heartbeats.pop(key, set())
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._settle_heartbeats(key)
 
     async def _heartbeat_loop(self) -> None:
         tick = max(0.01, min(1.0, self.greet_interval / 4))

@@ -92,3 +92,19 @@ def test_deliver_without_a_daemon_answers_unavailable(start_daemon: Start) -> No
                                        workspace="elsewhere", channel="ops",
                                        peer_id="peer-a"))
     assert reply["reason"] == Reason.TASK_INGRESS_UNAVAILABLE and reply["request_id"] == "r-1"
+
+
+def test_a_regreet_that_drops_task_write_is_never_undone_by_a_heartbeat(
+        start_daemon: Start) -> None:
+    d = start_daemon(greet_interval=0.05)  # heartbeats every 25 ms race the re-greets
+    with NatsSwarmTransport(ready_file=d.daemon.settings.ready_file) as t:
+        for i in range(8):
+            t.greet("default", "ops", PeerCard(peer_id="peer-a", capabilities=WRITER,
+                                               proof="p"))
+            time.sleep(0.03)
+            t.greet("default", "ops", PeerCard(peer_id="peer-a", capabilities=[], proof=""))
+            assert _send(t, CreateTask(title="t"), f"now-{i}")["reason"] == (
+                Reason.CAPABILITY_DENIED), i
+            time.sleep(0.06)  # later heartbeats must carry the capability-less card
+            assert _send(t, CreateTask(title="t"), f"later-{i}")["reason"] == (
+                Reason.CAPABILITY_DENIED), i
