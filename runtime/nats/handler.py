@@ -196,16 +196,16 @@ class EnvelopeHandler:
             problem = "task envelopes must be addressed to the daemon"
         if not problem and not self._signed_by_sender(env):
             problem = "missing or invalid signature"
+        verified = not problem  # from here on the sender is proven
         request: TaskRequest | None = None
-        if not problem:
+        if verified:
             try:
                 request = REQUEST_BY_ACTION[action].model_validate(env.body)
             except (ValidationError, TypeError, ValueError, RecursionError):
                 problem = "body does not fit the request"
-        if problem or request is None:
+        if request is None:
             outcome = await self._reject(env.workspace_id, env.channel, env.sender, env.id,
                                          action, env.size, problem)
-            verified = problem == "body does not fit the request"
             await self._answer_json(where, env if verified else None, outcome, reply, started)
             return
         ctx = IngressContext(

@@ -302,3 +302,20 @@ def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
             'reason="task_not_found"} 1.0' in text)
     assert "task_ingress_request_seconds_bucket" in text
     assert "task_ingress_in_flight 0.0" in text
+
+
+def test_signed_task_bodies_are_judged_like_the_in_process_wire(start_daemon: Start,
+                                                                 nats_wire: Wire) -> None:
+    d = start_daemon()
+    a = Peer("peer-a", d.info.trust_file)
+    assert _greet(nats_wire, a.greet())["applied"]
+    unknown_key = _ask(nats_wire, a.task("task.create", {"title": "t", "owner": "x"}, "r-1"))
+    wrong_type = _ask(nats_wire, a.task("task.create", {"title": 5}, "r-2"))
+    too_long = _ask(nats_wire, a.task("task.create", {"title": "x" * 300}, "r-3"))
+    bad_id = _ask(nats_wire, a.task("task.create", {"title": "t"}, "bad/id"))
+    not_to_us = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-4", to="someone"))
+    assert [unknown_key["reason"], wrong_type["reason"], too_long["reason"], bad_id["reason"],
+            not_to_us["reason"]] == [Reason.INVALID_REQUEST, Reason.INVALID_REQUEST,
+                                     Reason.VALIDATION_FAILED, Reason.INVALID_REQUEST,
+                                     Reason.INVALID_REQUEST]
+    assert len(d.runtime.audit()) == 5
