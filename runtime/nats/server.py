@@ -93,6 +93,9 @@ class NatsServer:
             finally:
                 log.close()
             if self._wait_ready(port):
+                # The server read its config at start; do not leave the token on disk
+                # (a SIGKILLed daemon cannot clean up after itself).
+                os.unlink(conf)
                 self.port = port
                 get_logger(component="nats.server").info("nats_server.started", url=self.url,
                                                           pid=self.process.pid)
