@@ -124,7 +124,7 @@ class Daemon:
             )
             if s.ready_file:
                 write_ready_file(s.ready_file, self.info)
-            self.metrics.ready.set(1)
+            self.metrics.set_ready(True)
             self.ready.set()
             self.announce(f"serving workspace {s.workspace!r} on {url} as peer {s.peer_id!r}; "
                           f"store {self.runtime.store_path}; trust file {s.trust_path}"
@@ -138,7 +138,7 @@ class Daemon:
             self.announce(f"stopped after {self._answered()} answered requests")
             return 0
         finally:
-            self.metrics.ready.set(0)
+            self.metrics.set_ready(False)
             await self._shutdown(nc, handler)
 
     async def _nats_endpoint(self) -> tuple[str, str]:
@@ -199,7 +199,7 @@ class Daemon:
         return dispatch
 
     async def _drain(self, nc: Any, subs: list[Any]) -> None:
-        self.metrics.ready.set(0)
+        self.metrics.set_ready(False)
         for sub in subs:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.drain(), self.settings.drain_timeout)

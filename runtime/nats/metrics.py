@@ -43,8 +43,14 @@ class Metrics:
             registry=self.registry)
         self.ready = Gauge("task_ingress_ready", "1 while serving, else 0.",
                            registry=self.registry)
+        self.is_ready = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    def set_ready(self, ready: bool) -> None:
+        """Readiness for /ready and the task_ingress_ready gauge."""
+        self.is_ready = ready
+        self.ready.set(1 if ready else 0)
 
     def observe_request(self, action: str, accepted: bool, reason: str | None,
                         seconds: float) -> None:
@@ -66,7 +72,7 @@ class Metrics:
                 if self.path.startswith("/metrics"):
                     body, status, ctype = metrics.exposition(), 200, CONTENT_TYPE_LATEST
                 elif self.path.startswith("/ready"):
-                    ok = metrics.ready._value.get() == 1.0
+                    ok = metrics.is_ready
                     body = b"ready\n" if ok else b"not ready\n"
                     status, ctype = (200 if ok else 503), "text/plain"
                 else:

@@ -249,6 +249,12 @@ class NatsSwarmTransport:
         async def _close() -> None:
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
+            in_flight = [t for tasks in self._heartbeats.values() for t in tasks]
+            if self._heartbeat is not None:
+                in_flight.append(self._heartbeat)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             if self._nc is not None:
                 try:
                     await asyncio.wait_for(self._nc.close(), 5)

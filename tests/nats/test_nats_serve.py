@@ -319,3 +319,14 @@ def test_signed_task_bodies_are_judged_like_the_in_process_wire(start_daemon: St
                                      Reason.VALIDATION_FAILED, Reason.INVALID_REQUEST,
                                      Reason.INVALID_REQUEST]
     assert len(d.runtime.audit()) == 5
+
+
+def test_channel_option_narrows_the_subscriptions(start_daemon: Start, nats_wire: Wire) -> None:
+    import pytest
+    from nats.errors import NoRespondersError
+
+    d = start_daemon(channels=["ops"])
+    a = Peer("peer-a", d.info.trust_file)
+    assert _greet(nats_wire, a.greet("ops"))["applied"]
+    with pytest.raises(NoRespondersError):
+        nats_wire.request(broadcast("dev"), a.greet("dev"), timeout=2)
