@@ -105,6 +105,7 @@ class Daemon:
                                    **self.runtime_config)
             self.runtime = IngressRuntime(config)
             await asyncio.to_thread(self.runtime.start)
+            self.metrics.watch_runtime(self.runtime)
             nc = await self._connect(url, token)
             handler = EnvelopeHandler(runtime=self.runtime, trust=trust, key=key,
                                       peer_id=s.peer_id, publish=nc.publish,

@@ -43,9 +43,32 @@ class Metrics:
             registry=self.registry)
         self.ready = Gauge("task_ingress_ready", "1 while serving, else 0.",
                            registry=self.registry)
+        self.runtime_queue = Gauge(
+            "task_ingress_runtime_queue", "Calls waiting for the runtime's driver thread.",
+            registry=self.registry)
+        self.runtime_admitted = Gauge(
+            "task_ingress_runtime_admitted", "Requests admitted by the runtime, unanswered.",
+            registry=self.registry)
         self.is_ready = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    def watch_runtime(self, runtime: object) -> None:
+        """Read the runtime's queue depths at scrape time.
+
+        The facade has no public accessor for these yet, so this reads the driver's
+        `inbox` queue and `flow.total` defensively (0 when absent).
+        """
+        def driver_attr(path: str) -> float:
+            value: Any = getattr(runtime, "_driver", None)
+            for name in path.split("."):
+                value = getattr(value, name, None)
+            if callable(value):
+                value = value()
+            return float(value) if isinstance(value, int | float) else 0.0
+
+        self.runtime_queue.set_function(lambda: driver_attr("inbox.qsize"))
+        self.runtime_admitted.set_function(lambda: driver_attr("flow.total"))
 
     def set_ready(self, ready: bool) -> None:
         """Readiness for /ready and the task_ingress_ready gauge."""

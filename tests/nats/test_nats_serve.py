@@ -302,6 +302,8 @@ def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
             'reason="task_not_found"} 1.0' in text)
     assert "task_ingress_request_seconds_bucket" in text
     assert "task_ingress_in_flight 0.0" in text
+    assert "task_ingress_runtime_queue 0.0" in text
+    assert "task_ingress_runtime_admitted 0.0" in text
 
 
 def test_signed_task_bodies_are_judged_like_the_in_process_wire(start_daemon: Start,

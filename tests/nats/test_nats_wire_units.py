@@ -177,3 +177,23 @@ def test_settings_come_from_env_and_print_without_secrets(
     assert "nats://user:***@127.0.0.1:4222" in printed
     with pytest.raises(ValueError):
         ServeSettings(workspace="Bad WS")
+
+
+def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
+    import queue
+    from types import SimpleNamespace
+
+    from runtime.nats.metrics import Metrics
+
+    inbox: queue.Queue[int] = queue.Queue()
+    for i in range(3):
+        inbox.put(i)
+    runtime = SimpleNamespace(_driver=SimpleNamespace(inbox=inbox,
+                                                      flow=SimpleNamespace(total=2)))
+    metrics = Metrics()
+    metrics.watch_runtime(runtime)
+    text = metrics.exposition().decode()
+    assert "task_ingress_runtime_queue 3.0" in text
+    assert "task_ingress_runtime_admitted 2.0" in text
+    inbox.get()
+    assert "task_ingress_runtime_queue 2.0" in metrics.exposition().decode()
