@@ -14,10 +14,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    rule,
+    run_state_machine_as_test,
+)
 
+from actors import gate, presence
 from messages import (
     CancelTask,
     CreateTask,
@@ -123,9 +129,10 @@ class RuntimeMachine(RuleBasedStateMachine):
     # ---- submits ----------------------------------------------------------------------
     def _context(self, who: Sender, rid: str) -> IngressContext:
         ws, ch, peer, bias, index = who
-        visible = self.model.visible(writers_only=bias < 3)
-        if bias < 4 and visible:
-            ws, ch, peer = visible[index % len(visible)]
+        # 0-2: a visible writer; 3: anyone ever greeted (expired, reader, local); 4: anyone.
+        pool = self.model.visible(writers_only=True) if bias < 3 else sorted(self.model.greets)
+        if bias < 4 and pool:
+            ws, ch, peer = pool[index % len(pool)]
         return IngressContext(workspace=ws, peer_id=peer, channel=ch, request_id=rid)
 
     def _task_id(self, pick: int, ctx: IngressContext) -> str:
@@ -235,3 +242,29 @@ RuntimeMachine.TestCase.settings = settings(
 )
 TestRuntimeAgainstSpecModel = RuntimeMachine.TestCase
 
+
+
+def _finds_a_difference() -> str:
+    """Run the machine briefly (no shrinking) and return the model/runtime disagreement."""
+    quick = settings(max_examples=300, stateful_step_count=STEPS, deadline=None,
+                     phases=[Phase.generate], database=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.too_slow])
+    with pytest.raises(AssertionError) as caught:
+        run_state_machine_as_test(RuntimeMachine, settings=quick)
+    return str(caught.value)
+
+
+def test_state_machine_catches_an_expiry_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planted bug: a peer stays visible at exactly 2 x greet_interval.
+    monkeypatch.setattr(presence, "is_visible", lambda last, now, interval: (
+        last is not None and now - last <= 2 * interval))
+    assert "model" in _finds_a_difference()
+
+
+def test_state_machine_catches_a_binding_check_that_skips_a_channel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planted bug: tasks bound to c2 may be mutated from any channel.
+    real = gate.check_binding
+    monkeypatch.setattr(gate, "check_binding", lambda bound, ingress, request: (
+        None if bound == "c2" else real(bound, ingress, request)))
+    assert "model" in _finds_a_difference()
