@@ -30,7 +30,7 @@ from runtime.nats.handler import EnvelopeHandler
 from runtime.nats.metrics import Metrics
 from runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from runtime.nats.server import NatsServer
-from runtime.nats.settings import ServeSettings
+from runtime.nats.settings import ServeSettings, mask_url
 from runtime.nats.signing import generate_key, public_key_text
 from runtime.nats.trust import TrustStore, ensure_trust_file
 
@@ -127,11 +127,12 @@ class Daemon:
                 write_ready_file(s.ready_file, self.info)
             self.metrics.set_ready(True)
             self.ready.set()
-            self.announce(f"serving workspace {s.workspace!r} on {url} as peer {s.peer_id!r}; "
-                          f"store {self.runtime.store_path}; trust file {s.trust_path}"
+            self.announce(f"serving workspace {s.workspace!r} on {mask_url(url)} "
+                          f"as peer {s.peer_id!r}; store {self.runtime.store_path}; "
+                          f"trust file {s.trust_path}"
                           + (f"; ready file {s.ready_file}" if s.ready_file else "")
                           + (f"; metrics {metrics_url}" if metrics_url else ""))
-            self.log.info("serve.ready", nats_url=url, workspace=s.workspace,
+            self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
             await self._stop.wait()
             self.announce("draining: answering in-flight requests")
