@@ -32,6 +32,7 @@ from messages.outcomes import Outcome
 from messages.protocol import (
     AuditRead,
     Done,
+    Drained,
     Flush,
     InFlight,
     Probe,
@@ -121,26 +122,28 @@ class Audit(GateActor):
                 self.seq, self.head = int(row[0]), str(row[1])
             drained = self._drain_outbox()
             if drained:
-                self.log.warning("audit.outbox_drained", records=drained)
+                self.log.warning("audit.outbox_drained", records=len(drained))
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:  # reported to the facade, which raises it to the embedder
             self.send(sender, Started(ticket=msg.ticket, error=f"audit: {exc!r}"))
 
-    def _drain_outbox(self) -> int:
+    def _drain_outbox(self) -> list[dict[str, Any]]:
+        """Chain the outbox rows nobody reported (crash, dead store); return their fields."""
         assert self.conn is not None
         rows = self.conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
         if not rows:
-            return 0
+            return []
+        fields = [json.loads(blob) for _, blob in rows]
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self._insert([self._chain(json.loads(blob)) for _, blob in rows])
+            self._insert([self._chain(f) for f in fields])
             self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self._checkpoint(force=True)
-        return len(rows)
+        return fields
 
     def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Give the record its place in the chain (seq, prev_hash, hash) and advance the head."""
@@ -255,9 +258,17 @@ class Audit(GateActor):
         self.last_checkpoint = time.monotonic()
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
-        """Commit and answer everything received before the marker, then report back."""
+        """Commit and answer everything received before the marker, chain what a dead store
+        committed but never reported (its outbox rows), then report back."""
         self.receiveMsg_Flush(Flush(generation=self.seq), sender)
-        self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id))
+        drained = self._drain_outbox()
+        if drained:
+            self.log.warning("audit.outbox_drained", records=len(drained))
+        keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
+        self.send(msg.reply_to, ProbeDone(
+            probe_id=msg.probe_id,
+            drained=tuple(Drained(**{k: f[k] for k in keys}) for f in drained),
+        ))
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""

@@ -21,6 +21,7 @@ from messages.protocol import (
     PresenceApplied,
     PresenceFlight,
     Probe,
+    Rewire,
     Started,
     Verdict,
     Wiring,
@@ -56,6 +57,10 @@ class Capability(GateActor):
         else:
             self.cards[key] = change.card
         self.send(msg.reply_to, PresenceApplied(ticket=change.ticket))
+
+    def receiveMsg_Rewire(self, msg: Rewire, sender: Any) -> None:
+        """The router restarted TaskStore: later requests go to the new one."""
+        self.store = msg.store
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Pass the marker on behind every request already forwarded."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from actors.base import GateActor
 from actors.log import get_logger
-from messages.protocol import Done, InFlight, PresenceFlight, Wiring
+from messages.protocol import Done, InFlight, PresenceFlight, Probe, ProbeSuspects, Wiring
 
 
 def may_start(head: InFlight | PresenceFlight, in_flight: dict[int, str], pipeline: int) -> bool:
@@ -74,6 +74,12 @@ class ChannelIngress(GateActor):
             self.log.warning("ingress.unexpected_done", ticket=msg.ticket)
         self.in_flight.pop(msg.ticket, None)
         self._pump()
+
+    def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
+        """Tell the router which requests went on before the marker, then send it after them
+        (not behind the queue: what is still queued here is not a suspect)."""
+        self.send(sender, ProbeSuspects(probe_id=msg.probe_id, tickets=tuple(self.in_flight)))
+        self.send(self.presence, msg)
 
     def _pump(self) -> None:
         while self.queue and (

@@ -8,29 +8,47 @@ Accepts:
   stamped with the driver's address and sent to the `ChannelIngress` of its
   (workspace, channel), spawned on first use. `PresenceChange`s go the same way.
 - `Done` (from Audit) -> forwarded to the request's channel actor.
-- `ChildActorExited` (from Thespian) -> a channel actor died: the next message of that
-  channel spawns a fresh one, and a `Probe` goes down the pipeline; when it comes back
-  (`ProbeDone`), every request of the dead channel still unanswered was lost inside it
-  and is answered `task_ingress_failed` (nothing of it was applied).
+- `GetTask` / `GetRun` / `LockTask` (from the runtime) -> passed to the current TaskStore
+  with `reply_to` set, so queries survive a store restart.
+- `ChildActorExited` (from Thespian) -> supervision:
+  * a channel actor died: the next message of that channel spawns a fresh one, and a
+    `Probe` goes down Presence -> Capability -> TaskStore -> Audit; when it comes back
+    (`ProbeDone`), every request of the dead channel still unanswered was lost inside it
+    and is answered `task_ingress_failed` (nothing of it was applied);
+  * the TaskStore died: a new one is started and Capability rewired to it, then every
+    channel actor gets a `Probe`, answers which requests it sent on before it
+    (`ProbeSuspects`) and sends it down the pipeline. Suspects still unanswered when it
+    comes back were lost in the dead store — unless Audit found their committed write in
+    the outbox (`ProbeDone.drained`): those are answered accepted, with the record Audit
+    chained for them; the rest `task_ingress_failed`.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 from actors import gate
 from actors.base import GateActor, failed_verdict
 from actors.ingress import ChannelIngress
 from actors.log import get_logger
+from actors.task_store import TaskStore
 from messages.outcomes import Outcome
 from messages.protocol import (
     Done,
+    Drained,
+    GetRun,
+    GetTask,
     InFlight,
+    LockTask,
     PresenceChange,
     PresenceFlight,
     Probe,
     ProbeDone,
+    ProbeSuspects,
+    Replied,
+    Rewire,
     Settings,
     Started,
     Submission,
@@ -41,6 +59,7 @@ from messages.protocol import (
 from messages.reasons import Reason
 
 ChannelKey = tuple[str, str]
+STORE_KEY: ChannelKey = ("", "task-store")  # never a channel: "" fails the grammar
 
 
 def pre_gate_reason(sub: Submission, tasks_enabled: bool) -> Reason | None:
@@ -59,26 +78,56 @@ def lost_tickets(suspects: set[int], unanswered: dict[int, InFlight]) -> list[in
     return sorted(t for t in suspects if t in unanswered)
 
 
+@dataclass
+class PendingProbe:
+    """What the router knows of one probe: its suspects (once known) and whether it is back."""
+
+    suspects: set[int] | None = None
+    done: ProbeDone | None = None
+
+
 class IngressRouter(GateActor):
-    """Finds, spawns and supervises one ChannelIngress per (workspace, channel)."""
+    """Finds, spawns and supervises the ChannelIngress actors and the TaskStore."""
 
     def __init__(self) -> None:
         super().__init__()
         self.wiring: Wiring | None = None
         self.settings: Settings | None = None
+        self.store: Any = None
+        self.starting: tuple[Any, int] | None = None
         self.channels: dict[ChannelKey, Any] = {}
         self.keys: dict[str, ChannelKey] = {}
         # Admitted requests not yet answered (bounded by the runtime's in-flight caps).
         self.unanswered: dict[int, InFlight] = {}
-        self.probes: dict[int, set[int]] = {}
+        self.probes: dict[int, PendingProbe] = {}
+        # Writes a dead store committed, as found in the outbox by whichever probe got there
+        # first; shared by all probes of one failure, dropped when none is pending.
+        self.recovered: dict[tuple[str, str, str, str], Drained] = {}
         self.probe_ids = itertools.count(1)
         self.stopping = False
         self.log = get_logger(actor="router")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
-        """Remember the shared actors; channel actors get the same wiring."""
+        """Remember the shared actors, start the TaskStore (our child); answer `Started` with
+        its address once it has opened the store."""
         self.wiring, self.settings, self.audit = msg, msg.settings, msg.audit
-        self.send(sender, Started(ticket=msg.ticket))
+        self.starting = (sender, msg.ticket)
+        self._start_store()
+
+    def _start_store(self) -> None:
+        assert self.wiring is not None
+        self.store = self.createActor(TaskStore)
+        self.keys[str(self.store)] = STORE_KEY
+        self.send(self.store, self.wiring.model_copy(update={"store": self.store}))
+
+    def receiveMsg_Started(self, msg: Started, sender: Any) -> None:
+        """The TaskStore is ready: report to whoever wired us (once)."""
+        if self.starting is not None:
+            to, ticket = self.starting
+            self.starting = None
+            self.send(to, Started(ticket=ticket, error=msg.error, address=self.store))
+        elif msg.error:
+            self.log.error("router.store_restart_failed", error=msg.error)
 
     def receiveMsg_SubmitBatch(self, msg: SubmitBatch, sender: Any) -> None:
         """Route every item of the batch; `sender` is where the answers go."""
@@ -124,28 +173,85 @@ class IngressRouter(GateActor):
         if target is not None:
             self.send(target, msg)
 
+    def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
+        """Pass to the current store; it answers the caller."""
+        self.send(self.store, msg.model_copy(update={"reply_to": sender}))
+
+    def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
+        """Pass to the current store; it answers the caller."""
+        self.send(self.store, msg.model_copy(update={"reply_to": sender}))
+
+    def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
+        """Pass to the current store; it answers the caller."""
+        self.send(self.store, msg.model_copy(update={"reply_to": sender}))
+
     def receiveMsg_ChildActorExited(self, msg: Any, sender: Any) -> None:
-        """A channel actor died: replace it lazily and find what it took with it."""
+        """A child died: restart it and find what it took with it."""
         key = self.keys.pop(str(msg.childAddress), None)
-        if key is None or self.stopping:
+        if key is None or self.stopping or self.wiring is None:
+            return
+        if key == STORE_KEY:
+            self._store_died()
             return
         self.channels.pop(key, None)
         suspects = {t for t, f in self.unanswered.items()
                     if (f.context.workspace, f.context.channel) == key}
         self.log.warning("router.channel_actor_died", workspace=key[0], channel=key[1],
                          unanswered=len(suspects))
-        if suspects and self.wiring is not None:
+        if suspects:
             probe_id = next(self.probe_ids)
-            self.probes[probe_id] = suspects
+            self.probes[probe_id] = PendingProbe(suspects=suspects)
             self.send(self.wiring.presence, Probe(probe_id=probe_id, reply_to=self.myAddress))
 
+    def _store_died(self) -> None:
+        assert self.wiring is not None
+        self.log.error("router.store_died", unanswered=len(self.unanswered))
+        self._start_store()
+        # Rewire goes out before any probe: Capability sees it before the probe reaches it.
+        self.send(self.wiring.capability, Rewire(store=self.store))
+        for address in self.channels.values():
+            probe_id = next(self.probe_ids)
+            self.probes[probe_id] = PendingProbe()
+            self.send(address, Probe(probe_id=probe_id, reply_to=self.myAddress))
+
+    def receiveMsg_ProbeSuspects(self, msg: ProbeSuspects, sender: Any) -> None:
+        """A channel actor's requests that went on before the probe."""
+        probe = self.probes.get(msg.probe_id)
+        if probe is not None:
+            probe.suspects = set(msg.tickets)
+            self._settle(msg.probe_id, probe)
+
     def receiveMsg_ProbeDone(self, msg: ProbeDone, sender: Any) -> None:
-        """Everything sent before the probe is answered: the rest was lost in the dead actor."""
-        for ticket in lost_tickets(self.probes.pop(msg.probe_id, set()), self.unanswered):
+        """Everything sent before the probe is answered or recovered."""
+        probe = self.probes.get(msg.probe_id)
+        if probe is not None:
+            probe.done = msg
+            self._settle(msg.probe_id, probe)
+
+    def _settle(self, probe_id: int, probe: PendingProbe) -> None:
+        """With suspects known and the probe back: recover or fail what is still open."""
+        if probe.suspects is None or probe.done is None:
+            return
+        del self.probes[probe_id]
+        for d in probe.done.drained:
+            self.recovered[(d.workspace, d.channel, d.peer_id, d.request_id)] = d
+        for ticket in lost_tickets(probe.suspects, self.unanswered):
             flight = self.unanswered[ticket]
-            self.log.error("router.request_lost", request_id=flight.context.request_id,
-                           peer_id=flight.context.peer_id, channel=flight.context.channel)
+            ctx = flight.context
+            found = self.recovered.pop(
+                (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id), None)
+            if found is not None:
+                # Committed by the dead store; Audit has just chained its record.
+                outcome = Outcome(request_id=ctx.request_id, action=flight.submission.action,
+                                  accepted=True, task_id=found.task_id, run_id=found.run_id)
+                self.send(flight.reply_to, Replied(ticket=ticket, outcome=outcome))
+                self.receiveMsg_Done(Done(ticket=ticket), self.myAddress)
+                continue
+            self.log.error("router.request_lost", request_id=ctx.request_id,
+                           peer_id=ctx.peer_id, channel=ctx.channel)
             self.send(self.audit, failed_verdict(flight))
+        if not self.probes:
+            self.recovered.clear()
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: children exiting now are not failures."""

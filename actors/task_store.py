@@ -7,7 +7,8 @@ Accepts:
   savepoint, with an outbox row per accepted mutation; after COMMIT each becomes a
   `Verdict` to Audit. A failed commit turns that batch's acceptances into
   `task_ingress_failed`, with nothing applied.
-- `GetTask` / `GetRun` / `LockTask` (from the runtime) -> `TaskFound` / `RunFound` / `TaskLocked`.
+- `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
+  supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
 - `Flush` (from itself).
 """
 
@@ -172,18 +173,18 @@ class TaskStore(GateActor):
         try:
             assert self.conn is not None
             task = store_ops.load_task(self.conn, msg.workspace, msg.task_id)
-            self.send(sender, TaskFound(ticket=msg.ticket, task=task))
+            self.send(msg.reply_to or sender, TaskFound(ticket=msg.ticket, task=task))
         except Exception as exc:
-            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
         """Answer with the run (or None)."""
         try:
             assert self.conn is not None
             run = store_ops.load_run(self.conn, msg.workspace, msg.run_id)
-            self.send(sender, RunFound(ticket=msg.ticket, run=run))
+            self.send(msg.reply_to or sender, RunFound(ticket=msg.ticket, run=run))
         except Exception as exc:
-            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
         """Operator lock: committed at once (it is not a peer write and is not audited)."""
@@ -192,11 +193,11 @@ class TaskStore(GateActor):
             self.conn.execute("BEGIN IMMEDIATE")
             found = store_ops.set_lock(self.conn, msg.workspace, msg.task_id, msg.locked)
             self.conn.execute("COMMIT")
-            self.send(sender, TaskLocked(ticket=msg.ticket, found=found))
+            self.send(msg.reply_to or sender, TaskLocked(ticket=msg.ticket, found=found))
         except Exception as exc:
             if self.conn is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: apply what is buffered so nothing admitted is lost, then close."""

@@ -61,6 +61,7 @@ class Started(InternalMessage):
 
     ticket: int
     error: str = ""
+    address: Any = Field(default=None, description="The router's: the TaskStore it started.")
 
 
 class Submission(InternalMessage):
@@ -146,6 +147,7 @@ class GetTask(InternalMessage):
     ticket: int
     workspace: str
     task_id: str
+    reply_to: Any = None
 
 
 class TaskFound(InternalMessage):
@@ -161,6 +163,7 @@ class GetRun(InternalMessage):
     ticket: int
     workspace: str
     run_id: str
+    reply_to: Any = None
 
 
 class RunFound(InternalMessage):
@@ -177,6 +180,7 @@ class LockTask(InternalMessage):
     workspace: str
     task_id: str
     locked: bool
+    reply_to: Any = None
 
 
 class TaskLocked(InternalMessage):
@@ -223,7 +227,34 @@ class Probe(InternalMessage):
     reply_to: Any
 
 
+class Drained(InternalMessage):
+    """An accepted write Audit chained from the outbox: its store died before reporting it."""
+
+    workspace: str
+    channel: str
+    peer_id: str
+    request_id: str
+    action: str
+    task_id: str | None
+    run_id: str | None
+
+
 class ProbeDone(InternalMessage):
-    """Audit's answer to a Probe: everything sent before it has been answered."""
+    """Audit's answer to a Probe: everything sent before it has been answered; `drained`
+    lists accepted writes whose verdicts a dead store never sent (found in the outbox)."""
 
     probe_id: int
+    drained: tuple[Drained, ...] = ()
+
+
+class ProbeSuspects(InternalMessage):
+    """A channel actor's answer to a Probe: its requests sent on before the probe."""
+
+    probe_id: int
+    tickets: tuple[int, ...]
+
+
+class Rewire(InternalMessage):
+    """Router to Capability: the TaskStore was restarted at this address."""
+
+    store: Any

@@ -29,7 +29,6 @@ from actors.capability import Capability
 from actors.log import get_logger
 from actors.presence import Presence
 from actors.router import IngressRouter
-from actors.task_store import TaskStore
 from messages.protocol import (
     PresenceChange,
     Settings,
@@ -160,28 +159,34 @@ class Driver:
             capabilities["Admin Port"] = free_port()
         asys = ActorSystem(self.base, capabilities, transientUnique=True)
         try:
-            names = {"audit": Audit, "store": TaskStore, "capability": Capability,
-                     "presence": Presence, "router": IngressRouter}
+            names = {"audit": Audit, "capability": Capability, "presence": Presence,
+                     "router": IngressRouter}
             self.addresses = {name: asys.createActor(cls) for name, cls in names.items()}
-            wiring = dict(
+            wiring: dict[str, Any] = dict(
                 settings=self.settings, presence=self.addresses["presence"],
-                capability=self.addresses["capability"], store=self.addresses["store"],
+                capability=self.addresses["capability"], store=None,
                 audit=self.addresses["audit"],
             )
+            # The router starts and supervises the TaskStore; it answers once the store has
+            # migrated the schema, which must happen before Audit drains the outbox.
+            self.addresses["store"] = wiring["store"] = self._wire(asys, "router", wiring).address
             if self.settings.hold_store:  # race-test seam: Hold sits before TaskStore
                 from actors.hold import start_hold
                 self.addresses["hold"] = wiring["store"] = start_hold(asys, wiring)
-            # The store migrates the schema before Audit drains the outbox.
-            for name in ("store", "audit", "capability", "presence", "router"):
-                reply = asys.ask(self.addresses[name], Wiring(ticket=0, **wiring), 60)
-                if not isinstance(reply, Started):
-                    raise RuntimeStartError(f"{name} actor did not start (reply {reply!r})")
-                if reply.error:
-                    raise RuntimeStartError(reply.error)
+            for name in ("audit", "capability", "presence"):
+                self._wire(asys, name, wiring)
         except BaseException:
             self._shutdown(asys)
             raise
         return asys
+
+    def _wire(self, asys: Any, name: str, wiring: dict[str, Any]) -> Started:
+        reply = asys.ask(self.addresses[name], Wiring(ticket=0, **wiring), 60)
+        if not isinstance(reply, Started):
+            raise RuntimeStartError(f"{name} actor did not start (reply {reply!r})")
+        if reply.error:
+            raise RuntimeStartError(reply.error)
+        return reply
 
     def _loop(self, asys: Any) -> None:
         pending: dict[int, Call] = {}

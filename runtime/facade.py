@@ -259,7 +259,7 @@ class IngressRuntime:
         """The stored task, or None (also for a task of another workspace)."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("store", lambda t: GetTask(ticket=t, workspace=workspace,
+        reply = self._query("router", lambda t: GetTask(ticket=t, workspace=workspace,
                                                        task_id=task_id))
         assert isinstance(reply, TaskFound)
         return reply.task
@@ -268,7 +268,7 @@ class IngressRuntime:
         """The stored run, or None."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("store", lambda t: GetRun(ticket=t, workspace=workspace,
+        reply = self._query("router", lambda t: GetRun(ticket=t, workspace=workspace,
                                                       run_id=run_id))
         assert isinstance(reply, RunFound)
         return reply.run
@@ -278,7 +278,7 @@ class IngressRuntime:
 
         Returns False when no such task exists in the workspace.
         """
-        reply = self._query("store", lambda t: LockTask(ticket=t, workspace=workspace,
+        reply = self._query("router", lambda t: LockTask(ticket=t, workspace=workspace,
                                                         task_id=task_id, locked=locked))
         assert isinstance(reply, TaskLocked)
         return reply.found

@@ -10,10 +10,27 @@ from thespian.actors import ActorExitRequest
 
 from actors.presence import Presence
 from actors.router import lost_tickets
-from messages import CreateTask, Reason
+from actors.task_store import TaskStore
+from messages import CreateTask, IngressContext, Outcome, Reason
 from runtime import IngressRuntime
 from runtime.driver import Call
 from tests.conftest import ctx, writer_card
+
+
+def submit_as_one_batch(rt: IngressRuntime, items: list[tuple[IngressContext, Any]]
+                        ) -> list[Outcome]:
+    """Hand the driver several requests at once, so they travel as one batch."""
+    driver = rt._driver
+    assert driver is not None
+    calls = []
+    for context, request in items:
+        target, sub, key = rt._submission(driver, context, request)
+        calls.append(Call(target=target, message=sub, peer=key))
+    with driver.inbox.not_empty:  # enqueue atomically: the driver takes them as one batch
+        driver.inbox.queue.extend(calls)
+        driver.inbox.unfinished_tasks += len(calls)
+        driver.inbox.not_empty.notify()
+    return [driver.wait(c.future).outcome for c in calls]
 
 
 def test_lost_tickets_are_the_suspects_still_unanswered() -> None:
@@ -36,19 +53,8 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
         original(self, msg, sender)
 
     monkeypatch.setattr(Presence, "receiveMsg_InFlight", kill_channel_on_first)
-    driver = rt._driver
-    assert driver is not None
     # Several requests of one channel in one batch, so some wait inside the channel actor.
-    calls = []
-    for i in range(40):
-        target, sub, key = rt._submission(driver, ctx(f"r{i}"), CreateTask(title="t"))
-        calls.append(Call(target=target, message=sub, peer=key))
-    with driver.inbox.not_empty:  # enqueue atomically: the driver takes them as one batch
-        driver.inbox.queue.extend(calls)
-        driver.inbox.unfinished_tasks += len(calls)
-        driver.inbox.not_empty.notify()
-    futures = [c.future for c in calls]
-    outcomes = [driver.wait(f).outcome for f in futures]
+    outcomes = submit_as_one_batch(rt, [(ctx(f"r{i}"), CreateTask(title="t")) for i in range(40)])
     monkeypatch.undo()
     reasons = {o.reason for o in outcomes}
     assert killed and reasons == {None, Reason.TASK_INGRESS_FAILED}
@@ -63,3 +69,71 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
             retry = rt.submit(ctx(o.request_id), CreateTask(title="t"))
             assert retry.accepted and not retry.replay
     assert rt.submit(ctx("after"), CreateTask(title="t")).accepted
+
+
+def _crash_store_on_first_flush(monkeypatch: pytest.MonkeyPatch, commit_first: bool) -> None:
+    """Make the store die like a killed process on its first batch: buffer lost, and (with
+    `commit_first`) only after committing the batch without reporting it."""
+    crashed: list[bool] = []
+    original = TaskStore.receiveMsg_Flush
+
+    def flush(self: TaskStore, msg: Any, sender: Any) -> None:
+        if crashed:
+            original(self, msg, sender)
+            return
+        crashed.append(True)
+        if commit_first:
+            self._apply_batch(self.pending)  # committed with outbox rows, verdicts never sent
+        self.pending = []
+        self.send(self.myAddress, ActorExitRequest())
+
+    def die(self: TaskStore, msg: Any, sender: Any) -> None:
+        if self.conn is not None:
+            self.conn.close()  # no flush: a crash does not tidy up
+            self.conn = None
+
+    monkeypatch.setattr(TaskStore, "receiveMsg_Flush", flush)
+    monkeypatch.setattr(TaskStore, "receiveMsg_ActorExitRequest", die)
+
+
+def _two_channels(make_runtime: Callable[..., IngressRuntime]) -> IngressRuntime:
+    rt = make_runtime()
+    for channel in ("ops", "dev"):
+        for peer in ("peer-a", "peer-b"):
+            rt.greet("ws", channel, writer_card(peer))
+    return rt
+
+
+def _batch() -> list[tuple[IngressContext, Any]]:
+    return [(ctx(f"{p}-{c}", peer=p, channel=c), CreateTask(title=f"{p}-{c}"))
+            for p in ("peer-a", "peer-b") for c in ("ops", "dev")]
+
+
+def test_store_death_fails_its_uncommitted_batch_and_a_new_store_serves(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _two_channels(make_runtime)
+    _crash_store_on_first_flush(monkeypatch, commit_first=False)
+    outcomes = submit_as_one_batch(rt, _batch())
+    assert {o.reason for o in outcomes} == {Reason.TASK_INGRESS_FAILED}
+    records = rt.audit()
+    assert len(records) == 4 and {r.reason for r in records} == {Reason.TASK_INGRESS_FAILED}
+    monkeypatch.undo()
+    out = rt.submit(ctx("later"), CreateTask(title="t"))
+    assert out.accepted and rt.get_task("ws", out.task_id or "") is not None
+
+
+def test_store_death_after_commit_answers_the_committed_writes_accepted_once(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _two_channels(make_runtime)
+    _crash_store_on_first_flush(monkeypatch, commit_first=True)
+    outcomes = submit_as_one_batch(rt, _batch())
+    monkeypatch.undo()
+    assert all(o.accepted and o.task_id for o in outcomes), outcomes
+    records = rt.audit()
+    assert sorted(r.request_id for r in records) == sorted(o.request_id for o in outcomes)
+    for o in outcomes:
+        task = rt.get_task("ws", o.task_id or "")
+        assert task is not None and task.metadata["ingress.request_id"] == o.request_id
+    assert rt.submit(ctx("later"), CreateTask(title="t")).accepted
