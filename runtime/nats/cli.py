@@ -29,8 +29,18 @@ def serve(
     actor_base: str | None = typer.Option(None, help="Thespian base (default: simpleSystemBase)."),
     drain_timeout: float | None = typer.Option(
         None, help="Seconds to answer in-flight (default: 10)."),
+    log_level: str | None = typer.Option(None, help=(
+        "JSON log level on stderr (default: env TASK_INGRESS_LOG_LEVEL, else warning; "
+        "info logs every outcome).")),
 ) -> None:
     """Serve task ingress over NATS (AGH network v0) until SIGTERM/SIGINT; then drain, exit 0."""
+    import os
+
+    # Every outcome is in the audit log; one info line per request would flood a terminal.
+    if log_level:
+        os.environ["TASK_INGRESS_LOG_LEVEL"] = log_level
+    else:
+        os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from pydantic import ValidationError
 
     from runtime.nats.daemon import Daemon
