@@ -5,6 +5,8 @@ stop admitted requests right before the store and choose the moment (and order) 
 they reach it. Accepts:
 - `Wiring` (from the runtime) -> remembers the real TaskStore; replies `Started`.
 - `InFlight` (from Capability) -> forwarded to TaskStore, or held while armed.
+- any other protocol message on its way to TaskStore (e.g. the router's `Probe` marker) ->
+  forwarded, or, while requests are held, kept behind them so it never overtakes them.
 - `HoldArm` / `HoldRelease` / `HoldQuery` (from the test, via the driver) -> `HoldState`.
 - `ActorExitRequest` -> forwards whatever is still held, so nothing admitted is dropped.
 
@@ -24,6 +26,7 @@ from actors.audit import audit_fields
 from actors.base import GateActor
 from actors.gate import Limits
 from actors.log import get_logger
+from messages.base import InternalMessage
 from messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
 from messages.outcomes import Outcome, Task
 from messages.protocol import InFlight, Started, Wiring
@@ -38,6 +41,7 @@ class Hold(GateActor):
         self.store: Any = None
         self.holding = False
         self.held: list[InFlight] = []
+        self.behind: list[tuple[int, InternalMessage]] = []  # (held requests ahead, message)
         self.log = get_logger(actor="hold")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -52,6 +56,15 @@ class Hold(GateActor):
             self.log.info("hold.held", request_id=msg.context.request_id)
         else:
             self.send(self.store, msg)
+
+    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
+        """Pass other store-bound protocol messages on, in order with the held requests."""
+        if not isinstance(message, InternalMessage):
+            super().receiveUnrecognizedMessage(message, sender)
+        elif self.held:
+            self.behind.append((len(self.held), message))
+        else:
+            self.send(self.store, message)
 
     def receiveMsg_HoldArm(self, msg: HoldArm, sender: Any) -> None:
         """Hold every store-bound request from now on."""
@@ -68,6 +81,15 @@ class Hold(GateActor):
         self.holding = bool(self.held)
         for flight in chosen:
             self.send(self.store, flight)
+        # A message that arrived behind held requests goes once none of those is held.
+        ahead_left = [sum(1 for i in range(n) if i not in set(order)) for n, _ in self.behind]
+        waiting = []
+        for left, (_, message) in zip(ahead_left, self.behind, strict=True):
+            if left:
+                waiting.append((left, message))
+            else:
+                self.send(self.store, message)
+        self.behind = waiting
         self.send(sender, self._state(msg.ticket))
 
     def receiveMsg_HoldQuery(self, msg: HoldQuery, sender: Any) -> None:
@@ -78,7 +100,9 @@ class Hold(GateActor):
         """Shutdown: let the store answer what is still held."""
         for flight in self.held:
             self.send(self.store, flight)
-        self.held = []
+        for _, message in self.behind:
+            self.send(self.store, message)
+        self.held, self.behind = [], []
 
     def _state(self, ticket: int) -> HoldState:
         return HoldState(ticket=ticket, holding=self.holding,
