@@ -3,7 +3,7 @@ acknowledged request is in the audit with the outcome the peer saw, every accept
 in the store, the outbox is drained, and the chain verifies and continues.
 
 3 trials in the normal suite, 20 with TASK_INGRESS_SLOW=1. The writer is
-tests/crash/crash_writer.py (IngressRuntime with several threads and an ack log).
+`task-ingress swarm --ack-log` or tests/crash/crash_writer.py (see WRITERS).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from actors.gate import safe_field
 from messages import CreateTask, IngressContext
 from runtime import IngressRuntime, RuntimeConfig
 from runtime.verify import VerifyResult, open_readonly, verify_store
@@ -49,27 +50,45 @@ def read_acks(path: Path) -> list[dict[str, Any]]:
     return acks
 
 
-def base_of(trial: int) -> str:
-    """Every third trial runs the actors in their own processes (store and audit apart)."""
-    return "multiprocQueueBase" if trial % 3 == 2 else "simpleSystemBase"
+WRITERS = ("swarm", "threads/simpleSystemBase", "threads/multiprocQueueBase")
+"""Trial i runs WRITERS[i % 3]: `task-ingress swarm --ack-log` (churn, expiry, bad
+requests), or crash_writer.py (replays, wire garbage) with the actors in one thread or in
+their own processes (store and audit apart, so the kill often lands between their commits)."""
 
 
-def run_and_kill(tmp: Path, seed: int, base: str) -> tuple[Path, Path, float]:
+def writer_command(kind: str, store: Path, acks: Path, ready: Path, seed: int) -> list[str]:
+    """The writer's command line; every writer ends by itself within a minute."""
+    if kind == "swarm":
+        return [sys.executable, "-m", "runtime.cli", "swarm", "--store", str(store),
+                "--ack-log", str(acks), "--requests", "1000000", "--duration", "60",
+                "--peers", "16", "--channels", "4", "--concurrency", "8", "--seed", str(seed),
+                "--no-progress", "--json", "", "--plot", ""]
+    base = kind.split("/")[1]
+    return [sys.executable, str(WRITER), "--store", str(store), "--ack-log", str(acks),
+            "--ready-file", str(ready), "--seed", str(seed), "--max-seconds", "60",
+            "--actor-base", base]
+
+
+def run_and_kill(tmp: Path, seed: int, kind: str) -> tuple[Path, Path, float]:
     """Start the writer, SIGKILL it and its actor processes after a random delay, as a
-    crashing host or `systemctl kill -s KILL` would; returns (store, ack log, delay)."""
+    crashing host or `systemctl kill -s KILL` would; returns (store, ack log, delay).
+
+    The delay counts from the writer being ready (ready file, or the swarm's first ack)."""
     store, acks, ready = tmp / "store.db", tmp / "acks.jsonl", tmp / "ready"
     delay = random.Random(seed).uniform(*KILL_AFTER)
     env = dict(os.environ, TASK_INGRESS_LOG_LEVEL="warning")
     with open(tmp / "writer.stderr", "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(WRITER), "--store", str(store), "--ack-log", str(acks),
-             "--ready-file", str(ready), "--seed", str(seed), "--max-seconds", "60",
-             "--actor-base", base],
-            stdout=subprocess.DEVNULL, stderr=err, env=env,
-        )
+        proc = subprocess.Popen(writer_command(kind, store, acks, ready, seed),
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+    def is_ready() -> bool:
+        if kind == "swarm":
+            return acks.exists() and acks.stat().st_size > 0
+        return ready.exists()
+
     try:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not ready.exists():
+        while not is_ready():
             assert proc.poll() is None, (tmp / "writer.stderr").read_text()
             assert time.monotonic() < deadline, "writer not ready in time"
             time.sleep(0.02)
@@ -92,8 +111,7 @@ def kill_writer_processes(proc: subprocess.Popen[bytes], store: Path) -> None:
         found = []
         for p in psutil.process_iter(["cmdline", "status"]):
             cmdline = p.info["cmdline"] or []
-            if (str(WRITER) in cmdline and str(store) in cmdline
-                    and p.info["status"] != psutil.STATUS_ZOMBIE):
+            if str(store) in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(p)
         return found
 
@@ -116,6 +134,12 @@ def outbox_rows(store: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
+def audit_key(ack: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The identity an ack's request is audited under: trimmed, in safe form."""
+    return (safe_field(ack["workspace"].strip()), safe_field(ack["channel"].strip()),
+            safe_field(ack["peer_id"].strip()), safe_field(ack["request_id"].strip()))
+
+
 def assert_verifies(result: VerifyResult) -> None:
     assert result.ok, [str(p) for p in result.problems]
 
@@ -123,8 +147,8 @@ def assert_verifies(result: VerifyResult) -> None:
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_sigkilled_writer_loses_no_acknowledged_request(tmp_path: Path, trial: int) -> None:
     seed = 7000 + trial
-    base = base_of(trial)
-    store, ack_log, delay = run_and_kill(tmp_path, seed, base)
+    kind = WRITERS[trial % len(WRITERS)]
+    store, ack_log, delay = run_and_kill(tmp_path, seed, kind)
     acks = read_acks(ack_log)
 
     # Left as the kill left it: verifies, with any pending outbox rows only reported.
@@ -145,7 +169,7 @@ def test_sigkilled_writer_loses_no_acknowledged_request(tmp_path: Path, trial: i
                        rec.task_id, rec.run_id)
             audited.setdefault(key, Counter())[outcome] += 1
         for ack in acks:
-            key = (ack["workspace"], ack["channel"], ack["peer_id"], ack["request_id"])
+            key = audit_key(ack)
             seen: Outcome = (ack["accepted"], ack["reason"], ack["task_id"], ack["run_id"])
             assert audited.get(key, Counter())[seen] > 0, f"ack not in the audit: {ack}"
             audited[key][seen] -= 1
@@ -177,7 +201,7 @@ def test_sigkilled_writer_loses_no_acknowledged_request(tmp_path: Path, trial: i
     assert_verifies(after)
     assert after.pending_outbox == 0 and after.checkpoint is not None
     assert after.checkpoint.seq == after.head_seq == len(records) + 3
-    print(f"trial {trial} ({base}): killed after {delay:.2f}s, {len(acks)} acks, "
+    print(f"trial {trial} ({kind}): killed after {delay:.2f}s, {len(acks)} acks, "
           f"{before.records} records + {before.pending_outbox} pending outbox rows")
 
 
