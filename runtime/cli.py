@@ -33,6 +33,9 @@ app.add_typer(audit_app, name="audit")
 from runtime.swarm.cli import swarm_command  # noqa: E402
 
 app.command("swarm")(swarm_command)
+from bench.cli import bench_command  # noqa: E402
+
+app.command("bench")(bench_command)
 from runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
 
 app.command(name="serve")(serve)

@@ -1,0 +1,237 @@
+"""The benchmark's baseline: a plain lock-based implementation of the SPEC §7 contract.
+
+What a careful engineer writes without actors: threads, locks, one SQLite connection.
+
+- One lock per (workspace, channel): a request holds it from the presence check to its
+  commit, and greet/leave take it too, so a leave never slips between check and write
+  (the same race freedom the runtime gets from its channel fence).
+- One lock around the database connection: the store-side checks (rules 5-10, the same
+  `actors.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
+  audit record are ONE transaction, committed with synchronous=FULL before the reply.
+  That is the same durability as the runtime: a reply means write + audit are on disk.
+- No group commit: one durable transaction per request. That is the point of comparison.
+
+It speaks the same wire envelopes (`deliver`) and keeps the same store schema, so
+`task-ingress audit verify` can check its file too (checkpoints every 1,000 records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from actors import gate, store_ops
+from actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
+from actors.chain import checkpoint_mac, record_hash
+from actors.schema import connect
+from messages.audit import GENESIS_HASH, AuditRecord
+from messages.codec import decode_envelope, encode_reply
+from messages.outcomes import Outcome
+from messages.peers import PeerCard
+from messages.reasons import Action, Reason
+from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+
+CHECKPOINT_EVERY = 1000
+_REQUESTS = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
+
+
+class LockBaseline:
+    """greet / leave / submit / deliver / audit with locks and one durable txn per request."""
+
+    def __init__(self, store_path: str, *, greet_interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, durable: bool = True,
+                 audit_key: str | None = None, local_peer_id: str = "local") -> None:
+        self.store_path = os.path.abspath(store_path)
+        self.greet_interval = greet_interval
+        self.clock = clock
+        self.durable = durable
+        self.key = bytes.fromhex(audit_key) if audit_key else os.urandom(32)
+        self.local_peer_id = local_peer_id
+        self.limits = gate.Limits()
+        self._channels: dict[tuple[str, str], threading.Lock] = {}
+        self._channels_lock = threading.Lock()
+        self._greets: dict[tuple[str, str, str], tuple[float, bool]] = {}
+        self._db_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._seq = 0
+        self._head = GENESIS_HASH
+        self._since_checkpoint = 0
+
+    # ---- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store (WAL, synchronous=FULL) and load the chain head."""
+        self._conn = connect(self.store_path, self.durable)
+        row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                                 ).fetchone()
+        if row:
+            self._seq, self._head = int(row[0]), str(row[1])
+
+    def close(self) -> None:
+        """Write the final checkpoint and close the connection."""
+        with self._db_lock:
+            if self._conn is not None:
+                self._checkpoint()
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> LockBaseline:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- presence ----------------------------------------------------------------
+    def _channel_lock(self, workspace: str, channel: str) -> threading.Lock:
+        with self._channels_lock:
+            return self._channels.setdefault((workspace, channel), threading.Lock())
+
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
+        """Visible from now, with this card; waits for the channel's request in flight."""
+        with self._channel_lock(workspace, channel):
+            self._greets[(workspace, channel, card.peer_id)] = (
+                self.clock(), gate.grants_write(card.capabilities, card.proof))
+
+    def leave(self, workspace: str, channel: str, peer_id: str) -> None:
+        """Invisible from now; waits for the channel's request in flight."""
+        with self._channel_lock(workspace, channel):
+            self._greets.pop((workspace, channel, peer_id), None)
+
+    # ---- requests ----------------------------------------------------------------
+    def submit(self, context: IngressContext, request: Any) -> Outcome:
+        """Judge, apply and audit one request in one durable transaction."""
+        size = len(msgpack.packb(request.model_dump(exclude_none=True), use_bin_type=True)) \
+            if isinstance(request, _REQUESTS) else 0
+        return self._judge(context, request, None, size)
+
+    def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
+        """The wire path, as `IngressRuntime.deliver`."""
+        decoded = decode_envelope(envelope)
+        ctx = IngressContext(workspace=workspace, peer_id=peer_id, channel=channel,
+                             request_id=decoded.request_id)
+        outcome = self._judge(ctx, decoded.request, decoded.rejection, decoded.size,
+                              decoded.action)
+        return encode_reply(outcome)
+
+    def _judge(self, context: IngressContext, request: Any, preset: Reason | None, size: int,
+               action: Action | None = None) -> Outcome:
+        ctx = gate.normalize_context(context)
+        act = request.action if isinstance(request, _REQUESTS) else (action or Action.UNKNOWN)
+        reason = preset or gate.check_context(ctx)
+        if reason is not None or request is None:
+            return self._reject(ctx, act, reason or Reason.INVALID_REQUEST, size)
+        with self._channel_lock(ctx.workspace, ctx.channel):
+            seen = self._greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
+            now = self.clock()
+            if seen is None or now - seen[0] >= 2 * self.greet_interval \
+                    or ctx.peer_id == self.local_peer_id:
+                return self._reject(ctx, act, Reason.PEER_NOT_FOUND, size)
+            if not seen[1]:
+                return self._reject(ctx, act, Reason.CAPABILITY_DENIED, size)
+            with self._db_lock:
+                conn = self._open()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    outcome = store_ops.judge_and_apply(conn, ctx, request, self.limits,
+                                                        time.time())
+                    self._append(ctx, outcome, size)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    self._reload_head()
+                    raise
+                self._maybe_checkpoint()
+            return outcome
+
+    def _reject(self, ctx: IngressContext, action: Action, reason: Reason, size: int) -> Outcome:
+        outcome = Outcome(request_id=gate.safe_field(ctx.request_id), action=action,
+                          accepted=False, reason=reason)
+        with self._db_lock:
+            conn = self._open()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._append(ctx, outcome, size)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._reload_head()
+                raise
+            self._maybe_checkpoint()
+        return outcome
+
+    # ---- audit -------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the baseline is not running")
+        return self._conn
+
+    def _append(self, ctx: IngressContext, outcome: Outcome, size: int) -> None:
+        """Chain and insert the record (caller holds the db lock, inside the txn)."""
+        actor = gate.derived_actor(ctx) if gate.check_context(ctx) is None else ""
+        record: dict[str, Any] = {
+            "seq": self._seq + 1, "at": time.time(),
+            "workspace": gate.safe_field(ctx.workspace), "channel": gate.safe_field(ctx.channel),
+            "peer_id": gate.safe_field(ctx.peer_id), "actor": gate.safe_field(actor, 300),
+            "request_id": gate.safe_field(ctx.request_id), "action": outcome.action.value,
+            "outcome": "accepted" if outcome.accepted else "rejected",
+            "reason": outcome.reason.value if outcome.reason else None,
+            "task_id": outcome.task_id, "run_id": outcome.run_id, "payload_size": size,
+            "replay": outcome.replay, "prev_hash": self._head,
+        }
+        record["hash"] = record_hash(record)
+        self._open().execute(
+            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
+            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
+            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
+            record)
+        self._seq, self._head = record["seq"], record["hash"]
+        self._since_checkpoint += 1
+
+    def _reload_head(self) -> None:
+        row = self._open().execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                                   ).fetchone()
+        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def _maybe_checkpoint(self) -> None:
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        if self._seq == 0:
+            return
+        path = checkpoint_path(self.store_path)
+        data = {"seq": self._seq, "hash": self._head,
+                "mac": checkpoint_mac(self.key, self._seq, self._head), "at": time.time()}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+        self._since_checkpoint = 0
+
+    def audit(self) -> list[AuditRecord]:
+        """Every committed record, in commit order."""
+        with self._db_lock:
+            rows = self._open().execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"
+                                        ).fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def store_file(self) -> str:
+        """The SQLite file."""
+        return self.store_path
+
+
+def remove_store(path: str) -> None:
+    """Delete a store file and its WAL/SHM/checkpoint companions."""
+    for suffix in ("", "-wal", "-shm", ".checkpoint", ".key"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)

@@ -1,0 +1,59 @@
+"""`task-ingress bench`: the typer command and its side-by-side table."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+
+
+def bench_command(
+    requests: Annotated[int, typer.Option(help="Requests per system in the peak phase "
+                                          "(half as many at half peak).")] = 3000,
+    threads: Annotated[int, typer.Option(help="Client threads.")] = 16,
+    channels: Annotated[int, typer.Option(help="Channels.")] = 8,
+    peers: Annotated[int, typer.Option(help="Writer peers (spread over the channels).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the request stream.")] = 1,
+    systems: Annotated[str, typer.Option(help="Comma list of runtime-simple, "
+                                         "runtime-multiproc, baseline.")
+                       ] = "runtime-simple,runtime-multiproc,baseline",
+    budget: Annotated[float, typer.Option(help="Longest phase, seconds (then it stops and "
+                                          "is marked timed out).")] = 60.0,
+    half_peak: Annotated[bool, typer.Option(help="Also run the half-peak latency phase.")
+                         ] = True,
+    ceiling_seconds: Annotated[float, typer.Option("--ceiling-seconds", help="Seconds per "
+                                                   "SQLite ceiling measurement (0 = skip).")
+                               ] = 1.5,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the JSON here.")
+                         ] = None,
+) -> None:
+    """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable."""
+    os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
+    from rich.console import Console
+
+    from actors.log import configure
+    from bench.report import print_bench
+    from bench.runner import SYSTEMS, run_bench, to_json
+    from bench.workload import Workload
+
+    configure()
+    out = Console()
+    err = Console(stderr=True)
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SYSTEMS]
+    if unknown or not chosen or min(requests, threads, channels, peers) < 1:
+        err.print(f"[red]bench: bad options (unknown systems: {unknown})")
+        raise typer.Exit(2)
+    w = Workload(requests=requests, threads=threads, channels=channels, peers=peers, seed=seed)
+    result = run_bench(w, chosen, budget, half_peak, ceiling_seconds,
+                       on_phase=lambda what: err.print(f"[dim]bench: {what} ..."))
+    print_bench(result, out)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(to_json(result), fh, indent=2)
+            fh.write("\n")
+        out.print(f"JSON: {json_path}")
+    if any(s.error for s in result.systems):
+        raise typer.Exit(1)

@@ -1,0 +1,168 @@
+"""`task-ingress bench`: one fixed workload against the runtime (two actor bases) and the
+lock-based baseline, all on durable file stores in one temp dir, plus the SQLite ceiling.
+
+Per system: a peak phase (closed loop, every thread sends as fast as replies come), then
+a half-peak phase (open loop at half the peak rate, latency from the scheduled send time).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.ceiling import Ceiling, measure_ceiling
+from bench.workload import PhaseResult, System, Workload, greet_all, peers_for, run_phase
+
+SYSTEMS = ("runtime-simple", "runtime-multiproc", "baseline")
+BASES = {"runtime-simple": "simpleSystemBase", "runtime-multiproc": "multiprocQueueBase"}
+
+
+@dataclass(frozen=True)
+class PhaseFigures:
+    """Throughput and latency of one phase."""
+
+    requests: int
+    accepted: int
+    failed: int
+    elapsed_s: float
+    throughput: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    timed_out: bool
+
+
+@dataclass
+class SystemResult:
+    """One system's figures (error set when it could not run)."""
+
+    name: str
+    peak: PhaseFigures | None = None
+    half: PhaseFigures | None = None
+    half_rate: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class BenchResult:
+    """Everything `bench` prints and writes."""
+
+    workload: Workload
+    systems: list[SystemResult] = field(default_factory=list)
+    ceiling: Ceiling | None = None
+
+    def by_name(self, name: str) -> SystemResult | None:
+        """The result of one system, if it ran."""
+        return next((s for s in self.systems if s.name == name), None)
+
+
+def figures(phase: PhaseResult) -> PhaseFigures:
+    """Percentiles (HDR histogram) and rates of a phase."""
+    from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no stubs
+
+    hist = HdrHistogram(1, 120_000_000, 3)
+    for latency in phase.latencies:
+        hist.record_value(max(1, int(latency * 1e6)))
+    n = len(phase.latencies)
+
+    def pct(q: float) -> float:
+        return float(hist.get_value_at_percentile(q)) / 1000.0 if n else 0.0
+
+    return PhaseFigures(
+        requests=n, accepted=phase.accepted, failed=phase.failed,
+        elapsed_s=round(phase.elapsed, 3), throughput=n / phase.elapsed if phase.elapsed else 0,
+        p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99),
+        max_ms=float(hist.get_max_value()) / 1000.0 if n else 0.0, timed_out=phase.timed_out,
+    )
+
+
+def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], None]]:
+    if name == "baseline":
+        from bench.baseline import LockBaseline
+
+        baseline = LockBaseline(store, audit_key=key)
+        baseline.start()
+        return baseline, baseline.close
+    from runtime.config import RuntimeConfig
+    from runtime.facade import IngressRuntime
+
+    rt = IngressRuntime(RuntimeConfig(store_path=store, durable=True, actor_base=BASES[name],
+                                      audit_key=key, request_timeout=20.0))
+    rt.start()
+    return rt, rt.close
+
+
+def bench_system(name: str, w: Workload, directory: str, budget: float,
+                 half_peak: bool = True, on_phase: Callable[[str], None] | None = None
+                 ) -> SystemResult:
+    """Run both phases on a fresh store; a system that fails to start is reported, not raised."""
+    result = SystemResult(name)
+    store = os.path.join(directory, f"{name}.db")
+    try:
+        system, close = _open_system(name, store, secrets.token_hex(32))
+    except Exception as exc:
+        result.error = f"did not start: {exc!r:.200}"
+        return result
+    try:
+        peers = peers_for(w)
+        greet_all(system, peers)
+        if on_phase:
+            on_phase(f"{name}: peak")
+        result.peak = figures(run_phase(system, w, peers, "peak", w.requests, None, budget))
+        if half_peak and result.peak.throughput > 0:
+            result.half_rate = result.peak.throughput / 2
+            if on_phase:
+                on_phase(f"{name}: half peak ({result.half_rate:,.0f} req/s)")
+            half = run_phase(system, w, peers, "half", max(w.requests // 2, 1),
+                             result.half_rate, budget)
+            result.half = figures(half)
+    except Exception as exc:
+        result.error = f"failed: {exc!r:.200}"
+    finally:
+        close()
+    return result
+
+
+def run_bench(w: Workload, systems: tuple[str, ...] = SYSTEMS, budget: float = 60.0,
+              half_peak: bool = True, ceiling_seconds: float = 1.5,
+              on_phase: Callable[[str], None] | None = None) -> BenchResult:
+    """The whole benchmark in one temp dir (removed afterwards)."""
+    directory = tempfile.mkdtemp(prefix="task-ingress-bench-")
+    out = BenchResult(w)
+    try:
+        if ceiling_seconds > 0:
+            if on_phase:
+                on_phase("SQLite durable commit ceiling")
+            out.ceiling = measure_ceiling(directory, ceiling_seconds)
+        for name in systems:
+            out.systems.append(bench_system(name, w, directory, budget, half_peak, on_phase))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return out
+
+
+def to_json(result: BenchResult) -> dict[str, Any]:
+    """The JSON form: figures per system, ratios to the baseline, the ceiling."""
+    from dataclasses import asdict
+
+    base = result.by_name("baseline")
+    base_tp = base.peak.throughput if base and base.peak else 0.0
+    systems = {}
+    for s in result.systems:
+        entry: dict[str, Any] = {"error": s.error, "half_rate": round(s.half_rate, 1),
+                                 "peak": asdict(s.peak) if s.peak else None,
+                                 "half_peak": asdict(s.half) if s.half else None}
+        if s.peak and base_tp:
+            entry["throughput_vs_baseline"] = round(s.peak.throughput / base_tp, 2)
+        systems[s.name] = entry
+    return {
+        "workload": asdict(result.workload),
+        "systems": systems,
+        "ceiling": asdict(result.ceiling) if result.ceiling else None,
+    }

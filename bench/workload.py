@@ -1,0 +1,164 @@
+"""The benchmark's fixed workload: threads x peers x channels sending wire envelopes.
+
+Every system under test is driven through the same three calls (`greet`, `deliver`,
+`close`) by the same seeded request stream: creates (70% bound to the peer's channel),
+updates, enqueues and cancels of the peer's own tasks, all from visible writers.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from messages.codec import decode_reply, encode_envelope
+from messages.peers import PeerCard
+from messages.requests import CancelTask, CreateTask, EnqueueRun, TaskRequest, UpdateTask
+
+
+class System(Protocol):
+    """What the bench drives: the wire path of a runtime or of the baseline."""
+
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
+        """Make a peer visible."""
+        ...
+
+    def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
+        """One request in, its reply out."""
+        ...
+
+
+WORKSPACE = "bench"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The fixed shape of a benchmark run."""
+
+    requests: int = 3000
+    threads: int = 16
+    channels: int = 8
+    peers: int = 32
+    seed: int = 1
+
+
+@dataclass
+class PhaseResult:
+    """Latencies (seconds) and counts of one phase on one system."""
+
+    latencies: list[float] = field(default_factory=list)
+    accepted: int = 0
+    failed: int = 0
+    """Replies `task_ingress_failed`/`overloaded`, or a call that raised."""
+    elapsed: float = 0.0
+    timed_out: bool = False
+
+
+@dataclass
+class BenchPeer:
+    """A writer peer and its own recent tasks."""
+
+    peer_id: str
+    channel: str
+    tasks: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    n: int = 0
+
+
+def peers_for(w: Workload) -> list[BenchPeer]:
+    """The workload's peers, spread round-robin over the channels."""
+    return [BenchPeer(f"bench-{i:03d}", f"ch-{i % w.channels}") for i in range(w.peers)]
+
+
+def greet_all(system: System, peers: list[BenchPeer]) -> None:
+    """Greet every peer as a writer."""
+    for p in peers:
+        system.greet(WORKSPACE, p.channel, PeerCard(peer_id=p.peer_id,
+                                                    capabilities=["task.write"],
+                                                    proof=f"proof-{p.peer_id}"))
+
+
+def next_request(peer: BenchPeer, rng: random.Random, phase: str) -> tuple[str, TaskRequest]:
+    """The peer's next request (request ID unique per phase)."""
+    peer.n += 1
+    rid = f"{phase}-{peer.peer_id}-{peer.n}"
+    roll = rng.random()
+    if not peer.tasks or roll < 0.4:
+        bound = peer.channel if rng.random() < 0.7 else ""
+        return rid, CreateTask(title=f"bench {rid}", description="d" * 64,
+                               network_channel=bound)
+    task = peer.tasks[rng.randrange(len(peer.tasks))]
+    if roll < 0.7:
+        return rid, UpdateTask(task_id=task, title=f"updated {rid}")
+    if roll < 0.9:
+        return rid, EnqueueRun(task_id=task, idempotency_key=f"k-{rid}")
+    peer.tasks.remove(task)
+    return rid, CancelTask(task_id=task, reason="bench")
+
+
+def _one(system: System, peer: BenchPeer, rng: random.Random, phase: str,
+         result: PhaseResult, lock: threading.Lock, started: float) -> None:
+    rid, request = next_request(peer, rng, phase)
+    env = encode_envelope(request, rid)
+    try:
+        reply = decode_reply(system.deliver(env, workspace=WORKSPACE, channel=peer.channel,
+                                            peer_id=peer.peer_id))
+    except Exception:
+        reply = {"accepted": False, "reason": "task_ingress_failed"}
+    latency = time.perf_counter() - started
+    accepted = bool(reply.get("accepted"))
+    if accepted and isinstance(request, CreateTask) and isinstance(reply.get("task_id"), str):
+        peer.tasks.append(reply["task_id"])
+    with lock:
+        result.latencies.append(latency)
+        if accepted:
+            result.accepted += 1
+        elif reply.get("reason") in ("task_ingress_failed", "overloaded"):
+            result.failed += 1
+
+
+def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
+              count: int, rate: float | None, budget: float) -> PhaseResult:
+    """Send `count` requests from `w.threads` threads.
+
+    rate None: closed loop, as fast as replies come (peak). Otherwise open loop at `rate`
+    requests/s in total, each latency measured from the request's *scheduled* send time
+    (no coordinated omission). Stops early (timed_out) once `budget` seconds have passed.
+    """
+    result = PhaseResult()
+    lock = threading.Lock()
+    threads = min(w.threads, len(peers))
+    per_thread = [count // threads + (1 if t < count % threads else 0) for t in range(threads)]
+    t0 = time.perf_counter() + 0.05
+    deadline = t0 + budget
+
+    def work(t: int) -> None:
+        mine = peers[t::threads]
+        rng = random.Random(w.seed * 7919 + t + zlib.crc32(phase.encode()))
+        interval = threads / rate if rate else 0.0
+        offset = interval * t / threads
+        for k in range(per_thread[t]):
+            now = time.perf_counter()
+            if now >= deadline:
+                result.timed_out = True
+                return
+            if rate:
+                scheduled = t0 + offset + k * interval
+                if scheduled > now:
+                    time.sleep(scheduled - now)
+                started = scheduled
+            else:
+                started = time.perf_counter()
+            _one(system, mine[k % len(mine)], rng, phase, result, lock, started)
+
+    pool = [threading.Thread(target=work, args=(t,), name=f"bench-{t}") for t in range(threads)]
+    begin = time.perf_counter()
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    result.elapsed = time.perf_counter() - max(begin, t0 - 0.05)
+    return result
