@@ -15,12 +15,15 @@ def print_bench(result: BenchResult, console: Console) -> None:
     base_tp = base.peak.throughput if base and base.peak else 0.0
     table = Table(title=(f"task-ingress bench: {w.requests:,} requests, {w.threads} threads, "
                          f"{w.peers} peers, {w.channels} channels, durable file stores"))
-    for col in ("system", "req/s", "x baseline", "p50 ms", "p99 ms", "half-peak req/s",
-                "half p50 ms", "half p99 ms", "failed"):
-        table.add_column(col, justify="left" if col == "system" else "right")
+    table.add_column("system", no_wrap=True, min_width=17)
+    for col in ("req/s", "x base", "p50", "p99", "half req/s", "half p50", "half p99",
+                "CPU/req", "failed"):
+        table.add_column(col, justify="right")
+    table.caption = ("latencies and CPU per request in ms; half = open loop at half the "
+                     "peak rate, latency from the scheduled send")
     for s in result.systems:
         if s.error or s.peak is None:
-            table.add_row(s.name, "[red]" + (s.error or "no result"), *[""] * 7)
+            table.add_row(s.name, "[red]" + (s.error or "no result"), *[""] * 8)
             continue
         p, h = s.peak, s.half
         ratio = f"{p.throughput / base_tp:.2f}" if base_tp else "-"
@@ -28,7 +31,8 @@ def print_bench(result: BenchResult, console: Console) -> None:
             s.name, f"{p.throughput:,.0f}" + (" (timed out)" if p.timed_out else ""), ratio,
             f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}",
             f"{h.throughput:,.0f}" if h else "-", f"{h.p50_ms:.2f}" if h else "-",
-            f"{h.p99_ms:.2f}" if h else "-", str(p.failed + (h.failed if h else 0)),
+            f"{h.p99_ms:.2f}" if h else "-", f"{p.cpu_ms_per_request:.2f}",
+            str(p.failed + (h.failed if h else 0)),
         )
     console.print(table)
     if result.ceiling:

@@ -36,6 +36,8 @@ class PhaseFigures:
     p99_ms: float
     max_ms: float
     timed_out: bool
+    cpu_ms_per_request: float
+    """CPU (all threads, actor processes included) per request: load-independent cost."""
 
 
 @dataclass
@@ -79,6 +81,7 @@ def figures(phase: PhaseResult) -> PhaseFigures:
         elapsed_s=round(phase.elapsed, 3), throughput=n / phase.elapsed if phase.elapsed else 0,
         p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99),
         max_ms=float(hist.get_max_value()) / 1000.0 if n else 0.0, timed_out=phase.timed_out,
+        cpu_ms_per_request=phase.cpu_s * 1000.0 / n if n else 0.0,
     )
 
 

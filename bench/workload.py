@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import psutil
+
 from messages.codec import decode_reply, encode_envelope
 from messages.peers import PeerCard
 from messages.requests import CancelTask, CreateTask, EnqueueRun, TaskRequest, UpdateTask
@@ -56,6 +58,8 @@ class PhaseResult:
     """Replies `task_ingress_failed`/`overloaded`, or a call that raised."""
     elapsed: float = 0.0
     timed_out: bool = False
+    cpu_s: float = 0.0
+    """CPU seconds of this process and its children (actor processes) during the phase."""
 
 
 @dataclass
@@ -155,10 +159,24 @@ def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
             _one(system, mine[k % len(mine)], rng, phase, result, lock, started)
 
     pool = [threading.Thread(target=work, args=(t,), name=f"bench-{t}") for t in range(threads)]
+    cpu_before = tree_cpu_seconds()
     begin = time.perf_counter()
     for th in pool:
         th.start()
     for th in pool:
         th.join()
     result.elapsed = time.perf_counter() - max(begin, t0 - 0.05)
+    result.cpu_s = tree_cpu_seconds() - cpu_before
     return result
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return float(total)

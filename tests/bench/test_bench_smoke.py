@@ -1,0 +1,45 @@
+"""`task-ingress bench` runs end to end on a tiny workload (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runtime.cli import app
+
+
+def _bench(tmp_path: Path, systems: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "--requests", "60", "--threads", "4", "--peers", "8", "--channels", "2",
+        "--systems", systems, "--ceiling-seconds", "0.2", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "SQLite durable ceiling" in result.output
+    data: dict[str, object] = json.loads(out.read_text())
+    return data
+
+
+def test_bench_runs_runtime_and_baseline_side_by_side(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "runtime-simple,baseline")
+    systems = data["systems"]
+    assert isinstance(systems, dict) and set(systems) == {"runtime-simple", "baseline"}
+    for entry in systems.values():
+        assert entry["error"] is None
+        assert entry["peak"]["requests"] == 60 and entry["half_peak"]["requests"] == 30
+        assert entry["peak"]["failed"] == 0
+        assert "throughput_vs_baseline" in entry
+    ceiling = data["ceiling"]
+    assert isinstance(ceiling, dict) and ceiling["single_commits_per_s"] > 0
+
+
+@pytest.mark.multiproc
+def test_bench_runs_the_runtime_on_a_multiprocess_base(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "runtime-multiproc")
+    systems = data["systems"]
+    assert isinstance(systems, dict)
+    entry = systems["runtime-multiproc"]
+    assert entry["error"] is None and entry["peak"]["requests"] == 60
