@@ -36,6 +36,7 @@ def to_json(result: SwarmResult) -> dict[str, Any]:
         "presence": {"greets": s.greets, "leaves": s.leaves},
         "rss_start_mb": round(result.rss_start_mb, 1),
         "rss_end_mb": round(result.rss_end_mb, 1),
+        "rss_timeline": [list(p) for p in result.rss_timeline],
         "timeline": [vars(p) for p in s.timeline],
         "config": {
             "requests": cfg.requests, "duration": cfg.duration, "peers": cfg.peers,
@@ -129,18 +130,18 @@ def write_plot(result: SwarmResult, path: str) -> None:
     import matplotlib.pyplot as plt
 
     points = result.stats.timeline
-    xs = [p.second + 1 for p in points]
+    xs = [p.second + p.span for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     try:
-        top.plot(xs, [p.requests for p in points], label="answered/s", marker=".")
-        top.plot(xs, [p.accepted for p in points], label="accepted/s", marker=".")
+        top.plot(xs, [p.requests / p.span for p in points], label="answered/s", marker=".")
+        top.plot(xs, [p.accepted / p.span for p in points], label="accepted/s", marker=".")
         top.set_ylabel("requests / s")
         top.legend(loc="lower right")
         top.grid(alpha=0.3)
         bottom.plot(xs, [p.p50_ms for p in points], label="p50", marker=".")
         bottom.plot(xs, [p.p99_ms for p in points], label="p99", marker=".")
         bottom.set_ylabel("latency (ms)")
-        bottom.set_xlabel("second of run")
+        bottom.set_xlabel("seconds into the run")
         bottom.legend(loc="upper right")
         bottom.grid(alpha=0.3)
         cfg = result.config

@@ -40,6 +40,8 @@ from runtime.swarm.transport import SwarmTransport
 from runtime.verify import StoreUnreadable, open_readonly
 
 TICK = 0.25
+RSS_EVERY = 5.0
+"""Seconds between RSS samples (the report's rss_timeline)."""
 IDLE_SLEEP = 0.005
 MAX_SILENCE_WAIT = 5.0
 """Expiry (2 x greet_interval) longer than this is not waited for by silent peers."""
@@ -59,6 +61,8 @@ class SwarmResult:
     greet_interval: float
     store_path: str
     transport: str
+    rss_timeline: list[tuple[float, float]]
+    """(seconds into the run, RSS MB of the process tree), every RSS_EVERY seconds."""
 
     @property
     def ok(self) -> bool:
@@ -163,6 +167,7 @@ class Swarm:
         self.ack = AckLog(cfg.ack_log) if cfg.ack_log else None
         self.stats = Stats(start=time.monotonic())
         self.budget = Budget(cfg.requests, self.stats.start + cfg.duration)
+        self.rss_timeline: list[tuple[float, float]] = []
 
     # ---- worker side -------------------------------------------------------------
     def _greet(self, peer: SimPeer) -> None:
@@ -249,11 +254,17 @@ class Swarm:
         ]
         for t in threads:
             t.start()
+        next_rss = time.monotonic() + RSS_EVERY
         try:
             while any(t.is_alive() for t in threads):
                 time.sleep(TICK)
+                now = time.monotonic()
+                if now >= next_rss:
+                    next_rss += RSS_EVERY
+                    self.rss_timeline.append((round(now - self.stats.start, 1),
+                                              round(tree_rss_mb(), 1)))
                 if on_tick is not None:
-                    on_tick(self.stats.snapshot(time.monotonic()))
+                    on_tick(self.stats.snapshot(now))
         except KeyboardInterrupt:
             self.budget.stopped.set()
         for t in threads:
@@ -309,7 +320,7 @@ def run_swarm(
             config=cfg, stats=swarm.stats, checks=checks, elapsed=elapsed,
             rss_start_mb=rss_start, rss_end_mb=rss_end, workers=swarm.workers,
             greet_interval=swarm.greet_interval, store_path=swarm.store_path,
-            transport=cfg.transport,
+            transport=cfg.transport, rss_timeline=swarm.rss_timeline,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -22,6 +22,8 @@ class TimelinePoint:
     """One second of the run."""
 
     second: int
+    span: float
+    """Seconds covered (1.0 except the run's last, partial second)."""
     requests: int
     accepted: int
     p50_ms: float
@@ -119,10 +121,10 @@ class Stats:
             self._close_second()
             self._second += 1
 
-    def _close_second(self) -> None:
+    def _close_second(self, span: float = 1.0) -> None:
         values = sorted(self._bucket)
         self.timeline.append(TimelinePoint(
-            second=self._second, requests=len(values), accepted=self._bucket_accepted,
+            second=self._second, span=span, requests=len(values), accepted=self._bucket_accepted,
             p50_ms=_percentile(values, 0.50), p99_ms=_percentile(values, 0.99),
             max_ms=values[-1] if values else 0.0,
         ))
@@ -133,8 +135,9 @@ class Stats:
         """Close the last (partial) second."""
         with self._lock:
             self._roll(now)
-            if self._bucket:
-                self._close_second()
+            span = now - self.start - self._second
+            if self._bucket and span > 0.05:
+                self._close_second(span)
 
     def snapshot(self, now: float) -> Snapshot:
         """Counters for the live display."""

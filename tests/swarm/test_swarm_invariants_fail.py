@@ -104,10 +104,9 @@ def test_rebound_task_in_store_breaks_bound_task_check(kept: KeptRun, tmp_path: 
 def test_mutation_from_another_channel_breaks_bound_task_check(kept: KeptRun) -> None:
     ev = kept.evidence()
     run = ev.run_records
-    # Fabricate: an accepted mutation of a bound task, recorded as coming from another channel.
-    bound = {r.task_id: r.channel for r in run
-             if r.outcome == "accepted" and r.action is Action.CREATE}
-    bound = {t: ch for t, ch in bound.items() if ev.bindings.get(t or "") == ch}
+    # Fabricate: an accepted update of a task bound at its creation, moved to another channel.
+    bound = {s.task_id for s in ev.sent
+             if s.accepted and s.kind == Action.CREATE.value and s.bind}
     victim = next(r for r in run if r.outcome == "accepted" and r.action is Action.UPDATE
                   and r.task_id in bound)
     forged = victim.model_copy(update={"channel": "ch-intruder"})
