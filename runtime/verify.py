@@ -21,20 +21,21 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
-from actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
-from actors.chain import checkpoint_ok, first_bad_record
+from actors.audit import AUDIT_COLUMNS, checkpoint_path
+from actors.chain import checkpoint_ok, record_hash
 from actors.gate import safe_field
-from messages.audit import AuditRecord
+from messages.audit import GENESIS_HASH
 from messages.reasons import Action
+
+AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
 
 KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
 CHECKPOINT_EVERY = 1000
@@ -86,7 +87,8 @@ class OutboxEntry:
 class StoreSnapshot:
     """Everything verification reads from the store, taken in one read transaction."""
 
-    audit_rows: list[tuple[Any, ...]]
+    audit_rows: Iterable[tuple[Any, ...]]
+    """`AUDIT_COLUMNS` rows in seq order; consumed once, so a large audit is streamed."""
     tasks: dict[str, str]
     """task_id -> workspace."""
     runs: dict[str, tuple[str, str]]
@@ -164,12 +166,15 @@ def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
-    """Read audit, tasks, runs, accepted requests and outbox in one read transaction."""
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[StoreSnapshot]:
+    """The store as of one read transaction; the audit rows stream from a cursor."""
     try:
         conn.execute("BEGIN")
+    except sqlite3.Error as exc:
+        raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
+    try:
         try:
-            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
             tasks = dict(conn.execute("SELECT task_id, workspace FROM tasks").fetchall())
             runs = {r[0]: (r[1], r[2]) for r in conn.execute(
                 "SELECT run_id, task_id, workspace FROM runs").fetchall()}
@@ -177,23 +182,36 @@ def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
                 "SELECT workspace, channel, peer_id, request_id, action, task_id, run_id "
                 "FROM accepted_requests").fetchall()
             outbox_rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
-        finally:
-            conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
+            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
+        except sqlite3.Error as exc:
+            raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
+        outbox, bad_outbox = _parse_outbox(outbox_rows)
+        yield StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox)
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
+    """Like `snapshot`, with the audit rows read into a list (callers may iterate twice)."""
+    with snapshot(conn) as snap:
+        rows = list(snap.audit_rows)
+    return StoreSnapshot(rows, snap.tasks, snap.runs, snap.accepted, snap.outbox,
+                         snap.bad_outbox)
+
+
+def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[int]]:
     outbox: list[OutboxEntry] = []
-    bad_outbox: list[int] = []
-    for outbox_id, blob in outbox_rows:
+    bad: list[int] = []
+    for outbox_id, blob in rows:
         try:
             fields = json.loads(blob)
         except (TypeError, ValueError):
-            bad_outbox.append(int(outbox_id))
-            continue
+            fields = None
         if isinstance(fields, dict):
             outbox.append(OutboxEntry(int(outbox_id), fields))
         else:
-            bad_outbox.append(int(outbox_id))
-    return StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox)
+            bad.append(int(outbox_id))
+    return outbox, bad
 
 
 def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
@@ -253,10 +271,12 @@ def verify_store(
     """
     cp, cp_error = read_checkpoint(store_path)
     key_bytes, key_error = load_key(store_path, key)
-    with open_readonly(store_path) as conn:
-        snap = read_snapshot(conn)
-    return verify_snapshot(snap, cp, cp_error, key_bytes, key_error,
-                           checkpoint_every, checkpoint_seconds)
+    with open_readonly(store_path) as conn, snapshot(conn) as snap:
+        try:
+            return verify_snapshot(snap, cp, cp_error, key_bytes, key_error,
+                                   checkpoint_every, checkpoint_seconds)
+        except sqlite3.Error as exc:
+            raise StoreUnreadable(f"reading the audit failed: {exc}") from exc
 
 
 def verify_snapshot(
@@ -268,19 +288,17 @@ def verify_snapshot(
     checkpoint_every: int = CHECKPOINT_EVERY,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> VerifyResult:
-    """Check chain, checkpoint and store against each other (no I/O)."""
+    """Check chain, checkpoint and store against each other (no I/O but the row stream)."""
     problems: list[Problem] = []
     notes: list[str] = []
-    records, chain_problem = _parse_and_chain(snap.audit_rows)
-    if chain_problem is not None:
-        problems.append(chain_problem)
-    head_seq = int(snap.audit_rows[-1][0]) if snap.audit_rows else 0
-    head_hash = str(snap.audit_rows[-1][-1]) if snap.audit_rows else ""
-    problems += _check_checkpoint(
-        snap.audit_rows, checkpoint, checkpoint_error, key, key_error,
-        checkpoint_every, checkpoint_seconds, notes,
-    )
-    problems += _check_store(records, snap)
+    chain = _ChainPass(checkpoint.seq if checkpoint else None)
+    for row in snap.audit_rows:
+        chain.feed(row)
+    if chain.problem is not None:
+        problems.append(chain.problem)
+    problems += _check_checkpoint(chain, checkpoint, checkpoint_error, key, key_error,
+                                  checkpoint_every, checkpoint_seconds, notes)
+    problems += _check_store(chain.accepted, snap)
     if snap.outbox:
         notes.append(f"{len(snap.outbox)} pending outbox row(s): accepted writes whose audit "
                      "records the runtime chains on its next start")
@@ -288,39 +306,80 @@ def verify_snapshot(
         notes.append(f"{len(problems) - MAX_PROBLEMS} further problem(s) not listed")
         problems = sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))[:MAX_PROBLEMS]
     return VerifyResult(
-        records=len(snap.audit_rows), head_seq=head_seq, head_hash=head_hash,
+        records=chain.count, head_seq=chain.head_seq, head_hash=chain.head_hash,
         checkpoint=checkpoint, pending_outbox=len(snap.outbox), tasks=len(snap.tasks),
         runs=len(snap.runs), problems=tuple(problems), notes=tuple(notes),
     )
 
 
-def _parse_and_chain(rows: list[tuple[Any, ...]]) -> tuple[list[AuditRecord], Problem | None]:
-    """Parse rows into records up to the first unparseable one and check the chain."""
-    records: list[AuditRecord] = []
-    unparseable: Problem | None = None
-    for row in rows:
+class Accepted(NamedTuple):
+    """What the store check needs of an accepted record."""
+
+    seq: int
+    workspace: str
+    channel: str
+    peer_id: str
+    request_id: str
+    action: str
+    task_id: str | None
+    run_id: str | None
+    replay: bool
+
+
+class _ChainPass:
+    """One pass over the audit rows: the chain rule of `actors.chain.first_bad_record`
+    (contiguous seq from 1, prev_hash links, `record_hash` of the contents) on raw rows,
+    keeping only what the checkpoint and store checks need, so memory stays small."""
+
+    def __init__(self, checkpoint_seq: int | None) -> None:
+        self.checkpoint_seq = checkpoint_seq
+        self.count = 0
+        self.head_seq = 0
+        self.head_hash = ""
+        self.prev = GENESIS_HASH
+        self.expected = 1
+        self.problem: Problem | None = None
+        self.times = array("d")
+        self.hash_at_checkpoint: str | None = None
+        self.accepted: list[Accepted] = []
+
+    def feed(self, row: tuple[Any, ...]) -> None:
+        """Check one row (rows arrive in seq order)."""
+        self.count += 1
         try:
-            records.append(record_from_row(row))
-        except (ValidationError, TypeError, ValueError) as exc:
-            unparseable = Problem("chain", _int_or_none(row[0]),
-                                  f"record does not parse: {_first_line(exc)}")
-            break
-    bad = first_bad_record(records)
-    if bad is not None:
-        seq, why = bad
-        if why.startswith("sequence gap"):
-            why = f"{why} (record {_expected_seq(records, seq)} is missing)"
-        return records, Problem("chain", seq, why)
-    return records, unparseable
+            fields = dict(zip(AUDIT_NAMES, row, strict=True))
+            fields["replay"] = bool(fields["replay"])
+            seq, at, digest = int(fields["seq"]), float(fields["at"]), record_hash(fields)
+        except (TypeError, ValueError) as exc:
+            self._fail(_int_or_none(row[0]), f"record does not parse: {exc}")
+            return
+        stored = fields["hash"]
+        if seq != self.expected:
+            missing = f"record {self.expected} is" if seq == self.expected + 1 else \
+                f"records {self.expected}-{seq - 1} are"
+            self._fail(seq, f"sequence gap: expected {self.expected} ({missing} missing)")
+        elif fields["prev_hash"] != self.prev:
+            self._fail(seq, "prev_hash does not match the previous record")
+        elif digest != stored:
+            self._fail(seq, "hash does not match the record's contents")
+        self.prev, self.expected = stored, self.expected + 1
+        self.head_seq, self.head_hash = seq, str(stored)
+        self.times.append(at)
+        if seq == self.checkpoint_seq:
+            self.hash_at_checkpoint = str(stored)
+        if fields["outcome"] == "accepted":
+            self.accepted.append(Accepted(
+                seq, fields["workspace"], fields["channel"], fields["peer_id"],
+                fields["request_id"], fields["action"], fields["task_id"], fields["run_id"],
+                fields["replay"]))
 
-
-def _expected_seq(records: list[AuditRecord], seq: int) -> int:
-    previous = [r.seq for r in records if r.seq < seq]
-    return (max(previous) if previous else 0) + 1
+    def _fail(self, seq: int | None, why: str) -> None:
+        if self.problem is None:  # later breaks follow from the first one
+            self.problem = Problem("chain", seq, why)
 
 
 def _check_checkpoint(
-    rows: list[tuple[Any, ...]],
+    chain: _ChainPass,
     cp: Checkpoint | None,
     cp_error: str | None,
     key: bytes | None,
@@ -331,20 +390,21 @@ def _check_checkpoint(
 ) -> list[Problem]:
     if cp_error is not None:
         return [Problem("checkpoint", None, cp_error)]
-    head_seq = int(rows[-1][0]) if rows else 0
+    head_seq = chain.head_seq
     if cp is None:
-        if not rows:
+        times = chain.times
+        if not times:
             return []
         # Audit checkpoints every N records / T seconds while records arrive, so a chain
         # past either threshold without one has lost its checkpoint file. Records of the
         # last CRASH_GRACE seconds are excused: a crash may land between a commit and the
         # checkpoint that follows it.
-        first_at, last_at = float(rows[0][1]), float(rows[-1][1])
-        settled = [r for r in rows if float(r[1]) <= last_at - CRASH_GRACE]
-        span = float(settled[-1][1]) - first_at if settled else 0.0
+        first_at, last_at = times[0], times[-1]
+        settled = [t for t in times if t <= last_at - CRASH_GRACE]
+        span = max(settled) - first_at if settled else 0.0
         if len(settled) >= checkpoint_every or span >= checkpoint_seconds:
             return [Problem("checkpoint", None,
-                            f"checkpoint file missing, yet {len(rows)} records spanning "
+                            f"checkpoint file missing, yet {len(times)} records spanning "
                             f"{last_at - first_at:.1f}s must have produced one (deleted?)")]
         notes.append("no checkpoint yet (young chain): a deleted tail cannot be detected")
         return []
@@ -360,10 +420,9 @@ def _check_checkpoint(
         return [Problem("checkpoint", head_seq + 1,
                         f"tail deleted: the checkpoint vouches for records up to seq {cp.seq} "
                         f"but the audit ends at seq {head_seq}")]
-    at_cp = [r for r in rows if r[0] == cp.seq]
-    if not at_cp:
+    if chain.hash_at_checkpoint is None:
         return [Problem("checkpoint", cp.seq, "the checkpointed record is missing")]
-    if at_cp[0][-1] != cp.hash:
+    if chain.hash_at_checkpoint != cp.hash:
         return [Problem("checkpoint", cp.seq,
                         "record hash differs from the checkpoint: the chain up to this record "
                         "was rewritten")]
@@ -373,7 +432,7 @@ def _check_checkpoint(
     return []
 
 
-def _check_store(records: list[AuditRecord], snap: StoreSnapshot) -> list[Problem]:
+def _check_store(records: list[Accepted], snap: StoreSnapshot) -> list[Problem]:
     """Accepted records against tasks, runs and accepted-request rows, both ways."""
     problems: list[Problem] = []
     for outbox_id in snap.bad_outbox:
@@ -386,19 +445,17 @@ def _check_store(records: list[AuditRecord], snap: StoreSnapshot) -> list[Proble
     created: dict[str, int] = {}
     enqueued: set[str] = set()
     for rec in records:
-        if rec.outcome != "accepted":
-            continue
         problems += _check_accepted(rec, snap, rows_by_key)
         if rec.replay:
             continue
-        vouched[(rec.workspace, rec.channel, rec.peer_id, rec.request_id, rec.action.value,
+        vouched[(rec.workspace, rec.channel, rec.peer_id, rec.request_id, rec.action,
                  rec.task_id, rec.run_id)] += 1
-        if rec.action is Action.CREATE and rec.task_id is not None:
+        if rec.action == Action.CREATE.value and rec.task_id is not None:
             if rec.task_id in created:
                 problems.append(Problem("store", rec.seq, f"task {rec.task_id} created twice "
                                         f"(first at seq {created[rec.task_id]})"))
             created.setdefault(rec.task_id, rec.seq)
-        if rec.action is Action.ENQUEUE and rec.run_id is not None:
+        if rec.action == Action.ENQUEUE.value and rec.run_id is not None:
             enqueued.add(rec.run_id)
     for entry in snap.outbox:
         f = entry.fields
@@ -427,22 +484,22 @@ def _check_store(records: list[AuditRecord], snap: StoreSnapshot) -> list[Proble
 
 
 def _check_accepted(
-    rec: AuditRecord,
+    rec: Accepted,
     snap: StoreSnapshot,
     rows_by_key: dict[tuple[str, str, str, str], list[tuple[str, str | None, str | None]]],
 ) -> list[Problem]:
     """An accepted record's write must be in the store."""
     out: list[Problem] = []
     if rec.task_id is None or snap.tasks.get(rec.task_id) != rec.workspace:
-        out.append(Problem("store", rec.seq, f"accepted {rec.action.value}: task "
+        out.append(Problem("store", rec.seq, f"accepted {rec.action}: task "
                            f"{rec.task_id} is not in the store (workspace {rec.workspace})"))
-    if rec.action is Action.ENQUEUE:
+    if rec.action == Action.ENQUEUE.value:
         run = snap.runs.get(rec.run_id or "")
         if run is None or run != (rec.task_id, rec.workspace):
             out.append(Problem("store", rec.seq, f"accepted enqueue: run {rec.run_id} of "
                                f"task {rec.task_id} is not in the store"))
     key = (rec.workspace, rec.channel, rec.peer_id, rec.request_id)
-    if (rec.action.value, rec.task_id, rec.run_id) not in rows_by_key.get(key, []):
+    if (rec.action, rec.task_id, rec.run_id) not in rows_by_key.get(key, []):
         out.append(Problem("store", rec.seq, f"accepted request {rec.request_id} has no "
                            "matching accepted-request row in the store"))
     return out
@@ -465,8 +522,3 @@ def _check_outbox_entry(entry: OutboxEntry, snap: StoreSnapshot) -> list[Problem
 
 def _int_or_none(value: Any) -> int | None:
     return value if type(value) is int else None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return " ".join(text[:3]) if text else repr(exc)

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from actors.audit import AUDIT_COLUMNS
-from actors.chain import checkpoint_mac, record_hash
+from actors.chain import checkpoint_mac, first_bad_record, record_hash
 from messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
 from runtime import IngressRuntime, RuntimeConfig
 from runtime.cli import app
@@ -154,6 +154,22 @@ def test_deleted_record_fails_naming_the_gap(store: Path) -> None:
     code, lines = verify_cli(store)
     assert code == 1
     assert "record seq 7" in lines[-1] and "record 6 is missing" in lines[-1]
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE audit SET payload_size = payload_size + 1 WHERE seq = 3",
+    "UPDATE audit SET prev_hash = hash WHERE seq = 5",
+    "DELETE FROM audit WHERE seq IN (4, 5)",
+    "UPDATE audit SET seq = 100 WHERE seq = 10",
+])
+def test_streaming_chain_check_agrees_with_the_chain_module(store: Path, tamper: str) -> None:
+    conn = db(store)
+    conn.execute(tamper)
+    conn.close()
+    with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
+        expected = first_bad_record(rt.audit())
+    chain = [p for p in verify_store(str(store)).problems if p.kind == "chain"]
+    assert expected is not None and [p.seq for p in chain] == [expected[0]]
 
 
 def test_deleted_tail_fails_against_the_checkpoint(store: Path) -> None:

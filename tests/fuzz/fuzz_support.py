@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,8 +69,9 @@ class AuditTap:
 @contextmanager
 def fuzz_target(tmp: Path) -> Iterator[FuzzTarget]:
     """Start a runtime on a throwaway file store (no fsync: speed, not durability, here)."""
+    # A clock that stands still: the greeted peers never expire however long the run is.
     config = RuntimeConfig(store_path=str(tmp / "fuzz.db"), durable=False, peer_rate=0.0,
-                           clock=time.monotonic)
+                           clock=lambda: 1000.0)
     with IngressRuntime(config) as rt:
         rt.greet("ws", "ops", PeerCard(peer_id="peer-a", capabilities=["task.write"],
                                        proof="p"))
