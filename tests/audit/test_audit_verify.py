@@ -204,6 +204,17 @@ def test_wrong_key_in_the_environment_fails(store: Path, monkeypatch: pytest.Mon
     assert verify_store(str(store)).ok
 
 
+def test_checkpoint_without_its_key_fails_and_key_option_restores_it(store: Path) -> None:
+    key = Path(f"{store}.key").read_text().strip()
+    os.remove(f"{store}.key")
+    code, lines = verify_cli(store)
+    assert code == 1 and "no key to authenticate the checkpoint" in lines[-1]
+    code, lines = verify_cli(store, "--key", key)
+    assert code == 0 and lines[-1] == "10"
+    code, lines = verify_cli(store, "--key", "not-hex")
+    assert code == 1 and "not hex" in lines[-1]
+
+
 def test_missing_checkpoint_of_an_old_chain_fails(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
