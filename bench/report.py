@@ -22,7 +22,7 @@ def print_bench(result: BenchResult, console: Console) -> None:
     table.caption = ("latencies and CPU per request in ms; half = open loop at half the "
                      "peak rate, latency from the scheduled send")
     for s in result.systems:
-        if s.error or s.peak is None:
+        if s.peak is None:
             table.add_row(s.name, "[red]" + (s.error or "no result"), *[""] * 8)
             continue
         p, h = s.peak, s.half
@@ -35,6 +35,9 @@ def print_bench(result: BenchResult, console: Console) -> None:
             str(p.failed + (h.failed if h else 0)),
         )
     console.print(table)
+    for s in result.systems:
+        if s.error:
+            console.print(f"[red]{s.name}: {s.error}")
     if result.ceiling:
         c = result.ceiling
         console.print(f"SQLite durable ceiling (WAL, synchronous=FULL): "

@@ -76,9 +76,11 @@ def figures(phase: PhaseResult) -> PhaseFigures:
     def pct(q: float) -> float:
         return float(hist.get_value_at_percentile(q)) / 1000.0 if n else 0.0
 
+    answered = n - phase.failed  # failed/overloaded replies are not throughput
     return PhaseFigures(
         requests=n, accepted=phase.accepted, failed=phase.failed,
-        elapsed_s=round(phase.elapsed, 3), throughput=n / phase.elapsed if phase.elapsed else 0,
+        elapsed_s=round(phase.elapsed, 3),
+        throughput=answered / phase.elapsed if phase.elapsed else 0.0,
         p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99),
         max_ms=float(hist.get_max_value()) / 1000.0 if n else 0.0, timed_out=phase.timed_out,
         cpu_ms_per_request=phase.cpu_s * 1000.0 / n if n else 0.0,
@@ -96,7 +98,7 @@ def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], 
     from runtime.facade import IngressRuntime
 
     rt = IngressRuntime(RuntimeConfig(store_path=store, durable=True, actor_base=BASES[name],
-                                      audit_key=key, request_timeout=20.0))
+                                      audit_key=key, request_timeout=10.0))
     rt.start()
     return rt, rt.close
 
@@ -118,7 +120,10 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
         if on_phase:
             on_phase(f"{name}: peak")
         result.peak = figures(run_phase(system, w, peers, "peak", w.requests, None, budget))
-        if half_peak and result.peak.throughput > 0:
+        if result.peak.failed or result.peak.timed_out:
+            result.error = (f"{result.peak.failed} of {result.peak.requests} requests failed "
+                            "(task_ingress_failed/overloaded/timeout) in the peak phase")
+        elif half_peak and result.peak.throughput > 0:
             result.half_rate = result.peak.throughput / 2
             if on_phase:
                 on_phase(f"{name}: half peak ({result.half_rate:,.0f} req/s)")
