@@ -11,7 +11,7 @@ import typer
 
 def bench_command(
     requests: Annotated[int, typer.Option(help="Requests per system in the peak phase "
-                                          "(half as many at half peak).")] = 3000,
+                                          "(half as many at half peak).")] = 6000,
     threads: Annotated[int, typer.Option(help="Client threads.")] = 16,
     channels: Annotated[int, typer.Option(help="Channels.")] = 8,
     peers: Annotated[int, typer.Option(help="Writer peers (spread over the channels).")] = 32,
@@ -20,7 +20,7 @@ def bench_command(
                                          "runtime-multiproc, baseline.")
                        ] = "runtime-simple,runtime-multiproc,baseline",
     budget: Annotated[float, typer.Option(help="Longest phase, seconds (then it stops and "
-                                          "is marked timed out).")] = 60.0,
+                                          "is marked timed out).")] = 30.0,
     half_peak: Annotated[bool, typer.Option(help="Also run the half-peak latency phase.")
                          ] = True,
     ceiling_seconds: Annotated[float, typer.Option("--ceiling-seconds", help="Seconds per "
@@ -39,7 +39,7 @@ def bench_command(
     from bench.workload import Workload
 
     configure()
-    out = Console()
+    out = Console(width=max(Console().width, 132))  # the side-by-side table is wide
     err = Console(stderr=True)
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
     unknown = [s for s in chosen if s not in SYSTEMS]
