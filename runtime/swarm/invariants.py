@@ -71,6 +71,8 @@ class RunEvidence:
     """task_id -> stored network_channel."""
     history: PresenceHistory
     unparsed: list[str] = field(default_factory=list)
+    refused_greets: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """Greets the transport reported as not applied, per (workspace, channel, peer)."""
 
     @property
     def run_records(self) -> list[AuditRecord]:
@@ -84,7 +86,8 @@ def request_key(ws: str, ch: str, peer: str, rid: str) -> RequestKey:
 
 
 def gather(store_path: str, start_seq: int, sent: list[Sent], history: PresenceHistory,
-           key: str | None = None) -> RunEvidence:
+           key: str | None = None,
+           refused_greets: Counter[tuple[str, str, str]] | None = None) -> RunEvidence:
     """Read the store read-only (audit, tasks, checkpoint) and verify it."""
     checkpoint, cp_error = read_checkpoint(store_path)
     key_bytes, key_error = load_key(store_path, key)
@@ -99,14 +102,15 @@ def gather(store_path: str, start_seq: int, sent: list[Sent], history: PresenceH
             records.append(record_from_row(row))
         except (ValueError, TypeError) as exc:
             unparsed.append(f"seq {row[0]}: {exc!s:.120}")
-    return RunEvidence(records, start_seq, sent, result, bindings, history, unparsed)
+    return RunEvidence(records, start_seq, sent, result, bindings, history, unparsed,
+                       Counter(refused_greets or {}))
 
 
 def check_all(ev: RunEvidence) -> list[Check]:
     """Every invariant, in report order."""
     run = ev.run_records
     return [
-        one_audit_record_per_request(ev.sent, run),
+        one_audit_record_per_request(ev.sent, run, ev.refused_greets),
         audit_chain_verifies(ev.records, ev.verify, ev.unparsed),
         writes_by_visible_capable_peers(run, ev.sent, ev.history),
         store_matches_audit(ev.verify),
@@ -125,8 +129,15 @@ def _examples(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def one_audit_record_per_request(sent: list[Sent], run: list[AuditRecord]) -> Check:
-    """Answered requests and the run's audit records correspond one to one."""
+def one_audit_record_per_request(
+    sent: list[Sent], run: list[AuditRecord],
+    refused_greets: Counter[tuple[str, str, str]] | None = None,
+) -> Check:
+    """Answered requests and the run's audit records correspond one to one.
+
+    A greet the transport reports as refused may be audited by a daemon as a rejection
+    (action `unknown`) of that peer: up to one such record per refused greet is excused.
+    """
     def outcome_key(key: RequestKey, accepted: bool, reason: str | None, task: str | None,
                     run_id: str | None) -> tuple[object, ...]:
         return (*key, accepted, reason, task, run_id)
@@ -152,11 +163,21 @@ def one_audit_record_per_request(sent: list[Sent], run: list[AuditRecord]) -> Ch
         if excuse:
             extra[k] -= excuse
             unanswered[k[:4]] -= excuse  # type: ignore[index]
+    refused = Counter(refused_greets or {})
+    excused = 0
+    for k in list(extra):
+        who = (str(k[0]), str(k[1]), str(k[2]))
+        if k[4] is False and k[5] == "invalid_request" and refused[who] > 0:
+            n = min(extra[k], refused[who])
+            extra[k] -= n
+            refused[who] -= n
+            excused += n
     extra = +extra
     ok = not missing and not extra
     detail = (f"{sum(expected.values())} answered requests, {len(run)} records appended; "
               f"{sum(missing.values())} without a record, {sum(extra.values())} records "
-              "without a request")
+              "without a request"
+              + (f" ({excused} audited refusals of greets excused)" if excused else ""))
     return Check("one_audit_record_per_request", ok, detail,
                  _examples([f"no record for {k}" for k in missing]
                            + [f"unexpected record {k}" for k in extra]))

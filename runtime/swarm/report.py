@@ -33,7 +33,9 @@ def to_json(result: SwarmResult) -> dict[str, Any]:
                                        "examples": list(c.examples)} for c in result.checks},
         "bad_requests": {k: {"sent": v, "rejected_as_expected": s.bad_as_expected[k]}
                          for k, v in sorted(s.bad_sent.items())},
-        "presence": {"greets": s.greets, "leaves": s.leaves},
+        "presence": {"greets": s.greets, "leaves": s.leaves, "failed": s.presence_errors,
+                     "failed_examples": list(s.presence_error_examples)},
+        "error_examples": list(s.error_examples),
         "rss_start_mb": round(result.rss_start_mb, 1),
         "rss_end_mb": round(result.rss_end_mb, 1),
         "rss_timeline": [list(p) for p in result.rss_timeline],
@@ -93,6 +95,7 @@ def summary(result: SwarmResult) -> Group:
         ("latency p99.9", f"{s.percentile_ms(99.9):.2f} ms"),
         ("latency max", f"{s.max_ms():.2f} ms"),
         ("greets / leaves", f"{s.greets:,} / {s.leaves:,}"),
+        ("greets/leaves failed", f"{s.presence_errors:,}"),
         ("RSS start -> end", f"{result.rss_start_mb:.1f} -> {result.rss_end_mb:.1f} MB"),
     ]
     for name, value in rows:
@@ -118,8 +121,11 @@ def summary(result: SwarmResult) -> Group:
 
 
 def print_summary(result: SwarmResult, console: Console) -> None:
-    """Print the end-of-run tables."""
+    """Print the end-of-run tables, and examples of calls that failed."""
     console.print(summary(result))
+    s = result.stats
+    for what in s.error_examples[:3] + s.presence_error_examples[:3]:
+        console.print(f"[red]failed call: {what}")
 
 
 def write_plot(result: SwarmResult, path: str) -> None:

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +169,7 @@ class Swarm:
         self.stats = Stats(start=time.monotonic())
         self.budget = Budget(cfg.requests, self.stats.start + cfg.duration)
         self.rss_timeline: list[tuple[float, float]] = []
+        self.refused_greets: Counter[tuple[str, str, str]] = Counter()
 
     # ---- worker side -------------------------------------------------------------
     def _greet(self, peer: SimPeer) -> None:
@@ -175,6 +177,9 @@ class Swarm:
         sent = time.monotonic()
         try:
             self.transport.greet(peer.workspace, peer.channel, peer.card())
+        except Exception:
+            self.refused_greets[key] += 1
+            raise
         finally:
             # Recorded even when the call failed: it may have taken effect (conservative).
             returned = time.monotonic()
@@ -238,8 +243,8 @@ class Swarm:
                 elif self.budget.take():
                     self._send(peer, step)
             except Exception as exc:  # a failing greet/leave must not kill the worker
-                self.stats.record(time.monotonic(), 0.0, None, None,
-                                  what=f"{type(step).__name__} {peer.peer_id}: {exc!r:.200}")
+                self.stats.presence_failed(f"{type(step).__name__.lower()} {peer.peer_id}: "
+                                           f"{exc!r:.200}")
                 time.sleep(IDLE_SLEEP)
 
     # ---- driver side -------------------------------------------------------------
@@ -282,7 +287,8 @@ class Swarm:
     def check(self) -> list[Check]:
         """The invariants, over the store file and this run's journal and history."""
         sent = list(read_journal(self.journal.path))
-        evidence = gather(self.store_path, self.start_seq, sent, self.history, self.audit_key)
+        evidence = gather(self.store_path, self.start_seq, sent, self.history, self.audit_key,
+                          self.refused_greets)
         return check_all(evidence)
 
 

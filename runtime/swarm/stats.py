@@ -72,6 +72,8 @@ class Stats:
     bad_accepted: list[str] = field(default_factory=list)
     bad_accepted_count: int = 0
     error_examples: list[str] = field(default_factory=list)
+    presence_errors: int = 0
+    presence_error_examples: list[str] = field(default_factory=list)
     timeline: list[TimelinePoint] = field(default_factory=list)
     _second: int = 0
     _bucket: list[float] = field(default_factory=list)
@@ -114,6 +116,13 @@ class Stats:
                 self.greets += 1
             else:
                 self.leaves += 1
+
+    def presence_failed(self, what: str) -> None:
+        """A greet or leave raised (the transport refused it or timed out)."""
+        with self._lock:
+            self.presence_errors += 1
+            if len(self.presence_error_examples) < MAX_EXAMPLES:
+                self.presence_error_examples.append(what)
 
     def _roll(self, now: float) -> None:
         second = int(now - self.start)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from messages.reasons import Action
+from messages.reasons import Action, Reason
 from runtime.swarm.history import PresenceEvent, PresenceHistory, write_justified
 from runtime.swarm.invariants import (
     Check,
@@ -173,3 +173,18 @@ def test_silent_leave_expires_from_its_return_when_leaves_do_not_revoke() -> Non
     assert write_justified(events, 25.0, 26.0, EXPIRY, leave_revokes=False)
     # ...and expired 2 x greet_interval after the leave returned.
     assert not write_justified(events, 25.5, 26.0, EXPIRY, leave_revokes=False)
+
+
+def test_audited_refusal_of_a_greet_is_excused_only_when_the_greet_was_refused() -> None:
+    from collections import Counter
+
+    from messages.audit import AuditRecord
+
+    rec = AuditRecord(seq=1, at=0.0, workspace="ws", channel="ch", peer_id="p", actor="",
+                      request_id="msg_1", action=Action.UNKNOWN, outcome="rejected",
+                      reason=Reason.INVALID_REQUEST, task_id=None, run_id=None,
+                      payload_size=0, prev_hash="0" * 64, hash="x")
+    assert not one_audit_record_per_request([], [rec]).ok
+    assert one_audit_record_per_request([], [rec], Counter({("ws", "ch", "p"): 1})).ok
+    assert not one_audit_record_per_request([], [rec, rec.model_copy(update={"seq": 2})],
+                                            Counter({("ws", "ch", "p"): 1})).ok
