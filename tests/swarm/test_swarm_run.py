@@ -77,3 +77,25 @@ def test_swarm_command_without_nats_transport_module_exits_with_a_clear_error(
                                       "--plot", ""])
     assert result.exit_code == 2
     assert "runtime.nats.swarm_transport" in result.output
+
+
+def test_swarm_command_exits_nonzero_when_an_invariant_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.swarm import runner
+    from runtime.swarm.invariants import Check, check_all
+
+    real = check_all
+
+    def one_broken(evidence: object) -> list[Check]:
+        checks = real(evidence)  # type: ignore[arg-type]  # RunEvidence at run time
+        return [*checks[:-1], Check(checks[-1].name, False, "forced by the test")]
+
+    monkeypatch.setattr(runner, "check_all", one_broken)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["swarm", "--requests", "100", "--peers", "4",
+                                      "--channels", "2", "--no-progress"])
+    assert result.exit_code == 1
+    assert "every_request_answered" in result.output
+    report = json.loads((tmp_path / "swarm-report.json").read_text())
+    assert report["invariants"]["every_request_answered"] is False
