@@ -7,6 +7,7 @@ a half-peak phase (open loop at half the peak rate, latency from the scheduled s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from bench.ceiling import Ceiling, measure_ceiling
 from bench.workload import PhaseResult, System, Workload, greet_all, peers_for, run_phase
@@ -109,6 +112,7 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
     """Run both phases on a fresh store; a system that fails to start is reported, not raised."""
     result = SystemResult(name)
     store = os.path.join(directory, f"{name}.db")
+    before = {p.pid for p in _descendants()}
     try:
         system, close = _open_system(name, store, secrets.token_hex(32))
     except Exception as exc:
@@ -133,8 +137,27 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
     except Exception as exc:
         result.error = f"failed: {exc!r:.200}"
     finally:
+        spawned = [p for p in _descendants() if p.pid not in before]
         close()
+        _reap(spawned)
     return result
+
+
+def _descendants() -> list[psutil.Process]:
+    """Actor processes this bench started (children and their children)."""
+    try:
+        return list(psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _reap(procs: list[psutil.Process]) -> None:
+    """Kill what a hung actor system left behind (re-parented actors included)."""
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=3)
 
 
 def run_bench(w: Workload, systems: tuple[str, ...] = SYSTEMS, budget: float = 60.0,
