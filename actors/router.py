@@ -53,6 +53,7 @@ from messages.protocol import (
     Started,
     Submission,
     SubmitBatch,
+    Sweep,
     Verdict,
     Wiring,
 )
@@ -172,6 +173,11 @@ class IngressRouter(GateActor):
         target = self.channels.get((flight.context.workspace, flight.context.channel))
         if target is not None:
             self.send(target, msg)
+
+    def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
+        """Pass the driver's timer tick to Presence."""
+        if self.wiring is not None:
+            self.send(self.wiring.presence, msg)
 
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
         """Pass to the current store; it answers the caller."""

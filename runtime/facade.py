@@ -42,6 +42,7 @@ from runtime.errors import IngressTimeout, RuntimeClosed
 from runtime.flow import FlowLimits, PeerKey
 
 _REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
+MULTIPROC_MAX_IN_FLIGHT = 256
 
 
 def key_path(store_path: str) -> str:
@@ -120,8 +121,13 @@ class IngressRuntime:
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
             hold_store=cfg.hold_store, naive_fence=cfg.naive_fence, naive_store=cfg.naive_store,
         )
+        max_total = cfg.max_in_flight_total
+        if cfg.actor_base != "simpleSystemBase":
+            # Thespian's multiprocess bases drop sends past ~1,000 queued per sender; every
+            # admitted request is at most a few queued messages, so this keeps far below it.
+            max_total = min(max_total, MULTIPROC_MAX_IN_FLIGHT)
         limits = FlowLimits(
-            max_total=cfg.max_in_flight_total, max_per_channel=cfg.max_in_flight_per_channel,
+            max_total=max_total, max_per_channel=cfg.max_in_flight_per_channel,
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
             peer_burst=cfg.peer_burst,
         )
