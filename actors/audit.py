@@ -47,6 +47,8 @@ from messages.protocol import (
 )
 from messages.reasons import Reason
 
+AUDIT_RETRY_SECONDS = 0.2
+
 AUDIT_COLUMNS = (
     "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
     "task_id, run_id, payload_size, replay, prev_hash, hash"
@@ -177,6 +179,15 @@ class Audit(GateActor):
         if not batch:
             return
         committed = self._commit(batch)
+        if not committed:
+            # A write the store already committed must not be answered "failed": its outbox
+            # row is durable and will be chained. Keep those verdicts and retry shortly;
+            # the rest (nothing applied) are answered task_ingress_failed now.
+            kept = [v for v in batch if v.outbox_id is not None]
+            batch = [v for v in batch if v.outbox_id is None]
+            if kept:
+                self.pending = kept + self.pending
+                self.wakeupAfter(AUDIT_RETRY_SECONDS)
         log_info = info_enabled()
         for verdict in batch:
             outcome = verdict.outcome if committed else _failed(verdict.outcome)
@@ -269,6 +280,11 @@ class Audit(GateActor):
             probe_id=msg.probe_id,
             drained=tuple(Drained(**{k: f[k] for k in keys}) for f in drained),
         ))
+
+    def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        """Retry a failed audit commit of writes the store already made durable."""
+        if self.pending and not self.flush_queued:
+            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""

@@ -65,3 +65,25 @@ def test_a_request_failing_in_the_store_does_not_stop_later_requests(
     assert rt.submit(ctx("a"), CreateTask(title="bad")).reason == Reason.TASK_INGRESS_FAILED
     assert rt.submit(ctx("b"), CreateTask(title="good")).accepted
     assert _tasks(rt) == 1
+
+
+def test_audit_commit_failure_never_answers_a_kept_write_failed(
+    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors.audit import Audit
+
+    original = Audit._insert
+    failures: list[int] = []
+
+    def flaky_insert(self: Audit, records: list[dict[str, object]]) -> None:
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        original(self, records)
+
+    monkeypatch.setattr(Audit, "_insert", flaky_insert)
+    out = rt.submit(ctx("kept"), CreateTask(title="t"))
+    # The store had committed the write: the answer waits for the retried audit commit.
+    assert failures and out.accepted and out.task_id
+    assert [r.request_id for r in rt.audit()] == ["kept"]
+    assert _tasks(rt) == 1
