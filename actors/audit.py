@@ -122,9 +122,7 @@ class Audit(GateActor):
             ).fetchone()
             if row:
                 self.seq, self.head = int(row[0]), str(row[1])
-            drained = self._drain_outbox()
-            if drained:
-                self.log.warning("audit.outbox_drained", records=len(drained))
+            self._drain_outbox()
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:  # reported to the facade, which raises it to the embedder
             self.send(sender, Started(ticket=msg.ticket, error=f"audit: {exc!r}"))
@@ -145,6 +143,7 @@ class Audit(GateActor):
             self.conn.execute("ROLLBACK")
             raise
         self._checkpoint(force=True)
+        self.log.warning("audit.outbox_drained", records=len(fields))
         return fields
 
     def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -273,8 +272,6 @@ class Audit(GateActor):
         committed but never reported (its outbox rows), then report back."""
         self.receiveMsg_Flush(Flush(generation=self.seq), sender)
         drained = self._drain_outbox()
-        if drained:
-            self.log.warning("audit.outbox_drained", records=len(drained))
         keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
         self.send(msg.reply_to, ProbeDone(
             probe_id=msg.probe_id,
