@@ -4,9 +4,9 @@ Accepts:
 - `Wiring` (from the runtime) -> opens the store file, drains outbox rows a crash left
   behind into chained records, replies `Started`.
 - `Verdict` (from Router, Presence, Capability, TaskStore) -> buffered; on the next `Flush`
-  all buffered records commit in one transaction, then each gets `Replied` (to the
-  request's `reply_to`) and `Done` (to its channel actor). A reply never precedes its
-  durable record (SPEC §6).
+  all buffered records commit in one transaction, then each destination gets one message
+  for the whole commit: `Replies` (to the requests' `reply_to`) and `Dones` (to their
+  channel actor, i.e. the router). A reply never precedes its durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -23,15 +23,15 @@ import time
 from typing import Any
 
 from actors import gate
-from actors.base import GateActor
+from actors.base import GateActor, group_by_address
 from actors.chain import checkpoint_mac, record_hash
 from actors.log import get_logger, info_enabled
-from actors.schema import connect
+from actors.schema import connect, decode_outbox
 from messages.audit import GENESIS_HASH, AuditRecord
 from messages.outcomes import Outcome
 from messages.protocol import (
     AuditRead,
-    Done,
+    Dones,
     Drained,
     Flush,
     InFlight,
@@ -40,6 +40,7 @@ from messages.protocol import (
     QueryFailed,
     ReadAudit,
     Replied,
+    Replies,
     Settings,
     Started,
     Verdict,
@@ -61,13 +62,22 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     Identifiers are stored in safe form: a rejected request may carry anything.
     """
     ctx = flight.context
-    actor = gate.derived_actor(ctx) if gate.check_context(ctx) is None else ""
+    if flight.checked:
+        # The router found every identifier grammatical: the ASCII-only ones are their own
+        # safe form; a request ID may still hold non-printable (e.g. format) characters.
+        who = (ctx.workspace, ctx.channel, ctx.peer_id, gate.derived_actor(ctx),
+               gate.safe_field(ctx.request_id))
+    else:
+        actor = gate.derived_actor(ctx) if gate.check_context(ctx) is None else ""
+        who = (gate.safe_field(ctx.workspace), gate.safe_field(ctx.channel),
+               gate.safe_field(ctx.peer_id), gate.safe_field(actor, 300),
+               gate.safe_field(ctx.request_id))
     return {
-        "workspace": gate.safe_field(ctx.workspace),
-        "channel": gate.safe_field(ctx.channel),
-        "peer_id": gate.safe_field(ctx.peer_id),
-        "actor": gate.safe_field(actor, 300),
-        "request_id": gate.safe_field(ctx.request_id),
+        "workspace": who[0],
+        "channel": who[1],
+        "peer_id": who[2],
+        "actor": who[3],
+        "request_id": who[4],
         "action": outcome.action.value,
         "outcome": "accepted" if outcome.accepted else "rejected",
         "reason": outcome.reason.value if outcome.reason else None,
@@ -133,7 +143,11 @@ class Audit(GateActor):
         rows = self.conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
         if not rows:
             return []
-        fields = [json.loads(blob) for _, blob in rows]
+        decoded = [decode_outbox(blob) for _, blob in rows]
+        fields = [f for f in decoded if f is not None]
+        if len(fields) < len(rows):  # never chain garbage, never drop a write's record
+            bad = [r[0] for r, f in zip(rows, decoded, strict=True) if f is None]
+            raise ValueError(f"unreadable outbox rows {bad} (see `task-ingress audit verify`)")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self._insert([self._chain(f) for f in fields])
@@ -188,16 +202,24 @@ class Audit(GateActor):
                 self.pending = kept + self.pending
                 self.wakeupAfter(AUDIT_RETRY_SECONDS)
         log_info = info_enabled()
+        replies: list[tuple[Any, Replied]] = []
+        dones: list[tuple[Any, int]] = []
         for verdict in batch:
             outcome = verdict.outcome if committed else _failed(verdict.outcome)
             if log_info:
                 self._log_outcome(verdict.flight, outcome)
             ticket = verdict.flight.submission.ticket
             # model_construct: validated parts, per-request path.
-            self.send(verdict.flight.reply_to, Replied.model_construct(ticket=ticket,
-                                                                       outcome=outcome))
+            replies.append((verdict.flight.reply_to,
+                            Replied.model_construct(ticket=ticket, outcome=outcome)))
             if verdict.flight.channel_actor is not None:
-                self.send(verdict.flight.channel_actor, Done.model_construct(ticket=ticket))
+                dones.append((verdict.flight.channel_actor, ticket))
+        # One message per destination per commit, replies first: a caller never learns of
+        # a channel slot freeing before its own answer.
+        for to, items in group_by_address(replies):
+            self.send(to, Replies.model_construct(items=tuple(items)))
+        for to, tickets in group_by_address(dones):
+            self.send(to, Dones.model_construct(tickets=tuple(tickets)))
         self._checkpoint(force=False)
 
     def _commit(self, batch: list[Verdict]) -> bool:

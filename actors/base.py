@@ -3,7 +3,8 @@ that a handler failure answers the request instead of hanging it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from thespian.actors import ActorTypeDispatcher
 
@@ -11,6 +12,8 @@ from actors.log import get_logger
 from messages.outcomes import Outcome
 from messages.protocol import InFlight, Verdict
 from messages.reasons import Reason
+
+T = TypeVar("T")
 
 _SYSTEM_MESSAGES = {"ChildActorExited", "ActorExitRequest", "DeadEnvelope", "WakeupMessage",
                     "PoisonMessage"}
@@ -21,6 +24,23 @@ def failed_verdict(flight: InFlight) -> Verdict:
     outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
                       accepted=False, reason=Reason.TASK_INGRESS_FAILED)
     return Verdict(flight=flight, outcome=outcome)
+
+
+def group_by_address(pairs: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:
+    """Values grouped by destination address, in first-seen order.
+
+    Thespian addresses define equality but no hash, so they cannot key a dict; the number of
+    distinct destinations per group commit is tiny (usually one), so a scan is cheap.
+    """
+    groups: list[tuple[Any, list[T]]] = []
+    for address, value in pairs:
+        for known, values in groups:
+            if known is address or known == address:
+                values.append(value)
+                break
+        else:
+            groups.append((address, [value]))
+    return groups
 
 
 class GateActor(ActorTypeDispatcher):  # type: ignore[misc]

@@ -11,7 +11,8 @@ Accepts:
   the queue until NO request of the channel is in flight, then goes to Presence; requests
   behind it wait for it. So a change never lands between a request's checks and its
   commit, and every later request is checked after it.
-- `Done` (from Audit) -> a request is answered; start what the queue allows.
+- `Dones` (from Audit via the router) -> requests are answered; start what the queue
+  allows.
 
 The queue is bounded by the runtime's per-channel in-flight cap (excess is rejected
 `overloaded` before it is sent here), so nothing here grows without bound.
@@ -24,7 +25,7 @@ from typing import Any
 
 from actors.base import GateActor
 from actors.log import get_logger
-from messages.protocol import Done, InFlight, PresenceFlight, Probe, ProbeSuspects, Wiring
+from messages.protocol import Dones, InFlight, PresenceFlight, Probe, ProbeSuspects, Wiring
 
 
 def may_start(head: InFlight | PresenceFlight, in_flight: dict[int, str], pipeline: int) -> bool:
@@ -68,11 +69,12 @@ class ChannelIngress(GateActor):
         self.queue.append(msg)
         self._pump()
 
-    def receiveMsg_Done(self, msg: Done, sender: Any) -> None:
-        """A request of this channel is answered; start what the queue allows."""
-        if msg.ticket not in self.in_flight and not self.naive:
-            self.log.warning("ingress.unexpected_done", ticket=msg.ticket)
-        self.in_flight.pop(msg.ticket, None)
+    def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
+        """Requests of this channel are answered; start what the queue allows."""
+        for ticket in msg.tickets:
+            if ticket not in self.in_flight and not self.naive:
+                self.log.warning("ingress.unexpected_done", ticket=ticket)
+            self.in_flight.pop(ticket, None)
         self._pump()
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:

@@ -7,7 +7,8 @@ Accepts:
   disabled task service (rule 2) goes straight to Audit as a `Verdict`; everything else is
   stamped with the driver's address and sent to the `ChannelIngress` of its
   (workspace, channel), spawned on first use. `PresenceChange`s go the same way.
-- `Done` (from Audit) -> forwarded to the request's channel actor.
+- `Dones` (from Audit, one per group commit) -> regrouped per channel and forwarded to
+  the channel actors.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime) -> passed to the current TaskStore
   with `reply_to` set, so queries survive a store restart.
 - `ChildActorExited` (from Thespian) -> supervision:
@@ -36,7 +37,7 @@ from actors.log import get_logger
 from actors.task_store import TaskStore
 from messages.outcomes import Outcome
 from messages.protocol import (
-    Done,
+    Dones,
     Drained,
     GetRun,
     GetTask,
@@ -158,21 +159,28 @@ class IngressRouter(GateActor):
             self.send(self.wiring.audit, Verdict(flight=flight, outcome=rejected))
             return
         target = self._channel(ctx.workspace, ctx.channel)
-        # Audit reports Done to us, so we know what a channel actor held if it dies.
+        # Audit reports Dones to us, so we know what a channel actor held if it dies.
         # model_construct: every field was validated already; this is the per-request path.
         flight = InFlight.model_construct(submission=sub, context=ctx, reply_to=reply_to,
-                                          channel_actor=self.myAddress)
+                                          channel_actor=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
         self.send(target, flight)
 
-    def receiveMsg_Done(self, msg: Done, sender: Any) -> None:
-        """Pass Done to the channel actor of the request (if it is still the same one)."""
-        flight = self.unanswered.pop(msg.ticket, None)
-        if flight is None:
-            return
-        target = self.channels.get((flight.context.workspace, flight.context.channel))
-        if target is not None:
-            self.send(target, msg)
+    def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
+        """Pass finished tickets on to their channel actors (if still the same ones)."""
+        self._finish(msg.tickets)
+
+    def _finish(self, tickets: tuple[int, ...]) -> None:
+        by_channel: dict[ChannelKey, list[int]] = {}
+        for ticket in tickets:
+            flight = self.unanswered.pop(ticket, None)
+            if flight is not None:
+                key = (flight.context.workspace, flight.context.channel)
+                by_channel.setdefault(key, []).append(ticket)
+        for key, done in by_channel.items():
+            target = self.channels.get(key)
+            if target is not None:
+                self.send(target, Dones.model_construct(tickets=tuple(done)))
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
         """Pass the driver's timer tick to Presence."""
@@ -251,7 +259,7 @@ class IngressRouter(GateActor):
                 outcome = Outcome(request_id=ctx.request_id, action=flight.submission.action,
                                   accepted=True, task_id=found.task_id, run_id=found.run_id)
                 self.send(flight.reply_to, Replied(ticket=ticket, outcome=outcome))
-                self.receiveMsg_Done(Done(ticket=ticket), self.myAddress)
+                self._finish((ticket,))
                 continue
             self.log.error("router.request_lost", request_id=ctx.request_id,
                            peer_id=ctx.peer_id, channel=ctx.channel)

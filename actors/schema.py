@@ -6,7 +6,11 @@ Audit. Both live in one file so that `audit verify --store PATH` sees everything
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from typing import Any
+
+import msgpack
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +76,25 @@ MIGRATIONS: dict[int, str] = {
     );
     """,
 }
+
+
+def encode_outbox(fields: dict[str, Any]) -> bytes:
+    """An outbox row's record (the audit fields of one accepted write), as msgpack.
+
+    msgpack, not JSON: the store writes one per accepted write on the hot path, and JSON
+    encoding was 9 % of the runtime's CPU in the profile."""
+    return bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+def decode_outbox(blob: object) -> dict[str, Any] | None:
+    """An outbox record back to its fields: msgpack bytes, or JSON text (how rows were
+    written before); None when it is neither (a damaged row)."""
+    try:
+        fields = msgpack.unpackb(blob, raw=False) if isinstance(blob, bytes) \
+            else json.loads(blob)  # type: ignore[arg-type]
+    except (TypeError, ValueError, msgpack.UnpackException):
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def connect(path: str, durable: bool) -> sqlite3.Connection:

@@ -14,7 +14,6 @@ Accepts:
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from actors.audit import audit_fields
 from actors.base import GateActor
 from actors.gate import Limits
 from actors.log import get_logger
-from actors.schema import connect
+from actors.schema import connect, encode_outbox
 from messages.outcomes import Outcome
 from messages.protocol import (
     Flush,
@@ -147,7 +146,7 @@ class TaskStore(GateActor):
                 # leaves the row behind, and Audit's start-up drain turns it into the record.
                 cur = conn.execute(
                     "INSERT INTO outbox (record) VALUES (?)",
-                    (json.dumps(audit_fields(flight, outcome)),),
+                    (encode_outbox(audit_fields(flight, outcome)),),
                 )
                 outbox_id = int(cur.lastrowid or 0)
             conn.execute("RELEASE one")

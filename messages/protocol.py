@@ -2,8 +2,9 @@
 
 Flow of one request (one `ask`-equivalent per request; each stage forwards):
 driver -SubmitBatch-> IngressRouter -Submission-> ChannelIngress -InFlight-> Presence
--InFlight-> Capability -InFlight-> TaskStore -Verdict-> Audit -Replied-> driver, and
-Audit -Done-> ChannelIngress so the channel takes its next message.
+-InFlight-> Capability -InFlight-> TaskStore -Verdict-> Audit -Replies-> driver, and
+Audit -Dones-> router -Dones-> ChannelIngress so the channel takes its next messages
+(one Replies and one Dones per destination per group commit).
 Rejections leave the pipeline early and go straight to Audit as a Verdict.
 """
 
@@ -100,6 +101,8 @@ class InFlight(InternalMessage):
     context: IngressContext = Field(description="Trimmed, grammar-checked context.")
     reply_to: Any
     channel_actor: Any = None
+    checked: bool = Field(default=False, description="The router found the context "
+                          "grammatical (rule 1): later stages need not check it again.")
 
 
 class Verdict(InternalMessage):
@@ -117,10 +120,19 @@ class Replied(InternalMessage):
     outcome: Outcome
 
 
-class Done(InternalMessage):
-    """Audit tells a channel actor that its in-flight request is finished."""
+class Replies(InternalMessage):
+    """Audit's answers to one caller from one group commit, in commit order.
 
-    ticket: int
+    One message per commit instead of one per request: every send costs a dispatch (and on
+    multiprocess bases a pickle and a pipe write)."""
+
+    items: tuple[Replied, ...]
+
+
+class Dones(InternalMessage):
+    """The tickets one group commit finished (Audit -> router -> each channel actor)."""
+
+    tickets: tuple[int, ...]
 
 
 class PresenceApplied(InternalMessage):

@@ -31,6 +31,7 @@ from actors.presence import Presence
 from actors.router import IngressRouter
 from messages.protocol import (
     PresenceChange,
+    Replies,
     Settings,
     Started,
     Submission,
@@ -264,6 +265,10 @@ class Driver:
             asys.tell(self.addresses["router"], SubmitBatch(items=tuple(batch)))
 
     def _resolve(self, reply: Any, pending: dict[int, Call]) -> None:
+        if isinstance(reply, Replies):  # one group commit's answers
+            for item in reply.items:
+                self._resolve(item, pending)
+            return
         if isinstance(reply, PoisonMessage):
             ticket = getattr(reply.poisonMessage, "ticket", None)
             call = pending.pop(ticket, None) if isinstance(ticket, int) else None

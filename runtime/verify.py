@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from actors.audit import AUDIT_COLUMNS, checkpoint_path
 from actors.chain import checkpoint_ok, record_hash
 from actors.gate import safe_field
+from actors.schema import decode_outbox
 from messages.audit import GENESIS_HASH
 from messages.reasons import Action
 
@@ -97,7 +98,7 @@ class StoreSnapshot:
     """(workspace, channel, peer_id, request_id, action, task_id, run_id) rows."""
     outbox: list[OutboxEntry]
     bad_outbox: list[int] = field(default_factory=list)
-    """IDs of outbox rows whose JSON does not parse."""
+    """IDs of outbox rows whose record does not parse."""
 
 
 @dataclass(frozen=True)
@@ -203,11 +204,8 @@ def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[
     outbox: list[OutboxEntry] = []
     bad: list[int] = []
     for outbox_id, blob in rows:
-        try:
-            fields = json.loads(blob)
-        except (TypeError, ValueError):
-            fields = None
-        if isinstance(fields, dict):
+        fields = decode_outbox(blob)
+        if fields is not None:
             outbox.append(OutboxEntry(int(outbox_id), fields))
         else:
             bad.append(int(outbox_id))
