@@ -3,7 +3,8 @@
 Accepts:
 - `Wiring` (from the runtime) -> opens the store file, drains outbox rows a crash left
   behind into chained records, replies `Started`.
-- `Verdict` (from Router, Presence, Capability, TaskStore) -> buffered; on the next `Flush`
+- `Verdict` (from Router, Presence, Capability) / `Verdicts` (from TaskStore, one per
+  commit) -> buffered; on the next `Flush`
   all buffered records commit in one transaction, then each destination gets one message
   for the whole commit: `Replies` (to the requests' `reply_to`) and `Dones` (to their
   channel actor, i.e. the router). A reply never precedes its durable record (SPEC §6).
@@ -44,6 +45,7 @@ from messages.protocol import (
     Settings,
     Started,
     Verdict,
+    Verdicts,
     Wiring,
 )
 from messages.reasons import Reason
@@ -181,6 +183,13 @@ class Audit(GateActor):
     def receiveMsg_Verdict(self, msg: Verdict, sender: Any) -> None:
         """Buffer the verdict; one Flush commits everything that arrived before it."""
         self.pending.append(msg)
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.send(self.myAddress, Flush(generation=self.seq))
+
+    def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
+        """A store commit's verdicts: buffered like single ones, in order."""
+        self.pending.extend(msg.items)
         if not self.flush_queued:
             self.flush_queued = True
             self.send(self.myAddress, Flush(generation=self.seq))

@@ -4,8 +4,8 @@ Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
 - `InFlight` (from Capability) -> buffered; on `Flush` every buffered request is judged
   (replay, rules 5-10) and applied in arrival order inside ONE transaction, each under a
-  savepoint, with an outbox row per accepted mutation; after COMMIT each becomes a
-  `Verdict` to Audit. A failed commit turns that batch's acceptances into
+  savepoint, with an outbox row per accepted mutation; after COMMIT they go to Audit as
+  one `Verdicts` message. A failed commit turns that batch's acceptances into
   `task_ingress_failed`, with nothing applied.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
   supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
@@ -39,6 +39,7 @@ from messages.protocol import (
     TaskFound,
     TaskLocked,
     Verdict,
+    Verdicts,
     Wiring,
 )
 from messages.reasons import Reason
@@ -99,8 +100,7 @@ class TaskStore(GateActor):
             self.log.error("store.batch_failed", error=repr(exc),
                            request_ids=[f.context.request_id for f in batch])
             verdicts = [Verdict(flight=f, outcome=_failed(f)) for f in batch]
-        for verdict in verdicts:
-            self.send(self.audit, verdict)
+        self.send(self.audit, Verdicts.model_construct(items=tuple(verdicts)))
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         conn = self.conn

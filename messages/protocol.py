@@ -113,6 +113,12 @@ class Verdict(InternalMessage):
     outbox_id: int | None = None
 
 
+class Verdicts(InternalMessage):
+    """One store commit's verdicts, in commit order, as one message to Audit."""
+
+    items: tuple[Verdict, ...]
+
+
 class Replied(InternalMessage):
     """Audit's answer to the driver: the outcome of ticket, durable in the audit log."""
 
