@@ -56,6 +56,12 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMessage(self, message: Any, sender: Any) -> Any:
         """Dispatch; on failure answer the request (if any) and log with its request ID."""
         try:
+            # Fast path: our handlers never return SUPER and our messages do not subclass one
+            # another, so the exact type's handler is the one Thespian's MRO walk would pick
+            # (that walk was ~4% of the runtime's CPU). Anything else takes the full walk.
+            handler = getattr(self, "receiveMsg_" + type(message).__name__, None)
+            if handler is not None:
+                return handler(message, sender)
             return super().receiveMessage(message, sender)
         except Exception as exc:
             request_id = message.context.request_id if isinstance(message, InFlight) else None
