@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.chain import checkpoint_mac, checkpoint_ok, first_bad_record, record_hash
 from messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
@@ -24,6 +29,24 @@ def _chain(n: int) -> list[AuditRecord]:
         prev = str(fields["hash"])
         out.append(AuditRecord.model_validate(fields, strict=False))
     return out
+
+
+_TEXT = st.text(max_size=40)
+_OPT = st.none() | _TEXT
+
+
+@given(st.fixed_dictionaries({
+    "seq": st.integers(1, 2**53), "at": st.floats(allow_nan=False, allow_infinity=False),
+    "workspace": _TEXT, "channel": _TEXT, "peer_id": _TEXT, "actor": _TEXT,
+    "request_id": _TEXT, "action": _TEXT, "outcome": _TEXT, "reason": _OPT,
+    "task_id": _OPT, "run_id": _OPT, "payload_size": st.integers(0, 2**31),
+    "replay": st.booleans(), "prev_hash": _TEXT, "hash": _TEXT,
+}))
+def test_record_hash_is_sha256_of_sorted_compact_ascii_json(fields: dict[str, object]) -> None:
+    # The on-disk chain format: any faster encoding must stay byte-for-byte this one.
+    chained = {k: v for k, v in fields.items() if k != "hash"}
+    blob = json.dumps(chained, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert record_hash(fields) == hashlib.sha256(blob.encode()).hexdigest()
 
 
 def test_intact_chain_verifies() -> None:
