@@ -3,14 +3,14 @@ that a handler failure answers the request instead of hanging it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from thespian.actors import ActorTypeDispatcher
 
 from actors.log import get_logger
 from messages.outcomes import Outcome
-from messages.protocol import InFlight, Verdict
+from messages.protocol import InFlight, InFlights, Verdict, Verdicts
 from messages.reasons import Reason
 
 T = TypeVar("T")
@@ -24,6 +24,13 @@ def failed_verdict(flight: InFlight) -> Verdict:
     outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
                       accepted=False, reason=Reason.TASK_INGRESS_FAILED)
     return Verdict(flight=flight, outcome=outcome)
+
+
+def rejected_verdict(flight: InFlight, reason: Reason) -> Verdict:
+    """The verdict for a request a gate rule rejected."""
+    outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
+                      accepted=False, reason=reason)
+    return Verdict.model_construct(flight=flight, outcome=outcome, outbox_id=None)
 
 
 def group_by_address(pairs: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:
@@ -64,14 +71,43 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
                 return handler(message, sender)
             return super().receiveMessage(message, sender)
         except Exception as exc:
-            request_id = message.context.request_id if isinstance(message, InFlight) else None
+            flights = [message] if isinstance(message, InFlight) else \
+                list(message.items) if isinstance(message, InFlights) else []
             get_logger(actor=type(self).__name__).error(
                 "actor.handler_failed", message_type=type(message).__name__,
-                request_id=request_id, error=repr(exc),
+                request_ids=[f.context.request_id for f in flights], error=repr(exc),
             )
-            if isinstance(message, InFlight) and self.audit is not None:
-                self.send(self.audit, failed_verdict(message))
+            if flights and self.audit is not None:
+                self.send(self.audit, Verdicts.model_construct(
+                    items=tuple(failed_verdict(f) for f in flights)))
             return None
+
+    def forward_flights(self, items: Iterable[InFlight], rule: Callable[[InFlight], Reason | None],
+                        next_hop: Any) -> None:
+        """Judge each request with `rule` (None = it passes), in order; send the passes on as
+        ONE `InFlights` and the rejections to Audit as ONE `Verdicts`.
+
+        A rule that raises fails its own request only (`task_ingress_failed`), so a bug never
+        strands or double-answers the rest of the batch.
+        """
+        passed: list[InFlight] = []
+        rejected: list[Verdict] = []
+        for flight in items:
+            try:
+                reason = rule(flight)
+            except Exception as exc:
+                get_logger(actor=type(self).__name__).error(
+                    "actor.rule_failed", request_id=flight.context.request_id, error=repr(exc))
+                rejected.append(failed_verdict(flight))
+                continue
+            if reason is None:
+                passed.append(flight)
+            else:
+                rejected.append(rejected_verdict(flight, reason))
+        if passed:
+            self.send(next_hop, InFlights.model_construct(items=tuple(passed)))
+        if rejected:
+            self.send(self.audit, Verdicts.model_construct(items=tuple(rejected)))
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Log unknown messages as data; Thespian system messages are ignored quietly."""

@@ -4,8 +4,9 @@ Accepts:
 - `Wiring` (from the runtime) -> remembers TaskStore and Audit; replies `Started`.
 - `PresenceFlight` (from Presence) -> stores or drops the card, replies `PresenceApplied`
   to the caller: from then on the channel's requests see the change.
-- `InFlight` (from Presence) -> forwards to TaskStore when the card grants `task.write`
-  (claimed and backed by a non-empty proof), else a `capability_denied` `Verdict` to Audit.
+- `InFlights` (from Presence) -> rule 4 on each: those whose card grants `task.write`
+  (claimed and backed by a non-empty proof) go on to TaskStore as one `InFlights`, the
+  rest to Audit as `capability_denied` `Verdicts`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from typing import Any
 
 from actors import gate
 from actors.base import GateActor
-from messages.outcomes import Outcome
 from messages.peers import PeerCard
 from messages.protocol import (
     InFlight,
+    InFlights,
     PresenceApplied,
     PresenceFlight,
     Probe,
     Rewire,
     Started,
-    Verdict,
     Wiring,
 )
 from messages.reasons import Reason
@@ -66,14 +66,12 @@ class Capability(GateActor):
         """Pass the marker on behind every request already forwarded."""
         self.send(self.store, msg)
 
-    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """Rule 4: does the peer's current card grant `task.write`?"""
-        ctx = msg.context
-        if card_grants_write(self.cards.get((ctx.workspace, ctx.channel, ctx.peer_id))):
-            self.send(self.store, msg)
-            return
-        rejected = Outcome(
-            request_id=ctx.request_id, action=msg.submission.action, accepted=False,
-            reason=Reason.CAPABILITY_DENIED,
-        )
-        self.send(self.audit, Verdict(flight=msg, outcome=rejected))
+    def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
+        """Rule 4 on each request; the granted go on to TaskStore together."""
+        self.forward_flights(msg.items, self._rule4, self.store)
+
+    def _rule4(self, flight: InFlight) -> Reason | None:
+        """Does the peer's current card grant `task.write`?"""
+        ctx = flight.context
+        card = self.cards.get((ctx.workspace, ctx.channel, ctx.peer_id))
+        return None if card_grants_write(card) else Reason.CAPABILITY_DENIED

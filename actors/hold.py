@@ -4,7 +4,8 @@
 stop admitted requests right before the store and choose the moment (and order) in which
 they reach it. Accepts:
 - `Wiring` (from the runtime) -> remembers the real TaskStore; replies `Started`.
-- `InFlight` (from Capability) -> forwarded to TaskStore, or held while armed.
+- `InFlights` (from Capability) -> each request forwarded to TaskStore singly, or held
+  while armed.
 - any other protocol message on its way to TaskStore (e.g. the router's `Probe` marker) ->
   forwarded, or, while requests are held, kept behind them so it never overtakes them.
 - `HoldArm` / `HoldRelease` / `HoldQuery` (from the test, via the driver) -> `HoldState`.
@@ -29,7 +30,7 @@ from actors.log import get_logger
 from messages.base import InternalMessage
 from messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
 from messages.outcomes import Outcome, Task
-from messages.protocol import InFlight, Started, Wiring
+from messages.protocol import InFlight, InFlights, Started, Wiring
 from messages.requests import CreateTask
 
 
@@ -48,6 +49,11 @@ class Hold(GateActor):
         """Remember the real TaskStore (and Audit, for failures)."""
         self.store, self.audit = msg.store, msg.audit
         self.send(sender, Started(ticket=msg.ticket))
+
+    def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
+        """Take a batch apart: the tests hold and release single requests."""
+        for flight in msg.items:
+            self.receiveMsg_InFlight(flight, sender)
 
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
         """Pass to the store, or keep it while armed."""

@@ -2,11 +2,12 @@
 
 Accepts:
 - `Wiring` (from the router) -> remembers Presence, Audit and the pipeline depth.
-- `InFlight` (from the router) -> queued in arrival order; started through Presence while
-  fewer than `channel_pipeline` requests of the channel, and none of the same peer, are in
-  flight (1 = strictly one request at a time, end to end). Admitted requests stay in
-  arrival order all the way to the store: every hop to TaskStore is one sender-receiver
-  pair.
+- `InFlights` (from the router: one message per channel per driver batch) -> queued in
+  arrival order; started through Presence while fewer than `channel_pipeline` requests of
+  the channel, and none of the same peer, are in flight (1 = strictly one request at a
+  time, end to end); the requests one pump starts go to Presence as one `InFlights`.
+  Admitted requests stay in arrival order all the way to the store: every hop to
+  TaskStore is one sender-receiver pair.
 - `PresenceFlight` (from the router) -> the fence: a greet or leave waits at the head of
   the queue until NO request of the channel is in flight, then goes to Presence; requests
   behind it wait for it. So a change never lands between a request's checks and its
@@ -25,7 +26,15 @@ from typing import Any
 
 from actors.base import GateActor
 from actors.log import get_logger
-from messages.protocol import Dones, InFlight, PresenceFlight, Probe, ProbeSuspects, Wiring
+from messages.protocol import (
+    Dones,
+    InFlight,
+    InFlights,
+    PresenceFlight,
+    Probe,
+    ProbeSuspects,
+    Wiring,
+)
 
 
 def may_start(head: InFlight | PresenceFlight, in_flight: dict[int, str], pipeline: int) -> bool:
@@ -59,9 +68,9 @@ class ChannelIngress(GateActor):
         self.pipeline = max(1, msg.settings.channel_pipeline)
         self.naive = msg.settings.naive_fence
 
-    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """Start the request now, or queue it behind what must go first."""
-        self.queue.append(msg)
+    def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
+        """Start the requests now, or queue them behind what must go first."""
+        self.queue.extend(msg.items)
         self._pump()
 
     def receiveMsg_PresenceFlight(self, msg: PresenceFlight, sender: Any) -> None:
@@ -84,10 +93,22 @@ class ChannelIngress(GateActor):
         self.send(self.presence, msg)
 
     def _pump(self) -> None:
+        """Start what the fence allows; requests started together travel as one message."""
+        started: list[InFlight] = []
         while self.queue and (
             self.naive or may_start(self.queue[0], self.in_flight, self.pipeline)
         ):
             item = self.queue.popleft()
-            self.send(self.presence, item)
-            if isinstance(item, InFlight) and not self.naive:
+            if isinstance(item, PresenceFlight):
+                self._start(started)  # (naive mode only: otherwise it starts on an idle channel)
+                started = []
+                self.send(self.presence, item)
+                continue
+            started.append(item)
+            if not self.naive:
                 self.in_flight[item.submission.ticket] = item.context.peer_id
+        self._start(started)
+
+    def _start(self, flights: list[InFlight]) -> None:
+        if flights:
+            self.send(self.presence, InFlights.model_construct(items=tuple(flights)))

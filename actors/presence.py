@@ -5,8 +5,8 @@ Accepts:
 - `PresenceFlight` (from a ChannelIngress, already fenced) -> applies the greet or leave,
   forwards to Capability (which replies `PresenceApplied`). Going through the same two
   hops as requests is what orders a card change before the channel's next check.
-- `InFlight` (from a ChannelIngress) -> rule 3: forwards to Capability when the peer is
-  visible, else a `peer_not_found` `Verdict` to Audit.
+- `InFlights` (from a ChannelIngress) -> rule 3 on each: the visible go on to Capability
+  as one `InFlights`, the rest to Audit as `peer_not_found` `Verdicts`.
 - `Sweep` (from the runtime's timer) -> forgets expired peers so memory stays bounded.
 
 Time comes stamped on each message (the runtime owns the injectable clock) and never runs
@@ -19,15 +19,14 @@ from typing import Any
 
 from actors.base import GateActor
 from actors.log import get_logger
-from messages.outcomes import Outcome
 from messages.protocol import (
     InFlight,
+    InFlights,
     PresenceFlight,
     Probe,
     Settings,
     Started,
     Sweep,
-    Verdict,
     Wiring,
 )
 from messages.reasons import Reason
@@ -88,23 +87,20 @@ class Presence(GateActor):
         )
         self.send(self.capability, msg)
 
-    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """Rule 3: is the peer visible as a remote peer in this (workspace, channel)?"""
+    def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
+        """Rule 3 on each request, in order; the visible go on to Capability together."""
+        self.forward_flights(msg.items, self._rule3, self.capability)
+
+    def _rule3(self, flight: InFlight) -> Reason | None:
+        """Is the peer visible as a remote peer in this (workspace, channel)?"""
         assert self.settings is not None
-        ctx = msg.context
-        now = self._advance(msg.submission.now)
+        ctx = flight.context
+        now = self._advance(flight.submission.now)
         last = self.greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
         visible = is_visible(last, now, self.settings.greet_interval) and is_remote(
             ctx.peer_id, self.settings.local_peer_id
         )
-        if visible:
-            self.send(self.capability, msg)
-            return
-        rejected = Outcome(
-            request_id=ctx.request_id, action=msg.submission.action, accepted=False,
-            reason=Reason.PEER_NOT_FOUND,
-        )
-        self.send(self.audit, Verdict(flight=msg, outcome=rejected))
+        return None if visible else Reason.PEER_NOT_FOUND
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Pass the marker on behind every request already forwarded."""

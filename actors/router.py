@@ -4,9 +4,10 @@ Accepts:
 - `Wiring` (from the runtime) -> remembers settings and the shared actors; `Started`.
 - `SubmitBatch` (from the runtime's driver) -> for each item: a `Submission` with a
   rejection already decided (bad wire bytes, overload), a malformed context (rule 1) or a
-  disabled task service (rule 2) goes straight to Audit as a `Verdict`; everything else is
-  stamped with the driver's address and sent to the `ChannelIngress` of its
-  (workspace, channel), spawned on first use. `PresenceChange`s go the same way.
+  disabled task service (rule 2) goes to Audit (one `Verdicts` per batch); everything else
+  is stamped with the driver's address and sent to the `ChannelIngress` of its
+  (workspace, channel), spawned on first use, as one `InFlights` per channel.
+  `PresenceChange`s go the same way, in order with their channel's requests.
 - `Dones` (from Audit, one per group commit) -> regrouped per channel and forwarded to
   the channel actors.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime) -> passed to the current TaskStore
@@ -42,6 +43,7 @@ from messages.protocol import (
     GetRun,
     GetTask,
     InFlight,
+    InFlights,
     LockTask,
     PresenceChange,
     PresenceFlight,
@@ -56,6 +58,7 @@ from messages.protocol import (
     SubmitBatch,
     Sweep,
     Verdict,
+    Verdicts,
     Wiring,
 )
 from messages.reasons import Reason
@@ -132,21 +135,55 @@ class IngressRouter(GateActor):
             self.log.error("router.store_restart_failed", error=msg.error)
 
     def receiveMsg_SubmitBatch(self, msg: SubmitBatch, sender: Any) -> None:
-        """Route every item of the batch; `sender` is where the answers go."""
+        """Route every item of the batch; `sender` is where the answers go.
+
+        Admitted requests go to their channel actor as one `InFlights` per channel; a
+        channel's presence change first sends the requests that came before it, so each
+        channel actor sees its items in the driver's order."""
+        groups: dict[ChannelKey, list[InFlight]] = {}
+        rejected: list[Verdict] = []
         for item in msg.items:
             if isinstance(item, PresenceChange):
-                target = self._channel(item.workspace, item.channel)
-                self.send(target, PresenceFlight(change=item, reply_to=sender))
+                key = (item.workspace, item.channel)
+                self._send_group(key, groups.pop(key, []), rejected)
+                self.send(self._channel(*key), PresenceFlight(change=item, reply_to=sender))
                 continue
             try:
-                self._route(item, sender)
+                routed = self._route(item, sender)
             except Exception as exc:  # one bad item must not strand the rest of the batch
                 self.log.error("router.route_failed", error=repr(exc),
                                request_id=gate.safe_field(item.context.request_id))
                 flight = InFlight(submission=item, context=item.context, reply_to=sender)
-                self.send(self.audit, failed_verdict(flight))
+                rejected.append(failed_verdict(flight))
+                continue
+            if isinstance(routed, Verdict):
+                rejected.append(routed)
+            else:
+                key = (routed.context.workspace, routed.context.channel)
+                groups.setdefault(key, []).append(routed)
+        for key, flights in groups.items():
+            self._send_group(key, flights, rejected)
+        if rejected:
+            self.send(self.audit, Verdicts.model_construct(items=tuple(rejected)))
 
-    def _route(self, sub: Submission, reply_to: Any) -> None:
+    def _send_group(self, key: ChannelKey, flights: list[InFlight], rejected: list[Verdict]
+                    ) -> None:
+        if not flights:
+            return
+        try:
+            target = self._channel(*key)
+        except Exception as exc:  # cannot start the channel actor: answer, never strand
+            self.log.error("router.channel_start_failed", workspace=key[0], channel=key[1],
+                           error=repr(exc))
+            for flight in flights:
+                self.unanswered.pop(flight.submission.ticket, None)
+                rejected.append(failed_verdict(flight))
+            return
+        self.send(target, InFlights.model_construct(items=tuple(flights)))
+
+    def _route(self, sub: Submission, reply_to: Any) -> InFlight | Verdict:
+        """A rejection decided here (as a Verdict), or the admitted request (as an InFlight,
+        remembered as unanswered)."""
         assert self.wiring is not None and self.settings is not None
         ctx = gate.normalize_context(sub.context)
         reason = pre_gate_reason(sub, self.settings.tasks_enabled)
@@ -156,15 +193,13 @@ class IngressRouter(GateActor):
                 request_id=gate.safe_field(ctx.request_id), action=sub.action, accepted=False,
                 reason=reason,
             )
-            self.send(self.wiring.audit, Verdict(flight=flight, outcome=rejected))
-            return
-        target = self._channel(ctx.workspace, ctx.channel)
+            return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
         # model_construct: every field was validated already; this is the per-request path.
         flight = InFlight.model_construct(submission=sub, context=ctx, reply_to=reply_to,
                                           channel_actor=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
-        self.send(target, flight)
+        return flight
 
     def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
         """Pass finished tickets on to their channel actors (if still the same ones)."""

@@ -2,11 +2,11 @@
 
 Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
-- `InFlight` (from Capability) -> buffered; on `Flush` every buffered request is judged
-  (replay, rules 5-10) and applied in arrival order inside ONE transaction, each under a
-  savepoint, with an outbox row per accepted mutation; after COMMIT they go to Audit as
-  one `Verdicts` message. A failed commit turns that batch's acceptances into
-  `task_ingress_failed`, with nothing applied.
+- `InFlights` (from Capability; `InFlight` from the race tests' Hold) -> buffered; on
+  `Flush` every buffered request is judged (replay, rules 5-10) and applied in arrival
+  order inside ONE transaction, each under a savepoint, with an outbox row per accepted
+  mutation; after COMMIT they go to Audit as one `Verdicts` message. A failed commit
+  turns that batch's acceptances into `task_ingress_failed`, with nothing applied.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
   supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
 - `Flush` (from itself).
@@ -30,6 +30,7 @@ from messages.protocol import (
     GetRun,
     GetTask,
     InFlight,
+    InFlights,
     LockTask,
     Probe,
     QueryFailed,
@@ -79,9 +80,17 @@ class TaskStore(GateActor):
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
 
+    def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
+        """Buffer admitted requests until the Flush behind them."""
+        self.pending.extend(msg.items)
+        self._queue_flush()
+
     def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """Buffer an admitted request until the Flush behind it."""
+        """One admitted request (the race tests' Hold seam sends them singly)."""
         self.pending.append(msg)
+        self._queue_flush()
+
+    def _queue_flush(self) -> None:
         if not self.flush_queued:
             self.flush_queued = True
             self.send(self.myAddress, Flush(generation=self.commits))

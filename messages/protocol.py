@@ -1,11 +1,12 @@
 """The internal actor protocol: messages that only actors and the runtime facade exchange.
 
 Flow of one request (one `ask`-equivalent per request; each stage forwards):
-driver -SubmitBatch-> IngressRouter -Submission-> ChannelIngress -InFlight-> Presence
--InFlight-> Capability -InFlight-> TaskStore -Verdict-> Audit -Replies-> driver, and
+driver -SubmitBatch-> IngressRouter -InFlights-> ChannelIngress -InFlights-> Presence
+-InFlights-> Capability -InFlights-> TaskStore -Verdicts-> Audit -Replies-> driver, and
 Audit -Dones-> router -Dones-> ChannelIngress so the channel takes its next messages
 (one Replies and one Dones per destination per group commit).
-Rejections leave the pipeline early and go straight to Audit as a Verdict.
+Each hop carries a batch (per channel up to the store, per commit after it).
+Rejections leave the pipeline early and go straight to Audit as Verdicts.
 """
 
 from __future__ import annotations
@@ -103,6 +104,15 @@ class InFlight(InternalMessage):
     channel_actor: Any = None
     checked: bool = Field(default=False, description="The router found the context "
                           "grammatical (rule 1): later stages need not check it again.")
+
+
+class InFlights(InternalMessage):
+    """Admitted requests of one channel travelling a hop together, in arrival order.
+
+    One message per hop per batch, not per request: each send is a dispatch (and on
+    multiprocess bases a pickle and a pipe write between processes)."""
+
+    items: tuple[InFlight, ...]
 
 
 class Verdict(InternalMessage):

@@ -42,17 +42,17 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
 ) -> None:
     rt = make_runtime(channel_pipeline=1, max_in_flight_per_peer=64)
     rt.greet("ws", "ops", writer_card("peer-a"))
-    original = Presence.receiveMsg_InFlight
+    original = Presence.receiveMsg_InFlights
     killed: list[str] = []
 
     def kill_channel_on_first(self: Presence, msg: Any, sender: Any) -> None:
         if not killed:
             # `sender` is the channel actor; it dies holding the requests queued behind.
-            killed.append(msg.context.request_id)
+            killed.extend(f.context.request_id for f in msg.items)
             self.send(sender, ActorExitRequest())
         original(self, msg, sender)
 
-    monkeypatch.setattr(Presence, "receiveMsg_InFlight", kill_channel_on_first)
+    monkeypatch.setattr(Presence, "receiveMsg_InFlights", kill_channel_on_first)
     # Several requests of one channel in one batch, so some wait inside the channel actor.
     outcomes = submit_as_one_batch(rt, [(ctx(f"r{i}"), CreateTask(title="t")) for i in range(40)])
     monkeypatch.undo()
