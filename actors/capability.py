@@ -7,6 +7,8 @@ Accepts:
 - `InFlights` (from Presence) -> rule 4 on each: those whose card grants `task.write`
   (claimed and backed by a non-empty proof) go on to TaskStore as one `InFlights`, the
   rest to Audit as `capability_denied` `Verdicts`.
+- `CardsExpired` (from Presence's sweep) -> drops those cards (bounded memory).
+- `CountEntries` -> `EntryCount` (how many cards are held).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from actors import gate
 from actors.base import GateActor
 from messages.peers import PeerCard
 from messages.protocol import (
+    CardsExpired,
+    CountEntries,
+    EntryCount,
     InFlight,
     InFlights,
     PresenceApplied,
@@ -57,6 +62,15 @@ class Capability(GateActor):
         else:
             self.cards[key] = change.card
         self.send(msg.reply_to, PresenceApplied(ticket=change.ticket))
+
+    def receiveMsg_CardsExpired(self, msg: CardsExpired, sender: Any) -> None:
+        """Presence forgot these peers (expired): their cards go too."""
+        for key in msg.keys:
+            self.cards.pop(key, None)
+
+    def receiveMsg_CountEntries(self, msg: CountEntries, sender: Any) -> None:
+        """How many cards are held."""
+        self.send(sender, EntryCount(ticket=msg.ticket, entries=len(self.cards)))
 
     def receiveMsg_Rewire(self, msg: Rewire, sender: Any) -> None:
         """The router restarted TaskStore: later requests go to the new one."""

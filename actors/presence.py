@@ -7,7 +7,9 @@ Accepts:
   hops as requests is what orders a card change before the channel's next check.
 - `InFlights` (from a ChannelIngress) -> rule 3 on each: the visible go on to Capability
   as one `InFlights`, the rest to Audit as `peer_not_found` `Verdicts`.
-- `Sweep` (from the runtime's timer) -> forgets expired peers so memory stays bounded.
+- `Sweep` (from the runtime's timer) -> forgets expired peers so memory stays bounded, and
+  tells Capability (`CardsExpired`) to drop their cards.
+- `CountEntries` -> `EntryCount` (how many greets are remembered).
 
 Time comes stamped on each message (the runtime owns the injectable clock) and never runs
 backwards here: a later message with an earlier stamp is judged at the latest time seen.
@@ -20,6 +22,9 @@ from typing import Any
 from actors.base import GateActor
 from actors.log import get_logger
 from messages.protocol import (
+    CardsExpired,
+    CountEntries,
+    EntryCount,
     InFlight,
     InFlights,
     PresenceFlight,
@@ -110,6 +115,13 @@ class Presence(GateActor):
         """Forget expired peers (their visibility is already gone; this frees memory)."""
         assert self.settings is not None
         now = self._advance(msg.now)
-        for key in expired_keys(self.greets, now, self.settings.greet_interval):
+        gone = expired_keys(self.greets, now, self.settings.greet_interval)
+        for key in gone:
             del self.greets[key]
             self.log.info("presence.expired", workspace=key[0], channel=key[1], peer_id=key[2])
+        if gone:
+            self.send(self.capability, CardsExpired(keys=tuple(gone)))
+
+    def receiveMsg_CountEntries(self, msg: CountEntries, sender: Any) -> None:
+        """How many (workspace, channel, peer) greets are remembered."""
+        self.send(sender, EntryCount(ticket=msg.ticket, entries=len(self.greets)))

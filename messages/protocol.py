@@ -169,6 +169,28 @@ class Sweep(InternalMessage):
     now: float
 
 
+class CardsExpired(InternalMessage):
+    """Presence to Capability: these peers' visibility expired; drop their cards (memory).
+
+    Sent behind every request Presence already let through, so no admitted request of
+    those peers still needs its card; a later greet brings a new card along the same path."""
+
+    keys: tuple[tuple[str, str, str], ...]
+
+
+class CountEntries(InternalMessage):
+    """Ask Presence or Capability how many peers it holds state for; reply `EntryCount`."""
+
+    ticket: int
+
+
+class EntryCount(InternalMessage):
+    """Reply to CountEntries."""
+
+    ticket: int
+    entries: int
+
+
 class GetTask(InternalMessage):
     """Ask the store for a task; reply `TaskFound`."""
 
