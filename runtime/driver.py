@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 from thespian.actors import ActorExitRequest, ActorSystem, PoisonMessage
+from thespian.system.transport import MultiprocessQueueTransport
 
 from actors import gate
 from actors.audit import Audit
@@ -61,6 +62,34 @@ class Call:
 
 
 _STOP = object()
+
+
+def unbounded_queue_mailboxes() -> None:
+    """Give every multiprocQueueBase mailbox an unbounded queue (Thespian 4.0.1: 10 per actor,
+    40 for the admin), before the system forks its admin (children inherit the setting).
+
+    With bounded mailboxes, a full queue blocks the sender inside `send()`, and a blocked actor
+    stops reading its own mailbox. Every message between actors is relayed through their
+    common parent (the admin for top-level actors), so full queues form cycles: an actor
+    sending to itself (TaskStore's and Audit's group-commit `Flush`) blocks on its own full
+    mailbox for good; a parent relaying to a full child while that child sends up to the
+    parent blocks both. Thespian gives up on a relay after 20 s and drops the message (a
+    lost reply); an actor's own send waits up to 5 minutes (shutdown hangs). Unbounded, a
+    put never blocks; queue depth is bounded by the driver's in-flight caps instead.
+    """
+    # the module (not its class of the same name); read each time a queue is made; 0 = no bound
+    MultiprocessQueueTransport.MAX_ACTOR_QUEUESIZE = 0
+    MultiprocessQueueTransport.MAX_ADMIN_QUEUESIZE = 0
+
+
+def open_actor_system(base: str) -> Any:
+    """Start a fresh ActorSystem of `base` (admin port, mailbox sizes as this runtime needs)."""
+    capabilities: dict[str, Any] = {}
+    if base in ("multiprocTCPBase", "multiprocUDPBase"):
+        capabilities["Admin Port"] = free_port()
+    if base == "multiprocQueueBase":
+        unbounded_queue_mailboxes()
+    return ActorSystem(base, capabilities, transientUnique=True)
 
 
 def free_port() -> int:
@@ -155,10 +184,7 @@ class Driver:
             self._shutdown(asys)
 
     def _start_system(self) -> Any:
-        capabilities: dict[str, Any] = {}
-        if self.base in ("multiprocTCPBase", "multiprocUDPBase"):
-            capabilities["Admin Port"] = free_port()
-        asys = ActorSystem(self.base, capabilities, transientUnique=True)
+        asys = open_actor_system(self.base)
         try:
             names = {"audit": Audit, "capability": Capability, "presence": Presence,
                      "router": IngressRouter}
@@ -210,13 +236,7 @@ class Driver:
                 last_sweep = now
                 stamp = self.clock()
                 self.flow.sweep(stamp)
-                if simple:
-                    # Not on multiprocess bases: there this extra external tell was one trigger
-                    # of lost replies under concurrent load (16 callers, 2 channels: hangs with
-                    # it, passes without). It is not the whole cause: 16 callers over 8
-                    # channels still hang; open bug. There presence entries of peers that
-                    # expire without leaving are freed only by a later greet or leave.
-                    asys.tell(self.addresses["router"], Sweep(now=stamp))
+                asys.tell(self.addresses["router"], Sweep(now=stamp))
             if stopping_since is not None and (
                 not pending or now - stopping_since > SHUTDOWN_GRACE
             ):
