@@ -124,6 +124,7 @@ class Driver:
         self.addresses: dict[str, Any] = {}
         self.log = get_logger(component="driver")
         self.children_before: set[int] = set()
+        self.actor_sessions: set[int] = set()
 
     # ---- caller side -------------------------------------------------------------
     def start(self) -> None:
@@ -185,6 +186,10 @@ class Driver:
 
     def _start_system(self) -> Any:
         asys = open_actor_system(self.base)
+        # Thespian's admin daemonizes (setsid, then forks again): it and the actors are no
+        # children of ours, but their session ID is the PID of our child that called setsid.
+        self.actor_sessions = {p.pid for p in psutil.Process().children()
+                               if p.pid not in self.children_before}
         try:
             names = {"audit": Audit, "capability": Capability, "presence": Presence,
                      "router": IngressRouter}
@@ -374,12 +379,27 @@ class Driver:
                 ours.append(proc)
             except psutil.Error:
                 continue
+        ours += _session_members(self.actor_sessions, exe, {p.pid for p in ours} | {me.pid})
         _, alive = psutil.wait_procs(ours, timeout=3)
         for proc in alive:
             self.log.warning("driver.killing_leftover_actor", pid=proc.pid)
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         psutil.wait_procs(alive, timeout=5)
+
+
+def _session_members(sessions: set[int], exe: str, skip: set[int]) -> list[psutil.Process]:
+    """Live processes running `exe` in these sessions (the daemonized actor system's tree;
+    not our children, so a zombie among them is its parent's to reap, not ours)."""
+    members = []
+    for proc in psutil.process_iter() if sessions else ():
+        try:
+            if (proc.pid not in skip and os.getsid(proc.pid) in sessions
+                    and proc.status() != psutil.STATUS_ZOMBIE and proc.exe() == exe):
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
 
 
 def peer_key(ctx: IngressContext) -> PeerKey | None:

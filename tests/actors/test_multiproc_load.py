@@ -66,7 +66,7 @@ def test_sixteen_callers_over_eight_channels_get_every_answer(
     make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(driver, "SHUTDOWN_GRACE", 2.0)  # a hung system fails fast, not at 30 s
-    rt = make_runtime(actor_base="multiprocQueueBase", request_timeout=5.0)
+    rt = make_runtime(actor_base="multiprocQueueBase", request_timeout=4.0)
     channels = [f"c{n}" for n in range(CHANNELS)]
     for ch in channels:
         for n in range(THREADS):
