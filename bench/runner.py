@@ -138,6 +138,10 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
         result.error = f"failed: {exc!r:.200}"
     finally:
         spawned = [p for p in _descendants() if p.pid not in before]
+        # the actor processes of a multiprocess base are not our descendants (daemonized)
+        for pid in getattr(system, "actor_pids", list)():
+            with contextlib.suppress(psutil.Error):
+                spawned.append(psutil.Process(pid))
         close()
         _reap(spawned)
     return result

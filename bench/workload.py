@@ -7,6 +7,7 @@ updates, enqueues and cancels of the peer's own tasks, all from visible writers.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -159,24 +160,32 @@ def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
             _one(system, mine[k % len(mine)], rng, phase, result, lock, started)
 
     pool = [threading.Thread(target=work, args=(t,), name=f"bench-{t}") for t in range(threads)]
-    cpu_before = tree_cpu_seconds()
+    # Actor processes of a multiprocess base are no children of ours (Thespian daemonizes)
+    actors = list(getattr(system, "actor_pids", list)())
+    cpu_before = tree_cpu_seconds(actors)
     begin = time.perf_counter()
     for th in pool:
         th.start()
     for th in pool:
         th.join()
     result.elapsed = time.perf_counter() - max(begin, t0 - 0.05)
-    result.cpu_s = tree_cpu_seconds() - cpu_before
+    result.cpu_s = tree_cpu_seconds(actors) - cpu_before
     return result
 
 
-def tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its live children."""
+def tree_cpu_seconds(extra_pids: list[int] | None = None) -> float:
+    """User + system CPU seconds of this process, its live children and `extra_pids`."""
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
+    procs = me.children(recursive=True)
+    seen = {p.pid for p in procs}
+    for pid in extra_pids or ():
+        if pid not in seen:
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+    for proc in procs:
         try:
-            total += sum(child.cpu_times()[:2])
+            total += sum(proc.cpu_times()[:2])
         except psutil.Error:
             continue
     return float(total)

@@ -360,6 +360,12 @@ class Driver:
             self.log.error("driver.shutdown_hung")
         self._reap_children()
 
+    def actor_pids(self) -> list[int]:
+        """PIDs of the live processes running this runtime's actors (none on
+        simpleSystemBase). Thespian's admin daemonizes, so they are not our children."""
+        exe = psutil.Process().exe()
+        return [p.pid for p in _session_members(self.actor_sessions, exe, {os.getpid()})]
+
     def _reap_children(self) -> None:
         """Actor processes (forks of this Python) born after start must not outlive us.
 

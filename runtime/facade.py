@@ -295,6 +295,11 @@ class IngressRuntime:
         assert isinstance(reply, AuditRead)
         return list(reply.records)
 
+    def actor_pids(self) -> list[int]:
+        """PIDs of the OS processes running the actors (empty on simpleSystemBase): for
+        monitoring and for benchmarks that count every process's CPU. Empty once closed."""
+        return self._driver.actor_pids() if self._driver is not None else []
+
     def _query(self, target: str, build: Any) -> Any:
         driver = self._running()
         reply = driver.wait(driver.submit_call(target, build(driver.next_ticket())))

@@ -52,6 +52,13 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @pytest.fixture
 def make_runtime(clock: FakeClock) -> Iterator[Callable[..., IngressRuntime]]:
     """Factory for started runtimes (closed at teardown, with a leaked-process check)."""
@@ -66,9 +73,11 @@ def make_runtime(clock: FakeClock) -> Iterator[Callable[..., IngressRuntime]]:
         return rt
 
     yield factory
+    # Thespian's admin daemonizes: its actors are no children of ours, so ask each runtime.
+    actors = {pid for rt in started for pid in rt.actor_pids()}
     for rt in started:
         rt.close()
-    leaked = _children() - before
+    leaked = (_children() - before) | {pid for pid in actors if _alive(pid)}
     assert not leaked, f"processes left behind: {leaked}"
 
 
