@@ -218,17 +218,16 @@ class Audit(GateActor):
             if log_info:
                 self._log_outcome(verdict.flight, outcome)
             ticket = verdict.flight.submission.ticket
-            # model_construct: validated parts, per-request path.
             replies.append((verdict.flight.reply_to,
-                            Replied.model_construct(ticket=ticket, outcome=outcome)))
+                            Replied(ticket=ticket, outcome=outcome)))
             if verdict.flight.channel_actor is not None:
                 dones.append((verdict.flight.channel_actor, ticket))
         # One message per destination per commit, replies first: a caller never learns of
         # a channel slot freeing before its own answer.
         for to, items in group_by_address(replies):
-            self.send(to, Replies.model_construct(items=tuple(items)))
+            self.send(to, Replies(items=tuple(items)))
         for to, tickets in group_by_address(dones):
-            self.send(to, Dones.model_construct(tickets=tuple(tickets)))
+            self.send(to, Dones(tickets=tuple(tickets)))
         self._checkpoint(force=False)
 
     def _commit(self, batch: list[Verdict]) -> bool:

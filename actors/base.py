@@ -30,7 +30,7 @@ def rejected_verdict(flight: InFlight, reason: Reason) -> Verdict:
     """The verdict for a request a gate rule rejected."""
     outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
                       accepted=False, reason=reason)
-    return Verdict.model_construct(flight=flight, outcome=outcome, outbox_id=None)
+    return Verdict(flight=flight, outcome=outcome, outbox_id=None)
 
 
 def group_by_address(pairs: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:
@@ -78,7 +78,7 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
                 request_ids=[f.context.request_id for f in flights], error=repr(exc),
             )
             if flights and self.audit is not None:
-                self.send(self.audit, Verdicts.model_construct(
+                self.send(self.audit, Verdicts(
                     items=tuple(failed_verdict(f) for f in flights)))
             return None
 
@@ -105,9 +105,9 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
             else:
                 rejected.append(rejected_verdict(flight, reason))
         if passed:
-            self.send(next_hop, InFlights.model_construct(items=tuple(passed)))
+            self.send(next_hop, InFlights(items=tuple(passed)))
         if rejected:
-            self.send(self.audit, Verdicts.model_construct(items=tuple(rejected)))
+            self.send(self.audit, Verdicts(items=tuple(rejected)))
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Log unknown messages as data; Thespian system messages are ignored quietly."""

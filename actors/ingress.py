@@ -111,4 +111,4 @@ class ChannelIngress(GateActor):
 
     def _start(self, flights: list[InFlight]) -> None:
         if flights:
-            self.send(self.presence, InFlights.model_construct(items=tuple(flights)))
+            self.send(self.presence, InFlights(items=tuple(flights)))

@@ -164,7 +164,7 @@ class IngressRouter(GateActor):
         for key, flights in groups.items():
             self._send_group(key, flights, rejected)
         if rejected:
-            self.send(self.audit, Verdicts.model_construct(items=tuple(rejected)))
+            self.send(self.audit, Verdicts(items=tuple(rejected)))
 
     def _send_group(self, key: ChannelKey, flights: list[InFlight], rejected: list[Verdict]
                     ) -> None:
@@ -179,7 +179,7 @@ class IngressRouter(GateActor):
                 self.unanswered.pop(flight.submission.ticket, None)
                 rejected.append(failed_verdict(flight))
             return
-        self.send(target, InFlights.model_construct(items=tuple(flights)))
+        self.send(target, InFlights(items=tuple(flights)))
 
     def _route(self, sub: Submission, reply_to: Any) -> InFlight | Verdict:
         """A rejection decided here (as a Verdict), or the admitted request (as an InFlight,
@@ -195,9 +195,8 @@ class IngressRouter(GateActor):
             )
             return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
-        # model_construct: every field was validated already; this is the per-request path.
-        flight = InFlight.model_construct(submission=sub, context=ctx, reply_to=reply_to,
-                                          channel_actor=self.myAddress, checked=True)
+        flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
+                          channel_actor=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
         return flight
 
@@ -215,7 +214,7 @@ class IngressRouter(GateActor):
         for key, done in by_channel.items():
             target = self.channels.get(key)
             if target is not None:
-                self.send(target, Dones.model_construct(tickets=tuple(done)))
+                self.send(target, Dones(tickets=tuple(done)))
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
         """Pass the driver's timer tick to Presence."""

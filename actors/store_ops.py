@@ -28,20 +28,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(12)}"
 
 
-def task_from_row(row: tuple[Any, ...], trusted: bool = False) -> Task:
-    """Build a Task from a `TASK_COLUMNS` row.
-
-    `trusted`: skip validation — for the store's own judging inside a write transaction,
-    where the row is what this module wrote (a per-request path); rows handed to callers
-    are always validated.
-    """
-    fields = dict(
+def task_from_row(row: tuple[Any, ...]) -> Task:
+    """Build a Task from a `TASK_COLUMNS` row."""
+    return Task(
         task_id=row[0], workspace=row[1], title=row[2], description=row[3],
         network_channel=row[4], status=row[5], priority=row[6], metadata=json.loads(row[7]),
         version=row[8], locked=bool(row[9]), cancel_reason=row[10],
         created_at=row[11], updated_at=row[12],
     )
-    return Task.model_construct(**fields) if trusted else Task(**fields)
 
 
 def run_from_row(row: tuple[Any, ...]) -> Run:
@@ -52,14 +46,13 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
     )
 
 
-def load_task(conn: sqlite3.Connection, workspace: str, task_id: str, trusted: bool = False
-              ) -> Task | None:
+def load_task(conn: sqlite3.Connection, workspace: str, task_id: str) -> Task | None:
     """The task with this ID in this workspace; a task of another workspace is not found."""
     row = conn.execute(
         f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ? AND workspace = ?",
         (task_id, workspace),
     ).fetchone()
-    return task_from_row(row, trusted) if row else None
+    return task_from_row(row) if row else None
 
 
 def load_run(conn: sqlite3.Connection, workspace: str, run_id: str) -> Run | None:
@@ -130,7 +123,7 @@ def _judge_existing(
     request: UpdateTask | CancelTask | EnqueueRun,
     limits: Limits,
 ) -> tuple[Reason | None, Task | None]:
-    task = load_task(conn, ctx.workspace, request.task_id.strip(), trusted=True)
+    task = load_task(conn, ctx.workspace, request.task_id.strip())
     if task is None:
         return Reason.TASK_NOT_FOUND, None
     stored = StoredTask(
@@ -242,7 +235,6 @@ def _accepted(
         "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id, action.value, task_id, run_id),
     )
-    # model_construct: every part is already valid (per-request path).
-    return Outcome.model_construct(
+    return Outcome(
         request_id=ctx.request_id, action=action, accepted=True, task_id=task_id, run_id=run_id
     )

@@ -109,7 +109,7 @@ class TaskStore(GateActor):
             self.log.error("store.batch_failed", error=repr(exc),
                            request_ids=[f.context.request_id for f in batch])
             verdicts = [Verdict(flight=f, outcome=_failed(f)) for f in batch]
-        self.send(self.audit, Verdicts.model_construct(items=tuple(verdicts)))
+        self.send(self.audit, Verdicts(items=tuple(verdicts)))
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         conn = self.conn
@@ -136,8 +136,7 @@ class TaskStore(GateActor):
                 request_ids=[f.context.request_id for f in batch],
             )
             return [Verdict(flight=f, outcome=_failed(f)) for f in batch]
-        # model_construct: validated parts, per-request path.
-        return [Verdict.model_construct(flight=f, outcome=o, outbox_id=box)
+        return [Verdict(flight=f, outcome=o, outbox_id=box)
                 for f, o, box in results]
 
     def _apply_one(
