@@ -4,7 +4,8 @@ Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
 - `InFlights` (from Capability; `InFlight` from the race tests' Hold) -> buffered; on
   `Flush` every buffered request is judged (replay, rules 5-10) and applied in arrival
-  order inside ONE transaction, each under a savepoint, with an outbox row per accepted
+  order inside ONE transaction (one savepoint; a request that raises sends the batch
+  through again with one savepoint each, so it fails alone), with an outbox row per accepted
   mutation; after COMMIT they go to Audit as one `Verdicts` message. A failed commit
   turns that batch's acceptances into `task_ingress_failed`, with nothing applied.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
@@ -122,8 +123,7 @@ class TaskStore(GateActor):
                 from actors.hold import naive_apply_batch
                 results = naive_apply_batch(conn, batch, self.limits, now)
             else:
-                for flight in batch:
-                    results.append(self._apply_one(conn, flight, now))
+                results = self._apply_all(conn, batch, now)
             self.commits += 1
             if self.settings and self.commits == self.settings.fail_commit_at:
                 raise InjectedCommitFailure("disk I/O error (injected)")
@@ -139,26 +139,52 @@ class TaskStore(GateActor):
         return [Verdict(flight=f, outcome=o, outbox_id=box)
                 for f, o, box in results]
 
+    def _apply_all(
+        self, conn: sqlite3.Connection, batch: list[InFlight], now: float
+    ) -> list[tuple[InFlight, Outcome, int | None]]:
+        """The batch in arrival order under ONE savepoint (fast path: two statements per
+        batch, not per request). A request that raises a non-database error (a bug) sends the
+        batch back to the savepoint and through the slow path, one savepoint per request, so
+        that it alone fails and its neighbours are judged exactly as before."""
+        conn.execute("SAVEPOINT batch")
+        try:
+            results = [self._apply(conn, flight, now) for flight in batch]
+        except sqlite3.Error:
+            raise  # a database error fails the whole batch: the commit is suspect
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return [self._apply_one(conn, flight, now) for flight in batch]
+        conn.execute("RELEASE batch")
+        return results
+
+    def _apply(
+        self, conn: sqlite3.Connection, flight: InFlight, now: float
+    ) -> tuple[InFlight, Outcome, int | None]:
+        """Judge and apply one request, with its outbox row when it is an accepted write."""
+        request = flight.submission.request
+        assert request is not None
+        outcome = store_ops.judge_and_apply(conn, flight.context, request, self.limits, now)
+        outbox_id = None
+        if outcome.accepted and not outcome.replay:
+            # The outbox row commits with the mutation: a crash before Audit chains it
+            # leaves the row behind, and Audit's start-up drain turns it into the record.
+            cur = conn.execute(
+                "INSERT INTO outbox (record) VALUES (?)",
+                (encode_outbox(audit_fields(flight, outcome)),),
+            )
+            outbox_id = int(cur.lastrowid or 0)
+        return flight, outcome, outbox_id
+
     def _apply_one(
         self, conn: sqlite3.Connection, flight: InFlight, now: float
     ) -> tuple[InFlight, Outcome, int | None]:
         """One request under a savepoint: a failure undoes it alone, never its neighbours."""
-        request = flight.submission.request
-        assert request is not None
         conn.execute("SAVEPOINT one")
         try:
-            outcome = store_ops.judge_and_apply(conn, flight.context, request, self.limits, now)
-            outbox_id = None
-            if outcome.accepted and not outcome.replay:
-                # The outbox row commits with the mutation: a crash before Audit chains it
-                # leaves the row behind, and Audit's start-up drain turns it into the record.
-                cur = conn.execute(
-                    "INSERT INTO outbox (record) VALUES (?)",
-                    (encode_outbox(audit_fields(flight, outcome)),),
-                )
-                outbox_id = int(cur.lastrowid or 0)
+            result = self._apply(conn, flight, now)
             conn.execute("RELEASE one")
-            return flight, outcome, outbox_id
+            return result
         except sqlite3.Error:
             raise  # a database error fails the whole batch: the commit is suspect
         except Exception as exc:

@@ -10,7 +10,8 @@ import pytest
 from actors import capability, store_ops, task_store
 from messages import CreateTask, Reason
 from runtime import IngressRuntime
-from tests.conftest import ctx
+from tests.actors.test_supervision import submit_as_one_batch
+from tests.conftest import ctx, writer_card
 
 
 def _tasks(rt: IngressRuntime) -> int:
@@ -65,6 +66,37 @@ def test_a_request_failing_in_the_store_does_not_stop_later_requests(
     assert rt.submit(ctx("a"), CreateTask(title="bad")).reason == Reason.TASK_INGRESS_FAILED
     assert rt.submit(ctx("b"), CreateTask(title="good")).accepted
     assert _tasks(rt) == 1
+
+
+def test_a_request_raising_after_its_write_fails_alone_within_its_batch(
+    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store applies a batch under one savepoint; a request that raises sends the batch
+    # through again, one savepoint each. The bad request wrote its task before raising:
+    # that write must be undone while its neighbours in the same batch are kept.
+    real = store_ops.judge_and_apply
+    calls: list[str] = []
+
+    def write_then_raise(conn: sqlite3.Connection, ctx_: object, request: CreateTask,
+                         *a: object) -> object:
+        calls.append(request.title)
+        out = real(conn, ctx_, request, *a)  # type: ignore[arg-type]
+        if request.title == "bad":
+            raise RuntimeError("bug after the write")
+        return out
+
+    for peer in ("p0", "p1", "p2"):
+        rt.greet("ws", "ops", writer_card(peer))
+    monkeypatch.setattr(store_ops, "judge_and_apply", write_then_raise)
+    outcomes = submit_as_one_batch(rt, [(ctx("g0", "p0"), CreateTask(title="good")),
+                                        (ctx("b", "p1"), CreateTask(title="bad")),
+                                        (ctx("g2", "p2"), CreateTask(title="good"))])
+    monkeypatch.undo()
+    assert calls[:2] == ["good", "bad"] and len(calls) == 5  # fast path, then one each
+    assert [o.accepted for o in outcomes] == [True, False, True]
+    assert outcomes[1].reason == Reason.TASK_INGRESS_FAILED
+    assert _tasks(rt) == 2
+    assert [r.outcome for r in rt.audit()[-3:]] == ["accepted", "rejected", "accepted"]
 
 
 def test_audit_commit_failure_never_answers_a_kept_write_failed(
