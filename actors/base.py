@@ -85,7 +85,15 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
     def forward_flights(self, items: Iterable[InFlight], rule: Callable[[InFlight], Reason | None],
                         next_hop: Any) -> None:
         """Judge each request with `rule` (None = it passes), in order; send the passes on as
-        ONE `InFlights` and the rejections to Audit as ONE `Verdicts`.
+        ONE `InFlights` and the rejections to Audit as ONE `Verdicts`."""
+        passed = self.judge_flights(items, rule)
+        if passed:
+            self.send(next_hop, InFlights(items=tuple(passed)))
+
+    def judge_flights(self, items: Iterable[InFlight], rule: Callable[[InFlight], Reason | None]
+                      ) -> list[InFlight]:
+        """Judge each request with `rule` (None = it passes), in order; send the rejections to
+        Audit as ONE `Verdicts` and return the passes.
 
         A rule that raises fails its own request only (`task_ingress_failed`), so a bug never
         strands or double-answers the rest of the batch.
@@ -104,10 +112,9 @@ class GateActor(ActorTypeDispatcher):  # type: ignore[misc]
                 passed.append(flight)
             else:
                 rejected.append(rejected_verdict(flight, reason))
-        if passed:
-            self.send(next_hop, InFlights(items=tuple(passed)))
         if rejected:
             self.send(self.audit, Verdicts(items=tuple(rejected)))
+        return passed
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Log unknown messages as data; Thespian system messages are ignored quietly."""

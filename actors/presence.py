@@ -5,8 +5,13 @@ Accepts:
 - `PresenceFlight` (from a ChannelIngress, already fenced) -> applies the greet or leave,
   forwards to Capability (which replies `PresenceApplied`). Going through the same two
   hops as requests is what orders a card change before the channel's next check.
-- `InFlights` (from a ChannelIngress) -> rule 3 on each: the visible go on to Capability
-  as one `InFlights`, the rest to Audit as `peer_not_found` `Verdicts`.
+- `InFlights` (from a ChannelIngress) -> rule 3 on each: the rejected go to Audit as
+  `peer_not_found` `Verdicts`; the visible wait for our self-sent `Flush`, which arrives
+  behind every channel's batch already queued, and go on to Capability as ONE `InFlights`
+  (so one driver batch crosses Capability and TaskStore as one message). Anything else
+  bound for Capability (a presence change, a probe, `CardsExpired`) first sends them, so
+  Capability sees everything in the order it was judged here.
+- `Flush` (from itself) -> forwards the merged requests.
 - `Sweep` (from the runtime's timer) -> forgets expired peers so memory stays bounded, and
   tells Capability (`CardsExpired`) to drop their cards.
 - `CountEntries` -> `EntryCount` (how many greets are remembered).
@@ -25,6 +30,7 @@ from messages.protocol import (
     CardsExpired,
     CountEntries,
     EntryCount,
+    Flush,
     InFlight,
     InFlights,
     PresenceFlight,
@@ -66,6 +72,12 @@ class Presence(GateActor):
         self.audit: Any = None
         self.greets: dict[PresenceKey, float] = {}
         self.now = float("-inf")
+        # Visible requests of every channel, merged until our own Flush comes round: the
+        # channel actors' batches of one driver batch reach Capability and TaskStore as ONE
+        # message. Anything else bound for Capability first sends these, so Capability sees
+        # everything in exactly the order we judged it.
+        self.passed: list[InFlight] = []
+        self.forward_queued = False
         self.log = get_logger(actor="presence")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -90,11 +102,25 @@ class Presence(GateActor):
             "presence.changed", peer_id=change.peer_id, channel=change.channel,
             workspace=change.workspace, change="leave" if change.card is None else "greet",
         )
+        self._forward()
         self.send(self.capability, msg)
 
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
-        """Rule 3 on each request, in order; the visible go on to Capability together."""
-        self.forward_flights(msg.items, self._rule3, self.capability)
+        """Rule 3 on each request, in order; the visible wait for our Flush (merging)."""
+        self.passed.extend(self.judge_flights(msg.items, self._rule3))
+        if self.passed and not self.forward_queued:
+            self.forward_queued = True
+            self.send(self.myAddress, Flush(generation=0))
+
+    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
+        """Every channel batch that arrived before this goes on to Capability as one."""
+        self.forward_queued = False
+        self._forward()
+
+    def _forward(self) -> None:
+        if self.passed:
+            self.send(self.capability, InFlights(items=tuple(self.passed)))
+            self.passed = []
 
     def _rule3(self, flight: InFlight) -> Reason | None:
         """Is the peer visible as a remote peer in this (workspace, channel)?"""
@@ -108,7 +134,8 @@ class Presence(GateActor):
         return None if visible else Reason.PEER_NOT_FOUND
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
-        """Pass the marker on behind every request already forwarded."""
+        """Pass the marker on behind every request already judged."""
+        self._forward()
         self.send(self.capability, msg)
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
@@ -120,7 +147,12 @@ class Presence(GateActor):
             del self.greets[key]
             self.log.info("presence.expired", workspace=key[0], channel=key[1], peer_id=key[2])
         if gone:
+            self._forward()  # requests judged visible before the sweep still need their card
             self.send(self.capability, CardsExpired(keys=tuple(gone)))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """Shutdown: what was judged visible still goes on, so it gets an answer."""
+        self._forward()
 
     def receiveMsg_CountEntries(self, msg: CountEntries, sender: Any) -> None:
         """How many (workspace, channel, peer) greets are remembered."""
