@@ -38,6 +38,10 @@ class RuntimeConfig:
     """Per-peer token-bucket size: requests a quiet peer may send at once."""
     max_batch: int = 256
     """Most requests the driver hands to the actors in one message."""
+    batch_linger: float = 0.001
+    """Seconds the driver may wait for callers it has just answered to send again, so their
+    requests share the next group commit (waiting at most 0.2 ms for each next one; only
+    while fewer have come back than were answered). 0 = send what is there at once."""
     channel_pipeline: int = 32
     """Admitted requests of one channel in flight at once (arrival order is kept; a presence
     change still waits for all of them). 1 = strictly one request at a time, end to end.
@@ -73,6 +77,8 @@ class RuntimeConfig:
             value = getattr(self, name)
             if not 0 < value <= ceiling:
                 raise ValueError(f"{name} must be in 1..{ceiling}, got {value}")
+        if not 0 <= self.batch_linger <= 0.1:
+            raise ValueError(f"batch_linger must be in 0..0.1 seconds, got {self.batch_linger}")
         if self.greet_interval <= 0:
             raise ValueError("greet_interval must be positive")
         if min(self.max_in_flight_total, self.max_in_flight_per_channel,

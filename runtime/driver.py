@@ -48,6 +48,9 @@ MULTIPROC_POLL = 0.001
 IDLE_WAIT = 0.05
 SWEEP_EVERY = 1.0
 SHUTDOWN_GRACE = 10.0
+# While lingering (RuntimeConfig.batch_linger), the driver waits at most this long for
+# each next call: callers that are not about to send cost one gap, not the whole linger.
+LINGER_GAP = 0.0002
 
 
 @dataclass
@@ -109,11 +112,13 @@ class Driver:
         clock: Callable[[], float],
         request_timeout: float,
         limits: FlowLimits,
+        batch_linger: float = 0.0,
     ) -> None:
         self.base = base
         self.settings = settings
         self.clock = clock
         self.request_timeout = request_timeout
+        self.batch_linger = batch_linger
         self.flow = FlowControl(limits)
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.tickets = itertools.count(1)
@@ -225,8 +230,16 @@ class Driver:
         stopping_since: float | None = None
         last_sweep = time.monotonic()
         simple = self.base == "simpleSystemBase"
+        # Callers answered since the last dispatch (likely to send again at once) plus those
+        # already waiting when they were answered: the batch the driver is worth waiting for.
+        expected = 0
         while True:
             calls, stop = self._collect(block=not pending and stopping_since is None)
+            if calls and not stop and self.batch_linger > 0 and len(calls) < expected:
+                more, stop = self._linger(expected - len(calls))
+                calls += more
+            if calls:
+                expected = 0
             if stop and stopping_since is None:
                 stopping_since = time.monotonic()
             self._dispatch(asys, calls, pending)
@@ -234,7 +247,9 @@ class Driver:
                 reply = asys.listen(0.0005 if simple else MULTIPROC_POLL)
                 if reply is None:
                     break
-                self._resolve(reply, pending)
+                answered = self._resolve(reply, pending)
+                if answered:
+                    expected = max(expected, self.inbox.qsize()) + answered
             now = time.monotonic()
             self._expire(pending, now)
             if now - last_sweep >= SWEEP_EVERY:
@@ -266,6 +281,28 @@ class Driver:
             pass
         return calls, stop
 
+    def _linger(self, expected: int) -> tuple[list[Call], bool]:
+        """Wait up to `batch_linger` for `expected` more calls, at most LINGER_GAP for each;
+        returns them and whether the stop sentinel came.
+
+        Group commit: callers just answered send their next request within a fraction of a
+        millisecond. Without waiting for them, 4 closed-loop callers settle into alternating
+        batches of 1 and 3 (16 callers: 8 and 8), each batch paying two durable commits."""
+        more: list[Call] = []
+        deadline = time.monotonic() + self.batch_linger
+        while len(more) < expected:
+            remaining = min(deadline - time.monotonic(), LINGER_GAP)
+            if remaining <= 0:
+                break
+            try:
+                item = self.inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return more, True
+            more.append(item)
+        return more, False
+
     def _dispatch(self, asys: Any, calls: list[Call], pending: dict[int, Call]) -> None:
         batch: list[Submission | PresenceChange] = []
         deadline = time.monotonic() + self.request_timeout * 2
@@ -289,26 +326,27 @@ class Driver:
         if batch:
             asys.tell(self.addresses["router"], SubmitBatch(items=tuple(batch)))
 
-    def _resolve(self, reply: Any, pending: dict[int, Call]) -> None:
+    def _resolve(self, reply: Any, pending: dict[int, Call]) -> int:
+        """Resolve the calls a reply answers; returns how many."""
         if isinstance(reply, Replies):  # one group commit's answers
-            for item in reply.items:
-                self._resolve(item, pending)
-            return
+            return sum(self._resolve(item, pending) for item in reply.items)
         if isinstance(reply, PoisonMessage):
             ticket = getattr(reply.poisonMessage, "ticket", None)
             call = pending.pop(ticket, None) if isinstance(ticket, int) else None
             self.log.error("driver.poison_message", ticket=ticket)
-            if call is not None:
-                self._release(call)
-                call.future.set_exception(RuntimeError("actor failed on the request"))
-            return
+            if call is None:
+                return 0
+            self._release(call)
+            call.future.set_exception(RuntimeError("actor failed on the request"))
+            return 1
         ticket = getattr(reply, "ticket", None)
         call = pending.pop(ticket, None) if isinstance(ticket, int) else None
         if call is None:
             self.log.warning("driver.unmatched_reply", reply_type=type(reply).__name__)
-            return
+            return 0
         self._release(call)
         call.future.set_result(reply)
+        return 1
 
     def _release(self, call: Call) -> None:
         if call.peer is not None:

@@ -131,7 +131,8 @@ class IngressRuntime:
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
             peer_burst=cfg.peer_burst,
         )
-        driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits)
+        driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits,
+                        cfg.batch_linger)
         try:
             driver.start()
         except BaseException:
