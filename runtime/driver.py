@@ -236,7 +236,7 @@ class Driver:
         while True:
             calls, stop = self._collect(block=not pending and stopping_since is None)
             if calls and not stop and self.batch_linger > 0 and len(calls) < expected:
-                more, stop = self._linger(expected - len(calls))
+                more, stop = self._linger(min(expected, self.settings.max_batch) - len(calls))
                 calls += more
             if calls:
                 expected = 0
