@@ -26,10 +26,7 @@ def submit_as_one_batch(rt: IngressRuntime, items: list[tuple[IngressContext, An
     for context, request in items:
         target, sub, key = rt._submission(driver, context, request)
         calls.append(Call(target=target, message=sub, peer=key))
-    with driver.inbox.not_empty:  # enqueue atomically: the driver takes them as one batch
-        driver.inbox.queue.extend(calls)
-        driver.inbox.unfinished_tasks += len(calls)
-        driver.inbox.not_empty.notify()
+    driver.submit_calls(calls)  # one inbox item: the driver takes them as one batch
     return [driver.wait(c.future).outcome for c in calls]
 
 

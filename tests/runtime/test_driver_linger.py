@@ -45,3 +45,11 @@ def test_linger_hands_back_the_stop_sentinel() -> None:
     d.inbox.put(_STOP)
     more, stop = d._linger(4)
     assert more == first and stop
+
+
+def test_calls_submitted_together_stay_together() -> None:
+    d = driver(linger=5.0)
+    group = calls(3)
+    d.submit_calls(group)
+    more, stop = d._linger(2)  # one inbox item: never split, even past the expected count
+    assert more == group and not stop
