@@ -38,10 +38,10 @@ class FlowLimits:
     """Caps; a rate of 0 disables the per-peer rate limit."""
 
     max_total: int = 1024
-    max_per_channel: int = 64
-    max_per_peer: int = 16
-    peer_rate: float = 500.0
-    peer_burst: float = 1000.0
+    max_per_channel: int = 256
+    max_per_peer: int = 128
+    peer_rate: float = 5000.0
+    peer_burst: float = 10000.0
 
 
 class FlowControl:
