@@ -29,6 +29,11 @@ def serve(
     actor_base: str | None = typer.Option(None, help="Thespian base (default: simpleSystemBase)."),
     drain_timeout: float | None = typer.Option(
         None, help="Seconds to answer in-flight (default: 10)."),
+    peer_rate: float | None = typer.Option(None, help=(
+        "Per-peer requests/second before `overloaded` (default: 500; 0 = no limit).")),
+    peer_burst: float | None = typer.Option(None, help="Per-peer burst (default: 1000)."),
+    max_in_flight_per_peer: int | None = typer.Option(None, help=(
+        "Unanswered requests of one peer per channel (default: 16).")),
     log_level: str | None = typer.Option(None, help=(
         "JSON log level on stderr (default: env TASK_INGRESS_LOG_LEVEL, else warning; "
         "info logs every outcome).")),
@@ -51,7 +56,8 @@ def serve(
         "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
         "trust_file": trust_file, "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
-        "drain_timeout": drain_timeout,
+        "drain_timeout": drain_timeout, "peer_rate": peer_rate, "peer_burst": peer_burst,
+        "max_in_flight_per_peer": max_in_flight_per_peer,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

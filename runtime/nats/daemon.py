@@ -100,9 +100,11 @@ class Daemon:
             ensure_trust_file(s.trust_path)
             trust = TrustStore(s.trust_path)
             key = generate_key()
+            limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
+                                          max_in_flight_per_peer=s.max_in_flight_per_peer)
             config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
                                    local_peer_id=s.peer_id, greet_interval=s.greet_interval,
-                                   **self.runtime_config)
+                                   **{**limits, **self.runtime_config})
             self.runtime = IngressRuntime(config)
             await asyncio.to_thread(self.runtime.start)
             self.metrics.watch_runtime(self.runtime)

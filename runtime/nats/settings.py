@@ -36,6 +36,13 @@ class ServeSettings(BaseSettings):
     actor_base: str = Field(default="simpleSystemBase", description="Thespian system base.")
     drain_timeout: float = Field(default=10.0, gt=0, description=(
         "Seconds to answer in-flight requests after SIGTERM/SIGINT."))
+    # The daemon faces network peers, so its per-peer limits are tighter than the embedded
+    # runtime's defaults (which only stop floods): beyond them a peer gets `overloaded`.
+    peer_rate: float = Field(default=500.0, ge=0, description=(
+        "Per-peer requests/second (token bucket refill); 0: no rate limit."))
+    peer_burst: float = Field(default=1000.0, gt=0, description="Per-peer token bucket size.")
+    max_in_flight_per_peer: int = Field(default=16, ge=1, description=(
+        "Requests of one peer in one channel admitted and not yet answered."))
 
     @field_validator("channels", mode="before")
     @classmethod
