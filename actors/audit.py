@@ -3,11 +3,11 @@
 Accepts:
 - `Wiring` (from the runtime) -> opens the store file, drains outbox rows a crash left
   behind into chained records, replies `Started`.
-- `Verdict` (from Router, Presence, Capability) / `Verdicts` (from TaskStore, one per
-  commit) -> buffered; on the next `Flush`
-  all buffered records commit in one transaction, then each destination gets one message
-  for the whole commit: `Replies` (to the requests' `reply_to`) and `Dones` (to their
-  channel actor, i.e. the router). A reply never precedes its durable record (SPEC §6).
+- `Verdicts` (from Router, Presence, Capability: one per batch they judged; from TaskStore:
+  one per commit) -> buffered; on the next `Flush` all buffered records commit in one
+  transaction, then each destination gets one message for the whole commit: `Replies` (to
+  the requests' `reply_to`) and `Dones` (to their channel actor, i.e. the router). A reply
+  never precedes its durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -67,19 +67,19 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     if flight.checked:
         # The router found every identifier grammatical: the ASCII-only ones are their own
         # safe form; a request ID may still hold non-printable (e.g. format) characters.
-        who = (ctx.workspace, ctx.channel, ctx.peer_id, gate.derived_actor(ctx),
-               gate.safe_field(ctx.request_id))
+        workspace, channel, peer_id = ctx.workspace, ctx.channel, ctx.peer_id
+        actor = gate.derived_actor(ctx)
     else:
-        actor = gate.derived_actor(ctx) if gate.check_context(ctx) is None else ""
-        who = (gate.safe_field(ctx.workspace), gate.safe_field(ctx.channel),
-               gate.safe_field(ctx.peer_id), gate.safe_field(actor, 300),
-               gate.safe_field(ctx.request_id))
+        workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
+                                       gate.safe_field(ctx.channel), gate.safe_field(ctx.peer_id))
+        valid = gate.check_context(ctx) is None
+        actor = gate.safe_field(gate.derived_actor(ctx) if valid else "", 300)
     return {
-        "workspace": who[0],
-        "channel": who[1],
-        "peer_id": who[2],
-        "actor": who[3],
-        "request_id": who[4],
+        "workspace": workspace,
+        "channel": channel,
+        "peer_id": peer_id,
+        "actor": actor,
+        "request_id": gate.safe_field(ctx.request_id),
         "action": outcome.action.value,
         "outcome": "accepted" if outcome.accepted else "rejected",
         "reason": outcome.reason.value if outcome.reason else None,
@@ -180,15 +180,9 @@ class Audit(GateActor):
             records,
         )
 
-    def receiveMsg_Verdict(self, msg: Verdict, sender: Any) -> None:
-        """Buffer the verdict; one Flush commits everything that arrived before it."""
-        self.pending.append(msg)
-        if not self.flush_queued:
-            self.flush_queued = True
-            self.send(self.myAddress, Flush(generation=self.seq))
-
     def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
-        """A store commit's verdicts: buffered like single ones, in order."""
+        """Judged requests (one message per store commit or gate batch): buffered, in order,
+        until the Flush behind them."""
         self.pending.extend(msg.items)
         if not self.flush_queued:
             self.flush_queued = True

@@ -283,6 +283,7 @@ class IngressRouter(GateActor):
         del self.probes[probe_id]
         for d in probe.done.drained:
             self.recovered[(d.workspace, d.channel, d.peer_id, d.request_id)] = d
+        lost: list[Verdict] = []
         for ticket in lost_tickets(probe.suspects, self.unanswered):
             flight = self.unanswered[ticket]
             ctx = flight.context
@@ -297,7 +298,9 @@ class IngressRouter(GateActor):
                 continue
             self.log.error("router.request_lost", request_id=ctx.request_id,
                            peer_id=ctx.peer_id, channel=ctx.channel)
-            self.send(self.audit, failed_verdict(flight))
+            lost.append(failed_verdict(flight))
+        if lost:
+            self.send(self.audit, Verdicts(items=tuple(lost)))
         if not self.probes:
             self.recovered.clear()
 
