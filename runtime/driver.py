@@ -67,6 +67,11 @@ class Call:
 _STOP = object()
 
 
+def _calls_in(item: Any) -> list[Call]:
+    """The calls one inbox item carries: a single call, or several queued together."""
+    return item if isinstance(item, list) else [item]
+
+
 def unbounded_queue_mailboxes() -> None:
     """Give every multiprocQueueBase mailbox an unbounded queue (Thespian 4.0.1: 10 per actor,
     40 for the admin), before the system forks its admin (children inherit the setting).
@@ -281,10 +286,8 @@ class Driver:
             while True:
                 if item is _STOP:
                     stop = True
-                elif isinstance(item, list):
-                    calls.extend(item)
                 else:
-                    calls.append(item)
+                    calls.extend(_calls_in(item))
                 if len(calls) >= self.settings.max_batch:
                     break
                 item = self.inbox.get_nowait()
@@ -311,10 +314,7 @@ class Driver:
                 break
             if item is _STOP:
                 return more, True
-            if isinstance(item, list):
-                more.extend(item)
-            else:
-                more.append(item)
+            more.extend(_calls_in(item))
         return more, False
 
     def _dispatch(self, asys: Any, calls: list[Call], pending: dict[int, Call]) -> None:
@@ -383,8 +383,8 @@ class Driver:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            for call in item if isinstance(item, list) else [item]:
-                if isinstance(call, Call) and not call.future.done():
+            for call in [] if item is _STOP else _calls_in(item):
+                if not call.future.done():
                     call.future.set_exception(exc)
 
     def _shutdown(self, asys: Any) -> None:

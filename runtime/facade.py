@@ -123,8 +123,9 @@ class IngressRuntime:
         )
         max_total = cfg.max_in_flight_total
         if cfg.actor_base != "simpleSystemBase":
-            # Thespian's multiprocess bases drop sends past ~1,000 queued per sender; every
-            # admitted request is at most a few queued messages, so this keeps far below it.
+            # Every admitted request is at most a few queued messages. multiprocQueueBase runs
+            # with unbounded mailboxes (driver.unbounded_queue_mailboxes), so this cap is what
+            # bounds them; the TCP/UDP bases drop sends past ~1,000 queued per sender.
             max_total = min(max_total, MULTIPROC_MAX_IN_FLIGHT)
         limits = FlowLimits(
             max_total=max_total, max_per_channel=cfg.max_in_flight_per_channel,
