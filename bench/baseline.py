@@ -138,28 +138,22 @@ class LockBaseline:
                 return self._reject(ctx, act, Reason.PEER_NOT_FOUND, size)
             if not seen[1]:
                 return self._reject(ctx, act, Reason.CAPABILITY_DENIED, size)
-            with self._db_lock:
-                conn = self._open()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    outcome = store_ops.judge_and_apply(conn, ctx, request, self.limits,
-                                                        time.time())
-                    self._append(ctx, outcome, size)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    self._reload_head()
-                    raise
-                self._maybe_checkpoint()
-            return outcome
+            return self._record(ctx, size, lambda conn: store_ops.judge_and_apply(
+                conn, ctx, request, self.limits, time.time()))
 
     def _reject(self, ctx: IngressContext, action: Action, reason: Reason, size: int) -> Outcome:
         outcome = Outcome(request_id=gate.safe_field(ctx.request_id), action=action,
                           accepted=False, reason=reason)
+        return self._record(ctx, size, lambda conn: outcome)
+
+    def _record(self, ctx: IngressContext, size: int,
+                judge: Callable[[sqlite3.Connection], Outcome]) -> Outcome:
+        """One durable transaction: `judge` (which may write) and the chained audit record."""
         with self._db_lock:
             conn = self._open()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                outcome = judge(conn)
                 self._append(ctx, outcome, size)
                 conn.execute("COMMIT")
             except BaseException:
