@@ -23,14 +23,14 @@ import sqlite3
 import time
 from typing import Any
 
-from actors import gate
-from actors.base import GateActor, group_by_address
-from actors.chain import checkpoint_mac, record_hash
-from actors.log import get_logger, info_enabled
-from actors.schema import connect, decode_outbox
-from messages.audit import GENESIS_HASH, AuditRecord
-from messages.outcomes import Outcome
-from messages.protocol import (
+from task_ingress.actors import gate
+from task_ingress.actors.base import GateActor, group_by_address
+from task_ingress.actors.chain import checkpoint_mac, record_hash
+from task_ingress.actors.log import get_logger, info_enabled
+from task_ingress.actors.schema import connect, decode_outbox
+from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.protocol import (
     AuditRead,
     Dones,
     Drained,
@@ -48,7 +48,7 @@ from messages.protocol import (
     Verdicts,
     Wiring,
 )
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 AUDIT_RETRY_SECONDS = 0.2
 

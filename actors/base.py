@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.protocol import InFlight, InFlights, Verdict, Verdicts
+from task_ingress.messages.reasons import Reason
 from thespian.actors import ActorTypeDispatcher
-
-from actors.log import get_logger
-from messages.outcomes import Outcome
-from messages.protocol import InFlight, InFlights, Verdict, Verdicts
-from messages.reasons import Reason
 
 T = TypeVar("T")
 

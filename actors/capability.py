@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors import gate
-from actors.base import GateActor
-from messages.peers import PeerCard
-from messages.protocol import (
+from task_ingress.actors import gate
+from task_ingress.actors.base import GateActor
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.protocol import (
     CardsExpired,
     CountEntries,
     EntryCount,
@@ -31,7 +31,7 @@ from messages.protocol import (
     Started,
     Wiring,
 )
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 
 def card_grants_write(card: PeerCard | None) -> bool:

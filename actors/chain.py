@@ -7,7 +7,7 @@ import hmac
 import json
 from typing import Any
 
-from messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 
 CHAINED_FIELDS = (
     "seq", "at", "workspace", "channel", "peer_id", "actor", "request_id", "action",

@@ -12,8 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 
-from messages.reasons import Reason
-from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    UpdateTask,
+)
 
 PEER_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")

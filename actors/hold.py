@@ -22,16 +22,16 @@ import json
 import sqlite3
 from typing import Any
 
-from actors import store_ops
-from actors.audit import audit_fields
-from actors.base import GateActor
-from actors.gate import Limits
-from actors.log import get_logger
-from messages.base import InternalMessage
-from messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
-from messages.outcomes import Outcome, Task
-from messages.protocol import InFlight, InFlights, Started, Wiring
-from messages.requests import CreateTask
+from task_ingress.actors import store_ops
+from task_ingress.actors.audit import audit_fields
+from task_ingress.actors.base import GateActor
+from task_ingress.actors.gate import Limits
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
+from task_ingress.messages.outcomes import Outcome, Task
+from task_ingress.messages.protocol import InFlight, InFlights, Started, Wiring
+from task_ingress.messages.requests import CreateTask
 
 
 class Hold(GateActor):

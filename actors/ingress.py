@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from actors.base import GateActor
-from actors.log import get_logger
-from messages.protocol import (
+from task_ingress.actors.base import GateActor
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.protocol import (
     Dones,
     InFlight,
     InFlights,

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.base import GateActor
-from actors.log import get_logger
-from messages.protocol import (
+from task_ingress.actors.base import GateActor
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.protocol import (
     CardsExpired,
     CountEntries,
     EntryCount,
@@ -40,7 +40,7 @@ from messages.protocol import (
     Sweep,
     Wiring,
 )
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 PresenceKey = tuple[str, str, str]
 

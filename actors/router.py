@@ -31,13 +31,13 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from actors import gate
-from actors.base import GateActor, failed_verdict
-from actors.ingress import ChannelIngress
-from actors.log import get_logger
-from actors.task_store import TaskStore
-from messages.outcomes import Outcome
-from messages.protocol import (
+from task_ingress.actors import gate
+from task_ingress.actors.base import GateActor, failed_verdict
+from task_ingress.actors.ingress import ChannelIngress
+from task_ingress.actors.log import get_logger
+from task_ingress.actors.task_store import TaskStore
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.protocol import (
     Dones,
     Drained,
     GetRun,
@@ -61,7 +61,7 @@ from messages.protocol import (
     Verdicts,
     Wiring,
 )
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 ChannelKey = tuple[str, str]
 STORE_KEY: ChannelKey = ("", "task-store")  # never a channel: "" fails the grammar

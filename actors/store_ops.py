@@ -10,11 +10,17 @@ import secrets
 import sqlite3
 from typing import Any
 
-from actors import gate
-from actors.gate import Limits, StoredTask
-from messages.outcomes import Outcome, Run, Task
-from messages.reasons import Action, Reason
-from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+from task_ingress.actors import gate
+from task_ingress.actors.gate import Limits, StoredTask
+from task_ingress.messages.outcomes import Outcome, Run, Task
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    UpdateTask,
+)
 
 TASK_COLUMNS = (
     "task_id, workspace, title, description, network_channel, status, priority, metadata, "

@@ -19,14 +19,14 @@ import sqlite3
 import time
 from typing import Any
 
-from actors import store_ops
-from actors.audit import audit_fields
-from actors.base import GateActor
-from actors.gate import Limits
-from actors.log import get_logger
-from actors.schema import connect, encode_outbox
-from messages.outcomes import Outcome
-from messages.protocol import (
+from task_ingress.actors import store_ops
+from task_ingress.actors.audit import audit_fields
+from task_ingress.actors.base import GateActor
+from task_ingress.actors.gate import Limits
+from task_ingress.actors.log import get_logger
+from task_ingress.actors.schema import connect, encode_outbox
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.protocol import (
     Flush,
     GetRun,
     GetTask,
@@ -44,7 +44,7 @@ from messages.protocol import (
     Verdicts,
     Wiring,
 )
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 
 class InjectedCommitFailure(sqlite3.OperationalError):
@@ -120,7 +120,7 @@ class TaskStore(GateActor):
         try:
             conn.execute("BEGIN IMMEDIATE")
             if self.settings and self.settings.naive_store:  # race-test seam only
-                from actors.hold import naive_apply_batch
+                from task_ingress.actors.hold import naive_apply_batch
                 results = naive_apply_batch(conn, batch, self.limits, now)
             else:
                 results = self._apply_all(conn, batch, now)

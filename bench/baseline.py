@@ -28,17 +28,22 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-
-from actors import gate, store_ops
-from actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
-from actors.chain import checkpoint_mac, record_hash
-from actors.schema import connect
-from messages.audit import GENESIS_HASH, AuditRecord
-from messages.codec import decode_envelope, encode_reply
-from messages.outcomes import Outcome
-from messages.peers import PeerCard
-from messages.reasons import Action, Reason
-from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+from task_ingress.actors import gate, store_ops
+from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
+from task_ingress.actors.chain import checkpoint_mac, record_hash
+from task_ingress.actors.schema import connect
+from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    UpdateTask,
+)
 
 CHECKPOINT_EVERY = 1000
 _REQUESTS = (CreateTask, UpdateTask, CancelTask, EnqueueRun)

@@ -32,11 +32,10 @@ def bench_command(
     """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable."""
     os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from rich.console import Console
-
-    from actors.log import configure
-    from bench.report import print_bench
-    from bench.runner import SYSTEMS, run_bench, to_json
-    from bench.workload import Workload
+    from task_ingress.actors.log import configure
+    from task_ingress.bench.report import print_bench
+    from task_ingress.bench.runner import SYSTEMS, run_bench, to_json
+    from task_ingress.bench.workload import Workload
 
     configure()
     out = Console(width=max(Console().width, 132))  # the side-by-side table is wide

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
-
-from bench.runner import BenchResult
+from task_ingress.bench.runner import BenchResult
 
 
 def print_bench(result: BenchResult, console: Console) -> None:

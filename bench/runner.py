@@ -17,9 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-
-from bench.ceiling import Ceiling, measure_ceiling
-from bench.workload import PhaseResult, System, Workload, greet_all, peers_for, run_phase
+from task_ingress.bench.ceiling import Ceiling, measure_ceiling
+from task_ingress.bench.workload import (
+    PhaseResult,
+    System,
+    Workload,
+    greet_all,
+    peers_for,
+    run_phase,
+)
 
 SYSTEMS = ("runtime-simple", "runtime-multiproc", "baseline")
 BASES = {"runtime-simple": "simpleSystemBase", "runtime-multiproc": "multiprocQueueBase"}
@@ -92,13 +98,13 @@ def figures(phase: PhaseResult) -> PhaseFigures:
 
 def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], None]]:
     if name == "baseline":
-        from bench.baseline import LockBaseline
+        from task_ingress.bench.baseline import LockBaseline
 
         baseline = LockBaseline(store, audit_key=key)
         baseline.start()
         return baseline, baseline.close
-    from runtime.config import RuntimeConfig
-    from runtime.facade import IngressRuntime
+    from task_ingress.runtime.config import RuntimeConfig
+    from task_ingress.runtime.facade import IngressRuntime
 
     rt = IngressRuntime(RuntimeConfig(store_path=store, durable=True, actor_base=BASES[name],
                                       audit_key=key, request_timeout=10.0))

@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
-
-from messages.codec import decode_reply, encode_envelope
-from messages.peers import PeerCard
-from messages.requests import CancelTask, CreateTask, EnqueueRun, TaskRequest, UpdateTask
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    TaskRequest,
+    UpdateTask,
+)
 
 
 class System(Protocol):

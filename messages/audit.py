@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pydantic import Field
-
-from messages.base import Message
-from messages.reasons import Action, Reason
+from task_ingress.messages.base import Message
+from task_ingress.messages.reasons import Action, Reason
 
 GENESIS_HASH = "0" * 64
 

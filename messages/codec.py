@@ -12,10 +12,9 @@ from typing import Any
 
 import msgpack
 from pydantic import ValidationError
-
-from messages.outcomes import Outcome
-from messages.reasons import Action, Reason
-from messages.requests import REQUEST_BY_ACTION, TaskRequest
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import REQUEST_BY_ACTION, TaskRequest
 
 WIRE_VERSION = 1
 MAX_ENVELOPE_BYTES = 64 * 1024

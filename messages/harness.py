@@ -7,8 +7,7 @@ never sends these. Each query carries a `ticket` so the driver can match the rep
 from __future__ import annotations
 
 from pydantic import Field
-
-from messages.base import InternalMessage
+from task_ingress.messages.base import InternalMessage
 
 
 class HoldArm(InternalMessage):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
-
-from messages.base import Message
+from task_ingress.messages.base import Message
 
 
 class PeerCard(Message):

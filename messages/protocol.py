@@ -14,13 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-
-from messages.audit import AuditRecord
-from messages.base import InternalMessage
-from messages.outcomes import Outcome, Run, Task
-from messages.peers import PeerCard
-from messages.reasons import Action, Reason
-from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
+from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.outcomes import Outcome, Run, Task
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    UpdateTask,
+)
 
 
 class Settings(InternalMessage):

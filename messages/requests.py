@@ -7,9 +7,8 @@ every bad request becomes an audited rejection rather than an exception.
 from __future__ import annotations
 
 from pydantic import Field
-
-from messages.base import Message
-from messages.reasons import Action
+from task_ingress.messages.base import Message
+from task_ingress.messages.reasons import Action
 
 
 class IngressContext(Message):

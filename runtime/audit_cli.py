@@ -20,10 +20,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-
-from actors.audit import AUDIT_COLUMNS, record_from_row
-from messages.audit import AuditRecord
-from runtime.verify import StoreUnreadable, VerifyResult, open_readonly, verify_store
+from task_ingress.actors.audit import AUDIT_COLUMNS, record_from_row
+from task_ingress.messages.audit import AuditRecord
+from task_ingress.runtime.verify import StoreUnreadable, VerifyResult, open_readonly, verify_store
 
 audit_app = typer.Typer(
     help="Inspect the hash-chained audit log of a store file (read-only).",

@@ -21,22 +21,22 @@ def demo(
     store: str = typer.Option(":memory:", help="SQLite store path (':memory:' = throwaway)."),
 ) -> None:
     """Scripted walkthrough: every action and rejection path, then the audit tail."""
-    from runtime.demo import run_demo
+    from task_ingress.runtime.demo import run_demo
 
     raise typer.Exit(run_demo(store))
 
 
 # --- command registrations (one line per command module) ---
-from runtime.audit_cli import audit_app  # noqa: E402  (registrations live together here)
+from task_ingress.runtime.audit_cli import audit_app  # noqa: E402  (registrations live together here)
 
 app.add_typer(audit_app, name="audit")
-from runtime.swarm.cli import swarm_command  # noqa: E402
+from task_ingress.runtime.swarm.cli import swarm_command  # noqa: E402
 
 app.command("swarm")(swarm_command)
-from bench.cli import bench_command  # noqa: E402
+from task_ingress.bench.cli import bench_command  # noqa: E402
 
 app.command("bench")(bench_command)
-from runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
+from task_ingress.runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
 
 app.command(name="serve")(serve)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
-
-from messages import (
+from task_ingress.messages import (
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -13,8 +12,8 @@ from messages import (
     PeerCard,
     UpdateTask,
 )
-from runtime.config import RuntimeConfig
-from runtime.facade import IngressRuntime
+from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.facade import IngressRuntime
 
 
 def run_demo(store: str = ":memory:", console: Console | None = None) -> int:

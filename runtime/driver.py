@@ -21,16 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from thespian.actors import ActorExitRequest, ActorSystem, PoisonMessage
-from thespian.system.transport import MultiprocessQueueTransport
-
-from actors import gate
-from actors.audit import Audit
-from actors.capability import Capability
-from actors.log import get_logger
-from actors.presence import Presence
-from actors.router import IngressRouter
-from messages.protocol import (
+from task_ingress.actors import gate
+from task_ingress.actors.audit import Audit
+from task_ingress.actors.capability import Capability
+from task_ingress.actors.log import get_logger
+from task_ingress.actors.presence import Presence
+from task_ingress.actors.router import IngressRouter
+from task_ingress.messages.protocol import (
     PresenceChange,
     Replies,
     Settings,
@@ -40,9 +37,11 @@ from messages.protocol import (
     Sweep,
     Wiring,
 )
-from messages.requests import IngressContext
-from runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
-from runtime.flow import FlowControl, FlowLimits, PeerKey
+from task_ingress.messages.requests import IngressContext
+from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
+from task_ingress.runtime.flow import FlowControl, FlowLimits, PeerKey
+from thespian.actors import ActorExitRequest, ActorSystem, PoisonMessage
+from thespian.system.transport import MultiprocessQueueTransport
 
 MULTIPROC_POLL = 0.001
 IDLE_WAIT = 0.05
@@ -222,7 +221,7 @@ class Driver:
             # migrated the schema, which must happen before Audit drains the outbox.
             self.addresses["store"] = wiring["store"] = self._wire(asys, "router", wiring).address
             if self.settings.hold_store:  # race-test seam: Hold sits before TaskStore
-                from actors.hold import start_hold
+                from task_ingress.actors.hold import start_hold
                 self.addresses["hold"] = wiring["store"] = start_hold(asys, wiring)
             for name in ("audit", "capability", "presence"):
                 self._wire(asys, name, wiring)

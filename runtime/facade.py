@@ -11,14 +11,13 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-
-from actors import gate
-from actors.log import get_logger
-from messages.audit import AuditRecord
-from messages.codec import decode_envelope, encode_reply
-from messages.outcomes import Outcome, Run, Task
-from messages.peers import PeerCard
-from messages.protocol import (
+from task_ingress.actors import gate
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.outcomes import Outcome, Run, Task
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.protocol import (
     AuditRead,
     GetRun,
     GetTask,
@@ -34,12 +33,18 @@ from messages.protocol import (
     TaskFound,
     TaskLocked,
 )
-from messages.reasons import Action, Reason
-from messages.requests import CancelTask, CreateTask, EnqueueRun, IngressContext, UpdateTask
-from runtime.config import RuntimeConfig
-from runtime.driver import Driver, peer_key
-from runtime.errors import IngressTimeout, RuntimeClosed
-from runtime.flow import FlowLimits, PeerKey
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    UpdateTask,
+)
+from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.driver import Driver, peer_key
+from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
+from task_ingress.runtime.flow import FlowLimits, PeerKey
 
 _REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 MULTIPROC_MAX_IN_FLIGHT = 256

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
-from messages.reasons import Reason
+from task_ingress.messages.reasons import Reason
 
 ChannelKey = tuple[str, str]
 PeerKey = tuple[str, str, str]

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from actors.audit import AUDIT_COLUMNS, checkpoint_path
-from actors.chain import checkpoint_ok, record_hash
-from actors.gate import safe_field
-from actors.schema import decode_outbox
-from messages.audit import GENESIS_HASH
-from messages.reasons import Action
+from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path
+from task_ingress.actors.chain import checkpoint_ok, record_hash
+from task_ingress.actors.gate import safe_field
+from task_ingress.actors.schema import decode_outbox
+from task_ingress.messages.audit import GENESIS_HASH
+from task_ingress.messages.reasons import Action
 
 AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
 

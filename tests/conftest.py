@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-
-from messages import IngressContext, PeerCard
-from runtime import IngressRuntime, RuntimeConfig
+from task_ingress.messages import IngressContext, PeerCard
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
 os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
 

@@ -47,9 +47,8 @@ def serve(
     else:
         os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from pydantic import ValidationError
-
-    from runtime.nats.daemon import Daemon
-    from runtime.nats.settings import ServeSettings
+    from task_ingress.runtime.nats.daemon import Daemon
+    from task_ingress.runtime.nats.settings import ServeSettings
 
     given: dict[str, Any] = {
         "nats_url": nats_url, "nats_token": nats_token, "store": store,

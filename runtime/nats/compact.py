@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from runtime.nats.signing import compact_signing_bytes
+from task_ingress.runtime.nats.signing import compact_signing_bytes
 
 COMPACT_VERSION = 1
 _KEYS = frozenset({"v", "from", "to", "ts", "env", "sig"})

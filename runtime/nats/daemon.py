@@ -22,17 +22,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from actors.log import get_logger
-from runtime.config import RuntimeConfig
-from runtime.facade import IngressRuntime
-from runtime.nats import envelope as wire
-from runtime.nats.handler import EnvelopeHandler
-from runtime.nats.metrics import Metrics
-from runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
-from runtime.nats.server import NatsServer
-from runtime.nats.settings import ServeSettings, mask_url
-from runtime.nats.signing import generate_key, public_key_text
-from runtime.nats.trust import TrustStore, ensure_trust_file
+from task_ingress.actors.log import get_logger
+from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.facade import IngressRuntime
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.metrics import Metrics
+from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
+from task_ingress.runtime.nats.server import NatsServer
+from task_ingress.runtime.nats.settings import ServeSettings, mask_url
+from task_ingress.runtime.nats.signing import generate_key, public_key_text
+from task_ingress.runtime.nats.trust import TrustStore, ensure_trust_file
 
 HARD_EXIT_STATUS = 130
 PENDING_MSGS_LIMIT = 65536

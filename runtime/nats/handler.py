@@ -29,20 +29,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
-
-from actors import gate
-from actors.log import get_logger
-from messages.codec import decode_envelope, encode_reply
-from messages.outcomes import Outcome
-from messages.peers import PeerCard
-from messages.reasons import Action, Reason
-from messages.requests import REQUEST_BY_ACTION, IngressContext, TaskRequest
-from runtime.facade import IngressRuntime
-from runtime.nats import envelope as wire
-from runtime.nats.compact import CompactError, decode_compact
-from runtime.nats.metrics import Metrics
-from runtime.nats.replay import SeenWindow
-from runtime.nats.signing import (
+from task_ingress.actors import gate
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import REQUEST_BY_ACTION, IngressContext, TaskRequest
+from task_ingress.runtime.facade import IngressRuntime
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.compact import CompactError, decode_compact
+from task_ingress.runtime.nats.metrics import Metrics
+from task_ingress.runtime.nats.replay import SeenWindow
+from task_ingress.runtime.nats.signing import (
     b64url,
     compact_signing_bytes,
     proof_signature,
@@ -50,7 +49,7 @@ from runtime.nats.signing import (
     verify,
     verify_envelope,
 )
-from runtime.nats.trust import TrustStore
+from task_ingress.runtime.nats.trust import TrustStore
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 MAX_PENDING_WORK = 1024

@@ -22,7 +22,7 @@ import tempfile
 import time
 from types import TracebackType
 
-from actors.log import get_logger
+from task_ingress.actors.log import get_logger
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0

@@ -30,18 +30,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from actors import gate
-from actors.log import get_logger
-from messages.codec import decode_envelope, encode_reply
-from messages.outcomes import Outcome
-from messages.peers import PeerCard
-from messages.reasons import Reason
-from runtime.nats import envelope as wire
-from runtime.nats.compact import encode_compact
-from runtime.nats.ready import read_ready_file
-from runtime.nats.signing import generate_key, public_key_text, sign_envelope
-from runtime.nats.trust import enroll
+from task_ingress.actors import gate
+from task_ingress.actors.log import get_logger
+from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.reasons import Reason
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.compact import encode_compact
+from task_ingress.runtime.nats.ready import read_ready_file
+from task_ingress.runtime.nats.signing import generate_key, public_key_text, sign_envelope
+from task_ingress.runtime.nats.trust import enroll
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0

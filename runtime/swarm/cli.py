@@ -18,18 +18,18 @@ class SwarmSetupError(Exception):
 
 
 def _nats_factory(cfg: object, workdir: str) -> tuple[object, str | None]:
-    from runtime.swarm.config import SwarmConfig
+    from task_ingress.runtime.swarm.config import SwarmConfig
 
     assert isinstance(cfg, SwarmConfig)
     try:
-        from runtime.nats.swarm_transport import NatsSwarmTransport
+        from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
     except ImportError as exc:
         raise SwarmSetupError(
             f"--transport nats needs runtime.nats.swarm_transport, which is not available "
             f"({exc}); run the default in-process swarm instead") from exc
     workspace = "default"
     if cfg.daemon:
-        from runtime.nats.ready import read_ready_file
+        from task_ingress.runtime.nats.ready import read_ready_file
 
         try:
             workspace = read_ready_file(cfg.daemon).workspace
@@ -89,12 +89,11 @@ def swarm_command(
     os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from rich.console import Console
     from rich.live import Live
-
-    from actors.log import configure
-    from runtime.swarm import report
-    from runtime.swarm.config import SwarmConfig
-    from runtime.swarm.runner import make_inproc, run_swarm
-    from runtime.swarm.stats import Snapshot
+    from task_ingress.actors.log import configure
+    from task_ingress.runtime.swarm import report
+    from task_ingress.runtime.swarm.config import SwarmConfig
+    from task_ingress.runtime.swarm.runner import make_inproc, run_swarm
+    from task_ingress.runtime.swarm.stats import Snapshot
 
     configure()
     out = Console()

@@ -26,14 +26,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from actors.audit import record_from_row
-from actors.chain import first_bad_record
-from actors.gate import safe_field
-from messages.audit import AuditRecord
-from messages.reasons import Action
-from runtime.swarm.history import PresenceHistory
-from runtime.swarm.journal import Sent
-from runtime.verify import (
+from task_ingress.actors.audit import record_from_row
+from task_ingress.actors.chain import first_bad_record
+from task_ingress.actors.gate import safe_field
+from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.reasons import Action
+from task_ingress.runtime.swarm.history import PresenceHistory
+from task_ingress.runtime.swarm.journal import Sent
+from task_ingress.runtime.verify import (
     VerifyResult,
     load_key,
     open_readonly,

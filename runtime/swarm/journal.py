@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from runtime.swarm.peers import Plan
+from task_ingress.runtime.swarm.peers import Plan
 
 
 @dataclass(frozen=True)

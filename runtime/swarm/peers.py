@@ -30,11 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-
-from messages.codec import WIRE_VERSION, encode_envelope
-from messages.peers import PeerCard
-from messages.reasons import Action
-from messages.requests import CancelTask, CreateTask, EnqueueRun, TaskRequest, UpdateTask
+from task_ingress.messages.codec import WIRE_VERSION, encode_envelope
+from task_ingress.messages.peers import PeerCard
+from task_ingress.messages.reasons import Action
+from task_ingress.messages.requests import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    TaskRequest,
+    UpdateTask,
+)
 
 BAD_KINDS = ("unknown_peer", "foreign_channel", "malformed_id", "garbage", "oversized")
 HEARTBEAT_FRACTION = 0.4

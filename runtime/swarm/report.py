@@ -7,9 +7,8 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
-
-from runtime.swarm.runner import SwarmResult
-from runtime.swarm.stats import Snapshot
+from task_ingress.runtime.swarm.runner import SwarmResult
+from task_ingress.runtime.swarm.stats import Snapshot
 
 
 def to_json(result: SwarmResult) -> dict[str, Any]:

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-
-from messages.codec import decode_reply
-from runtime.swarm.config import SwarmConfig
-from runtime.swarm.history import PresenceEvent, PresenceHistory
-from runtime.swarm.invariants import Check, check_all, gather
-from runtime.swarm.journal import AckLog, Journal, read_journal
-from runtime.swarm.peers import (
+from task_ingress.messages.codec import decode_reply
+from task_ingress.runtime.swarm.config import SwarmConfig
+from task_ingress.runtime.swarm.history import PresenceEvent, PresenceHistory
+from task_ingress.runtime.swarm.invariants import Check, check_all, gather
+from task_ingress.runtime.swarm.journal import AckLog, Journal, read_journal
+from task_ingress.runtime.swarm.peers import (
     BAD_KINDS,
     Greet,
     Leave,
@@ -36,9 +35,9 @@ from runtime.swarm.peers import (
     SimPeer,
     build_peers,
 )
-from runtime.swarm.stats import Snapshot, Stats
-from runtime.swarm.transport import SwarmTransport
-from runtime.verify import StoreUnreadable, open_readonly
+from task_ingress.runtime.swarm.stats import Snapshot, Stats
+from task_ingress.runtime.swarm.transport import SwarmTransport
+from task_ingress.runtime.verify import StoreUnreadable, open_readonly
 
 TICK = 0.25
 RSS_EVERY = 5.0
@@ -294,8 +293,8 @@ class Swarm:
 
 def make_inproc(cfg: SwarmConfig, workdir: str) -> tuple[SwarmTransport, str | None]:
     """An in-process runtime on a durable file store (a temp file unless --store)."""
-    from runtime.config import RuntimeConfig
-    from runtime.swarm.transport import InProcTransport
+    from task_ingress.runtime.config import RuntimeConfig
+    from task_ingress.runtime.swarm.transport import InProcTransport
 
     store = cfg.store or os.path.join(workdir, "store.db")
     # A throwaway store gets a throwaway key (no key-file warning); a named one uses the

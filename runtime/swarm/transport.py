@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from messages.peers import PeerCard
-from runtime.config import RuntimeConfig
-from runtime.facade import IngressRuntime
+from task_ingress.messages.peers import PeerCard
+from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.facade import IngressRuntime
 
 
 @runtime_checkable

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import structlog
+from task_ingress.actors import log
+from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, UpdateTask
+from task_ingress.runtime import IngressRuntime
 
-from actors import log
-from messages import CancelTask, CreateTask, EnqueueRun, UpdateTask
-from runtime import IngressRuntime
 from tests.conftest import ctx, writer_card
 
 

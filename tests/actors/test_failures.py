@@ -6,10 +6,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from task_ingress.actors import capability, store_ops, task_store
+from task_ingress.messages import CreateTask, Reason
+from task_ingress.runtime import IngressRuntime
 
-from actors import capability, store_ops, task_store
-from messages import CreateTask, Reason
-from runtime import IngressRuntime
 from tests.actors.test_supervision import submit_as_one_batch
 from tests.conftest import ctx, writer_card
 
@@ -102,7 +102,7 @@ def test_a_request_raising_after_its_write_fails_alone_within_its_batch(
 def test_audit_commit_failure_never_answers_a_kept_write_failed(
     rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from actors.audit import Audit
+    from task_ingress.actors.audit import Audit
 
     original = Audit._insert
     failures: list[int] = []

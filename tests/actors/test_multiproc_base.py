@@ -6,10 +6,10 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from task_ingress.messages import CreateTask, EnqueueRun, PeerCard, Reason, UpdateTask
+from task_ingress.messages.codec import decode_reply
+from task_ingress.runtime import IngressRuntime
 
-from messages import CreateTask, EnqueueRun, PeerCard, Reason, UpdateTask
-from messages.codec import decode_reply
-from runtime import IngressRuntime
 from tests.conftest import FakeClock, ctx, writer_card
 
 pytestmark = pytest.mark.multiproc

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from task_ingress.messages import CreateTask
+from task_ingress.runtime import IngressRuntime, driver
 from thespian.actors import Actor
 
-from messages import CreateTask
-from runtime import IngressRuntime, driver
 from tests.conftest import ctx, writer_card
 
 pytestmark = pytest.mark.multiproc

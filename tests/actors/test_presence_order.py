@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from actors.presence import Presence
-from messages import CreateTask, PeerCard
-from messages.protocol import (
+from task_ingress.actors.presence import Presence
+from task_ingress.messages import CreateTask, PeerCard
+from task_ingress.messages.protocol import (
     CardsExpired,
     Flush,
     InFlight,
@@ -23,7 +22,8 @@ from messages.protocol import (
     Sweep,
     Wiring,
 )
-from messages.reasons import Action
+from task_ingress.messages.reasons import Action
+
 from tests.conftest import ctx
 
 INTERVAL = 10.0

@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from thespian.actors import Actor, ActorSystem
-
-from actors.capability import Capability
-from actors.presence import Presence
-from messages import PeerCard
-from messages.protocol import (
+from task_ingress.actors.capability import Capability
+from task_ingress.actors.presence import Presence
+from task_ingress.messages import PeerCard
+from task_ingress.messages.protocol import (
     CountEntries,
     EntryCount,
     PresenceApplied,
@@ -23,6 +21,7 @@ from messages.protocol import (
     Sweep,
     Wiring,
 )
+from thespian.actors import Actor, ActorSystem
 
 GREET_INTERVAL = 10.0
 

@@ -8,8 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-
-from messages import (
+from task_ingress.messages import (
     Action,
     CancelTask,
     CreateTask,
@@ -20,7 +19,8 @@ from messages import (
     Reason,
     UpdateTask,
 )
-from runtime import IngressRuntime
+from task_ingress.runtime import IngressRuntime
+
 from tests.conftest import FakeClock, ctx, writer_card
 
 

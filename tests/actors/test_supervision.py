@@ -6,14 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from task_ingress.actors.presence import Presence
+from task_ingress.actors.router import lost_tickets
+from task_ingress.actors.task_store import TaskStore
+from task_ingress.messages import CreateTask, IngressContext, Outcome, Reason
+from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.driver import Call
 from thespian.actors import ActorExitRequest
 
-from actors.presence import Presence
-from actors.router import lost_tickets
-from actors.task_store import TaskStore
-from messages import CreateTask, IngressContext, Outcome, Reason
-from runtime import IngressRuntime
-from runtime.driver import Call
 from tests.conftest import ctx, writer_card
 
 

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from task_ingress.actors.audit import AUDIT_COLUMNS
+from task_ingress.actors.chain import checkpoint_mac, first_bad_record, record_hash
+from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.cli import app
+from task_ingress.runtime.verify import verify_store
 from typer.testing import CliRunner
 
-from actors.audit import AUDIT_COLUMNS
-from actors.chain import checkpoint_mac, first_bad_record, record_hash
-from messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
-from runtime import IngressRuntime, RuntimeConfig
-from runtime.cli import app
-from runtime.verify import verify_store
 from tests.conftest import ctx, writer_card
 
 runner = CliRunner()

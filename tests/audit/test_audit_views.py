@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from task_ingress.actors.chain import first_bad_record
+from task_ingress.messages import AuditRecord, CreateTask, PeerCard
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.audit_cli import parse_time
+from task_ingress.runtime.cli import app
 from typer.testing import CliRunner
 
-from actors.chain import first_bad_record
-from messages import AuditRecord, CreateTask, PeerCard
-from runtime import IngressRuntime, RuntimeConfig
-from runtime.audit_cli import parse_time
-from runtime.cli import app
 from tests.conftest import ctx, writer_card
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -95,7 +95,7 @@ def test_export_to_a_file_with_filters(store: Path, tmp_path: Path) -> None:
 def test_tail_follow_prints_records_written_after_it_started(store: Path) -> None:
     env = dict(os.environ, TASK_INGRESS_LOG_LEVEL="warning")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "audit", "tail", "--store", str(store), "-n", "1",
+        [sys.executable, "-m", "task_ingress", "audit", "tail", "--store", str(store), "-n", "1",
          "-f", "--for", "6", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )

@@ -5,11 +5,18 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from bench.baseline import LockBaseline
-from messages import CancelTask, CreateTask, EnqueueRun, IngressContext, PeerCard, UpdateTask
-from messages.codec import decode_reply, encode_envelope
-from messages.reasons import Reason
-from runtime.verify import verify_store
+from task_ingress.bench.baseline import LockBaseline
+from task_ingress.messages import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    PeerCard,
+    UpdateTask,
+)
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.messages.reasons import Reason
+from task_ingress.runtime.verify import verify_store
 
 
 def _ctx(rid: str, peer: str = "peer-a", channel: str = "ops") -> IngressContext:

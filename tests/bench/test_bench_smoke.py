@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from task_ingress.runtime.cli import app
 from typer.testing import CliRunner
-
-from runtime.cli import app
 
 
 def _bench(tmp_path: Path, systems: str) -> dict[str, object]:
-    out = tmp_path / "bench.json"
+    out = tmp_path / "task_ingress.bench.json"
     result = CliRunner().invoke(app, [
         "bench", "--requests", "60", "--threads", "4", "--peers", "8", "--channels", "2",
         "--systems", systems, "--ceiling-seconds", "0.2", "--json", str(out),

@@ -18,9 +18,16 @@ import threading
 import time
 from typing import IO, Any
 
-from messages import CancelTask, CreateTask, EnqueueRun, IngressContext, PeerCard, UpdateTask
-from messages.codec import decode_reply, encode_envelope
-from runtime import IngressRuntime, RuntimeConfig
+from task_ingress.messages import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    PeerCard,
+    UpdateTask,
+)
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
 WORKSPACES = ("ws1", "ws2")
 CHANNELS = ("ops", "dev")

@@ -22,11 +22,11 @@ from typing import Any
 
 import psutil
 import pytest
+from task_ingress.actors.gate import safe_field
+from task_ingress.messages import CreateTask, IngressContext
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.verify import VerifyResult, open_readonly, verify_store
 
-from actors.gate import safe_field
-from messages import CreateTask, IngressContext
-from runtime import IngressRuntime, RuntimeConfig
-from runtime.verify import VerifyResult, open_readonly, verify_store
 from tests.conftest import writer_card
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
@@ -59,7 +59,7 @@ their own processes (store and audit apart, so the kill often lands between thei
 def writer_command(kind: str, store: Path, acks: Path, ready: Path, seed: int) -> list[str]:
     """The writer's command line; every writer ends by itself within a minute."""
     if kind == "swarm":
-        return [sys.executable, "-m", "runtime.cli", "swarm", "--store", str(store),
+        return [sys.executable, "-m", "task_ingress", "swarm", "--store", str(store),
                 "--ack-log", str(acks), "--requests", "1000000", "--duration", "60",
                 "--peers", "16", "--channels", "4", "--concurrency", "8", "--seed", str(seed),
                 "--no-progress", "--json", "", "--plot", ""]

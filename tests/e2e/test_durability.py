@@ -5,9 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from actors.chain import first_bad_record
-from messages import CreateTask, EnqueueRun
-from runtime import IngressRuntime, RuntimeConfig
+from task_ingress.actors.chain import first_bad_record
+from task_ingress.messages import CreateTask, EnqueueRun
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+
 from tests.conftest import FakeClock, ctx, writer_card
 
 

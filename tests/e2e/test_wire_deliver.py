@@ -5,10 +5,9 @@ from __future__ import annotations
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from messages import CreateTask, EnqueueRun, Reason, UpdateTask
-from messages.codec import decode_reply, encode_envelope
-from runtime import IngressRuntime
+from task_ingress.messages import CreateTask, EnqueueRun, Reason, UpdateTask
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.runtime import IngressRuntime
 
 REPLY_KEYS = {"v", "request_id", "accepted", "reason", "task_id", "run_id"}
 REASONS = {r.value for r in Reason}

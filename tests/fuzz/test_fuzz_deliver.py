@@ -15,8 +15,8 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from task_ingress.messages.reasons import Action
 
-from messages.reasons import Action
 from tests.fuzz.fuzz_support import (
     SLOW,
     FuzzTarget,

@@ -9,9 +9,9 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from task_ingress.messages import CreateTask, IngressContext
+from task_ingress.messages.codec import encode_envelope
 
-from messages import CreateTask, IngressContext
-from messages.codec import encode_envelope
 from tests.fuzz.fuzz_support import (
     FuzzTarget,
     check_one_record,

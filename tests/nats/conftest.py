@@ -13,10 +13,10 @@ from typing import Any
 
 import psutil
 import pytest
+from task_ingress.runtime.nats.daemon import Daemon
+from task_ingress.runtime.nats.server import NatsServer
+from task_ingress.runtime.nats.settings import ServeSettings
 
-from runtime.nats.daemon import Daemon
-from runtime.nats.server import NatsServer
-from runtime.nats.settings import ServeSettings
 from tests.nats.nats_support import Wire
 
 

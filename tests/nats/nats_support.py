@@ -8,9 +8,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from runtime.nats import envelope as wire
-from runtime.nats.signing import generate_key, public_key_text, sign_envelope
-from runtime.nats.trust import enroll
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.signing import generate_key, public_key_text, sign_envelope
+from task_ingress.runtime.nats.trust import enroll
 
 WS = "default"
 DAEMON = "task-ingress"

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.signing import parse_public_key, sign_envelope, verify_envelope
+from task_ingress.runtime.nats.trust import revoke
 
-from messages.reasons import Action, Reason
-from runtime.nats import envelope as wire
-from runtime.nats.signing import parse_public_key, sign_envelope, verify_envelope
-from runtime.nats.trust import revoke
 from tests.nats.conftest import RunningDaemon
 from tests.nats.nats_support import (
     DAEMON,
@@ -284,7 +284,7 @@ def test_trust_file_changes_apply_without_restart(start_daemon: Start, nats_wire
 
 def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
                                                        nats_wire: Wire) -> None:
-    from runtime.nats.server import free_port
+    from task_ingress.runtime.nats.server import free_port
 
     d = start_daemon(metrics_port=free_port())
     a = Peer("peer-a", d.info.trust_file)

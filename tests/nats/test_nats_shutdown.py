@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from messages import CreateTask, PeerCard
-from messages.codec import decode_reply, encode_envelope
-from runtime import IngressRuntime, RuntimeConfig
-from runtime.nats.swarm_transport import NatsSwarmTransport
+from task_ingress.messages import CreateTask, PeerCard
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
 
 KEY = "11" * 32
 PEERS = [f"peer-{i}" for i in range(4)]
@@ -28,7 +27,7 @@ def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     env = {**os.environ, "TASK_INGRESS_AUDIT_KEY": KEY, "TASK_INGRESS_LOG_LEVEL": "warning"}
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--store", str(store),
+            [sys.executable, "-m", "task_ingress", "serve", "--store", str(store),
              "--ready-file", str(ready)],
             cwd=os.getcwd(), env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 30
@@ -108,7 +107,7 @@ def test_sigterm_during_load_drains_and_keeps_every_acknowledged_request(tmp_pat
     assert not (tmp_path / "daemon.json").exists()
     _assert_acknowledged_writes_durable(store, acks)
     verify = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "audit", "verify", "--store", str(store)],
+        [sys.executable, "-m", "task_ingress", "audit", "verify", "--store", str(store)],
         env={**os.environ, "TASK_INGRESS_AUDIT_KEY": KEY}, capture_output=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -6,10 +6,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
-from messages.codec import decode_reply, encode_envelope
-from messages.reasons import Reason
-from runtime.nats.swarm_transport import NatsSwarmTransport
+from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
+from task_ingress.messages.codec import decode_reply, encode_envelope
+from task_ingress.messages.reasons import Reason
+from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
+
 from tests.nats.conftest import RunningDaemon
 
 Start = Callable[..., RunningDaemon]

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
-from runtime.nats import envelope as wire
-from runtime.nats.compact import CompactError, decode_compact, encode_compact
-from runtime.nats.replay import SeenWindow
-from runtime.nats.settings import ServeSettings
-from runtime.nats.signing import (
+from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.compact import CompactError, decode_compact, encode_compact
+from task_ingress.runtime.nats.replay import SeenWindow
+from task_ingress.runtime.nats.settings import ServeSettings
+from task_ingress.runtime.nats.signing import (
     compact_signing_bytes,
     generate_key,
     parse_public_key,
@@ -23,7 +22,7 @@ from runtime.nats.signing import (
     verify,
     verify_envelope,
 )
-from runtime.nats.trust import TrustStore, enroll
+from task_ingress.runtime.nats.trust import TrustStore, enroll
 
 
 def _env(**overrides: object) -> dict[str, object]:
@@ -183,7 +182,7 @@ def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
     import queue
     from types import SimpleNamespace
 
-    from runtime.nats.metrics import Metrics
+    from task_ingress.runtime.nats.metrics import Metrics
 
     inbox: queue.Queue[int] = queue.Queue()
     for i in range(3):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from messages import (
+from task_ingress.messages import (
     AuditRecord,
     CancelTask,
     CreateTask,
@@ -23,8 +23,8 @@ from messages import (
     Task,
     UpdateTask,
 )
-from messages.reasons import Reason
-from runtime import IngressRuntime
+from task_ingress.messages.reasons import Reason
+from task_ingress.runtime import IngressRuntime
 
 RequestKey = tuple[str, str, str, str]
 AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun

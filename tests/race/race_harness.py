@@ -15,11 +15,12 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from messages import AuditRecord, IngressContext, Outcome, PeerCard
-from messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
-from messages.protocol import PresenceApplied, PresenceChange, Replied
-from runtime import IngressRuntime
-from runtime.driver import Driver
+from task_ingress.messages import AuditRecord, IngressContext, Outcome, PeerCard
+from task_ingress.messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
+from task_ingress.messages.protocol import PresenceApplied, PresenceChange, Replied
+from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.driver import Driver
+
 from tests.race.race_checks import AnyRequest, RequestKey
 
 WAIT = 10.0

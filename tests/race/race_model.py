@@ -11,8 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from messages import CancelTask, CreateTask, EnqueueRun, IngressContext, PeerCard, UpdateTask
-from messages.reasons import Action, Reason
+from task_ingress.messages import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    PeerCard,
+    UpdateTask,
+)
+from task_ingress.messages.reasons import Action, Reason
 
 AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
 PresenceKey = tuple[str, str, str]

@@ -6,13 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from task_ingress.actors.hold import Hold
+from task_ingress.messages import CreateTask, IngressContext
+from task_ingress.messages.harness import HoldArm, HoldRelease, HoldState
+from task_ingress.messages.protocol import InFlight, Probe, Settings, Started, Submission, Wiring
+from task_ingress.messages.reasons import Action
 from thespian.actors import Actor, ActorSystem
-
-from actors.hold import Hold
-from messages import CreateTask, IngressContext
-from messages.harness import HoldArm, HoldRelease, HoldState
-from messages.protocol import InFlight, Probe, Settings, Started, Submission, Wiring
-from messages.reasons import Action
 
 
 class Recorder(Actor):  # type: ignore[misc]

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-
-from messages import (
+from task_ingress.messages import (
     AuditRecord,
     CancelTask,
     CreateTask,
@@ -25,8 +24,9 @@ from messages import (
     Task,
     UpdateTask,
 )
-from messages.reasons import Action, Reason
-from runtime import IngressRuntime
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.runtime import IngressRuntime
+
 from tests.conftest import FakeClock, writer_card
 from tests.race.race_checks import FenceMonitor, commit_order_violations, state_mismatches
 from tests.race.race_harness import RaceHarness, applied, outcome, record_of

@@ -23,9 +23,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-
-from actors import gate, presence
-from messages import (
+from task_ingress.actors import gate, presence
+from task_ingress.messages import (
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -34,7 +33,8 @@ from messages import (
     PeerCard,
     UpdateTask,
 )
-from runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+
 from tests.conftest import FakeClock
 from tests.race.race_model import AnyRequest, Prediction, SpecModel
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
+from task_ingress.messages import AuditRecord, CreateTask, IngressContext, Outcome, PeerCard
+from task_ingress.messages.reasons import Reason
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
-from messages import AuditRecord, CreateTask, IngressContext, Outcome, PeerCard
-from messages.reasons import Reason
-from runtime import IngressRuntime, RuntimeConfig
 from tests.conftest import writer_card
 
 pytestmark = pytest.mark.multiproc

@@ -3,9 +3,9 @@ count, at the stop sentinel, or when callers go quiet; it never invents or loses
 
 from __future__ import annotations
 
-from messages.protocol import Settings
-from runtime.driver import _STOP, Call, Driver
-from runtime.flow import FlowLimits
+from task_ingress.messages.protocol import Settings
+from task_ingress.runtime.driver import _STOP, Call, Driver
+from task_ingress.runtime.flow import FlowLimits
 
 
 def driver(linger: float) -> Driver:

@@ -7,10 +7,10 @@ from collections import Counter
 from collections.abc import Callable
 
 import psutil
+from task_ingress.messages import CreateTask, Reason
+from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.flow import FlowControl, FlowLimits, TokenBucket, refill
 
-from messages import CreateTask, Reason
-from runtime import IngressRuntime
-from runtime.flow import FlowControl, FlowLimits, TokenBucket, refill
 from tests.conftest import FakeClock, ctx, writer_card
 
 PEER = ("ws", "ops", "peer-a")

@@ -6,13 +6,13 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from runtime.config import RuntimeConfig
-from runtime.swarm.config import SwarmConfig
-from runtime.swarm.history import PresenceHistory
-from runtime.swarm.invariants import RunEvidence, gather
-from runtime.swarm.journal import Sent, read_journal
-from runtime.swarm.runner import Swarm
-from runtime.swarm.transport import InProcTransport
+from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.swarm.config import SwarmConfig
+from task_ingress.runtime.swarm.history import PresenceHistory
+from task_ingress.runtime.swarm.invariants import RunEvidence, gather
+from task_ingress.runtime.swarm.journal import Sent, read_journal
+from task_ingress.runtime.swarm.runner import Swarm
+from task_ingress.runtime.swarm.transport import InProcTransport
 
 
 @dataclass

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from messages.reasons import Action, Reason
-from runtime.swarm.history import PresenceEvent, PresenceHistory, write_justified
-from runtime.swarm.invariants import (
+from task_ingress.messages.reasons import Action, Reason
+from task_ingress.runtime.swarm.history import PresenceEvent, PresenceHistory, write_justified
+from task_ingress.runtime.swarm.invariants import (
     Check,
     audit_chain_verifies,
     bad_requests_rejected,
@@ -24,6 +23,7 @@ from runtime.swarm.invariants import (
     store_matches_audit,
     writes_by_visible_capable_peers,
 )
+
 from tests.swarm.swarm_support import KeptRun, run_kept
 
 
@@ -178,7 +178,7 @@ def test_silent_leave_expires_from_its_return_when_leaves_do_not_revoke() -> Non
 def test_audited_refusal_of_a_greet_is_excused_only_when_the_greet_was_refused() -> None:
     from collections import Counter
 
-    from messages.audit import AuditRecord
+    from task_ingress.messages.audit import AuditRecord
 
     rec = AuditRecord(seq=1, at=0.0, workspace="ws", channel="ch", peer_id="p", actor="",
                       request_id="msg_1", action=Action.UNKNOWN, outcome="rejected",

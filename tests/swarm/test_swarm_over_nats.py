@@ -10,16 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from task_ingress.runtime.cli import app
 from typer.testing import CliRunner
-
-from runtime.cli import app
 
 
 def test_swarm_over_nats_against_a_served_daemon_holds_every_invariant(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     env = dict(os.environ, TASK_INGRESS_LOG_LEVEL="warning")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", "--store", str(tmp_path / "store.db"),
+        [sys.executable, "-m", "task_ingress", "serve", "--store", str(tmp_path / "store.db"),
          "--ready-file", str(ready), "--greet-interval", "0.3"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from task_ingress.runtime.cli import app
+from task_ingress.runtime.swarm.invariants import check_all
+from task_ingress.runtime.swarm.runner import run_swarm
 from typer.testing import CliRunner
 
-from runtime.cli import app
-from runtime.swarm.invariants import check_all
-from runtime.swarm.runner import run_swarm
 from tests.swarm.swarm_support import run_kept, small_config
 
 SPEC_KEYS = {"requests", "accepted", "rejected", "throughput", "latency_ms", "reasons",
@@ -71,19 +71,19 @@ def test_swarm_command_without_nats_transport_module_exits_with_a_clear_error(
 ) -> None:
     import sys
 
-    monkeypatch.setitem(sys.modules, "runtime.nats.swarm_transport", None)
+    monkeypatch.setitem(sys.modules, "task_ingress.runtime.nats.swarm_transport", None)
     result = CliRunner().invoke(app, ["swarm", "--transport", "nats", "--nats-url",
                                       "nats://127.0.0.1:1", "--no-progress", "--json", "",
                                       "--plot", ""])
     assert result.exit_code == 2
-    assert "runtime.nats.swarm_transport" in result.output
+    assert "task_ingress.runtime.nats.swarm_transport" in result.output
 
 
 def test_swarm_command_exits_nonzero_when_an_invariant_breaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime.swarm import runner
-    from runtime.swarm.invariants import Check, check_all
+    from task_ingress.runtime.swarm import runner
+    from task_ingress.runtime.swarm.invariants import Check, check_all
 
     real = check_all
 

@@ -9,11 +9,10 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from actors.chain import checkpoint_mac, checkpoint_ok, first_bad_record, record_hash
-from messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
-from messages.audit import GENESIS_HASH
-from messages.codec import decode_envelope, encode_envelope
+from task_ingress.actors.chain import checkpoint_mac, checkpoint_ok, first_bad_record, record_hash
+from task_ingress.messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
+from task_ingress.messages.audit import GENESIS_HASH
+from task_ingress.messages.codec import decode_envelope, encode_envelope
 
 
 def _chain(n: int) -> list[AuditRecord]:

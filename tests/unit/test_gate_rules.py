@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
-from actors import gate
-from actors.gate import Limits, StoredTask
-from messages import CancelTask, CreateTask, EnqueueRun, IngressContext, Reason, UpdateTask
+from task_ingress.actors import gate
+from task_ingress.actors.gate import Limits, StoredTask
+from task_ingress.messages import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    Reason,
+    UpdateTask,
+)
 
 
 @pytest.mark.parametrize(

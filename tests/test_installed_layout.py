@@ -1,0 +1,94 @@
+"""The distribution installs one top-level name, `task_ingress`, holding every package folder.
+
+An embedder with its own `runtime` or `messages` package must not shadow ours (or have pip
+overwrite it), and the suite must exercise the installed package, not the checkout.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+from pathlib import Path
+
+import task_ingress
+
+REPO = Path(__file__).resolve().parents[1]
+MAPPED = ("actors", "messages", "runtime", "bench")
+
+
+def _installed() -> importlib.metadata.Distribution:
+    """The installed distribution (not the egg-info a build leaves in this checkout)."""
+    for dist in importlib.metadata.distributions(name="task-ingress"):
+        where = Path(str(dist.locate_file(""))).resolve()
+        if where != REPO and REPO not in where.parents:
+            return dist
+    raise AssertionError("task-ingress is not installed outside the checkout")
+
+
+def _editable_mapping(dist: importlib.metadata.Distribution) -> dict[str, str] | None:
+    """The name → folder map of a setuptools editable install, or None for a real install."""
+    for file in dist.files or []:
+        name = file.name
+        if name.startswith("__editable__") and name.endswith("_finder.py"):
+            tree = ast.parse(Path(str(file.locate())).read_text())
+            for node in tree.body:
+                target = (node.target if isinstance(node, ast.AnnAssign)
+                          else node.targets[0] if isinstance(node, ast.Assign) else None)
+                if isinstance(target, ast.Name) and target.id == "MAPPING" and node.value:
+                    mapping: dict[str, str] = ast.literal_eval(node.value)
+                    return mapping
+    return None
+
+
+def _top_level_names(dist: importlib.metadata.Distribution) -> set[str]:
+    mapping = _editable_mapping(dist)
+    if mapping is not None:
+        return {name.split(".")[0] for name in mapping}
+    names = set()
+    for file in dist.files or []:
+        first = file.parts[0]
+        if first.endswith((".dist-info", ".data")) or first == "..":  # console script in bin/
+            continue
+        names.add(first.removesuffix(".py"))
+    return names
+
+
+def test_distribution_installs_no_top_level_name_but_task_ingress() -> None:
+    dist = _installed()
+    assert _top_level_names(dist) == {"task_ingress"}
+
+
+def test_every_package_folder_of_the_repository_is_installed() -> None:
+    folders = [p.parent for d in MAPPED for p in (REPO / d).rglob("__init__.py")
+               if "__pycache__" not in p.parts]
+    assert folders, "the repository's package folders were not found"
+    for folder in folders:
+        dotted = "task_ingress." + ".".join(folder.relative_to(REPO).parts)
+        module = importlib.import_module(dotted)
+        assert module.__file__ is not None, dotted
+
+
+def test_old_top_level_names_are_not_importable_from_the_package() -> None:
+    # The package's own modules refer to each other only through task_ingress.*.
+    for path in Path(task_ingress.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] not in MAPPED, f"{path}: from {node.module}"
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] not in MAPPED, f"{path}: import {alias.name}"
+
+
+def test_suite_runs_against_the_installed_package_not_a_checkout_copy() -> None:
+    # With a real install the modules live in site-packages; with an editable install the
+    # finder maps task_ingress.* onto this checkout's folders. Either way nothing imports
+    # the bare top-level folders.
+    dist = _installed()
+    actors = importlib.import_module("task_ingress.actors")
+    assert actors.__file__ is not None
+    if _editable_mapping(dist) is None:
+        assert REPO not in Path(actors.__file__).resolve().parents
+    else:
+        assert Path(actors.__file__).resolve().parent == REPO / "actors"
