@@ -23,10 +23,10 @@ import sqlite3
 import time
 from typing import Any
 
-from task_ingress.actors import gate
 from task_ingress.actors.base import GateActor, group_by_address
-from task_ingress.actors.chain import checkpoint_mac, record_hash
 from task_ingress.actors.log import get_logger, info_enabled
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.chain import checkpoint_mac, record_hash
 from task_ingress.actors.schema import connect, decode_outbox
 from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 from task_ingress.messages.outcomes import Outcome

@@ -31,10 +31,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from task_ingress.actors import gate
 from task_ingress.actors.base import GateActor, failed_verdict
 from task_ingress.actors.ingress import ChannelIngress
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules import gate
 from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (

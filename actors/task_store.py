@@ -22,8 +22,8 @@ from typing import Any
 from task_ingress.actors import store_ops
 from task_ingress.actors.audit import audit_fields
 from task_ingress.actors.base import GateActor
-from task_ingress.actors.gate import Limits
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules.gate import Limits
 from task_ingress.actors.schema import connect, encode_outbox
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (

@@ -28,9 +28,10 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-from task_ingress.actors import gate, store_ops
+from task_ingress.actors import store_ops
 from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
-from task_ingress.actors.chain import checkpoint_mac, record_hash
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.chain import checkpoint_mac, record_hash
 from task_ingress.actors.schema import connect
 from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply

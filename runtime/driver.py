@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from task_ingress.actors import gate
 from task_ingress.actors.audit import Audit
 from task_ingress.actors.capability import Capability
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.presence import Presence
 from task_ingress.actors.router import IngressRouter
+from task_ingress.actors.rules import gate
 from task_ingress.messages.protocol import (
     PresenceChange,
     Replies,

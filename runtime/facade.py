@@ -11,8 +11,8 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-from task_ingress.actors import gate
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules import gate
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome, Run, Task

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path
-from task_ingress.actors.chain import checkpoint_ok, record_hash
-from task_ingress.actors.gate import safe_field
+from task_ingress.actors.rules.chain import checkpoint_ok, record_hash
+from task_ingress.actors.rules.gate import safe_field
 from task_ingress.actors.schema import decode_outbox
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.reasons import Action

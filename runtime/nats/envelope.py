@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from task_ingress.actors import gate
+from task_ingress.actors.rules import gate
 
 PROTOCOL = "agh-network/v0"
 SUBJECT_PREFIX = "agh.network.v0"

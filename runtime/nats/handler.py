@@ -29,8 +29,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
-from task_ingress.actors import gate
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules import gate
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard

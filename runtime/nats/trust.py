@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from task_ingress.actors import gate
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules import gate
 from task_ingress.runtime.nats.signing import parse_public_key
 
 TRUST_VERSION = 1

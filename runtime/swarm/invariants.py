@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from task_ingress.actors.audit import record_from_row
-from task_ingress.actors.chain import first_bad_record
-from task_ingress.actors.gate import safe_field
+from task_ingress.actors.rules.chain import first_bad_record
+from task_ingress.actors.rules.gate import safe_field
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.swarm.history import PresenceHistory

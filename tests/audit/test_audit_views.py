@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from task_ingress.actors.chain import first_bad_record
+from task_ingress.actors.rules.chain import first_bad_record
 from task_ingress.messages import AuditRecord, CreateTask, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.audit_cli import parse_time

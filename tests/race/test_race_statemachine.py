@@ -23,7 +23,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from task_ingress.actors import gate, presence
+from task_ingress.actors import presence
+from task_ingress.actors.rules import gate
 from task_ingress.messages import (
     CancelTask,
     CreateTask,

@@ -9,7 +9,12 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from task_ingress.actors.chain import checkpoint_mac, checkpoint_ok, first_bad_record, record_hash
+from task_ingress.actors.rules.chain import (
+    checkpoint_mac,
+    checkpoint_ok,
+    first_bad_record,
+    record_hash,
+)
 from task_ingress.messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.codec import decode_envelope, encode_envelope

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from task_ingress.actors import gate
-from task_ingress.actors.gate import Limits, StoredTask
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.gate import Limits, StoredTask
 from task_ingress.messages import (
     CancelTask,
     CreateTask,
