@@ -17,8 +17,6 @@ Accepts:
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import time
 from typing import Any
@@ -26,9 +24,16 @@ from typing import Any
 from task_ingress.actors.base import GateActor, group_by_address
 from task_ingress.actors.log import get_logger, info_enabled
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import checkpoint_mac, record_hash
-from task_ingress.actors.schema import connect, decode_outbox
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.storage.auditlog import (
+    INSERT_AUDIT,
+    audit_fields,
+    read_head,
+    read_records,
+    write_checkpoint,
+)
+from task_ingress.actors.storage.schema import connect, decode_outbox
+from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
@@ -52,62 +57,6 @@ from task_ingress.messages.reasons import Reason
 
 AUDIT_RETRY_SECONDS = 0.2
 
-AUDIT_COLUMNS = (
-    "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
-    "task_id, run_id, payload_size, replay, prev_hash, hash"
-)
-
-
-def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
-    """The unchained part of a record: who, where, what, and how it was judged.
-
-    Identifiers are stored in safe form: a rejected request may carry anything.
-    """
-    ctx = flight.context
-    if flight.checked:
-        # The router found every identifier grammatical: the ASCII-only ones are their own
-        # safe form; a request ID may still hold non-printable (e.g. format) characters.
-        workspace, channel, peer_id = ctx.workspace, ctx.channel, ctx.peer_id
-        actor = gate.derived_actor(ctx)
-    else:
-        workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
-                                       gate.safe_field(ctx.channel), gate.safe_field(ctx.peer_id))
-        valid = gate.check_context(ctx) is None
-        actor = gate.safe_field(gate.derived_actor(ctx) if valid else "", 300)
-    return {
-        "workspace": workspace,
-        "channel": channel,
-        "peer_id": peer_id,
-        "actor": actor,
-        "request_id": gate.safe_field(ctx.request_id),
-        "action": outcome.action.value,
-        "outcome": "accepted" if outcome.accepted else "rejected",
-        "reason": outcome.reason.value if outcome.reason else None,
-        "task_id": outcome.task_id,
-        "run_id": outcome.run_id,
-        "payload_size": flight.submission.payload_size,
-        "replay": outcome.replay,
-    }
-
-
-def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
-    """Build an AuditRecord from an `AUDIT_COLUMNS` row."""
-    names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
-    values = dict(zip(names, row, strict=True))
-    values["replay"] = bool(values["replay"])
-    return AuditRecord.model_validate(values, strict=False)
-
-
-def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
-    """Every committed record in commit order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
-    return [record_from_row(r) for r in rows]
-
-
-def checkpoint_path(store_path: str) -> str:
-    """Where checkpoints of a store file live: beside it, outside the database."""
-    return store_path + ".checkpoint"
-
 
 class Audit(GateActor):
     """Owner of the hash chain; the only writer of audit rows."""
@@ -129,11 +78,7 @@ class Audit(GateActor):
         try:
             self.settings = msg.settings
             self.conn = connect(msg.settings.store_path, msg.settings.durable)
-            row = self.conn.execute(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            if row:
-                self.seq, self.head = int(row[0]), str(row[1])
+            self.seq, self.head = read_head(self.conn)
             self._drain_outbox()
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:  # reported to the facade, which raises it to the embedder
@@ -173,12 +118,7 @@ class Audit(GateActor):
 
     def _insert(self, records: list[dict[str, Any]]) -> None:
         assert self.conn is not None
-        self.conn.executemany(
-            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
-            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
-            records,
-        )
+        self.conn.executemany(INSERT_AUDIT, records)
 
     def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
         """Judged requests (one message per store commit or gate batch): buffered, in order,
@@ -280,14 +220,8 @@ class Audit(GateActor):
         )
         if not (force or (due and self.unchecked)):
             return
-        path = checkpoint_path(settings.store_path)
-        mac = checkpoint_mac(bytes.fromhex(settings.audit_key), self.seq, self.head)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"seq": self.seq, "hash": self.head, "mac": mac, "at": time.time()}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_checkpoint(settings.store_path, bytes.fromhex(settings.audit_key), self.seq,
+                         self.head)
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
 

@@ -19,12 +19,12 @@ import sqlite3
 import time
 from typing import Any
 
-from task_ingress.actors import store_ops
-from task_ingress.actors.audit import audit_fields
 from task_ingress.actors.base import GateActor
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.gate import Limits
-from task_ingress.actors.schema import connect, encode_outbox
+from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage.auditlog import audit_fields
+from task_ingress.actors.storage.schema import connect, encode_outbox
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     Flush,

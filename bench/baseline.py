@@ -6,7 +6,7 @@ What a careful engineer writes without actors: threads, locks, one SQLite connec
   commit, and greet/leave take it too, so a leave never slips between check and write
   (the same race freedom the runtime gets from its channel fence).
 - One lock around the database connection: the store-side checks (rules 5-10, the same
-  `actors.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
+  `actors.storage.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
   audit record are ONE transaction, committed with synchronous=FULL before the reply.
   That is the same durability as the runtime: a reply means write + audit are on disk.
 - No group commit: one durable transaction per request. That is the point of comparison.
@@ -18,7 +18,6 @@ It speaks the same wire envelopes (`deliver`) and keeps the same store schema, s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -28,11 +27,16 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-from task_ingress.actors import store_ops
-from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import checkpoint_mac, record_hash
-from task_ingress.actors.schema import connect
+from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage.auditlog import (
+    INSERT_AUDIT,
+    read_head,
+    read_records,
+    write_checkpoint,
+)
+from task_ingress.actors.storage.schema import connect
 from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
@@ -76,10 +80,7 @@ class LockBaseline:
     def start(self) -> None:
         """Open the store (WAL, synchronous=FULL) and load the chain head."""
         self._conn = connect(self.store_path, self.durable)
-        row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                 ).fetchone()
-        if row:
-            self._seq, self._head = int(row[0]), str(row[1])
+        self._seq, self._head = read_head(self._conn)
 
     def close(self) -> None:
         """Write the final checkpoint and close the connection."""
@@ -189,18 +190,12 @@ class LockBaseline:
             "replay": outcome.replay, "prev_hash": self._head,
         }
         record["hash"] = record_hash(record)
-        self._open().execute(
-            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
-            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
-            record)
+        self._open().execute(INSERT_AUDIT, record)
         self._seq, self._head = record["seq"], record["hash"]
         self._since_checkpoint += 1
 
     def _reload_head(self) -> None:
-        row = self._open().execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                   ).fetchone()
-        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        self._seq, self._head = read_head(self._open())
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint >= CHECKPOINT_EVERY:
@@ -209,21 +204,13 @@ class LockBaseline:
     def _checkpoint(self) -> None:
         if self._seq == 0:
             return
-        path = checkpoint_path(self.store_path)
-        data = {"seq": self._seq, "hash": self._head,
-                "mac": checkpoint_mac(self.key, self._seq, self._head), "at": time.time()}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        write_checkpoint(self.store_path, self.key, self._seq, self._head)
         self._since_checkpoint = 0
 
     def audit(self) -> list[AuditRecord]:
         """Every committed record, in commit order."""
         with self._db_lock:
-            rows = self._open().execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"
-                                        ).fetchall()
-        return [record_from_row(r) for r in rows]
+            return read_records(self._open())
 
     def store_file(self) -> str:
         """The SQLite file."""

@@ -20,7 +20,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from task_ingress.actors.audit import AUDIT_COLUMNS, record_from_row
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.runtime.verify import StoreUnreadable, VerifyResult, open_readonly, verify_store
 

@@ -18,7 +18,6 @@ What is checked (SPEC §6):
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from array import array
@@ -29,14 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path
 from task_ingress.actors.rules.chain import checkpoint_ok, record_hash
 from task_ingress.actors.rules.gate import safe_field
-from task_ingress.actors.schema import decode_outbox
+from task_ingress.actors.storage.auditlog import (
+    AUDIT_COLUMNS,
+    AUDIT_NAMES,
+    Checkpoint,
+    read_checkpoint,
+)
+from task_ingress.actors.storage.schema import decode_outbox
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.reasons import Action
-
-AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
 
 KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
 CHECKPOINT_EVERY = 1000
@@ -64,16 +66,6 @@ class Problem:
     def __str__(self) -> str:
         where = f"record seq {self.seq}" if self.seq is not None else "store"
         return f"{self.kind}: {where}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The checkpoint file's content: latest seq and hash, their HMAC, and when written."""
-
-    seq: int
-    hash: str
-    mac: str
-    at: float
 
 
 @dataclass(frozen=True)
@@ -210,26 +202,6 @@ def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[
         else:
             bad.append(int(outbox_id))
     return outbox, bad
-
-
-def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
-    """(checkpoint, None), (None, None) when there is no file, or (None, why it is bad)."""
-    path = checkpoint_path(store_path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as exc:
-        return None, f"checkpoint file {path} is unreadable: {exc}"
-    try:
-        cp = Checkpoint(seq=data["seq"], hash=data["hash"], mac=data["mac"],
-                        at=float(data.get("at", 0.0)))
-    except (KeyError, TypeError, ValueError) as exc:
-        return None, f"checkpoint file {path} is malformed: {exc!r}"
-    if not (type(cp.seq) is int and isinstance(cp.hash, str) and isinstance(cp.mac, str)):
-        return None, f"checkpoint file {path} has fields of the wrong type"
-    return cp, None
 
 
 def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None, str | None]:

@@ -26,9 +26,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from task_ingress.actors.audit import record_from_row
 from task_ingress.actors.rules.chain import first_bad_record
 from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.storage.auditlog import read_checkpoint, record_from_row
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.swarm.history import PresenceHistory
@@ -37,7 +37,6 @@ from task_ingress.runtime.verify import (
     VerifyResult,
     load_key,
     open_readonly,
-    read_checkpoint,
     read_snapshot,
     verify_snapshot,
 )

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from task_ingress.actors.audit import AUDIT_COLUMNS
 from task_ingress.actors.rules.chain import checkpoint_mac, first_bad_record, record_hash
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS
 from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.cli import app

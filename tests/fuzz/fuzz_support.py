@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from task_ingress.actors.audit import AUDIT_COLUMNS, record_from_row
 from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
 from task_ingress.messages import AuditRecord, CreateTask, IngressContext, Outcome, PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
