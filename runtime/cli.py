@@ -27,7 +27,7 @@ def demo(
 
 
 # --- command registrations (one line per command module) ---
-from task_ingress.runtime.audit_cli import audit_app  # noqa: E402  (registrations live together here)
+from task_ingress.runtime.audit.cli import audit_app  # noqa: E402  (registrations live together)
 
 app.add_typer(audit_app, name="audit")
 from task_ingress.runtime.swarm.cli import swarm_command  # noqa: E402

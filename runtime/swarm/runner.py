@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 from task_ingress.messages.codec import decode_reply
+from task_ingress.runtime.audit.read import StoreUnreadable, open_readonly
 from task_ingress.runtime.swarm.config import SwarmConfig
 from task_ingress.runtime.swarm.history import PresenceEvent, PresenceHistory
 from task_ingress.runtime.swarm.invariants import Check, check_all, gather
@@ -37,7 +38,6 @@ from task_ingress.runtime.swarm.peers import (
 )
 from task_ingress.runtime.swarm.stats import Snapshot, Stats
 from task_ingress.runtime.swarm.transport import SwarmTransport
-from task_ingress.runtime.verify import StoreUnreadable, open_readonly
 
 TICK = 0.25
 RSS_EVERY = 5.0

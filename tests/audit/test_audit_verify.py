@@ -16,8 +16,8 @@ from task_ingress.actors.rules.chain import checkpoint_mac, first_bad_record, re
 from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS
 from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.audit.verify import verify_store
 from task_ingress.runtime.cli import app
-from task_ingress.runtime.verify import verify_store
 from typer.testing import CliRunner
 
 from tests.conftest import ctx, writer_card

@@ -15,7 +15,7 @@ import pytest
 from task_ingress.actors.rules.chain import first_bad_record
 from task_ingress.messages import AuditRecord, CreateTask, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.runtime.audit_cli import parse_time
+from task_ingress.runtime.audit.query import BadQuery, make_filter, parse_time
 from task_ingress.runtime.cli import app
 from typer.testing import CliRunner
 
@@ -136,3 +136,16 @@ def test_commands_exit_2_on_a_missing_store(tmp_path: Path) -> None:
 ])
 def test_time_options_accept_iso_unix_and_ages(text: str, expected: float) -> None:
     assert parse_time(text, now=1000.0) == pytest.approx(expected)
+
+
+def test_query_values_that_cannot_be_used_raise_bad_query_not_a_cli_error() -> None:
+    with pytest.raises(BadQuery, match="not a time"):
+        parse_time("yesterday")
+    with pytest.raises(BadQuery, match="--outcome"):
+        make_filter(outcome="maybe")
+    assert make_filter(outcome="rejected", since="1700000000").since == 1700000000.0
+
+
+def test_a_bad_time_option_is_a_usage_error_exit_2(store: Path) -> None:
+    result = runner.invoke(app, ["audit", "show", "--store", str(store), "--since", "soon"])
+    assert result.exit_code == 2 and "not a time: 'soon'" in result.output
