@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
+from task_ingress.actors.storage.auditlog import find_key, key_path
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome, Run, Task
@@ -50,21 +51,14 @@ _REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 MULTIPROC_MAX_IN_FLIGHT = 256
 
 
-def key_path(store_path: str) -> str:
-    """Default location of the audit checkpoint key of a store file."""
-    return store_path + ".key"
-
-
 def load_or_create_key(store_path: str) -> str:
-    """The operator's checkpoint key: env TASK_INGRESS_AUDIT_KEY, else a key file beside
-    the store (created with mode 0600 and a warning the first time)."""
-    env = os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip()
-    if env:
-        return env
+    """The operator's checkpoint key as `auditlog.find_key` finds it (env
+    TASK_INGRESS_AUDIT_KEY, else the key file beside the store), else a new key file
+    (created with mode 0600 and a warning)."""
+    found = find_key(store_path)
+    if found is not None:
+        return found[0]
     path = key_path(store_path)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
     key = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -1,5 +1,5 @@
-"""The audit log as stored (SPEC §6): the `audit` table's rows and the checkpoint file
-beside the store.
+"""The audit log as stored (SPEC §6): the `audit` table's rows, the checkpoint file beside
+the store, and where the checkpoint key is found.
 
 One description shared by the Audit actor (the only writer of the log), the benchmark's
 baseline, and the read-only tools (`task-ingress audit`, the swarm's invariants), which
@@ -31,6 +31,8 @@ INSERT_AUDIT = (
     + "(" + ", ".join(f":{name}" for name in AUDIT_NAMES) + ")"
 )
 """Inserts one record given as a dict of every column (executemany for a batch)."""
+
+KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
 
 
 def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
@@ -130,3 +132,24 @@ def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
         return None, f"checkpoint file {path} has fields of the wrong type"
     return cp, None
 
+
+
+def key_path(store_path: str) -> str:
+    """Default location of the checkpoint key of a store file."""
+    return store_path + ".key"
+
+
+def find_key(store_path: str, explicit: str | None = None) -> tuple[str, str] | None:
+    """The checkpoint key's text and where it came from, looked up in order: `explicit`,
+    env TASK_INGRESS_AUDIT_KEY, the key file `<store>.key`. None when there is none;
+    OSError when the key file exists but cannot be read. The text is not checked to be hex.
+    """
+    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
+    if text:
+        return text, "the given key" if explicit else f"${KEY_ENV}"
+    path = key_path(store_path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip(), path
+    except FileNotFoundError:
+        return None

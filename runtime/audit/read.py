@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, find_key, key_path
 from task_ingress.actors.storage.schema import decode_outbox
-
-KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
 
 
 class StoreUnreadable(Exception):
@@ -124,20 +122,16 @@ def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[
 
 
 def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None, str | None]:
-    """The checkpoint key as the runtime finds it: `explicit`, env TASK_INGRESS_AUDIT_KEY,
-    else the key file `<store>.key`. Returns (key, None), (None, None) or (None, error)."""
-    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
-    source = "the given key" if explicit else f"${KEY_ENV}"
-    if not text:
-        path = store_path + ".key"
-        source = path
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read().strip()
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            return None, f"key file {path} is unreadable: {exc}"
+    """The checkpoint key as the runtime finds it (`auditlog.find_key`: `explicit`, env
+    TASK_INGRESS_AUDIT_KEY, else the key file `<store>.key`), as bytes.
+    Returns (key, None), (None, None) or (None, error)."""
+    try:
+        found = find_key(store_path, explicit)
+    except OSError as exc:
+        return None, f"key file {key_path(store_path)} is unreadable: {exc}"
+    if found is None:
+        return None, None
+    text, source = found
     try:
         return bytes.fromhex(text), None
     except ValueError:

@@ -26,11 +26,15 @@ from typing import Any, NamedTuple
 
 from task_ingress.actors.rules.chain import checkpoint_ok, record_hash
 from task_ingress.actors.rules.gate import safe_field
-from task_ingress.actors.storage.auditlog import AUDIT_NAMES, Checkpoint, read_checkpoint
+from task_ingress.actors.storage.auditlog import (
+    AUDIT_NAMES,
+    KEY_ENV,
+    Checkpoint,
+    read_checkpoint,
+)
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.read import (
-    KEY_ENV,
     OutboxEntry,
     StoreSnapshot,
     StoreUnreadable,

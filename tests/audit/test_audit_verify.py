@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from task_ingress.actors.rules.chain import checkpoint_mac, first_bad_record, record_hash
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, KEY_ENV, find_key, key_path
 from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.audit.read import load_key
 from task_ingress.runtime.audit.verify import verify_store
 from task_ingress.runtime.cli import app
+from task_ingress.runtime.facade import load_or_create_key
 from typer.testing import CliRunner
 
 from tests.conftest import ctx, writer_card
@@ -322,3 +324,17 @@ def test_json_output_names_the_first_problem(store: Path) -> None:
     assert result.exit_code == 1
     data = json.loads(result.output)
     assert data["ok"] is False and data["first_problem"]["seq"] == 4
+
+
+def test_the_runtime_and_the_audit_tools_find_the_key_in_one_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = str(tmp_path / "store.db")
+    assert find_key(store) is None and load_key(store) == (None, None)
+    created = load_or_create_key(store)  # the runtime's first start writes the key file
+    assert find_key(store) == (created, key_path(store))
+    assert load_key(store) == (bytes.fromhex(created), None)
+    monkeypatch.setenv(KEY_ENV, "ab" * 32)  # the environment wins over the file, for both
+    assert load_or_create_key(store) == "ab" * 32
+    assert load_key(store) == (bytes.fromhex("ab" * 32), None)
+    assert load_key(store, "cd" * 32) == (bytes.fromhex("cd" * 32), None)  # --key wins
