@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
-from task_ingress.actors.rules.chain import checkpoint_ok, record_hash
+from task_ingress.actors.rules.chain import ChainWalk, checkpoint_ok
 from task_ingress.actors.rules.gate import safe_field
 from task_ingress.actors.storage.auditlog import (
     AUDIT_NAMES,
@@ -32,7 +32,6 @@ from task_ingress.actors.storage.auditlog import (
     Checkpoint,
     read_checkpoint,
 )
-from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.read import (
     OutboxEntry,
@@ -170,8 +169,7 @@ class Accepted(NamedTuple):
 
 
 class _ChainPass:
-    """One pass over the audit rows: the chain rule of `actors.chain.first_bad_record`
-    (contiguous seq from 1, prev_hash links, `record_hash` of the contents) on raw rows,
+    """One pass over the audit rows: the chain rule (`chain.ChainWalk`) on raw rows,
     keeping only what the checkpoint and store checks need, so memory stays small."""
 
     def __init__(self, checkpoint_seq: int | None) -> None:
@@ -179,8 +177,7 @@ class _ChainPass:
         self.count = 0
         self.head_seq = 0
         self.head_hash = ""
-        self.prev = GENESIS_HASH
-        self.expected = 1
+        self.walk = ChainWalk()
         self.problem: Problem | None = None
         self.times = array("d")
         self.hash_at_checkpoint: str | None = None
@@ -192,20 +189,14 @@ class _ChainPass:
         try:
             fields = dict(zip(AUDIT_NAMES, row, strict=True))
             fields["replay"] = bool(fields["replay"])
-            seq, at, digest = int(fields["seq"]), float(fields["at"]), record_hash(fields)
+            seq, at = int(fields["seq"]), float(fields["at"])
+            why = self.walk.step(fields)
         except (TypeError, ValueError) as exc:
             self._fail(_int_or_none(row[0]), f"record does not parse: {exc}")
             return
+        if why is not None:
+            self._fail(seq, why)
         stored = fields["hash"]
-        if seq != self.expected:
-            missing = f"record {self.expected} is" if seq == self.expected + 1 else \
-                f"records {self.expected}-{seq - 1} are"
-            self._fail(seq, f"sequence gap: expected {self.expected} ({missing} missing)")
-        elif fields["prev_hash"] != self.prev:
-            self._fail(seq, "prev_hash does not match the previous record")
-        elif digest != stored:
-            self._fail(seq, "hash does not match the record's contents")
-        self.prev, self.expected = stored, self.expected + 1
         self.head_seq, self.head_hash = seq, str(stored)
         self.times.append(at)
         if seq == self.checkpoint_seq:

@@ -171,7 +171,7 @@ def test_streaming_chain_check_agrees_with_the_chain_module(store: Path, tamper:
     with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
         expected = first_bad_record(rt.audit())
     chain = [p for p in verify_store(str(store)).problems if p.kind == "chain"]
-    assert expected is not None and [p.seq for p in chain] == [expected[0]]
+    assert expected is not None and [(p.seq, p.detail) for p in chain] == [expected]
 
 
 def test_deleted_tail_fails_against_the_checkpoint(store: Path) -> None:
