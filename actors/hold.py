@@ -24,11 +24,11 @@ from typing import Any
 
 from task_ingress.actors.base import GateActor
 from task_ingress.actors.log import get_logger
-from task_ingress.actors.rules.gate import Limits
 from task_ingress.actors.storage import store_ops
 from task_ingress.actors.storage.auditlog import audit_fields
 from task_ingress.messages.base import InternalMessage
 from task_ingress.messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
+from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome, Task
 from task_ingress.messages.protocol import InFlight, InFlights, Started, Wiring
 from task_ingress.messages.requests import CreateTask

@@ -21,10 +21,10 @@ from typing import Any
 
 from task_ingress.actors.base import GateActor
 from task_ingress.actors.log import get_logger
-from task_ingress.actors.rules.gate import Limits
 from task_ingress.actors.storage import store_ops
 from task_ingress.actors.storage.auditlog import audit_fields
 from task_ingress.actors.storage.schema import connect, encode_outbox
+from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     Flush,
@@ -59,7 +59,7 @@ class TaskStore(GateActor):
         self.settings: Settings | None = None
         self.conn: sqlite3.Connection | None = None
         self.audit: Any = None
-        self.limits = Limits()
+        self.limits = SPEC_LIMITS
         self.pending: list[InFlight] = []
         self.flush_queued = False
         self.commits = 0
@@ -70,12 +70,7 @@ class TaskStore(GateActor):
         try:
             s = msg.settings
             self.settings, self.audit = s, msg.audit
-            self.limits = Limits(
-                max_title_chars=s.max_title_chars,
-                max_description_bytes=s.max_description_bytes,
-                max_metadata_entries=s.max_metadata_entries,
-                max_metadata_bytes=s.max_metadata_bytes,
-            )
+            self.limits = s.limits
             self.conn = connect(s.store_path, s.durable)
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:

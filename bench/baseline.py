@@ -39,6 +39,7 @@ from task_ingress.actors.storage.auditlog import (
 from task_ingress.actors.storage.schema import connect
 from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
@@ -66,7 +67,7 @@ class LockBaseline:
         self.durable = durable
         self.key = bytes.fromhex(audit_key) if audit_key else os.urandom(32)
         self.local_peer_id = local_peer_id
-        self.limits = gate.Limits()
+        self.limits = SPEC_LIMITS
         self._channels: dict[tuple[str, str], threading.Lock] = {}
         self._channels_lock = threading.Lock()
         self._greets: dict[tuple[str, str, str], tuple[float, bool]] = {}

@@ -12,12 +12,13 @@ from typing import Any
 
 import msgpack
 from pydantic import ValidationError
+from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import REQUEST_BY_ACTION, TaskRequest
 
 WIRE_VERSION = 1
-MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_ENVELOPE_BYTES = SPEC_LIMITS.max_envelope_bytes
 MAX_CONTAINER_LEN = 1024
 ENVELOPE_KEYS = frozenset({"v", "kind", "request_id", "body"})
 

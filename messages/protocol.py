@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.limits import SPEC_LIMITS, Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
@@ -36,10 +37,7 @@ class Settings(InternalMessage):
     local_peer_id: str
     greet_interval: float
     tasks_enabled: bool
-    max_title_chars: int = 256
-    max_description_bytes: int = 16 * 1024
-    max_metadata_entries: int = 32
-    max_metadata_bytes: int = 8 * 1024
+    limits: Limits = Field(default=SPEC_LIMITS, description="Payload limits the gate judges by.")
     max_batch: int = 256
     channel_pipeline: int = Field(default=32, description="Requests in flight per channel.")
     checkpoint_every: int = 1000

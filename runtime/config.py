@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from task_ingress.messages.limits import SPEC_LIMITS, Limits
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,12 @@ class RuntimeConfig:
     More in flight means bigger store/audit group commits."""
     audit_key: str | None = None
     """Hex HMAC key for audit checkpoints; None: env TASK_INGRESS_AUDIT_KEY or a key file."""
-    max_title_chars: int = 256
-    max_description_bytes: int = 16 * 1024
-    max_metadata_entries: int = 32
-    max_metadata_bytes: int = 8 * 1024
-    max_envelope_bytes: int = 64 * 1024
+    # Payload limits (SPEC §2): each may be lowered, never raised (`Limits` refuses it).
+    max_title_chars: int = SPEC_LIMITS.max_title_chars
+    max_description_bytes: int = SPEC_LIMITS.max_description_bytes
+    max_metadata_entries: int = SPEC_LIMITS.max_metadata_entries
+    max_metadata_bytes: int = SPEC_LIMITS.max_metadata_bytes
+    max_envelope_bytes: int = SPEC_LIMITS.max_envelope_bytes
     fail_commit_at: int = 0
     """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
     hold_store: bool = False
@@ -69,17 +72,7 @@ class RuntimeConfig:
     applies (non-atomic check-then-act). Never on in production."""
 
     def __post_init__(self) -> None:
-        limits = {
-            "max_title_chars": 256,
-            "max_description_bytes": 16 * 1024,
-            "max_metadata_entries": 32,
-            "max_metadata_bytes": 8 * 1024,
-            "max_envelope_bytes": 64 * 1024,
-        }
-        for name, ceiling in limits.items():
-            value = getattr(self, name)
-            if not 0 < value <= ceiling:
-                raise ValueError(f"{name} must be in 1..{ceiling}, got {value}")
+        _ = self.limits  # raises ValueError for a limit above its SPEC ceiling
         if not 0 <= self.batch_linger <= 0.1:
             raise ValueError(f"batch_linger must be in 0..0.1 seconds, got {self.batch_linger}")
         if self.greet_interval <= 0:
@@ -87,3 +80,8 @@ class RuntimeConfig:
         if min(self.max_in_flight_total, self.max_in_flight_per_channel,
                self.max_in_flight_per_peer) < 1:
             raise ValueError("in-flight caps must be at least 1")
+
+    @property
+    def limits(self) -> Limits:
+        """The payload limits these fields set, as the gate reads them."""
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})

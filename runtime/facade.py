@@ -113,9 +113,7 @@ class IngressRuntime:
         settings = Settings(
             store_path=self.store_path, durable=durable, local_peer_id=cfg.local_peer_id,
             greet_interval=cfg.greet_interval, tasks_enabled=cfg.tasks_enabled,
-            max_title_chars=cfg.max_title_chars, max_description_bytes=cfg.max_description_bytes,
-            max_metadata_entries=cfg.max_metadata_entries,
-            max_metadata_bytes=cfg.max_metadata_bytes, max_batch=cfg.max_batch,
+            limits=cfg.limits, max_batch=cfg.max_batch,
             channel_pipeline=cfg.channel_pipeline,
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
             hold_store=cfg.hold_store, naive_fence=cfg.naive_fence, naive_store=cfg.naive_store,

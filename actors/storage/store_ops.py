@@ -11,7 +11,8 @@ import sqlite3
 from typing import Any
 
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.gate import Limits, StoredTask
+from task_ingress.actors.rules.gate import StoredTask
+from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import (

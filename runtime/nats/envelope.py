@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from task_ingress.actors.rules import gate
+from task_ingress.messages.limits import SPEC_LIMITS
 
 PROTOCOL = "agh-network/v0"
 SUBJECT_PREFIX = "agh.network.v0"
@@ -29,7 +30,7 @@ TASK_KINDS = frozenset({"task.create", "task.update", "task.cancel", "task.run.e
 AGH_KINDS = frozenset({"greet", "whois", "say", "capability", "receipt", "trace"})
 MAX_REPLAY_AGE = 300
 """Seconds: AGH's DefaultMaxReplayAge; older (or further in the future) `ts` is refused."""
-MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_ENVELOPE_BYTES = SPEC_LIMITS.max_envelope_bytes
 _OPTIONAL_IDS = ("to", "reply_to", "trace_id", "causation_id", "work_id")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.gate import Limits, StoredTask
+from task_ingress.actors.rules.gate import StoredTask
 from task_ingress.messages import (
     CancelTask,
     CreateTask,
@@ -13,6 +13,7 @@ from task_ingress.messages import (
     Reason,
     UpdateTask,
 )
+from task_ingress.messages.limits import Limits
 
 
 @pytest.mark.parametrize(
