@@ -270,7 +270,8 @@ def _check_store(records: list[Accepted], snap: StoreSnapshot) -> list[Problem]:
     """Accepted records against tasks, runs and accepted-request rows, both ways."""
     problems: list[Problem] = []
     for outbox_id in snap.bad_outbox:
-        problems.append(Problem("store", None, f"outbox row {outbox_id} is not a JSON record"))
+        problems.append(Problem("store", None, f"outbox row {outbox_id} does not decode "
+                                "(neither a msgpack nor a JSON record)"))
     rows_by_key: dict[tuple[str, str, str, str], list[tuple[str, str | None, str | None]]] = {}
     for ws, ch, peer, rid, action, task_id, run_id in snap.accepted:
         key = (ws, ch, peer, safe_field(rid))

@@ -338,3 +338,13 @@ def test_the_runtime_and_the_audit_tools_find_the_key_in_one_order(
     assert load_or_create_key(store) == "ab" * 32
     assert load_key(store) == (bytes.fromhex("ab" * 32), None)
     assert load_key(store, "cd" * 32) == (bytes.fromhex("cd" * 32), None)  # --key wins
+
+
+def test_an_outbox_row_that_does_not_decode_fails_naming_it(store: Path) -> None:
+    conn = db(store)
+    row_id = conn.execute("INSERT INTO outbox (record) VALUES (?)", (b"\xc1",)).lastrowid
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1
+    assert f"outbox row {row_id} does not decode (neither a msgpack nor a JSON record)" \
+        in lines[-1]
