@@ -33,9 +33,7 @@ from typing import Any
 
 from task_ingress.actors import gate
 from task_ingress.actors.base import GateActor, failed_verdict
-from task_ingress.actors.ingress import ChannelIngress
 from task_ingress.actors.log import get_logger
-from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     Dones,
@@ -120,8 +118,8 @@ class IngressRouter(GateActor):
         self._start_store()
 
     def _start_store(self) -> None:
-        assert self.wiring is not None
-        self.store = self.createActor(TaskStore)
+        assert self.wiring is not None and self.settings is not None
+        self.store = self.createActor(self.settings.store_actor_class)
         self.keys[str(self.store)] = STORE_KEY
         self.send(self.store, self.wiring.model_copy(update={"store": self.store}))
 
@@ -312,8 +310,8 @@ class IngressRouter(GateActor):
         key = (workspace, channel)
         address = self.channels.get(key)
         if address is None:
-            assert self.wiring is not None
-            address = self.createActor(ChannelIngress)
+            assert self.wiring is not None and self.settings is not None
+            address = self.createActor(self.settings.channel_actor_class)
             self.send(address, self.wiring)
             self.channels[key] = address
             self.keys[str(address)] = key

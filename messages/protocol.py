@@ -27,6 +27,11 @@ from task_ingress.messages.requests import (
     UpdateTask,
 )
 
+CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
+"""Dotted name of the production channel actor (created by the router, one per channel)."""
+STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
+"""Dotted name of the production TaskStore (created and supervised by the router)."""
+
 
 class Settings(InternalMessage):
     """Runtime settings every actor needs; plain data so it crosses process boundaries."""
@@ -46,10 +51,12 @@ class Settings(InternalMessage):
     checkpoint_seconds: float = 1.0
     audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
-    # --- race-test seams (tests/race, actors/hold.py); all off in production ---
-    hold_store: bool = Field(default=False, description="Test seam: Hold actor before TaskStore.")
-    naive_fence: bool = Field(default=False, description="Test seam: channel actor never waits.")
-    naive_store: bool = Field(default=False, description="Test seam: check-then-act store batch.")
+    # Actors by dotted class name: a multiprocess base creates them in child processes.
+    channel_actor_class: str = Field(default=CHANNEL_ACTOR,
+                                     description="The router's channel actors.")
+    store_actor_class: str = Field(default=STORE_ACTOR, description="The router's TaskStore.")
+    store_proxy_class: str = Field(default="", description=(
+        "An actor between Capability and TaskStore ('' = none; the tests' Hold)."))
 
 
 class Wiring(InternalMessage):

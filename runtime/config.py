@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from task_ingress.messages.protocol import CHANNEL_ACTOR, STORE_ACTOR
+
 
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -58,15 +60,15 @@ class RuntimeConfig:
     max_envelope_bytes: int = 64 * 1024
     fail_commit_at: int = 0
     """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
-    hold_store: bool = False
-    """Test seam (race harness): a Hold actor between Capability and TaskStore, driver target
-    "hold" (actors/hold.py, messages/harness.py)."""
-    naive_fence: bool = False
-    """Test seam (race harness): ChannelIngress neither fences presence changes nor serializes
-    requests, i.e. AGH's check-then-act. Never on in production."""
-    naive_store: bool = False
-    """Test seam (race harness): TaskStore judges a batch against the state before it, then
-    applies (non-atomic check-then-act). Never on in production."""
+    channel_actor_class: str = CHANNEL_ACTOR
+    """Dotted name of the channel actor class (a ChannelIngress). Test seam: the race tests
+    name task_ingress.testing.NaiveChannelIngress, which has no fence."""
+    store_actor_class: str = STORE_ACTOR
+    """Dotted name of the TaskStore class. Test seam: the race tests name
+    task_ingress.testing.NaiveTaskStore, a check-then-act store."""
+    store_proxy_class: str = ""
+    """Dotted name of an actor put between Capability and TaskStore ('' = none). Test seam:
+    the race tests name task_ingress.testing.Hold, which holds requests before the store."""
 
     def __post_init__(self) -> None:
         limits = {

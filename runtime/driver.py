@@ -9,6 +9,7 @@ store and audit group-commit), then collects replies by ticket and resolves futu
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import os
 import queue
@@ -24,9 +25,11 @@ import psutil
 from task_ingress.actors import gate
 from task_ingress.actors.audit import Audit
 from task_ingress.actors.capability import Capability
+from task_ingress.actors.ingress import ChannelIngress
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.presence import Presence
 from task_ingress.actors.router import IngressRouter
+from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages.protocol import (
     PresenceChange,
     Replies,
@@ -40,7 +43,7 @@ from task_ingress.messages.protocol import (
 from task_ingress.messages.requests import IngressContext
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
 from task_ingress.runtime.flow import FlowControl, FlowLimits, PeerKey
-from thespian.actors import ActorExitRequest, ActorSystem, PoisonMessage
+from thespian.actors import Actor, ActorExitRequest, ActorSystem, PoisonMessage
 from thespian.system.transport import MultiprocessQueueTransport
 
 MULTIPROC_POLL = 0.001
@@ -97,6 +100,23 @@ def open_actor_system(base: str) -> Any:
     if base == "multiprocQueueBase":
         unbounded_queue_mailboxes()
     return ActorSystem(base, capabilities, transientUnique=True)
+
+
+def check_actor_classes(settings: Settings) -> None:
+    """Raise RuntimeStartError unless the actor classes the settings name load and are of the
+    kind their place needs (a typo would otherwise fail every request, not the start)."""
+    places = [(settings.channel_actor_class, ChannelIngress),
+              (settings.store_actor_class, TaskStore)]
+    if settings.store_proxy_class:
+        places.append((settings.store_proxy_class, Actor))
+    for name, kind in places:
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise RuntimeStartError(f"cannot load actor class {name!r}: {exc!r}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, kind)):
+            raise RuntimeStartError(f"{name!r} names no {kind.__name__} subclass")
 
 
 def free_port() -> int:
@@ -209,6 +229,7 @@ class Driver:
         self.actor_sessions = {p.pid for p in psutil.Process().children()
                                if p.pid not in self.children_before}
         try:
+            check_actor_classes(self.settings)
             names = {"audit": Audit, "capability": Capability, "presence": Presence,
                      "router": IngressRouter}
             self.addresses = {name: asys.createActor(cls) for name, cls in names.items()}
@@ -220,9 +241,11 @@ class Driver:
             # The router starts and supervises the TaskStore; it answers once the store has
             # migrated the schema, which must happen before Audit drains the outbox.
             self.addresses["store"] = wiring["store"] = self._wire(asys, "router", wiring).address
-            if self.settings.hold_store:  # race-test seam: Hold sits before TaskStore
-                from task_ingress.actors.hold import start_hold
-                self.addresses["hold"] = wiring["store"] = start_hold(asys, wiring)
+            if self.settings.store_proxy_class:  # test seam: an actor before the TaskStore
+                proxy = asys.createActor(self.settings.store_proxy_class)
+                self.addresses["store_proxy"] = proxy
+                self._wire(asys, "store_proxy", wiring)
+                wiring["store"] = proxy
             for name in ("audit", "capability", "presence"):
                 self._wire(asys, name, wiring)
         except BaseException:

@@ -124,7 +124,8 @@ class IngressRuntime:
             max_metadata_bytes=cfg.max_metadata_bytes, max_batch=cfg.max_batch,
             channel_pipeline=cfg.channel_pipeline,
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
-            hold_store=cfg.hold_store, naive_fence=cfg.naive_fence, naive_store=cfg.naive_store,
+            channel_actor_class=cfg.channel_actor_class,
+            store_actor_class=cfg.store_actor_class, store_proxy_class=cfg.store_proxy_class,
         )
         max_total = cfg.max_in_flight_total
         if cfg.actor_base != "simpleSystemBase":

@@ -1,6 +1,7 @@
 """Deterministic interleavings for the race tests: hold, act, release, check.
 
-`RaceHarness` drives a runtime started with `hold_store=True` on simpleSystemBase. There the
+`RaceHarness` drives a runtime started with `store_proxy_class=HOLD` (task_ingress.testing)
+on simpleSystemBase. There the
 driver thread runs every actor to completion inside each `tell`, so once a call has been
 dispatched its effects are final: a request is either held before the store, stashed in
 its channel actor, or answered. `barrier()` makes that point observable, so a test reads as:
@@ -16,10 +17,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from task_ingress.messages import AuditRecord, IngressContext, Outcome, PeerCard
-from task_ingress.messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.messages.protocol import PresenceApplied, PresenceChange, Replied
 from task_ingress.runtime import IngressRuntime
 from task_ingress.runtime.driver import Driver
+from task_ingress.testing import HOLD, HoldArm, HoldQuery, HoldRelease, HoldState
 
 from tests.race.race_checks import AnyRequest, RequestKey
 
@@ -32,7 +33,7 @@ class RaceHarness:
     def __init__(self, rt: IngressRuntime) -> None:
         driver = rt._driver
         assert driver is not None, "runtime not started"
-        assert rt.config.hold_store, "start the runtime with hold_store=True"
+        assert rt.config.store_proxy_class == HOLD, "start the runtime with store_proxy_class=HOLD"
         assert rt.config.actor_base == "simpleSystemBase", "barrier() needs the one-thread base"
         self.rt = rt
         self.driver: Driver = driver
@@ -40,7 +41,8 @@ class RaceHarness:
 
     # ---- the Hold actor ---------------------------------------------------------
     def _hold(self, build: Any) -> HoldState:
-        reply = self.driver.submit_call("hold", build(self.driver.next_ticket())).result(WAIT)
+        call = self.driver.submit_call("store_proxy", build(self.driver.next_ticket()))
+        reply = call.result(WAIT)
         assert isinstance(reply, HoldState), reply
         return reply
 
