@@ -42,9 +42,9 @@ from task_ingress.messages.requests import (
     UpdateTask,
 )
 from task_ingress.runtime.config import RuntimeConfig
-from task_ingress.runtime.driver import Driver, peer_key
+from task_ingress.runtime.driver import Driver, RuntimeStatistics
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
-from task_ingress.runtime.flow import FlowLimits, PeerKey
+from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 
 _REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 MULTIPROC_MAX_IN_FLIGHT = 256
@@ -185,7 +185,7 @@ class IngressRuntime:
         change = PresenceChange(
             ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card, now=0.0
         )
-        reply = driver.wait(driver.submit_call("router", change))
+        reply = driver.wait(driver.submit(change))
         if not isinstance(reply, PresenceApplied):
             raise RuntimeError(f"presence change failed: {reply!r}")
 
@@ -193,13 +193,12 @@ class IngressRuntime:
     def submit(self, context: IngressContext, request: Any) -> Outcome:
         """Judge one request; never raises for a bad request (it gets a rejected Outcome)."""
         driver = self._running()
-        return self._outcome(driver, driver.submit_call(*self._submission(driver, context,
-                                                                           request)))
+        return self._outcome(driver, driver.submit(*self._submission(driver, context, request)))
 
     async def asubmit(self, context: IngressContext, request: Any) -> Outcome:
         """`submit` for event loops: awaits the answer without blocking the loop."""
         driver = self._running()
-        future = driver.submit_call(*self._submission(driver, context, request))
+        future = driver.submit(*self._submission(driver, context, request))
         try:
             reply = await asyncio.wait_for(asyncio.wrap_future(future), driver.request_timeout)
         except TimeoutError as exc:
@@ -209,7 +208,7 @@ class IngressRuntime:
     def _submission(
         self, driver: Driver, context: Any, request: Any,
         preset: Reason | None = None, payload_size: int | None = None,
-    ) -> tuple[str, Submission, PeerKey | None]:
+    ) -> tuple[Submission, PeerKey | None]:
         if not isinstance(context, IngressContext):
             context = IngressContext(workspace="", peer_id="", channel="", request_id="")
         is_request = isinstance(request, _REQUEST_TYPES)
@@ -221,7 +220,7 @@ class IngressRuntime:
             request=request if is_request else None, action=action,
             payload_size=payload_size, now=0.0, preset=preset,
         )
-        return "router", sub, peer_key(gate.normalize_context(context))
+        return sub, peer_key(gate.normalize_context(context))
 
     def _outcome(self, driver: Driver, future: Any) -> Outcome:
         return self._unwrap_outcome(driver.wait(future))
@@ -241,9 +240,9 @@ class IngressRuntime:
         signature fails: the rejection is audited exactly like the gate's own.
         """
         driver = self._running()
-        target, sub, key = self._submission(driver, context, None, reason, payload_size)
+        sub, key = self._submission(driver, context, None, reason, payload_size)
         sub = sub.model_copy(update={"action": action})
-        return self._outcome(driver, driver.submit_call(target, sub, key))
+        return self._outcome(driver, driver.submit(sub, key))
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
         """The wire path: any bytes in, a msgpack reply out; identity from the arguments."""
@@ -254,12 +253,12 @@ class IngressRuntime:
                 request_id=decoded.request_id,
             )
             driver = self._running()
-            target, sub, key = self._submission(
+            sub, key = self._submission(
                 driver, context, decoded.request, decoded.rejection, decoded.size
             )
             if decoded.request is None:
                 sub = sub.model_copy(update={"action": decoded.action})
-            outcome = self._outcome(driver, driver.submit_call(target, sub, key))
+            outcome = self._outcome(driver, driver.submit(sub, key))
         except RuntimeClosed:
             outcome = _unanswered(decoded.request_id, decoded.action,
                                   Reason.TASK_INGRESS_UNAVAILABLE)
@@ -273,8 +272,9 @@ class IngressRuntime:
         """The stored task, or None (also for a task of another workspace)."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("router", lambda t: GetTask(ticket=t, workspace=workspace,
-                                                       task_id=task_id))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, GetTask(
+            ticket=driver.next_ticket(), workspace=workspace, task_id=task_id))
         assert isinstance(reply, TaskFound)
         return reply.task
 
@@ -282,8 +282,9 @@ class IngressRuntime:
         """The stored run, or None."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("router", lambda t: GetRun(ticket=t, workspace=workspace,
-                                                      run_id=run_id))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, GetRun(
+            ticket=driver.next_ticket(), workspace=workspace, run_id=run_id))
         assert isinstance(reply, RunFound)
         return reply.run
 
@@ -292,14 +293,16 @@ class IngressRuntime:
 
         Returns False when no such task exists in the workspace.
         """
-        reply = self._query("router", lambda t: LockTask(ticket=t, workspace=workspace,
-                                                        task_id=task_id, locked=locked))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, LockTask(
+            ticket=driver.next_ticket(), workspace=workspace, task_id=task_id, locked=locked))
         assert isinstance(reply, TaskLocked)
         return reply.found
 
     def audit(self) -> list[AuditRecord]:
         """Every audit record committed before the call, in commit order."""
-        reply = self._query("audit", lambda t: ReadAudit(ticket=t))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.audit, ReadAudit(ticket=driver.next_ticket()))
         assert isinstance(reply, AuditRead)
         return list(reply.records)
 
@@ -308,11 +311,19 @@ class IngressRuntime:
         monitoring and for benchmarks that count every process's CPU. Empty once closed."""
         return self._driver.actor_pids() if self._driver is not None else []
 
-    def _query(self, target: str, build: Any) -> Any:
-        driver = self._running()
-        reply = driver.wait(driver.submit_call(target, build(driver.next_ticket())))
+    def statistics(self) -> RuntimeStatistics:
+        """Calls queued for the driver and requests admitted but unanswered, right now
+        (both 0 before start and after close): for monitoring, safe from any thread."""
+        driver = self._driver
+        if driver is None:
+            return RuntimeStatistics(calls_waiting=0, requests_in_flight=0)
+        return driver.statistics()
+
+    @staticmethod
+    def _ask(driver: Driver, to: Any, query: Any) -> Any:
+        reply = driver.wait(driver.ask(to, query))
         if isinstance(reply, QueryFailed):
-            raise RuntimeError(f"{target} query failed: {reply.error}")
+            raise RuntimeError(f"{type(query).__name__} failed: {reply.error}")
         return reply
 
 

@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
+from task_ingress.actors import gate
 from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import IngressContext
 
 ChannelKey = tuple[str, str]
 PeerKey = tuple[str, str, str]
@@ -42,6 +44,14 @@ class FlowLimits:
     max_per_peer: int = 128
     peer_rate: float = 5000.0
     peer_burst: float = 10000.0
+
+
+def peer_key(ctx: IngressContext) -> PeerKey | None:
+    """The admission key of a (normalized) well-formed context; None for one the router
+    rejects anyway (it never reaches a channel, so it holds no slot)."""
+    if gate.check_context(ctx) is None:
+        return (ctx.workspace, ctx.channel, ctx.peer_id)
+    return None
 
 
 class FlowControl:

@@ -284,7 +284,7 @@ def test_trust_file_changes_apply_without_restart(start_daemon: Start, nats_wire
 
 def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
                                                        nats_wire: Wire) -> None:
-    from task_ingress.runtime.nats.server import free_port
+    from task_ingress.runtime.ports import free_port
 
     d = start_daemon(metrics_port=free_port())
     a = Peer("peer-a", d.info.trust_file)

@@ -37,12 +37,12 @@ class RaceHarness:
         assert rt.config.actor_base == "simpleSystemBase", "barrier() needs the one-thread base"
         self.rt = rt
         self.driver: Driver = driver
+        self.hold_address = driver.addresses.store_proxy
         self.requests: dict[RequestKey, AnyRequest] = {}
 
     # ---- the Hold actor ---------------------------------------------------------
     def _hold(self, build: Any) -> HoldState:
-        call = self.driver.submit_call("store_proxy", build(self.driver.next_ticket()))
-        reply = call.result(WAIT)
+        reply = self.driver.ask(self.hold_address, build(self.driver.next_ticket())).result(WAIT)
         assert isinstance(reply, HoldState), reply
         return reply
 
@@ -73,7 +73,7 @@ class RaceHarness:
         """Queue a request exactly as `IngressRuntime.submit` does, without waiting."""
         key = (context.workspace, context.channel, context.peer_id, context.request_id)
         self.requests[key] = request
-        return self.driver.submit_call(*self.rt._submission(self.driver, context, request))
+        return self.driver.submit(*self.rt._submission(self.driver, context, request))
 
     def submit_now(self, context: IngressContext, request: AnyRequest) -> Outcome:
         """Submit and wait (setup steps), remembering the request for the checkers."""
@@ -91,7 +91,7 @@ class RaceHarness:
                   card: PeerCard | None) -> Future[Any]:
         change = PresenceChange(ticket=self.driver.next_ticket(), workspace=workspace,
                                 channel=channel, peer_id=peer_id, card=card, now=0.0)
-        return self.driver.submit_call("router", change)
+        return self.driver.submit(change)
 
 
 def outcome(future: Future[Any]) -> Outcome:
