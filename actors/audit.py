@@ -6,8 +6,8 @@ Accepts:
 - `Verdicts` (from Router, Presence, Capability: one per batch they judged; from TaskStore:
   one per commit) -> buffered; on the next `Flush` all buffered records commit in one
   transaction, then each destination gets one message for the whole commit: `Replies` (to
-  the requests' `reply_to`) and `Dones` (to their channel actor, i.e. the router). A reply
-  never precedes its durable record (SPEC §6).
+  the requests' `reply_to`) and `Dones` (to the router, which frees their channel slots).
+  A reply never precedes its durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -214,8 +214,8 @@ class Audit(GateActor):
             ticket = verdict.flight.submission.ticket
             replies.append((verdict.flight.reply_to,
                             Replied(ticket=ticket, outcome=outcome)))
-            if verdict.flight.channel_actor is not None:
-                dones.append((verdict.flight.channel_actor, ticket))
+            if verdict.flight.router is not None:
+                dones.append((verdict.flight.router, ticket))
         # One message per destination per commit, replies first: a caller never learns of
         # a channel slot freeing before its own answer.
         for to, items in group_by_address(replies):

@@ -194,7 +194,7 @@ class IngressRouter(GateActor):
             return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
         flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
-                          channel_actor=self.myAddress, checked=True)
+                          router=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
         return flight
 

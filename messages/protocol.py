@@ -113,7 +113,9 @@ class InFlight(InternalMessage):
     submission: Submission
     context: IngressContext = Field(description="Trimmed, grammar-checked context.")
     reply_to: Any
-    channel_actor: Any = None
+    router: Any = Field(default=None, description=(
+        "The router's address, for an admitted request: Audit reports its ticket done there "
+        "and the router frees the channel actor's slot (the one edge against the flow)."))
     checked: bool = Field(default=False, description="The router found the context "
                           "grammatical (rule 1): later stages need not check it again.")
 
