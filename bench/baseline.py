@@ -32,7 +32,7 @@ from task_ingress.actors import gate, store_ops
 from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
 from task_ingress.actors.chain import checkpoint_mac, record_hash
 from task_ingress.actors.schema import connect
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.messages.audit import CHECKPOINT_EVERY, GENESIS_HASH, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
@@ -45,7 +45,6 @@ from task_ingress.messages.requests import (
     UpdateTask,
 )
 
-CHECKPOINT_EVERY = 1000
 _REQUESTS = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 
 

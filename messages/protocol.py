@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, AuditRecord
 from task_ingress.messages.base import InternalMessage
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
@@ -27,6 +27,10 @@ from task_ingress.messages.requests import (
     UpdateTask,
 )
 
+MAX_BATCH = 256
+"""Default of the most requests the driver hands to the actors in one message."""
+CHANNEL_PIPELINE = 32
+"""Default of the admitted requests of one channel in flight at once."""
 CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
 """Dotted name of the production channel actor (created by the router, one per channel)."""
 STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
@@ -45,10 +49,11 @@ class Settings(InternalMessage):
     max_description_bytes: int = 16 * 1024
     max_metadata_entries: int = 32
     max_metadata_bytes: int = 8 * 1024
-    max_batch: int = 256
-    channel_pipeline: int = Field(default=32, description="Requests in flight per channel.")
-    checkpoint_every: int = 1000
-    checkpoint_seconds: float = 1.0
+    max_batch: int = MAX_BATCH
+    channel_pipeline: int = Field(default=CHANNEL_PIPELINE,
+                                  description="Requests in flight per channel.")
+    checkpoint_every: int = CHECKPOINT_EVERY
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
     audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
     # Actors by dotted class name: a multiprocess base creates them in child processes.

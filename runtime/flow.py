@@ -37,7 +37,8 @@ def refill(bucket: TokenBucket, now: float, rate: float, burst: float) -> TokenB
 
 @dataclass(frozen=True)
 class FlowLimits:
-    """Caps; a rate of 0 disables the per-peer rate limit."""
+    """Caps; a rate of 0 disables the per-peer rate limit. These defaults are RuntimeConfig's
+    (README, "Bounded under load")."""
 
     max_total: int = 1024
     max_per_channel: int = 256

@@ -33,16 +33,12 @@ from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path
 from task_ingress.actors.chain import checkpoint_ok, record_hash
 from task_ingress.actors.gate import safe_field
 from task_ingress.actors.schema import decode_outbox
-from task_ingress.messages.audit import GENESIS_HASH
+from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, GENESIS_HASH
 from task_ingress.messages.reasons import Action
 
 AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
 
 KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
-CHECKPOINT_EVERY = 1000
-"""Audit writes a checkpoint at least every this many records (Settings.checkpoint_every)."""
-CHECKPOINT_SECONDS = 1.0
-"""... and at least this often while records arrive (Settings.checkpoint_seconds)."""
 CRASH_GRACE = 0.5
 """Seconds between a commit and its checkpoint that a crash may interrupt."""
 MAX_PROBLEMS = 100
