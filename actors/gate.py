@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -36,9 +37,6 @@ MAX_PRIORITY = 100
 TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
-
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
-
 
 @dataclass(frozen=True)
 class Limits:

@@ -187,10 +187,7 @@ class IngressRouter(GateActor):
         reason = pre_gate_reason(sub, self.settings.tasks_enabled)
         if reason is not None:
             flight = InFlight(submission=sub, context=ctx, reply_to=reply_to)
-            rejected = Outcome(
-                request_id=gate.safe_field(ctx.request_id), action=sub.action, accepted=False,
-                reason=reason,
-            )
+            rejected = Outcome.rejected(gate.safe_field(ctx.request_id), sub.action, reason)
             return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
         flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,

@@ -15,6 +15,7 @@ from task_ingress.actors.gate import Limits, StoredTask
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -93,7 +94,7 @@ def find_replay(
 def judge_and_apply(
     conn: sqlite3.Connection,
     ctx: IngressContext,
-    request: gate.AnyRequest,
+    request: AnyRequest,
     limits: Limits,
     now: float,
 ) -> Outcome:

@@ -21,7 +21,7 @@ from typing import Any
 
 from task_ingress.actors import store_ops
 from task_ingress.actors.audit import audit_fields
-from task_ingress.actors.base import GateActor
+from task_ingress.actors.base import GateActor, failed_verdict
 from task_ingress.actors.gate import Limits
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.schema import connect, encode_outbox
@@ -44,7 +44,6 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
 
 Applied = tuple[InFlight, Outcome, int | None]
 """A request judged (and, when accepted, applied) in a batch: its outcome and outbox row id."""
@@ -90,7 +89,7 @@ class TaskStore(GateActor):
 
         if not self.flush_queued:
             self.flush_queued = True
-            self.send(self.myAddress, Flush(generation=self.commits))
+            self.send(self.myAddress, Flush())
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
@@ -105,7 +104,7 @@ class TaskStore(GateActor):
                 self.conn.execute("ROLLBACK")
             self.log.error("store.batch_failed", error=repr(exc),
                            request_ids=[f.context.request_id for f in batch])
-            verdicts = [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+            verdicts = [failed_verdict(f) for f in batch]
         self.send(self.audit, Verdicts(items=tuple(verdicts)))
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
@@ -127,7 +126,7 @@ class TaskStore(GateActor):
                 "store.commit_failed", error=repr(exc),
                 request_ids=[f.context.request_id for f in batch],
             )
-            return [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+            return [failed_verdict(f) for f in batch]
         return [Verdict(flight=f, outcome=o, outbox_id=box)
                 for f, o, box in results]
 
@@ -192,11 +191,11 @@ class TaskStore(GateActor):
                 "store.request_failed", error=repr(exc), request_id=flight.context.request_id,
                 peer_id=flight.context.peer_id, channel=flight.context.channel,
             )
-            return flight, _failed(flight), None
+            return flight, failed_verdict(flight).outcome, None
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit what is buffered, then pass the marker on behind its verdicts."""
-        self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+        self.receiveMsg_Flush(Flush(), sender)
         self.send(self.audit, msg)
 
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
@@ -233,14 +232,8 @@ class TaskStore(GateActor):
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: apply what is buffered so nothing admitted is lost, then close."""
         if self.pending:
-            self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+            self.receiveMsg_Flush(Flush(), sender)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
-
-def _failed(flight: InFlight) -> Outcome:
-    return Outcome(
-        request_id=flight.context.request_id, action=flight.submission.action, accepted=False,
-        reason=Reason.TASK_INGRESS_FAILED,
-    )

@@ -19,13 +19,7 @@ from task_ingress.messages.base import InternalMessage
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
+from task_ingress.messages.requests import AnyRequest, IngressContext
 
 MAX_BATCH = 256
 """Default of the most requests the driver hands to the actors in one message."""
@@ -88,7 +82,7 @@ class Submission(InternalMessage):
 
     ticket: int
     context: IngressContext
-    request: CreateTask | UpdateTask | CancelTask | EnqueueRun | None
+    request: AnyRequest | None
     action: Action
     payload_size: int
     now: float
@@ -178,8 +172,6 @@ class PresenceApplied(InternalMessage):
 
 class Flush(InternalMessage):
     """Self-message: commit what is buffered. Arrives behind everything already queued."""
-
-    generation: int
 
 
 class Sweep(InternalMessage):

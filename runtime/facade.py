@@ -34,19 +34,12 @@ from task_ingress.messages.protocol import (
     TaskLocked,
 )
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
+from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 
-_REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 MULTIPROC_MAX_IN_FLIGHT = 256
 
 
@@ -211,7 +204,7 @@ class IngressRuntime:
     ) -> tuple[Submission, PeerKey | None]:
         if not isinstance(context, IngressContext):
             context = IngressContext(workspace="", peer_id="", channel="", request_id="")
-        is_request = isinstance(request, _REQUEST_TYPES)
+        is_request = isinstance(request, AnyRequest)
         action = request.action if is_request else Action.UNKNOWN
         if payload_size is None:
             payload_size = _payload_size(request) if is_request else 0
@@ -260,11 +253,11 @@ class IngressRuntime:
                 sub = sub.model_copy(update={"action": decoded.action})
             outcome = self._outcome(driver, driver.submit(sub, key))
         except RuntimeClosed:
-            outcome = _unanswered(decoded.request_id, decoded.action,
-                                  Reason.TASK_INGRESS_UNAVAILABLE)
+            outcome = Outcome.rejected(gate.safe_field(decoded.request_id), decoded.action,
+                                       Reason.TASK_INGRESS_UNAVAILABLE)
         except Exception as exc:
             get_logger(component="runtime").error("deliver.failed", error=repr(exc))
-            outcome = _unanswered(decoded.request_id, decoded.action, Reason.TASK_INGRESS_FAILED)
+            outcome = Outcome.failed(gate.safe_field(decoded.request_id), decoded.action)
         return encode_reply(outcome)
 
     # ---- reads -------------------------------------------------------------------
@@ -334,7 +327,3 @@ def _payload_size(request: Any) -> int:
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
-
-def _unanswered(request_id: str, action: Action, reason: Reason) -> Outcome:
-    return Outcome(request_id=gate.safe_field(request_id), action=action, accepted=False,
-                   reason=reason)

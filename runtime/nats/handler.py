@@ -35,7 +35,7 @@ from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import REQUEST_BY_ACTION, IngressContext, TaskRequest
+from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest, IngressContext
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.compact import CompactError, decode_compact
@@ -196,7 +196,7 @@ class EnvelopeHandler:
         if not problem and not self._signed_by_sender(env):
             problem = "missing or invalid signature"
         verified = not problem  # from here on the sender is proven
-        request: TaskRequest | None = None
+        request: AnyRequest | None = None
         if verified:
             try:
                 request = REQUEST_BY_ACTION[action].model_validate(env.body)
@@ -215,7 +215,7 @@ class EnvelopeHandler:
         outcome = await self._submit(ctx, request)
         await self._answer_json(where, env, outcome, reply, started)
 
-    async def _submit(self, ctx: IngressContext, request: TaskRequest) -> Outcome:
+    async def _submit(self, ctx: IngressContext, request: AnyRequest) -> Outcome:
         await self._after_greets(ctx.workspace, ctx.channel, ctx.peer_id)
         self.metrics.in_flight.inc()
         try:
@@ -223,8 +223,8 @@ class EnvelopeHandler:
         except Exception as exc:  # timeout or runtime closed: the outcome is unknown
             self.log.error("submit.failed", request_id=gate.safe_field(ctx.request_id),
                            error=repr(exc))
-            return Outcome(request_id=gate.safe_field(ctx.request_id), action=request.action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(ctx.request_id), request.action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
         finally:
             self.metrics.in_flight.dec()
 
@@ -298,8 +298,8 @@ class EnvelopeHandler:
             return outcome
         except Exception as exc:
             self.log.error("envelope.reject_failed", error=repr(exc))
-            return Outcome(request_id=gate.safe_field(request_id), action=action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(request_id), action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
 
     async def _answer_json(self, where: wire.Subject, env: wire.Envelope | None,
                            outcome: Outcome, reply: str, started: float) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 
 from task_ingress.messages import AuditRecord, IngressContext, Outcome, PeerCard
 from task_ingress.messages.protocol import PresenceApplied, PresenceChange, Replied
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime
 from task_ingress.runtime.driver import Driver
 from task_ingress.testing import HOLD, HoldArm, HoldQuery, HoldRelease, HoldState
 
-from tests.race.race_checks import AnyRequest, RequestKey
+from tests.race.race_checks import RequestKey
 
 WAIT = 10.0
 
