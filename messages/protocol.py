@@ -5,7 +5,8 @@ driver -SubmitBatch-> IngressRouter -InFlights-> ChannelIngress -InFlights-> Pre
 -InFlights-> Capability -InFlights-> TaskStore -Verdicts-> Audit -Replies-> driver, and
 Audit -Dones-> router -Dones-> ChannelIngress so the channel takes its next messages
 (one Replies and one Dones per destination per group commit).
-Each hop carries a batch (per channel up to the store, per commit after it).
+Each hop carries a batch (per channel up to Presence, which merges the channels' batches
+on to the store; per commit after it).
 Rejections leave the pipeline early and go straight to Audit as Verdicts.
 """
 
@@ -120,7 +121,8 @@ class InFlight(InternalMessage):
 
 
 class InFlights(InternalMessage):
-    """Admitted requests of one channel travelling a hop together, in arrival order.
+    """Admitted requests travelling a hop together, in arrival order: one channel's up to
+    Presence, which merges the channels' batches before Capability.
 
     One message per hop per batch, not per request: each send is a dispatch (and on
     multiprocess bases a pickle and a pipe write between processes)."""
@@ -137,7 +139,8 @@ class Verdict(InternalMessage):
 
 
 class Verdicts(InternalMessage):
-    """One store commit's verdicts, in commit order, as one message to Audit."""
+    """Judged requests on their way to Audit as one message, in order: one store commit's,
+    or the rejections (and failures) one actor decided for one batch."""
 
     items: tuple[Verdict, ...]
 
