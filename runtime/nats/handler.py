@@ -61,7 +61,8 @@ class EnvelopeHandler:
 
     def __init__(self, *, runtime: IngressRuntime, trust: TrustStore, key: Ed25519PrivateKey,
                  peer_id: str, publish: Publish, metrics: Metrics,
-                 max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES, workers: int = 8) -> None:
+                 max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES, workers: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
         self.trust = trust
         self.key = key
@@ -69,7 +70,7 @@ class EnvelopeHandler:
         self.publish = publish
         self.metrics = metrics
         self.max_bytes = max_envelope_bytes
-        self.seen_greets = SeenWindow()
+        self.seen_greets = SeenWindow(clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
