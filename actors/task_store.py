@@ -86,7 +86,6 @@ class TaskStore(GateActor):
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
         """Buffer admitted requests until the Flush behind them."""
         self.pending.extend(msg.items)
-
         if not self.flush_queued:
             self.flush_queued = True
             self.send(self.myAddress, Flush())

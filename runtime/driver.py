@@ -55,7 +55,7 @@ class RuntimeStatistics:
 
 
 class Driver:
-    """Owns the ActorSystem on its own thread; thread-safe `call` for everyone else."""
+    """Owns the ActorSystem on its own thread; thread-safe `submit` and `ask` for the rest."""
 
     def __init__(
         self,
@@ -152,19 +152,16 @@ class Driver:
 
     # ---- driver thread -----------------------------------------------------------
     def _run(self) -> None:
+        asys = None
         try:
             self.processes.before_start()
             asys = open_actor_system(self.base)
             self.processes.after_start()
-        except BaseException as exc:
-            self.start_error = exc
-            self.ready.set()
-            return
-        try:
             self._addresses = start_actors(asys, self.settings)
         except BaseException as exc:
             self.start_error = exc
-            self._shutdown(asys)
+            if asys is not None:
+                self._shutdown(asys)
             self.ready.set()
             return
         self.ready.set()
