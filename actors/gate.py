@@ -38,6 +38,7 @@ TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
 
+
 @dataclass(frozen=True)
 class Limits:
     """Payload limits (SPEC §2); lower values may be configured, never higher defaults."""
