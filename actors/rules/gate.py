@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from task_ingress.messages.limits import Limits
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -37,8 +38,6 @@ MAX_PRIORITY = 100
 TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
-
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
 
 
 @dataclass(frozen=True)

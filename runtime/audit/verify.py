@@ -32,6 +32,7 @@ from task_ingress.actors.storage.auditlog import (
     Checkpoint,
     read_checkpoint,
 )
+from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.read import (
     OutboxEntry,
@@ -42,10 +43,6 @@ from task_ingress.runtime.audit.read import (
     snapshot,
 )
 
-CHECKPOINT_EVERY = 1000
-"""Audit writes a checkpoint at least every this many records (Settings.checkpoint_every)."""
-CHECKPOINT_SECONDS = 1.0
-"""... and at least this often while records arrive (Settings.checkpoint_seconds)."""
 CRASH_GRACE = 0.5
 """Seconds between a commit and its checkpoint that a crash may interrupt."""
 MAX_PROBLEMS = 100

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +44,12 @@ class Daemon:
 
     def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
                  runtime_config: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None) -> None:
+                 announce: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        # One monotonic clock for every duration the daemon judges (presence expiry, trust
+        # file re-reads, the greet replay window); tests inject a fake one.
+        self.clock = clock
         self.announce = announce or (lambda line: None)
         self.install_signals = install_signals
         self.runtime_config = runtime_config or {}
@@ -98,20 +103,20 @@ class Daemon:
         try:
             url, token = await self._nats_endpoint()
             ensure_trust_file(s.trust_path)
-            trust = TrustStore(s.trust_path)
+            trust = TrustStore(s.trust_path, clock=self.clock)
             key = generate_key()
             limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
                                           max_in_flight_per_peer=s.max_in_flight_per_peer)
             config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
                                    local_peer_id=s.peer_id, greet_interval=s.greet_interval,
-                                   **{**limits, **self.runtime_config})
+                                   clock=self.clock, **{**limits, **self.runtime_config})
             self.runtime = IngressRuntime(config)
             await asyncio.to_thread(self.runtime.start)
             self.metrics.watch_runtime(self.runtime)
             nc = await self._connect(url, token)
             handler = EnvelopeHandler(runtime=self.runtime, trust=trust, key=key,
                                       peer_id=s.peer_id, publish=nc.publish,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, clock=self.clock)
             subs = await self._subscribe(nc, handler)
             metrics_url = None
             if s.metrics_port:

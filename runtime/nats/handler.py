@@ -35,7 +35,7 @@ from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import REQUEST_BY_ACTION, IngressContext, TaskRequest
+from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest, IngressContext
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.compact import CompactError, decode_compact
@@ -61,7 +61,8 @@ class EnvelopeHandler:
 
     def __init__(self, *, runtime: IngressRuntime, trust: TrustStore, key: Ed25519PrivateKey,
                  peer_id: str, publish: Publish, metrics: Metrics,
-                 max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES, workers: int = 8) -> None:
+                 max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES, workers: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
         self.trust = trust
         self.key = key
@@ -69,7 +70,7 @@ class EnvelopeHandler:
         self.publish = publish
         self.metrics = metrics
         self.max_bytes = max_envelope_bytes
-        self.seen_greets = SeenWindow()
+        self.seen_greets = SeenWindow(clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
@@ -196,7 +197,7 @@ class EnvelopeHandler:
         if not problem and not self._signed_by_sender(env):
             problem = "missing or invalid signature"
         verified = not problem  # from here on the sender is proven
-        request: TaskRequest | None = None
+        request: AnyRequest | None = None
         if verified:
             try:
                 request = REQUEST_BY_ACTION[action].model_validate(env.body)
@@ -215,7 +216,7 @@ class EnvelopeHandler:
         outcome = await self._submit(ctx, request)
         await self._answer_json(where, env, outcome, reply, started)
 
-    async def _submit(self, ctx: IngressContext, request: TaskRequest) -> Outcome:
+    async def _submit(self, ctx: IngressContext, request: AnyRequest) -> Outcome:
         await self._after_greets(ctx.workspace, ctx.channel, ctx.peer_id)
         self.metrics.in_flight.inc()
         try:
@@ -223,8 +224,8 @@ class EnvelopeHandler:
         except Exception as exc:  # timeout or runtime closed: the outcome is unknown
             self.log.error("submit.failed", request_id=gate.safe_field(ctx.request_id),
                            error=repr(exc))
-            return Outcome(request_id=gate.safe_field(ctx.request_id), action=request.action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(ctx.request_id), request.action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
         finally:
             self.metrics.in_flight.dec()
 
@@ -298,8 +299,8 @@ class EnvelopeHandler:
             return outcome
         except Exception as exc:
             self.log.error("envelope.reject_failed", error=repr(exc))
-            return Outcome(request_id=gate.safe_field(request_id), action=action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(request_id), action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
 
     async def _answer_json(self, where: wire.Subject, env: wire.Envelope | None,
                            outcome: Outcome, reply: str, started: float) -> None:

@@ -231,9 +231,8 @@ class NatsSwarmTransport:
             msg = self._call(self._request(subject, data), self.request_timeout + 1)
         except Exception:  # no responder, timeout, malformed subject: nothing was judged
             decoded = decode_envelope(bytes(envelope))
-            return encode_reply(Outcome(
-                request_id=gate.safe_field(decoded.request_id), action=decoded.action,
-                accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE))
+            return encode_reply(Outcome.rejected(gate.safe_field(decoded.request_id),
+                                                 decoded.action, Reason.TASK_INGRESS_UNAVAILABLE))
         return bytes(msg.data)
 
     def store_path(self) -> str:

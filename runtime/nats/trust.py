@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from task_ingress.actors.log import get_logger
@@ -62,9 +62,11 @@ def read_trust_file(path: str) -> dict[str, Ed25519PublicKey]:
 class TrustStore:
     """Thread-safe view of a trust file that follows changes without a restart."""
 
-    def __init__(self, path: str, recheck: float = 0.25) -> None:
+    def __init__(self, path: str, recheck: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = os.path.abspath(path)
         self.recheck = recheck
+        self.clock = clock
         self._lock = threading.Lock()
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._stamp: tuple[int, int, int] | None = None
@@ -85,7 +87,7 @@ class TrustStore:
         return len(self._keys)
 
     def _refresh(self, force: bool) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not force and now - self._checked < self.recheck:
             return
         with self._lock:

@@ -7,7 +7,7 @@ row or fabricate a history and watch the check fail.
 Checks (names are the JSON report's `invariants` keys):
 - `one_audit_record_per_request`: the records appended during the run match the
   answered requests one to one, identity and outcome included (reason, task, run);
-- `audit_chain_verifies`: `actors.chain.first_bad_record` finds nothing over the whole
+- `audit_chain_verifies`: `actors.rules.chain.first_bad_record` finds nothing over the whole
   audit read from the file, and the HMAC checkpoint vouches for it (runtime.audit.verify);
 - `writes_by_visible_capable_peers`: every accepted record of the run is justified by
   the swarm's presence history (rule in runtime.swarm.history);

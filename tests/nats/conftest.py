@@ -7,6 +7,7 @@ after each daemon fixture.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ class RunningDaemon:
 @pytest.fixture
 def start_daemon(nats_server: NatsServer, tmp_path: Path
                  ) -> Iterator[Callable[..., RunningDaemon]]:
-    """Factory: an in-process daemon on `nats_server` (stopped at teardown)."""
+    """Factory: an in-process daemon on `nats_server` (stopped at teardown); `clock=` gives
+    it a fake clock, any other keyword is a ServeSettings field."""
     running: list[RunningDaemon] = []
     before = _children()
 
@@ -68,9 +70,10 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
             "nats_url": nats_server.url, "nats_token": nats_server.token,
             "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
         }
+        clock = overrides.pop("clock", time.monotonic)
         values.update(overrides)
-        daemon = Daemon(ServeSettings(**values),
-                        runtime_config={"audit_key": "00" * 32})
+        daemon = Daemon(ServeSettings(**values), runtime_config={"audit_key": "00" * 32},
+                        clock=clock)
         result: dict[str, Any] = {}
 
         def run() -> None:

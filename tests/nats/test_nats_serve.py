@@ -14,6 +14,7 @@ from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.signing import parse_public_key, sign_envelope, verify_envelope
 from task_ingress.runtime.nats.trust import revoke
 
+from tests.conftest import FakeClock
 from tests.nats.conftest import RunningDaemon
 from tests.nats.nats_support import (
     DAEMON,
@@ -194,13 +195,13 @@ def test_a_replayed_task_envelope_returns_the_first_outcome_and_is_audited_as_re
     assert [(r.request_id, r.replay) for r in records] == [("r-1", False), ("r-1", True)]
 
 
-def test_a_replayed_greet_id_does_not_refresh_presence(start_daemon: Start,
-                                                        nats_wire: Wire) -> None:
-    d = start_daemon(greet_interval=0.25)
+def test_a_replayed_greet_id_does_not_refresh_presence(start_daemon: Start, nats_wire: Wire,
+                                                        clock: FakeClock) -> None:
+    d = start_daemon(clock=clock)
     a = Peer("peer-a", d.info.trust_file)
     greet = a.greet(env_id="g-1")
     assert _greet(nats_wire, greet)["applied"]
-    time.sleep(0.6)  # expired: 2 x 0.25 s without a greet
+    clock.advance(61.0)  # expired: 2 x 30 s without a greet
     assert _greet(nats_wire, greet) == {"applied": False, "reason": "duplicate",
                                          "task_write": False}
     late = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))
@@ -208,12 +209,14 @@ def test_a_replayed_greet_id_does_not_refresh_presence(start_daemon: Start,
     assert _greet(nats_wire, a.greet(env_id="g-2"))["applied"]  # a fresh greet works
 
 
-def test_a_peer_expires_after_missed_greets(start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon(greet_interval=0.5)  # roomy: the first write must beat expiry
+def test_a_peer_expires_after_missed_greets(start_daemon: Start, nats_wire: Wire,
+                                            clock: FakeClock) -> None:
+    d = start_daemon(clock=clock)
     a = Peer("peer-a", d.info.trust_file)
     assert _greet(nats_wire, a.greet())["applied"]
+    clock.advance(59.0)  # one greet interval of 30 s missed, the second not yet
     assert _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))["accepted"]
-    time.sleep(1.1)
+    clock.advance(1.0)  # 2 x 30 s without a greet
     expired = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-2"))
     assert expired["accepted"] is False and expired["reason"] == Reason.PEER_NOT_FOUND
 
@@ -271,20 +274,21 @@ def test_valid_agh_traffic_of_other_kinds_is_ignored_not_audited(
     assert d.daemon.metrics.ignored.labels("say")._value.get() == 1
 
 
-def test_trust_file_changes_apply_without_restart(start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon()
+def test_trust_file_changes_apply_without_restart(start_daemon: Start, nats_wire: Wire,
+                                                  clock: FakeClock) -> None:
+    d = start_daemon(clock=clock)
     late = Peer("peer-late", d.info.trust_file)  # enrolled after the daemon started
     assert _greet(nats_wire, late.greet())["applied"]
     assert _ask(nats_wire, late.task("task.create", {"title": "t"}, "r-1"))["accepted"]
     revoke(d.info.trust_file, ["peer-late"])
-    time.sleep(0.3)  # a known peer's key is re-checked at most every 0.25 s
+    clock.advance(0.3)  # a known peer's key is re-checked at most every 0.25 s
     revoked = _ask(nats_wire, late.task("task.create", {"title": "t"}, "r-2"))
     assert revoked["reason"] == Reason.INVALID_REQUEST
 
 
 def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
                                                        nats_wire: Wire) -> None:
-    from task_ingress.runtime.nats.server import free_port
+    from task_ingress.runtime.ports import free_port
 
     d = start_daemon(metrics_port=free_port())
     a = Peer("peer-a", d.info.trust_file)

@@ -179,20 +179,25 @@ def test_settings_come_from_env_and_print_without_secrets(
 
 
 def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
-    import queue
-    from types import SimpleNamespace
-
+    from task_ingress.runtime.driver import RuntimeStatistics
     from task_ingress.runtime.nats.metrics import Metrics
 
-    inbox: queue.Queue[int] = queue.Queue()
-    for i in range(3):
-        inbox.put(i)
-    runtime = SimpleNamespace(_driver=SimpleNamespace(inbox=inbox,
-                                                      flow=SimpleNamespace(total=2)))
+    class Runtime:
+        """Reports whatever the test sets, as IngressRuntime.statistics() would."""
+
+        def __init__(self) -> None:
+            self.now = RuntimeStatistics(calls_waiting=3, requests_in_flight=2)
+
+        def statistics(self) -> RuntimeStatistics:
+            return self.now
+
+    runtime = Runtime()
     metrics = Metrics()
     metrics.watch_runtime(runtime)
     text = metrics.exposition().decode()
     assert "task_ingress_runtime_queue 3.0" in text
     assert "task_ingress_runtime_admitted 2.0" in text
-    inbox.get()
-    assert "task_ingress_runtime_queue 2.0" in metrics.exposition().decode()
+    runtime.now = RuntimeStatistics(calls_waiting=2, requests_in_flight=0)
+    text = metrics.exposition().decode()
+    assert "task_ingress_runtime_queue 2.0" in text
+    assert "task_ingress_runtime_admitted 0.0" in text

@@ -14,6 +14,7 @@ from task_ingress.messages import (
     UpdateTask,
 )
 from task_ingress.messages.limits import Limits
+from task_ingress.messages.requests import AnyRequest
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_rule4_task_write_needs_a_non_empty_proof() -> None:
     ],
 )
 def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
-    request_: gate.AnyRequest, reason: Reason | None
+    request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_requested_channel(request_, "ops") == reason
 
@@ -127,7 +128,7 @@ def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
     ],
 )
 def test_rules7_and_8_bound_and_stale_bindings(
-    stored: str, request_: gate.AnyRequest, reason: Reason | None
+    stored: str, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_binding(stored, "ops", request_) == reason
 
@@ -160,7 +161,7 @@ LIMITS = Limits()
         (CancelTask(task_id="x", reason="r" * 20000), Reason.VALIDATION_FAILED),
     ],
 )
-def test_rule9_payload_limits(request_: gate.AnyRequest, reason: Reason | None) -> None:
+def test_rule9_payload_limits(request_: AnyRequest, reason: Reason | None) -> None:
     assert gate.check_payload(request_, LIMITS) == reason
 
 
@@ -197,7 +198,7 @@ def test_rule9_expected_version_must_be_current() -> None:
     ],
 )
 def test_rule10_locked_or_cancelled_tasks_refuse_network_writes(
-    task: StoredTask, request_: gate.AnyRequest, reason: Reason | None
+    task: StoredTask, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.authorize(request_, task) == reason
 
