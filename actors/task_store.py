@@ -8,6 +8,9 @@ Accepts:
   through again with one savepoint each, so it fails alone), with an outbox row per accepted
   mutation; after COMMIT they go to Audit as one `Verdicts` message. A failed commit
   turns that batch's acceptances into `task_ingress_failed`, with nothing applied.
+  On a durable store the batch commits with synchronous=NORMAL (no fsync): Audit's
+  synchronous=FULL commit of the same batch's records, which every reply waits for, fsyncs
+  the one WAL file and with it this commit's frames (docs/durability.md).
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
   supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
 - `Flush` (from itself).
@@ -45,6 +48,10 @@ from task_ingress.messages.protocol import (
     Wiring,
 )
 
+BATCH_SYNC = "NORMAL"
+"""synchronous= of the store's batch commits on a durable store: in WAL mode, NORMAL
+writes the frames without an fsync; Audit's FULL commit that follows makes them durable."""
+
 Applied = tuple[InFlight, Outcome, int | None]
 """A request judged (and, when accepted, applied) in a batch: its outcome and outbox row id."""
 
@@ -74,6 +81,9 @@ class TaskStore(GateActor):
             self.settings, self.audit = s, msg.audit
             self.limits = s.limits
             self.conn = connect(s.store_path, s.durable)
+            if s.durable:
+                # One fsync per batch, not two: see the module docstring.
+                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
@@ -211,9 +221,15 @@ class TaskStore(GateActor):
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
-        """Operator lock: committed at once (it is not a peer write and is not audited)."""
+        """Operator lock: committed at once (it is not a peer write and is not audited).
+
+        No Audit commit follows it to carry the fsync, so on a durable store this one
+        commits with synchronous=FULL itself before the answer."""
+        durable = self.settings is not None and self.settings.durable
         try:
             assert self.conn is not None
+            if durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("BEGIN IMMEDIATE")
             found = store_ops.set_lock(self.conn, msg.workspace, msg.task_id, msg.locked)
             self.conn.execute("COMMIT")
@@ -222,6 +238,9 @@ class TaskStore(GateActor):
             if self.conn is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+        finally:
+            if durable and self.conn is not None:
+                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: apply what is buffered so nothing admitted is lost, then close."""

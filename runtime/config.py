@@ -33,7 +33,8 @@ class RuntimeConfig:
     tasks_enabled: bool = True
     # --- beyond SPEC §7 ---
     durable: bool = True
-    """synchronous=FULL on file stores: a reply means the write and its audit are on disk."""
+    """File stores: a reply means the write and its audit are on disk (the store commits
+    with synchronous=NORMAL, Audit with FULL, one fsync per batch: docs/durability.md)."""
     request_timeout: float = 30.0
     """Seconds a caller waits for an answer before `IngressTimeout` is raised."""
     max_in_flight_total: int = _FLOW.max_total
