@@ -40,6 +40,8 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
+from task_ingress.runtime.host import ActorHost, InProcessHost
+from task_ingress.runtime.pipeline.host import PipelineHost
 
 MULTIPROC_MAX_IN_FLIGHT = 256
 
@@ -123,7 +125,12 @@ class IngressRuntime:
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
             peer_burst=cfg.peer_burst,
         )
-        driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits,
+        host: ActorHost
+        if cfg.process_mode == "pipeline":
+            host = PipelineHost(cfg.actor_base, settings)
+        else:
+            host = InProcessHost(cfg.actor_base, settings)
+        driver = Driver(host, settings, cfg.clock, cfg.request_timeout, limits,
                         cfg.batch_linger)
         try:
             driver.start()

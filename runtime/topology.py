@@ -39,15 +39,18 @@ children (Thespian's default: 2 s; see `prompt_child_exit_checks`)."""
 
 @dataclass(frozen=True)
 class Addresses:
-    """Where the runtime's long-lived actors are (the channel actors are the router's)."""
+    """Where the runtime's long-lived actors are (the channel actors are the router's).
 
-    router: ActorAddress
-    presence: ActorAddress
-    capability: ActorAddress
-    audit: ActorAddress
-    store: ActorAddress
+    Each is an ActorAddress; in the embedding process of a pipeline-mode runtime, the
+    actor's role name, which the pipeline process maps to the address (pipeline/wire.py)."""
+
+    router: Any
+    presence: Any
+    capability: Any
+    audit: Any
+    store: Any
     """The TaskStore at start (the router restarts it at a new address if it dies)."""
-    store_proxy: ActorAddress | None = None
+    store_proxy: Any = None
     """The `Settings.store_proxy_class` actor between Capability and TaskStore, if any."""
 
     def exit_order(self) -> list[ActorAddress]:

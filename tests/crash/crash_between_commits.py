@@ -2,10 +2,13 @@
 store commit ends the pipeline's process before Audit's commit
 (task_ingress.testing.ExitAfterStoreCommit).
 
-Usage: python crash_between_commits.py --store PATH --ack-log PATH [--actor-base NAME]
+Usage: python crash_between_commits.py --store PATH --ack-log PATH
+       [--process-mode inprocess|pipeline]
 
 Every reply received is logged to the ack log (one JSON line, flushed) before the next
-request is sent. The process is expected to end with `testing.CRASH_EXIT`.
+request is sent. In-process the seam ends this process with `testing.CRASH_EXIT`; in
+pipeline mode it ends the pipeline process, every marked request then raises
+RuntimeClosed here, and this process exits with CRASH_EXIT itself.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 
 from task_ingress.messages import CreateTask, EnqueueRun, IngressContext, PeerCard, UpdateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.testing import CRASH_PREFIX, EXIT_AFTER_STORE_COMMIT
+from task_ingress.runtime.errors import RuntimeClosed
+from task_ingress.testing import CRASH_EXIT, CRASH_PREFIX, EXIT_AFTER_STORE_COMMIT
 
 PEERS = ("peer-a", "peer-b", "peer-c", "peer-d")
 CHANNELS = ("ops", "dev")
@@ -30,11 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
     parser.add_argument("--ack-log", required=True)
-    parser.add_argument("--actor-base", default="simpleSystemBase")
+    parser.add_argument("--process-mode", default="inprocess")
     args = parser.parse_args()
     lock = threading.Lock()
-    config = RuntimeConfig(store_path=args.store, actor_base=args.actor_base,
-                           store_actor_class=EXIT_AFTER_STORE_COMMIT)
+    config = RuntimeConfig(store_path=args.store, process_mode=args.process_mode,
+                           store_actor_class=EXIT_AFTER_STORE_COMMIT, request_timeout=60.0)
+    closed: list[str] = []
     with open(args.ack_log, "a", encoding="utf-8") as acks, IngressRuntime(config) as rt:
 
         def submit(i: int, request_id: str, request: Any) -> Any:
@@ -63,7 +68,10 @@ def main() -> None:
 
         def crash_one(i: int) -> None:
             start.wait()
-            submit(i, f"{CRASH_PREFIX}{i}", marked[i])
+            try:
+                submit(i, f"{CRASH_PREFIX}{i}", marked[i])
+            except RuntimeClosed:  # pipeline mode: the pipeline process is gone
+                closed.append(f"{CRASH_PREFIX}{i}")
 
         threads = [threading.Thread(target=crash_one, args=(i,), daemon=True)
                    for i in range(len(PEERS))]
@@ -71,7 +79,9 @@ def main() -> None:
             t.start()
         for t in threads:
             t.join(CRASH_WAIT)
-    raise SystemExit("the store commit did not end the process")
+    if len(closed) == len(PEERS):
+        raise SystemExit(CRASH_EXIT)
+    raise SystemExit(f"the store commit did not end the pipeline (closed: {closed})")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from task_ingress.actors.storage.schema import decode_outbox
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.audit.read import open_readonly
 from task_ingress.runtime.audit.verify import verify_store
+from task_ingress.runtime.config import PROCESS_MODES
 from task_ingress.testing import CRASH_EXIT, CRASH_PREFIX
 
 WRITER = Path(__file__).with_name("crash_between_commits.py")
@@ -35,10 +37,13 @@ def run_writer(tmp: Path, *extra: str) -> tuple[Path, list[dict[str, object]]]:
     return store, [json.loads(line) for line in acks.read_text().splitlines()]
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_crash_between_store_and_audit_commit_answers_nothing_and_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
-    store, acks = run_writer(tmp_path)
+    # In-process the whole writer dies; in pipeline mode the pipeline process does, and
+    # every caller waiting on it is told RuntimeClosed (the writer checks that).
+    store, acks = run_writer(tmp_path, "--process-mode", mode)
     assert len(acks) == 8 and all(a["accepted"] for a in acks)
     assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
         "a request of the batch that crashed between the commits was answered"
