@@ -17,6 +17,8 @@ from task_ingress.runtime.flow import FlowLimits
 
 _FLOW = FlowLimits()  # the admission defaults live in one place: FlowLimits
 PROCESS_MODES = ("inprocess", "pipeline")
+DEFAULT_LINGER = 0.001
+"""`batch_linger` in-process, when not given."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,13 @@ class RuntimeConfig:
     """Per-peer token-bucket size: requests a quiet peer may send at once."""
     max_batch: int = MAX_BATCH
     """Most requests the driver hands to the actors in one message."""
-    batch_linger: float = 0.001
+    batch_linger: float | None = None
     """Seconds the driver may wait for callers it has just answered to send again, so their
     requests share the next group commit (waiting at most 0.2 ms for each next one; only
-    while fewer have come back than were answered). 0 = send what is there at once."""
+    while fewer have come back than were answered). 0 = send what is there at once.
+    None: 1 ms in-process, 0 in pipeline mode, where the pipeline process takes whatever
+    has arrived each time it is free and a lingering driver only left it idle (bench peak,
+    2 pairs: 1,779 and 1,997 req/s lingering, 2,184 and 2,576 not)."""
     channel_pipeline: int = CHANNEL_PIPELINE
     """Admitted requests of one channel in flight at once (arrival order is kept; a presence
     change still waits for all of them). 1 = strictly one request at a time, end to end.
@@ -92,7 +97,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         _ = self.limits  # raises ValueError for a limit above its SPEC ceiling
-        if not 0 <= self.batch_linger <= 0.1:
+        if not 0 <= self.linger <= 0.1:
             raise ValueError(f"batch_linger must be in 0..0.1 seconds, got {self.batch_linger}")
         if self.process_mode not in PROCESS_MODES:
             raise ValueError(f"process_mode must be one of {PROCESS_MODES}, got "
@@ -104,6 +109,13 @@ class RuntimeConfig:
         if min(self.max_in_flight_total, self.max_in_flight_per_channel,
                self.max_in_flight_per_peer) < 1:
             raise ValueError("in-flight caps must be at least 1")
+
+    @property
+    def linger(self) -> float:
+        """`batch_linger`, or its default for the process mode."""
+        if self.batch_linger is not None:
+            return self.batch_linger
+        return 0.0 if self.process_mode == "pipeline" else DEFAULT_LINGER
 
     @property
     def limits(self) -> Limits:

@@ -130,8 +130,7 @@ class IngressRuntime:
             host = PipelineHost(cfg.actor_base, settings)
         else:
             host = InProcessHost(cfg.actor_base, settings)
-        driver = Driver(host, settings, cfg.clock, cfg.request_timeout, limits,
-                        cfg.batch_linger)
+        driver = Driver(host, settings, cfg.clock, cfg.request_timeout, limits, cfg.linger)
         try:
             driver.start()
         except BaseException:
@@ -299,8 +298,9 @@ class IngressRuntime:
         return list(reply.records)
 
     def actor_pids(self) -> list[int]:
-        """PIDs of the OS processes running the actors (empty on simpleSystemBase): for
-        monitoring and for benchmarks that count every process's CPU. Empty once closed."""
+        """PIDs of the OS processes running the actors (empty on simpleSystemBase in this
+        process; the pipeline process in pipeline mode): for monitoring and for benchmarks
+        that count every process's CPU. Empty once closed."""
         return self._driver.actor_pids() if self._driver is not None else []
 
     def statistics(self) -> RuntimeStatistics:

@@ -2,7 +2,10 @@
 
 `open` starts `python -m task_ingress.runtime.pipeline.child` with one end of a socket
 pair and waits until every actor there is wired; the driver thread then sends batches and
-queries as frames (`wire`) and reads the replies back. A pipeline process that dies makes
+queries as frames (`wire`) and reads the replies back. Frames leave through a writer
+thread: the driver thread never blocks on a full pipe, so it keeps reading replies and the
+two processes cannot each wait for the other to read (a batch of large payloads is
+megabytes; a socket buffer a few hundred kilobytes). A pipeline process that dies makes
 `listen` (or the next send) raise `PipelineDied`: the driver then fails every waiting
 caller at once with `RuntimeClosed`. `close` asks it to stop and reaps it (killing it when
 it does not stop within the grace), so no process outlives the runtime.
@@ -10,11 +13,12 @@ it does not stop within the grace), so no process outlives the runtime.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
+import queue
 import subprocess
 import sys
+import threading
 from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -45,7 +49,9 @@ class PipelineHost:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.replies: deque[Any] = deque()
-        self.stopped = False
+        self.frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.writer: threading.Thread | None = None
+        self.write_error: BaseException | None = None
         self.log = get_logger(component="pipeline_host")
 
     def open(self) -> Addresses:
@@ -58,6 +64,9 @@ class PipelineHost:
         finally:
             theirs.close()  # only the child holds its end: its death is EOF here, ours there
         self.conn = mine
+        self.writer = threading.Thread(target=self._write, name="task-ingress-pipe-writer",
+                                       daemon=True)
+        self.writer.start()
         self._send_frame(pickle.dumps(("start", self.base, self.settings), wire.PROTOCOL))
         if not mine.poll(WIRING_TIMEOUT):
             raise RuntimeStartError("the pipeline process did not start in time")
@@ -107,9 +116,10 @@ class PipelineHost:
         """Ask the pipeline process to stop (it flushes and checkpoints), wait for it, and
         kill it if it does not exit within `grace` seconds."""
         proc, conn = self.proc, self.conn
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.send_bytes(wire.dumps([("X",)]))
+        if self.writer is not None:
+            self.frames.put(wire.dumps([("X",)]))
+            self.frames.put(None)
+            self.writer.join(timeout=grace)
         if proc is not None:
             try:
                 proc.wait(timeout=grace)
@@ -117,6 +127,8 @@ class PipelineHost:
                 self.log.error("pipeline.stop_hung", pid=proc.pid)
                 proc.kill()
                 proc.wait(timeout=grace)
+        if self.writer is not None:
+            self.writer.join(timeout=grace)  # a write to the dead process has failed by now
         if conn is not None:
             conn.close()
         self.conn = None
@@ -130,11 +142,21 @@ class PipelineHost:
         self._send_frame(wire.dumps(items))
 
     def _send_frame(self, frame: bytes) -> None:
-        assert self.conn is not None
-        try:
-            self.conn.send_bytes(frame)
-        except OSError as exc:
-            raise self._died() from exc
+        """Queue a frame for the writer thread (in order); raise if writing has failed."""
+        if self.write_error is not None:
+            raise self._died() from self.write_error
+        self.frames.put(frame)
+
+    def _write(self) -> None:
+        """The writer thread: frames to the pipe, in order, until the None sentinel."""
+        conn = self.conn
+        assert conn is not None
+        while (frame := self.frames.get()) is not None:
+            try:
+                conn.send_bytes(frame)
+            except OSError as exc:  # the pipeline process is gone; the driver learns of it
+                self.write_error = exc
+                return
 
     def _died(self) -> PipelineDied:
         code = self.proc.poll() if self.proc is not None else None
