@@ -20,8 +20,12 @@ def serve(
     channel: Annotated[list[str] | None, typer.Option("--channel", help=(
         "Channel to serve (repeatable); none: every channel of the workspace."))] = None,
     peer_id: str | None = typer.Option(None, help="The daemon's peer ID (default: task-ingress)."),
+    nickname: str | None = typer.Option(None, help=(
+        "Nickname of the daemon's verified handle (default: task-ingress).")),
+    key_file: str | None = typer.Option(None, help=(
+        "The daemon's Ed25519 key, created if missing (default: <store>.peer.key).")),
     trust_file: str | None = typer.Option(None, help=(
-        "Trust file of peer public keys (default: <store>.trust.json).")),
+        "Trust policy: verified handles allowed task.write (default: <store>.trust.json).")),
     metrics_port: int | None = typer.Option(None, help=(
         "Serve /metrics and /ready on this loopback port (default: 0 = off).")),
     ready_file: str | None = typer.Option(None, help="Write this JSON file once serving."),
@@ -38,7 +42,7 @@ def serve(
         "JSON log level on stderr (default: env TASK_INGRESS_LOG_LEVEL, else warning; "
         "info logs every outcome).")),
 ) -> None:
-    """Serve task ingress over NATS (AGH network v0) until SIGTERM/SIGINT; then drain, exit 0."""
+    """Serve task ingress over NATS (AGH network v0 and v1) until SIGTERM/SIGINT; drain, exit 0."""
     import os
 
     # Every outcome is in the audit log; one info line per request would flood a terminal.
@@ -53,7 +57,8 @@ def serve(
     given: dict[str, Any] = {
         "nats_url": nats_url, "nats_token": nats_token, "store": store,
         "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
-        "trust_file": trust_file, "metrics_port": metrics_port, "ready_file": ready_file,
+        "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
+        "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
         "drain_timeout": drain_timeout, "peer_rate": peer_rate, "peer_burst": peer_burst,
         "max_in_flight_per_peer": max_in_flight_per_peer,
