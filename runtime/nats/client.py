@@ -79,8 +79,11 @@ class DaemonAddress:
         return cls.from_ready(read_ready_file(path))
 
 
-async def connect(address: DaemonAddress, name: str, reconnects: int = 10) -> Any:
-    """A nats-py connection to the daemon's server with its credentials."""
+async def connect(address: DaemonAddress, name: str, reconnects: int = 10,
+                  timeout: float = 10.0) -> Any:
+    """A nats-py connection to the daemon's server with its credentials; ClientError when
+    none is made within `timeout` (nats-py itself may retry a refused first connect
+    forever)."""
     import nats  # heavy import: only when a client runs
 
     log = get_logger(component="nats.client")
@@ -93,7 +96,10 @@ async def connect(address: DaemonAddress, name: str, reconnects: int = 10) -> An
     token = address.token or os.environ.get("TASK_INGRESS_NATS_TOKEN")
     if token and not urlsplit(address.nats_url).username:
         options["token"] = token
-    return await nats.connect(**options)
+    try:
+        return await asyncio.wait_for(nats.connect(**options), timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ClientError(f"cannot connect to {address.nats_url}: {type(exc).__name__}") from None
 
 
 class PeerClient:

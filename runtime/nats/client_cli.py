@@ -141,7 +141,7 @@ def _send(daemon: str, key: str, channel: str, workspace: str | None, request: A
     ws = workspace or address.workspace
 
     async def go() -> dict[str, Any]:
-        nc = await connect(address, "task-ingress-request", reconnects=0)
+        nc = await connect(address, "task-ingress-request", reconnects=0, timeout=timeout)
         try:
             client = PeerClient(nc, address, timeout=timeout)
             await client.greet(me, ws, channel, ["task.write"])

@@ -7,10 +7,10 @@ fingerprint (the key), so a key holder is the same principal whatever nickname i
 
 File (JSON, operator-owned, default `<store>.trust.json`, path in the ready file):
 `{"version": 2, "allow": {"<fingerprint>": "<handle as added>", ...}}`.
-The daemon re-reads the file when its (inode, size, mtime) changes, checked at most every
-`recheck` seconds, so `task-ingress trust add|remove` needs no restart. Writers lock
-`<file>.lock` and replace the file atomically, so readers never see half a file and
-concurrent edits lose nothing.
+The daemon re-reads the file when its (inode, size, mtime) changes, checked (one stat) on
+every decision by default, so `task-ingress trust add|remove` applies at once, no restart.
+Writers lock `<file>.lock` and replace the file atomically, so readers never see half a
+file and concurrent edits lose nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def read_policy(path: str) -> dict[str, str]:
 class TrustPolicy:
     """Thread-safe view of a policy file that follows changes without a restart."""
 
-    def __init__(self, path: str, recheck: float = 0.25,
+    def __init__(self, path: str, recheck: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = os.path.abspath(path)
         self.recheck = recheck
@@ -80,8 +80,8 @@ class TrustPolicy:
     def allows(self, fingerprint: str) -> bool:
         """True when the key with this fingerprint may be granted `task.write`.
 
-        A miss re-checks the file at once (a stat), so a fresh `trust add` counts from the
-        next greet; a hit re-checks at most every `recheck` seconds.
+        A miss re-checks the file at once (a stat); a hit re-checks it when `recheck`
+        seconds have passed (0 by default: every time).
         """
         self._refresh()
         if fingerprint in self._allow:

@@ -202,7 +202,7 @@ def test_the_policy_grants_by_fingerprint_and_follows_file_changes(tmp_path: Pat
     key = generate_key()
     alice = handle("alice", key)
     clock = [0.0]
-    policy = TrustPolicy(path, clock=lambda: clock[0])
+    policy = TrustPolicy(path, recheck=0.25, clock=lambda: clock[0])
     fp = alice.rsplit("@", 1)[1]
     assert not policy.allows(fp)
     allow(path, [alice])
