@@ -54,7 +54,7 @@ AUDIT_RETRY_SECONDS = 0.2
 
 AUDIT_COLUMNS = (
     "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
-    "task_id, run_id, payload_size, replay, prev_hash, hash"
+    "task_id, run_id, payload_size, replay, prev_hash, hash, trust"
 )
 
 
@@ -87,6 +87,7 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
         "run_id": outcome.run_id,
         "payload_size": flight.submission.payload_size,
         "replay": outcome.replay,
+        "trust": ctx.trust,
     }
 
 
@@ -146,7 +147,8 @@ class Audit(GateActor):
         if not rows:
             return []
         decoded = [decode_outbox(blob) for _, blob in rows]
-        fields = [f for f in decoded if f is not None]
+        # Outbox rows written before AuditRecord.trust existed have none to chain.
+        fields = [dict({"trust": None}, **f) for f in decoded if f is not None]
         if len(fields) < len(rows):  # never chain garbage, never drop a write's record
             bad = [r[0] for r, f in zip(rows, decoded, strict=True) if f is None]
             raise ValueError(f"unreadable outbox rows {bad} (see `task-ingress audit verify`)")
@@ -176,7 +178,8 @@ class Audit(GateActor):
         self.conn.executemany(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
             "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
+            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash, "
+            ":trust)",
             records,
         )
 

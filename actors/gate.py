@@ -105,6 +105,7 @@ def normalize_context(ctx: IngressContext) -> IngressContext:
         work_id=ctx.work_id.strip(),
         trace_id=ctx.trace_id.strip(),
         causation_id=ctx.causation_id.strip(),
+        trust=ctx.trust,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -75,6 +75,8 @@ MIGRATIONS: dict[int, str] = {
         hash TEXT NOT NULL
     );
     """,
+    # AuditRecord.trust (SPEC 7): NULL in records chained before it existed.
+    2: "ALTER TABLE audit ADD COLUMN trust TEXT",
 }
 
 

@@ -89,6 +89,7 @@ def test_a_verified_allowed_peer_writes_every_action_as_says_and_reads_receipts(
     assert [(r.action, r.outcome, r.peer_id) for r in records] == [
         (Action.CREATE, "accepted", a.id), (Action.UPDATE, "accepted", a.id),
         (Action.ENQUEUE, "accepted", a.id), (Action.CANCEL, "accepted", a.id)]
+    assert {r.trust for r in records} == {"verified"}
     # AGH style: the receipts also went to the sender's own v1 peer subject.
     _wait_for(lambda: len(on_own_subject) == 4)
     assert [json.loads(m)["body"]["for_id"] for m in on_own_subject] == [
@@ -112,8 +113,8 @@ def test_an_unverified_agh_peer_is_visible_but_cannot_write_and_its_greets_are_n
     assert receipt["body"]["detail"] == Reason.CAPABILITY_DENIED
     assert result(receipt)["trust"] == "unverified"
     [record] = d.runtime.audit()
-    assert (record.peer_id, record.reason, record.task_id) == (
-        "coder.sess-abc", Reason.CAPABILITY_DENIED, None)
+    assert (record.peer_id, record.reason, record.task_id, record.trust) == (
+        "coder.sess-abc", Reason.CAPABILITY_DENIED, None, "unverified")
 
 
 def test_a_verified_peer_outside_the_policy_is_denied_until_trust_add_without_restart(
@@ -179,8 +180,8 @@ def test_a_forger_can_neither_greet_nor_write_nor_strip_capability_as_another_pe
     assert result(write)["trust"] == "rejected"
     ok = result(_ask(nats_wire, a, a.task("task.create", {"title": "mine"}, "r-1")))
     assert ok["accepted"]  # A kept its card and its task.write
-    assert [(r.request_id, r.reason) for r in d.runtime.audit()] == [
-        ("r-x", Reason.INVALID_REQUEST), ("r-1", None)]
+    assert [(r.request_id, r.reason, r.trust) for r in d.runtime.audit()] == [
+        ("r-x", Reason.INVALID_REQUEST, "rejected"), ("r-1", None, "verified")]
 
 
 def test_tampered_moved_and_stripped_task_envelopes_are_rejected_and_audited(
