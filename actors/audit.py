@@ -65,9 +65,10 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     """
     ctx = flight.context
     if flight.checked:
-        # The router found every identifier grammatical: the ASCII-only ones are their own
-        # safe form; a request ID may still hold non-printable (e.g. format) characters.
-        workspace, channel, peer_id = ctx.workspace, ctx.channel, ctx.peer_id
+        # The router found every identifier grammatical: channel and peer ID are ASCII, their
+        # own safe form; a workspace or request ID may still hold non-printable (format)
+        # characters (SPEC 2 allows them, as AGH does).
+        workspace, channel, peer_id = gate.safe_field(ctx.workspace), ctx.channel, ctx.peer_id
         actor = gate.derived_actor(ctx)
     else:
         workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
@@ -270,6 +271,7 @@ class Audit(GateActor):
             action=outcome.action.value,
             outcome="accepted" if outcome.accepted else "rejected",
             reason=outcome.reason.value if outcome.reason else None,
+            trust=ctx.trust,
         )
 
     def _checkpoint(self, force: bool) -> None:

@@ -185,14 +185,14 @@ class LockBaseline:
             "outcome": "accepted" if outcome.accepted else "rejected",
             "reason": outcome.reason.value if outcome.reason else None,
             "task_id": outcome.task_id, "run_id": outcome.run_id, "payload_size": size,
-            "replay": outcome.replay, "prev_hash": self._head,
+            "replay": outcome.replay, "prev_hash": self._head, "trust": ctx.trust,
         }
         record["hash"] = record_hash(record)
         self._open().execute(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
             "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash)",
-            record)
+            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash, "
+            ":trust)", record)
         self._seq, self._head = record["seq"], record["hash"]
         self._since_checkpoint += 1
 
