@@ -360,3 +360,29 @@ def test_an_rfc004_signature_over_a_copy_with_extra_fields_does_not_verify(
     assert result(_ask(nats_wire, a, injected))["trust"] == "rejected"
     assert _greet(nats_wire, a)["applied"]
     assert result(_ask(nats_wire, a, resigned))["accepted"]
+
+
+def test_a_peer_following_only_aghs_rfcs_finds_the_daemon_writes_and_reads_its_receipt(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    """No ready file, no NATS request/reply: discovery by whois on the broadcast subject,
+    presence by greet, the write as a say, the receipt on the peer's own subject."""
+    d = start_daemon()
+    peer = Peer("rfc-only")
+    allow(d.info.trust_file, [peer.id])  # the operator's decision, out of band
+    inbox = nats_wire.collect(peer.own_subject())
+    nats_wire.publish(broadcast(), encode(peer.whois(None, "task.create")))
+    _wait_for(lambda: len(inbox) == 1)
+    card = json.loads(inbox[0])["body"]["peer_card"]
+    daemon = card["peer_id"]
+    assert daemon == d.info.daemon_handle and "task.create" in card["capabilities"]
+    nats_wire.publish(broadcast(), encode(peer.greet()))
+    peer.daemon = daemon
+    for attempt in range(50):  # the greet and the say travel on two subjects: retry as AGH
+        rid = f"r-{attempt}"
+        nats_wire.publish(peer_subject(daemon), encode(peer.task(
+            "task.create", {"title": "found you"}, rid, to=daemon)))
+        _wait_for(lambda rid=rid: any(json.loads(m).get("reply_to") == rid for m in inbox))
+        receipt = next(json.loads(m) for m in inbox if json.loads(m).get("reply_to") == rid)
+        if result(receipt)["reason"] != Reason.PEER_NOT_FOUND:
+            break
+    assert receipt["body"]["status"] == "accepted" and result(receipt)["task_id"]
