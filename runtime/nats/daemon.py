@@ -4,12 +4,12 @@ Start: local nats-server (unless --nats-url), trust file, runtime (actor system 
 NATS connection, subscriptions to `agh.network.v0.<ws>.<ch|*>.broadcast` and
 `agh.network.v0.<ws>.<ch|*>.peer.<route_token(daemon peer)>`, metrics, ready file.
 
-Stop (first SIGTERM/SIGINT, or `request_stop()`): readiness off, unsubscribe (the server
+Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the server
 sends no more; messages already received are still judged), answer every in-flight
 request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
 the local server, remove the ready file, exit 0. A second signal exits at once (status
 130): SQLite's WAL keeps committed transactions, so the store stays consistent; requests
-not yet answered were not acknowledged.
+not yet answered were not acknowledged; the ready file is removed on this path too.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ class Daemon:
                 self._stop.set()
             return
         self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
+        if self.settings.ready_file:  # clients must not wait on a daemon that is gone
+            remove_ready_file(self.settings.ready_file, os.getpid())
         if self.server is not None:
             self.server.stop()
         os._exit(HARD_EXIT_STATUS)
@@ -95,7 +97,11 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self.install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            # A closed terminal (SIGHUP) stops it gracefully too, unless run under nohup.
+            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+                signals.append(signal.SIGHUP)
+            for signum in signals:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         self.log.info("serve.settings", **s.public())
         handler: EnvelopeHandler | None = None
@@ -231,18 +237,20 @@ class Daemon:
 
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-        if handler is not None:
-            await asyncio.to_thread(handler.close)
-        if self.runtime is not None:
-            await asyncio.to_thread(self.runtime.close)
-        self.metrics.close()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-        if self.settings.ready_file:
-            remove_ready_file(self.settings.ready_file, os.getpid())
+        try:
+            for task in list(self._tasks):
+                task.cancel()
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 5)
+            if handler is not None:
+                await asyncio.to_thread(handler.close)
+            if self.runtime is not None:
+                await asyncio.to_thread(self.runtime.close)
+            self.metrics.close()
+            if self.server is not None:
+                await asyncio.to_thread(self.server.stop)
+        finally:
+            if self.settings.ready_file:  # whatever failed above, do not point at us
+                remove_ready_file(self.settings.ready_file, os.getpid())
         self.log.info("serve.stopped")
