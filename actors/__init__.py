@@ -1,1 +1,35 @@
-"""Actors of the gate and the pure rules they decide with."""
+"""The gate's pipeline: six stage actors, one per module, in a forwarding chain.
+
+Each hop carries one message per batch and nobody waits for an answer (no star of asks):
+
+    runtime driver
+        │ SubmitBatch: every request and presence change waiting
+        ▼
+    IngressRouter           router.py      rules 1-2; spawns and supervises channel actors
+        │ InFlights / PresenceFlight, one message per channel
+        ▼
+    ChannelIngress[ws, ch]  ingress.py     arrival order, pipeline depth, presence fence
+        │ InFlights
+        ▼
+    Presence                presence.py    rule 3: is the peer visible?
+        │ InFlights
+        ▼
+    Capability              capability.py  rule 4: does its card grant task.write?
+        │ InFlights
+        ▼
+    TaskStore               task_store.py  rules 5-10 and the write: one transaction
+        │ Verdicts, one per commit                  per batch, with an outbox row
+        ▼
+    Audit                   audit.py       hash chain, group commit; then answers:
+        ├── Replies ──▶ runtime driver (the callers)
+        └── Dones ────▶ IngressRouter ── Dones ──▶ ChannelIngress (next may start)
+
+A rejection leaves the chain where it is decided: the router, Presence and Capability
+send it straight to Audit as a `Verdicts`, so every outcome is audited exactly once. A
+greet or leave travels the same chain as far as Capability, which answers the caller.
+
+Beside the stages: `base.py` (what every stage shares), `log.py` (structlog set-up),
+`rules/` (the pure gate and hash-chain rules) and `storage/` (schema, the store's SQL,
+the audit log's rows and checkpoint). Neither subpackage imports an actor, so the
+read-only tools (`task-ingress audit`, verify, the swarm's invariants) use them alone.
+"""

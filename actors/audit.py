@@ -6,8 +6,8 @@ Accepts:
 - `Verdicts` (from Router, Presence, Capability: one per batch they judged; from TaskStore:
   one per commit) -> buffered; on the next `Flush` all buffered records commit in one
   transaction, then each destination gets one message for the whole commit: `Replies` (to
-  the requests' `reply_to`) and `Dones` (to their channel actor, i.e. the router). A reply
-  never precedes its durable record (SPEC §6).
+  the requests' `reply_to`) and `Dones` (to the router, which frees their channel slots).
+  A reply never precedes its durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -17,18 +17,23 @@ Accepts:
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import time
 from typing import Any
 
-from task_ingress.actors import gate
 from task_ingress.actors.base import GateActor, group_by_address
-from task_ingress.actors.chain import checkpoint_mac, record_hash
 from task_ingress.actors.log import get_logger, info_enabled
-from task_ingress.actors.schema import connect, decode_outbox
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.storage.auditlog import (
+    INSERT_AUDIT,
+    audit_fields,
+    read_head,
+    read_records,
+    write_checkpoint,
+)
+from task_ingress.actors.storage.schema import connect, decode_outbox
+from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
@@ -48,67 +53,8 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
 
 AUDIT_RETRY_SECONDS = 0.2
-
-AUDIT_COLUMNS = (
-    "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
-    "task_id, run_id, payload_size, replay, prev_hash, hash, trust"
-)
-
-
-def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
-    """The unchained part of a record: who, where, what, and how it was judged.
-
-    Identifiers are stored in safe form: a rejected request may carry anything.
-    """
-    ctx = flight.context
-    if flight.checked:
-        # The router found every identifier grammatical: channel and peer ID are ASCII, their
-        # own safe form; a workspace or request ID may still hold non-printable (format)
-        # characters (SPEC 2 allows them, as AGH does).
-        workspace, channel, peer_id = gate.safe_field(ctx.workspace), ctx.channel, ctx.peer_id
-        actor = gate.derived_actor(ctx)
-    else:
-        workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
-                                       gate.safe_field(ctx.channel), gate.safe_field(ctx.peer_id))
-        valid = gate.check_context(ctx) is None
-        actor = gate.safe_field(gate.derived_actor(ctx) if valid else "", 300)
-    return {
-        "workspace": workspace,
-        "channel": channel,
-        "peer_id": peer_id,
-        "actor": actor,
-        "request_id": gate.safe_field(ctx.request_id),
-        "action": outcome.action.value,
-        "outcome": "accepted" if outcome.accepted else "rejected",
-        "reason": outcome.reason.value if outcome.reason else None,
-        "task_id": outcome.task_id,
-        "run_id": outcome.run_id,
-        "payload_size": flight.submission.payload_size,
-        "replay": outcome.replay,
-        "trust": ctx.trust,
-    }
-
-
-def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
-    """Build an AuditRecord from an `AUDIT_COLUMNS` row."""
-    names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
-    values = dict(zip(names, row, strict=True))
-    values["replay"] = bool(values["replay"])
-    return AuditRecord.model_validate(values, strict=False)
-
-
-def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
-    """Every committed record in commit order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
-    return [record_from_row(r) for r in rows]
-
-
-def checkpoint_path(store_path: str) -> str:
-    """Where checkpoints of a store file live: beside it, outside the database."""
-    return store_path + ".checkpoint"
 
 
 class Audit(GateActor):
@@ -131,11 +77,7 @@ class Audit(GateActor):
         try:
             self.settings = msg.settings
             self.conn = connect(msg.settings.store_path, msg.settings.durable)
-            row = self.conn.execute(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            if row:
-                self.seq, self.head = int(row[0]), str(row[1])
+            self.seq, self.head = read_head(self.conn)
             self._drain_outbox()
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:  # reported to the facade, which raises it to the embedder
@@ -176,13 +118,7 @@ class Audit(GateActor):
 
     def _insert(self, records: list[dict[str, Any]]) -> None:
         assert self.conn is not None
-        self.conn.executemany(
-            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
-            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash, "
-            ":trust)",
-            records,
-        )
+        self.conn.executemany(INSERT_AUDIT, records)
 
     def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
         """Judged requests (one message per store commit or gate batch): buffered, in order,
@@ -190,7 +126,7 @@ class Audit(GateActor):
         self.pending.extend(msg.items)
         if not self.flush_queued:
             self.flush_queued = True
-            self.send(self.myAddress, Flush(generation=self.seq))
+            self.send(self.myAddress, Flush())
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Group commit: chain and commit every buffered verdict, then answer each."""
@@ -212,14 +148,15 @@ class Audit(GateActor):
         replies: list[tuple[Any, Replied]] = []
         dones: list[tuple[Any, int]] = []
         for verdict in batch:
-            outcome = verdict.outcome if committed else _failed(verdict.outcome)
+            outcome = (verdict.outcome if committed
+                       else Outcome.failed(verdict.outcome.request_id, verdict.outcome.action))
             if log_info:
                 self._log_outcome(verdict.flight, outcome)
             ticket = verdict.flight.submission.ticket
             replies.append((verdict.flight.reply_to,
                             Replied(ticket=ticket, outcome=outcome)))
-            if verdict.flight.channel_actor is not None:
-                dones.append((verdict.flight.channel_actor, ticket))
+            if verdict.flight.router is not None:
+                dones.append((verdict.flight.router, ticket))
         # One message per destination per commit, replies first: a caller never learns of
         # a channel slot freeing before its own answer.
         for to, items in group_by_address(replies):
@@ -285,21 +222,15 @@ class Audit(GateActor):
         )
         if not (force or (due and self.unchecked)):
             return
-        path = checkpoint_path(settings.store_path)
-        mac = checkpoint_mac(bytes.fromhex(settings.audit_key), self.seq, self.head)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"seq": self.seq, "hash": self.head, "mac": mac, "at": time.time()}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_checkpoint(settings.store_path, bytes.fromhex(settings.audit_key), self.seq,
+                         self.head)
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit and answer everything received before the marker, chain what a dead store
         committed but never reported (its outbox rows), then report back."""
-        self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+        self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
         keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
         self.send(msg.reply_to, ProbeDone(
@@ -310,7 +241,7 @@ class Audit(GateActor):
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
         """Retry a failed audit commit of writes the store already made durable."""
         if self.pending and not self.flush_queued:
-            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+            self.receiveMsg_Flush(Flush(), sender)
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""
@@ -323,15 +254,9 @@ class Audit(GateActor):
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: flush what is buffered, write the final checkpoint, close the file."""
         if self.pending:
-            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+            self.receiveMsg_Flush(Flush(), sender)
         if self.conn is not None:
             self._checkpoint(force=True)
             self.conn.close()
             self.conn = None
 
-
-def _failed(outcome: Outcome) -> Outcome:
-    return Outcome(
-        request_id=outcome.request_id, action=outcome.action, accepted=False,
-        reason=Reason.TASK_INGRESS_FAILED,
-    )

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from task_ingress.actors import gate
 from task_ingress.actors.base import GateActor
+from task_ingress.actors.rules import gate
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.protocol import (
     CardsExpired,

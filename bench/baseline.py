@@ -6,7 +6,7 @@ What a careful engineer writes without actors: threads, locks, one SQLite connec
   commit, and greet/leave take it too, so a leave never slips between check and write
   (the same race freedom the runtime gets from its channel fence).
 - One lock around the database connection: the store-side checks (rules 5-10, the same
-  `actors.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
+  `actors.storage.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
   audit record are ONE transaction, committed with synchronous=FULL before the reply.
   That is the same durability as the runtime: a reply means write + audit are on disk.
 - No group commit: one durable transaction per request. That is the point of comparison.
@@ -18,7 +18,6 @@ It speaks the same wire envelopes (`deliver`) and keeps the same store schema, s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -28,25 +27,23 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
-from task_ingress.actors import gate, store_ops
-from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path, record_from_row
-from task_ingress.actors.chain import checkpoint_mac, record_hash
-from task_ingress.actors.schema import connect
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage.auditlog import (
+    INSERT_AUDIT,
+    read_head,
+    read_records,
+    write_checkpoint,
+)
+from task_ingress.actors.storage.schema import connect
+from task_ingress.messages.audit import CHECKPOINT_EVERY, GENESIS_HASH, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
+from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
-
-CHECKPOINT_EVERY = 1000
-_REQUESTS = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
+from task_ingress.messages.requests import AnyRequest, IngressContext
 
 
 class LockBaseline:
@@ -61,7 +58,7 @@ class LockBaseline:
         self.durable = durable
         self.key = bytes.fromhex(audit_key) if audit_key else os.urandom(32)
         self.local_peer_id = local_peer_id
-        self.limits = gate.Limits()
+        self.limits = SPEC_LIMITS
         self._channels: dict[tuple[str, str], threading.Lock] = {}
         self._channels_lock = threading.Lock()
         self._greets: dict[tuple[str, str, str], tuple[float, bool]] = {}
@@ -75,10 +72,7 @@ class LockBaseline:
     def start(self) -> None:
         """Open the store (WAL, synchronous=FULL) and load the chain head."""
         self._conn = connect(self.store_path, self.durable)
-        row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                 ).fetchone()
-        if row:
-            self._seq, self._head = int(row[0]), str(row[1])
+        self._seq, self._head = read_head(self._conn)
 
     def close(self) -> None:
         """Write the final checkpoint and close the connection."""
@@ -116,7 +110,7 @@ class LockBaseline:
     def submit(self, context: IngressContext, request: Any) -> Outcome:
         """Judge, apply and audit one request in one durable transaction."""
         size = len(msgpack.packb(request.model_dump(exclude_none=True), use_bin_type=True)) \
-            if isinstance(request, _REQUESTS) else 0
+            if isinstance(request, AnyRequest) else 0
         return self._judge(context, request, None, size)
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
@@ -131,7 +125,7 @@ class LockBaseline:
     def _judge(self, context: IngressContext, request: Any, preset: Reason | None, size: int,
                action: Action | None = None) -> Outcome:
         ctx = gate.normalize_context(context)
-        act = request.action if isinstance(request, _REQUESTS) else (action or Action.UNKNOWN)
+        act = request.action if isinstance(request, AnyRequest) else (action or Action.UNKNOWN)
         reason = preset or gate.check_context(ctx)
         if reason is not None or request is None:
             return self._reject(ctx, act, reason or Reason.INVALID_REQUEST, size)
@@ -147,8 +141,7 @@ class LockBaseline:
                 conn, ctx, request, self.limits, time.time()))
 
     def _reject(self, ctx: IngressContext, action: Action, reason: Reason, size: int) -> Outcome:
-        outcome = Outcome(request_id=gate.safe_field(ctx.request_id), action=action,
-                          accepted=False, reason=reason)
+        outcome = Outcome.rejected(gate.safe_field(ctx.request_id), action, reason)
         return self._record(ctx, size, lambda conn: outcome)
 
     def _record(self, ctx: IngressContext, size: int,
@@ -188,18 +181,12 @@ class LockBaseline:
             "replay": outcome.replay, "prev_hash": self._head, "trust": ctx.trust,
         }
         record["hash"] = record_hash(record)
-        self._open().execute(
-            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
-            "(:seq, :at, :workspace, :channel, :peer_id, :actor, :request_id, :action, "
-            ":outcome, :reason, :task_id, :run_id, :payload_size, :replay, :prev_hash, :hash, "
-            ":trust)", record)
+        self._open().execute(INSERT_AUDIT, record)
         self._seq, self._head = record["seq"], record["hash"]
         self._since_checkpoint += 1
 
     def _reload_head(self) -> None:
-        row = self._open().execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                   ).fetchone()
-        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        self._seq, self._head = read_head(self._open())
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint >= CHECKPOINT_EVERY:
@@ -208,21 +195,13 @@ class LockBaseline:
     def _checkpoint(self) -> None:
         if self._seq == 0:
             return
-        path = checkpoint_path(self.store_path)
-        data = {"seq": self._seq, "hash": self._head,
-                "mac": checkpoint_mac(self.key, self._seq, self._head), "at": time.time()}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        write_checkpoint(self.store_path, self.key, self._seq, self._head)
         self._since_checkpoint = 0
 
     def audit(self) -> list[AuditRecord]:
         """Every committed record, in commit order."""
         with self._db_lock:
-            rows = self._open().execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"
-                                        ).fetchall()
-        return [record_from_row(r) for r in rows]
+            return read_records(self._open())
 
     def store_file(self) -> str:
         """The SQLite file."""

@@ -7,6 +7,10 @@ from task_ingress.messages.base import Message
 from task_ingress.messages.reasons import Action, Reason
 
 GENESIS_HASH = "0" * 64
+CHECKPOINT_EVERY = 1000
+"""Audit writes a checkpoint at least every this many records (`audit verify` expects it)."""
+CHECKPOINT_SECONDS = 1.0
+"""... and at least this often while records arrive."""
 
 
 class AuditRecord(Message):

@@ -82,9 +82,10 @@ class EnqueueRun(Message):
         return Action.ENQUEUE
 
 
-TaskRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
+AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
+"""Any of the four task requests (a union: also usable with `isinstance`)."""
 
-REQUEST_BY_ACTION: dict[Action, type[CreateTask | UpdateTask | CancelTask | EnqueueRun]] = {
+REQUEST_BY_ACTION: dict[Action, type[AnyRequest]] = {
     Action.CREATE: CreateTask,
     Action.UPDATE: UpdateTask,
     Action.CANCEL: CancelTask,

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from task_ingress.actors.log import get_logger
-from task_ingress.messages.requests import TaskRequest
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
 from task_ingress.runtime.nats.compact import encode_compact
 from task_ingress.runtime.nats.identity import Trust, evaluate, handle, sign
-from task_ingress.runtime.nats.ready import ReadyInfo, read_ready_file
+from task_ingress.runtime.nats.ready import ReadyInfo, read_live_ready_file
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -75,8 +75,9 @@ class DaemonAddress:
 
     @classmethod
     def from_ready_file(cls, path: str) -> DaemonAddress:
-        """Read a ready file (ValueError/OSError when missing or malformed)."""
-        return cls.from_ready(read_ready_file(path))
+        """Read a ready file (ValueError/OSError when missing or malformed; its subclass
+        DaemonNotRunning at once when the daemon it names is gone)."""
+        return cls.from_ready(read_live_ready_file(path))
 
 
 async def connect(address: DaemonAddress, name: str, reconnects: int = 10,
@@ -126,7 +127,7 @@ class PeerClient:
         return wire.encode_json(sign(env, me.key))
 
     def request_envelope(self, me: Identity, workspace: str, channel: str,
-                         request: TaskRequest, request_id: str,
+                         request: AnyRequest, request_id: str,
                          work_id: str | None = None) -> bytes:
         """A signed v1 task `say` to the daemon."""
         env = taskmap.build_request(protocol=wire.PROTOCOL_V1, workspace=workspace,
@@ -165,7 +166,7 @@ class PeerClient:
             raise ClientError("the daemon's greet answer carries no presence verdict")
         return verdict
 
-    async def request(self, me: Identity, workspace: str, channel: str, request: TaskRequest,
+    async def request(self, me: Identity, workspace: str, channel: str, request: AnyRequest,
                       request_id: str | None = None,
                       work_id: str | None = None) -> dict[str, Any]:
         """Send one task request; the outcome from the daemon's receipt (SPEC 9 fields)."""

@@ -1,6 +1,7 @@
 """`task-ingress keygen`, `trust add|remove|list` and `request create|update|cancel|enqueue`
-(SPEC 9). Exit codes: 0 success, 1 the checked thing failed (a rejected request),
-2 usage error or could not start/connect. Heavy imports stay inside the commands.
+(SPEC 9). Exit codes (runtime/cli_exit.py): 0 success, 1 the checked thing failed (a
+rejected request), 2 usage error or could not connect: one line naming the problem
+(`UsageProblem`), never a traceback. Heavy imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from task_ingress.runtime.cli_exit import UsageProblem
 
 trust_app = typer.Typer(help="The operator's trust policy: verified handles allowed "
                              "task.write (a running daemon picks changes up, no restart).",
@@ -18,9 +20,25 @@ request_app = typer.Typer(help="Send one signed AGH task request to a daemon and
                                "answer as JSON.", no_args_is_help=True)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
+def _fail(message: str) -> UsageProblem:
+    """The user's mistake or an unreachable daemon: one line, exit 2."""
+    return UsageProblem(message)
+
+
+def _ready_problem(path: str, exc: Exception) -> UsageProblem:
+    from task_ingress.runtime.nats.ready import DaemonNotRunning
+
+    if isinstance(exc, DaemonNotRunning):
+        return _fail(str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return _fail(f"no ready file at {path}; start the daemon with "
+                     f"`task-ingress serve --ready-file {path}`")
+    return _fail(f"cannot read the ready file {path}: {exc}")
+
+
+def _edit_problem(path: str, exc: OSError) -> UsageProblem:
+    return _fail(f"cannot write the trust policy {path} ({exc.strerror or exc}); check the "
+                 "directory's owner and mode")
 
 
 # ---- keygen ------------------------------------------------------------------------
@@ -37,11 +55,12 @@ def keygen(
         who = handle(nickname, key)
         save_key(out, key, nickname)
     except ValueError as exc:
-        raise _fail(f"keygen: {exc}") from None
+        raise _fail(str(exc)) from None
     except FileExistsError:
-        raise _fail(f"keygen: {out} exists; refusing to overwrite a key") from None
+        raise _fail(f"{out} exists; refusing to overwrite a key (choose another --out)"
+                    ) from None
     except OSError as exc:
-        raise _fail(f"keygen: cannot write {out}: {exc.strerror}") from None
+        raise _fail(f"--out {out}: cannot write it ({exc.strerror})") from None
     typer.echo(f"wrote {out}", err=True)
     typer.echo(who)
 
@@ -59,10 +78,10 @@ def _policy_path(trust_file: str | None, daemon: str | None) -> str:
         return trust_file
     from task_ingress.runtime.nats.ready import read_ready_file
 
-    try:
+    try:  # the policy can be edited while the daemon is down: no pid check here
         return read_ready_file(str(daemon)).trust_file
     except (OSError, ValueError) as exc:
-        raise _fail(f"cannot read the ready file {daemon}: {exc}") from None
+        raise _ready_problem(str(daemon), exc) from None
 
 
 @trust_app.command("add")
@@ -75,7 +94,9 @@ def trust_add(handles: Annotated[list[str], typer.Argument(help="nickname@finger
     try:
         allow(path, handles)
     except ValueError as exc:
-        raise _fail(f"trust add: {exc}") from None
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _edit_problem(path, exc) from None
     for who in handles:
         typer.echo(f"allowed {who.strip()}")
 
@@ -90,7 +111,9 @@ def trust_remove(handles: Annotated[list[str], typer.Argument(help="nickname@fin
     try:
         removed = disallow(path, handles)
     except ValueError as exc:
-        raise _fail(f"trust remove: {exc}") from None
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _edit_problem(path, exc) from None
     for who in handles:
         typer.echo(("removed " if any(r.split("@")[1] == who.strip().rsplit("@", 1)[1]
                                       for r in removed) else "not present ") + who.strip())
@@ -129,10 +152,10 @@ def _send(daemon: str, key: str, channel: str, workspace: str | None, request: A
     )
     from task_ingress.runtime.nats.identity import load_identity
 
-    try:
+    try:  # a stale file (dead pid) is refused at once, not after a timeout
         address = DaemonAddress.from_ready_file(daemon)
     except (OSError, ValueError) as exc:
-        raise _fail(f"cannot read the ready file {daemon}: {exc}") from None
+        raise _ready_problem(daemon, exc) from None
     try:
         secret, who = load_identity(key)
     except (OSError, ValueError) as exc:
@@ -152,9 +175,9 @@ def _send(daemon: str, key: str, channel: str, workspace: str | None, request: A
     try:
         outcome = asyncio.run(go())
     except ClientError as exc:
-        raise _fail(f"request: {exc}") from None
+        raise _fail(f"{exc}") from None
     except Exception as exc:  # cannot connect, bad subject: a usage/connection error
-        raise _fail(f"request: cannot reach the daemon: {exc!r}") from None
+        raise _fail(f"cannot reach the daemon at {address.nats_url}: {exc!r}") from None
     typer.echo(json.dumps({k: outcome.get(k) for k in (
         "accepted", "reason", "task_id", "run_id", "request_id")}, sort_keys=True))
     sys.stdout.flush()
@@ -167,7 +190,9 @@ def _build(kind: type[Any], **fields: Any) -> Any:
     try:
         return kind(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        raise _fail(f"request: {exc}") from None
+        problems = "; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: "
+                             f"{e['msg']}" for e in exc.errors())
+        raise _fail(f"invalid request: {problems}") from None
 
 
 def _metadata(pairs: list[str] | None) -> dict[str, str] | None:

@@ -8,12 +8,12 @@ peer.<fingerprint>}`), metrics, ready file; then the daemon greets (AGH heartbea
 and every greet_interval in each channel it serves: the `--channel`s, or with none every
 channel where it has seen a peer (greeting at once on the first sight of one).
 
-Stop (first SIGTERM/SIGINT, or `request_stop()`): readiness off, unsubscribe (the server
+Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the server
 sends no more; messages already received are still judged), answer every in-flight
 request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
 the local server, remove the ready file, exit 0. A second signal exits at once (status
 130): SQLite's WAL keeps committed transactions, so the store stays consistent; requests
-not yet answered were not acknowledged.
+not yet answered were not acknowledged; the ready file is removed on this path too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,12 @@ class Daemon:
 
     def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
                  runtime_config: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None) -> None:
+                 announce: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        # One monotonic clock for every duration the daemon judges (presence expiry, trust
+        # file re-reads, the greet replay window); tests inject a fake one.
+        self.clock = clock
         self.announce = announce or (lambda line: None)
         self.install_signals = install_signals
         self.runtime_config = runtime_config or {}
@@ -86,6 +91,8 @@ class Daemon:
                 self._stop.set()
             return
         self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
+        if self.settings.ready_file:  # clients must not wait on a daemon that is gone
+            remove_ready_file(self.settings.ready_file, os.getpid())
         if self.server is not None:
             self.server.stop()
         os._exit(HARD_EXIT_STATUS)
@@ -101,7 +108,11 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self.install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            # A closed terminal (SIGHUP) stops it gracefully too, unless run under nohup.
+            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+                signals.append(signal.SIGHUP)
+            for signum in signals:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         self.log.info("serve.settings", **s.public())
         handler: EnvelopeHandler | None = None
@@ -109,7 +120,7 @@ class Daemon:
         try:
             url, token = await self._nats_endpoint()
             ensure_policy_file(s.trust_path)
-            policy = TrustPolicy(s.trust_path)
+            policy = TrustPolicy(s.trust_path, clock=self.clock)
             key = load_or_create_key(s.key_path)
             pub = raw_public_key(key)
             me = handle(s.nickname, key)
@@ -117,7 +128,7 @@ class Daemon:
                                           max_in_flight_per_peer=s.max_in_flight_per_peer)
             config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
                                    local_peer_id=s.peer_id, greet_interval=s.greet_interval,
-                                   **{**limits, **self.runtime_config})
+                                   clock=self.clock, **{**limits, **self.runtime_config})
             self.runtime = IngressRuntime(config)
             await asyncio.to_thread(self.runtime.start)
             self.metrics.watch_runtime(self.runtime)
@@ -125,7 +136,7 @@ class Daemon:
             handler = EnvelopeHandler(runtime=self.runtime, policy=policy, key=key,
                                       peer_id=s.peer_id, handle=me, publish=nc.publish,
                                       metrics=self.metrics, greet_interval=s.greet_interval,
-                                      on_channel=self._greet_soon)
+                                      on_channel=self._greet_soon, clock=self.clock)
             self._handler = handler
             subs = await self._subscribe(nc, handler, me)
             greeter = asyncio.create_task(self._greet_loop(handler))
@@ -278,18 +289,20 @@ class Daemon:
 
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-        if handler is not None:
-            await asyncio.to_thread(handler.close)
-        if self.runtime is not None:
-            await asyncio.to_thread(self.runtime.close)
-        self.metrics.close()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-        if self.settings.ready_file:
-            remove_ready_file(self.settings.ready_file, os.getpid())
+        try:
+            for task in list(self._tasks):
+                task.cancel()
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 5)
+            if handler is not None:
+                await asyncio.to_thread(handler.close)
+            if self.runtime is not None:
+                await asyncio.to_thread(self.runtime.close)
+            self.metrics.close()
+            if self.server is not None:
+                await asyncio.to_thread(self.server.stop)
+        finally:
+            if self.settings.ready_file:  # whatever failed above, do not point at us
+                remove_ready_file(self.settings.ready_file, os.getpid())
         self.log.info("serve.stopped")

@@ -21,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from task_ingress.actors import gate
+from task_ingress.actors.rules import gate
+from task_ingress.messages.limits import SPEC_LIMITS
 
 PROTOCOL_V0 = "agh-network/v0"  # envelope.go:12
 PROTOCOL_V1 = "agh-network/v1"  # RFC 004 section 8 examples
@@ -41,7 +42,7 @@ WORK_STATES = frozenset(  # envelope.go:173
     {"submitted", "working", "needs_input", "completed", "failed", "canceled"})
 MAX_REPLAY_AGE = 300
 """Seconds: AGH's DefaultMaxReplayAge (validate.go:61)."""
-MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_ENVELOPE_BYTES = SPEC_LIMITS.max_envelope_bytes
 """SPEC 2's wire limit for what the daemon reads (AGH's own cap is 1 MiB)."""
 AGH_MAX_ENVELOPE_BYTES = 1 << 20  # capability_catalog.go:16
 TASK_WRITE = "task.write"  # tasks.go:20

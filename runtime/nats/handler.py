@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from task_ingress.actors import gate
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules import gate
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import IngressContext, TaskRequest
+from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
@@ -90,7 +90,7 @@ class EnvelopeHandler:
         self.max_bytes = max_envelope_bytes
         self.on_channel = on_channel or (lambda protocol, channel: None)
         self.clock = clock
-        self.seen_greets = SeenWindow()
+        self.seen_greets = SeenWindow(clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
@@ -320,7 +320,7 @@ class EnvelopeHandler:
             await self.publish_envelope(reply, receipt)
         self._observe(outcome, judged.trust, started)
 
-    async def _judge(self, ctx: IngressContext, action: Action, request: TaskRequest | None,
+    async def _judge(self, ctx: IngressContext, action: Action, request: AnyRequest | None,
                      size: int, judged: Evaluation, problem: str) -> tuple[Outcome, bool]:
         """The outcome of one request and whether it repeats a judged id (replay window)."""
         if judged.trust is Trust.REJECTED:
@@ -380,7 +380,7 @@ class EnvelopeHandler:
             return False  # expired: let the runtime say peer_not_found
         return not self.policy.allows(judged.fingerprint)
 
-    async def _submit(self, ctx: IngressContext, request: TaskRequest) -> Outcome:
+    async def _submit(self, ctx: IngressContext, request: AnyRequest) -> Outcome:
         await self._after_greets(ctx.workspace, ctx.channel, ctx.peer_id)
         self.metrics.in_flight.inc()
         try:
@@ -388,8 +388,8 @@ class EnvelopeHandler:
         except Exception as exc:  # timeout or runtime closed: the outcome is unknown
             self.log.error("submit.failed", request_id=gate.safe_field(ctx.request_id),
                            error=repr(exc))
-            return Outcome(request_id=gate.safe_field(ctx.request_id), action=request.action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(ctx.request_id), request.action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
         finally:
             self.metrics.in_flight.dec()
 
@@ -462,8 +462,8 @@ class EnvelopeHandler:
             return outcome
         except Exception as exc:
             self.log.error("envelope.reject_failed", error=repr(exc))
-            return Outcome(request_id=gate.safe_field(request_id), action=action,
-                           accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE)
+            return Outcome.rejected(gate.safe_field(request_id), action,
+                                    Reason.TASK_INGRESS_UNAVAILABLE)
 
     async def publish_envelope(self, subject: str, obj: dict[str, Any]) -> None:
         """Publish an envelope only if AGH's rules accept it (as router.go:867 does)."""

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from task_ingress.actors import gate
+from task_ingress.actors.rules import gate
 
 PROFILE = "agh-network.trust.ed25519-jcs/v1"
 ALG = "Ed25519"

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from task_ingress.runtime.driver import RuntimeStatistics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+
+
+class HasStatistics(Protocol):
+    """What the metrics read of a runtime (an IngressRuntime)."""
+
+    def statistics(self) -> RuntimeStatistics:
+        """A snapshot of the runtime's queues."""
+        ...
 
 
 class Metrics:
@@ -71,22 +80,10 @@ class Metrics:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def watch_runtime(self, runtime: object) -> None:
-        """Read the runtime's queue depths at scrape time.
-
-        The facade has no public accessor for these yet, so this reads the driver's
-        `inbox` queue and `flow.total` defensively (0 when absent).
-        """
-        def driver_attr(path: str) -> float:
-            value: Any = getattr(runtime, "_driver", None)
-            for name in path.split("."):
-                value = getattr(value, name, None)
-            if callable(value):
-                value = value()
-            return float(value) if isinstance(value, int | float) else 0.0
-
-        self.runtime_queue.set_function(lambda: driver_attr("inbox.qsize"))
-        self.runtime_admitted.set_function(lambda: driver_attr("flow.total"))
+    def watch_runtime(self, runtime: HasStatistics) -> None:
+        """Read the runtime's queue depths (`IngressRuntime.statistics()`) at scrape time."""
+        self.runtime_queue.set_function(lambda: runtime.statistics().calls_waiting)
+        self.runtime_admitted.set_function(lambda: runtime.statistics().requests_in_flight)
 
     def set_ready(self, ready: bool) -> None:
         """Readiness for /ready and the task_ingress_ready gauge."""

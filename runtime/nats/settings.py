@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from task_ingress.actors import gate
+from task_ingress.actors.rules import gate
 
 
 class ServeSettings(BaseSettings):

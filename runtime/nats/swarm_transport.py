@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, TypeVar
 
-from task_ingress.actors import gate
+from task_ingress.actors.rules import gate
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
@@ -229,9 +229,8 @@ class NatsSwarmTransport:
             return bytes(self._call(coro, self.request_timeout + 1))
         except Exception:  # no responder, timeout, malformed subject: nothing was judged
             decoded = decode_envelope(bytes(envelope))
-            return encode_reply(Outcome(
-                request_id=gate.safe_field(decoded.request_id), action=decoded.action,
-                accepted=False, reason=Reason.TASK_INGRESS_UNAVAILABLE))
+            return encode_reply(Outcome.rejected(gate.safe_field(decoded.request_id),
+                                                 decoded.action, Reason.TASK_INGRESS_UNAVAILABLE))
 
     def store_path(self) -> str:
         """The daemon's store (from the ready file; '' when driving a remote daemon)."""

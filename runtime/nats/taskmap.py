@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import REQUEST_BY_ACTION, TaskRequest
+from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest
 from task_ingress.runtime.nats import envelope as wire
 
 EXT_REQUEST = "dev.task-ingress.request"
@@ -48,7 +48,7 @@ class TaskSay:
     """A say that asks the daemon for a task action; `problem` is why it cannot be judged."""
 
     action: Action
-    request: TaskRequest | None
+    request: AnyRequest | None
     problem: str = ""
 
 
@@ -135,7 +135,7 @@ def build_receipt(*, protocol: str, workspace: str, channel: str, daemon: str, t
 
 
 def build_request(*, protocol: str, workspace: str, channel: str, sender: str, daemon: str,
-                  request: TaskRequest, request_id: str, work_id: str | None = None,
+                  request: AnyRequest, request_id: str, work_id: str | None = None,
                   trace_id: str | None = None, text: str = "") -> dict[str, Any]:
     """An unsigned task say (client side): the mapping read_task_say undoes."""
     action = request.action.value

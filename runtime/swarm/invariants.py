@@ -1,18 +1,18 @@
 """The checks run after every swarm: each returns a `Check` (held or not, and why).
 
-Inputs are the store file (read-only, through runtime.verify), the swarm's journal and
+Inputs are the store file (read-only, through runtime.audit), the swarm's journal and
 its presence history. Each check is a pure function over those, so tests can corrupt a
 row or fabricate a history and watch the check fail.
 
 Checks (names are the JSON report's `invariants` keys):
 - `one_audit_record_per_request`: the records appended during the run match the
   answered requests one to one, identity and outcome included (reason, task, run);
-- `audit_chain_verifies`: `actors.chain.first_bad_record` finds nothing over the whole
-  audit read from the file, and the HMAC checkpoint vouches for it (runtime.verify);
+- `audit_chain_verifies`: `actors.rules.chain.first_bad_record` finds nothing over the whole
+  audit read from the file, and the HMAC checkpoint vouches for it (runtime.audit.verify);
 - `writes_by_visible_capable_peers`: every accepted record of the run is justified by
   the swarm's presence history (rule in runtime.swarm.history);
 - `store_matches_audit`: every accepted create has its task, every accepted enqueue its
-  run, and nothing is in the store without an accepted record (runtime.verify);
+  run, and nothing is in the store without an accepted record (runtime.audit.verify);
 - `bound_tasks_mutated_only_from_their_channel`: replaying the run's accepted records in
   commit order, with the bindings the swarm asked for, no mutation of a task bound to a
   channel came from another channel, and the stored bindings equal the replay's;
@@ -26,21 +26,15 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from task_ingress.actors.audit import record_from_row
-from task_ingress.actors.chain import first_bad_record
-from task_ingress.actors.gate import safe_field
+from task_ingress.actors.rules.chain import first_bad_record
+from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.storage.auditlog import read_checkpoint, record_from_row
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.reasons import Action
+from task_ingress.runtime.audit.read import load_key, open_readonly, read_snapshot
+from task_ingress.runtime.audit.verify import VerifyResult, verify_snapshot
 from task_ingress.runtime.swarm.history import PresenceHistory
 from task_ingress.runtime.swarm.journal import Sent
-from task_ingress.runtime.verify import (
-    VerifyResult,
-    load_key,
-    open_readonly,
-    read_checkpoint,
-    read_snapshot,
-    verify_snapshot,
-)
 
 MAX_EXAMPLES = 5
 RequestKey = tuple[str, str, str, str]

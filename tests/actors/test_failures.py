@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from task_ingress.actors import capability, store_ops, task_store
+from task_ingress.actors import capability, task_store
+from task_ingress.actors.storage import store_ops
 from task_ingress.messages import CreateTask, Reason
 from task_ingress.runtime import IngressRuntime
 

@@ -7,17 +7,20 @@ import hashlib
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from task_ingress.actors.audit import AUDIT_COLUMNS
-from task_ingress.actors.chain import checkpoint_mac, first_bad_record, record_hash
+from task_ingress.actors.rules.chain import first_bad_record, record_hash
+from task_ingress.actors.storage import auditlog
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, KEY_ENV, find_key, key_path
 from task_ingress.messages import CancelTask, CreateTask, EnqueueRun, PeerCard, UpdateTask
+from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.audit.read import load_key
+from task_ingress.runtime.audit.verify import verify_store
 from task_ingress.runtime.cli import app
-from task_ingress.runtime.verify import verify_store
+from task_ingress.runtime.facade import load_or_create_key
 from typer.testing import CliRunner
 
 from tests.conftest import ctx, writer_card
@@ -73,7 +76,7 @@ def rows(store: Path) -> list[dict[str, object]]:
 def rewrite_chain_from(store: Path, seq: int) -> None:
     """What a careful forger does: recompute every hash from `seq` on so the chain holds."""
     conn = db(store)
-    prev = ""
+    prev = GENESIS_HASH
     for r in rows(store):
         if int(str(r["seq"])) >= seq:
             r["prev_hash"] = prev
@@ -88,8 +91,17 @@ def write_checkpoint(store: Path, seq: int) -> None:
     """A valid checkpoint at `seq`, as Audit writes it (the key file is the runtime's)."""
     key = bytes.fromhex(Path(f"{store}.key").read_text().strip())
     head = next(str(r["hash"]) for r in rows(store) if r["seq"] == seq)
-    Path(f"{store}.checkpoint").write_text(json.dumps(
-        {"seq": seq, "hash": head, "mac": checkpoint_mac(key, seq, head), "at": time.time()}))
+    auditlog.write_checkpoint(str(store), key, seq, head)
+
+
+def backdate(store: Path, times: list[float]) -> None:
+    """Give records 1.. these `at` times, chained and checkpointed as if written then."""
+    conn = db(store)
+    conn.executemany("UPDATE audit SET at = ? WHERE seq = ?",
+                     [(at, seq) for seq, at in enumerate(times, 1)])
+    conn.close()
+    rewrite_chain_from(store, 1)
+    write_checkpoint(store, len(times))
 
 
 @pytest.fixture
@@ -169,7 +181,7 @@ def test_streaming_chain_check_agrees_with_the_chain_module(store: Path, tamper:
     with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
         expected = first_bad_record(rt.audit())
     chain = [p for p in verify_store(str(store)).problems if p.kind == "chain"]
-    assert expected is not None and [p.seq for p in chain] == [expected[0]]
+    assert expected is not None and [(p.seq, p.detail) for p in chain] == [expected]
 
 
 def test_deleted_tail_fails_against_the_checkpoint(store: Path) -> None:
@@ -219,11 +231,16 @@ def test_missing_checkpoint_of_an_old_chain_fails(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     with IngressRuntime(RuntimeConfig(store_path=str(path))) as rt:
         rt.greet("ws", "ops", writer_card("peer-a"))
-        rt.submit(ctx("r-1"), CreateTask(title="early"))
-        time.sleep(1.2)  # records spanning more than a checkpoint interval ...
-        rt.submit(ctx("r-2"), CreateTask(title="late"))
-        time.sleep(0.7)  # ... and older than the crash grace
-        rt.submit(ctx("r-3"), CreateTask(title="latest"))
+        for i in range(3):
+            rt.submit(ctx(f"r-{i}"), CreateTask(title=f"t{i}"))
+    t0 = 1_700_000_000.0
+    backdate(path, [t0, t0 + 0.1, t0 + 0.2])  # a young chain: no checkpoint due yet
+    assert verify_store(str(path)).ok
+    os.remove(f"{path}.checkpoint")
+    young = verify_store(str(path))
+    assert young.ok and any("no checkpoint yet" in n for n in young.notes)
+    # Records spanning more than a checkpoint interval, and older than the crash grace.
+    backdate(path, [t0, t0 + 1.2, t0 + 1.9])
     assert verify_store(str(path)).ok
     os.remove(f"{path}.checkpoint")
     result = verify_store(str(path))
@@ -322,3 +339,27 @@ def test_json_output_names_the_first_problem(store: Path) -> None:
     assert result.exit_code == 1
     data = json.loads(result.output)
     assert data["ok"] is False and data["first_problem"]["seq"] == 4
+
+
+def test_the_runtime_and_the_audit_tools_find_the_key_in_one_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = str(tmp_path / "store.db")
+    assert find_key(store) is None and load_key(store) == (None, None)
+    created = load_or_create_key(store)  # the runtime's first start writes the key file
+    assert find_key(store) == (created, key_path(store))
+    assert load_key(store) == (bytes.fromhex(created), None)
+    monkeypatch.setenv(KEY_ENV, "ab" * 32)  # the environment wins over the file, for both
+    assert load_or_create_key(store) == "ab" * 32
+    assert load_key(store) == (bytes.fromhex("ab" * 32), None)
+    assert load_key(store, "cd" * 32) == (bytes.fromhex("cd" * 32), None)  # --key wins
+
+
+def test_an_outbox_row_that_does_not_decode_fails_naming_it(store: Path) -> None:
+    conn = db(store)
+    row_id = conn.execute("INSERT INTO outbox (record) VALUES (?)", (b"\xc1",)).lastrowid
+    conn.close()
+    code, lines = verify_cli(store)
+    assert code == 1
+    assert f"outbox row {row_id} does not decode (neither a msgpack nor a JSON record)" \
+        in lines[-1]

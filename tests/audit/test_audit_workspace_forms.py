@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from task_ingress.messages import CreateTask, IngressContext
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.runtime.verify import verify_store
+from task_ingress.runtime.audit.verify import verify_store
 
 from tests.conftest import writer_card
 

@@ -16,7 +16,7 @@ from task_ingress.messages import (
 )
 from task_ingress.messages.codec import decode_reply, encode_envelope
 from task_ingress.messages.reasons import Reason
-from task_ingress.runtime.verify import verify_store
+from task_ingress.runtime.audit.verify import verify_store
 
 
 def _ctx(rid: str, peer: str = "peer-a", channel: str = "ops") -> IngressContext:

@@ -22,10 +22,11 @@ from typing import Any
 
 import psutil
 import pytest
-from task_ingress.actors.gate import safe_field
+from task_ingress.actors.rules.gate import safe_field
 from task_ingress.messages import CreateTask, IngressContext
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.runtime.verify import VerifyResult, open_readonly, verify_store
+from task_ingress.runtime.audit.read import open_readonly
+from task_ingress.runtime.audit.verify import VerifyResult, verify_store
 
 from tests.conftest import writer_card
 

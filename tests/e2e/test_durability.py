@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from task_ingress.actors.chain import first_bad_record
+from task_ingress.actors.rules.chain import first_bad_record
 from task_ingress.messages import CreateTask, EnqueueRun
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 

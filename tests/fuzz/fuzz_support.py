@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from task_ingress.actors.audit import AUDIT_COLUMNS, record_from_row
-from task_ingress.actors.gate import safe_field
+from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
 from task_ingress.messages import AuditRecord, CreateTask, IngressContext, Outcome, PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.runtime.verify import readonly_uri
+from task_ingress.runtime.audit.read import readonly_uri
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
 REPLY_KEYS = {"v", "request_id", "accepted", "reason", "task_id", "run_id"}

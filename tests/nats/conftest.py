@@ -110,8 +110,9 @@ def assert_all_agh_valid(tap: WireTap, names: set[str]) -> int:
 @pytest.fixture
 def start_daemon(nats_server: NatsServer, tmp_path: Path
                  ) -> Iterator[Callable[..., RunningDaemon]]:
-    """Factory: an in-process daemon on `nats_server` (stopped at teardown); everything
-    it publishes is checked against AGH's envelope rules after it stopped."""
+    """Factory: an in-process daemon on `nats_server` (stopped at teardown); `clock=` gives
+    it a fake clock, any other keyword is a ServeSettings field. Everything it publishes is
+    checked against AGH's envelope rules after it stopped."""
     running: list[RunningDaemon] = []
     before = _children()
     tap = WireTap(nats_server)
@@ -121,9 +122,10 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
             "nats_url": nats_server.url, "nats_token": nats_server.token,
             "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
         }
+        clock = overrides.pop("clock", time.monotonic)
         values.update(overrides)
-        daemon = Daemon(ServeSettings(**values),
-                        runtime_config={"audit_key": "00" * 32})
+        daemon = Daemon(ServeSettings(**values), runtime_config={"audit_key": "00" * 32},
+                        clock=clock)
         result: dict[str, Any] = {}
 
         def run() -> None:

@@ -14,6 +14,7 @@ import pytest
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime.nats.policy import allow, disallow
 
+from tests.conftest import FakeClock
 from tests.nats.conftest import RunningDaemon
 from tests.nats.nats_support import (
     DAEMON,
@@ -240,12 +241,15 @@ def test_a_repeated_id_gets_the_recorded_outcome_and_a_captured_refusal_never_wr
 
 
 def test_a_replayed_greet_id_does_not_refresh_presence_and_peers_expire(
-        start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon(greet_interval=0.25)
+        start_daemon: Start, nats_wire: Wire, clock: FakeClock) -> None:
+    d = start_daemon(clock=clock)
     a = _verified(d)
     greet = a.greet(env_id="g-1")
     assert presence(nats_wire.ask(a.broadcast(), greet))["applied"]
-    time.sleep(0.6)  # expired: 2 x 0.25 s without a greet
+    clock.advance(59.0)  # one greet interval of 30 s missed, the second not yet
+    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-0")))[
+        "accepted"]
+    clock.advance(1.0)  # expired: 2 x 30 s without a greet
     assert presence(nats_wire.ask(a.broadcast(), greet))["reason"] == "duplicate"
     late = result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))
     assert late["reason"] == Reason.PEER_NOT_FOUND
@@ -316,7 +320,7 @@ def test_task_says_are_judged_like_the_in_process_wire(start_daemon: Start,
 
 def test_metrics_count_requests_by_trust_and_greets_by_result(start_daemon: Start,
                                                               nats_wire: Wire) -> None:
-    from task_ingress.runtime.nats.server import free_port
+    from task_ingress.runtime.ports import free_port
 
     d = start_daemon(metrics_port=free_port())
     a = _verified(d)

@@ -4,6 +4,7 @@ replay window, settings."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -244,3 +245,42 @@ def test_serve_settings_accept_ulid_workspaces_and_refuse_bad_names(
 def test_wire_times_are_unix_seconds() -> None:
     assert abs(wire.build_envelope(kind="say", workspace="w", channel="c", sender="s",
                                    body={})["ts"] - time.time()) < 5
+
+
+def test_settings_come_from_env_and_print_without_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASK_INGRESS_NATS_URL", "nats://user:hunter2@127.0.0.1:4222")
+    monkeypatch.setenv("TASK_INGRESS_NATS_TOKEN", "s3cret-token")
+    monkeypatch.setenv("TASK_INGRESS_CHANNELS", "ops, dev")
+    settings = ServeSettings(workspace="wks")
+    assert settings.channels == ["ops", "dev"] and settings.workspace == "wks"
+    printed = json.dumps(settings.public())
+    assert "hunter2" not in printed and "s3cret-token" not in printed
+    assert "nats://user:***@127.0.0.1:4222" in printed
+    with pytest.raises(ValueError):
+        ServeSettings(workspace="Bad WS")
+
+
+def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
+    from task_ingress.runtime.driver import RuntimeStatistics
+    from task_ingress.runtime.nats.metrics import Metrics
+
+    class Runtime:
+        """Reports whatever the test sets, as IngressRuntime.statistics() would."""
+
+        def __init__(self) -> None:
+            self.now = RuntimeStatistics(calls_waiting=3, requests_in_flight=2)
+
+        def statistics(self) -> RuntimeStatistics:
+            return self.now
+
+    runtime = Runtime()
+    metrics = Metrics()
+    metrics.watch_runtime(runtime)
+    text = metrics.exposition().decode()
+    assert "task_ingress_runtime_queue 3.0" in text
+    assert "task_ingress_runtime_admitted 2.0" in text
+    runtime.now = RuntimeStatistics(calls_waiting=2, requests_in_flight=0)
+    text = metrics.exposition().decode()
+    assert "task_ingress_runtime_queue 2.0" in text
+    assert "task_ingress_runtime_admitted 0.0" in text

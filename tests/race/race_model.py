@@ -20,8 +20,8 @@ from task_ingress.messages import (
     UpdateTask,
 )
 from task_ingress.messages.reasons import Action, Reason
+from task_ingress.messages.requests import AnyRequest
 
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
 PresenceKey = tuple[str, str, str]
 RequestKey = tuple[str, str, str, str]
 

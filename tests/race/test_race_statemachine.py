@@ -23,7 +23,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from task_ingress.actors import gate, presence
+from task_ingress.actors import presence
+from task_ingress.actors.rules import gate
 from task_ingress.messages import (
     CancelTask,
     CreateTask,
@@ -33,10 +34,11 @@ from task_ingress.messages import (
     PeerCard,
     UpdateTask,
 )
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
 from tests.conftest import FakeClock
-from tests.race.race_model import AnyRequest, Prediction, SpecModel
+from tests.race.race_model import Prediction, SpecModel
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
 EXAMPLES = int(os.environ.get("TASK_INGRESS_RACE_EXAMPLES", 5000 if SLOW else 300))

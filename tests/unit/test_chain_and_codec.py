@@ -9,7 +9,12 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from task_ingress.actors.chain import checkpoint_mac, checkpoint_ok, first_bad_record, record_hash
+from task_ingress.actors.rules.chain import (
+    checkpoint_mac,
+    checkpoint_ok,
+    first_bad_record,
+    record_hash,
+)
 from task_ingress.messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.codec import decode_envelope, encode_envelope
@@ -61,8 +66,9 @@ def test_edited_record_is_named_by_the_chain() -> None:
 def test_deleted_record_is_a_sequence_gap() -> None:
     records = _chain(5)
     del records[1]
-    bad = first_bad_record(records)
-    assert bad is not None and bad[0] == 3
+    assert first_bad_record(records) == (3, "sequence gap: expected 2 (record 2 is missing)")
+    del records[1:3]
+    assert first_bad_record(records) == (5, "sequence gap: expected 2 (records 2-4 are missing)")
 
 
 def test_checkpoint_mac_binds_seq_and_head_to_the_key() -> None:

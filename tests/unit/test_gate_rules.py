@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from task_ingress.actors import gate
-from task_ingress.actors.gate import Limits, StoredTask
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.gate import StoredTask
 from task_ingress.messages import (
     CancelTask,
     CreateTask,
@@ -13,6 +13,8 @@ from task_ingress.messages import (
     Reason,
     UpdateTask,
 )
+from task_ingress.messages.limits import Limits
+from task_ingress.messages.requests import AnyRequest
 
 
 @pytest.mark.parametrize(
@@ -142,7 +144,7 @@ def test_rule4_task_write_needs_a_non_empty_proof() -> None:
     ],
 )
 def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
-    request_: gate.AnyRequest, reason: Reason | None
+    request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_requested_channel(request_, "ops") == reason
 
@@ -165,7 +167,7 @@ def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
     ],
 )
 def test_rules7_and_8_bound_and_stale_bindings(
-    stored: str, request_: gate.AnyRequest, reason: Reason | None
+    stored: str, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_binding(stored, "ops", request_) == reason
 
@@ -198,7 +200,7 @@ LIMITS = Limits()
         (CancelTask(task_id="x", reason="r" * 20000), Reason.VALIDATION_FAILED),
     ],
 )
-def test_rule9_payload_limits(request_: gate.AnyRequest, reason: Reason | None) -> None:
+def test_rule9_payload_limits(request_: AnyRequest, reason: Reason | None) -> None:
     assert gate.check_payload(request_, LIMITS) == reason
 
 
@@ -235,7 +237,7 @@ def test_rule9_expected_version_must_be_current() -> None:
     ],
 )
 def test_rule10_locked_or_cancelled_tasks_refuse_network_writes(
-    task: StoredTask, request_: gate.AnyRequest, reason: Reason | None
+    task: StoredTask, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.authorize(request_, task) == reason
 

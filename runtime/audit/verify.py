@@ -1,8 +1,8 @@
 """Verification of a store file: hash chain, checkpoint, and store-vs-audit agreement.
 
-Pure functions over a read-only snapshot, returning a structured `VerifyResult` that the
-`task-ingress audit verify` command prints and that other code (the swarm's invariants,
-crash tests) can assert on. Nothing here writes: the store is opened with a read-only URI.
+Pure checks over a read-only snapshot (`audit.read`), returning a structured `VerifyResult`
+that the `task-ingress audit verify` command prints and that other code (the swarm's
+invariants, crash tests) can assert on. Nothing here writes.
 
 What is checked (SPEC §6):
 - chain: records are numbered 1..N without gaps, each `prev_hash` is its predecessor's
@@ -18,38 +18,34 @@ What is checked (SPEC §6):
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
-from task_ingress.actors.audit import AUDIT_COLUMNS, checkpoint_path
-from task_ingress.actors.chain import checkpoint_ok, record_hash
-from task_ingress.actors.gate import safe_field
-from task_ingress.actors.schema import decode_outbox
-from task_ingress.messages.audit import GENESIS_HASH
+from task_ingress.actors.rules.chain import ChainWalk, checkpoint_ok
+from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.storage.auditlog import (
+    AUDIT_NAMES,
+    KEY_ENV,
+    Checkpoint,
+    read_checkpoint,
+)
+from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS
 from task_ingress.messages.reasons import Action
+from task_ingress.runtime.audit.read import (
+    OutboxEntry,
+    StoreSnapshot,
+    StoreUnreadable,
+    load_key,
+    open_readonly,
+    snapshot,
+)
 
-AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
-
-KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
-CHECKPOINT_EVERY = 1000
-"""Audit writes a checkpoint at least every this many records (Settings.checkpoint_every)."""
-CHECKPOINT_SECONDS = 1.0
-"""... and at least this often while records arrive (Settings.checkpoint_seconds)."""
 CRASH_GRACE = 0.5
 """Seconds between a commit and its checkpoint that a crash may interrupt."""
 MAX_PROBLEMS = 100
-
-
-class StoreUnreadable(Exception):
-    """The store file is missing or is not a task-ingress store (not: it fails verification)."""
 
 
 @dataclass(frozen=True)
@@ -64,41 +60,6 @@ class Problem:
     def __str__(self) -> str:
         where = f"record seq {self.seq}" if self.seq is not None else "store"
         return f"{self.kind}: {where}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The checkpoint file's content: latest seq and hash, their HMAC, and when written."""
-
-    seq: int
-    hash: str
-    mac: str
-    at: float
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """A pending outbox row: an accepted write whose audit record is not chained yet."""
-
-    id: int
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StoreSnapshot:
-    """Everything verification reads from the store, taken in one read transaction."""
-
-    audit_rows: Iterable[tuple[Any, ...]]
-    """`AUDIT_COLUMNS` rows in seq order; consumed once, so a large audit is streamed."""
-    tasks: dict[str, str]
-    """task_id -> workspace."""
-    runs: dict[str, tuple[str, str]]
-    """run_id -> (task_id, workspace)."""
-    accepted: list[tuple[str, str, str, str, str, str | None, str | None]]
-    """(workspace, channel, peer_id, request_id, action, task_id, run_id) rows."""
-    outbox: list[OutboxEntry]
-    bad_outbox: list[int] = field(default_factory=list)
-    """IDs of outbox rows whose record does not parse."""
 
 
 @dataclass(frozen=True)
@@ -134,128 +95,6 @@ class VerifyResult:
         first = self.first_problem
         data["first_problem"] = None if first is None else asdict(first)
         return data
-
-
-# ---- reading (read-only) -------------------------------------------------------------
-
-
-def readonly_uri(path: str) -> str:
-    """A `file:` URI that opens the store read-only.
-
-    With no `-wal` file beside it the store is fully checkpointed and no writer has it
-    open, so `immutable=1` reads it without creating `-wal`/`-shm` files; otherwise the
-    WAL must be read (a SIGKILLed writer leaves committed pages there) with `mode=ro`.
-    """
-    uri = Path(path).absolute().as_uri() + "?mode=ro"
-    if not os.path.exists(path + "-wal"):
-        uri += "&immutable=1"
-    return uri
-
-
-@contextmanager
-def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the store file; raises StoreUnreadable when it is absent."""
-    if not os.path.isfile(path):
-        raise StoreUnreadable(f"no store file at {path}")
-    try:
-        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StoreUnreadable(f"cannot open {path} read-only: {exc}") from exc
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[StoreSnapshot]:
-    """The store as of one read transaction; the audit rows stream from a cursor."""
-    try:
-        conn.execute("BEGIN")
-    except sqlite3.Error as exc:
-        raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
-    try:
-        try:
-            # Workspaces as the audit stores them (safe form: SPEC 2 allows format chars).
-            tasks = {r[0]: safe_field(r[1]) for r in conn.execute(
-                "SELECT task_id, workspace FROM tasks").fetchall()}
-            runs = {r[0]: (r[1], safe_field(r[2])) for r in conn.execute(
-                "SELECT run_id, task_id, workspace FROM runs").fetchall()}
-            accepted = [(safe_field(r[0]), *r[1:]) for r in conn.execute(
-                "SELECT workspace, channel, peer_id, request_id, action, task_id, run_id "
-                "FROM accepted_requests").fetchall()]
-            outbox_rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
-            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
-        except sqlite3.Error as exc:
-            raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
-        outbox, bad_outbox = _parse_outbox(outbox_rows)
-        yield StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox)
-    finally:
-        conn.execute("COMMIT")
-
-
-def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
-    """Like `snapshot`, with the audit rows read into a list (callers may iterate twice)."""
-    with snapshot(conn) as snap:
-        rows = list(snap.audit_rows)
-    return StoreSnapshot(rows, snap.tasks, snap.runs, snap.accepted, snap.outbox,
-                         snap.bad_outbox)
-
-
-def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[int]]:
-    outbox: list[OutboxEntry] = []
-    bad: list[int] = []
-    for outbox_id, blob in rows:
-        fields = decode_outbox(blob)
-        if fields is not None:
-            outbox.append(OutboxEntry(int(outbox_id), fields))
-        else:
-            bad.append(int(outbox_id))
-    return outbox, bad
-
-
-def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
-    """(checkpoint, None), (None, None) when there is no file, or (None, why it is bad)."""
-    path = checkpoint_path(store_path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as exc:
-        return None, f"checkpoint file {path} is unreadable: {exc}"
-    try:
-        cp = Checkpoint(seq=data["seq"], hash=data["hash"], mac=data["mac"],
-                        at=float(data.get("at", 0.0)))
-    except (KeyError, TypeError, ValueError) as exc:
-        return None, f"checkpoint file {path} is malformed: {exc!r}"
-    if not (type(cp.seq) is int and isinstance(cp.hash, str) and isinstance(cp.mac, str)):
-        return None, f"checkpoint file {path} has fields of the wrong type"
-    return cp, None
-
-
-def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None, str | None]:
-    """The checkpoint key as the runtime finds it: `explicit`, env TASK_INGRESS_AUDIT_KEY,
-    else the key file `<store>.key`. Returns (key, None), (None, None) or (None, error)."""
-    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
-    source = "the given key" if explicit else f"${KEY_ENV}"
-    if not text:
-        path = store_path + ".key"
-        source = path
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read().strip()
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            return None, f"key file {path} is unreadable: {exc}"
-    try:
-        return bytes.fromhex(text), None
-    except ValueError:
-        return None, f"the checkpoint key from {source} is not hex"
-
-
-# ---- verification (pure) -------------------------------------------------------------
 
 
 def verify_store(
@@ -327,8 +166,7 @@ class Accepted(NamedTuple):
 
 
 class _ChainPass:
-    """One pass over the audit rows: the chain rule of `actors.chain.first_bad_record`
-    (contiguous seq from 1, prev_hash links, `record_hash` of the contents) on raw rows,
+    """One pass over the audit rows: the chain rule (`chain.ChainWalk`) on raw rows,
     keeping only what the checkpoint and store checks need, so memory stays small."""
 
     def __init__(self, checkpoint_seq: int | None) -> None:
@@ -336,8 +174,7 @@ class _ChainPass:
         self.count = 0
         self.head_seq = 0
         self.head_hash = ""
-        self.prev = GENESIS_HASH
-        self.expected = 1
+        self.walk = ChainWalk()
         self.problem: Problem | None = None
         self.times = array("d")
         self.hash_at_checkpoint: str | None = None
@@ -349,20 +186,14 @@ class _ChainPass:
         try:
             fields = dict(zip(AUDIT_NAMES, row, strict=True))
             fields["replay"] = bool(fields["replay"])
-            seq, at, digest = int(fields["seq"]), float(fields["at"]), record_hash(fields)
+            seq, at = int(fields["seq"]), float(fields["at"])
+            why = self.walk.step(fields)
         except (TypeError, ValueError) as exc:
             self._fail(_int_or_none(row[0]), f"record does not parse: {exc}")
             return
+        if why is not None:
+            self._fail(seq, why)
         stored = fields["hash"]
-        if seq != self.expected:
-            missing = f"record {self.expected} is" if seq == self.expected + 1 else \
-                f"records {self.expected}-{seq - 1} are"
-            self._fail(seq, f"sequence gap: expected {self.expected} ({missing} missing)")
-        elif fields["prev_hash"] != self.prev:
-            self._fail(seq, "prev_hash does not match the previous record")
-        elif digest != stored:
-            self._fail(seq, "hash does not match the record's contents")
-        self.prev, self.expected = stored, self.expected + 1
         self.head_seq, self.head_hash = seq, str(stored)
         self.times.append(at)
         if seq == self.checkpoint_seq:
@@ -436,7 +267,8 @@ def _check_store(records: list[Accepted], snap: StoreSnapshot) -> list[Problem]:
     """Accepted records against tasks, runs and accepted-request rows, both ways."""
     problems: list[Problem] = []
     for outbox_id in snap.bad_outbox:
-        problems.append(Problem("store", None, f"outbox row {outbox_id} is not a JSON record"))
+        problems.append(Problem("store", None, f"outbox row {outbox_id} does not decode "
+                                "(neither a msgpack nor a JSON record)"))
     rows_by_key: dict[tuple[str, str, str, str], list[tuple[str, str | None, str | None]]] = {}
     for ws, ch, peer, rid, action, task_id, run_id in snap.accepted:
         key = (ws, ch, peer, safe_field(rid))

@@ -12,8 +12,6 @@ from typing import Any
 
 import msgpack
 
-SCHEMA_VERSION = 2
-
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS tasks (
@@ -75,9 +73,25 @@ MIGRATIONS: dict[int, str] = {
         hash TEXT NOT NULL
     );
     """,
-    # AuditRecord.trust (SPEC 7): NULL in records chained before it existed.
-    2: "ALTER TABLE audit ADD COLUMN trust TEXT",
+    # The outbox holds msgpack bytes (encode_outbox), declared TEXT by version 1. SQLite
+    # cannot change a column's type, so the table is rebuilt; its AUTOINCREMENT counter is
+    # carried over, as an outbox id must never be reused while a verdict may still name it.
+    2: """
+    CREATE TABLE outbox_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record BLOB NOT NULL
+    );
+    INSERT INTO outbox_v2 (id, record) SELECT id, record FROM outbox;
+    DELETE FROM sqlite_sequence WHERE name = 'outbox_v2';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'outbox_v2', seq FROM sqlite_sequence WHERE name = 'outbox';
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;
+    """,
+    # AuditRecord.trust (SPEC §7): NULL in records chained before it existed.
+    3: "ALTER TABLE audit ADD COLUMN trust TEXT",
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def encode_outbox(fields: dict[str, Any]) -> bytes:

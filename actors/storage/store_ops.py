@@ -10,11 +10,13 @@ import secrets
 import sqlite3
 from typing import Any
 
-from task_ingress.actors import gate
-from task_ingress.actors.gate import Limits, StoredTask
+from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.gate import StoredTask
+from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -93,7 +95,7 @@ def find_replay(
 def judge_and_apply(
     conn: sqlite3.Connection,
     ctx: IngressContext,
-    request: gate.AnyRequest,
+    request: AnyRequest,
     limits: Limits,
     now: float,
 ) -> Outcome:

@@ -12,8 +12,10 @@ import json
 import re
 from dataclasses import dataclass
 
+from task_ingress.messages.limits import Limits
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -41,18 +43,6 @@ MAX_PRIORITY = 100
 TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
-
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Payload limits (SPEC §2); lower values may be configured, never higher defaults."""
-
-    max_title_chars: int = 256
-    max_description_bytes: int = 16 * 1024
-    max_metadata_entries: int = 32
-    max_metadata_bytes: int = 8 * 1024
 
 
 @dataclass(frozen=True)

@@ -32,20 +32,46 @@ def record_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class ChainWalk:
+    """The chain rule, one record at a time in seq order: seq runs 1, 2, 3, ... without
+    gaps, each `prev_hash` is the previous record's `hash`, and each `hash` is `record_hash`
+    of the record's fields. Holds only the last hash, so `audit verify` can stream a log
+    too long to keep while `first_bad_record` walks a list."""
+
+    def __init__(self) -> None:
+        self.prev = GENESIS_HASH
+        self.expected = 1
+
+    def step(self, fields: dict[str, Any]) -> str | None:
+        """Why this record (every chained field plus `hash`) breaks the chain, or None; the
+        walk moves past it either way. Raises TypeError or ValueError, and moves nowhere,
+        when the fields cannot be hashed."""
+        digest = record_hash(fields)
+        seq, stored = fields["seq"], fields["hash"]
+        expected, prev = self.expected, self.prev
+        self.prev, self.expected = stored, expected + 1
+        if seq != expected:
+            return f"sequence gap: expected {expected}{_missing(expected, seq)}"
+        if fields["prev_hash"] != prev:
+            return "prev_hash does not match the previous record"
+        if digest != stored:
+            return "hash does not match the record's contents"
+        return None
+
+
+def _missing(expected: int, seq: int) -> str:
+    if seq == expected + 1:
+        return f" (record {expected} is missing)"
+    return f" (records {expected}-{seq - 1} are missing)" if seq > expected else ""
+
+
 def first_bad_record(records: list[AuditRecord]) -> tuple[int, str] | None:
     """(seq, why) of the first record that breaks the chain, or None when it holds."""
-    prev = GENESIS_HASH
-    expected_seq = 1
+    walk = ChainWalk()
     for rec in records:
-        fields = rec.model_dump(mode="json")
-        if rec.seq != expected_seq:
-            return rec.seq, f"sequence gap: expected {expected_seq}"
-        if rec.prev_hash != prev:
-            return rec.seq, "prev_hash does not match the previous record"
-        if record_hash(fields) != rec.hash:
-            return rec.seq, "hash does not match the record's contents"
-        prev = rec.hash
-        expected_seq += 1
+        why = walk.step(rec.model_dump(mode="json"))
+        if why is not None:
+            return rec.seq, why
     return None
 
 

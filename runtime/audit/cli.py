@@ -1,28 +1,36 @@
 """`task-ingress audit`: verify, show, tail and export the audit log of a store file.
 
 Every command opens the store read-only (`file:...?mode=ro` URI), so it can run beside a
-live daemon and never changes what it inspects.
+live daemon and never changes what it inspects. Only this module knows typer: the logic
+(`read`, `verify`, `query`) raises its own errors, turned into exit codes and usage
+errors here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Annotated, TextIO
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from task_ingress.actors.audit import AUDIT_COLUMNS, record_from_row
 from task_ingress.messages.audit import AuditRecord
-from task_ingress.runtime.verify import StoreUnreadable, VerifyResult, open_readonly, verify_store
+from task_ingress.runtime.audit.query import (
+    AuditFilter,
+    BadQuery,
+    export_line,
+    format_line,
+    iso,
+    make_filter,
+    query_records,
+)
+from task_ingress.runtime.audit.read import StoreUnreadable, open_readonly
+from task_ingress.runtime.audit.verify import VerifyResult, verify_store
 
 audit_app = typer.Typer(
     help="Inspect the hash-chained audit log of a store file (read-only).",
@@ -49,113 +57,15 @@ SinceOpt = Annotated[str | None, typer.Option(
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Up to this time (as --since).")]
 
 
-@dataclass(frozen=True)
-class AuditFilter:
-    """Which records a query returns; None means any."""
-
-    peer: str | None = None
-    channel: str | None = None
-    workspace: str | None = None
-    reason: str | None = None
-    outcome: str | None = None
-    action: str | None = None
-    since: float | None = None
-    until: float | None = None
-
-    def where(self, after_seq: int = 0) -> tuple[str, list[object]]:
-        """SQL WHERE clause and parameters for this filter (and seq > after_seq)."""
-        clauses: list[str] = ["seq > ?"]
-        params: list[object] = [after_seq]
-        for column, value in (
-            ("peer_id", self.peer), ("channel", self.channel), ("workspace", self.workspace),
-            ("reason", self.reason), ("outcome", self.outcome), ("action", self.action),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if self.since is not None:
-            clauses.append("at >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append("at <= ?")
-            params.append(self.until)
-        return " AND ".join(clauses), params
-
-
-_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Unix time from ISO 8601 (naive means UTC), unix seconds, or an age like '15m'."""
-    value = text.strip()
-    age = _AGE_RE.fullmatch(value)
-    if age:
-        base = time.time() if now is None else now
-        return base - float(age.group(1)) * _AGE_UNITS[age.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not a time: {text!r} (ISO 8601, unix seconds or 15m)") \
-            from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def make_filter(
+def _filter(
     peer: str | None = None, channel: str | None = None, workspace: str | None = None,
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
     since: str | None = None, until: str | None = None,
 ) -> AuditFilter:
-    """An AuditFilter from command-line option values."""
-    if outcome is not None and outcome not in ("accepted", "rejected"):
-        raise typer.BadParameter("--outcome must be 'accepted' or 'rejected'")
-    return AuditFilter(
-        peer=peer, channel=channel, workspace=workspace, reason=reason, outcome=outcome,
-        action=action, since=None if since is None else parse_time(since),
-        until=None if until is None else parse_time(until),
-    )
-
-
-def query_records(
-    conn: sqlite3.Connection, flt: AuditFilter, after_seq: int = 0, last: int | None = None
-) -> Iterator[AuditRecord]:
-    """Matching records in seq order; with `last`, only the newest `last` of them."""
-    where, params = flt.where(after_seq)
-    if last is None:
-        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq"
-    else:
-        sql = (f"SELECT * FROM (SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} "
-               "ORDER BY seq DESC LIMIT ?) ORDER BY seq")
-        params = [*params, max(last, 0)]
-    for row in conn.execute(sql, params):
-        yield record_from_row(row)
-
-
-def iso(at: float) -> str:
-    """A record time as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def format_line(rec: AuditRecord) -> str:
-    """One record as a single human-readable line (for `audit tail`)."""
-    verdict = rec.outcome if rec.reason is None else f"{rec.outcome}:{rec.reason.value}"
-    ids = f" task={rec.task_id}" if rec.task_id else ""
-    ids += f" run={rec.run_id}" if rec.run_id else ""
-    replay = " replay" if rec.replay else ""
-    return (f"{iso(rec.at)} #{rec.seq} {rec.workspace}/{rec.channel} {rec.peer_id} "
-            f"{rec.action.value} {verdict}{ids}{replay} req={rec.request_id}")
-
-
-def export_line(rec: AuditRecord) -> str:
-    """One record as a JSON line with the SPEC §7 AuditRecord field names."""
-    return json.dumps(rec.model_dump(mode="json"), separators=(",", ":"))
+    try:
+        return make_filter(peer, channel, workspace, reason, outcome, action, since, until)
+    except BadQuery as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def _unreadable(exc: Exception) -> typer.Exit:
@@ -225,7 +135,7 @@ def show(
     = 100,
 ) -> None:
     """Matching records as a table (newest `--limit`, oldest first)."""
-    flt = make_filter(peer, channel, workspace, reason, outcome, action, since, until)
+    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
     table = Table(title=f"audit of {store}")
     for col in ("seq", "time (UTC)", "ws/channel", "peer", "action", "outcome", "task / run",
                 "request"):
@@ -266,7 +176,7 @@ def tail(
     outcome: OutcomeOpt = None,
 ) -> None:
     """The newest records, one per line; with -f, follow the log as it grows."""
-    flt = make_filter(peer, channel, workspace, reason, outcome)
+    flt = _filter(peer, channel, workspace, reason, outcome)
     fmt: Callable[[AuditRecord], str] = export_line if as_json else format_line
     try:
         last_seq = _emit(store, flt, 0, lines, fmt)
@@ -319,7 +229,7 @@ def export(
     until: UntilOpt = None,
 ) -> None:
     """Matching records as JSON Lines, one record per line, SPEC §7 field names."""
-    flt = make_filter(peer, channel, workspace, reason, outcome, action, since, until)
+    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
     try:
         with open_readonly(store) as conn:
             if output is None:
