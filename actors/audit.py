@@ -90,7 +90,8 @@ class Audit(GateActor):
         if not rows:
             return []
         decoded = [decode_outbox(blob) for _, blob in rows]
-        fields = [f for f in decoded if f is not None]
+        # Outbox rows written before AuditRecord.trust existed have none to chain.
+        fields = [dict({"trust": None}, **f) for f in decoded if f is not None]
         if len(fields) < len(rows):  # never chain garbage, never drop a write's record
             bad = [r[0] for r, f in zip(rows, decoded, strict=True) if f is None]
             raise ValueError(f"unreadable outbox rows {bad} (see `task-ingress audit verify`)")
@@ -207,6 +208,7 @@ class Audit(GateActor):
             action=outcome.action.value,
             outcome="accepted" if outcome.accepted else "rejected",
             reason=outcome.reason.value if outcome.reason else None,
+            trust=ctx.trust,
         )
 
     def _checkpoint(self, force: bool) -> None:

@@ -178,7 +178,7 @@ class LockBaseline:
             "outcome": "accepted" if outcome.accepted else "rejected",
             "reason": outcome.reason.value if outcome.reason else None,
             "task_id": outcome.task_id, "run_id": outcome.run_id, "payload_size": size,
-            "replay": outcome.replay, "prev_hash": self._head,
+            "replay": outcome.replay, "prev_hash": self._head, "trust": ctx.trust,
         }
         record["hash"] = record_hash(record)
         self._open().execute(INSERT_AUDIT, record)

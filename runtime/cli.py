@@ -93,6 +93,15 @@ app.command("bench")(bench_command)
 from task_ingress.runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
 
 app.command(name="serve")(serve)
+from task_ingress.runtime.nats.client_cli import (  # noqa: E402  (cheap: typer only)
+    keygen,
+    request_app,
+    trust_app,
+)
+
+app.command(name="keygen")(keygen)
+app.add_typer(trust_app, name="trust")
+app.add_typer(request_app, name="request")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -164,7 +164,7 @@ class IngressRuntime:
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
         ws, ch, peer = workspace.strip(), channel.strip(), peer_id.strip()
-        if not (gate.is_channel(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
+        if not (gate.is_workspace(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
             raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
         driver = self._running()
         change = PresenceChange(

@@ -11,7 +11,7 @@ from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
 
 CHAINED_FIELDS = (
     "seq", "at", "workspace", "channel", "peer_id", "actor", "request_id", "action",
-    "outcome", "reason", "task_id", "run_id", "payload_size", "replay", "prev_hash",
+    "outcome", "reason", "task_id", "run_id", "payload_size", "replay", "prev_hash", "trust",
 )
 
 
@@ -23,8 +23,12 @@ _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def record_hash(fields: dict[str, Any]) -> str:
-    """sha256 over the canonical JSON of every chained field (all but `hash`)."""
-    blob = _CANONICAL.encode({k: fields[k] for k in _SORTED_FIELDS})
+    """sha256 over the canonical JSON of every chained field (all but `hash`).
+
+    `trust` is chained whenever it is set; records written before it existed (None) keep
+    the hash they were chained with."""
+    blob = _CANONICAL.encode({k: fields[k] for k in _SORTED_FIELDS
+                              if k != "trust" or fields.get("trust") is not None})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

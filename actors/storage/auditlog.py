@@ -23,7 +23,7 @@ from task_ingress.messages.protocol import InFlight
 
 AUDIT_COLUMNS = (
     "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
-    "task_id, run_id, payload_size, replay, prev_hash, hash"
+    "task_id, run_id, payload_size, replay, prev_hash, hash, trust"
 )
 AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
 INSERT_AUDIT = (
@@ -42,9 +42,10 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     """
     ctx = flight.context
     if flight.checked:
-        # The router found every identifier grammatical: the ASCII-only ones are their own
-        # safe form; a request ID may still hold non-printable (e.g. format) characters.
-        workspace, channel, peer_id = ctx.workspace, ctx.channel, ctx.peer_id
+        # The router found every identifier grammatical: channel and peer ID are ASCII, their
+        # own safe form; a workspace or request ID may still hold non-printable (format)
+        # characters (SPEC 2 allows them, as AGH does).
+        workspace, channel, peer_id = gate.safe_field(ctx.workspace), ctx.channel, ctx.peer_id
         actor = gate.derived_actor(ctx)
     else:
         workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
@@ -64,6 +65,7 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
         "run_id": outcome.run_id,
         "payload_size": flight.submission.payload_size,
         "replay": outcome.replay,
+        "trust": ctx.trust,
     }
 
 

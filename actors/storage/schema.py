@@ -88,6 +88,8 @@ MIGRATIONS: dict[int, str] = {
     DROP TABLE outbox;
     ALTER TABLE outbox_v2 RENAME TO outbox;
     """,
+    # AuditRecord.trust (SPEC §7): NULL in records chained before it existed.
+    3: "ALTER TABLE audit ADD COLUMN trust TEXT",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -20,8 +20,12 @@ def serve(
     channel: Annotated[list[str] | None, typer.Option("--channel", help=(
         "Channel to serve (repeatable); none: every channel of the workspace."))] = None,
     peer_id: str | None = typer.Option(None, help="The daemon's peer ID (default: task-ingress)."),
+    nickname: str | None = typer.Option(None, help=(
+        "Nickname of the daemon's verified handle (default: task-ingress).")),
+    key_file: str | None = typer.Option(None, help=(
+        "The daemon's Ed25519 key, created if missing (default: <store>.peer.key).")),
     trust_file: str | None = typer.Option(None, help=(
-        "Trust file of peer public keys (default: <store>.trust.json).")),
+        "Trust policy: verified handles allowed task.write (default: <store>.trust.json).")),
     metrics_port: int | None = typer.Option(None, help=(
         "Serve /metrics and /ready on this loopback port (default: 0 = off).")),
     ready_file: str | None = typer.Option(None, help="Write this JSON file once serving."),
@@ -41,8 +45,8 @@ def serve(
         "Same as `task-ingress --log-format` (json or console; default: console on a "
         "terminal, json otherwise).")),
 ) -> None:
-    """Serve task ingress over NATS (AGH network v0) until SIGTERM/SIGINT/SIGHUP; then drain,
-    exit 0."""
+    """Serve task ingress over NATS (AGH network v0 and v1) until SIGTERM/SIGINT/SIGHUP;
+    then drain, exit 0."""
     import os
 
     from pydantic import ValidationError
@@ -65,7 +69,8 @@ def serve(
     given: dict[str, Any] = {
         "nats_url": nats_url, "nats_token": nats_token, "store": store,
         "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
-        "trust_file": trust_file, "metrics_port": metrics_port, "ready_file": ready_file,
+        "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
+        "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
         "drain_timeout": drain_timeout, "peer_rate": peer_rate, "peer_burst": peer_burst,
         "max_in_flight_per_peer": max_in_flight_per_peer,
@@ -79,6 +84,7 @@ def serve(
     check_actor_base(settings.actor_base)
     check_writable(settings.store, "--store")
     check_writable(settings.trust_path, "--trust-file")
+    _check_key_file(settings.key_path)
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
     typer.echo("task-ingress serve: settings " + json.dumps(settings.public(), sort_keys=True),
@@ -88,3 +94,22 @@ def serve(
                                                      err=True)).run_sync()
     sys.stderr.flush()
     raise typer.Exit(status)
+
+
+def _check_key_file(path: str) -> None:
+    """The daemon's key: an existing file must be a readable Ed25519 key (it is only read),
+    a missing one must be creatable."""
+    import os
+
+    from task_ingress.runtime.cli_exit import UsageProblem
+    from task_ingress.runtime.nats.identity import load_key
+    from task_ingress.runtime.preflight import check_writable
+
+    if not os.path.exists(path):
+        check_writable(path, "--key-file")
+        return
+    try:
+        load_key(path)
+    except (OSError, ValueError) as exc:
+        raise UsageProblem(f"--key-file {path}: not a readable Ed25519 key ({exc}); give "
+                           "another path or remove it to have a new key made") from None

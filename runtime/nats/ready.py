@@ -1,7 +1,8 @@
 """The ready file: written (atomically, mode 0600) once the daemon serves; read by clients.
 
-It holds what a local client needs: the NATS URL and token, the trust file to enrol keys
-in, the daemon's peer ID, route token and public key, the store path and the workspace.
+It holds what a local client needs: the NATS URL and token, the trust policy file, the
+daemon's v0 peer ID and route token, its v1 handle, fingerprint and public key, the store
+path and the workspace.
 It contains the NATS token, hence 0600. The daemon removes it whenever it exits (a
 graceful stop, a second signal's hard exit, a failed start); only SIGKILL or a power cut
 leave it behind, and clients check the pid in it before they wait for an answer.
@@ -31,7 +32,9 @@ class ReadyInfo(BaseModel):
     channels: list[str] = Field(default_factory=list, description="[] = all channels")
     daemon_peer_id: str
     daemon_route_token: str
-    daemon_public_key: str
+    daemon_handle: str = Field(description="Verified handle nickname@fingerprint (v1).")
+    daemon_fingerprint: str = Field(description="v1 route token: the key's fingerprint.")
+    daemon_public_key: str = Field(description="base64url raw Ed25519 public key.")
     greet_interval: float
     metrics_url: str | None = None
 

@@ -187,6 +187,12 @@ class Swarm:
         self.capless = capless
         self.peers = build_peers(cfg.peers, channels, workspaces, capless, settings, Pools(),
                                  cfg.seed)
+        # Over NATS a peer writes under a verified handle (nickname@fingerprint): the
+        # transport names the peers, so journal, audit and invariants agree on the IDs.
+        rename = getattr(transport, "peer_name", None)
+        if rename is not None:
+            for peer in self.peers:
+                peer.peer_id = rename(peer.peer_id)
         self.workers = min(cfg.concurrency, len(self.peers))
         self.journal = Journal(os.path.join(workdir, "journal.jsonl"))
         self.ack = AckLog(cfg.ack_log) if cfg.ack_log else None

@@ -20,8 +20,9 @@ def _write(path: Path, pid: int) -> Path:
     write_ready_file(str(path), ReadyInfo(
         nats_url="nats://127.0.0.1:1", pid=pid, trust_file=str(path.parent / "trust.json"),
         store=str(path.parent / "store.db"), workspace="default",
-        daemon_peer_id="task-ingress", daemon_route_token="none", daemon_public_key="none",
-        greet_interval=30.0))
+        daemon_peer_id="task-ingress", daemon_route_token="none",
+        daemon_handle="task-ingress@" + "0" * 32, daemon_fingerprint="0" * 32,
+        daemon_public_key="none", greet_interval=30.0))
     return path
 
 

@@ -184,7 +184,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self._submit(ctx, EnqueueRun(task_id=self._task_id(pick, ctx), idempotency_key=key,
                                 network_channel=_resolve(wanted, ch) or ""))
 
-    @rule(ws=st.sampled_from(["ws1", "BAD!"]), ch=st.sampled_from(["c1", "-x"]),
+    @rule(ws=st.sampled_from(["ws1", "bad.ws"]), ch=st.sampled_from(["c1", "-x"]),
           peer=st.sampled_from(["pa", "Bad Peer"]), rid=st.sampled_from(["r0", "a/b", ""]))
     def malformed_context(self, ws: str, ch: str, peer: str, rid: str) -> None:
         """Rule 1 (and, when everything is fine after all, the normal path)."""

@@ -87,6 +87,16 @@ def test_a_store_in_a_read_only_directory_is_one_line_and_leaves_nothing_behind(
     ["--log-level", "loud", "demo"],
     ["--log-format", "xml", "demo"],
     ["demo", "--store", "no-such-dir/store.db"],
+    ["serve", "--key-file", "no-such-dir/daemon.key"],
+    ["keygen"],
+    ["keygen", "--out", "k.key", "--nickname", "Not Valid"],
+    ["keygen", "--out", "no-such-dir/k.key"],
+    ["trust", "list"],
+    ["trust", "add", "not-a-handle", "--trust-file", "trust.json"],
+    ["trust", "list", "--daemon", "no-such-ready-file.json"],
+    ["request", "create", "--daemon", "no-such-ready-file.json", "--key", "k.key",
+     "--channel", "ops", "--title", "t"],
+    ["request", "create", "--channel", "ops"],
     ["no-such-command"],
 ], ids=lambda argv: " ".join(argv))
 def test_a_usage_error_is_one_line_and_exit_2_never_1(work: Path, argv: list[str]) -> None:
@@ -99,7 +109,8 @@ def test_a_usage_error_is_one_line_and_exit_2_never_1(work: Path, argv: list[str
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["swarm", "--help"], ["serve", "--help"], ["demo", "--help"],
-    ["bench", "--help"], ["audit", "verify", "--help"],
+    ["bench", "--help"], ["audit", "verify", "--help"], ["keygen", "--help"],
+    ["trust", "add", "--help"], ["request", "create", "--help"],
 ], ids=lambda argv: " ".join(argv))
 def test_help_has_no_type_placeholders_on_flags(work: Path, argv: list[str]) -> None:
     result = cli(*argv, cwd=work)
@@ -146,6 +157,7 @@ def _ready_file(path: Path, *, pid: int, nats_url: str, token: str, store: Path)
         nats_url=nats_url, pid=pid, trust_file=str(path.parent / "trust.json"),
         credentials={"token": token} if token else {}, store=str(store),
         workspace="default", daemon_peer_id="task-ingress", daemon_route_token="none",
+        daemon_handle="task-ingress@" + "0" * 32, daemon_fingerprint="0" * 32,
         daemon_public_key="none", greet_interval=1.0))
     return path
 
@@ -163,6 +175,23 @@ def test_swarm_at_a_stale_ready_file_names_the_dead_pid_at_once(work: Path,
     assert f"the daemon in {ready} (pid {gone.pid}) is not running" in line
     assert time.monotonic() - started < 15  # it did not wait for an answer first
     assert list(work.iterdir()) == []
+
+
+def test_a_request_at_a_stale_ready_file_names_the_dead_pid_at_once(work: Path,
+                                                                    tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ready = _ready_file(tmp_path / "daemon.json", pid=gone.pid, nats_url="nats://127.0.0.1:1",
+                        token="", store=tmp_path / "store.db")
+    key = tmp_path / "k.key"
+    assert cli("keygen", "--out", str(key), cwd=tmp_path).returncode == 0
+    result = cli("request", "create", "--daemon", str(ready), "--key", str(key), "--channel",
+                 "ops", "--title", "t", "--timeout", "30", cwd=work, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("task-ingress request create: ")
+    assert f"the daemon in {ready} (pid {gone.pid}) is not running" in line
+    assert result.stdout == "" and list(work.iterdir()) == []
 
 
 def test_a_swarm_that_sent_nothing_fails_with_exit_1(work: Path, tmp_path: Path) -> None:
