@@ -59,7 +59,7 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
+from task_ingress.messages.reasons import Action, Reason
 
 ChannelKey = tuple[str, str]
 STORE_KEY: ChannelKey = ("", "task-store")  # never a channel: "" fails the grammar
@@ -186,7 +186,12 @@ class IngressRouter(GateActor):
         ctx = gate.normalize_context(sub.context)
         reason = pre_gate_reason(sub, self.settings.tasks_enabled)
         if reason is not None:
-            flight = InFlight(submission=sub, context=ctx, reply_to=reply_to)
+            # A refused greet or leave has no request ID; its record still names the
+            # derived actor when its identifiers are grammatical.
+            presence_ok = sub.action in (Action.GREET, Action.LEAVE) and gate.check_presence(
+                ctx.workspace, ctx.channel, ctx.peer_id) is None
+            flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
+                              checked=presence_ok)
             rejected = Outcome.rejected(gate.safe_field(ctx.request_id), sub.action, reason)
             return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.

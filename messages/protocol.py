@@ -97,6 +97,22 @@ class PresenceChange(InternalMessage):
     peer_id: str
     card: PeerCard | None
     now: float
+    payload_size: int = Field(default=0, description="The card's encoded size (audit).")
+
+    @property
+    def action(self) -> Action:
+        """The audit action a refusal of this change is recorded under."""
+        return Action.LEAVE if self.card is None else Action.GREET
+
+    def refused(self, reason: Reason) -> Submission:
+        """This change as a submission already rejected for `reason`: how a refused greet or
+        leave is audited and answered, by the same path as any rejected request (the
+        record's request ID is empty: a presence change has none)."""
+        context = IngressContext(workspace=self.workspace, peer_id=self.peer_id,
+                                 channel=self.channel, request_id="")
+        return Submission(ticket=self.ticket, context=context, request=None,
+                          action=self.action, payload_size=self.payload_size, now=self.now,
+                          preset=reason)
 
 
 class SubmitBatch(InternalMessage):

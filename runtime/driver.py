@@ -232,7 +232,11 @@ class Driver:
                     call.peer = None  # not admitted: holds no slot
                 batch.append(msg.model_copy(update={"now": now, "preset": preset}))
             elif isinstance(msg, PresenceChange):
-                batch.append(msg.model_copy(update={"now": self.clock()}))
+                now = self.clock()
+                refused = self.flow.admit_greet((msg.workspace, msg.channel, msg.peer_id),
+                                                now) if msg.card is not None else None
+                msg = msg.model_copy(update={"now": now})
+                batch.append(msg if refused is None else msg.refused(refused))
             else:
                 asys.tell(call.to, msg)
         if batch:

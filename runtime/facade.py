@@ -38,7 +38,7 @@ from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
-from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
+from task_ingress.runtime.errors import IngressTimeout, PresenceRefused, RuntimeClosed
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 
 MULTIPROC_MAX_IN_FLIGHT = 256
@@ -121,7 +121,7 @@ class IngressRuntime:
         limits = FlowLimits(
             max_total=max_total, max_per_channel=cfg.max_in_flight_per_channel,
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
-            peer_burst=cfg.peer_burst,
+            peer_burst=cfg.peer_burst, greet_rate=cfg.greet_rate, greet_burst=cfg.greet_burst,
         )
         driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits,
                         cfg.batch_linger)
@@ -153,26 +153,38 @@ class IngressRuntime:
     def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
         """Make `card.peer_id` visible in (workspace, channel) with this card.
 
-        Returns once the change holds for every later `submit`. Raises ValueError for
-        malformed identifiers (a transport validates greets before calling this).
+        Returns once the change holds for every later `submit`. A refused greet changes
+        nothing, is audited (one record, action `greet`) and raises `PresenceRefused`:
+        `invalid_request` for malformed identifiers or a card over a card limit,
+        `overloaded` for a spent greet budget or a full channel cap.
         """
         self._presence(workspace, channel, card.peer_id, card)
 
     def leave(self, workspace: str, channel: str, peer_id: str) -> None:
-        """Make the peer invisible in (workspace, channel); no later write of it is accepted."""
+        """Make the peer invisible in (workspace, channel); no later write of it is accepted.
+
+        Never refused for load; malformed identifiers raise `PresenceRefused`
+        (`invalid_request`, audited with action `leave`)."""
         self._presence(workspace, channel, peer_id, None)
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
-        ws, ch, peer = workspace.strip(), channel.strip(), peer_id.strip()
-        if not (gate.is_channel(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
-            raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
+        ws, ch, peer = (_text(workspace).strip(), _text(channel).strip(),
+                        _text(peer_id).strip())
         driver = self._running()
         change = PresenceChange(
-            ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card, now=0.0
+            ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card,
+            now=0.0, payload_size=_payload_size(card) if card is not None else 0,
         )
-        reply = driver.wait(driver.submit(change))
-        if not isinstance(reply, PresenceApplied):
-            raise RuntimeError(f"presence change failed: {reply!r}")
+        reason = gate.check_presence(ws, ch, peer)
+        if reason is None and card is not None:
+            reason = gate.check_card(card, self.config.card_limits)
+        # A refusal decided here travels as a rejected submission: audited, then answered.
+        reply = driver.wait(driver.submit(change if reason is None else change.refused(reason)))
+        if isinstance(reply, PresenceApplied):
+            return
+        if isinstance(reply, Replied) and not reply.outcome.accepted:
+            raise PresenceRefused(reply.outcome)
+        raise RuntimeError(f"presence change failed: {reply!r}")
 
     # ---- requests ----------------------------------------------------------------
     def submit(self, context: IngressContext, request: Any) -> Outcome:

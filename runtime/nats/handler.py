@@ -36,6 +36,7 @@ from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest, IngressContext
+from task_ingress.runtime.errors import PresenceRefused
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.compact import CompactError, decode_compact
@@ -167,6 +168,8 @@ class EnvelopeHandler:
                 await asyncio.shield(previous)
             await self._in_worker(self.rt.greet, env.workspace_id, env.channel, peer)
             applied, reason = True, ""
+        except PresenceRefused as exc:  # the runtime audited it already (action greet)
+            applied, reason = False, exc.reason.value
         except ValueError as exc:
             applied, reason = False, Reason.INVALID_REQUEST.value
             await self._reject(env.workspace_id, env.channel, env.sender, env.id,
