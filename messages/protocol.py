@@ -31,6 +31,10 @@ CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
 """Dotted name of the production channel actor (created by the router, one per channel)."""
 STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
 """Dotted name of the production TaskStore (created and supervised by the router)."""
+MAX_CHANNELS = 4096
+"""Default of the most (workspace, channel) pairs with a channel actor at once."""
+MAX_CHANNELS_PER_PEER = 64
+"""Default of the most (workspace, channel) pairs one peer ID is visible in at once."""
 
 
 class Settings(InternalMessage):
@@ -45,6 +49,10 @@ class Settings(InternalMessage):
     max_batch: int = MAX_BATCH
     channel_pipeline: int = Field(default=CHANNEL_PIPELINE,
                                   description="Requests in flight per channel.")
+    max_channels: int = Field(default=MAX_CHANNELS, description=(
+        "Channel actors the router keeps at once; a greet for one more is overloaded."))
+    max_channels_per_peer: int = Field(default=MAX_CHANNELS_PER_PEER, description=(
+        "Channels one peer ID may be visible in; a greet for one more is overloaded."))
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
@@ -192,18 +200,73 @@ class Flush(InternalMessage):
 
 
 class Sweep(InternalMessage):
-    """Drop presence entries that expired by `now` (bounded memory)."""
+    """The housekeeping tick (bounded memory): driver -> router, which frees idle channel
+    actors (`Retire`) and passes it on -> Presence, which drops entries expired by `now`.
+
+    `ticket` != 0 asks for an answer once everything is done: the router's `ChannelCount`
+    to the driver (the driver's own ticket), Capability's `Swept` to the router (the
+    router's sweep number)."""
 
     now: float
+    ticket: int = 0
+    reply_to: Any = Field(default=None, description="Where Presence's part is acknowledged.")
 
 
 class CardsExpired(InternalMessage):
     """Presence to Capability: these peers' visibility expired; drop their cards (memory).
 
     Sent behind every request Presence already let through, so no admitted request of
-    those peers still needs its card; a later greet brings a new card along the same path."""
+    those peers still needs its card; a later greet brings a new card along the same path.
+    With `reply_to`, Capability then answers `Swept(ticket=sweep)` there (the router)."""
 
     keys: tuple[tuple[str, str, str], ...]
+    sweep: int = 0
+    peers: int = Field(default=0, description="Presence entries left after this sweep.")
+    reply_to: Any = None
+
+
+class Swept(InternalMessage):
+    """Capability to the router: a sweep's expiries are applied; what both still hold."""
+
+    ticket: int
+    peers: int
+    cards: int
+
+
+class ChannelCount(InternalMessage):
+    """Router to driver after each sweep: what the runtime holds (`ticket` 0: the periodic
+    sweep, else the answer to `IngressRuntime.sweep()`)."""
+
+    ticket: int
+    channel_actors: int
+    peers: int
+    cards: int
+
+
+class Retire(InternalMessage):
+    """Router -> idle ChannelIngress -> Presence: may this channel actor be stopped?
+
+    The channel actor passes it on only with nothing queued or in flight (else it answers
+    `Retired(vacant=False)` itself), behind every presence change it forwarded; Presence
+    answers whether any peer is still visible in the channel at `now`. The router stops
+    the actor only if it sent it nothing since (`nonce`) — docs/race-freedom.md."""
+
+    workspace: str
+    channel: str
+    nonce: int = Field(description="The router's send counter when it sent this.")
+    sweep: int
+    now: float
+    reply_to: Any
+
+
+class Retired(InternalMessage):
+    """Answer to `Retire`: `vacant` when the channel actor was idle and no peer is visible."""
+
+    workspace: str
+    channel: str
+    nonce: int
+    sweep: int
+    vacant: bool
 
 
 class CountEntries(InternalMessage):

@@ -11,6 +11,8 @@ from task_ingress.messages.protocol import (
     CHANNEL_ACTOR,
     CHANNEL_PIPELINE,
     MAX_BATCH,
+    MAX_CHANNELS,
+    MAX_CHANNELS_PER_PEER,
     STORE_ACTOR,
 )
 from task_ingress.runtime.flow import FlowLimits
@@ -56,6 +58,13 @@ class RuntimeConfig:
     re-greets each of its channels every greet_interval / 2."""
     greet_burst: float = _FLOW.greet_burst
     """Per-peer greet budget size: greets a quiet peer may send at once (joining channels)."""
+    max_channels: int = MAX_CHANNELS
+    """(workspace, channel) pairs with a channel actor at once; a greet for one more is
+    refused `overloaded`. Idle actors (no visible peer, nothing queued or in flight) are
+    stopped by the sweep."""
+    max_channels_per_peer: int = MAX_CHANNELS_PER_PEER
+    """(workspace, channel) pairs one peer ID may be visible in at once; a greet for one
+    more is refused `overloaded` (re-greets of its channels always pass)."""
     # Peer-card limits: a greet whose card breaks one is refused `invalid_request`.
     max_card_capabilities: int = CARD_LIMITS.max_capabilities
     max_capability_chars: int = CARD_LIMITS.max_capability_chars
@@ -100,6 +109,8 @@ class RuntimeConfig:
         if min(self.max_in_flight_total, self.max_in_flight_per_channel,
                self.max_in_flight_per_peer) < 1:
             raise ValueError("in-flight caps must be at least 1")
+        if min(self.max_channels, self.max_channels_per_peer) < 1:
+            raise ValueError("channel caps must be at least 1")
         if min(self.peer_rate, self.peer_burst, self.greet_rate, self.greet_burst) < 0:
             raise ValueError("rates and bursts must not be negative")
         _ = self.card_limits  # raises ValueError for a card limit below 1

@@ -20,6 +20,7 @@ from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.protocol import (
     AuditRead,
+    ChannelCount,
     GetRun,
     GetTask,
     LockTask,
@@ -31,6 +32,7 @@ from task_ingress.messages.protocol import (
     RunFound,
     Settings,
     Submission,
+    Sweep,
     TaskFound,
     TaskLocked,
 )
@@ -107,8 +109,9 @@ class IngressRuntime:
             store_path=self.store_path, durable=durable, local_peer_id=cfg.local_peer_id,
             greet_interval=cfg.greet_interval, tasks_enabled=cfg.tasks_enabled,
             limits=cfg.limits, max_batch=cfg.max_batch,
-            channel_pipeline=cfg.channel_pipeline,
-            audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
+            channel_pipeline=cfg.channel_pipeline, max_channels=cfg.max_channels,
+            max_channels_per_peer=cfg.max_channels_per_peer, audit_key=audit_key,
+            fail_commit_at=cfg.fail_commit_at,
             channel_actor_class=cfg.channel_actor_class,
             store_actor_class=cfg.store_actor_class, store_proxy_class=cfg.store_proxy_class,
         )
@@ -185,6 +188,20 @@ class IngressRuntime:
         if isinstance(reply, Replied) and not reply.outcome.accepted:
             raise PresenceRefused(reply.outcome)
         raise RuntimeError(f"presence change failed: {reply!r}")
+
+    # ---- housekeeping ------------------------------------------------------------
+    def sweep(self) -> RuntimeStatistics:
+        """Run the housekeeping sweep now and return the statistics it counted.
+
+        The runtime sweeps every second by itself: it forgets expired peers and their
+        cards and stops idle channel actors (no visible peer, nothing queued or in
+        flight). This call returns once that is done, so that monitoring (and tests on a
+        fake clock) can see the effect at once."""
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router,
+                          Sweep(now=0.0, ticket=driver.next_ticket()))
+        assert isinstance(reply, ChannelCount)
+        return driver.statistics()
 
     # ---- requests ----------------------------------------------------------------
     def submit(self, context: IngressContext, request: Any) -> Outcome:
@@ -309,8 +326,9 @@ class IngressRuntime:
         return self._driver.actor_pids() if self._driver is not None else []
 
     def statistics(self) -> RuntimeStatistics:
-        """Calls queued for the driver and requests admitted but unanswered, right now
-        (both 0 before start and after close): for monitoring, safe from any thread."""
+        """Calls queued for the driver and requests admitted but unanswered, right now, and
+        the channel actors, presence entries and cards held at the last sweep (all 0
+        before start and after close): for monitoring, safe from any thread."""
         driver = self._driver
         if driver is None:
             return RuntimeStatistics(calls_waiting=0, requests_in_flight=0)

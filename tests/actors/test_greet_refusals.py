@@ -61,6 +61,8 @@ def test_a_new_peer_with_an_oversized_card_stays_invisible_and_holds_nothing(
         rt.greet("ws", "ops", big)
     assert rt.submit(ctx("r-1", peer="peer-x"), CreateTask(title="t")).reason == \
         Reason.PEER_NOT_FOUND
+    held = rt.sweep()
+    assert (held.channel_actors, held.presence_entries, held.peer_cards) == (0, 0, 0)
 
 
 @pytest.mark.parametrize(("ws", "ch", "peer"), [("ws/x", "ops", "peer-a"),

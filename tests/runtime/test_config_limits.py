@@ -48,7 +48,8 @@ def test_a_lowered_limit_reaches_the_gate() -> None:
 
 
 @pytest.mark.parametrize("name", ["max_card_capabilities", "max_capability_chars",
-                                  "max_display_name_chars", "max_proof_bytes"])
+                                  "max_display_name_chars", "max_proof_bytes", "max_channels",
+                                  "max_channels_per_peer"])
 def test_a_card_or_channel_limit_below_one_is_refused_and_any_higher_one_reaches_the_config(
     name: str
 ) -> None:
