@@ -88,6 +88,7 @@ class Driver:
         self._addresses: Addresses | None = None
         self.processes = ActorProcesses()
         self.held = ChannelCount(ticket=0, channel_actors=0, peers=0, cards=0)
+        self.sweep_ticket = 0  # the periodic sweep in progress (one at a time)
         self.log = get_logger(component="driver")
 
     # ---- caller side -------------------------------------------------------------
@@ -215,9 +216,9 @@ class Driver:
                     expected = max(expected, self.inbox.qsize()) + answered
             now = time.monotonic()
             self._expire(pending, now)
-            if now - last_sweep >= SWEEP_EVERY:
+            if now - last_sweep >= SWEEP_EVERY and self.sweep_ticket not in pending:
                 last_sweep = now
-                self._sweep(asys, Sweep(now=0.0))
+                self._periodic_sweep(asys, pending)
             if stopping_since is not None and (
                 not pending or now - stopping_since > SHUTDOWN_GRACE
             ):
@@ -254,6 +255,15 @@ class Driver:
         if batch:
             asys.tell(self.addresses.router, SubmitBatch(items=tuple(batch)))
 
+    def _periodic_sweep(self, asys: Any, pending: dict[int, Call]) -> None:
+        """The timer's sweep, pending like a call (nobody waits on it): its answer must be
+        read, or an idle runtime would pile one unread message a second."""
+        call = Call(message=Sweep(now=0.0, ticket=self.next_ticket()), to=self.addresses.router)
+        call.deadline = time.monotonic() + self.request_timeout * 2
+        self.sweep_ticket = call.message.ticket
+        pending[self.sweep_ticket] = call
+        self._sweep(asys, call.message)
+
     def _sweep(self, asys: Any, sweep: Sweep) -> None:
         """Housekeeping on the clock: forget full token buckets, let the actors free expired
         peers and idle channel actors (the router answers `ChannelCount`)."""
@@ -270,8 +280,10 @@ class Driver:
                 reply = reply.model_copy(update={"peers": self.held.peers,
                                                  "cards": self.held.cards})
             self.held = reply  # read by statistics() from any thread: one reference swap
-            if reply.ticket == 0:  # the periodic sweep's: nobody waits for it
-                return 0
+            call = pending.pop(reply.ticket, None)
+            if call is not None:
+                call.future.set_result(reply)
+            return 0  # not a caller's answer: no reason to linger for its next call
         if isinstance(reply, PoisonMessage):
             ticket = getattr(reply.poisonMessage, "ticket", None)
             call = pending.pop(ticket, None) if isinstance(ticket, int) else None

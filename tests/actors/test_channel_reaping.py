@@ -84,10 +84,12 @@ def test_a_channel_whose_peers_left_is_stopped_once_its_last_greet_is_two_interv
     assert held(rt) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("base", [
+    "simpleSystemBase", pytest.param("multiprocQueueBase", marks=pytest.mark.multiproc)])
 def test_requests_greets_and_leaves_after_a_reap_behave_as_before_it(
-    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock, base: str
 ) -> None:
-    rt = make_runtime(greet_interval=INTERVAL)
+    rt = make_runtime(greet_interval=INTERVAL, actor_base=base)
     rt.greet("ws", "ops", writer_card("peer-a"))
     first = rt.submit(ctx("r-1"), CreateTask(title="t"))
     assert first.accepted

@@ -4,11 +4,13 @@ counted as held, as a frozen snapshot."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
 from task_ingress.messages import CreateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig, RuntimeStatistics
+from task_ingress.runtime import driver as driver_module
 from task_ingress.testing import HOLD
 
 from tests.conftest import FakeClock, ctx, writer_card
@@ -55,3 +57,19 @@ def test_the_held_counts_are_those_of_the_last_sweep(
     clock.advance(60.0)
     swept = rt.sweep()
     assert (swept.channel_actors, swept.presence_entries, swept.peer_cards) == (0, 0, 0)
+
+
+def test_the_timer_sweep_refreshes_the_held_counts_of_an_idle_runtime(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver_module, "SWEEP_EVERY", 0.0)  # every driver round, not 1 s
+    rt = make_runtime()
+    for channel in ("ops", "dev", "qa"):
+        rt.greet("ws", channel, writer_card("peer-a"))
+    # No further call: only the timer's sweep, whose answer the idle driver must read (an
+    # answer left unread would pile up, one a second, in the actor system).
+    deadline = time.monotonic() + 30.0
+    while rt.statistics().peer_cards != 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = rt.statistics()
+    assert (stats.channel_actors, stats.presence_entries, stats.peer_cards) == (3, 3, 3)
