@@ -141,8 +141,8 @@ class Presence(GateActor):
         elif over_channel_cap(key, self.by_peer.get(change.peer_id, set()), self.greets, now,
                               self.settings.greet_interval, self.settings.max_channels_per_peer):
             self.log.info("presence.channel_cap", peer_id=change.peer_id,
-                             channel=change.channel, workspace=change.workspace,
-                             action="greet", outcome="rejected", reason="overloaded")
+                          channel=change.channel, workspace=change.workspace,
+                          action="greet", outcome="rejected", reason="overloaded")
             self.send(self.audit, Verdicts(items=(presence_verdict(msg, Reason.OVERLOADED),)))
             return
         else:

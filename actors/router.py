@@ -16,8 +16,9 @@ Accepts:
 - `Sweep` (from the driver's timer, or `IngressRuntime.sweep()`) -> passed to Presence
   (expiry), and a `Retire` to each channel actor that may be idle: nothing of it
   unanswered, no greet routed to it for 2 x greet_interval. `Retired(vacant=True)` for an
-  actor sent nothing since stops it (docs/race-freedom.md, "Reaping"). When Presence's
-  part (`Swept`, via Capability) and every `Retired` are back: `ChannelCount` to the driver.
+  actor sent nothing since stops it (docs/race-freedom.md, "Stopping idle channel
+  actors"). When Presence's part (`Swept`, via Capability) and every `Retired` are back:
+  `ChannelCount` to the driver.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime) -> passed to the current TaskStore
   with `reply_to` set, so queries survive a store restart.
 - `ChildActorExited` (from Thespian) -> supervision:
@@ -231,8 +232,8 @@ class IngressRouter(GateActor):
                 return
             if len(self.channels) >= self.settings.max_channels:
                 self.log.info("router.channel_cap", workspace=key[0], channel=key[1],
-                                 peer_id=change.peer_id, action="greet", outcome="rejected",
-                                 reason="overloaded", channels=len(self.channels))
+                              peer_id=change.peer_id, action="greet", outcome="rejected",
+                              reason="overloaded", channels=len(self.channels))
                 rejected.append(presence_verdict(flight, Reason.OVERLOADED))
                 return
         try:

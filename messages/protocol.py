@@ -203,9 +203,9 @@ class Sweep(InternalMessage):
     """The housekeeping tick (bounded memory): driver -> router, which frees idle channel
     actors (`Retire`) and passes it on -> Presence, which drops entries expired by `now`.
 
-    `ticket` != 0 asks for an answer once everything is done: the router's `ChannelCount`
-    to the driver (the driver's own ticket), Capability's `Swept` to the router (the
-    router's sweep number)."""
+    Answered once everything is done: the router answers the driver's `ticket` with
+    `ChannelCount`; Presence's part is acknowledged (via Capability, `Swept`) to `reply_to`
+    under the router's own sweep number."""
 
     now: float
     ticket: int = 0
@@ -234,8 +234,8 @@ class Swept(InternalMessage):
 
 
 class ChannelCount(InternalMessage):
-    """Router to driver after each sweep: what the runtime holds (`ticket` 0: the periodic
-    sweep, else the answer to `IngressRuntime.sweep()`)."""
+    """Router to driver, the answer to a `Sweep` (the timer's or `IngressRuntime.sweep()`'s):
+    what the runtime holds once it is done; -1 for parts that did not answer in time."""
 
     ticket: int
     channel_actors: int
