@@ -46,6 +46,7 @@ from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
+from task_ingress.runtime.errors import PresenceRefused
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
@@ -202,6 +203,8 @@ class EnvelopeHandler:
             await self._in_worker(self.rt.greet, env.workspace_id, env.channel, peer)
             applied, why = True, ""
             self._remember(key, Applied(granted, judged.fingerprint, self.clock()))
+        except PresenceRefused as exc:  # the runtime audited it already (action greet)
+            applied, why = False, exc.reason.value
         except Exception as exc:
             applied, why = False, "failed"
             self.log.error("greet.failed", peer_id=env.sender, error=repr(exc))
