@@ -107,6 +107,7 @@ class IngressRuntime:
             self._tempdir = tempfile.mkdtemp(prefix="task-ingress-")
             self.store_path = os.path.join(self._tempdir, "store.db")
             durable = False
+            audit_key = cfg.audit_key or secrets.token_hex(32)  # the chain is always keyed
         else:
             self.store_path = os.path.abspath(cfg.store_path)
             audit_key = cfg.audit_key or load_or_create_key(self.store_path)

@@ -1,5 +1,5 @@
-"""The audit log as stored (SPEC §6): the `audit` table's rows, the checkpoint file beside
-the store, and where the checkpoint key is found.
+"""The audit log as stored (SPEC §6): the `audit` table's rows, the store's `meta` rows,
+the checkpoint file beside the store, and where the audit key is found.
 
 One description shared by the Audit actor (the only writer of the log), the benchmark's
 baseline, and the read-only tools (`task-ingress audit`, the swarm's invariants), which
@@ -8,16 +8,18 @@ read the log without importing any actor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import checkpoint_mac
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.actors.rules.chain import ChainKey
+from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import InFlight
 
@@ -80,10 +82,10 @@ def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
     return [record_from_row(r) for r in rows]
 
 
-def read_head(conn: sqlite3.Connection) -> tuple[int, str]:
-    """(seq, hash) of the newest record; (0, GENESIS_HASH) for an empty log."""
+def read_head(conn: sqlite3.Connection, genesis: str) -> tuple[int, str]:
+    """(seq, hash) of the newest record; (0, genesis) for an empty log."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+    return (int(row[0]), str(row[1])) if row else (0, genesis)
 
 
 def checkpoint_path(store_path: str) -> str:
@@ -93,24 +95,73 @@ def checkpoint_path(store_path: str) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The checkpoint file's content: latest seq and hash, their HMAC, and when written."""
+    """The checkpoint file's content: the store it belongs to, its latest seq and hash
+    (seq 0 and the genesis hash for a store without records), when it was written, and the
+    HMAC over all of them. `store_id` None: a legacy (schema 2) checkpoint, whose MAC covers
+    only seq and hash."""
 
     seq: int
     hash: str
     mac: str
     at: float
+    store_id: str | None = None
+
+    def verifies(self, key: ChainKey) -> bool:
+        """True when the MAC holds under `key` (a legacy checkpoint never does)."""
+        return self.store_id is not None and key.checkpoint_ok(
+            self.store_id, self.seq, self.hash, self.at, self.mac)
+
+    def to_json(self) -> str:
+        """The file's text."""
+        return json.dumps({"format": CHECKPOINT_FORMAT, "store_id": self.store_id,
+                           "seq": self.seq, "hash": self.hash, "at": self.at, "mac": self.mac})
 
 
-def write_checkpoint(store_path: str, key: bytes, seq: int, head: str) -> None:
-    """Authenticate (seq, head) under `key` and replace the checkpoint file atomically."""
-    path = checkpoint_path(store_path)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"seq": seq, "hash": head, "mac": checkpoint_mac(key, seq, head),
-                   "at": time.time()}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+CHECKPOINT_FORMAT = 2
+
+
+def make_checkpoint(key: ChainKey, store_id: str, seq: int, head: str,
+                    at: float | None = None) -> Checkpoint:
+    """A checkpoint of (seq, head) of store `store_id`, authenticated under `key`."""
+    when = time.time() if at is None else at
+    return Checkpoint(seq=seq, hash=head, mac=key.checkpoint_mac(store_id, seq, head, when),
+                      at=when, store_id=store_id)
+
+
+def write_checkpoint(store_path: str, key: ChainKey, store_id: str, seq: int, head: str
+                     ) -> Checkpoint:
+    """Authenticate (store_id, seq, head, now) under `key` and replace the checkpoint file
+    atomically; returns what was written."""
+    cp = make_checkpoint(key, store_id, seq, head)
+    replace_private_file(checkpoint_path(store_path), cp.to_json())
+    return cp
+
+
+def replace_private_file(path: str, text: str) -> None:
+    """Replace `path` with `text` atomically and durably, mode 0600.
+
+    The temporary file is made by mkstemp (O_EXCL, a random name, 0600) in the target's own
+    directory: a planted file or symlink is never written through, and the rename stays on
+    one file system. The directory is fsynced so the rename itself survives a power cut.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
@@ -125,13 +176,21 @@ def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
         return None, f"checkpoint file {path} is unreadable: {exc}"
     try:
         cp = Checkpoint(seq=data["seq"], hash=data["hash"], mac=data["mac"],
-                        at=float(data.get("at", 0.0)))
-    except (KeyError, TypeError, ValueError) as exc:
+                        at=float(data.get("at", 0.0)), store_id=data.get("store_id"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return None, f"checkpoint file {path} is malformed: {exc!r}"
-    if not (type(cp.seq) is int and isinstance(cp.hash, str) and isinstance(cp.mac, str)):
+    if not (type(cp.seq) is int and cp.seq >= 0 and isinstance(cp.hash, str)
+            and isinstance(cp.mac, str) and isinstance(cp.store_id, str | None)):
         return None, f"checkpoint file {path} has fields of the wrong type"
     return cp, None
 
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    """The store's `meta` rows (store id, legacy migration facts); {} before schema 3."""
+    try:
+        return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.OperationalError:  # no meta table: a schema 1-2 store
+        return {}
 
 
 def key_path(store_path: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 import task_ingress.runtime.audit as audit
 
 READ_ONLY_TOOLS = [
+    "task_ingress.runtime.audit.anchor",
     "task_ingress.runtime.audit.cli",
     "task_ingress.runtime.audit.query",
     "task_ingress.runtime.audit.read",
