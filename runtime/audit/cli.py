@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import sqlite3
 import sys
 import time
@@ -20,8 +21,6 @@ from typing import Annotated, ParamSpec, TextIO, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.runtime.audit.anchor import BadAnchor, head_line, make_anchor
@@ -35,6 +34,7 @@ from task_ingress.runtime.audit.query import (
     query_records,
 )
 from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
+from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
 
 audit_app = typer.Typer(
@@ -49,6 +49,7 @@ EXIT_USAGE = 2
 """Any command: a usage error, or the store file is missing or unreadable."""
 EXIT_INTERRUPTED = 130
 FOLLOW_POLL = 0.5
+PIPED_WIDTH = 80
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -206,27 +207,17 @@ def show(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N matches (0: all).")]
     = 100,
 ) -> None:
-    """Matching records as a table (newest `--limit`, oldest first)."""
+    """Matching records as a table (newest `--limit`, oldest first), as wide as the
+    terminal (80 columns when piped)."""
+    _at_least("-n/--limit", limit, 0)
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
-    table = Table(title=f"audit of {store}")
-    for col in ("seq", "time (UTC)", "ws/channel", "peer", "action", "outcome", "task / run",
-                "request"):
-        table.add_column(col, overflow="fold")
     with open_readonly(store) as conn:
         rows = list(query_records(conn, flt, last=limit or None))
-    for rec in rows:
-        verdict = "[green]accepted" if rec.outcome == "accepted" else "[red]rejected"
-        if rec.reason is not None:
-            verdict += f" {rec.reason.value}"
-        ids = " ".join(i for i in (rec.task_id, rec.run_id) if i)
-        table.add_row(
-            str(rec.seq), iso(rec.at).replace("T", " ").rstrip("Z"),
-            f"{rec.workspace}/{rec.channel}", rec.peer_id, rec.action.value, verdict, ids,
-            rec.request_id + (" (replay)" if rec.replay else ""),
-        )
-    console = Console()
-    console.print(table)
-    console.print(f"{len(rows)} record(s)")
+    width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
+    typer.echo(f"audit of {store}")
+    for line in table_lines(rows, width):
+        typer.echo(line)
+    typer.echo(f"{len(rows)} record(s)")
 
 
 @audit_app.command()
