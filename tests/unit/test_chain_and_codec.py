@@ -63,6 +63,13 @@ def test_record_seal_is_hmac_sha256_of_sorted_compact_ascii_json(fields: dict[st
     assert record_hash(fields) == hashlib.sha256(blob.encode()).hexdigest()  # schema 2
 
 
+@given(st.binary(min_size=1, max_size=200))
+def test_record_seal_is_hmac_for_keys_of_any_length(key: bytes) -> None:
+    fields = _chain(1)[0].model_dump(mode="json")
+    expected = hmac.new(key, canonical(fields), hashlib.sha256).hexdigest()
+    assert ChainKey(key).seal(fields) == expected
+
+
 def seal(records: list[AuditRecord]) -> tuple[int, str] | None:
     return first_bad_record(records, KEY.seal, GENESIS)
 
