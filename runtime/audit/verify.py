@@ -359,7 +359,7 @@ def _check_anchor(chain: _ChainPass, anchor: Anchor, key: ChainKey, store_id: st
         if anchor.seq > chain.head_seq:
             return [Problem("anchor", chain.head_seq + 1,
                             f"tail deleted: the audit ends at seq {chain.head_seq} but the "
-                            f"{what} saw it reach seq {anchor.seq}")]
+                            f"anchor saw it reach seq {anchor.seq}")]
         if anchor.head is not None and \
                 chain.hash_at(anchor.seq, chain.hash_at_anchor) != anchor.head:
             return [Problem("anchor", anchor.seq or None,

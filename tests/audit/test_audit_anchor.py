@@ -186,3 +186,46 @@ def test_anchor_values_that_cannot_be_one_are_usage_errors(seq: int | None, head
                                                            message: str) -> None:
     with pytest.raises(BadAnchor, match=message):
         make_anchor(seq, head)
+
+
+def test_every_file_deleted_is_a_missing_store_unless_an_anchor_says_it_existed(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s.db"
+    grow(store, 3)
+    for suffix in ("", "-wal", "-shm", ".checkpoint"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    assert audit("verify", "--store", str(store))[0] == 2  # indistinguishable from a typo
+    code, lines = audit("verify", "--store", str(store), "--expect-seq", "3")
+    assert code == 1
+    assert lines[-1] == (f"FAILED: store: no store file at {store} (check the --store path), "
+                         "yet the anchor (seq 3) says it existed: the store was deleted or "
+                         "emptied")
+
+
+def test_a_key_holders_consistent_rewrite_fails_against_a_head_shipped_before_it(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s.db"
+    grow(store, 4)
+    shipped = head(store)
+    conn = sqlite3.connect(store, isolation_level=None)
+    conn.execute("UPDATE audit SET request_id = 'rewritten' WHERE seq = 2")
+    names = [r[1] for r in conn.execute("PRAGMA table_info(audit)")]
+    prev = genesis_hash(store_id(store))
+    for row in conn.execute("SELECT * FROM audit ORDER BY seq").fetchall():
+        fields = dict(zip(names, row, strict=True), prev_hash=prev)
+        fields["replay"] = bool(fields["replay"])
+        prev = KEY.seal(fields)
+        conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                     (fields["prev_hash"], prev, fields["seq"]))
+    conn.close()
+    write_checkpoint(str(store), KEY, store_id(store), 4, prev)
+    conn = sqlite3.connect(store, isolation_level=None)
+    conn.execute("UPDATE accepted_requests SET request_id = 'rewritten' WHERE request_id = "
+                 "'r-1'")
+    conn.close()
+    assert audit("verify", "--store", str(store))[0] == 0  # re-signed: consistent
+    code, lines = audit("verify", "--store", str(store), "--expect-head", shipped)
+    assert code == 1
+    assert "record seq 4" in lines[-1] and "does not have the anchored hash" in lines[-1]

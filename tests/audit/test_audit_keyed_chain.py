@@ -243,6 +243,25 @@ def test_runtime_refuses_to_extend_a_truncated_log(store: Path) -> None:
         IngressRuntime(RuntimeConfig(store_path=str(store))).start()
 
 
+@pytest.mark.parametrize("checkpoint", ["forged", "foreign"])
+def test_runtime_refuses_a_forged_or_foreign_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint: str
+) -> None:
+    monkeypatch.setenv("TASK_INGRESS_AUDIT_KEY", "ab" * 32)
+    mine, other = tmp_path / "mine.db", tmp_path / "other.db"
+    populate(mine)
+    if checkpoint == "forged":
+        cp = json.loads(Path(f"{mine}.checkpoint").read_text())
+        Path(f"{mine}.checkpoint").write_text(json.dumps(cp | {"seq": 3}))
+        expected = "MAC does not verify"
+    else:
+        populate(other)
+        shutil.copy(f"{other}.checkpoint", f"{mine}.checkpoint")
+        expected = "the checkpoint belongs to store"
+    with pytest.raises(RuntimeStartError, match=expected):
+        IngressRuntime(RuntimeConfig(store_path=str(mine))).start()
+
+
 def test_runtime_refuses_records_forged_after_the_checkpoint(store: Path) -> None:
     sql(store, "UPDATE audit SET peer_id = 'innocent' WHERE seq = 10")
     conn = sqlite3.connect(store)
