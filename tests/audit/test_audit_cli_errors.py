@@ -171,3 +171,17 @@ def test_tail_follow_interrupted_exits_130(store: Path) -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_a_reader_that_goes_away_is_no_failure(store: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "TASK_INGRESS_AUDIT_KEY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "task_ingress", "audit", "export", "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=base | {"TASK_INGRESS_LOG_LEVEL": "warning"}, bufsize=0,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -0` would: every write now fails with EPIPE
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in proc.stderr.read()
+    proc.stderr.close()
