@@ -42,7 +42,7 @@ class Settings(InternalMessage):
     channel_pipeline: int = Field(default=32, description="Requests in flight per channel.")
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 1.0
-    audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
+    audit_key: str = Field(default="", description="Hex audit key (records, checkpoints).")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
     # --- race-test seams (tests/race, actors/hold.py); all off in production ---
     hold_store: bool = Field(default=False, description="Test seam: Hold actor before TaskStore.")
