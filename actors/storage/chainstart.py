@@ -26,6 +26,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,30 +102,35 @@ def _check_start(conn: sqlite3.Connection, store_path: str, key: ChainKey, store
     if cp.store_id != store_id:
         return (f"the checkpoint belongs to store {cp.store_id}, the database is store "
                 f"{store_id} (copied from another store?)")
-    if cp.seq == 0:
-        if cp.hash != genesis_hash(store_id):
-            return "the genesis checkpoint does not hold this store's genesis hash"
-        walk = ChainWalk(key.seal, cp.hash, 1)
-        rows = _rows_from(conn, 1)
-    else:
-        rows = _rows_from(conn, cp.seq)
-        first = next(rows, None)
-        if first is None or first["seq"] != cp.seq:
-            return (f"tail deleted: the checkpoint vouches for records up to seq {cp.seq} "
-                    "but that record is missing")
-        if first["hash"] != cp.hash or key.seal(first) != cp.hash:
-            return f"record seq {cp.seq} differs from the checkpoint (rewritten)"
-        walk = ChainWalk(key.seal, cp.hash, cp.seq + 1)
-    for fields in rows:
-        why = walk.step(fields)
-        if why is not None:
-            return f"record seq {fields['seq']} after the checkpoint: {why}"
+    try:
+        if cp.seq == 0:
+            if cp.hash != genesis_hash(store_id):
+                return "the genesis checkpoint does not hold this store's genesis hash"
+            walk = ChainWalk(key.seal, cp.hash, 1)
+            rows = _rows_after(conn, 0)
+        else:
+            rows = _rows_after(conn, cp.seq - 1)
+            first = next(rows, None)
+            if first is None or first["seq"] != cp.seq:
+                return (f"tail deleted: the checkpoint vouches for records up to seq {cp.seq} "
+                        "but that record is missing")
+            if first["hash"] != cp.hash or key.seal(first) != cp.hash:
+                return f"record seq {cp.seq} differs from the checkpoint (rewritten)"
+            walk = ChainWalk(key.seal, cp.hash, cp.seq + 1)
+        for fields in rows:
+            why = walk.step(fields)
+            if why is not None:
+                return f"record seq {fields['seq']} after the checkpoint: {why}"
+    except (TypeError, ValueError) as exc:
+        return f"a record after the checkpoint does not parse: {exc}"
     return None
 
 
-def _rows_from(conn: sqlite3.Connection, seq: int) -> Any:
-    for row in conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= ? ORDER BY seq",
-                            (seq,)):
+def _rows_after(conn: sqlite3.Connection, seq: int, limit: int = -1
+                ) -> Iterator[dict[str, Any]]:
+    """Audit rows as chain fields, seq > `seq` in order (at most `limit`; -1: all)."""
+    for row in conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq "
+                            "LIMIT ?", (seq, limit)):
         fields = dict(zip(AUDIT_NAMES, row, strict=True))
         fields["replay"] = bool(fields["replay"])
         yield fields
@@ -133,75 +139,98 @@ def _rows_from(conn: sqlite3.Connection, seq: int) -> Any:
 def _initialize(conn: sqlite3.Connection, store_path: str, key: ChainKey,
                 cp: Checkpoint | None) -> ChainHead:
     """Give a store without an id its id and keyed chain: a new store, a schema-2 store, or
-    either of them interrupted after its checkpoint was written (see the module doc)."""
+    either of them interrupted after its checkpoint was written (see the module doc).
+
+    One transaction, the rows streamed in chunks (memory stays flat for a long legacy log):
+    each row is checked against the legacy chain and re-chained under the key in place; the
+    checkpoint file is written before the commit."""
+    interrupted = cp is not None and cp.store_id is not None
+    store_id = cp.store_id if cp is not None and cp.store_id is not None \
+        else secrets.token_hex(16)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = [dict(zip(AUDIT_NAMES, r, strict=True)) for r in conn.execute(
-            f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")]
-        for fields in rows:
-            fields["replay"] = bool(fields["replay"])
-        try:
-            legacy_note = _check_legacy(rows, cp, key)
-        except ChainRefused as exc:
-            raise ChainRefused(_refusal(store_path, str(exc))) from None
-        store_id = cp.store_id if cp is not None and cp.store_id is not None \
-            else secrets.token_hex(16)
-        head = genesis_hash(store_id)
-        for fields in rows:
-            fields["prev_hash"] = head
-            fields["hash"] = head = key.seal(fields)
-        seq = len(rows)
-        if cp is not None and cp.store_id is not None:
+        legacy = _LegacyPass(cp if not interrupted else None)
+        head, seq = genesis_hash(store_id), 0
+        while chunk := list(_rows_after(conn, seq, RECHAIN_CHUNK)):
+            for fields in chunk:
+                legacy.step(fields)
+                fields["prev_hash"] = head
+                fields["hash"] = head = key.seal(fields)
+                seq = fields["seq"]
+            conn.executemany("UPDATE audit SET prev_hash = :prev_hash, hash = :hash "
+                             "WHERE seq = :seq", chunk)
+        note = "re-chained after an interrupted start" if interrupted and seq \
+            else legacy.verdict(key)
+        if interrupted:
             # An interrupted start of ours wrote this checkpoint: the same work must lead
             # to exactly its head, or it is not ours to finish.
+            assert cp is not None
             if not (cp.verifies(key) and cp.seq == seq and cp.hash == head):
-                raise ChainRefused(_refusal(
-                    store_path, f"the checkpoint names store {cp.store_id} at seq {cp.seq}, "
-                    f"but the database has no store id and {seq} records that do not "
-                    "re-chain to it"))
+                raise ChainRefused(
+                    f"the checkpoint names store {cp.store_id} at seq {cp.seq}, but the "
+                    f"database has no store id and {seq} records that do not re-chain to it")
         else:
             # The checkpoint first: a crash before the commit below leaves a checkpoint the
             # next start can finish from, never a store id without a checkpoint.
             replace_private_file(checkpoint_path(store_path),
                                  make_checkpoint(key, store_id, seq, head).to_json())
-        conn.executemany("UPDATE audit SET prev_hash = :prev_hash, hash = :hash "
-                         "WHERE seq = :seq", rows)
         meta = {"store_id": store_id, "chain": "hmac-sha256", "created_at": f"{time.time():.3f}"}
-        if rows or legacy_note:
-            meta |= {"legacy_records": str(seq), "legacy_checkpoint": legacy_note or "none"}
+        if seq:
+            meta |= {"legacy_records": str(seq), "legacy_checkpoint": note}
         conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                          list(meta.items()))
         conn.execute("COMMIT")
+    except ChainRefused as exc:
+        conn.execute("ROLLBACK")
+        raise ChainRefused(_refusal(store_path, str(exc))) from None
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return ChainHead(store_id, seq, head)
 
 
-def _check_legacy(rows: list[dict[str, Any]], cp: Checkpoint | None, key: ChainKey) -> str:
-    """Check a schema-2 chain (sha256 from GENESIS_HASH) and its legacy checkpoint; raise
-    ChainRefused unless they hold. Returns what the legacy checkpoint vouched for, for
-    `meta` ('' for a store without records and without a checkpoint)."""
-    walk = ChainWalk(record_hash, GENESIS_HASH)
-    for fields in rows:
-        why = walk.step(fields)
+RECHAIN_CHUNK = 5000
+
+
+class _LegacyPass:
+    """A schema-2 chain (sha256 from GENESIS_HASH) and its legacy checkpoint, checked as the
+    old verifier did, one row at a time; ChainRefused unless they hold."""
+
+    def __init__(self, cp: Checkpoint | None) -> None:
+        self.cp = cp
+        self.walk = ChainWalk(record_hash, GENESIS_HASH)
+        self.count = 0
+        self.hash_at_checkpoint: str | None = None
+
+    def step(self, fields: dict[str, Any]) -> None:
+        """Check one row (before it is re-chained)."""
+        try:
+            why = self.walk.step(fields)
+        except (TypeError, ValueError) as exc:
+            why = f"record does not parse: {exc}"
         if why is not None:
             raise ChainRefused(f"the legacy (schema 2) audit chain is broken at record seq "
                                f"{fields['seq']}: {why}; it is not re-chained under the key")
-    if cp is not None and cp.store_id is not None:
-        return "re-chained after an interrupted start" if rows else ""
-    if cp is None:
-        if rows:
-            # Anyone can write an unkeyed chain: without a checkpoint nothing tells these
-            # records from a forgery, and re-chaining them under the key would launder one.
-            raise ChainRefused(
-                f"the legacy (schema 2) audit log has {len(rows)} records and no checkpoint, "
-                "so nothing vouches for them and they are not re-chained under the key")
-        return ""
-    if not legacy_checkpoint_ok(key.raw, cp.seq, cp.hash, cp.mac):
-        raise ChainRefused("the legacy checkpoint's MAC does not verify under this key")
-    hashes = {int(f["seq"]): str(f["hash"]) for f in rows}
-    if hashes.get(cp.seq) != cp.hash:
-        raise ChainRefused(f"the legacy checkpoint vouches for seq {cp.seq}, which the "
-                           "audit does not hold with that hash (tail deleted or rewritten)")
-    return f"seq {cp.seq}"
+        self.count += 1
+        if self.cp is not None and fields["seq"] == self.cp.seq:
+            self.hash_at_checkpoint = str(fields["hash"])
+
+    def verdict(self, key: ChainKey) -> str:
+        """What the legacy checkpoint vouched for, for `meta` ('none' for no records)."""
+        cp = self.cp
+        if cp is None:
+            if self.count:
+                # Anyone can write an unkeyed chain: without a checkpoint nothing tells these
+                # records from a forgery, and re-chaining them would launder one.
+                raise ChainRefused(
+                    f"the legacy (schema 2) audit log has {self.count} records and no "
+                    "checkpoint, so nothing vouches for them and they are not re-chained "
+                    "under the key")
+            return "none"
+        if not legacy_checkpoint_ok(key.raw, cp.seq, cp.hash, cp.mac):
+            raise ChainRefused("the legacy checkpoint's MAC does not verify under this key")
+        if self.hash_at_checkpoint != cp.hash:
+            raise ChainRefused(f"the legacy checkpoint vouches for seq {cp.seq}, which the "
+                               "audit does not hold with that hash (tail deleted or "
+                               "rewritten)")
+        return f"seq {cp.seq}"
