@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 from task_ingress.actors.rules.chain import (
@@ -48,6 +48,7 @@ from task_ingress.actors.storage.auditlog import (
     KEY_ENV,
     Checkpoint,
     checkpoint_path,
+    key_path,
     read_checkpoint,
 )
 from task_ingress.messages.audit import GENESIS_HASH
@@ -143,10 +144,17 @@ def verify_store(
         return _gone(cp, f"{missing}, yet {what}: the store was deleted or emptied")
     with open_readonly(store_path) as conn, snapshot(conn) as snap:
         try:
-            return verify_snapshot(snap, cp, cp_error, key_bytes, key_error, anchor,
-                                   allow_legacy, checkpoint_path(store_path))
+            result = verify_snapshot(snap, cp, cp_error, key_bytes, key_error, anchor,
+                                     allow_legacy, checkpoint_path(store_path))
         except sqlite3.Error as exc:
             raise StoreUnreadable(f"reading the audit failed: {exc}") from exc
+    if key_bytes is not None and key is None and not os.environ.get(KEY_ENV, "").strip():
+        # Whoever can replace that file can re-sign the whole log under a key of their own.
+        note = (f"the key was read from {key_path(store_path)} beside the store: whoever can "
+                "replace that file can re-sign the log; keep the key elsewhere (--key, "
+                f"${KEY_ENV}) or check against an anchor (--expect-head)")
+        result = replace(result, notes=(*result.notes, note))
+    return result
 
 
 def _gone(cp: Checkpoint | None, why: str) -> VerifyResult:

@@ -229,3 +229,38 @@ def test_a_key_holders_consistent_rewrite_fails_against_a_head_shipped_before_it
     code, lines = audit("verify", "--store", str(store), "--expect-head", shipped)
     assert code == 1
     assert "record seq 4" in lines[-1] and "does not have the anchored hash" in lines[-1]
+
+
+def test_a_key_file_beside_the_store_can_be_swapped_which_only_the_real_key_or_an_anchor_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runtime's default: the key in s.db.key. A store writer cannot read it, but can
+    # replace it and re-sign every record and the checkpoint under a key of their own.
+    monkeypatch.delenv("TASK_INGRESS_AUDIT_KEY")
+    store = tmp_path / "s.db"
+    grow(store, 3)
+    real = Path(f"{store}.key").read_text().strip()
+    shipped = head(store)
+    forged = ChainKey(b"the forger's own key")
+    Path(f"{store}.key").write_text(forged.raw.hex() + "\n")
+    conn = sqlite3.connect(store, isolation_level=None)
+    conn.execute("UPDATE audit SET peer_id = 'innocent' WHERE seq = 2")
+    names = [r[1] for r in conn.execute("PRAGMA table_info(audit)")]
+    prev = genesis_hash(store_id(store))
+    for row in conn.execute("SELECT * FROM audit ORDER BY seq").fetchall():
+        fields = dict(zip(names, row, strict=True), prev_hash=prev)
+        fields["replay"] = bool(fields["replay"])
+        prev = forged.seal(fields)
+        conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                     (fields["prev_hash"], prev, fields["seq"]))
+    conn.execute("UPDATE accepted_requests SET peer_id = 'innocent' WHERE request_id = 'r-1'")
+    conn.close()
+    write_checkpoint(str(store), forged, store_id(store), 3, prev)
+    code, lines = audit("verify", "--store", str(store))
+    assert code == 0  # the files agree with each other: verify says what it relied on
+    assert any(line.startswith(f"note: the key was read from {store}.key beside the store")
+               for line in lines)
+    code, lines = audit("verify", "--store", str(store), "--key", real)
+    assert code == 1 and "record seq 1: hash does not match" in lines[-1]
+    code, lines = audit("verify", "--store", str(store), "--expect-head", shipped)
+    assert code == 1 and "the head line's MAC does not verify" in lines[-1]
