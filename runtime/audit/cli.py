@@ -39,7 +39,7 @@ from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
 
 audit_app = typer.Typer(
-    help="Inspect the hash-chained audit log of a store file (read-only).",
+    help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
     no_args_is_help=True,
     add_completion=False,
 )
