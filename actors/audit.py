@@ -7,8 +7,8 @@ Accepts:
 - `Verdicts` (from Router, Presence, Capability: one per batch they judged; from TaskStore:
   one per commit) -> buffered; on the next `Flush` all buffered records commit in one
   transaction, then each destination gets one message for the whole commit: `Replies` (to
-  the requests' `reply_to`) and `Dones` (to their channel actor, i.e. the router). A reply
-  never precedes its durable record (SPEC §6).
+  the requests' `reply_to`) and `Dones` (to the router, which frees their channel slots).
+  A reply never precedes its durable record (SPEC §6).
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -53,7 +53,6 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
 
 AUDIT_RETRY_SECONDS = 0.2
 
@@ -99,7 +98,8 @@ class Audit(GateActor):
         if not rows:
             return []
         decoded = [decode_outbox(blob) for _, blob in rows]
-        fields = [f for f in decoded if f is not None]
+        # Outbox rows written before AuditRecord.trust existed have none to chain.
+        fields = [dict({"trust": None}, **f) for f in decoded if f is not None]
         if len(fields) < len(rows):  # never chain garbage, never drop a write's record
             bad = [r[0] for r, f in zip(rows, decoded, strict=True) if f is None]
             raise ValueError(f"unreadable outbox rows {bad} (see `task-ingress audit verify`)")
@@ -135,7 +135,7 @@ class Audit(GateActor):
         self.pending.extend(msg.items)
         if not self.flush_queued:
             self.flush_queued = True
-            self.send(self.myAddress, Flush(generation=self.seq))
+            self.send(self.myAddress, Flush())
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Group commit: chain and commit every buffered verdict, then answer each."""
@@ -157,14 +157,15 @@ class Audit(GateActor):
         replies: list[tuple[Any, Replied]] = []
         dones: list[tuple[Any, int]] = []
         for verdict in batch:
-            outcome = verdict.outcome if committed else _failed(verdict.outcome)
+            outcome = (verdict.outcome if committed
+                       else Outcome.failed(verdict.outcome.request_id, verdict.outcome.action))
             if log_info:
                 self._log_outcome(verdict.flight, outcome)
             ticket = verdict.flight.submission.ticket
             replies.append((verdict.flight.reply_to,
                             Replied(ticket=ticket, outcome=outcome)))
-            if verdict.flight.channel_actor is not None:
-                dones.append((verdict.flight.channel_actor, ticket))
+            if verdict.flight.router is not None:
+                dones.append((verdict.flight.router, ticket))
         # One message per destination per commit, replies first: a caller never learns of
         # a channel slot freeing before its own answer.
         for to, items in group_by_address(replies):
@@ -216,6 +217,7 @@ class Audit(GateActor):
             action=outcome.action.value,
             outcome="accepted" if outcome.accepted else "rejected",
             reason=outcome.reason.value if outcome.reason else None,
+            trust=ctx.trust,
         )
 
     def _checkpoint(self, force: bool) -> None:
@@ -237,7 +239,7 @@ class Audit(GateActor):
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit and answer everything received before the marker, chain what a dead store
         committed but never reported (its outbox rows), then report back."""
-        self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+        self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
         keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
         self.send(msg.reply_to, ProbeDone(
@@ -248,7 +250,7 @@ class Audit(GateActor):
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
         """Retry a failed audit commit of writes the store already made durable."""
         if self.pending and not self.flush_queued:
-            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+            self.receiveMsg_Flush(Flush(), sender)
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""
@@ -261,15 +263,9 @@ class Audit(GateActor):
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: flush what is buffered, write the final checkpoint, close the file."""
         if self.pending:
-            self.receiveMsg_Flush(Flush(generation=self.seq), sender)
+            self.receiveMsg_Flush(Flush(), sender)
         if self.conn is not None:
             self._checkpoint(force=True)
             self.conn.close()
             self.conn = None
 
-
-def _failed(outcome: Outcome) -> Outcome:
-    return Outcome(
-        request_id=outcome.request_id, action=outcome.action, accepted=False,
-        reason=Reason.TASK_INGRESS_FAILED,
-    )

@@ -20,16 +20,14 @@ _SYSTEM_MESSAGES = {"ChildActorExited", "ActorExitRequest", "DeadEnvelope", "Wak
 
 def failed_verdict(flight: InFlight) -> Verdict:
     """The verdict for a request an actor failed on: `task_ingress_failed`, nothing applied."""
-    outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
-                      accepted=False, reason=Reason.TASK_INGRESS_FAILED)
-    return Verdict(flight=flight, outcome=outcome)
+    return Verdict(flight=flight, outcome=Outcome.failed(flight.context.request_id,
+                                                         flight.submission.action))
 
 
 def rejected_verdict(flight: InFlight, reason: Reason) -> Verdict:
     """The verdict for a request a gate rule rejected."""
-    outcome = Outcome(request_id=flight.context.request_id, action=flight.submission.action,
-                      accepted=False, reason=reason)
-    return Verdict(flight=flight, outcome=outcome, outbox_id=None)
+    return Verdict(flight=flight, outcome=Outcome.rejected(flight.context.request_id,
+                                                           flight.submission.action, reason))
 
 
 def group_by_address(pairs: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:

@@ -60,13 +60,11 @@ class ChannelIngress(GateActor):
         self.pipeline = 1
         self.queue: deque[InFlight | PresenceFlight] = deque()
         self.log = get_logger(actor="channel_ingress")
-        self.naive = False  # race-test seam Settings.naive_fence: no fence, no ordering wait
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
         """Remember Presence and Audit (the router does not wait for an answer)."""
         self.presence, self.audit = msg.presence, msg.audit
         self.pipeline = max(1, msg.settings.channel_pipeline)
-        self.naive = msg.settings.naive_fence
 
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
         """Start the requests now, or queue them behind what must go first."""
@@ -81,7 +79,7 @@ class ChannelIngress(GateActor):
     def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
         """Requests of this channel are answered; start what the queue allows."""
         for ticket in msg.tickets:
-            if ticket not in self.in_flight and not self.naive:
+            if ticket not in self.in_flight:
                 self.log.warning("ingress.unexpected_done", ticket=ticket)
             self.in_flight.pop(ticket, None)
         self._pump()
@@ -95,19 +93,24 @@ class ChannelIngress(GateActor):
     def _pump(self) -> None:
         """Start what the fence allows; requests started together travel as one message."""
         started: list[InFlight] = []
-        while self.queue and (
-            self.naive or may_start(self.queue[0], self.in_flight, self.pipeline)
-        ):
+        while self.queue and self.fence_allows(self.queue[0]):
             item = self.queue.popleft()
             if isinstance(item, PresenceFlight):
-                self._start(started)  # (naive mode only: otherwise it starts on an idle channel)
+                # Only a fence that lets a change pass a busy channel gets here with requests
+                # started: they go first, in arrival order.
+                self._start(started)
                 started = []
                 self.send(self.presence, item)
                 continue
             started.append(item)
-            if not self.naive:
-                self.in_flight[item.submission.ticket] = item.context.peer_id
+            self.in_flight[item.submission.ticket] = item.context.peer_id
         self._start(started)
+
+    def fence_allows(self, head: InFlight | PresenceFlight) -> bool:
+        """Whether the head of the queue may go on now: the fence rule, `may_start`.
+
+        The one hook a test twin overrides (task_ingress.testing.NaiveChannelIngress)."""
+        return may_start(head, self.in_flight, self.pipeline)
 
     def _start(self, flights: list[InFlight]) -> None:
         if flights:

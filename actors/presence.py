@@ -110,7 +110,7 @@ class Presence(GateActor):
         self.passed.extend(self.judge_flights(msg.items, self._rule3))
         if self.passed and not self.forward_queued:
             self.forward_queued = True
-            self.send(self.myAddress, Flush(generation=0))
+            self.send(self.myAddress, Flush())
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Every channel batch that arrived before this goes on to Capability as one."""

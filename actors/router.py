@@ -32,10 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_ingress.actors.base import GateActor, failed_verdict
-from task_ingress.actors.ingress import ChannelIngress
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
-from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     Dones,
@@ -120,8 +118,8 @@ class IngressRouter(GateActor):
         self._start_store()
 
     def _start_store(self) -> None:
-        assert self.wiring is not None
-        self.store = self.createActor(TaskStore)
+        assert self.wiring is not None and self.settings is not None
+        self.store = self.createActor(self.settings.store_actor_class)
         self.keys[str(self.store)] = STORE_KEY
         self.send(self.store, self.wiring.model_copy(update={"store": self.store}))
 
@@ -189,14 +187,11 @@ class IngressRouter(GateActor):
         reason = pre_gate_reason(sub, self.settings.tasks_enabled)
         if reason is not None:
             flight = InFlight(submission=sub, context=ctx, reply_to=reply_to)
-            rejected = Outcome(
-                request_id=gate.safe_field(ctx.request_id), action=sub.action, accepted=False,
-                reason=reason,
-            )
+            rejected = Outcome.rejected(gate.safe_field(ctx.request_id), sub.action, reason)
             return Verdict(flight=flight, outcome=rejected)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
         flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
-                          channel_actor=self.myAddress, checked=True)
+                          router=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
         return flight
 
@@ -312,8 +307,8 @@ class IngressRouter(GateActor):
         key = (workspace, channel)
         address = self.channels.get(key)
         if address is None:
-            assert self.wiring is not None
-            address = self.createActor(ChannelIngress)
+            assert self.wiring is not None and self.settings is not None
+            address = self.createActor(self.settings.channel_actor_class)
             self.send(address, self.wiring)
             self.channels[key] = address
             self.keys[str(address)] = key

@@ -2,7 +2,7 @@
 
 Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
-- `InFlights` (from Capability; `InFlight` from the race tests' Hold) -> buffered; on
+- `InFlights` (from Capability) -> buffered; on
   `Flush` every buffered request is judged (replay, rules 5-10) and applied in arrival
   order inside ONE transaction (one savepoint; a request that raises sends the batch
   through again with one savepoint each, so it fails alone), with an outbox row per accepted
@@ -19,7 +19,7 @@ import sqlite3
 import time
 from typing import Any
 
-from task_ingress.actors.base import GateActor
+from task_ingress.actors.base import GateActor, failed_verdict
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.storage import store_ops
 from task_ingress.actors.storage.auditlog import audit_fields
@@ -44,7 +44,9 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
+
+Applied = tuple[InFlight, Outcome, int | None]
+"""A request judged (and, when accepted, applied) in a batch: its outcome and outbox row id."""
 
 
 class InjectedCommitFailure(sqlite3.OperationalError):
@@ -79,17 +81,9 @@ class TaskStore(GateActor):
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
         """Buffer admitted requests until the Flush behind them."""
         self.pending.extend(msg.items)
-        self._queue_flush()
-
-    def receiveMsg_InFlight(self, msg: InFlight, sender: Any) -> None:
-        """One admitted request (the race tests' Hold seam sends them singly)."""
-        self.pending.append(msg)
-        self._queue_flush()
-
-    def _queue_flush(self) -> None:
         if not self.flush_queued:
             self.flush_queued = True
-            self.send(self.myAddress, Flush(generation=self.commits))
+            self.send(self.myAddress, Flush())
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
@@ -104,21 +98,17 @@ class TaskStore(GateActor):
                 self.conn.execute("ROLLBACK")
             self.log.error("store.batch_failed", error=repr(exc),
                            request_ids=[f.context.request_id for f in batch])
-            verdicts = [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+            verdicts = [failed_verdict(f) for f in batch]
         self.send(self.audit, Verdicts(items=tuple(verdicts)))
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         conn = self.conn
         assert conn is not None
         now = time.time()
-        results: list[tuple[InFlight, Outcome, int | None]] = []
+        results: list[Applied] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if self.settings and self.settings.naive_store:  # race-test seam only
-                from task_ingress.actors.hold import naive_apply_batch
-                results = naive_apply_batch(conn, batch, self.limits, now)
-            else:
-                results = self._apply_all(conn, batch, now)
+            results = self.apply_in_order(conn, batch, now)
             self.commits += 1
             if self.settings and self.commits == self.settings.fail_commit_at:
                 raise InjectedCommitFailure("disk I/O error (injected)")
@@ -130,17 +120,20 @@ class TaskStore(GateActor):
                 "store.commit_failed", error=repr(exc),
                 request_ids=[f.context.request_id for f in batch],
             )
-            return [Verdict(flight=f, outcome=_failed(f)) for f in batch]
+            return [failed_verdict(f) for f in batch]
         return [Verdict(flight=f, outcome=o, outbox_id=box)
                 for f, o, box in results]
 
-    def _apply_all(
+    def apply_in_order(
         self, conn: sqlite3.Connection, batch: list[InFlight], now: float
-    ) -> list[tuple[InFlight, Outcome, int | None]]:
+    ) -> list[Applied]:
         """The batch in arrival order under ONE savepoint (fast path: two statements per
         batch, not per request). A request that raises a non-database error (a bug) sends the
         batch back to the savepoint and through the slow path, one savepoint per request, so
-        that it alone fails and its neighbours are judged exactly as before."""
+        that it alone fails and its neighbours are judged exactly as before.
+
+        Runs inside the batch's transaction. The one hook a test twin overrides
+        (task_ingress.testing.NaiveTaskStore)."""
         conn.execute("SAVEPOINT batch")
         try:
             results = [self._apply(conn, flight, now) for flight in batch]
@@ -155,25 +148,28 @@ class TaskStore(GateActor):
 
     def _apply(
         self, conn: sqlite3.Connection, flight: InFlight, now: float
-    ) -> tuple[InFlight, Outcome, int | None]:
+    ) -> Applied:
         """Judge and apply one request, with its outbox row when it is an accepted write."""
         request = flight.submission.request
         assert request is not None
         outcome = store_ops.judge_and_apply(conn, flight.context, request, self.limits, now)
-        outbox_id = None
-        if outcome.accepted and not outcome.replay:
-            # The outbox row commits with the mutation: a crash before Audit chains it
-            # leaves the row behind, and Audit's start-up drain turns it into the record.
-            cur = conn.execute(
-                "INSERT INTO outbox (record) VALUES (?)",
-                (encode_outbox(audit_fields(flight, outcome)),),
-            )
-            outbox_id = int(cur.lastrowid or 0)
-        return flight, outcome, outbox_id
+        return flight, outcome, self.outbox_row(conn, flight, outcome)
+
+    @staticmethod
+    def outbox_row(conn: sqlite3.Connection, flight: InFlight, outcome: Outcome) -> int | None:
+        """The outbox row of an accepted write (its id), or None for anything else.
+
+        The row commits with the mutation: a crash before Audit chains it leaves the row
+        behind, and Audit's start-up drain turns it into the record."""
+        if not outcome.accepted or outcome.replay:
+            return None
+        cur = conn.execute("INSERT INTO outbox (record) VALUES (?)",
+                           (encode_outbox(audit_fields(flight, outcome)),))
+        return int(cur.lastrowid or 0)
 
     def _apply_one(
         self, conn: sqlite3.Connection, flight: InFlight, now: float
-    ) -> tuple[InFlight, Outcome, int | None]:
+    ) -> Applied:
         """One request under a savepoint: a failure undoes it alone, never its neighbours."""
         conn.execute("SAVEPOINT one")
         try:
@@ -189,11 +185,11 @@ class TaskStore(GateActor):
                 "store.request_failed", error=repr(exc), request_id=flight.context.request_id,
                 peer_id=flight.context.peer_id, channel=flight.context.channel,
             )
-            return flight, _failed(flight), None
+            return flight, failed_verdict(flight).outcome, None
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit what is buffered, then pass the marker on behind its verdicts."""
-        self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+        self.receiveMsg_Flush(Flush(), sender)
         self.send(self.audit, msg)
 
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
@@ -230,14 +226,8 @@ class TaskStore(GateActor):
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: apply what is buffered so nothing admitted is lost, then close."""
         if self.pending:
-            self.receiveMsg_Flush(Flush(generation=self.commits), sender)
+            self.receiveMsg_Flush(Flush(), sender)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
-
-def _failed(flight: InFlight) -> Outcome:
-    return Outcome(
-        request_id=flight.context.request_id, action=flight.submission.action, accepted=False,
-        reason=Reason.TASK_INGRESS_FAILED,
-    )

@@ -38,22 +38,13 @@ from task_ingress.actors.storage.auditlog import (
 )
 from task_ingress.actors.storage.chainstart import open_chain
 from task_ingress.actors.storage.schema import connect
-from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.audit import CHECKPOINT_EVERY, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
-
-CHECKPOINT_EVERY = 1000
-_REQUESTS = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
+from task_ingress.messages.requests import AnyRequest, IngressContext
 
 
 class LockBaseline:
@@ -123,7 +114,7 @@ class LockBaseline:
     def submit(self, context: IngressContext, request: Any) -> Outcome:
         """Judge, apply and audit one request in one durable transaction."""
         size = len(msgpack.packb(request.model_dump(exclude_none=True), use_bin_type=True)) \
-            if isinstance(request, _REQUESTS) else 0
+            if isinstance(request, AnyRequest) else 0
         return self._judge(context, request, None, size)
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
@@ -138,7 +129,7 @@ class LockBaseline:
     def _judge(self, context: IngressContext, request: Any, preset: Reason | None, size: int,
                action: Action | None = None) -> Outcome:
         ctx = gate.normalize_context(context)
-        act = request.action if isinstance(request, _REQUESTS) else (action or Action.UNKNOWN)
+        act = request.action if isinstance(request, AnyRequest) else (action or Action.UNKNOWN)
         reason = preset or gate.check_context(ctx)
         if reason is not None or request is None:
             return self._reject(ctx, act, reason or Reason.INVALID_REQUEST, size)
@@ -154,8 +145,7 @@ class LockBaseline:
                 conn, ctx, request, self.limits, time.time()))
 
     def _reject(self, ctx: IngressContext, action: Action, reason: Reason, size: int) -> Outcome:
-        outcome = Outcome(request_id=gate.safe_field(ctx.request_id), action=action,
-                          accepted=False, reason=reason)
+        outcome = Outcome.rejected(gate.safe_field(ctx.request_id), action, reason)
         return self._record(ctx, size, lambda conn: outcome)
 
     def _record(self, ctx: IngressContext, size: int,
@@ -192,7 +182,7 @@ class LockBaseline:
             "outcome": "accepted" if outcome.accepted else "rejected",
             "reason": outcome.reason.value if outcome.reason else None,
             "task_id": outcome.task_id, "run_id": outcome.run_id, "payload_size": size,
-            "replay": outcome.replay, "prev_hash": self._head,
+            "replay": outcome.replay, "prev_hash": self._head, "trust": ctx.trust,
         }
         record["hash"] = self.key.seal(record)
         self._open().execute(INSERT_AUDIT, record)

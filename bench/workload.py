@@ -20,10 +20,10 @@ import psutil
 from task_ingress.messages.codec import decode_reply, encode_envelope
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
-    TaskRequest,
     UpdateTask,
 )
 
@@ -91,7 +91,7 @@ def greet_all(system: System, peers: list[BenchPeer]) -> None:
                                                     proof=f"proof-{p.peer_id}"))
 
 
-def next_request(peer: BenchPeer, rng: random.Random, phase: str) -> tuple[str, TaskRequest]:
+def next_request(peer: BenchPeer, rng: random.Random, phase: str) -> tuple[str, AnyRequest]:
     """The peer's next request (request ID unique per phase)."""
     peer.n += 1
     rid = f"{phase}-{peer.peer_id}-{peer.n}"

@@ -7,6 +7,10 @@ from task_ingress.messages.base import Message
 from task_ingress.messages.reasons import Action, Reason
 
 GENESIS_HASH = "0" * 64
+CHECKPOINT_EVERY = 1000
+"""Audit writes a checkpoint at least every this many records (`audit verify` expects it)."""
+CHECKPOINT_SECONDS = 1.0
+"""... and at least this often while records arrive."""
 
 
 class AuditRecord(Message):
@@ -26,5 +30,8 @@ class AuditRecord(Message):
     run_id: str | None
     payload_size: int
     replay: bool = Field(default=False, description="An accepted request ID seen again.")
+    trust: str | None = Field(default=None, description=(
+        "How the identity was known: 'embedded', 'verified', 'unverified' or 'rejected' "
+        "(AGH RFC 004 section 3.2); None only in records written before the field existed."))
     prev_hash: str
     hash: str

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import REQUEST_BY_ACTION, TaskRequest
+from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest
 
 WIRE_VERSION = 1
 MAX_ENVELOPE_BYTES = SPEC_LIMITS.max_envelope_bytes
@@ -29,7 +29,7 @@ class DecodedEnvelope:
 
     action: Action
     request_id: str
-    request: TaskRequest | None
+    request: AnyRequest | None
     rejection: Reason | None
     size: int
 
@@ -86,7 +86,7 @@ def _interpret(obj: Any, size: int) -> DecodedEnvelope:
 _KINDS = frozenset(a.value for a in Action if a is not Action.UNKNOWN)
 
 
-def encode_envelope(request: TaskRequest, request_id: str) -> bytes:
+def encode_envelope(request: AnyRequest, request_id: str) -> bytes:
     """Encode a request as a wire envelope (what a peer sends)."""
     body = request.model_dump(exclude_none=True)
     return bytes(

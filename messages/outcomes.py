@@ -18,6 +18,16 @@ class Outcome(Message):
     run_id: str | None = Field(default=None, description="Resulting run, for enqueues.")
     replay: bool = Field(default=False, description="True when an earlier outcome was replayed.")
 
+    @classmethod
+    def rejected(cls, request_id: str, action: Action, reason: Reason) -> Outcome:
+        """The outcome of a request rejected for `reason`: nothing was applied."""
+        return cls(request_id=request_id, action=action, accepted=False, reason=reason)
+
+    @classmethod
+    def failed(cls, request_id: str, action: Action) -> Outcome:
+        """`task_ingress_failed`: the runtime failed on the request and applied nothing."""
+        return cls.rejected(request_id, action, Reason.TASK_INGRESS_FAILED)
+
 
 class Task(Message):
     """A stored task as the task domain sees it."""

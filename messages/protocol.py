@@ -5,7 +5,8 @@ driver -SubmitBatch-> IngressRouter -InFlights-> ChannelIngress -InFlights-> Pre
 -InFlights-> Capability -InFlights-> TaskStore -Verdicts-> Audit -Replies-> driver, and
 Audit -Dones-> router -Dones-> ChannelIngress so the channel takes its next messages
 (one Replies and one Dones per destination per group commit).
-Each hop carries a batch (per channel up to the store, per commit after it).
+Each hop carries a batch (per channel up to Presence, which merges the channels' batches
+on to the store; per commit after it).
 Rejections leave the pipeline early and go straight to Audit as Verdicts.
 """
 
@@ -14,19 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, AuditRecord
 from task_ingress.messages.base import InternalMessage
 from task_ingress.messages.limits import SPEC_LIMITS, Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
+from task_ingress.messages.requests import AnyRequest, IngressContext
+
+MAX_BATCH = 256
+"""Default of the most requests the driver hands to the actors in one message."""
+CHANNEL_PIPELINE = 32
+"""Default of the admitted requests of one channel in flight at once."""
+CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
+"""Dotted name of the production channel actor (created by the router, one per channel)."""
+STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
+"""Dotted name of the production TaskStore (created and supervised by the router)."""
 
 
 class Settings(InternalMessage):
@@ -38,16 +42,19 @@ class Settings(InternalMessage):
     greet_interval: float
     tasks_enabled: bool
     limits: Limits = Field(default=SPEC_LIMITS, description="Payload limits the gate judges by.")
-    max_batch: int = 256
-    channel_pipeline: int = Field(default=32, description="Requests in flight per channel.")
-    checkpoint_every: int = 1000
-    checkpoint_seconds: float = 1.0
+    max_batch: int = MAX_BATCH
+    channel_pipeline: int = Field(default=CHANNEL_PIPELINE,
+                                  description="Requests in flight per channel.")
+    checkpoint_every: int = CHECKPOINT_EVERY
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
     audit_key: str = Field(default="", description="Hex audit key (records, checkpoints).")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
-    # --- race-test seams (tests/race, actors/hold.py); all off in production ---
-    hold_store: bool = Field(default=False, description="Test seam: Hold actor before TaskStore.")
-    naive_fence: bool = Field(default=False, description="Test seam: channel actor never waits.")
-    naive_store: bool = Field(default=False, description="Test seam: check-then-act store batch.")
+    # Actors by dotted class name: a multiprocess base creates them in child processes.
+    channel_actor_class: str = Field(default=CHANNEL_ACTOR,
+                                     description="The router's channel actors.")
+    store_actor_class: str = Field(default=STORE_ACTOR, description="The router's TaskStore.")
+    store_proxy_class: str = Field(default="", description=(
+        "An actor between Capability and TaskStore ('' = none; the tests' Hold)."))
 
 
 class Wiring(InternalMessage):
@@ -74,7 +81,7 @@ class Submission(InternalMessage):
 
     ticket: int
     context: IngressContext
-    request: CreateTask | UpdateTask | CancelTask | EnqueueRun | None
+    request: AnyRequest | None
     action: Action
     payload_size: int
     now: float
@@ -104,13 +111,16 @@ class InFlight(InternalMessage):
     submission: Submission
     context: IngressContext = Field(description="Trimmed, grammar-checked context.")
     reply_to: Any
-    channel_actor: Any = None
+    router: Any = Field(default=None, description=(
+        "The router's address, for an admitted request: Audit reports its ticket done there "
+        "and the router frees the channel actor's slot (the one edge against the flow)."))
     checked: bool = Field(default=False, description="The router found the context "
                           "grammatical (rule 1): later stages need not check it again.")
 
 
 class InFlights(InternalMessage):
-    """Admitted requests of one channel travelling a hop together, in arrival order.
+    """Admitted requests travelling a hop together, in arrival order: one channel's up to
+    Presence, which merges the channels' batches before Capability.
 
     One message per hop per batch, not per request: each send is a dispatch (and on
     multiprocess bases a pickle and a pipe write between processes)."""
@@ -127,7 +137,8 @@ class Verdict(InternalMessage):
 
 
 class Verdicts(InternalMessage):
-    """One store commit's verdicts, in commit order, as one message to Audit."""
+    """Judged requests on their way to Audit as one message, in order: one store commit's,
+    or the rejections (and failures) one actor decided for one batch."""
 
     items: tuple[Verdict, ...]
 
@@ -162,8 +173,6 @@ class PresenceApplied(InternalMessage):
 
 class Flush(InternalMessage):
     """Self-message: commit what is buffered. Arrives behind everything already queued."""
-
-    generation: int
 
 
 class Sweep(InternalMessage):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Reason(StrEnum):
+class _Code(StrEnum):
+    """A StrEnum that prints as its code everywhere, `repr` included, so a reason inside a
+    list or tuple reads `'peer_not_found'` like the plain strings beside it."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Reason(_Code):
     """Why a request was rejected; exactly the codes SPEC §6 lists."""
 
     CHANNEL_MISMATCH = "channel_mismatch"
@@ -21,7 +29,7 @@ class Reason(StrEnum):
     OVERLOADED = "overloaded"
 
 
-class Action(StrEnum):
+class Action(_Code):
     """Audit action names; `UNKNOWN` marks wire bytes whose kind could not be read."""
 
     CREATE = "task.create"

@@ -14,13 +14,16 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
 
 if TYPE_CHECKING:
+    from task_ingress.runtime.driver import RuntimeStatistics
     from task_ingress.runtime.facade import IngressRuntime
 
 __all__ = ["IngressRuntime", "IngressTimeout", "RuntimeClosed", "RuntimeConfig",
-           "RuntimeStartError"]
+           "RuntimeStartError", "RuntimeStatistics"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "IngressRuntime":
         return import_module("task_ingress.runtime.facade").IngressRuntime
+    if name == "RuntimeStatistics":
+        return import_module("task_ingress.runtime.driver").RuntimeStatistics
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

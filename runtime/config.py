@@ -7,6 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from task_ingress.messages.limits import SPEC_LIMITS, Limits
+from task_ingress.messages.protocol import (
+    CHANNEL_ACTOR,
+    CHANNEL_PIPELINE,
+    MAX_BATCH,
+    STORE_ACTOR,
+)
+from task_ingress.runtime.flow import FlowLimits
+
+_FLOW = FlowLimits()  # the admission defaults live in one place: FlowLimits
 
 
 @dataclass(frozen=True)
@@ -27,27 +36,27 @@ class RuntimeConfig:
     """synchronous=FULL on file stores: a reply means the write and its audit are on disk."""
     request_timeout: float = 30.0
     """Seconds a caller waits for an answer before `IngressTimeout` is raised."""
-    max_in_flight_total: int = 1024
+    max_in_flight_total: int = _FLOW.max_total
     """Requests admitted and unanswered, all channels; excess is rejected `overloaded`."""
-    max_in_flight_per_channel: int = 256
+    max_in_flight_per_channel: int = _FLOW.max_per_channel
     """Requests admitted and unanswered in one (workspace, channel)."""
-    max_in_flight_per_peer: int = 128
+    max_in_flight_per_peer: int = _FLOW.max_per_peer
     """Requests admitted and unanswered of one peer in one channel: a flooder cannot fill
     more than this share of its channel's slots and starve well-behaved peers."""
-    peer_rate: float = 5000.0
+    peer_rate: float = _FLOW.peer_rate
     """Per-peer token-bucket refill, requests/second (by the injected clock); 0 disables.
     The default is above what one runtime judges per second (a few thousand on 2 cores),
     so it stops only floods; a daemon facing untrusted peers should set its own (README,
     Operating)."""
-    peer_burst: float = 10000.0
+    peer_burst: float = _FLOW.peer_burst
     """Per-peer token-bucket size: requests a quiet peer may send at once."""
-    max_batch: int = 256
+    max_batch: int = MAX_BATCH
     """Most requests the driver hands to the actors in one message."""
     batch_linger: float = 0.001
     """Seconds the driver may wait for callers it has just answered to send again, so their
     requests share the next group commit (waiting at most 0.2 ms for each next one; only
     while fewer have come back than were answered). 0 = send what is there at once."""
-    channel_pipeline: int = 32
+    channel_pipeline: int = CHANNEL_PIPELINE
     """Admitted requests of one channel in flight at once (arrival order is kept; a presence
     change still waits for all of them). 1 = strictly one request at a time, end to end.
     More in flight means bigger store/audit group commits."""
@@ -62,15 +71,15 @@ class RuntimeConfig:
     max_envelope_bytes: int = SPEC_LIMITS.max_envelope_bytes
     fail_commit_at: int = 0
     """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
-    hold_store: bool = False
-    """Test seam (race harness): a Hold actor between Capability and TaskStore, driver target
-    "hold" (actors/hold.py, messages/harness.py)."""
-    naive_fence: bool = False
-    """Test seam (race harness): ChannelIngress neither fences presence changes nor serializes
-    requests, i.e. AGH's check-then-act. Never on in production."""
-    naive_store: bool = False
-    """Test seam (race harness): TaskStore judges a batch against the state before it, then
-    applies (non-atomic check-then-act). Never on in production."""
+    channel_actor_class: str = CHANNEL_ACTOR
+    """Dotted name of the channel actor class (a ChannelIngress). Test seam: the race tests
+    name task_ingress.testing.NaiveChannelIngress, which has no fence."""
+    store_actor_class: str = STORE_ACTOR
+    """Dotted name of the TaskStore class. Test seam: the race tests name
+    task_ingress.testing.NaiveTaskStore, a check-then-act store."""
+    store_proxy_class: str = ""
+    """Dotted name of an actor put between Capability and TaskStore ('' = none). Test seam:
+    the race tests name task_ingress.testing.Hold, which holds requests before the store."""
 
     def __post_init__(self) -> None:
         _ = self.limits  # raises ValueError for a limit above its SPEC ceiling

@@ -35,19 +35,12 @@ from task_ingress.messages.protocol import (
     TaskLocked,
 )
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import (
-    CancelTask,
-    CreateTask,
-    EnqueueRun,
-    IngressContext,
-    UpdateTask,
-)
+from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.config import RuntimeConfig
-from task_ingress.runtime.driver import Driver, peer_key
+from task_ingress.runtime.driver import Driver, RuntimeStatistics
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
-from task_ingress.runtime.flow import FlowLimits, PeerKey
+from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 
-_REQUEST_TYPES = (CreateTask, UpdateTask, CancelTask, EnqueueRun)
 MULTIPROC_MAX_IN_FLIGHT = 256
 
 
@@ -117,7 +110,8 @@ class IngressRuntime:
             limits=cfg.limits, max_batch=cfg.max_batch,
             channel_pipeline=cfg.channel_pipeline,
             audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
-            hold_store=cfg.hold_store, naive_fence=cfg.naive_fence, naive_store=cfg.naive_store,
+            channel_actor_class=cfg.channel_actor_class,
+            store_actor_class=cfg.store_actor_class, store_proxy_class=cfg.store_proxy_class,
         )
         max_total = cfg.max_in_flight_total
         if cfg.actor_base != "simpleSystemBase":
@@ -171,13 +165,13 @@ class IngressRuntime:
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
         ws, ch, peer = workspace.strip(), channel.strip(), peer_id.strip()
-        if not (gate.is_channel(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
+        if not (gate.is_workspace(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
             raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
         driver = self._running()
         change = PresenceChange(
             ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card, now=0.0
         )
-        reply = driver.wait(driver.submit_call("router", change))
+        reply = driver.wait(driver.submit(change))
         if not isinstance(reply, PresenceApplied):
             raise RuntimeError(f"presence change failed: {reply!r}")
 
@@ -185,13 +179,12 @@ class IngressRuntime:
     def submit(self, context: IngressContext, request: Any) -> Outcome:
         """Judge one request; never raises for a bad request (it gets a rejected Outcome)."""
         driver = self._running()
-        return self._outcome(driver, driver.submit_call(*self._submission(driver, context,
-                                                                           request)))
+        return self._outcome(driver, driver.submit(*self._submission(driver, context, request)))
 
     async def asubmit(self, context: IngressContext, request: Any) -> Outcome:
         """`submit` for event loops: awaits the answer without blocking the loop."""
         driver = self._running()
-        future = driver.submit_call(*self._submission(driver, context, request))
+        future = driver.submit(*self._submission(driver, context, request))
         try:
             reply = await asyncio.wait_for(asyncio.wrap_future(future), driver.request_timeout)
         except TimeoutError as exc:
@@ -201,10 +194,10 @@ class IngressRuntime:
     def _submission(
         self, driver: Driver, context: Any, request: Any,
         preset: Reason | None = None, payload_size: int | None = None,
-    ) -> tuple[str, Submission, PeerKey | None]:
+    ) -> tuple[Submission, PeerKey | None]:
         if not isinstance(context, IngressContext):
             context = IngressContext(workspace="", peer_id="", channel="", request_id="")
-        is_request = isinstance(request, _REQUEST_TYPES)
+        is_request = isinstance(request, AnyRequest)
         action = request.action if is_request else Action.UNKNOWN
         if payload_size is None:
             payload_size = _payload_size(request) if is_request else 0
@@ -213,7 +206,7 @@ class IngressRuntime:
             request=request if is_request else None, action=action,
             payload_size=payload_size, now=0.0, preset=preset,
         )
-        return "router", sub, peer_key(gate.normalize_context(context))
+        return sub, peer_key(gate.normalize_context(context))
 
     def _outcome(self, driver: Driver, future: Any) -> Outcome:
         return self._unwrap_outcome(driver.wait(future))
@@ -233,9 +226,9 @@ class IngressRuntime:
         signature fails: the rejection is audited exactly like the gate's own.
         """
         driver = self._running()
-        target, sub, key = self._submission(driver, context, None, reason, payload_size)
+        sub, key = self._submission(driver, context, None, reason, payload_size)
         sub = sub.model_copy(update={"action": action})
-        return self._outcome(driver, driver.submit_call(target, sub, key))
+        return self._outcome(driver, driver.submit(sub, key))
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
         """The wire path: any bytes in, a msgpack reply out; identity from the arguments."""
@@ -246,18 +239,18 @@ class IngressRuntime:
                 request_id=decoded.request_id,
             )
             driver = self._running()
-            target, sub, key = self._submission(
+            sub, key = self._submission(
                 driver, context, decoded.request, decoded.rejection, decoded.size
             )
             if decoded.request is None:
                 sub = sub.model_copy(update={"action": decoded.action})
-            outcome = self._outcome(driver, driver.submit_call(target, sub, key))
+            outcome = self._outcome(driver, driver.submit(sub, key))
         except RuntimeClosed:
-            outcome = _unanswered(decoded.request_id, decoded.action,
-                                  Reason.TASK_INGRESS_UNAVAILABLE)
+            outcome = Outcome.rejected(gate.safe_field(decoded.request_id), decoded.action,
+                                       Reason.TASK_INGRESS_UNAVAILABLE)
         except Exception as exc:
             get_logger(component="runtime").error("deliver.failed", error=repr(exc))
-            outcome = _unanswered(decoded.request_id, decoded.action, Reason.TASK_INGRESS_FAILED)
+            outcome = Outcome.failed(gate.safe_field(decoded.request_id), decoded.action)
         return encode_reply(outcome)
 
     # ---- reads -------------------------------------------------------------------
@@ -265,8 +258,9 @@ class IngressRuntime:
         """The stored task, or None (also for a task of another workspace)."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("router", lambda t: GetTask(ticket=t, workspace=workspace,
-                                                       task_id=task_id))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, GetTask(
+            ticket=driver.next_ticket(), workspace=workspace, task_id=task_id))
         assert isinstance(reply, TaskFound)
         return reply.task
 
@@ -274,8 +268,9 @@ class IngressRuntime:
         """The stored run, or None."""
         if not self.config.tasks_enabled:
             return None
-        reply = self._query("router", lambda t: GetRun(ticket=t, workspace=workspace,
-                                                      run_id=run_id))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, GetRun(
+            ticket=driver.next_ticket(), workspace=workspace, run_id=run_id))
         assert isinstance(reply, RunFound)
         return reply.run
 
@@ -284,14 +279,16 @@ class IngressRuntime:
 
         Returns False when no such task exists in the workspace.
         """
-        reply = self._query("router", lambda t: LockTask(ticket=t, workspace=workspace,
-                                                        task_id=task_id, locked=locked))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router, LockTask(
+            ticket=driver.next_ticket(), workspace=workspace, task_id=task_id, locked=locked))
         assert isinstance(reply, TaskLocked)
         return reply.found
 
     def audit(self) -> list[AuditRecord]:
         """Every audit record committed before the call, in commit order."""
-        reply = self._query("audit", lambda t: ReadAudit(ticket=t))
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.audit, ReadAudit(ticket=driver.next_ticket()))
         assert isinstance(reply, AuditRead)
         return list(reply.records)
 
@@ -300,11 +297,19 @@ class IngressRuntime:
         monitoring and for benchmarks that count every process's CPU. Empty once closed."""
         return self._driver.actor_pids() if self._driver is not None else []
 
-    def _query(self, target: str, build: Any) -> Any:
-        driver = self._running()
-        reply = driver.wait(driver.submit_call(target, build(driver.next_ticket())))
+    def statistics(self) -> RuntimeStatistics:
+        """Calls queued for the driver and requests admitted but unanswered, right now
+        (both 0 before start and after close): for monitoring, safe from any thread."""
+        driver = self._driver
+        if driver is None:
+            return RuntimeStatistics(calls_waiting=0, requests_in_flight=0)
+        return driver.statistics()
+
+    @staticmethod
+    def _ask(driver: Driver, to: Any, query: Any) -> Any:
+        reply = driver.wait(driver.ask(to, query))
         if isinstance(reply, QueryFailed):
-            raise RuntimeError(f"{target} query failed: {reply.error}")
+            raise RuntimeError(f"{type(query).__name__} failed: {reply.error}")
         return reply
 
 
@@ -315,7 +320,3 @@ def _payload_size(request: Any) -> int:
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
-
-def _unanswered(request_id: str, action: Action, reason: Reason) -> Outcome:
-    return Outcome(request_id=gate.safe_field(request_id), action=action, accepted=False,
-                   reason=reason)

@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
+from task_ingress.actors.rules import gate
 from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import IngressContext
 
 ChannelKey = tuple[str, str]
 PeerKey = tuple[str, str, str]
@@ -35,13 +37,22 @@ def refill(bucket: TokenBucket, now: float, rate: float, burst: float) -> TokenB
 
 @dataclass(frozen=True)
 class FlowLimits:
-    """Caps; a rate of 0 disables the per-peer rate limit."""
+    """Caps; a rate of 0 disables the per-peer rate limit. These defaults are RuntimeConfig's
+    (README, "Bounded under load")."""
 
     max_total: int = 1024
     max_per_channel: int = 256
     max_per_peer: int = 128
     peer_rate: float = 5000.0
     peer_burst: float = 10000.0
+
+
+def peer_key(ctx: IngressContext) -> PeerKey | None:
+    """The admission key of a (normalized) well-formed context; None for one the router
+    rejects anyway (it never reaches a channel, so it holds no slot)."""
+    if gate.check_context(ctx) is None:
+        return (ctx.workspace, ctx.channel, ctx.peer_id)
+    return None
 
 
 class FlowControl:

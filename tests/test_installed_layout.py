@@ -9,12 +9,14 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import re
 from pathlib import Path
 
 import task_ingress
 
 REPO = Path(__file__).resolve().parents[1]
-MAPPED = ("actors", "messages", "runtime", "bench")
+MAPPED = ("actors", "messages", "runtime", "bench", "testing")
+PRODUCTION = ("actors", "messages", "runtime", "bench", "src")
 
 
 def _installed() -> importlib.metadata.Distribution:
@@ -92,3 +94,28 @@ def test_suite_runs_against_the_installed_package_not_a_checkout_copy() -> None:
         assert REPO not in Path(actors.__file__).resolve().parents
     else:
         assert Path(actors.__file__).resolve().parent == REPO / "actors"
+
+
+def _imported_modules(tree: ast.AST) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def test_no_production_module_imports_the_testing_module() -> None:
+    # Test seams are installed (multiprocess actor children load them by dotted name) but
+    # only a test may name them: neither an import nor a dotted-name string in production.
+    testing = re.compile(r"task_ingress\.testing(\.\w+)*")
+    files = [p for d in PRODUCTION for p in (REPO / d).rglob("*.py")]
+    assert len(files) > 50, "the production modules were not found"
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for name in _imported_modules(tree):
+            assert not testing.fullmatch(name), f"{path}: imports {name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not testing.fullmatch(node.value), f"{path}: names {node.value}"

@@ -6,8 +6,9 @@ cannot read the key can neither edit a record nor re-chain the log after an edit
 record's `prev_hash` is the store's genesis hash, derived from its random store id, so
 records (and checkpoints) of one store do not verify as another's under the same key.
 
-Stores written before the key was bound into the chain (schema 2) hold a sha256 chain
-from `messages.audit.GENESIS_HASH`; `record_hash` and `legacy_checkpoint_mac` read those.
+Stores written before the key was bound into the chain (schema 3 or older) hold a sha256
+chain from `messages.audit.GENESIS_HASH`; `record_hash` and `legacy_checkpoint_mac` read
+those. The keyed seal covers every chained field, `trust` included even when it is None.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from task_ingress.messages.audit import AuditRecord
 
 CHAINED_FIELDS = (
     "seq", "at", "workspace", "channel", "peer_id", "actor", "request_id", "action",
-    "outcome", "reason", "task_id", "run_id", "payload_size", "replay", "prev_hash",
+    "outcome", "reason", "task_id", "run_id", "payload_size", "replay", "prev_hash", "trust",
 )
 
 Seal = Callable[[dict[str, Any]], str]
@@ -33,6 +34,7 @@ legacy chain."""
 # with one reusable encoder gives byte-for-byte the same text as
 # json.dumps(sort_keys=True, ...) (tests pin it) at ~20% less cost per record.
 _SORTED_FIELDS = tuple(sorted(CHAINED_FIELDS))
+_SORTED_WITHOUT_TRUST = tuple(k for k in _SORTED_FIELDS if k != "trust")
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _GENESIS_DOMAIN = b"task-ingress audit genesis\n"
 _CHECKPOINT_DOMAIN = "task-ingress audit checkpoint v2"
@@ -45,7 +47,13 @@ def canonical(fields: dict[str, Any]) -> bytes:
 
 
 def record_hash(fields: dict[str, Any]) -> str:
-    """Legacy (schema 2) record hash: unkeyed sha256 over the canonical JSON."""
+    """Legacy (schema 3 or older) record hash: unkeyed sha256 over the canonical JSON.
+
+    As those versions wrote it: `trust` is left out when it is None, so records chained
+    before the field existed keep their hash, and covered whenever it is set."""
+    if fields.get("trust") is None:
+        blob = _CANONICAL.encode({k: fields[k] for k in _SORTED_WITHOUT_TRUST})
+        return hashlib.sha256(blob.encode()).hexdigest()
     return hashlib.sha256(canonical(fields)).hexdigest()
 
 
@@ -143,7 +151,7 @@ def first_bad_record(records: list[AuditRecord], seal: Seal, genesis: str
 
 
 def legacy_checkpoint_mac(key: bytes, seq: int, head: str) -> str:
-    """Legacy (schema 2) checkpoint HMAC of (latest seq, its hash), no store id."""
+    """Legacy (schema 3 or older) checkpoint HMAC of (latest seq, its hash), no store id."""
     return hmac.new(key, f"{seq}:{head}".encode(), hashlib.sha256).hexdigest()
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from task_ingress.messages.limits import Limits
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -23,6 +24,11 @@ from task_ingress.messages.requests import (
 )
 
 PEER_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+# AGH RFC 004 section 4.4: a verified handle, nickname@fingerprint (32 lowercase hex of sha256).
+HANDLE_RE = re.compile(r"[a-z0-9_-]{1,32}@[0-9a-f]{32}")
+# AGH's ValidateWorkspaceID (validate.go:118) plus SPEC 2: 1-128 chars, no '.', space, '*',
+# '>', '/', '\\' or control characters (C0, DEL, C1); any case (real IDs are uppercase ULIDs).
+WORKSPACE_RE = re.compile(r"[^. *>/\\\x00-\x1f\x7f-\x9f\u2028\u2029]{1,128}")
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CAPABILITY_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 MAX_ID_CHARS = 128
@@ -38,8 +44,6 @@ TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
 
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
-
 
 @dataclass(frozen=True)
 class StoredTask:
@@ -53,8 +57,13 @@ class StoredTask:
 
 
 def is_peer_id(value: str) -> bool:
-    """True when `value` (already trimmed) is a grammatical peer ID."""
-    return PEER_ID_RE.fullmatch(value) is not None
+    """True when `value` (already trimmed) is a peer ID: AGH v0 form or a verified handle."""
+    return PEER_ID_RE.fullmatch(value) is not None or HANDLE_RE.fullmatch(value) is not None
+
+
+def is_workspace(value: str) -> bool:
+    """True when `value` (already trimmed) is a grammatical workspace ID (SPEC 2)."""
+    return WORKSPACE_RE.fullmatch(value) is not None
 
 
 def is_channel(value: str) -> bool:
@@ -86,6 +95,7 @@ def normalize_context(ctx: IngressContext) -> IngressContext:
         work_id=ctx.work_id.strip(),
         trace_id=ctx.trace_id.strip(),
         causation_id=ctx.causation_id.strip(),
+        trust=ctx.trust,
     )
 
 
@@ -93,7 +103,7 @@ def check_context(ctx: IngressContext) -> Reason | None:
     """Rule 1: workspace, peer, channel and request ID present and grammatical."""
     ctx = normalize_context(ctx)
     ok = (
-        is_channel(ctx.workspace)
+        is_workspace(ctx.workspace)
         and is_peer_id(ctx.peer_id)
         and is_channel(ctx.channel)
         and is_request_id(ctx.request_id)

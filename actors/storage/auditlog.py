@@ -25,9 +25,10 @@ from task_ingress.messages.protocol import InFlight
 
 AUDIT_COLUMNS = (
     "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
-    "task_id, run_id, payload_size, replay, prev_hash, hash"
+    "task_id, run_id, payload_size, replay, prev_hash, hash, trust"
 )
 AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
+_ADDED_COLUMNS = ("trust",)  # by a migration (schema 3); NULL in rows from before it
 INSERT_AUDIT = (
     f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
     + "(" + ", ".join(f":{name}" for name in AUDIT_NAMES) + ")"
@@ -44,9 +45,10 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     """
     ctx = flight.context
     if flight.checked:
-        # The router found every identifier grammatical: the ASCII-only ones are their own
-        # safe form; a request ID may still hold non-printable (e.g. format) characters.
-        workspace, channel, peer_id = ctx.workspace, ctx.channel, ctx.peer_id
+        # The router found every identifier grammatical: channel and peer ID are ASCII, their
+        # own safe form; a workspace or request ID may still hold non-printable (format)
+        # characters (SPEC 2 allows them, as AGH does).
+        workspace, channel, peer_id = gate.safe_field(ctx.workspace), ctx.channel, ctx.peer_id
         actor = gate.derived_actor(ctx)
     else:
         workspace, channel, peer_id = (gate.safe_field(ctx.workspace),
@@ -66,7 +68,17 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
         "run_id": outcome.run_id,
         "payload_size": flight.submission.payload_size,
         "replay": outcome.replay,
+        "trust": ctx.trust,
     }
+
+
+def readable_columns(conn: sqlite3.Connection) -> str:
+    """`AUDIT_COLUMNS` as this store can answer them, for readers that never migrate (the
+    read-only tools): a store no runtime has opened since before schema 3 has no `trust`
+    column, which reads as NULL, as it does in the rows written before it."""
+    present = {str(row[1]) for row in conn.execute("PRAGMA table_info(audit)")}
+    return ", ".join(name if name in present or name not in _ADDED_COLUMNS
+                     else f"NULL AS {name}" for name in AUDIT_NAMES)
 
 
 def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
@@ -97,8 +109,8 @@ def checkpoint_path(store_path: str) -> str:
 class Checkpoint:
     """The checkpoint file's content: the store it belongs to, its latest seq and hash
     (seq 0 and the genesis hash for a store without records), when it was written, and the
-    HMAC over all of them. `store_id` None: a legacy (schema 2) checkpoint, whose MAC covers
-    only seq and hash."""
+    HMAC over all of them. `store_id` None: a legacy (schema 3 or older) checkpoint, whose
+    MAC covers only seq and hash."""
 
     seq: int
     hash: str
@@ -186,10 +198,10 @@ def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
 
 
 def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
-    """The store's `meta` rows (store id, legacy migration facts); {} before schema 3."""
+    """The store's `meta` rows (store id, legacy migration facts); {} before schema 4."""
     try:
         return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-    except sqlite3.OperationalError:  # no meta table: a schema 1-2 store
+    except sqlite3.OperationalError:  # no meta table: a schema 1-3 store
         return {}
 
 

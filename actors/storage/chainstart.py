@@ -12,9 +12,9 @@ and no checkpoint written later can hide them.
 Three other starts, each decided from the files alone:
 - a new store (no store id, no records, no checkpoint): pick a random store id, write the
   genesis checkpoint (seq 0), then record the id in `meta`;
-- a schema-2 store (no store id, an unkeyed sha256 chain): check the old chain and its
-  old checkpoint as the old verifier did, then re-chain every record under the key in one
-  transaction and note the migration in `meta`;
+- a legacy store (schema 3 or older: no store id, an unkeyed sha256 chain): check the old
+  chain and its old checkpoint as the old verifier did, then re-chain every record under the
+  key in one transaction and note the migration in `meta`;
 - either of those interrupted between writing the checkpoint and committing the id: the
   checkpoint names the id, and finishing the same work must reproduce its head exactly.
 
@@ -70,7 +70,7 @@ def open_chain(conn: sqlite3.Connection, store_path: str, key: ChainKey) -> Chai
     """Check the log against its checkpoint and return its head (see the module doc).
 
     `conn` must be a writable connection to the migrated store; may write the checkpoint
-    file and, for a new or schema-2 store, the audit and meta tables."""
+    file and, for a new or legacy store, the audit and meta tables."""
     cp, cp_error = read_checkpoint(store_path)
     if cp_error is not None:
         raise ChainRefused(_refusal(store_path, cp_error))
@@ -138,7 +138,7 @@ def _rows_after(conn: sqlite3.Connection, seq: int, limit: int = -1
 
 def _initialize(conn: sqlite3.Connection, store_path: str, key: ChainKey,
                 cp: Checkpoint | None) -> ChainHead:
-    """Give a store without an id its id and keyed chain: a new store, a schema-2 store, or
+    """Give a store without an id its id and keyed chain: a new store, a legacy store, or
     either of them interrupted after its checkpoint was written (see the module doc).
 
     One transaction, the rows streamed in chunks (memory stays flat for a long legacy log):
@@ -193,8 +193,9 @@ RECHAIN_CHUNK = 5000
 
 
 class _LegacyPass:
-    """A schema-2 chain (sha256 from GENESIS_HASH) and its legacy checkpoint, checked as the
-    old verifier did, one row at a time; ChainRefused unless they hold."""
+    """A legacy chain (schema 3 or older: sha256 from GENESIS_HASH, `trust` hashed only when
+    set) and its legacy checkpoint, checked as the old verifier did, one row at a time;
+    ChainRefused unless they hold."""
 
     def __init__(self, cp: Checkpoint | None) -> None:
         self.cp = cp
@@ -209,7 +210,7 @@ class _LegacyPass:
         except (TypeError, ValueError) as exc:
             why = f"record does not parse: {exc}"
         if why is not None:
-            raise ChainRefused(f"the legacy (schema 2) audit chain is broken at record seq "
+            raise ChainRefused(f"the legacy (unkeyed) audit chain is broken at record seq "
                                f"{fields['seq']}: {why}; it is not re-chained under the key")
         self.count += 1
         if self.cp is not None and fields["seq"] == self.cp.seq:
@@ -223,7 +224,7 @@ class _LegacyPass:
                 # Anyone can write an unkeyed chain: without a checkpoint nothing tells these
                 # records from a forgery, and re-chaining them would launder one.
                 raise ChainRefused(
-                    f"the legacy (schema 2) audit log has {self.count} records and no "
+                    f"the legacy (unkeyed) audit log has {self.count} records and no "
                     "checkpoint, so nothing vouches for them and they are not re-chained "
                     "under the key")
             return "none"

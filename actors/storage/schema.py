@@ -89,10 +89,12 @@ MIGRATIONS: dict[int, str] = {
     DROP TABLE outbox;
     ALTER TABLE outbox_v2 RENAME TO outbox;
     """,
+    # AuditRecord.trust (SPEC §7): NULL in records chained before it existed.
+    3: "ALTER TABLE audit ADD COLUMN trust TEXT",
     # The audit chain is keyed from here on: the store's random id (bound into the chain's
-    # first prev_hash and every checkpoint) and how a schema-2 chain was re-chained live in
-    # `meta`. Audit fills it in (chainstart.open_chain), not the migration.
-    3: """
+    # first prev_hash and every checkpoint) and how an unkeyed (version 1-3) chain was
+    # re-chained live in `meta`. Audit fills it in (chainstart.open_chain), not the migration.
+    4: """
     CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL

@@ -16,6 +16,7 @@ from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
@@ -94,7 +95,7 @@ def find_replay(
 def judge_and_apply(
     conn: sqlite3.Connection,
     ctx: IngressContext,
-    request: gate.AnyRequest,
+    request: AnyRequest,
     limits: Limits,
     now: float,
 ) -> Outcome:

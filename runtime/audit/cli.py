@@ -134,8 +134,8 @@ def verify(
         "--expect-head", help="Fail unless the log still holds this record hash (at "
         "--expect-seq, if given), or the line `audit head` printed.")] = None,
     allow_legacy: Annotated[bool, typer.Option(
-        "--allow-legacy", help="Check a schema-2 store's unkeyed chain by the old rules "
-        "instead of failing it.")] = False,
+        "--allow-legacy", help="Check a legacy store's unkeyed chain (schema 3 or older) by "
+        "the old rules instead of failing it.")] = False,
 ) -> None:
     """Check the keyed chain, the checkpoint, anchors and the store against each other.
 

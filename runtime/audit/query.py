@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
+from task_ingress.actors.storage.auditlog import readable_columns, record_from_row
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.reasons import Action, Reason
 
@@ -117,10 +117,11 @@ def query_records(
 ) -> Iterator[AuditRecord]:
     """Matching records in seq order; with `last`, only the newest `last` of them."""
     where, params = flt.where(after_seq)
+    columns = readable_columns(conn)
     if last is None:
-        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq"
+        sql = f"SELECT {columns} FROM audit WHERE {where} ORDER BY seq"
     else:
-        sql = (f"SELECT * FROM (SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} "
+        sql = (f"SELECT * FROM (SELECT {columns} FROM audit WHERE {where} "
                "ORDER BY seq DESC LIMIT ?) ORDER BY seq")
         params = [*params, max(last, 0)]
     for row in conn.execute(sql, params):

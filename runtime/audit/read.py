@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from task_ingress.actors.rules.gate import safe_field
 from task_ingress.actors.storage.auditlog import (
-    AUDIT_COLUMNS,
     KEY_ENV,
     find_key,
     key_path,
     read_meta,
+    readable_columns,
 )
 from task_ingress.actors.storage.schema import decode_outbox
 
@@ -113,15 +114,18 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[StoreSnapshot]:
         raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
     try:
         try:
-            tasks = dict(conn.execute("SELECT task_id, workspace FROM tasks").fetchall())
-            runs = {r[0]: (r[1], r[2]) for r in conn.execute(
+            # Workspaces as the audit stores them (safe form: SPEC 2 allows format chars).
+            tasks = {r[0]: safe_field(r[1]) for r in conn.execute(
+                "SELECT task_id, workspace FROM tasks").fetchall()}
+            runs = {r[0]: (r[1], safe_field(r[2])) for r in conn.execute(
                 "SELECT run_id, task_id, workspace FROM runs").fetchall()}
-            accepted = conn.execute(
+            accepted = [(safe_field(r[0]), *r[1:]) for r in conn.execute(
                 "SELECT workspace, channel, peer_id, request_id, action, task_id, run_id "
-                "FROM accepted_requests").fetchall()
+                "FROM accepted_requests").fetchall()]
             outbox_rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
             meta = read_meta(conn)
-            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
+            audit_rows = conn.execute(f"SELECT {readable_columns(conn)} FROM audit "
+                                      "ORDER BY seq")
         except sqlite3.Error as exc:
             raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
         outbox, bad_outbox = _parse_outbox(outbox_rows)

@@ -22,8 +22,8 @@ What is checked (SPEC §6), nothing of it excused by anything stored in the data
   row is vouched for by an accepted record or by a pending outbox row (an accepted write
   whose record Audit chains on its next start: reported, not an error).
 
-A legacy store (schema 2: no store id, an unkeyed sha256 chain) fails as such unless
-`allow_legacy`, which checks it by the old rules (chain, legacy checkpoint).
+A legacy store (schema 3 or older: no store id, an unkeyed sha256 chain) fails as such
+unless `allow_legacy`, which checks it by the old rules (chain, legacy checkpoint).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class VerifyResult:
     store_id: str | None = None
     """The store's id (None: a legacy store, or none could be read)."""
     legacy: bool = False
-    """A schema-2 store: unkeyed chain, checked by the old rules (only with allow_legacy)."""
+    """A legacy store (schema 3 or older): unkeyed chain, checked by the old rules (only
+    with allow_legacy)."""
 
     @property
     def ok(self) -> bool:
@@ -198,8 +199,8 @@ def verify_snapshot(
         if allow_legacy:
             problems += _check_legacy_checkpoint(chain, checkpoint, checkpoint_error, key,
                                                  key_error, checkpoint_file)
-            notes.append("legacy unkeyed chain (schema 2), checked by the old rules: "
-                         "whoever can write the store could have rewritten it")
+            notes.append("legacy unkeyed chain (schema 3 or older), checked by the old "
+                         "rules: whoever can write the store could have rewritten it")
     elif chain_key is not None:
         assert store_id is not None
         problems += _check_checkpoint(chain, checkpoint, checkpoint_error, chain_key,
@@ -223,9 +224,9 @@ def verify_snapshot(
     )
 
 
-_LEGACY = ("legacy unkeyed chain (schema 2, no store id): a rewrite by whoever can write the "
-           "store is not detectable. Start the runtime once to re-chain it under the key, or "
-           "pass --allow-legacy to check it by the old rules")
+_LEGACY = ("legacy unkeyed chain (schema 3 or older, no store id): a rewrite by whoever can "
+           "write the store is not detectable. Start the runtime once to re-chain it under "
+           "the key, or pass --allow-legacy to check it by the old rules")
 _NO_KEY = (f"no audit key, so neither the chain nor the checkpoint can be authenticated (pass "
            f"--key, set ${KEY_ENV}, or restore the <store>.key file)")
 
@@ -233,9 +234,10 @@ _NO_KEY = (f"no audit key, so neither the chain nor the checkpoint can be authen
 def _legacy_note(meta: dict[str, str]) -> str:
     n = meta.get("legacy_records", "?")
     vouched = meta.get("legacy_checkpoint", "none")
-    return (f"records 1-{n} were written as an unkeyed (schema 2) chain and re-chained under "
-            f"the key when the store was migrated (the legacy checkpoint vouched for "
-            f"{vouched}); before that they were protected by the unkeyed chain only")
+    return (f"records 1-{n} were written as an unkeyed (schema 3 or older) chain and "
+            f"re-chained under the key when the store was migrated (the legacy checkpoint "
+            f"vouched for {vouched}); before that they were protected by the unkeyed chain "
+            "only")
 
 
 class Accepted(NamedTuple):
@@ -388,7 +390,7 @@ def _check_legacy_checkpoint(
     key_error: str | None,
     checkpoint_file: str,
 ) -> list[Problem]:
-    """The schema-2 rules, for --allow-legacy: the legacy checkpoint must exist and vouch
+    """The legacy rules, for --allow-legacy: the legacy checkpoint must exist and vouch
     for the chain (no 'young chain' excuse: nothing in the database is trusted for that)."""
     if cp_error is not None:
         return [Problem("checkpoint", None, cp_error)]

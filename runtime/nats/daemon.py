@@ -1,15 +1,19 @@
 """The serve loop: one asyncio loop, nats-py, the runtime, graceful shutdown.
 
-Start: local nats-server (unless --nats-url), trust file, runtime (actor system + store),
-NATS connection, subscriptions to `agh.network.v0.<ws>.<ch|*>.broadcast` and
-`agh.network.v0.<ws>.<ch|*>.peer.<route_token(daemon peer)>`, metrics, ready file.
+Start: local nats-server (unless --nats-url), the daemon's Ed25519 key (kept in a file so
+its handle survives restarts), the trust policy, runtime (actor system + store), NATS
+connection, subscriptions on both AGH protocol versions (`agh.network.v0.<ws>.<ch|*>.
+{broadcast, peer.<route_token(peer id)>}` and `agh.network.v1.<ws>.<ch|*>.{broadcast,
+peer.<fingerprint>}`), metrics, ready file; then the daemon greets (AGH heartbeat) on join
+and every greet_interval in each channel it serves: the `--channel`s, or with none every
+channel where it has seen a peer (greeting at once on the first sight of one).
 
-Stop (first SIGTERM/SIGINT, or `request_stop()`): readiness off, unsubscribe (the server
+Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the server
 sends no more; messages already received are still judged), answer every in-flight
 request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
 the local server, remove the ready file, exit 0. A second signal exits at once (status
 130): SQLite's WAL keeps committed transactions, so the store stays consistent; requests
-not yet answered were not acknowledged.
+not yet answered were not acknowledged; the ready file is removed on this path too.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +32,18 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.identity import (
+    b64url,
+    fingerprint,
+    handle,
+    load_or_create_key,
+    raw_public_key,
+)
 from task_ingress.runtime.nats.metrics import Metrics
+from task_ingress.runtime.nats.policy import TrustPolicy, ensure_policy_file
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.signing import generate_key, public_key_text
-from task_ingress.runtime.nats.trust import TrustStore, ensure_trust_file
 
 HARD_EXIT_STATUS = 130
 PENDING_MSGS_LIMIT = 65536
@@ -43,8 +54,12 @@ class Daemon:
 
     def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
                  runtime_config: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None) -> None:
+                 announce: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        # One monotonic clock for every duration the daemon judges (presence expiry, trust
+        # file re-reads, the greet replay window); tests inject a fake one.
+        self.clock = clock
         self.announce = announce or (lambda line: None)
         self.install_signals = install_signals
         self.runtime_config = runtime_config or {}
@@ -58,6 +73,7 @@ class Daemon:
         self._signals = 0
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handler: EnvelopeHandler | None = None
         self.log = get_logger(component="nats.daemon")
 
     # ---- control -----------------------------------------------------------------
@@ -75,6 +91,8 @@ class Daemon:
                 self._stop.set()
             return
         self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
+        if self.settings.ready_file:  # clients must not wait on a daemon that is gone
+            remove_ready_file(self.settings.ready_file, os.getpid())
         if self.server is not None:
             self.server.stop()
         os._exit(HARD_EXIT_STATUS)
@@ -90,29 +108,39 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self.install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            # A closed terminal (SIGHUP) stops it gracefully too, unless run under nohup.
+            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+                signals.append(signal.SIGHUP)
+            for signum in signals:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         self.log.info("serve.settings", **s.public())
         handler: EnvelopeHandler | None = None
         nc: Any = None
         try:
             url, token = await self._nats_endpoint()
-            ensure_trust_file(s.trust_path)
-            trust = TrustStore(s.trust_path)
-            key = generate_key()
+            ensure_policy_file(s.trust_path)
+            policy = TrustPolicy(s.trust_path, clock=self.clock)
+            key = load_or_create_key(s.key_path)
+            pub = raw_public_key(key)
+            me = handle(s.nickname, key)
             limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
                                           max_in_flight_per_peer=s.max_in_flight_per_peer)
             config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
                                    local_peer_id=s.peer_id, greet_interval=s.greet_interval,
-                                   **{**limits, **self.runtime_config})
+                                   clock=self.clock, **{**limits, **self.runtime_config})
             self.runtime = IngressRuntime(config)
             await asyncio.to_thread(self.runtime.start)
             self.metrics.watch_runtime(self.runtime)
             nc = await self._connect(url, token)
-            handler = EnvelopeHandler(runtime=self.runtime, trust=trust, key=key,
-                                      peer_id=s.peer_id, publish=nc.publish,
-                                      metrics=self.metrics)
-            subs = await self._subscribe(nc, handler)
+            handler = EnvelopeHandler(runtime=self.runtime, policy=policy, key=key,
+                                      peer_id=s.peer_id, handle=me, publish=nc.publish,
+                                      metrics=self.metrics, greet_interval=s.greet_interval,
+                                      on_channel=self._greet_soon, clock=self.clock)
+            self._handler = handler
+            subs = await self._subscribe(nc, handler, me)
+            greeter = asyncio.create_task(self._greet_loop(handler))
+            self._tasks.add(greeter)
             metrics_url = None
             if s.metrics_port:
                 port = self.metrics.serve(s.metrics_port)
@@ -122,7 +150,8 @@ class Daemon:
                 credentials={"token": token} if token else {},
                 store=self.runtime.store_path, workspace=s.workspace, channels=s.channels,
                 daemon_peer_id=s.peer_id, daemon_route_token=wire.route_token(s.peer_id),
-                daemon_public_key=public_key_text(key), greet_interval=s.greet_interval,
+                daemon_handle=me, daemon_fingerprint=fingerprint(pub),
+                daemon_public_key=b64url(pub), greet_interval=s.greet_interval,
                 metrics_url=metrics_url,
             )
             if s.ready_file:
@@ -137,6 +166,8 @@ class Daemon:
             self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
             await self._stop.wait()
+            greeter.cancel()
+            self._tasks.discard(greeter)
             self.announce("draining: answering in-flight requests")
             await self._drain(nc, subs)
             self.announce(f"stopped after {self._answered()} answered requests")
@@ -177,18 +208,50 @@ class Daemon:
             options["token"] = token
         return await nats.connect(**options)
 
-    async def _subscribe(self, nc: Any, handler: EnvelopeHandler) -> list[Any]:
+    async def _subscribe(self, nc: Any, handler: EnvelopeHandler, me: str) -> list[Any]:
         s = self.settings
-        token = wire.route_token(s.peer_id)
         subs = []
         for channel in s.channels or ["*"]:
-            for subject in (wire.broadcast_subject(s.workspace, channel),
-                            f"{wire.SUBJECT_PREFIX}.{s.workspace}.{channel}.peer.{token}"):
+            for subject in (
+                    wire.broadcast_subject(s.workspace, channel, wire.PROTOCOL_V0),
+                    wire.peer_subject(s.workspace, channel, s.peer_id, wire.PROTOCOL_V0),
+                    wire.broadcast_subject(s.workspace, channel, wire.PROTOCOL_V1),
+                    wire.peer_subject(s.workspace, channel, me, wire.PROTOCOL_V1)):
                 subs.append(await nc.subscribe(
                     subject, cb=self._dispatcher(handler), pending_msgs_limit=PENDING_MSGS_LIMIT,
                     pending_bytes_limit=PENDING_MSGS_LIMIT * 1024))
         await nc.flush()
         return subs
+
+    def _greet_targets(self, handler: EnvelopeHandler) -> list[tuple[str, str]]:
+        if self.settings.channels:
+            return [(p, c) for c in self.settings.channels
+                    for p in (wire.PROTOCOL_V0, wire.PROTOCOL_V1)]
+        return sorted(handler.channels_seen)
+
+    async def _greet_loop(self, handler: EnvelopeHandler) -> None:
+        """AGH's heartbeat (router.go:225): greet at once, then every greet_interval."""
+        while True:
+            for protocol, channel in self._greet_targets(handler):
+                await self._greet(handler, protocol, channel)
+            await asyncio.sleep(self.settings.greet_interval)
+
+    def _greet_soon(self, protocol: str, channel: str) -> None:
+        handler = self._handler
+        if handler is not None and not self.settings.channels:
+            # A newly seen channel: say hello now, not a greet_interval later.
+            task = asyncio.create_task(self._greet(handler, protocol, channel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _greet(self, handler: EnvelopeHandler, protocol: str, channel: str) -> None:
+        env = handler.greet_envelope(protocol, self.settings.workspace, channel)
+        try:
+            await handler.publish_envelope(
+                wire.broadcast_subject(self.settings.workspace, channel, protocol), env)
+            self.metrics.own_greets.inc()
+        except Exception as exc:  # a lost greet is retried next period
+            self.log.warning("greet.publish_failed", channel=channel, error=repr(exc))
 
     def _dispatcher(self, handler: EnvelopeHandler) -> Any:
         tasks = self._tasks
@@ -226,18 +289,20 @@ class Daemon:
 
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-        if handler is not None:
-            await asyncio.to_thread(handler.close)
-        if self.runtime is not None:
-            await asyncio.to_thread(self.runtime.close)
-        self.metrics.close()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-        if self.settings.ready_file:
-            remove_ready_file(self.settings.ready_file, os.getpid())
+        try:
+            for task in list(self._tasks):
+                task.cancel()
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 5)
+            if handler is not None:
+                await asyncio.to_thread(handler.close)
+            if self.runtime is not None:
+                await asyncio.to_thread(self.runtime.close)
+            self.metrics.close()
+            if self.server is not None:
+                await asyncio.to_thread(self.server.stop)
+        finally:
+            if self.settings.ready_file:  # whatever failed above, do not point at us
+                remove_ready_file(self.settings.ready_file, os.getpid())
         self.log.info("serve.stopped")

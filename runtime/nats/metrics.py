@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from task_ingress.runtime.driver import RuntimeStatistics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+
+
+class HasStatistics(Protocol):
+    """What the metrics read of a runtime (an IngressRuntime)."""
+
+    def statistics(self) -> RuntimeStatistics:
+        """A snapshot of the runtime's queues."""
+        ...
 
 
 class Metrics:
@@ -29,9 +38,27 @@ class Metrics:
         self.latency = Histogram(
             "task_ingress_request_seconds", "Arrival to reply published, per action.",
             ["action"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.by_trust = Counter(
+            "task_ingress_requests_by_trust", "Task requests answered, by the sender's "
+            "RFC 004 trust state and outcome.", ["trust", "outcome"], registry=self.registry)
         self.greets = Counter(
-            "task_ingress_greets", "Greets received, by result.", ["result"],
+            "task_ingress_greets", "Greets received (never audited one by one), by result "
+            "(applied, duplicate, rejected, failed) and trust state.", ["result", "trust"],
             registry=self.registry)
+        self.trust = Counter(
+            "task_ingress_envelopes", "Envelopes that passed AGH's rules, by kind (or "
+            "'compact') and RFC 004 trust state.", ["kind", "trust"], registry=self.registry)
+        self.malformed = Counter(
+            "task_ingress_malformed_envelopes", "Messages AGH's parser would refuse "
+            "(audited invalid_request).", registry=self.registry)
+        self.whois = Counter(
+            "task_ingress_whois_answered", "whois requests the daemon answered.",
+            registry=self.registry)
+        self.own_greets = Counter(
+            "task_ingress_own_greets", "Greets the daemon published.", registry=self.registry)
+        self.unsendable = Counter(
+            "task_ingress_unsendable_envelopes", "Envelopes the daemon built but AGH's rules "
+            "refused, so never published (a bug if non-zero).", registry=self.registry)
         self.ignored = Counter(
             "task_ingress_ignored_envelopes", "Valid AGH envelopes not for task ingress.",
             ["kind"], registry=self.registry)
@@ -53,33 +80,22 @@ class Metrics:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def watch_runtime(self, runtime: object) -> None:
-        """Read the runtime's queue depths at scrape time.
-
-        The facade has no public accessor for these yet, so this reads the driver's
-        `inbox` queue and `flow.total` defensively (0 when absent).
-        """
-        def driver_attr(path: str) -> float:
-            value: Any = getattr(runtime, "_driver", None)
-            for name in path.split("."):
-                value = getattr(value, name, None)
-            if callable(value):
-                value = value()
-            return float(value) if isinstance(value, int | float) else 0.0
-
-        self.runtime_queue.set_function(lambda: driver_attr("inbox.qsize"))
-        self.runtime_admitted.set_function(lambda: driver_attr("flow.total"))
+    def watch_runtime(self, runtime: HasStatistics) -> None:
+        """Read the runtime's queue depths (`IngressRuntime.statistics()`) at scrape time."""
+        self.runtime_queue.set_function(lambda: runtime.statistics().calls_waiting)
+        self.runtime_admitted.set_function(lambda: runtime.statistics().requests_in_flight)
 
     def set_ready(self, ready: bool) -> None:
         """Readiness for /ready and the task_ingress_ready gauge."""
         self.is_ready = ready
         self.ready.set(1 if ready else 0)
 
-    def observe_request(self, action: str, accepted: bool, reason: str | None,
+    def observe_request(self, action: str, accepted: bool, reason: str | None, trust: str,
                         seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(action, "accepted" if accepted else "rejected",
-                             reason or "").inc()
+        outcome = "accepted" if accepted else "rejected"
+        self.requests.labels(action, outcome, reason or "").inc()
+        self.by_trust.labels(trust, outcome).inc()
         self.latency.labels(action).observe(seconds)
 
     def exposition(self) -> bytes:

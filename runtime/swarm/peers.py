@@ -34,10 +34,10 @@ from task_ingress.messages.codec import WIRE_VERSION, encode_envelope
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action
 from task_ingress.messages.requests import (
+    AnyRequest,
     CancelTask,
     CreateTask,
     EnqueueRun,
-    TaskRequest,
     UpdateTask,
 )
 
@@ -236,7 +236,7 @@ class SimPeer:
         self.n += 1
         return f"{self.settings.tag}-{self.index}-{self.n}"
 
-    def _plan(self, request: TaskRequest, *, bad: str = "", expect: tuple[str, ...] = (),
+    def _plan(self, request: AnyRequest, *, bad: str = "", expect: tuple[str, ...] = (),
               peer_id: str | None = None, request_id: str | None = None) -> Plan:
         rid = request_id if request_id is not None else self._rid()
         bind = request.network_channel if isinstance(request, CreateTask | UpdateTask) else None

@@ -77,7 +77,7 @@ def to_capability(actor: Recording) -> list[type]:
 def test_visible_requests_wait_for_presences_own_flush(presence: Recording) -> None:
     presence.receiveMsg_InFlights(request("peer-a", now=1.0), None)
     assert to_capability(presence) == []  # merged until the Flush comes round
-    presence.receiveMsg_Flush(Flush(generation=0), None)
+    presence.receiveMsg_Flush(Flush(), None)
     assert to_capability(presence) == [InFlights]
 
 

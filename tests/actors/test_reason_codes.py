@@ -1,5 +1,6 @@
 """Every reason code of SPEC §6 is reachable through the §7 API, with exactly one audit record
-and (for rejections) an untouched store."""
+and (for rejections) an untouched store, on each actor base: every runtime of this module
+(the shared `rt` fixture's too) runs on the base of the `base` parameter."""
 
 from __future__ import annotations
 
@@ -22,6 +23,25 @@ from task_ingress.messages import (
 from task_ingress.runtime import IngressRuntime
 
 from tests.conftest import FakeClock, ctx, writer_card
+
+BASES = ["simpleSystemBase", pytest.param("multiprocQueueBase", marks=pytest.mark.multiproc)]
+
+
+@pytest.fixture(params=BASES)
+def base(request: pytest.FixtureRequest) -> str:
+    """The actor base every runtime of the test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_runtime(make_runtime: Callable[..., IngressRuntime], base: str
+                 ) -> Callable[..., IngressRuntime]:
+    """conftest's factory, on `base` (this override also serves conftest's `rt`)."""
+    def factory(**overrides: object) -> IngressRuntime:
+        overrides.setdefault("actor_base", base)
+        return make_runtime(**overrides)
+
+    return factory
 
 
 def store_rows(rt: IngressRuntime) -> tuple[int, int, int]:
@@ -283,8 +303,13 @@ def test_outcome_names_the_action(rt: IngressRuntime) -> None:
     assert IngressContext(workspace="ws", peer_id="p", channel="c", request_id="r")
 
 
-@pytest.mark.parametrize("bad", ["ws/x", "", "WS"])
+@pytest.mark.parametrize("bad", ["ws/x", "", "w.s", "w s"])
 def test_greet_with_malformed_identifiers_raises_value_error(rt: IngressRuntime, bad: str
                                                              ) -> None:
     with pytest.raises(ValueError):
         rt.greet(bad, "ops", writer_card("peer-a"))
+
+
+def test_the_shared_runtime_runs_on_the_parametrized_base(rt: IngressRuntime, base: str) -> None:
+    assert rt.config.actor_base == base
+    assert bool(rt.actor_pids()) == (base != "simpleSystemBase")  # actor processes, or none

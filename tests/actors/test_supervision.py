@@ -11,7 +11,7 @@ from task_ingress.actors.router import lost_tickets
 from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages import CreateTask, IngressContext, Outcome, Reason
 from task_ingress.runtime import IngressRuntime
-from task_ingress.runtime.driver import Call
+from task_ingress.runtime.inbox import Call
 from thespian.actors import ActorExitRequest
 
 from tests.conftest import ctx, writer_card
@@ -24,8 +24,8 @@ def submit_as_one_batch(rt: IngressRuntime, items: list[tuple[IngressContext, An
     assert driver is not None
     calls = []
     for context, request in items:
-        target, sub, key = rt._submission(driver, context, request)
-        calls.append(Call(target=target, message=sub, peer=key))
+        sub, key = rt._submission(driver, context, request)
+        calls.append(Call(message=sub, peer=key))
     driver.submit_calls(calls)  # one inbox item: the driver takes them as one batch
     return [driver.wait(c.future).outcome for c in calls]
 

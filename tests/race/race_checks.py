@@ -24,10 +24,10 @@ from task_ingress.messages import (
     UpdateTask,
 )
 from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime
 
 RequestKey = tuple[str, str, str, str]
-AnyRequest = CreateTask | UpdateTask | CancelTask | EnqueueRun
 
 
 def high_water(rt: IngressRuntime) -> int:

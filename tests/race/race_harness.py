@@ -1,6 +1,7 @@
 """Deterministic interleavings for the race tests: hold, act, release, check.
 
-`RaceHarness` drives a runtime started with `hold_store=True` on simpleSystemBase. There the
+`RaceHarness` drives a runtime started with `store_proxy_class=HOLD` (task_ingress.testing)
+on simpleSystemBase. There the
 driver thread runs every actor to completion inside each `tell`, so once a call has been
 dispatched its effects are final: a request is either held before the store, stashed in
 its channel actor, or answered. `barrier()` makes that point observable, so a test reads as:
@@ -16,12 +17,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from task_ingress.messages import AuditRecord, IngressContext, Outcome, PeerCard
-from task_ingress.messages.harness import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.messages.protocol import PresenceApplied, PresenceChange, Replied
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime
 from task_ingress.runtime.driver import Driver
+from task_ingress.testing import HOLD, HoldArm, HoldQuery, HoldRelease, HoldState
 
-from tests.race.race_checks import AnyRequest, RequestKey
+from tests.race.race_checks import RequestKey
 
 WAIT = 10.0
 
@@ -32,15 +34,16 @@ class RaceHarness:
     def __init__(self, rt: IngressRuntime) -> None:
         driver = rt._driver
         assert driver is not None, "runtime not started"
-        assert rt.config.hold_store, "start the runtime with hold_store=True"
+        assert rt.config.store_proxy_class == HOLD, "start the runtime with store_proxy_class=HOLD"
         assert rt.config.actor_base == "simpleSystemBase", "barrier() needs the one-thread base"
         self.rt = rt
         self.driver: Driver = driver
+        self.hold_address = driver.addresses.store_proxy
         self.requests: dict[RequestKey, AnyRequest] = {}
 
     # ---- the Hold actor ---------------------------------------------------------
     def _hold(self, build: Any) -> HoldState:
-        reply = self.driver.submit_call("hold", build(self.driver.next_ticket())).result(WAIT)
+        reply = self.driver.ask(self.hold_address, build(self.driver.next_ticket())).result(WAIT)
         assert isinstance(reply, HoldState), reply
         return reply
 
@@ -71,7 +74,7 @@ class RaceHarness:
         """Queue a request exactly as `IngressRuntime.submit` does, without waiting."""
         key = (context.workspace, context.channel, context.peer_id, context.request_id)
         self.requests[key] = request
-        return self.driver.submit_call(*self.rt._submission(self.driver, context, request))
+        return self.driver.submit(*self.rt._submission(self.driver, context, request))
 
     def submit_now(self, context: IngressContext, request: AnyRequest) -> Outcome:
         """Submit and wait (setup steps), remembering the request for the checkers."""
@@ -89,7 +92,7 @@ class RaceHarness:
                   card: PeerCard | None) -> Future[Any]:
         change = PresenceChange(ticket=self.driver.next_ticket(), workspace=workspace,
                                 channel=channel, peer_id=peer_id, card=card, now=0.0)
-        return self.driver.submit_call("router", change)
+        return self.driver.submit(change)
 
 
 def outcome(future: Future[Any]) -> Outcome:

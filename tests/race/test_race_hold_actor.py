@@ -6,11 +6,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from task_ingress.actors.hold import Hold
 from task_ingress.messages import CreateTask, IngressContext
-from task_ingress.messages.harness import HoldArm, HoldRelease, HoldState
-from task_ingress.messages.protocol import InFlight, Probe, Settings, Started, Submission, Wiring
+from task_ingress.messages.protocol import (
+    InFlight,
+    InFlights,
+    Probe,
+    Settings,
+    Started,
+    Submission,
+    Wiring,
+)
 from task_ingress.messages.reasons import Action
+from task_ingress.testing import Hold, HoldArm, HoldRelease, HoldState
 from thespian.actors import Actor, ActorSystem
 
 
@@ -24,8 +31,8 @@ class Recorder(Actor):  # type: ignore[misc]
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if message == "dump":
             self.send(sender, list(self.got))
-        elif isinstance(message, InFlight):
-            self.got.append(message.context.request_id)
+        elif isinstance(message, InFlights):
+            self.got.extend(f.context.request_id for f in message.items)
         elif isinstance(message, Probe):
             self.got.append(f"probe-{message.probe_id}")
 

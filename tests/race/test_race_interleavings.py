@@ -3,8 +3,9 @@
 Every race is a scenario (`run_*`) and a check of the SPEC outcome and the audit rows
 (`check_*`). The plain test runs the scenario on the real runtime and the check passes. The
 `*_is_caught_*` twin runs the same scenario with a test seam that removes the protection
-(`naive_fence`: the channel actor neither fences presence changes nor serializes requests,
-AGH's check-then-act; `naive_store`: the store judges a batch against the state before it)
+(`NO_FENCE`: task_ingress.testing's channel actor that neither fences presence changes nor
+serializes requests, AGH's check-then-act; `NON_ATOMIC_STORE`: its store that judges a batch
+against the state before it)
 and asserts both that the same check fails and that the detector names the offending write.
 """
 
@@ -26,12 +27,17 @@ from task_ingress.messages import (
 )
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime import IngressRuntime
+from task_ingress.testing import HOLD, NAIVE_CHANNEL, NAIVE_STORE
 
 from tests.conftest import FakeClock, writer_card
 from tests.race.race_checks import FenceMonitor, commit_order_violations, state_mismatches
 from tests.race.race_harness import RaceHarness, applied, outcome, record_of
 
 WS = "ws"
+NO_FENCE = {"channel_actor_class": NAIVE_CHANNEL}
+"""Seam: channel actors without the fence."""
+NON_ATOMIC_STORE = {"store_actor_class": NAIVE_STORE}
+"""Seam: a check-then-act TaskStore."""
 MakeRuntime = Callable[..., IngressRuntime]
 
 
@@ -59,9 +65,9 @@ class Observed:
         return rows[0]
 
 
-def start(make_runtime: MakeRuntime, **seams: bool | int) -> tuple[IngressRuntime, RaceHarness]:
+def start(make_runtime: MakeRuntime, **seams: object) -> tuple[IngressRuntime, RaceHarness]:
     """A held runtime (greet interval 30 s, no rate limit) with the given seams."""
-    rt = make_runtime(hold_store=True, greet_interval=30.0, peer_rate=0.0, **seams)
+    rt = make_runtime(store_proxy_class=HOLD, greet_interval=30.0, peer_rate=0.0, **seams)
     return rt, RaceHarness(rt)
 
 
@@ -84,7 +90,7 @@ def assert_clean(obs: Observed) -> None:
 
 # ---- 1. a leave queued while a write waits on the store -----------------------------
 
-def run_leave_while_write_waits(make_runtime: MakeRuntime, **seams: bool | int) -> Observed:
+def run_leave_while_write_waits(make_runtime: MakeRuntime, **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     mon, obs = FenceMonitor(rt), Observed()
     rt.greet(WS, "ops", writer_card("pa"))
@@ -123,7 +129,7 @@ def test_leave_queued_behind_a_held_write_returns_only_after_it_commits(
 
 
 def test_leave_race_is_caught_without_the_fence(make_runtime: MakeRuntime) -> None:
-    obs = run_leave_while_write_waits(make_runtime, naive_fence=True)
+    obs = run_leave_while_write_waits(make_runtime, **NO_FENCE)
     assert [r.request_id for r in obs.fence_violations] == ["w1"]
     with pytest.raises(AssertionError):
         check_leave_while_write_waits(obs)
@@ -132,7 +138,7 @@ def test_leave_race_is_caught_without_the_fence(make_runtime: MakeRuntime) -> No
 # ---- 2. expiry reached mid-request --------------------------------------------------
 
 def run_expiry_mid_request(make_runtime: MakeRuntime, clock: FakeClock,
-                           **seams: bool | int) -> Observed:
+                           **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     mon, obs = FenceMonitor(rt), Observed()
     rt.greet(WS, "ops", writer_card("pa"))       # visible until greet + 2 x 30 s
@@ -177,7 +183,7 @@ def test_expiry_mid_request_is_ordered_when_the_channel_serializes(
 
 def test_expiry_race_is_caught_without_the_fence(make_runtime: MakeRuntime,
                                                  clock: FakeClock) -> None:
-    obs = run_expiry_mid_request(make_runtime, clock, naive_fence=True)
+    obs = run_expiry_mid_request(make_runtime, clock, **NO_FENCE)
     assert [r.request_id for r in obs.fence_violations] == ["w1"]
     with pytest.raises(AssertionError):
         check_expiry_mid_request(obs)
@@ -188,7 +194,7 @@ def test_expiry_race_is_caught_without_the_fence(make_runtime: MakeRuntime,
 READER = PeerCard(peer_id="pa", capabilities=["task.read"], proof="signed")
 
 
-def run_regreet_drops_write(make_runtime: MakeRuntime, **seams: bool | int) -> Observed:
+def run_regreet_drops_write(make_runtime: MakeRuntime, **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     mon, obs = FenceMonitor(rt), Observed()
     rt.greet(WS, "ops", writer_card("pa"))
@@ -224,7 +230,7 @@ def test_regreet_dropping_write_waits_for_the_held_write(make_runtime: MakeRunti
 
 
 def test_capability_drop_race_is_caught_without_the_fence(make_runtime: MakeRuntime) -> None:
-    obs = run_regreet_drops_write(make_runtime, naive_fence=True)
+    obs = run_regreet_drops_write(make_runtime, **NO_FENCE)
     assert [r.request_id for r in obs.fence_violations] == ["w1"]
     with pytest.raises(AssertionError):
         check_regreet_drops_write(obs)
@@ -233,7 +239,7 @@ def test_capability_drop_race_is_caught_without_the_fence(make_runtime: MakeRunt
 # ---- 4. two channels binding one unbound task ---------------------------------------
 
 def run_two_channels_bind(make_runtime: MakeRuntime, order: tuple[int, ...],
-                          **seams: bool | int) -> Observed:
+                          **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     obs = Observed()
     rt.greet(WS, "ops", writer_card("pa"))
@@ -274,7 +280,7 @@ def test_two_channels_binding_one_unbound_task_have_one_winner(
 
 
 def test_double_binding_is_caught_with_a_non_atomic_store(make_runtime: MakeRuntime) -> None:
-    obs = run_two_channels_bind(make_runtime, (0, 1), naive_store=True)
+    obs = run_two_channels_bind(make_runtime, (0, 1), **NON_ATOMIC_STORE)
     assert any("mutated a task bound to ops" in p for p in obs.order_violations), \
         obs.order_violations
     with pytest.raises(AssertionError):
@@ -283,7 +289,7 @@ def test_double_binding_is_caught_with_a_non_atomic_store(make_runtime: MakeRunt
 
 # ---- 5. update racing cancel --------------------------------------------------------
 
-def run_update_racing_cancel(make_runtime: MakeRuntime, **seams: bool | int) -> Observed:
+def run_update_racing_cancel(make_runtime: MakeRuntime, **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     obs = Observed()
     rt.greet(WS, "ops", writer_card("pa"))
@@ -320,7 +326,7 @@ def test_update_arriving_after_cancel_is_judged_against_the_canceled_task(
 
 def test_update_cancel_race_is_caught_with_a_non_atomic_store(make_runtime: MakeRuntime
                                                              ) -> None:
-    obs = run_update_racing_cancel(make_runtime, naive_store=True)
+    obs = run_update_racing_cancel(make_runtime, **NON_ATOMIC_STORE)
     assert any("changed a canceled task" in p for p in obs.order_violations), \
         obs.order_violations
     with pytest.raises(AssertionError):
@@ -329,7 +335,7 @@ def test_update_cancel_race_is_caught_with_a_non_atomic_store(make_runtime: Make
 
 # ---- 6. a replayed request ID racing its original -----------------------------------
 
-def run_replay_racing_original(make_runtime: MakeRuntime, **seams: bool | int) -> Observed:
+def run_replay_racing_original(make_runtime: MakeRuntime, **seams: object) -> Observed:
     rt, h = start(make_runtime, **seams)
     obs = Observed()
     rt.greet(WS, "ops", writer_card("pa"))
@@ -361,9 +367,9 @@ def test_replayed_request_id_racing_its_original_is_applied_once(
 
 def test_replay_reaching_the_store_with_its_original_is_applied_once(
         make_runtime: MakeRuntime) -> None:
-    # naive_fence lets the repeat travel right behind the original, so both reach the store
+    # the naive fence lets the repeat travel right behind the original, so both reach the store
     # in one batch; the store's replay check runs inside the transaction and wins alone.
-    obs = run_replay_racing_original(make_runtime, naive_fence=True)
+    obs = run_replay_racing_original(make_runtime, **NO_FENCE)
     assert obs.early["both_at_store"], "the repeat did not race the original to the store"
     check_replay_racing_original(obs)
 
@@ -372,14 +378,14 @@ def test_replay_behind_a_serializing_channel_is_applied_once_even_by_a_naive_sto
         make_runtime: MakeRuntime) -> None:
     # channel_pipeline=1: the repeat is only admitted after the original committed, so even
     # the check-then-act store judges it against the committed original.
-    obs = run_replay_racing_original(make_runtime, naive_store=True, channel_pipeline=1)
+    obs = run_replay_racing_original(make_runtime, **NON_ATOMIC_STORE, channel_pipeline=1)
     assert not obs.early["both_at_store"]
     check_replay_racing_original(obs)
 
 
 def test_double_application_is_caught_with_a_non_atomic_store(make_runtime: MakeRuntime
                                                               ) -> None:
-    obs = run_replay_racing_original(make_runtime, naive_fence=True, naive_store=True)
+    obs = run_replay_racing_original(make_runtime, **NO_FENCE, **NON_ATOMIC_STORE)
     assert obs.early["both_at_store"]
     assert any("applied a second time" in p for p in obs.order_violations), \
         obs.order_violations

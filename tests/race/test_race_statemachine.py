@@ -34,10 +34,11 @@ from task_ingress.messages import (
     PeerCard,
     UpdateTask,
 )
+from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
 from tests.conftest import FakeClock
-from tests.race.race_model import AnyRequest, Prediction, SpecModel
+from tests.race.race_model import Prediction, SpecModel
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
 EXAMPLES = int(os.environ.get("TASK_INGRESS_RACE_EXAMPLES", 5000 if SLOW else 300))
@@ -183,7 +184,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self._submit(ctx, EnqueueRun(task_id=self._task_id(pick, ctx), idempotency_key=key,
                                 network_channel=_resolve(wanted, ch) or ""))
 
-    @rule(ws=st.sampled_from(["ws1", "BAD!"]), ch=st.sampled_from(["c1", "-x"]),
+    @rule(ws=st.sampled_from(["ws1", "bad.ws"]), ch=st.sampled_from(["c1", "-x"]),
           peer=st.sampled_from(["pa", "Bad Peer"]), rid=st.sampled_from(["r0", "a/b", ""]))
     def malformed_context(self, ws: str, ch: str, peer: str, rid: str) -> None:
         """Rule 1 (and, when everything is fine after all, the normal path)."""

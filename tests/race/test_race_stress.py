@@ -25,12 +25,14 @@ import pytest
 from task_ingress.messages import AuditRecord, CreateTask, IngressContext, Outcome, PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.testing import NAIVE_CHANNEL
 
 from tests.conftest import writer_card
 
 pytestmark = pytest.mark.multiproc
 
 WS = "ws"
+NO_FENCE = {"channel_actor_class": NAIVE_CHANNEL}
 CHURN_SECONDS = 3.0
 MAX_CYCLES = 40
 MAX_WRITES_PER_THREAD = 2000
@@ -121,7 +123,7 @@ def run_stress(naive_fence: bool = False) -> StressRun:
     run = StressRun()
     rt = IngressRuntime(RuntimeConfig(actor_base="multiprocQueueBase", greet_interval=3600.0,
                                       peer_rate=0.0, request_timeout=60.0,
-                                      naive_fence=naive_fence))
+                                      **(NO_FENCE if naive_fence else {})))
     rt.start()
     try:
         for peer, channel in {(p, c) for p, c in WRITERS}:

@@ -35,6 +35,7 @@ def _chain(n: int, key: ChainKey = KEY, genesis: str = GENESIS) -> list[AuditRec
             "actor": "peer:p/channel:ops", "request_id": f"r{i}", "action": "task.create",
             "outcome": "accepted", "reason": None, "task_id": f"t{i}", "run_id": None,
             "payload_size": 10, "replay": False, "prev_hash": prev,
+            "trust": "embedded" if i % 2 else None,
         }
         fields["hash"] = key.seal(fields)
         prev = str(fields["hash"])
@@ -51,16 +52,30 @@ _OPT = st.none() | _TEXT
     "workspace": _TEXT, "channel": _TEXT, "peer_id": _TEXT, "actor": _TEXT,
     "request_id": _TEXT, "action": _TEXT, "outcome": _TEXT, "reason": _OPT,
     "task_id": _OPT, "run_id": _OPT, "payload_size": st.integers(0, 2**31),
-    "replay": st.booleans(), "prev_hash": _TEXT, "hash": _TEXT,
+    "replay": st.booleans(), "prev_hash": _TEXT, "hash": _TEXT, "trust": _OPT,
 }))
 def test_record_seal_is_hmac_sha256_of_sorted_compact_ascii_json(fields: dict[str, object]
                                                                  ) -> None:
     # The on-disk chain format: any faster encoding must stay byte-for-byte this one.
     chained = {k: v for k, v in fields.items() if k != "hash"}
     blob = json.dumps(chained, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    assert canonical(fields) == blob.encode()
+    assert canonical(fields) == blob.encode()  # trust included, even None
     assert KEY.seal(fields) == hmac.new(b"k" * 32, blob.encode(), hashlib.sha256).hexdigest()
-    assert record_hash(fields) == hashlib.sha256(blob.encode()).hexdigest()  # schema 2
+    # Schema 3 and older: trust left out of the unkeyed hash when it is None.
+    old = {k: v for k, v in chained.items() if k != "trust" or v is not None}
+    old_blob = json.dumps(old, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert record_hash(fields) == hashlib.sha256(old_blob.encode()).hexdigest()
+
+
+def test_a_legacy_hash_leaves_out_only_an_empty_trust_and_the_seal_never_does() -> None:
+    fields = _chain(2)[1].model_dump(mode="json")
+    assert fields["trust"] is None
+    before_trust = {k: v for k, v in fields.items() if k != "trust"}
+    assert record_hash(fields) == record_hash(before_trust)
+    assert record_hash(fields) != record_hash(dict(fields, trust="verified"))
+    assert KEY.seal(fields) != KEY.seal(dict(fields, trust=""))
+    with pytest.raises(KeyError):  # a record without the field is not sealed as if it had one
+        KEY.seal(before_trust)
 
 
 @given(st.binary(min_size=1, max_size=200))

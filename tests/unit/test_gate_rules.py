@@ -14,6 +14,7 @@ from task_ingress.messages import (
     UpdateTask,
 )
 from task_ingress.messages.limits import Limits
+from task_ingress.messages.requests import AnyRequest
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,45 @@ from task_ingress.messages.limits import Limits
 )
 def test_peer_id_grammar_accepts_only_the_spec_alphabet(value: str, ok: bool) -> None:
     assert gate.is_peer_id(value) is ok
+
+
+FP = "39f713d0a644253f04529421b9f51b9b"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (f"patch-worker@{FP}", True), (f"a@{FP}", True), (f"{'n' * 32}@{FP}", True),
+        (f"{'n' * 33}@{FP}", False), (f"@{FP}", False), (f"a.b@{FP}", False),
+        (f"a@{FP.upper()}", False), (f"a@{FP[:31]}", False), (f"a@{FP}0", False),
+        (f"a@b@{FP}", False), (f"Nick@{FP}", False),
+    ],
+)
+def test_a_verified_handle_is_nickname_at_32_hex_fingerprint(value: str, ok: bool) -> None:
+    assert gate.is_peer_id(value) is ok
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("01JDQ8Z6X4V7K2M9N3P5R8T1W0", True), ("default", True), ("ws_alpha", True),
+        ("Mixed-Case_1", True), ("x" * 128, True), ("x" * 129, False), ("", False),
+        ("a.b", False), ("a b", False), ("a*", False), ("a>b", False), ("a/b", False),
+        ("a\\b", False), ("a\tb", False), ("a\x00", False), ("a\x7f", False),
+        ("a\x85", False),
+    ],
+)
+def test_workspace_grammar_is_aghs_plus_no_slashes_and_allows_uppercase_ulids(
+        value: str, ok: bool) -> None:
+    assert gate.is_workspace(value) is ok
+
+
+def test_a_ulid_workspace_passes_the_context_check() -> None:
+    ctx = IngressContext(workspace="01JDQ8Z6X4V7K2M9N3P5R8T1W0", peer_id=f"nick@{FP}",
+                         channel="ops", request_id="r-1")
+    assert gate.check_context(ctx) is None
+    assert gate.check_context(ctx.model_copy(update={"workspace": "a.b"})) == (
+        Reason.INVALID_REQUEST)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +144,7 @@ def test_rule4_task_write_needs_a_non_empty_proof() -> None:
     ],
 )
 def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
-    request_: gate.AnyRequest, reason: Reason | None
+    request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_requested_channel(request_, "ops") == reason
 
@@ -127,7 +167,7 @@ def test_rule5_requested_channel_is_empty_or_the_ingress_channel(
     ],
 )
 def test_rules7_and_8_bound_and_stale_bindings(
-    stored: str, request_: gate.AnyRequest, reason: Reason | None
+    stored: str, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.check_binding(stored, "ops", request_) == reason
 
@@ -160,7 +200,7 @@ LIMITS = Limits()
         (CancelTask(task_id="x", reason="r" * 20000), Reason.VALIDATION_FAILED),
     ],
 )
-def test_rule9_payload_limits(request_: gate.AnyRequest, reason: Reason | None) -> None:
+def test_rule9_payload_limits(request_: AnyRequest, reason: Reason | None) -> None:
     assert gate.check_payload(request_, LIMITS) == reason
 
 
@@ -197,7 +237,7 @@ def test_rule9_expected_version_must_be_current() -> None:
     ],
 )
 def test_rule10_locked_or_cancelled_tasks_refuse_network_writes(
-    task: StoredTask, request_: gate.AnyRequest, reason: Reason | None
+    task: StoredTask, request_: AnyRequest, reason: Reason | None
 ) -> None:
     assert gate.authorize(request_, task) == reason
 

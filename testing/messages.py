@@ -1,7 +1,9 @@
-"""Messages of the race-test harness (actors/hold.py): hold store-bound requests, release them.
+"""Messages of the race-test `Hold` actor (task_ingress.testing.hold): hold store-bound
+requests, release them.
 
-Only the test seam `Settings.hold_store` puts the `Hold` actor in the pipeline; production
-never sends these. Each query carries a `ticket` so the driver can match the reply.
+Only a runtime started with `RuntimeConfig(store_proxy_class=HOLD)` has a `Hold` in its
+pipeline; production never sends these. Each query carries a `ticket` so the driver can
+match the reply.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class HoldArm(InternalMessage):
 class HoldRelease(InternalMessage):
     """Forward the held requests to TaskStore and stop holding; reply `HoldState` (after).
 
-    All released requests are sent in one go, so they reach TaskStore ahead of its `Flush`
+    The released requests go as one message, so they reach TaskStore ahead of its `Flush`
     and are judged in one batch, in the order given.
     """
 

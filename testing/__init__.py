@@ -1,0 +1,28 @@
+"""Test seams of the runtime, in the spirit of `trio.testing`: never imported by production.
+
+Installed with the package because a multiprocess actor system creates actors from dotted
+class names in its child processes, so they must import these classes. A runtime uses them
+only when a test names them in `RuntimeConfig`:
+
+- `RuntimeConfig(store_proxy_class=HOLD)`: a `Hold` actor between Capability and TaskStore
+  stops requests right before the store until the test releases them (`HoldArm`,
+  `HoldRelease`, `HoldQuery` -> `HoldState`).
+- `RuntimeConfig(channel_actor_class=NAIVE_CHANNEL)`: channel actors without the fence.
+- `RuntimeConfig(store_actor_class=NAIVE_STORE)`: a check-then-act TaskStore.
+
+tests/race uses them to show that its checks catch a missing protection (docs/race-freedom.md).
+"""
+
+from task_ingress.testing.hold import Hold
+from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
+from task_ingress.testing.naive import NaiveChannelIngress, NaiveTaskStore
+
+HOLD = "task_ingress.testing.Hold"
+"""Dotted name of `Hold`, for `RuntimeConfig.store_proxy_class`."""
+NAIVE_CHANNEL = "task_ingress.testing.NaiveChannelIngress"
+"""Dotted name of `NaiveChannelIngress`, for `RuntimeConfig.channel_actor_class`."""
+NAIVE_STORE = "task_ingress.testing.NaiveTaskStore"
+"""Dotted name of `NaiveTaskStore`, for `RuntimeConfig.store_actor_class`."""
+
+__all__ = ["HOLD", "NAIVE_CHANNEL", "NAIVE_STORE", "Hold", "HoldArm", "HoldQuery",
+           "HoldRelease", "HoldState", "NaiveChannelIngress", "NaiveTaskStore"]
