@@ -45,7 +45,7 @@ MULTIPROC_MAX_IN_FLIGHT = 256
 
 
 def load_or_create_key(store_path: str) -> str:
-    """The operator's checkpoint key as `auditlog.find_key` finds it (env
+    """The operator's audit key as `auditlog.find_key` finds it (env
     TASK_INGRESS_AUDIT_KEY, else the key file beside the store), else a new key file
     (created with mode 0600 and a warning)."""
     found = find_key(store_path)

@@ -206,12 +206,12 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 
 def key_path(store_path: str) -> str:
-    """Default location of the checkpoint key of a store file."""
+    """Default location of the audit key of a store file."""
     return store_path + ".key"
 
 
 def find_key(store_path: str, explicit: str | None = None) -> tuple[str, str] | None:
-    """The checkpoint key's text and where it came from, looked up in order: `explicit`,
+    """The audit key's text and where it came from, looked up in order: `explicit`,
     env TASK_INGRESS_AUDIT_KEY, the key file `<store>.key`. None when there is none;
     OSError when the key file exists but cannot be read. The text is not checked to be hex.
     """

@@ -1,5 +1,5 @@
 """Reading a store file read-only: the connection, one consistent snapshot of the tables
-verification needs, and the checkpoint key.
+verification needs, and the audit key.
 
 Nothing here writes: the store is opened with a read-only URI, so every `task-ingress audit`
 command can run beside a live daemon and never changes what it inspects.
