@@ -55,7 +55,7 @@ class Settings(InternalMessage):
         "Channels one peer ID may be visible in; a greet for one more is overloaded."))
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_seconds: float = CHECKPOINT_SECONDS
-    audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
+    audit_key: str = Field(default="", description="Hex audit key (records, checkpoints).")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
     # Actors by dotted class name: a multiprocess base creates them in child processes.
     channel_actor_class: str = Field(default=CHANNEL_ACTOR,

@@ -81,7 +81,8 @@ class RuntimeConfig:
     change still waits for all of them). 1 = strictly one request at a time, end to end.
     More in flight means bigger store/audit group commits."""
     audit_key: str | None = None
-    """Hex HMAC key for audit checkpoints; None: env TASK_INGRESS_AUDIT_KEY or a key file."""
+    """Hex audit key (HMAC of every record and checkpoint); None: env TASK_INGRESS_AUDIT_KEY
+    or the key file beside the store (created if missing); ":memory:": a throwaway key."""
     # Payload limits (SPEC §2): each may be lowered, never raised (`Limits` refuses it).
     max_title_chars: int = SPEC_LIMITS.max_title_chars
     max_description_bytes: int = SPEC_LIMITS.max_description_bytes

@@ -47,7 +47,7 @@ MULTIPROC_MAX_IN_FLIGHT = 256
 
 
 def load_or_create_key(store_path: str) -> str:
-    """The operator's checkpoint key as `auditlog.find_key` finds it (env
+    """The operator's audit key as `auditlog.find_key` finds it (env
     TASK_INGRESS_AUDIT_KEY, else the key file beside the store), else a new key file
     (created with mode 0600 and a warning)."""
     found = find_key(store_path)
@@ -102,6 +102,7 @@ class IngressRuntime:
             self._tempdir = tempfile.mkdtemp(prefix="task-ingress-")
             self.store_path = os.path.join(self._tempdir, "store.db")
             durable = False
+            audit_key = cfg.audit_key or secrets.token_hex(32)  # the chain is always keyed
         else:
             self.store_path = os.path.abspath(cfg.store_path)
             audit_key = cfg.audit_key or load_or_create_key(self.store_path)
