@@ -47,6 +47,13 @@ def held(rt: IngressRuntime) -> tuple[int, int, int]:
     return stats.channel_actors, stats.presence_entries, stats.peer_cards
 
 
+def settles_at(rt: IngressRuntime, expected: tuple[int, int, int], sweeps: int = 50) -> bool:
+    """Whether the counts reach `expected` within a bounded number of sweeps: on a
+    multiprocess base a reap (Retire -> Presence -> Retired -> stop) finishes after the sweep
+    that started it has answered, so the next sweep is the first to count it."""
+    return any(held(rt) == expected for _ in range(sweeps))
+
+
 # ---- the pure candidate rule ------------------------------------------------------------
 def test_candidates_are_live_unbusy_unasked_channels_without_a_greet_for_two_intervals(
 ) -> None:
@@ -94,12 +101,12 @@ def test_requests_greets_and_leaves_after_a_reap_behave_as_before_it(
     first = rt.submit(ctx("r-1"), CreateTask(title="t"))
     assert first.accepted
     clock.advance(EXPIRY)
-    assert held(rt) == (0, 0, 0)
+    assert settles_at(rt, (0, 0, 0))
     assert rt.submit(ctx("r-2"), CreateTask(title="t")).reason == Reason.PEER_NOT_FOUND
     rt.leave("ws", "ops", "peer-a")
     assert rt.submit(ctx("r-2"), CreateTask(title="t")).reason == Reason.PEER_NOT_FOUND
     rt.greet("ws", "ops", writer_card("peer-a"))
-    assert held(rt) == (1, 1, 1)
+    assert settles_at(rt, (1, 1, 1))
     replay = rt.submit(ctx("r-1"), CreateTask(title="t"))  # the store remembers, not the actor
     assert replay.replay and replay.task_id == first.task_id
     assert rt.submit(ctx("r-3"), CreateTask(title="t")).accepted
