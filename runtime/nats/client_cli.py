@@ -62,9 +62,12 @@ def keygen(
     except OSError as exc:
         raise _fail(f"--out {out}: cannot write it ({exc.strerror})") from None
     from task_ingress.runtime.nats.identity import b64url, raw_public_key
+    from task_ingress.runtime.nats.nkey import user_nkey
 
-    typer.echo(f"wrote {out}; public key {b64url(raw_public_key(key))} (for `trust add "
-               "--pubkey`, or give the operator this file's handle and that key)", err=True)
+    pub = raw_public_key(key)
+    typer.echo(f"wrote {out}; public key {b64url(pub)} (NATS user {user_nkey(pub)}): give "
+               "the operator the handle below and this key for `trust add --pubkey`",
+               err=True)
     typer.echo(who)
 
 

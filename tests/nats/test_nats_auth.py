@@ -225,6 +225,21 @@ def _load(path: str) -> tuple[Any, str]:
 
 def test_a_peer_not_in_the_trust_file_is_refused_at_once(start_own_daemon: Start) -> None:
     d = start_own_daemon()
+
+    async def attempt(**options: Any) -> str:
+        from nats.aio.client import Client
+
+        nc = Client()
+        try:
+            await nc.connect(d.info.nats_url, allow_reconnect=False, **options)
+            return "connected"
+        except Exception as exc:
+            return str(exc)
+        finally:
+            await nc.close()
+
+    for anonymous in ({}, {"token": "guess"}, {"user": "guest", "password": "guest"}):
+        assert "Authorization Violation" in asyncio.run(attempt(**anonymous))  # no guest user
     stranger = Identity.of(generate_key(), "stranger")
     # "does not admit" is the answer without waiting; a key the trust file lists would be
     # retried until the timeout and then "still refuses".
