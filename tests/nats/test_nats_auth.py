@@ -118,6 +118,15 @@ def test_the_trust_file_keeps_a_key_only_beside_the_handle_it_hashes_to(
     assert read_keys(path) == {_fp(alice): _pub(alice)}
 
 
+def test_the_daemons_own_key_enrolled_as_a_peer_keeps_its_own_user_only() -> None:
+    daemon_key = generate_key()
+    me = handle("task-ingress", daemon_key)
+    nkey = user_nkey(raw_public_key(daemon_key))
+    users = nkey_authorization(Served(WS, "task-ingress", me), daemon_nkey=nkey,
+                               operator_nkey=None, peers={me.split("@")[1]: nkey})["users"]
+    assert [u["nkey"] for u in users] == [nkey]  # nats-server refuses a user listed twice
+
+
 # ---- isolation -----------------------------------------------------------------------
 def test_a_peer_neither_reads_nor_spoofs_another_peers_traffic(start_own_daemon: Start
                                                                ) -> None:
