@@ -136,7 +136,7 @@ def status(conn: psycopg.Connection[Any]) -> list[ShardStatus]:
     rows = conn.execute(
         "SELECT shard, owner, epoch, expires_at > now() AND owner <> '', "
         "extract(epoch FROM now() - acquired_at), extract(epoch FROM now() - renewed_at), "
-        "extract(epoch FROM expires_at - now()), now() "
+        "CASE WHEN isfinite(expires_at) THEN extract(epoch FROM expires_at - now()) END, now() "
         "FROM shard_leases ORDER BY shard").fetchall()
     out = []
     for shard, owner, epoch, held, held_for, renewed_ago, expires_in, now in rows:

@@ -32,7 +32,8 @@ def test_two_owners_racing_for_a_shard_exactly_one_wins(database: str) -> None:
         barrier = threading.Barrier(2)
         won: dict[str, Lease | None] = {}
 
-        def race(owner: str, shard: int = shard, barrier: threading.Barrier = barrier) -> None:
+        def race(owner: str, shard: int = shard, barrier: threading.Barrier = barrier,
+                 won: dict[str, Lease | None] = won) -> None:
             with _connect(database) as conn:
                 barrier.wait()
                 won[owner] = pg_leases.acquire(conn, shard, owner, ttl=30, sent_at=0.0)
