@@ -106,4 +106,10 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
+        # postgres' last children may still be writing as the postmaster exits: retry.
+        for _ in range(50):
+            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.root.exists():
+                return
+            time.sleep(0.1)
+        shutil.rmtree(self.root)
