@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated
 
 import typer
@@ -30,21 +29,25 @@ def bench_command(
                          ] = None,
 ) -> None:
     """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable."""
-    os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from rich.console import Console
-    from task_ingress.actors.log import configure
     from task_ingress.bench.report import print_bench
     from task_ingress.bench.runner import SYSTEMS, run_bench, to_json
     from task_ingress.bench.workload import Workload
+    from task_ingress.runtime.cli_exit import UsageProblem
+    from task_ingress.runtime.preflight import check_writable
 
-    configure()
     out = Console(width=max(Console().width, 132))  # the side-by-side table is wide
     err = Console(stderr=True)
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
     unknown = [s for s in chosen if s not in SYSTEMS]
-    if unknown or not chosen or min(requests, threads, channels, peers) < 1:
-        err.print(f"[red]bench: bad options (unknown systems: {unknown})")
-        raise typer.Exit(2)
+    if unknown or not chosen:
+        raise UsageProblem(f"--systems {systems!r}: unknown system(s) "
+                           f"{', '.join(unknown) or '(none given)'}; give a comma list of "
+                           f"{', '.join(SYSTEMS)}")
+    if min(requests, threads, channels, peers) < 1:
+        raise UsageProblem("--requests, --threads, --channels and --peers must be at least 1")
+    if json_path:
+        check_writable(json_path, "--json")
     w = Workload(requests=requests, threads=threads, channels=channels, peers=peers, seed=seed)
     result = run_bench(w, chosen, budget, half_peak, ceiling_seconds,
                        on_phase=lambda what: err.print(f"[dim]bench: {what} ..."))

@@ -30,5 +30,8 @@ class AuditRecord(Message):
     run_id: str | None
     payload_size: int
     replay: bool = Field(default=False, description="An accepted request ID seen again.")
+    trust: str | None = Field(default=None, description=(
+        "How the identity was known: 'embedded', 'verified', 'unverified' or 'rejected' "
+        "(AGH RFC 004 section 3.2); None only in records written before the field existed."))
     prev_hash: str
     hash: str

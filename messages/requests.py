@@ -21,6 +21,9 @@ class IngressContext(Message):
     work_id: str = Field(default="", description="Optional work correlation ID.")
     trace_id: str = Field(default="", description="Optional trace ID.")
     causation_id: str = Field(default="", description="Optional causation ID.")
+    trust: str = Field(default="embedded", description=(
+        "How the peer's identity was known: 'embedded' (this API), or on the network "
+        "AGH RFC 004's 'verified', 'unverified' or 'rejected'."))
 
 
 class CreateTask(Message):

@@ -45,8 +45,10 @@ class ActorHost(Protocol):
         tests' barrier)."""
         ...
 
-    def sweep(self, now: float) -> None:
-        """The periodic timer tick (expired presence, by the injected clock)."""
+    def sweep(self, sweep: Sweep) -> None:
+        """A housekeeping sweep, stamped by the injected clock, for the router (expired
+        presence, idle channel actors); its `ChannelCount` answer comes back through
+        `listen` under `sweep.ticket`."""
         ...
 
     def listen(self) -> Any | None:
@@ -104,10 +106,10 @@ class InProcessHost:
         """Tell the query; the reply comes back through `listen`."""
         self.asys.tell(to, message)
 
-    def sweep(self, now: float) -> None:
-        """Pass the tick to the router."""
+    def sweep(self, sweep: Sweep) -> None:
+        """Pass the sweep to the router."""
         assert self.addresses is not None
-        self.asys.tell(self.addresses.router, Sweep(now=now))
+        self.asys.tell(self.addresses.router, sweep)
 
     def listen(self) -> Any | None:
         """`ActorSystem.listen` for one poll (which also fires the actors' timers)."""

@@ -12,7 +12,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from task_ingress.messages.limits import Limits
+from task_ingress.messages.limits import CardLimits, Limits
+from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
     AnyRequest,
@@ -24,6 +25,11 @@ from task_ingress.messages.requests import (
 )
 
 PEER_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+# AGH RFC 004 section 4.4: a verified handle, nickname@fingerprint (32 lowercase hex of sha256).
+HANDLE_RE = re.compile(r"[a-z0-9_-]{1,32}@[0-9a-f]{32}")
+# AGH's ValidateWorkspaceID (validate.go:118) plus SPEC 2: 1-128 chars, no '.', space, '*',
+# '>', '/', '\\' or control characters (C0, DEL, C1); any case (real IDs are uppercase ULIDs).
+WORKSPACE_RE = re.compile(r"[^. *>/\\\x00-\x1f\x7f-\x9f\u2028\u2029]{1,128}")
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CAPABILITY_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 MAX_ID_CHARS = 128
@@ -52,8 +58,13 @@ class StoredTask:
 
 
 def is_peer_id(value: str) -> bool:
-    """True when `value` (already trimmed) is a grammatical peer ID."""
-    return PEER_ID_RE.fullmatch(value) is not None
+    """True when `value` (already trimmed) is a peer ID: AGH v0 form or a verified handle."""
+    return PEER_ID_RE.fullmatch(value) is not None or HANDLE_RE.fullmatch(value) is not None
+
+
+def is_workspace(value: str) -> bool:
+    """True when `value` (already trimmed) is a grammatical workspace ID (SPEC 2)."""
+    return WORKSPACE_RE.fullmatch(value) is not None
 
 
 def is_channel(value: str) -> bool:
@@ -85,6 +96,7 @@ def normalize_context(ctx: IngressContext) -> IngressContext:
         work_id=ctx.work_id.strip(),
         trace_id=ctx.trace_id.strip(),
         causation_id=ctx.causation_id.strip(),
+        trust=ctx.trust,
     )
 
 
@@ -92,7 +104,7 @@ def check_context(ctx: IngressContext) -> Reason | None:
     """Rule 1: workspace, peer, channel and request ID present and grammatical."""
     ctx = normalize_context(ctx)
     ok = (
-        is_channel(ctx.workspace)
+        is_workspace(ctx.workspace)
         and is_peer_id(ctx.peer_id)
         and is_channel(ctx.channel)
         and is_request_id(ctx.request_id)
@@ -101,9 +113,41 @@ def check_context(ctx: IngressContext) -> Reason | None:
     return None if ok else Reason.INVALID_REQUEST
 
 
+def check_presence(workspace: str, channel: str, peer_id: str) -> Reason | None:
+    """Rule 1 for a greet or leave (trimmed identifiers): workspace, channel and peer ID
+    grammatical. A presence change has no request ID."""
+    ok = is_workspace(workspace) and is_channel(channel) and is_peer_id(peer_id)
+    return None if ok else Reason.INVALID_REQUEST
+
+
 def grants_write(capabilities: list[str], proof: str) -> bool:
     """Rule 4: the card claims `task.write` and backs it with a non-empty proof."""
     return TASK_WRITE in (c.strip() for c in capabilities) and proof.strip() != ""
+
+
+def is_capability(value: str) -> bool:
+    """True when `value` (already trimmed) is a lowercase dotted capability name (SPEC §2)."""
+    return CAPABILITY_RE.fullmatch(value) is not None
+
+
+def check_card(card: PeerCard, limits: CardLimits) -> Reason | None:
+    """What a greet may make the runtime hold: at most `max_capabilities` names, each a
+    grammatical capability (after trimming) of at most `max_capability_chars`; a display
+    name and a proof within their sizes (proof in UTF-8 bytes). Else `invalid_request`.
+
+    A card is held until its peer leaves or expires, so an unchecked one is memory a peer
+    can grow at will (one key once grew a daemon by 750 MB with 60 KB capability lists).
+    """
+    caps = card.capabilities
+    ok = (
+        len(caps) <= limits.max_capabilities
+        and all(len(c.strip()) <= limits.max_capability_chars and is_capability(c.strip())
+                for c in caps)
+        and len(card.display_name) <= limits.max_display_name_chars
+        and len(card.proof) <= limits.max_proof_bytes  # chars <= bytes: skips most encodes
+        and len(card.proof.encode()) <= limits.max_proof_bytes
+    )
+    return None if ok else Reason.INVALID_REQUEST
 
 
 def requested_channel(request: AnyRequest) -> str | None:

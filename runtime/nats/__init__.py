@@ -1,8 +1,11 @@
-"""The NATS transport: `task-ingress serve` speaking AGH's network protocol v0.
+"""The NATS transport: `task-ingress serve` as an AGH network peer (v0 and RFC 004 v1).
 
-Modules: envelope (AGH v0 JSON envelope + subjects + the compact msgpack form), signing
-(Ed25519 over canonical bytes), trust (the operator's trust file of peer keys), server
-(a local nats-server), daemon (the serve loop), settings, metrics, ready (the ready file),
-swarm_transport (a thread-safe client for the swarm), cli (the `serve` command).
+Modules: envelope (AGH's envelope rules, subjects, direct rooms), identity (RFC 004
+Baseline Trust Profile: handles, JCS proofs, trust states), policy (the operator's trust
+policy: which verified keys may be granted task.write), taskmap (task requests as `say`,
+answers as `receipt`), compact (the opt-in msgpack fast path, not AGH), handler (judges one
+message), daemon (the serve loop and its greets), client (the peer side, shared by the
+`request` command and the swarm), swarm_transport, server (a local nats-server), settings,
+metrics, ready (the ready file), cli and client_cli (the commands).
 Heavy imports (nats-py, prometheus-client) stay inside the modules that need them.
 """

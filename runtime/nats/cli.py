@@ -11,17 +11,33 @@ import typer
 
 def serve(
     nats_url: str | None = typer.Option(None, help=(
-        "NATS server URL; none: start a local nats-server on a free loopback port "
-        "with a generated token. Env: TASK_INGRESS_NATS_URL.")),
+        "NATS server URL (its operator decides who may publish and subscribe where: "
+        "docs/operating.md); none: start a local nats-server on a free loopback port. "
+        "Env: TASK_INGRESS_NATS_URL.")),
     nats_token: str | None = typer.Option(None, help=(
-        "Token for --nats-url. Env: TASK_INGRESS_NATS_TOKEN (preferred: not in ps).")),
+        "Token for --nats-url (none: the daemon connects as its key's nkey user). Env: "
+        "TASK_INGRESS_NATS_TOKEN (preferred: not in ps).")),
+    nats_auth: str | None = typer.Option(None, metavar="MODE", help=(
+        "The local server's authorization: nkey (default) = each peer enrolled with its "
+        "key (`trust add --pubkey`) is its own NATS user and reads only its own traffic; "
+        "token = one shared token in the ready file: peers are not isolated from each "
+        "other.")),
+    nats_connect_timeout: float | None = typer.Option(None, help=(
+        "Seconds to reach NATS at start before exiting 2 (default: 10).")),
+    trust_poll_interval: float | None = typer.Option(None, help=(
+        "Seconds between checks of the trust file for NATS users to add or remove "
+        "(default: 0.5).")),
     store: str | None = typer.Option(None, help="SQLite store path (default: task-ingress.db)."),
     workspace: str | None = typer.Option(None, help="Workspace served (default: default)."),
     channel: Annotated[list[str] | None, typer.Option("--channel", help=(
         "Channel to serve (repeatable); none: every channel of the workspace."))] = None,
     peer_id: str | None = typer.Option(None, help="The daemon's peer ID (default: task-ingress)."),
+    nickname: str | None = typer.Option(None, help=(
+        "Nickname of the daemon's verified handle (default: task-ingress).")),
+    key_file: str | None = typer.Option(None, help=(
+        "The daemon's Ed25519 key, created if missing (default: <store>.peer.key).")),
     trust_file: str | None = typer.Option(None, help=(
-        "Trust file of peer public keys (default: <store>.trust.json).")),
+        "Trust policy: verified handles allowed task.write (default: <store>.trust.json).")),
     metrics_port: int | None = typer.Option(None, help=(
         "Serve /metrics and /ready on this loopback port (default: 0 = off).")),
     ready_file: str | None = typer.Option(None, help="Write this JSON file once serving."),
@@ -34,26 +50,41 @@ def serve(
     peer_burst: float | None = typer.Option(None, help="Per-peer burst (default: 1000)."),
     max_in_flight_per_peer: int | None = typer.Option(None, help=(
         "Unanswered requests of one peer per channel (default: 16).")),
-    log_level: str | None = typer.Option(None, help=(
-        "JSON log level on stderr (default: env TASK_INGRESS_LOG_LEVEL, else warning; "
-        "info logs every outcome).")),
+    log_level: str | None = typer.Option(None, metavar="LEVEL", help=(
+        "Same as `task-ingress --log-level` (debug, info, warning, error; default warning: "
+        "every outcome is in the audit log; info logs each one).")),
+    log_format: str | None = typer.Option(None, metavar="FORMAT", help=(
+        "Same as `task-ingress --log-format` (json or console; default: console on a "
+        "terminal, json otherwise).")),
 ) -> None:
-    """Serve task ingress over NATS (AGH network v0) until SIGTERM/SIGINT; then drain, exit 0."""
+    """Serve task ingress over NATS (AGH network v0 and v1) until SIGTERM/SIGINT/SIGHUP;
+    then drain, exit 0."""
     import os
 
-    # Every outcome is in the audit log; one info line per request would flood a terminal.
-    if log_level:
-        os.environ["TASK_INGRESS_LOG_LEVEL"] = log_level
-    else:
-        os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from pydantic import ValidationError
+    from task_ingress.actors import log
+    from task_ingress.runtime.cli_exit import UsageProblem
     from task_ingress.runtime.nats.daemon import Daemon
     from task_ingress.runtime.nats.settings import ServeSettings
+    from task_ingress.runtime.preflight import check_actor_base, check_writable
+
+    for option, value, allowed, env in (("--log-level", log_level, log.LEVELS, log.LEVEL_ENV),
+                                        ("--log-format", log_format, log.FORMATS,
+                                         log.FORMAT_ENV)):
+        if value is not None:
+            if value.lower() not in allowed:
+                raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}",
+                                         param_hint=option)
+            os.environ[env] = value.lower()
+    log.configure()
 
     given: dict[str, Any] = {
-        "nats_url": nats_url, "nats_token": nats_token, "store": store,
+        "nats_url": nats_url, "nats_token": nats_token, "nats_auth": nats_auth,
+        "nats_connect_timeout": nats_connect_timeout,
+        "trust_poll_interval": trust_poll_interval, "store": store,
         "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
-        "trust_file": trust_file, "metrics_port": metrics_port, "ready_file": ready_file,
+        "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
+        "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
         "drain_timeout": drain_timeout, "peer_rate": peer_rate, "peer_burst": peer_burst,
         "max_in_flight_per_peer": max_in_flight_per_peer,
@@ -61,8 +92,15 @@ def serve(
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        typer.echo(f"invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from None
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())
+        raise UsageProblem(f"invalid settings: {problems}") from None
+    check_actor_base(settings.actor_base)
+    check_writable(settings.store, "--store")
+    check_writable(settings.trust_path, "--trust-file")
+    _check_key_file(settings.key_path)
+    if settings.ready_file:
+        check_writable(settings.ready_file, "--ready-file")
     typer.echo("task-ingress serve: settings " + json.dumps(settings.public(), sort_keys=True),
                err=True)
     status = Daemon(settings, install_signals=True,
@@ -70,3 +108,22 @@ def serve(
                                                      err=True)).run_sync()
     sys.stderr.flush()
     raise typer.Exit(status)
+
+
+def _check_key_file(path: str) -> None:
+    """The daemon's key: an existing file must be a readable Ed25519 key (it is only read),
+    a missing one must be creatable."""
+    import os
+
+    from task_ingress.runtime.cli_exit import UsageProblem
+    from task_ingress.runtime.nats.identity import load_key
+    from task_ingress.runtime.preflight import check_writable
+
+    if not os.path.exists(path):
+        check_writable(path, "--key-file")
+        return
+    try:
+        load_key(path)
+    except (OSError, ValueError) as exc:
+        raise UsageProblem(f"--key-file {path}: not a readable Ed25519 key ({exc}); give "
+                           "another path or remove it to have a new key made") from None

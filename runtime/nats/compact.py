@@ -1,8 +1,13 @@
-"""The compact (msgpack) task form: SPEC §7's envelope wrapped with a signed identity.
+"""The compact (msgpack) task form: this project's opt-in fast path, NOT an AGH envelope.
 
-Outer map: {"v": 1, "from": peer_id, "to": daemon_peer_id, "ts": unix_seconds,
-"env": <SPEC §7 envelope bytes>, "sig": <64-byte Ed25519 signature>}. Workspace and
-channel come from the subject and are covered by the signature (signing.py).
+Outer map: {"v": 2, "from": peer, "to": daemon peer, "ts": unix seconds,
+"env": <SPEC 7 envelope bytes>, "pubkey": <32 bytes> | nil, "sig": <64 bytes> | nil}.
+It travels only as a NATS request to the daemon's peer subject; the SPEC 7 msgpack reply
+goes only to the NATS reply subject (never onto an AGH subject). Trust states as RFC 004:
+a handle `from` whose fingerprint is sha256(pubkey) and whose signature verifies is
+verified; a plain `from` without pubkey/sig is unverified; anything else is rejected.
+Signed bytes: DOMAIN, the JCS form of {channel, from, pubkey (base64url), to, ts,
+workspace_id}, NUL, the `env` bytes (workspace and channel come from the subject).
 """
 
 from __future__ import annotations
@@ -10,22 +15,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgpack
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from task_ingress.runtime.nats.signing import compact_signing_bytes
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from task_ingress.runtime.nats.identity import (
+    Evaluation,
+    Trust,
+    b64url,
+    canonical,
+    fingerprint,
+    handle_fingerprint,
+    raw_public_key,
+)
 
-COMPACT_VERSION = 1
-_KEYS = frozenset({"v", "from", "to", "ts", "env", "sig"})
+COMPACT_VERSION = 2
+DOMAIN = b"task-ingress/compact/v2\x00"
+_KEYS = frozenset({"v", "from", "to", "ts", "env", "pubkey", "sig"})
+MAX_COMPACT_BYTES = 1024 * 1024
+"""Outer limit (the local server's max_payload): an oversized inner envelope still reaches
+the runtime's decoder, which judges it `validation_failed` exactly as in-process."""
 
 
 @dataclass(frozen=True)
 class Compact:
-    """A decoded compact envelope (signature not yet checked)."""
+    """A decoded compact envelope (trust not yet evaluated)."""
 
     sender: str
     to: str
     ts: int
     inner: bytes
-    signature: bytes
+    pubkey: bytes | None
+    signature: bytes | None
 
 
 class CompactError(Exception):
@@ -36,21 +58,25 @@ class CompactError(Exception):
         self.sender = sender
 
 
+def signing_bytes(*, workspace: str, channel: str, sender: str, to: str, ts: int,
+                  pubkey: bytes, inner: bytes) -> bytes:
+    """What a compact signature covers."""
+    head = canonical({"channel": channel, "from": sender, "pubkey": b64url(pubkey), "to": to,
+                      "ts": ts, "workspace_id": workspace})
+    return DOMAIN + head + b"\x00" + inner
+
+
 def encode_compact(inner: bytes, *, workspace: str, channel: str, sender: str, to: str,
-                   ts: int, key: Ed25519PrivateKey) -> bytes:
-    """Wrap SPEC §7 envelope bytes and sign them as `sender`."""
-    data = compact_signing_bytes(workspace=workspace, channel=channel, sender=sender, to=to,
-                                 ts=ts, inner=inner)
+                   ts: int, key: Ed25519PrivateKey | None) -> bytes:
+    """Wrap SPEC 7 envelope bytes; signed by `key` (sender must be its handle) or unsigned."""
+    pubkey = raw_public_key(key) if key is not None else None
+    sig = None
+    if key is not None and pubkey is not None:
+        sig = key.sign(signing_bytes(workspace=workspace, channel=channel, sender=sender,
+                                     to=to, ts=ts, pubkey=pubkey, inner=inner))
     return bytes(msgpack.packb(
         {"v": COMPACT_VERSION, "from": sender, "to": to, "ts": ts, "env": inner,
-         "sig": key.sign(data)},
-        use_bin_type=True,
-    ))
-
-
-MAX_COMPACT_BYTES = 1024 * 1024
-"""Outer limit (the local server's max_payload): an oversized inner envelope still reaches
-the runtime's decoder, which judges it `validation_failed` exactly as in-process."""
+         "pubkey": pubkey, "sig": sig}, use_bin_type=True))
 
 
 def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
@@ -66,11 +92,33 @@ def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
     if not isinstance(obj, dict):
         raise CompactError("not a map")
     sender = obj.get("from")
-    claimed = sender if isinstance(sender, str) else ""
+    claimed = sender.strip() if isinstance(sender, str) else ""
+    pubkey, sig = obj.get("pubkey"), obj.get("sig")
     if (set(obj) != _KEYS or obj.get("v") != COMPACT_VERSION or not isinstance(sender, str)
             or not isinstance(obj.get("to"), str) or type(obj.get("ts")) is not int
-            or not isinstance(obj.get("env"), bytes) or not isinstance(obj.get("sig"), bytes)
-            or len(obj["sig"]) != 64):
+            or not isinstance(obj.get("env"), bytes)
+            or not (pubkey is None or isinstance(pubkey, bytes))
+            or not (sig is None or isinstance(sig, bytes))):
         raise CompactError("malformed compact envelope", claimed)
-    return Compact(sender=sender.strip(), to=obj["to"].strip(), ts=obj["ts"],
-                   inner=obj["env"], signature=obj["sig"])
+    return Compact(sender=claimed, to=obj["to"].strip(), ts=obj["ts"], inner=obj["env"],
+                   pubkey=pubkey, signature=sig)
+
+
+def evaluate_compact(c: Compact, *, workspace: str, channel: str) -> Evaluation:
+    """Trust state of a compact envelope (the RFC 004 rules, over the compact bytes)."""
+    claimed_fp = handle_fingerprint(c.sender)
+    if c.pubkey is None and c.signature is None:
+        if claimed_fp is not None:
+            return Evaluation(Trust.REJECTED, "verified-format from without proof")
+        return Evaluation(Trust.UNVERIFIED, "no proof")
+    if c.pubkey is None or c.signature is None or len(c.pubkey) != 32:
+        return Evaluation(Trust.REJECTED, "incomplete proof")
+    if claimed_fp != fingerprint(c.pubkey):
+        return Evaluation(Trust.REJECTED, "from's fingerprint does not match the pubkey")
+    data = signing_bytes(workspace=workspace, channel=channel, sender=c.sender, to=c.to,
+                         ts=c.ts, pubkey=c.pubkey, inner=c.inner)
+    try:
+        Ed25519PublicKey.from_public_bytes(c.pubkey).verify(c.signature, data)
+    except (InvalidSignature, ValueError):
+        return Evaluation(Trust.REJECTED, "signature does not verify")
+    return Evaluation(Trust.VERIFIED, fingerprint=claimed_fp)

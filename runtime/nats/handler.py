@@ -1,91 +1,120 @@
-"""Judges one NATS message: greet -> presence, task envelope -> runtime, anything else -> audit.
+"""Judges one NATS message as an AGH peer would, then answers in AGH's vocabulary.
 
-Called from the daemon's event loop; never raises for bad bytes. What happens, by input:
+Called from the daemon's event loop; never raises for bad bytes. By input:
 
-- JSON greet, signed by `from`'s enrolled key: `rt.greet` with the card (proof = the
-  signature, so a `task.write` claim is granted). Unsigned, forged or malformed: not
-  applied, audited `invalid_request` (action `unknown`). A greet id already seen from that
-  peer within the replay window is dropped (no refresh; logged, counted, not audited).
-- JSON task envelope (`task.create|update|cancel|run.enqueue`) `to` the daemon, signed by
-  `from`: `await rt.asubmit`. Envelope id = request ID, so a replayed id gets the
-  runtime's durable idempotency (accepted: the first outcome again, audited as a replay;
-  rejected: judged afresh). Bad signature or body: audited `invalid_request`.
-- Compact msgpack: same identity rules; the inner SPEC §7 envelope goes to the runtime.
-- Other valid AGH kinds (say, whois, ...): not ours, ignored (counted). Anything else,
-  garbage included: audited `invalid_request`.
+- An envelope AGH's parser refuses (envelope.py), or bytes of no known form: audited
+  `invalid_request` (action `unknown`), no answer (AGH answers none either).
+- `greet`: presence. Trust (RFC 004): verified (v1 proof), unverified (no proof, and
+  every v0 envelope: RFC 003 section 5.4), rejected (bad proof, or a handle without one:
+  not applied). A verified card's `task.write` is granted only when the trust policy
+  allows the key's fingerprint; unverified cards never grant it. Greets are counted in
+  metrics by result and trust, never audited one by one. A greet id seen from that peer
+  within the replay window is not applied again. A greet sent as a NATS request gets a
+  `whois` response (the daemon's card; `ext` says whether the greet was applied) on the
+  reply subject only.
+- `whois` request for the daemon (addressed to it, or untargeted and matching its card):
+  a `whois` response with the daemon's card on the asker's peer subject.
+- `say` carrying our request ext key (taskmap.py): a task request. Rejected trust,
+  malformed fields: audited `invalid_request`. Otherwise judged by the runtime (a verified
+  peer whose key the policy no longer allows is `capability_denied` at once), and answered
+  with a `receipt`. Within the replay window a repeated id gets the recorded outcome again
+  (status `duplicate`): a captured refusal never becomes a write.
+- Anything else AGH knows (other says, capability, receipt, trace, our own greets):
+  counted, ignored.
+- The compact msgpack form (compact.py): the same trust and replay rules; the SPEC 7
+  msgpack reply goes to the NATS reply subject only.
 
-Replies go to the verified sender's peer subject and to the message's reply subject;
-rejections of unverified envelopes only to the reply subject (a forger must not make the
-daemon write onto its victim's subject).
+Receipts go to the sender's peer subject (unless its trust is `rejected`: a forger must
+not make the daemon write onto its victim's subject) and to the NATS reply subject, if any.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import ValidationError
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.messages.requests import REQUEST_BY_ACTION, AnyRequest, IngressContext
+from task_ingress.messages.requests import AnyRequest, IngressContext
+from task_ingress.runtime.errors import PresenceRefused
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.compact import CompactError, decode_compact
+from task_ingress.runtime.nats import taskmap
+from task_ingress.runtime.nats.compact import CompactError, decode_compact, evaluate_compact
+from task_ingress.runtime.nats.identity import PROFILE, Evaluation, Trust, evaluate, sign
 from task_ingress.runtime.nats.metrics import Metrics
+from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.replay import SeenWindow
-from task_ingress.runtime.nats.signing import (
-    b64url,
-    compact_signing_bytes,
-    proof_signature,
-    sign_envelope,
-    verify,
-    verify_envelope,
-)
-from task_ingress.runtime.nats.trust import TrustStore
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 MAX_PENDING_WORK = 1024
 """Greets and rejections waiting for a worker thread; beyond this they are shed (logged)."""
+MAX_CHANNELS_SEEN = 1024
+MAX_JUDGED = 100_000
+
+
+@dataclass
+class Applied:
+    """What the daemon last applied for one peer in one channel (for instant revocation)."""
+
+    granted: bool
+    fingerprint: str
+    at: float
 
 
 class EnvelopeHandler:
     """Everything between NATS bytes and the runtime for one daemon."""
 
-    def __init__(self, *, runtime: IngressRuntime, trust: TrustStore, key: Ed25519PrivateKey,
-                 peer_id: str, publish: Publish, metrics: Metrics,
-                 max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES, workers: int = 8,
+    def __init__(self, *, runtime: IngressRuntime, policy: TrustPolicy, key: Ed25519PrivateKey,
+                 peer_id: str, handle: str, publish: Publish, metrics: Metrics,
+                 greet_interval: float, max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES,
+                 workers: int = 8, on_channel: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
-        self.trust = trust
+        self.policy = policy
         self.key = key
         self.peer_id = peer_id
+        self.my_handle = handle
         self.publish = publish
         self.metrics = metrics
+        self.greet_interval = greet_interval
         self.max_bytes = max_envelope_bytes
+        self.on_channel = on_channel or (lambda protocol, channel: None)
+        self.clock = clock
         self.seen_greets = SeenWindow(clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
+        self._applied: OrderedDict[tuple[str, str, str], Applied] = OrderedDict()
+        self._judged: OrderedDict[tuple[str, str, str, str], tuple[float, asyncio.Future[
+            Outcome]]] = OrderedDict()
+        self.channels_seen: set[tuple[str, str]] = set()
         self.log = get_logger(component="nats.daemon")
 
     def close(self) -> None:
         """Stop the worker threads (after the daemon answered what was in flight)."""
         self.executor.shutdown(wait=True, cancel_futures=False)
 
+    def me(self, protocol: str) -> str:
+        """The daemon's own peer ID on this protocol: plain on v0, its handle on v1."""
+        return self.my_handle if protocol == wire.PROTOCOL_V1 else self.peer_id
+
     # ---- entry -------------------------------------------------------------------
     async def handle(self, subject: str, data: bytes, reply: str) -> None:
         """Judge one message and publish the answer(s); never raises for bad input."""
         started = time.perf_counter()
         where = wire.parse_subject(subject)
-        if where is None:  # our subscriptions only match v0 subjects; be defensive anyway
+        if where is None:  # our subscriptions only match AGH subjects; be defensive anyway
             self.log.warning("envelope.bad_subject", subject=gate.safe_field(subject))
             return
         try:
@@ -95,9 +124,10 @@ class EnvelopeHandler:
             elif form == "msgpack":
                 await self._handle_compact(where, data, reply, started)
             else:
-                outcome = await self._reject(where.workspace, where.channel, "", "",
-                                             Action.UNKNOWN, len(data), "unknown wire form")
-                await self._answer_json(where, None, outcome, reply, started)
+                self.metrics.malformed.inc()
+                await self._reject(where.workspace, where.channel, "", "", Action.UNKNOWN,
+                                   len(data), Reason.INVALID_REQUEST, Trust.UNVERIFIED,
+                                   "unknown wire form")
         except Exception as exc:  # a bug: log it, never kill the serve loop
             self.log.error("envelope.handler_failed", error=repr(exc), subject=subject)
 
@@ -105,59 +135,64 @@ class EnvelopeHandler:
     async def _handle_json(self, where: wire.Subject, data: bytes, reply: str,
                            started: float) -> None:
         try:
-            env = wire.parse_envelope(data, max_bytes=self.max_bytes)
+            env = wire.parse_envelope(data, max_bytes=self.max_bytes,
+                                      protocols=frozenset({where.protocol}))
+            if (env.workspace_id, env.channel) != (where.workspace, where.channel):
+                raise wire.EnvelopeError("workspace/channel differ from the subject",
+                                         kind=env.kind, id=env.id, sender=env.sender,
+                                         workspace=env.workspace_id, channel=env.channel)
         except wire.EnvelopeError as err:
-            action = _action(err.kind)
-            outcome = await self._reject(where.workspace, where.channel, err.sender, err.id,
-                                         action, len(data), err.detail)
-            await self._answer_json(where, None, outcome, reply, started)
+            self.metrics.malformed.inc()
+            await self._reject(where.workspace, where.channel, err.sender, err.id,
+                               Action.UNKNOWN, len(data), Reason.INVALID_REQUEST,
+                               Trust.UNVERIFIED, err.detail)
             return
-        if env.kind == wire.KIND_GREET:
-            await self._greet(where, env, reply)
-        elif env.kind in wire.TASK_KINDS:
-            await self._task_json(where, env, reply, started)
-        elif env.kind in wire.AGH_KINDS or env.kind in (wire.KIND_TASK_RESULT,
-                                                        wire.KIND_GREET_RESULT):
-            self.metrics.ignored.labels(env.kind).inc()
+        if env.sender in (self.peer_id, self.my_handle):
+            return  # our own greets echo back on the broadcast subject
+        self._note_channel(env.protocol, env.channel)
+        # RFC 003 section 5.4: v0 proofs are opaque, every v0 message is unverified.
+        judged = (evaluate(env.raw) if env.protocol == wire.PROTOCOL_V1
+                  else Evaluation(Trust.UNVERIFIED, "v0"))
+        self.metrics.trust.labels(env.kind, judged.trust.value).inc()
+        if env.kind == "greet":
+            await self._greet(env, judged, reply)
+        elif env.kind == "whois":
+            await self._whois(env, judged)
+        elif taskmap.is_task_say(env) and env.to == self.me(env.protocol):
+            await self._task_say(where, env, judged, reply, started)
         else:
-            outcome = await self._reject(env.workspace_id, env.channel, env.sender, env.id,
-                                         Action.UNKNOWN, env.size, "unknown kind")
-            await self._answer_json(where, None, outcome, reply, started)
+            self.metrics.ignored.labels(env.kind).inc()
 
-    def _mismatch(self, where: wire.Subject, env: wire.Envelope) -> str:
-        if (env.workspace_id, env.channel) != (where.workspace, where.channel):
-            return "workspace/channel differ from the subject"
-        return ""
+    def _note_channel(self, protocol: str, channel: str) -> None:
+        key = (protocol, channel)
+        if key not in self.channels_seen and len(self.channels_seen) < MAX_CHANNELS_SEEN:
+            self.channels_seen.add(key)
+            self.on_channel(protocol, channel)
 
-    def _signed_by_sender(self, env: wire.Envelope) -> bool:
-        key = self.trust.lookup(env.sender)
-        return key is not None and verify_envelope(env.raw, key)
-
-    async def _greet(self, where: wire.Subject, env: wire.Envelope, reply: str) -> None:
-        problem = self._mismatch(where, env)
-        card: wire.GreetCard | None = None
-        if not problem:
-            try:
-                card = wire.greet_card(env)
-            except wire.EnvelopeError as err:
-                problem = err.detail
-        if not problem and not self._signed_by_sender(env):
-            problem = "missing or invalid signature"
-        if problem or card is None:
-            self.metrics.greets.labels("rejected").inc()
-            await self._reject(env.workspace_id, env.channel, env.sender, env.id,
-                               Action.UNKNOWN, env.size, "greet: " + problem)
-            await self._answer_greet(env, reply, applied=False,
-                                     reason=Reason.INVALID_REQUEST.value)
+    # ---- presence ----------------------------------------------------------------
+    async def _greet(self, env: wire.Envelope, judged: Evaluation, reply: str) -> None:
+        if judged.trust is Trust.REJECTED:
+            self.metrics.greets.labels("rejected", judged.trust.value).inc()
+            self.log.warning("greet.rejected", peer_id=env.sender, channel=env.channel,
+                             trust=judged.trust.value, reason=judged.detail)
+            await self._answer_greet(env, reply, applied=False, why="rejected",
+                                     trust=judged.trust, task_write=False)
             return
-        if self.seen_greets.seen((env.sender, env.id)):
-            self.metrics.greets.labels("duplicate").inc()
-            self.log.info("greet.duplicate", peer_id=env.sender, id=gate.safe_field(env.id))
-            await self._answer_greet(env, reply, applied=False, reason="duplicate")
+        if self.seen_greets.seen((env.protocol, env.workspace_id, env.channel, env.sender,
+                                  env.id)):
+            self.metrics.greets.labels("duplicate", judged.trust.value).inc()
+            await self._answer_greet(env, reply, applied=False, why="duplicate",
+                                     trust=judged.trust, task_write=False)
             return
-        signature = proof_signature(env.proof)
-        peer = PeerCard(peer_id=card.peer_id, display_name=card.display_name,
-                        capabilities=card.capabilities, proof=b64url(signature or b""))
+        card = env.body["peer_card"]
+        capabilities = wire.card_capabilities(card)
+        claims = gate.TASK_WRITE in capabilities
+        granted = (claims and judged.trust is Trust.VERIFIED
+                   and self.policy.allows(judged.fingerprint))
+        name = card.get("display_name")
+        peer = PeerCard(peer_id=env.sender, capabilities=capabilities,
+                        display_name=name.strip() if isinstance(name, str) else "",
+                        proof=f"{PROFILE}:{judged.fingerprint}" if granted else "")
         key = (env.workspace_id, env.channel, env.sender)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         previous = self._greets.get(key)
@@ -166,21 +201,34 @@ class EnvelopeHandler:
             if previous is not None:  # greets of one peer apply in arrival order
                 await asyncio.shield(previous)
             await self._in_worker(self.rt.greet, env.workspace_id, env.channel, peer)
-            applied, reason = True, ""
-        except ValueError as exc:
-            applied, reason = False, Reason.INVALID_REQUEST.value
-            await self._reject(env.workspace_id, env.channel, env.sender, env.id,
-                               Action.UNKNOWN, env.size, f"greet: {exc}")
+            applied, why = True, ""
+            self._remember(key, Applied(granted, judged.fingerprint, self.clock()))
+        except PresenceRefused as exc:  # the runtime audited it already (action greet)
+            applied, why = False, exc.reason.value
         except Exception as exc:
-            applied, reason = False, Reason.TASK_INGRESS_UNAVAILABLE.value
+            applied, why = False, "failed"
             self.log.error("greet.failed", peer_id=env.sender, error=repr(exc))
         finally:
             done.set_result(None)
             if self._greets.get(key) is done:
                 del self._greets[key]
-        self.metrics.greets.labels("applied" if applied else "failed").inc()
-        await self._answer_greet(env, reply, applied=applied, reason=reason,
-                                 task_write=applied and gate.TASK_WRITE in card.capabilities)
+        self.metrics.greets.labels("applied" if applied else "failed",
+                                   judged.trust.value).inc()
+        self.log.info("greet.applied" if applied else "greet.not_applied",
+                      peer_id=env.sender, channel=env.channel, trust=judged.trust.value,
+                      task_write=granted, claims_task_write=claims)
+        await self._answer_greet(env, reply, applied=applied, why=why, trust=judged.trust,
+                                 task_write=applied and granted)
+
+    def _remember(self, key: tuple[str, str, str], applied: Applied) -> None:
+        self._applied[key] = applied
+        self._applied.move_to_end(key)
+        horizon = self.clock() - 2 * self.greet_interval
+        while self._applied:
+            oldest = next(iter(self._applied.values()))
+            if oldest.at > horizon and len(self._applied) <= MAX_JUDGED:
+                break
+            self._applied.popitem(last=False)
 
     async def _after_greets(self, workspace: str, channel: str, peer_id: str) -> None:
         # A write that arrives while its sender's greet is being applied waits for it.
@@ -188,33 +236,152 @@ class EnvelopeHandler:
         if pending is not None:
             await asyncio.shield(pending)
 
-    async def _task_json(self, where: wire.Subject, env: wire.Envelope, reply: str,
-                         started: float) -> None:
-        action = Action(env.kind)
-        problem = self._mismatch(where, env)
-        if not problem and env.to != self.peer_id:
-            problem = "task envelopes must be addressed to the daemon"
-        if not problem and not self._signed_by_sender(env):
-            problem = "missing or invalid signature"
-        verified = not problem  # from here on the sender is proven
-        request: AnyRequest | None = None
-        if verified:
-            try:
-                request = REQUEST_BY_ACTION[action].model_validate(env.body)
-            except (ValidationError, TypeError, ValueError, RecursionError):
-                problem = "body does not fit the request"
-        if request is None:
-            outcome = await self._reject(env.workspace_id, env.channel, env.sender, env.id,
-                                         action, env.size, problem)
-            await self._answer_json(where, env if verified else None, outcome, reply, started)
+    def card(self, protocol: str) -> dict[str, Any]:
+        """The daemon's peer card (AGH PeerCard, envelope.go:347) for this protocol."""
+        return {
+            "peer_id": self.me(protocol), "display_name": "task-ingress",
+            "profiles_supported": [wire.PROTOCOL_V0, wire.PROTOCOL_V1, PROFILE],
+            "capabilities": sorted(taskmap.ACTIONS),
+            "artifacts_supported": [],
+            "trust_modes_supported": [Trust.UNVERIFIED.value, Trust.VERIFIED.value],
+            "ext": {taskmap.EXT_CARD: {
+                "request_ext": taskmap.EXT_REQUEST, "result_ext": taskmap.EXT_RESULT,
+                "v0_peer_id": self.peer_id, "v1_handle": self.my_handle}},
+        }
+
+    def greet_envelope(self, protocol: str, workspace: str, channel: str) -> dict[str, Any]:
+        """The daemon's own greet (signed on v1), as AGH's PublishGreet builds one."""
+        env = wire.build_envelope(
+            kind="greet", protocol=protocol, workspace=workspace, channel=channel,
+            sender=self.me(protocol), body={
+                "peer_card": self.card(protocol),
+                "summary": "task ingress: say a task request to this peer; "
+                           "the answer is a receipt"})
+        return sign(env, self.key) if protocol == wire.PROTOCOL_V1 else env
+
+    async def _answer_greet(self, env: wire.Envelope, reply: str, *, applied: bool, why: str,
+                            trust: Trust, task_write: bool) -> None:
+        if not reply:  # AGH greets expect no answer; only request/reply callers get one
             return
-        ctx = IngressContext(
-            workspace=env.workspace_id, peer_id=env.sender, channel=env.channel,
-            request_id=env.id, work_id=env.work_id or "", trace_id=env.trace_id or "",
-            causation_id=env.causation_id or "",
-        )
-        outcome = await self._submit(ctx, request)
-        await self._answer_json(where, env, outcome, reply, started)
+        answer = self._whois_response(env, ext={taskmap.EXT_CARD + ".presence": {
+            "applied": applied, "reason": why or None, "task_write": task_write,
+            "trust": trust.value}})
+        await self.publish_envelope(reply, answer)
+
+    # ---- whois -------------------------------------------------------------------
+    async def _whois(self, env: wire.Envelope, judged: Evaluation) -> None:
+        if env.body.get("type", "").strip() != "request" or judged.trust is Trust.REJECTED:
+            self.metrics.ignored.labels("whois").inc()
+            return
+        me = self.me(env.protocol)
+        query = env.body.get("query")
+        query = query.strip() if isinstance(query, str) else ""
+        card = self.card(env.protocol)
+        matches = env.to == me or (env.to is None and (not query or query in (
+            me, card["display_name"], *card["capabilities"], *card["profiles_supported"],
+            *card["trust_modes_supported"])))  # peer.go:842
+        if not matches:
+            self.metrics.ignored.labels("whois").inc()
+            return
+        self.metrics.whois.inc()
+        answer = self._whois_response(env)
+        await self.publish_envelope(
+            wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol), answer)
+
+    def _whois_response(self, env: wire.Envelope,
+                        ext: dict[str, Any] | None = None) -> dict[str, Any]:
+        # buildWhoisResponseEnvelope (router.go:818): to the asker, reply_to its id.
+        obj = wire.build_envelope(
+            kind="whois", protocol=env.protocol, workspace=env.workspace_id,
+            channel=env.channel, sender=self.me(env.protocol), to=env.sender,
+            reply_to=env.id, causation_id=env.id, trace_id=env.trace_id,
+            body={"type": "response", "peer_card": self.card(env.protocol)}, ext=ext)
+        return sign(obj, self.key) if env.protocol == wire.PROTOCOL_V1 else obj
+
+    # ---- task requests -----------------------------------------------------------
+    async def _task_say(self, where: wire.Subject, env: wire.Envelope, judged: Evaluation,
+                        reply: str, started: float) -> None:
+        said = taskmap.read_task_say(env, self.me(env.protocol))
+        ctx = IngressContext(workspace=env.workspace_id, peer_id=env.sender,
+                             channel=env.channel, request_id=env.id,
+                             work_id=env.work_id or "", trace_id=env.trace_id or "",
+                             causation_id=env.causation_id or "", trust=judged.trust.value)
+        outcome, duplicate = await self._judge(ctx, said.action, said.request, env.size,
+                                               judged, said.problem)
+        receipt = taskmap.build_receipt(
+            protocol=env.protocol, workspace=env.workspace_id, channel=env.channel,
+            daemon=self.me(env.protocol), to=env.sender, for_id=env.id, work_id=env.work_id,
+            trace_id=env.trace_id, outcome=outcome, trust=judged.trust.value,
+            duplicate=duplicate)
+        if env.protocol == wire.PROTOCOL_V1:
+            receipt = sign(receipt, self.key)
+        if judged.trust is not Trust.REJECTED:
+            await self.publish_envelope(
+                wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol),
+                receipt)
+        if reply:
+            await self.publish_envelope(reply, receipt)
+        self._observe(outcome, judged.trust, started)
+
+    async def _judge(self, ctx: IngressContext, action: Action, request: AnyRequest | None,
+                     size: int, judged: Evaluation, problem: str) -> tuple[Outcome, bool]:
+        """The outcome of one request and whether it repeats a judged id (replay window)."""
+        if judged.trust is Trust.REJECTED:
+            return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id,
+                                      action, size, Reason.INVALID_REQUEST, judged.trust,
+                                      judged.detail), False
+        key = (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id)
+        earlier = self._judged_future(key)
+        if earlier is not None:
+            first = await asyncio.shield(earlier)
+            if first.accepted and request is not None:
+                return await self._submit(ctx, request), True  # the runtime replays it
+            return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
+                                      ctx.request_id, action, size,
+                                      first.reason or Reason.INVALID_REQUEST, judged.trust,
+                                      "repeated id"), True
+        mine: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._judged[key] = (self.clock() + wire.MAX_REPLAY_AGE, mine)
+        try:
+            if request is None:
+                outcome = await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
+                                             ctx.request_id, action, size,
+                                             Reason.INVALID_REQUEST, judged.trust, problem)
+            elif self._revoked(ctx, judged):
+                outcome = await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
+                                             ctx.request_id, action, size,
+                                             Reason.CAPABILITY_DENIED, judged.trust,
+                                             "key no longer allowed by the trust policy")
+            else:
+                outcome = await self._submit(ctx, request)
+        except BaseException:
+            self._judged.pop(key, None)
+            mine.cancel()
+            raise
+        mine.set_result(outcome)
+        return outcome, False
+
+    def _judged_future(self, key: tuple[str, str, str, str]) -> asyncio.Future[Outcome] | None:
+        now = self.clock()
+        while self._judged:
+            deadline, _ = next(iter(self._judged.values()))
+            if deadline > now and len(self._judged) <= MAX_JUDGED:
+                break
+            self._judged.popitem(last=False)
+        entry = self._judged.get(key)
+        return entry[1] if entry is not None else None
+
+    def _revoked(self, ctx: IngressContext, judged: Evaluation) -> bool:
+        """A verified peer whose card was granted task.write while the policy allowed its
+        key, visible by the daemon's own record, and whose key the policy now refuses."""
+        if judged.trust is not Trust.VERIFIED:
+            return False
+        applied = self._applied.get((ctx.workspace, ctx.channel, ctx.peer_id))
+        if applied is None or not applied.granted:
+            return False
+        if self.clock() - applied.at >= 2 * self.greet_interval:
+            return False  # expired: let the runtime say peer_not_found
+        return not self.policy.allows(judged.fingerprint)
 
     async def _submit(self, ctx: IngressContext, request: AnyRequest) -> Outcome:
         await self._after_greets(ctx.workspace, ctx.channel, ctx.peer_id)
@@ -236,42 +403,40 @@ class EnvelopeHandler:
             compact = decode_compact(data)
         except CompactError as err:
             outcome = await self._reject(where.workspace, where.channel, err.sender, "",
-                                         Action.UNKNOWN, len(data), f"compact: {err}")
-            await self._answer_compact(where, "", outcome, reply, started)
+                                         Action.UNKNOWN, len(data), Reason.INVALID_REQUEST,
+                                         Trust.UNVERIFIED, f"compact: {err}")
+            await self._answer_compact(reply, outcome, Trust.UNVERIFIED, started)
             return
         decoded = decode_envelope(compact.inner, self.max_bytes)
-        problem = ""
-        if compact.to != self.peer_id:
-            problem = "compact: not addressed to the daemon"
-        elif abs(time.time() - compact.ts) > wire.MAX_REPLAY_AGE:
-            problem = "compact: ts outside the replay window"
-        else:
-            key = self.trust.lookup(compact.sender)
-            signed = compact_signing_bytes(
-                workspace=where.workspace, channel=where.channel, sender=compact.sender,
-                to=compact.to, ts=compact.ts, inner=compact.inner)
-            if key is None or not verify(key, compact.signature, signed):
-                problem = "compact: missing or invalid signature"
-        if problem:
+        judged = evaluate_compact(compact, workspace=where.workspace, channel=where.channel)
+        if judged.trust is not Trust.REJECTED:
+            if compact.to not in (self.peer_id, self.my_handle):
+                judged = Evaluation(Trust.REJECTED, "compact: not addressed to the daemon")
+            elif abs(time.time() - compact.ts) > wire.MAX_REPLAY_AGE:
+                judged = Evaluation(Trust.REJECTED, "compact: ts outside the replay window")
+        self.metrics.trust.labels("compact", judged.trust.value).inc()
+        if decoded.request is None and judged.trust is not Trust.REJECTED:
+            # Judged as the runtime's own wire path would (deliver): same reason and size.
             outcome = await self._reject(where.workspace, where.channel, compact.sender,
-                                         decoded.request_id, decoded.action, len(data), problem)
-            await self._answer_compact(where, "", outcome, reply, started)
-            return
-        if decoded.request is None:
-            # The runtime's own wire path audits it with the right reason and size.
-            raw = await self._in_worker(self.rt.deliver, compact.inner,
-                                        workspace=where.workspace, channel=where.channel,
-                                        peer_id=compact.sender)
-            await self._publish_reply(where, compact.sender, raw, reply)
-            self.metrics.observe_request(decoded.action.value, False, decoded.rejection,
-                                         time.perf_counter() - started)
+                                         decoded.request_id, decoded.action, decoded.size,
+                                         decoded.rejection or Reason.INVALID_REQUEST,
+                                         judged.trust, "compact: unreadable request")
+            await self._answer_compact(reply, outcome, judged.trust, started)
             return
         ctx = IngressContext(workspace=where.workspace, peer_id=compact.sender,
-                             channel=where.channel, request_id=decoded.request_id)
-        outcome = await self._submit(ctx, decoded.request)
-        await self._answer_compact(where, compact.sender, outcome, reply, started)
+                             channel=where.channel, request_id=decoded.request_id,
+                             trust=judged.trust.value)
+        outcome, _ = await self._judge(ctx, decoded.action, decoded.request, len(data),
+                                       judged, judged.detail)
+        await self._answer_compact(reply, outcome, judged.trust, started)
 
-    # ---- rejections and replies --------------------------------------------------
+    async def _answer_compact(self, reply: str, outcome: Outcome, trust: Trust,
+                              started: float) -> None:
+        if reply:  # compact replies never go onto AGH subjects
+            await self.publish(reply, encode_reply(outcome))
+        self._observe(outcome, trust, started)
+
+    # ---- rejections and publishing -----------------------------------------------
     async def _in_worker(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._pending_work >= MAX_PENDING_WORK:
             raise OverflowError("presence/rejection workers saturated")
@@ -285,70 +450,38 @@ class EnvelopeHandler:
             self.metrics.pending_presence.dec()
 
     async def _reject(self, workspace: str, channel: str, peer_id: str, request_id: str,
-                      action: Action, size: int, detail: str) -> Outcome:
-        """Audit a rejection the transport decided (SPEC §6: every bad input is audited)."""
+                      action: Action, size: int, reason: Reason, trust: Trust,
+                      detail: str) -> Outcome:
+        """Audit a rejection the transport decided (SPEC 6: every bad input is audited)."""
         self.log.info("envelope.rejected", workspace=gate.safe_field(workspace),
                       channel=gate.safe_field(channel), peer_id=gate.safe_field(peer_id),
                       request_id=gate.safe_field(request_id), action=action.value,
+                      outcome="rejected", reason=reason.value, trust=trust.value,
                       detail=detail)
         ctx = IngressContext(workspace=workspace, peer_id=peer_id, channel=channel,
-                             request_id=request_id)
+                             request_id=request_id, trust=trust.value)
         try:
-            outcome: Outcome = await self._in_worker(self.rt.reject, ctx, action,
-                                                     Reason.INVALID_REQUEST, size)
+            outcome: Outcome = await self._in_worker(self.rt.reject, ctx, action, reason, size)
             return outcome
         except Exception as exc:
             self.log.error("envelope.reject_failed", error=repr(exc))
             return Outcome.rejected(gate.safe_field(request_id), action,
                                     Reason.TASK_INGRESS_UNAVAILABLE)
 
-    async def _answer_json(self, where: wire.Subject, env: wire.Envelope | None,
-                           outcome: Outcome, reply: str, started: float) -> None:
-        body = {
-            "request_id": outcome.request_id, "action": outcome.action.value,
-            "accepted": outcome.accepted,
-            "reason": outcome.reason.value if outcome.reason else None,
-            "task_id": outcome.task_id, "run_id": outcome.run_id, "replay": outcome.replay,
-        }
-        to = env.sender if env is not None else None
-        message = wire.build_envelope(
-            kind=wire.KIND_TASK_RESULT, workspace=where.workspace, channel=where.channel,
-            sender=self.peer_id, body=body, to=to,
-            reply_to=(env.id if env is not None else None) or (outcome.request_id or None),
-            trace_id=env.trace_id if env is not None else None,
-            causation_id=env.id if env is not None else None,
-        )
-        raw = wire.encode_json(sign_envelope(message, self.key))
-        await self._publish_reply(where, to or "", raw, reply)
-        self.metrics.observe_request(outcome.action.value, outcome.accepted,
-                                     outcome.reason.value if outcome.reason else None,
-                                     time.perf_counter() - started)
-
-    async def _answer_compact(self, where: wire.Subject, sender: str, outcome: Outcome,
-                              reply: str, started: float) -> None:
-        await self._publish_reply(where, sender, encode_reply(outcome), reply)
-        self.metrics.observe_request(outcome.action.value, outcome.accepted,
-                                     outcome.reason.value if outcome.reason else None,
-                                     time.perf_counter() - started)
-
-    async def _answer_greet(self, env: wire.Envelope, reply: str, *, applied: bool,
-                            reason: str, task_write: bool = False) -> None:
-        if not reply:  # AGH greets expect no answer; only request/reply callers get one
+    async def publish_envelope(self, subject: str, obj: dict[str, Any]) -> None:
+        """Publish an envelope only if AGH's rules accept it (as router.go:867 does)."""
+        data = wire.encode_json(obj)
+        try:
+            wire.validate_object(obj, size=len(data), protocols=frozenset({obj["protocol"]}))
+            if len(data) > wire.AGH_MAX_ENVELOPE_BYTES:
+                raise wire.EnvelopeError("larger than AGH's 1 MiB")
+        except wire.EnvelopeError as err:
+            self.metrics.unsendable.inc()
+            self.log.error("envelope.unsendable", kind=obj.get("kind"), detail=err.detail)
             return
-        message = wire.build_envelope(
-            kind=wire.KIND_GREET_RESULT, workspace=env.workspace_id, channel=env.channel,
-            sender=self.peer_id, to=env.sender, reply_to=env.id, causation_id=env.id,
-            body={"applied": applied, "reason": reason or None, "task_write": task_write},
-        )
-        await self.publish(reply, wire.encode_json(sign_envelope(message, self.key)))
+        await self.publish(subject, data)
 
-    async def _publish_reply(self, where: wire.Subject, sender: str, raw: bytes,
-                             reply: str) -> None:
-        if sender and gate.is_peer_id(sender):
-            await self.publish(wire.peer_subject(where.workspace, where.channel, sender), raw)
-        if reply:
-            await self.publish(reply, raw)
-
-
-def _action(kind: str) -> Action:
-    return Action(kind) if kind in wire.TASK_KINDS else Action.UNKNOWN
+    def _observe(self, outcome: Outcome, trust: Trust, started: float) -> None:
+        self.metrics.observe_request(outcome.action.value, outcome.accepted,
+                                     outcome.reason.value if outcome.reason else None,
+                                     trust.value, time.perf_counter() - started)

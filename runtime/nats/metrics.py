@@ -38,9 +38,27 @@ class Metrics:
         self.latency = Histogram(
             "task_ingress_request_seconds", "Arrival to reply published, per action.",
             ["action"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.by_trust = Counter(
+            "task_ingress_requests_by_trust", "Task requests answered, by the sender's "
+            "RFC 004 trust state and outcome.", ["trust", "outcome"], registry=self.registry)
         self.greets = Counter(
-            "task_ingress_greets", "Greets received, by result.", ["result"],
+            "task_ingress_greets", "Greets received (never audited one by one), by result "
+            "(applied, duplicate, rejected, failed) and trust state.", ["result", "trust"],
             registry=self.registry)
+        self.trust = Counter(
+            "task_ingress_envelopes", "Envelopes that passed AGH's rules, by kind (or "
+            "'compact') and RFC 004 trust state.", ["kind", "trust"], registry=self.registry)
+        self.malformed = Counter(
+            "task_ingress_malformed_envelopes", "Messages AGH's parser would refuse "
+            "(audited invalid_request).", registry=self.registry)
+        self.whois = Counter(
+            "task_ingress_whois_answered", "whois requests the daemon answered.",
+            registry=self.registry)
+        self.own_greets = Counter(
+            "task_ingress_own_greets", "Greets the daemon published.", registry=self.registry)
+        self.unsendable = Counter(
+            "task_ingress_unsendable_envelopes", "Envelopes the daemon built but AGH's rules "
+            "refused, so never published (a bug if non-zero).", registry=self.registry)
         self.ignored = Counter(
             "task_ingress_ignored_envelopes", "Valid AGH envelopes not for task ingress.",
             ["kind"], registry=self.registry)
@@ -72,11 +90,12 @@ class Metrics:
         self.is_ready = ready
         self.ready.set(1 if ready else 0)
 
-    def observe_request(self, action: str, accepted: bool, reason: str | None,
+    def observe_request(self, action: str, accepted: bool, reason: str | None, trust: str,
                         seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(action, "accepted" if accepted else "rejected",
-                             reason or "").inc()
+        outcome = "accepted" if accepted else "rejected"
+        self.requests.labels(action, outcome, reason or "").inc()
+        self.by_trust.labels(trust, outcome).inc()
         self.latency.labels(action).observe(seconds)
 
     def exposition(self) -> bytes:

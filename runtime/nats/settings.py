@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -21,13 +22,27 @@ class ServeSettings(BaseSettings):
         "NATS server to use; none: start a local nats-server on a free loopback port."))
     nats_token: SecretStr | None = Field(default=None, description=(
         "Token for --nats-url (user:password may also sit in the URL)."))
+    nats_auth: Literal["nkey", "token"] = Field(default="nkey", description=(
+        "The local server's authorization: nkey = one NATS user per enrolled peer (its "
+        "key), isolated from each other; token = one shared token, peers are not isolated "
+        "from each other. Not used with --nats-url (that server's operator decides)."))
+    nats_connect_timeout: float = Field(default=10.0, gt=0, description=(
+        "Seconds to connect to NATS at start before giving up (exit 2)."))
+    trust_poll_interval: float = Field(default=0.5, gt=0, description=(
+        "Seconds between checks of the trust file for NATS users to add or remove (local "
+        "server, nkey mode)."))
     store: str = Field(default="task-ingress.db", description="SQLite store path.")
     workspace: str = Field(default="default", description="Workspace served.")
     channels: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
         "Channels served (comma-separated in env); empty: all, via a subject wildcard."))
-    peer_id: str = Field(default="task-ingress", description="The daemon's own peer ID.")
+    peer_id: str = Field(default="task-ingress", description=(
+        "The daemon's own AGH v0 peer ID."))
+    nickname: str = Field(default="task-ingress", description=(
+        "Nickname of the daemon's verified handle (nickname@fingerprint) on v1."))
+    key_file: str | None = Field(default=None, description=(
+        "The daemon's Ed25519 key (created 0600 if missing); default <store>.peer.key."))
     trust_file: str | None = Field(default=None, description=(
-        "Trust file of peer public keys; default <store>.trust.json."))
+        "Trust policy: handles allowed task.write; default <store>.trust.json."))
     metrics_port: int = Field(default=0, ge=0, le=65535, description=(
         "Loopback port for /metrics and /ready; 0: off."))
     ready_file: str | None = Field(default=None, description="Ready file written once serving.")
@@ -52,14 +67,21 @@ class ServeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_names(self) -> ServeSettings:
-        if not gate.is_channel(self.workspace):
+        if not gate.is_workspace(self.workspace):
             raise ValueError(f"malformed workspace {self.workspace!r}")
         for channel in self.channels:
             if not gate.is_channel(channel):
                 raise ValueError(f"malformed channel {channel!r}")
-        if not gate.is_peer_id(self.peer_id):
-            raise ValueError(f"malformed peer id {self.peer_id!r}")
+        if gate.PEER_ID_RE.fullmatch(self.peer_id) is None:
+            raise ValueError(f"malformed AGH v0 peer id {self.peer_id!r}")
+        if re.fullmatch(r"[a-z0-9_-]{1,32}", self.nickname) is None:
+            raise ValueError(f"malformed nickname {self.nickname!r}")
         return self
+
+    @property
+    def key_path(self) -> str:
+        """The daemon's key file actually used."""
+        return os.path.abspath(self.key_file or self.store + ".peer.key")
 
     @property
     def trust_path(self) -> str:

@@ -1,46 +1,53 @@
 """NatsSwarmTransport: the swarm's simulated peers talking to a daemon over NATS.
 
-Thread-safe: one asyncio loop runs in a background thread; callers hand it coroutines with
-`run_coroutine_threadsafe`. Each simulated peer gets its own Ed25519 key, enrolled in the
-daemon's trust file (from the ready file) before its first message.
+It uses the same client code as `task-ingress request` (client.py). Each simulated peer is
+a verified AGH peer: the transport gives it an Ed25519 key and the handle
+`<swarm peer id>@<fingerprint>` (`peer_name`, which the swarm runner uses to name its
+peers), and allows that handle in the daemon's trust policy (from the ready file) before
+its first message. Plain peer IDs (the swarm's ghost peers) travel unsigned: unverified.
+On a daemon's own server with per-peer users the transport's one NATS connection is a peer
+of its own (`swarm@<fingerprint>`, enrolled with its key like the simulated peers, whose
+keys are enrolled too), so it connects once the daemon has reloaded its server.
 
-- `greet` sends a signed AGH greet on the broadcast subject as a NATS request and returns
-  once the daemon answered that it applied it; the transport then re-greets the peer every
-  half `greet_interval` (AGH heartbeats) until `leave`.
+- `greet` sends a signed AGH v1 greet on the broadcast subject as a NATS request and
+  returns once the daemon answered that it applied it; the transport then re-greets the
+  peer every half `greet_interval` (AGH heartbeats) until `leave`.
 - `leave` just stops greeting (AGH has no leave message) and returns once the re-greets
   already sent were applied: the peer expires on the daemon at most 2 x greet_interval
   after `leave` returns, not at once (`leave_revokes = False`).
-- `deliver` wraps the SPEC §7 msgpack envelope in the signed compact form, sends it to the
-  daemon's peer subject as a NATS request and returns the SPEC §7 msgpack reply.
+- `deliver` wraps the SPEC 7 msgpack envelope in the compact form (compact.py; the opt-in
+  fast path, not AGH), signed by the peer's key, and returns the SPEC 7 msgpack reply.
 - A card that claims `task.write` with an empty proof is greeted without `task.write`:
   over the wire the proof is the signature, and such a card grants nothing in-process.
+
+Thread-safe: one asyncio loop runs in a background thread (client.LoopThread).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.compact import encode_compact
-from task_ingress.runtime.nats.ready import read_ready_file
-from task_ingress.runtime.nats.signing import generate_key, public_key_text, sign_envelope
-from task_ingress.runtime.nats.trust import enroll
+from task_ingress.runtime.nats.client import (
+    PRESENCE_EXT,
+    ClientError,
+    DaemonAddress,
+    Identity,
+    LoopThread,
+    PeerClient,
+    connect,
+)
+from task_ingress.runtime.nats.identity import generate_key, raw_public_key
+from task_ingress.runtime.nats.policy import allow
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -56,43 +63,36 @@ class NatsSwarmTransport:
     def __init__(self, *, ready_file: str | None = None, nats_url: str | None = None,
                  workspace: str = "default", trust_file: str | None = None,
                  token: str | None = None, daemon_peer_id: str | None = None,
-                 greet_interval: float | None = None,
+                 daemon_handle: str | None = None, greet_interval: float | None = None,
                  request_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.request_timeout = request_timeout
-        self._store = ""
         if ready_file:
-            info = read_ready_file(ready_file)
-            url = nats_url or info.nats_url
-            token = token or info.credentials.get("token")
-            trust_file = trust_file or info.trust_file
-            daemon_peer_id = daemon_peer_id or info.daemon_peer_id
-            greet_interval = greet_interval or info.greet_interval
-            self._store = info.store
-            workspace = info.workspace  # the only workspace the daemon serves
-        elif nats_url:
-            # A daemon elsewhere: its trust file must be shared (or peers enrolled out of
+            address = DaemonAddress.from_ready_file(ready_file)
+            if nats_url:
+                address = DaemonAddress(**{**address.__dict__, "nats_url": nats_url})
+        elif nats_url and daemon_handle:
+            # A daemon elsewhere: its trust policy must be shared (or peers allowed out of
             # band), the token comes from the URL or TASK_INGRESS_NATS_TOKEN.
-            url = nats_url
-            token = token or os.environ.get("TASK_INGRESS_NATS_TOKEN") or None
-            trust_file = trust_file or os.environ.get("TASK_INGRESS_TRUST_FILE") or None
+            address = DaemonAddress(
+                nats_url=nats_url, token=token, workspace=workspace,
+                peer_id=daemon_peer_id or "task-ingress", handle=daemon_handle,
+                trust_file=trust_file, greet_interval=float(greet_interval or 30.0))
         else:
-            raise ValueError("NatsSwarmTransport needs ready_file or nats_url")
-        self.nats_url = url
-        self.workspace = workspace
-        self.trust_file = trust_file
-        self.daemon_peer_id = daemon_peer_id or "task-ingress"
-        self.greet_interval = float(greet_interval or 30.0)
-        self._token = token
-        self._keys: dict[str, Ed25519PrivateKey] = {}
+            raise ValueError("NatsSwarmTransport needs ready_file, or nats_url and "
+                             "daemon_handle")
+        self.address = address
+        self.nats_url = address.nats_url
+        self.workspace = address.workspace  # the only workspace the daemon serves
+        self.trust_file = trust_file or address.trust_file
+        self.daemon_peer_id = address.peer_id
+        self.greet_interval = float(greet_interval or address.greet_interval)
+        self._identities: dict[str, Identity] = {}
         self._keys_lock = threading.Lock()
         self._greeted: dict[tuple[str, str, str], tuple[PeerCard, float]] = {}
         self._greeted_lock = threading.Lock()
         self._heartbeats: dict[tuple[str, str, str], set[asyncio.Task[None]]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="nats-swarm-transport", daemon=True)
-        self._thread.start()
-        self._nc: Any = None
+        self._loop = LoopThread("nats-swarm-transport")
+        self._client: PeerClient | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         try:
             self._call(self._connect(), timeout=15.0)
@@ -102,67 +102,65 @@ class NatsSwarmTransport:
 
     # ---- loop plumbing -----------------------------------------------------------
     def _call(self, coro: Any, timeout: float) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise TimeoutError("no answer from the daemon in time") from None
+        return self._loop.call(coro, timeout)
 
     async def _connect(self) -> None:
-        import nats  # heavy import: only when this transport is used
-
-        log = get_logger(component="nats.swarm_transport")
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py prints a traceback per reconnect attempt without this.
-            log.debug("nats.error", error=repr(exc))
-
-        options: dict[str, Any] = {"servers": [self.nats_url], "name": "task-ingress-swarm",
-                                   "max_reconnect_attempts": 10, "error_cb": on_error}
-        if self._token and not urlsplit(self.nats_url).username:
-            options["token"] = self._token
-        self._nc = await nats.connect(**options)
+        me = None
+        if self.address.nats_auth == "nkey":
+            me = Identity.of(generate_key(), "swarm")
+            if self.trust_file:
+                allow(self.trust_file, [me.handle], [raw_public_key(me.key)])
+        nc = await connect(self.address, "task-ingress-swarm", me=me)
+        self._client = PeerClient(nc, self.address, timeout=self.request_timeout)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
 
+    @property
+    def client(self) -> PeerClient:
+        """The connected peer client."""
+        assert self._client is not None, "not connected"
+        return self._client
+
     # ---- identities --------------------------------------------------------------
-    def _key_for(self, peer_id: str) -> Ed25519PrivateKey:
+    def peer_name(self, peer_id: str) -> str:
+        """The verified handle the swarm's peer `peer_id` uses over NATS (allowed in the
+        daemon's trust policy); the swarm names its peers with it."""
+        return self._identity(peer_id).handle
+
+    def _identity(self, name: str) -> Identity:
         with self._keys_lock:
-            key = self._keys.get(peer_id)
-            if key is None:
-                key = generate_key()
-                if self.trust_file and gate.is_peer_id(peer_id):
-                    enroll(self.trust_file, {peer_id: public_key_text(key)})
-                self._keys[peer_id] = key
-            return key
+            known = self._identities.get(name)
+            if known is not None:
+                return known
+            nickname = name.split("@", 1)[0]
+            me = Identity.of(generate_key(), nickname)
+            if self.trust_file:
+                allow(self.trust_file, [me.handle], [raw_public_key(me.key)])
+            self._identities[name] = me
+            self._identities[me.handle] = me
+            return me
+
+    def _known(self, peer_id: str) -> Identity | None:
+        with self._keys_lock:
+            return self._identities.get(peer_id)
 
     # ---- presence ----------------------------------------------------------------
     def _greet_bytes(self, workspace: str, channel: str, card: PeerCard) -> bytes:
         capabilities = list(card.capabilities)
         if not card.proof:
             capabilities = [c for c in capabilities if c.strip() != gate.TASK_WRITE]
-        peer_card: dict[str, Any] = {
-            "peer_id": card.peer_id, "profiles_supported": [wire.PROTOCOL],
-            "capabilities": capabilities, "artifacts_supported": [],
-            "trust_modes_supported": ["ed25519"],
-        }
-        if card.display_name:
-            peer_card["display_name"] = card.display_name
-        env = wire.build_envelope(kind=wire.KIND_GREET, workspace=workspace, channel=channel,
-                                  sender=card.peer_id, body={"peer_card": peer_card})
-        return wire.encode_json(sign_envelope(env, self._key_for(card.peer_id)))
+        me = self._known(card.peer_id) or self._identity(card.peer_id)
+        return self.client.greet_envelope(me, workspace, channel, capabilities,
+                                          card.display_name)
 
     def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
         """Signed greet; returns once the daemon applied it, then heartbeats until leave."""
         data = self._greet_bytes(workspace, channel, card)
         key = (workspace, channel, card.peer_id)
-        msg = self._call(self._greet(key, card, data), self.request_timeout + 1)
-        answer = json.loads(msg.data)
-        body = answer.get("body", {}) if isinstance(answer, dict) else {}
-        if not body.get("applied"):
+        verdict = self._call(self._greet(key, card, data), self.request_timeout + 1)
+        if not verdict.get("applied"):
             with self._greeted_lock:
                 self._greeted.pop(key, None)
-            raise RuntimeError(f"daemon refused greet of {card.peer_id!r}: {body!r}")
+            raise RuntimeError(f"daemon refused greet of {card.peer_id!r}: {verdict!r}")
 
     async def _greet(self, key: tuple[str, str, str], card: PeerCard, data: bytes) -> Any:
         # From now on heartbeats carry the new card; a heartbeat with the old card that is
@@ -171,7 +169,7 @@ class NatsSwarmTransport:
             self._greeted[key] = (card, time.monotonic())
         await self._settle_heartbeats(key)
         try:
-            return await self._request(wire.broadcast_subject(key[0], key[1]), data)
+            return await self._greet_request(key[0], key[1], data)
         except BaseException:
             with self._greeted_lock:
                 self._greeted.pop(key, None)
@@ -215,55 +213,56 @@ class NatsSwarmTransport:
         ws, ch, _peer = key
         # Request/reply, so that `leave` can wait until a re-greet was applied.
         with contextlib.suppress(Exception):  # a lost heartbeat is retried next period
-            await self._request(wire.broadcast_subject(ws, ch), self._greet_bytes(ws, ch, card))
+            await self._greet_request(ws, ch, self._greet_bytes(ws, ch, card))
 
     # ---- requests ----------------------------------------------------------------
-    async def _request(self, subject: str, data: bytes) -> Any:
-        return await self._nc.request(subject, data, timeout=self.request_timeout)
+    async def _greet_request(self, workspace: str, channel: str, data: bytes) -> Any:
+        subject = wire.broadcast_subject(workspace, channel, wire.PROTOCOL_V1)
+        answer = await self.client._ask(subject, data)
+        ext = answer.get("ext")
+        verdict = ext.get(PRESENCE_EXT) if isinstance(ext, dict) else None
+        if not isinstance(verdict, dict):
+            raise ClientError("the daemon's greet answer carries no presence verdict")
+        return verdict
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
-        """Send SPEC §7 envelope bytes as `peer_id` (signed compact form); the msgpack reply."""
-        data = encode_compact(bytes(envelope), workspace=workspace, channel=channel,
-                              sender=peer_id, to=self.daemon_peer_id, ts=int(time.time()),
-                              key=self._key_for(peer_id))
+        """Send SPEC 7 envelope bytes as `peer_id` (compact form, signed when the peer is
+        one of ours); the msgpack reply."""
+        me = self._known(peer_id)
         try:
-            subject = wire.peer_subject(workspace, channel, self.daemon_peer_id)
-            msg = self._call(self._request(subject, data), self.request_timeout + 1)
+            coro = self.client.deliver_compact(bytes(envelope), workspace=workspace,
+                                               channel=channel,
+                                               peer_id=me.handle if me else peer_id,
+                                               me=me, ts=int(time.time()))
+            return bytes(self._call(coro, self.request_timeout + 1))
         except Exception:  # no responder, timeout, malformed subject: nothing was judged
             decoded = decode_envelope(bytes(envelope))
             return encode_reply(Outcome.rejected(gate.safe_field(decoded.request_id),
                                                  decoded.action, Reason.TASK_INGRESS_UNAVAILABLE))
-        return bytes(msg.data)
 
     def store_path(self) -> str:
         """The daemon's store (from the ready file; '' when driving a remote daemon)."""
-        return self._store
+        return self.address.store
 
     def close(self) -> None:
         """Stop heartbeats, close the connection and the loop thread; idempotent."""
-        if not self._thread.is_alive():
+        if not self._loop.thread.is_alive():
             return
 
         async def _close() -> None:
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
             in_flight = [t for tasks in self._heartbeats.values() for t in tasks]
             if self._heartbeat is not None:
                 in_flight.append(self._heartbeat)
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
-            if self._nc is not None:
-                try:
-                    await asyncio.wait_for(self._nc.close(), 5)
-                except Exception:  # closing a broken connection: nothing left to do
-                    return
+            if self._client is not None:
+                with contextlib.suppress(Exception):  # a broken connection: nothing to do
+                    await asyncio.wait_for(self._client.nc.close(), 5)
 
         with contextlib.suppress(Exception):  # close must not raise; the loop still stops
-            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+            self._loop.call(_close(), 10)
+        self._loop.stop()
 
     def __enter__(self) -> NatsSwarmTransport:
         return self

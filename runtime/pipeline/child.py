@@ -26,7 +26,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from task_ingress.actors.log import get_logger
-from task_ingress.messages.protocol import PresenceChange, QueryFailed, Settings, Submission
+from task_ingress.messages.protocol import (
+    PresenceChange,
+    QueryFailed,
+    Settings,
+    Submission,
+    Sweep,
+)
 from task_ingress.runtime.host import InProcessHost
 from task_ingress.runtime.pipeline import wire
 from task_ingress.runtime.topology import Addresses
@@ -127,7 +133,7 @@ class PipelineServer:
                 if kind == "A":
                     self._ask(item[1], item[2])
                 elif kind == "S":
-                    self.host.sweep(item[1])
+                    self._sweep(item[1], item[2])
                 elif kind == "X":
                     stop = True
         self._submit(batch)
@@ -137,6 +143,12 @@ class PipelineServer:
         if batch:
             self.host.submit_batch(batch)
             batch.clear()
+
+    def _sweep(self, now: float, ticket: int) -> None:
+        """A sweep for the router; its `ChannelCount` answers `ticket` (awaited like a
+        query's reply)."""
+        self.outstanding.add(ticket)
+        self.host.sweep(Sweep(now=now, ticket=ticket))
 
     def _ask(self, role: str, message: Any) -> None:
         target = getattr(self.addresses, role, None) if role in wire.ROLES else None

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from task_ingress.actors.log import get_logger
-from task_ingress.messages.protocol import Settings
+from task_ingress.messages.protocol import Settings, Sweep
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.host import SIMPLE_POLL, Stamped
 from task_ingress.runtime.pipeline import wire
@@ -90,9 +90,9 @@ class PipelineHost:
                                 for m, now, preset in batch]))
         self._send(items)
 
-    def sweep(self, now: float) -> None:
-        """The timer tick."""
-        self._send([("S", now)])
+    def sweep(self, sweep: Sweep) -> None:
+        """A housekeeping sweep (its `ChannelCount` comes back as any other reply)."""
+        self._send([("S", sweep.now, sweep.ticket)])
 
     def listen(self) -> Any | None:
         """The next reply, reading one frame (waiting at most a short poll) when none is

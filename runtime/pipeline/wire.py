@@ -8,7 +8,8 @@ pydantic model and loading it again costs ~50 us per request; this ~10). Rare me
 Embedding -> pipeline:
 - `("B", [submission or presence item, ...])`: one batch for the router, in order;
 - `("A", role, message)`: a query for the actor playing `role` (see `ROLES`);
-- `("S", now)`: the timer tick; `("X",)`: stop.
+- `("S", now, ticket)`: a housekeeping sweep (answered by a `ChannelCount` under
+  `ticket`); `("X",)`: stop.
 Pipeline -> embedding:
 - `("R", [(ticket, outcome tuple), ...])`: one group commit's answers;
 - `("P", ticket)`: an actor failed on that ticket's message (Thespian's PoisonMessage);
@@ -18,6 +19,7 @@ Pipeline -> embedding:
 
 from __future__ import annotations
 
+import operator
 import pickle
 from typing import Any
 
@@ -36,6 +38,7 @@ ROLES = ("router", "presence", "capability", "audit", "store", "store_proxy")
 """The actors a query can name across the pipe (the `Addresses` fields)."""
 
 CONTEXT_FIELDS = tuple(IngressContext.model_fields)
+_context_values = operator.attrgetter(*CONTEXT_FIELDS)  # every field, whatever it gains
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 Item = tuple[Any, ...]
@@ -60,9 +63,7 @@ def encode_stamped(msg: Submission | PresenceChange, now: float, preset: Reason 
         return ("p", msg.model_copy(update={"now": now}))
     ctx = msg.context
     request = msg.request
-    return ("s", msg.ticket,
-            (ctx.workspace, ctx.peer_id, ctx.channel, ctx.request_id, ctx.work_id,
-             ctx.trace_id, ctx.causation_id),
+    return ("s", msg.ticket, _context_values(ctx),
             msg.action.value, None if request is None else request.model_dump(),
             msg.payload_size, now, None if preset is None else preset.value)
 

@@ -1,41 +1,46 @@
-"""`task-ingress swarm`: the typer command (SPEC §9). Heavy imports happen inside it."""
+"""`task-ingress swarm`: the typer command (SPEC §9). Heavy imports happen inside it.
+
+Exit status: 0 every invariant held and the run did something; 1 an invariant broke, or
+the run proves nothing (no request sent, every greet failed); 2 could not start (bad
+options, unwritable paths, no daemon); 130 interrupted (the report is still written).
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
+from task_ingress.runtime.cli_exit import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    UsageProblem,
+)
+from task_ingress.runtime.preflight import check_actor_base, check_store_writable, check_writable
+from task_ingress.runtime.swarm.config import SwarmConfig
 
-EXIT_INVARIANT = 1
-"""An invariant broke."""
-EXIT_SETUP = 2
+EXIT_INVARIANT = EXIT_FAILED
+"""An invariant broke, or the run sent nothing."""
+EXIT_SETUP = EXIT_USAGE
 """The swarm could not start (bad options, transport unavailable)."""
+REPORTS_DIR = "reports"
+"""Default folder of the JSON report and the plot (git-ignored in this repository)."""
 
 
-class SwarmSetupError(Exception):
+class SwarmSetupError(UsageProblem):
     """The swarm cannot start: say why in one line (not: an invariant failed)."""
 
 
-def _nats_factory(cfg: object, workdir: str) -> tuple[object, str | None]:
-    from task_ingress.runtime.swarm.config import SwarmConfig
-
-    assert isinstance(cfg, SwarmConfig)
+def _nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
     try:
         from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
     except ImportError as exc:
         raise SwarmSetupError(
-            f"--transport nats needs runtime.nats.swarm_transport, which is not available "
-            f"({exc}); run the default in-process swarm instead") from exc
+            f"--transport nats needs task_ingress.runtime.nats.swarm_transport, which is "
+            f"not available ({exc}); run the default in-process swarm instead") from exc
     workspace = "default"
     if cfg.daemon:
-        from task_ingress.runtime.nats.ready import read_ready_file
-
-        try:
-            workspace = read_ready_file(cfg.daemon).workspace
-        except (OSError, ValueError) as exc:
-            raise SwarmSetupError(f"cannot read the daemon's ready file {cfg.daemon}: "
-                                  f"{exc}") from exc
+        workspace = _live_daemon(cfg.daemon)
     if not cfg.daemon and not cfg.nats_url:
         raise SwarmSetupError("--transport nats needs --daemon READY_FILE or --nats-url URL")
     try:
@@ -48,6 +53,22 @@ def _nats_factory(cfg: object, workdir: str) -> tuple[object, str | None]:
         raise SwarmSetupError("the NATS transport does not know the daemon's store file "
                               "(give --daemon READY_FILE): the invariants need it")
     return transport, None
+
+
+def _live_daemon(ready_file: str) -> str:
+    """The workspace the daemon of `ready_file` serves; SwarmSetupError when the file cannot
+    be read or its daemon is not running (a stale file: no point waiting for answers)."""
+    from task_ingress.runtime.nats.ready import read_live_ready_file
+
+    try:
+        return read_live_ready_file(ready_file).workspace
+    except FileNotFoundError:
+        raise SwarmSetupError(f"--daemon {ready_file}: no such ready file; start the daemon "
+                              f"with `task-ingress serve --ready-file {ready_file}`") from None
+    except (OSError, ValueError) as exc:
+        raise SwarmSetupError(str(exc) if type(exc).__name__ == "DaemonNotRunning" else
+                              f"cannot read the daemon's ready file {ready_file}: "
+                              f"{exc}") from None
 
 
 def swarm_command(
@@ -65,12 +86,14 @@ def swarm_command(
                                              "requests.")] = 0.1,
     actor_base: Annotated[str, typer.Option("--actor-base", help="Thespian system base "
                                             "(in-process).")] = "simpleSystemBase",
-    store: Annotated[str | None, typer.Option(help="SQLite store file (default: a durable "
-                                              "temp file, removed afterwards).")] = None,
+    store: Annotated[str | None, typer.Option(help="SQLite store file, kept (default: a "
+                                              "durable temp file, removed afterwards).")
+                     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the workload mix.")] = 1,
     json_path: Annotated[str, typer.Option("--json", help="JSON report path ('' = none).")
-                         ] = "swarm-report.json",
-    plot: Annotated[str, typer.Option(help="PNG plot path ('' = none).")] = "swarm-report.png",
+                         ] = f"{REPORTS_DIR}/swarm-report.json",
+    plot: Annotated[str, typer.Option(help="PNG plot path ('' = none).")
+                    ] = f"{REPORTS_DIR}/swarm-report.png",
     transport: Annotated[str, typer.Option(help="inproc or nats.")] = "inproc",
     nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS server of a "
                                                  "running daemon.")] = None,
@@ -84,18 +107,16 @@ def swarm_command(
 ) -> None:
     """Run a simulated peer swarm, show live progress, print a report, check invariants.
 
-    Exit 0 only when every invariant held (1: an invariant broke, 2: could not start).
+    Exit 0 only when every invariant held and requests were answered; 1 an invariant
+    broke or the run sent nothing; 2 could not start; 130 interrupted (report still
+    written).
     """
-    os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
     from rich.console import Console
     from rich.live import Live
-    from task_ingress.actors.log import configure
     from task_ingress.runtime.swarm import report
-    from task_ingress.runtime.swarm.config import SwarmConfig
     from task_ingress.runtime.swarm.runner import make_inproc, run_swarm
     from task_ingress.runtime.swarm.stats import Snapshot
 
-    configure()
     out = Console()
     err = Console(stderr=True)
     if daemon:
@@ -109,8 +130,8 @@ def swarm_command(
             daemon=daemon, greet_interval=greet_interval, progress=progress,
         )
     except ValueError as exc:
-        err.print(f"[red]swarm: {exc}")
-        raise typer.Exit(EXIT_SETUP) from exc
+        raise SwarmSetupError(str(exc)) from None
+    _preflight(cfg)
     factory = _nats_factory if cfg.transport == "nats" else make_inproc
     live = Live(console=err, refresh_per_second=4, transient=False) if progress else None
 
@@ -118,26 +139,57 @@ def swarm_command(
         if live is not None:
             live.update(report.live_view(snap, cfg.requests))
 
+    if live is not None:
+        live.start()
     try:
+        result = run_swarm(cfg, factory, tick)  # type: ignore[arg-type]
+    finally:
         if live is not None:
-            live.start()
-        try:
-            result = run_swarm(cfg, factory, tick)  # type: ignore[arg-type]
-        finally:
-            if live is not None:
-                live.stop()
-    except SwarmSetupError as exc:
-        err.print(f"[red]swarm: {exc}")
-        raise typer.Exit(EXIT_SETUP) from exc
+            live.stop()
     report.print_summary(result, out)
     if cfg.json_path:
         report.write_json(result, cfg.json_path)
-        out.print(f"JSON report: {cfg.json_path}")
+        out.print(f"JSON report: {cfg.json_path}", highlight=False)
     if cfg.plot_path:
         report.write_plot(result, cfg.plot_path)
-        out.print(f"plot: {cfg.plot_path}")
+        out.print(f"plot: {cfg.plot_path}", highlight=False)
+    # soft_wrap: a long path stays whole, so it can be copied.
+    out.print(_where_the_store_went(cfg, result.store_path), highlight=False, soft_wrap=True)
+    if result.interrupted:
+        err.print(f"[red]swarm: interrupted after {result.stats.requests:,} of "
+                  f"{cfg.requests:,} requests[/red] (the report covers what was sent)",
+                  highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.run_problems:
+        err.print(f"[red]swarm: FAILED: {'; '.join(result.run_problems)}", highlight=False)
+        raise typer.Exit(EXIT_INVARIANT)
     if not result.ok:
         broken = ", ".join(c.name for c in result.checks if not c.ok)
-        err.print(f"[red]swarm: invariant(s) broken: {broken}")
+        err.print(f"[red]swarm: invariant(s) broken: {broken}", highlight=False)
         raise typer.Exit(EXIT_INVARIANT)
     out.print("[green]every invariant held")
+
+
+def _preflight(cfg: SwarmConfig) -> None:
+    """Everything that can be refused before anything starts or is written."""
+    if cfg.transport == "inproc":
+        check_actor_base(cfg.actor_base)
+        if cfg.store:
+            check_store_writable(cfg.store)
+    elif cfg.daemon:
+        _live_daemon(cfg.daemon)
+    for option, path in (("--json", cfg.json_path), ("--plot", cfg.plot_path),
+                         ("--ack-log", cfg.ack_log)):
+        if path:
+            check_writable(path, option, create_dir=True)
+
+
+def _where_the_store_went(cfg: SwarmConfig, store_path: str) -> str:
+    if cfg.transport == "nats":
+        return (f"store: the daemon's, {store_path}; check it with\n"
+                f"  task-ingress audit verify --store {store_path}")
+    if cfg.store:
+        return (f"store kept: {cfg.store}; check it with\n"
+                f"  task-ingress audit verify --store {cfg.store}")
+    return ("temp store removed; to keep it, pass --store FILE and check it afterwards with\n"
+            "  task-ingress audit verify --store FILE")

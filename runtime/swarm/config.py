@@ -43,16 +43,16 @@ class SwarmConfig:
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.duration <= 0:
-            raise ValueError("requests must be >= 1 and duration > 0")
+            raise ValueError("--requests must be at least 1 and --duration positive")
         if self.peers < 1 or self.channels < 1 or self.workspaces < 1:
-            raise ValueError("peers, channels and workspaces must be >= 1")
+            raise ValueError("--peers, --channels and --workspaces must be at least 1")
         if self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+            raise ValueError("--concurrency must be at least 1")
         if not 0.0 <= self.churn <= 1.0 or not 0.0 <= self.bad_share <= 1.0:
-            raise ValueError("churn and bad-share are fractions in 0..1")
+            raise ValueError("--churn and --bad-share are fractions in 0..1")
         if not 0.0 <= self.capless_share < 1.0:
-            raise ValueError("capless-share is a fraction in 0..1 (exclusive)")
+            raise ValueError("capless_share is a fraction in 0..1 (1 excluded)")
         if self.transport not in ("inproc", "nats"):
-            raise ValueError("transport is 'inproc' or 'nats'")
+            raise ValueError(f"--transport is inproc or nats, not {self.transport!r}")
         if self.greet_interval <= 0:
-            raise ValueError("greet-interval must be positive")
+            raise ValueError("--greet-interval must be positive")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
-from task_ingress.runtime.swarm.runner import SwarmResult
+from task_ingress.runtime.swarm.runner import ALL_BAD_KINDS, SwarmResult
 from task_ingress.runtime.swarm.stats import Snapshot
 
 
@@ -47,76 +48,132 @@ def to_json(result: SwarmResult) -> dict[str, Any]:
             "transport": result.transport, "greet_interval": result.greet_interval,
             "store": cfg.store,
         },
+        "unsent_bad_kinds": dict(result.unsent_notes),
+        "run_problems": result.run_problems,
+        "interrupted": result.interrupted,
         "ok": result.ok,
     }
 
 
+def _parent(path: str) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+
+
 def write_json(result: SwarmResult, path: str) -> None:
-    """Write the JSON report."""
+    """Write the JSON report (its folder is created if missing)."""
+    _parent(path)
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(to_json(result), fh, indent=2)
         fh.write("\n")
 
 
+LIVE_BAR = 12
+"""Columns of the live progress bar: the figures come first and the whole display fits
+80 columns."""
+
+
 def live_view(snap: Snapshot, total: int) -> Group:
-    """The live progress display: a bar and one line of figures."""
+    """The live progress display, two lines that fit 80 columns: the figures (time, sent,
+    rate, latency, errors), then a short bar and the outcome counts."""
     from rich.progress_bar import ProgressBar
+    from rich.table import Table
     from rich.text import Text
 
-    line = Text.assemble(
-        (f"{snap.elapsed:5.1f}s ", "bold"), f"{snap.requests:,}/{total:,} sent  ",
-        (f"{snap.rate:,.0f} req/s  ", "cyan"),
-        f"p50 {snap.p50_ms:.1f} ms  p99 {snap.p99_ms:.1f} ms  ",
-        (f"accepted {snap.accepted:,}  ", "green"), (f"rejected {snap.rejected:,}  ", "yellow"),
-        (f"errors {snap.errors:,}  ", "red" if snap.errors else ""),
-        f"greets {snap.greets:,} leaves {snap.leaves:,}",
+    figures = Text.assemble(
+        (f"{snap.elapsed:5.1f}s", "bold"), f"  {snap.requests:,}/{total:,}",
+        (f"  {snap.rate:,.0f} req/s", "cyan"),
+        f"  p50 {_ms(snap.p50_ms)}  p99 {_ms(snap.p99_ms)}",
+        (f"  {snap.errors:,} errors", "red" if snap.errors else ""),
     )
-    return Group(ProgressBar(total=max(total, 1), completed=min(snap.requests, total),
-                             width=60), line)
+    counts = Text.assemble(
+        (f" accepted {snap.accepted:,}", "green"), (f"  rejected {snap.rejected:,}", "yellow"),
+        f"  greets {snap.greets:,}  leaves {snap.leaves:,}",
+    )
+    row = Table.grid()
+    row.add_column(width=LIVE_BAR)
+    row.add_column()
+    row.add_row(ProgressBar(total=max(total, 1), completed=min(snap.requests, total),
+                            width=LIVE_BAR), counts)
+    return Group(figures, row)
+
+
+def _ms(value: float) -> str:
+    """A latency, short: one decimal below 100 ms."""
+    return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def _figures(result: SwarmResult) -> Table:
+    s = result.stats
+    cfg = result.config
+    ws = "workspace" if cfg.workspaces == 1 else "workspaces"
+    table = Table(title=f"swarm: {s.requests:,} requests in {result.elapsed:.1f} s",
+                  show_header=False, title_justify="left")
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right")
+    q = s.percentile_ms
+    rows = [
+        ("peers", f"{cfg.peers} in {cfg.channels} channels, {cfg.workspaces} {ws}"),
+        ("workers", f"{result.workers}"),
+        ("runtime", f"{result.transport}, {cfg.actor_base}"),
+        ("accepted / rejected", f"{s.accepted:,} / {s.rejected:,}"),
+        ("no reply (errors)", f"{s.errors:,}"),
+        ("throughput", f"{result.throughput:,.0f} req/s"),
+        ("latency p50 / p90 / p99", f"{q(50):.2f} / {q(90):.2f} / {q(99):.2f} ms"),
+        ("latency p99.9 / max", f"{q(99.9):.2f} / {s.max_ms():.2f} ms"),
+        ("greets / leaves / failed", f"{s.greets:,} / {s.leaves:,} / {s.presence_errors:,}"),
+        ("RSS start -> end", f"{result.rss_start_mb:.0f} -> {result.rss_end_mb:.0f} MB"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _reasons(result: SwarmResult) -> Table:
+    s = result.stats
+    table = Table(title="outcomes", title_justify="left")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("count", justify="right")
+    table.add_row("[green]accepted", f"{s.accepted:,}")
+    for reason, count in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"[yellow]{reason}", f"{count:,}")
+    return table
+
+
+def _bad(result: SwarmResult) -> Table:
+    s = result.stats
+    table = Table(title="deliberately bad requests", title_justify="left")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("sent", justify="right")
+    table.add_column("refused", justify="right")
+    table.add_column("note")
+    for kind in ALL_BAD_KINDS:
+        sent = s.bad_sent[kind]
+        note = result.unsent_notes.get(kind, "")
+        if sent and s.bad_as_expected[kind] != sent:
+            note = "some got another reason than expected"
+        table.add_row(kind, f"{sent:,}", f"{s.bad_as_expected[kind]:,}", note)
+    return table
+
+
+def _invariants(result: SwarmResult) -> Table:
+    table = Table(title="invariants", title_justify="left")
+    table.add_column("held", no_wrap=True)
+    table.add_column("invariant and detail")
+    for c in result.checks:
+        text = f"[bold]{c.name}[/bold]\n{c.detail}"
+        if not c.ok:
+            text += "".join(f"\n- {e}" for e in c.examples)
+        table.add_row("[green]yes" if c.ok else "[red]NO", text)
+    return table
 
 
 def summary(result: SwarmResult) -> Group:
-    """The end-of-run tables: figures, outcomes by reason, bad requests, invariants."""
-    s = result.stats
-    cfg = result.config
-    head = Table(title=(f"swarm: {cfg.peers} peers, {cfg.channels} channels, "
-                        f"{cfg.workspaces} workspace(s), {result.workers} workers, "
-                        f"{result.transport}/{cfg.actor_base}"))
-    head.add_column("figure")
-    head.add_column("value", justify="right")
-    rows = [
-        ("requests", f"{s.requests:,}"), ("accepted", f"{s.accepted:,}"),
-        ("rejected", f"{s.rejected:,}"), ("errors (no reply)", f"{s.errors:,}"),
-        ("elapsed", f"{result.elapsed:.2f} s"), ("throughput", f"{result.throughput:,.0f} req/s"),
-        ("latency p50", f"{s.percentile_ms(50):.2f} ms"),
-        ("latency p90", f"{s.percentile_ms(90):.2f} ms"),
-        ("latency p99", f"{s.percentile_ms(99):.2f} ms"),
-        ("latency p99.9", f"{s.percentile_ms(99.9):.2f} ms"),
-        ("latency max", f"{s.max_ms():.2f} ms"),
-        ("greets / leaves", f"{s.greets:,} / {s.leaves:,}"),
-        ("greets/leaves failed", f"{s.presence_errors:,}"),
-        ("RSS start -> end", f"{result.rss_start_mb:.1f} -> {result.rss_end_mb:.1f} MB"),
-    ]
-    for name, value in rows:
-        head.add_row(name, value)
-    reasons = Table(title="outcomes by reason")
-    reasons.add_column("outcome")
-    reasons.add_column("count", justify="right")
-    reasons.add_row("[green]accepted", f"{s.accepted:,}")
-    for reason, count in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
-        reasons.add_row(f"[yellow]{reason}", f"{count:,}")
-    bad = Table(title="deliberately bad requests")
-    for col in ("kind", "sent", "rejected as expected"):
-        bad.add_column(col, justify="right" if col != "kind" else "left")
-    for kind, sent in sorted(s.bad_sent.items()):
-        bad.add_row(kind, f"{sent:,}", f"{s.bad_as_expected[kind]:,}")
-    inv = Table(title="invariants")
-    for col in ("invariant", "held", "detail"):
-        inv.add_column(col)
-    for c in result.checks:
-        detail = c.detail + ("".join(f"\n  {e}" for e in c.examples) if not c.ok else "")
-        inv.add_row(c.name, "[green]yes" if c.ok else "[red]NO", detail)
-    return Group(head, reasons, bad, inv)
+    """The end-of-run tables, each made for 80 columns: figures, outcomes by reason, the
+    bad requests (with why a kind was not sent), the invariants (detail folded under the
+    name)."""
+    return Group(_figures(result), _reasons(result), _bad(result), _invariants(result))
 
 
 def print_summary(result: SwarmResult, console: Console) -> None:
@@ -124,35 +181,49 @@ def print_summary(result: SwarmResult, console: Console) -> None:
     console.print(summary(result))
     s = result.stats
     for what in s.error_examples[:3] + s.presence_error_examples[:3]:
-        console.print(f"[red]failed call: {what}")
+        console.print(f"[red]failed call:[/red] {what}", markup=True, highlight=False)
 
 
-def write_plot(result: SwarmResult, path: str) -> None:
-    """PNG: throughput (top) and latency p50/p99 (bottom) per second of the run."""
+def draw_plot(result: SwarmResult) -> Any:
+    """The plot as a matplotlib Figure (the caller closes it): throughput (top) and latency
+    p50/p99 (bottom) per timeline bucket, both axes from 0 (quarter-second buckets in the
+    first 15 s, so a short run still gets a curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = result.stats.timeline
-    xs = [p.second + p.span for p in points]
+    xs = [p.start + p.span for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(xs, [p.requests / p.span for p in points], label="answered/s", marker=".")
+    top.plot(xs, [p.accepted / p.span for p in points], label="accepted/s", marker=".")
+    top.set_ylabel("requests / s")
+    top.set_ylim(bottom=0)
+    top.legend(loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.plot(xs, [p.p50_ms for p in points], label="p50", marker=".")
+    bottom.plot(xs, [p.p99_ms for p in points], label="p99", marker=".")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlim(left=0)
+    bottom.set_xlabel("seconds into the run")
+    bottom.legend(loc="upper right")
+    bottom.grid(alpha=0.3)
+    cfg = result.config
+    fig.suptitle(f"task-ingress swarm: {result.stats.requests:,} requests, "
+                 f"{result.throughput:,.0f} req/s, {cfg.actor_base}")
+    fig.tight_layout()
+    return fig
+
+
+def write_plot(result: SwarmResult, path: str) -> None:
+    """Write `draw_plot`'s figure as a PNG (its folder is created if missing)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_plot(result)
     try:
-        top.plot(xs, [p.requests / p.span for p in points], label="answered/s", marker=".")
-        top.plot(xs, [p.accepted / p.span for p in points], label="accepted/s", marker=".")
-        top.set_ylabel("requests / s")
-        top.legend(loc="lower right")
-        top.grid(alpha=0.3)
-        bottom.plot(xs, [p.p50_ms for p in points], label="p50", marker=".")
-        bottom.plot(xs, [p.p99_ms for p in points], label="p99", marker=".")
-        bottom.set_ylabel("latency (ms)")
-        bottom.set_xlabel("seconds into the run")
-        bottom.legend(loc="upper right")
-        bottom.grid(alpha=0.3)
-        cfg = result.config
-        fig.suptitle(f"task-ingress swarm: {result.stats.requests:,} requests, "
-                     f"{result.throughput:,.0f} req/s, {cfg.actor_base}")
-        fig.tight_layout()
+        _parent(path)
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)

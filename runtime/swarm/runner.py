@@ -2,8 +2,12 @@
 
 Threads: `concurrency` workers (at most one per peer), each owning a fixed set of peers
 so every peer acts sequentially. The calling thread only reports progress. The run ends
-when `requests` have been sent or `duration` has passed (or on Ctrl-C), then the
-transport is closed (store flushed, final checkpoint) and the invariants read the store.
+when `requests` have been sent or `duration` has passed (or on Ctrl-C: the run is then
+marked interrupted), then the transport is closed (store flushed, final checkpoint) and the
+invariants read the store.
+
+Besides the invariants, a run must have done something to pass (`run_problems`): a run
+that sent no request, or whose every greet failed, proves nothing and fails.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -36,8 +40,11 @@ from task_ingress.runtime.swarm.peers import (
     SimPeer,
     build_peers,
 )
-from task_ingress.runtime.swarm.stats import Snapshot, Stats
+from task_ingress.runtime.swarm.stats import Snapshot, Stats, answered_rate
 from task_ingress.runtime.swarm.transport import SwarmTransport
+
+ALL_BAD_KINDS = (*BAD_KINDS, "no_capability", "left_peer", "expired_peer")
+"""Every deliberately bad kind (peers.py's table), in report order."""
 
 TICK = 0.25
 RSS_EVERY = 5.0
@@ -63,16 +70,32 @@ class SwarmResult:
     transport: str
     rss_timeline: list[tuple[float, float]]
     """(seconds into the run, RSS MB of the process tree), every RSS_EVERY seconds."""
+    interrupted: bool = False
+    """Ctrl-C stopped the run before its request count or duration."""
+    unsent_notes: dict[str, str] = field(default_factory=dict)
+    """Bad kinds this run could not send, and why (e.g. over NATS a leave is silence)."""
+
+    @property
+    def run_problems(self) -> list[str]:
+        """Why the run itself proves nothing, whatever the invariants say ([] when fine)."""
+        s = self.stats
+        failed = (f"{s.presence_errors:,} greet/leave call(s) failed, first: "
+                  f"{s.presence_error_examples[0]}" if s.presence_error_examples else "")
+        if s.requests == 0:
+            return ["no request was sent" + (f" ({failed})" if failed else "")]
+        if s.greets == 0 and s.presence_errors:
+            return [f"every greet failed ({failed})"]
+        return []
 
     @property
     def ok(self) -> bool:
-        """True when every invariant held."""
-        return all(c.ok for c in self.checks)
+        """True when every invariant held and the run did something."""
+        return all(c.ok for c in self.checks) and not self.run_problems
 
     @property
     def throughput(self) -> float:
-        """Requests answered per second of run time."""
-        return (self.stats.requests - self.stats.errors) / max(self.elapsed, 1e-9)
+        """Requests answered per second of run time (the live display's rate too)."""
+        return answered_rate(self.stats.requests, self.stats.errors, self.elapsed)
 
 
 def bad_rates(bad_share: float, capless: float) -> tuple[float, float]:
@@ -160,8 +183,16 @@ class Swarm:
             tag=tag, leave_revokes=self.leave_revokes,
             allow_silence=2 * self.greet_interval <= MAX_SILENCE_WAIT,
         )
+        self.settings = settings
+        self.capless = capless
         self.peers = build_peers(cfg.peers, channels, workspaces, capless, settings, Pools(),
                                  cfg.seed)
+        # Over NATS a peer writes under a verified handle (nickname@fingerprint): the
+        # transport names the peers, so journal, audit and invariants agree on the IDs.
+        rename = getattr(transport, "peer_name", None)
+        if rename is not None:
+            for peer in self.peers:
+                peer.peer_id = rename(peer.peer_id)
         self.workers = min(cfg.concurrency, len(self.peers))
         self.journal = Journal(os.path.join(workdir, "journal.jsonl"))
         self.ack = AckLog(cfg.ack_log) if cfg.ack_log else None
@@ -169,6 +200,7 @@ class Swarm:
         self.budget = Budget(cfg.requests, self.stats.start + cfg.duration)
         self.rss_timeline: list[tuple[float, float]] = []
         self.refused_greets: Counter[tuple[str, str, str]] = Counter()
+        self.interrupted = False
 
     # ---- worker side -------------------------------------------------------------
     def _greet(self, peer: SimPeer) -> None:
@@ -270,6 +302,9 @@ class Swarm:
                 if on_tick is not None:
                     on_tick(self.stats.snapshot(now))
         except KeyboardInterrupt:
+            # Ctrl-C: stop sending, let each worker finish the call it is in, and still
+            # check and report what was sent (the command then exits 130).
+            self.interrupted = True
             self.budget.stopped.set()
         for t in threads:
             t.join()
@@ -286,9 +321,38 @@ class Swarm:
     def check(self) -> list[Check]:
         """The invariants, over the store file and this run's journal and history."""
         sent = list(read_journal(self.journal.path))
-        evidence = gather(self.store_path, self.start_seq, sent, self.history, self.audit_key,
-                          self.refused_greets)
+        try:
+            evidence = gather(self.store_path, self.start_seq, sent, self.history,
+                              self.audit_key, self.refused_greets)
+        except StoreUnreadable as exc:
+            return [Check("store_readable", False, f"cannot read the store after the run: "
+                                                   f"{exc}")]
         return check_all(evidence)
+
+    def unsent_notes(self) -> dict[str, str]:
+        """For each bad kind this run sent none of, why (configuration, or the transport)."""
+        cfg, s = self.cfg, self.settings
+        sent = self.stats.bad_sent
+        expiry = 2 * self.greet_interval
+        why: dict[str, str] = {}
+        if cfg.bad_share <= 0:
+            why.update({k: "--bad-share is 0" for k in (*BAD_KINDS, "no_capability")})
+        if not self.capless:
+            why["no_capability"] = "no capability-less peer (needs --peers 2 or more)"
+        if cfg.churn <= 0:
+            why.update(left_peer="--churn is 0", expired_peer="--churn is 0")
+        if not s.leave_revokes:
+            why["left_peer"] = ("over NATS a leave is silence, not a revocation: the "
+                                "expired_peer probe tests it instead")
+        if not s.allow_silence:
+            why["expired_peer"] = (f"expiry ({expiry:g} s, 2 x the greet interval) is "
+                                   f"longer than the {MAX_SILENCE_WAIT:g} s a peer waits; "
+                                   "a greet interval of 2 s or less includes it")
+        notes = {}
+        for kind in ALL_BAD_KINDS:
+            if not sent[kind]:
+                notes[kind] = why.get(kind, "not drawn in this run (too few requests)")
+        return notes
 
 
 def make_inproc(cfg: SwarmConfig, workdir: str) -> tuple[SwarmTransport, str | None]:
@@ -326,6 +390,7 @@ def run_swarm(
             rss_start_mb=rss_start, rss_end_mb=rss_end, workers=swarm.workers,
             greet_interval=swarm.greet_interval, store_path=swarm.store_path,
             transport=cfg.transport, rss_timeline=swarm.rss_timeline,
+            interrupted=swarm.interrupted, unsent_notes=swarm.unsent_notes(),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,8 +1,9 @@
-"""Live counters, an HDR latency histogram and a per-second timeline (thread-safe, bounded).
+"""Live counters, an HDR latency histogram and a timeline (thread-safe, bounded).
 
 Memory stays flat however long the run: the histogram has a fixed size, the current
-second's latencies are folded into one timeline point when the second ends, and only
-counters (no per-request objects) are kept.
+bucket's latencies are folded into one timeline point when the bucket ends, and only
+counters (no per-request objects) are kept. Buckets are a quarter second for the first
+15 s (a default run lasts a few seconds and still gets a readable curve), then a second.
 """
 
 from __future__ import annotations
@@ -15,15 +16,41 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no st
 
 MAX_LATENCY_US = 120_000_000
 MAX_EXAMPLES = 20
+FINE_BUCKET = 0.25
+"""Seconds per timeline bucket during the first FINE_FOR seconds."""
+FINE_FOR = 15.0
+COARSE_BUCKET = 1.0
+_FINE_COUNT = round(FINE_FOR / FINE_BUCKET)
+
+
+def bucket_of(t: float) -> int:
+    """The timeline bucket holding `t` seconds into the run."""
+    if t < FINE_FOR:
+        return int(t / FINE_BUCKET)
+    return _FINE_COUNT + int((t - FINE_FOR) / COARSE_BUCKET)
+
+
+def bucket_start(index: int) -> float:
+    """Seconds into the run at which bucket `index` starts."""
+    if index < _FINE_COUNT:
+        return index * FINE_BUCKET
+    return FINE_FOR + (index - _FINE_COUNT) * COARSE_BUCKET
+
+
+def answered_rate(requests: int, errors: int, elapsed: float) -> float:
+    """Requests answered per second of run time: the live display's rate and the report's
+    throughput are this one figure."""
+    return (requests - errors) / max(elapsed, 1e-9)
 
 
 @dataclass(frozen=True)
 class TimelinePoint:
-    """One second of the run."""
+    """One bucket of the run (see the module docstring for the widths)."""
 
-    second: int
+    start: float
+    """Seconds into the run at which the bucket starts."""
     span: float
-    """Seconds covered (1.0 except the run's last, partial second)."""
+    """Seconds covered (the bucket's width, less for the run's last, partial bucket)."""
     requests: int
     accepted: int
     p50_ms: float
@@ -41,7 +68,7 @@ class Snapshot:
     rejected: int
     errors: int
     rate: float
-    """Requests/second over the last whole second (overall rate before that)."""
+    """Requests answered per second so far (`answered_rate`: the report's throughput)."""
     p50_ms: float
     p99_ms: float
     greets: int
@@ -75,7 +102,7 @@ class Stats:
     presence_errors: int = 0
     presence_error_examples: list[str] = field(default_factory=list)
     timeline: list[TimelinePoint] = field(default_factory=list)
-    _second: int = 0
+    _bucket_index: int = 0
     _bucket: list[float] = field(default_factory=list)
     _bucket_accepted: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -125,38 +152,40 @@ class Stats:
                 self.presence_error_examples.append(what)
 
     def _roll(self, now: float) -> None:
-        second = int(now - self.start)
-        while second > self._second:
-            self._close_second()
-            self._second += 1
+        index = bucket_of(now - self.start)
+        while index > self._bucket_index:
+            self._close_bucket()
+            self._bucket_index += 1
 
-    def _close_second(self, span: float = 1.0) -> None:
+    def _close_bucket(self, span: float | None = None) -> None:
+        start = bucket_start(self._bucket_index)
+        width = bucket_start(self._bucket_index + 1) - start
         values = sorted(self._bucket)
         self.timeline.append(TimelinePoint(
-            second=self._second, span=span, requests=len(values), accepted=self._bucket_accepted,
-            p50_ms=_percentile(values, 0.50), p99_ms=_percentile(values, 0.99),
-            max_ms=values[-1] if values else 0.0,
+            start=start, span=width if span is None else span, requests=len(values),
+            accepted=self._bucket_accepted, p50_ms=_percentile(values, 0.50),
+            p99_ms=_percentile(values, 0.99), max_ms=values[-1] if values else 0.0,
         ))
         self._bucket = []
         self._bucket_accepted = 0
 
     def finish(self, now: float) -> None:
-        """Close the last (partial) second."""
+        """Close the last (partial) bucket."""
         with self._lock:
             self._roll(now)
-            span = now - self.start - self._second
+            span = now - self.start - bucket_start(self._bucket_index)
             if self._bucket and span > 0.05:
-                self._close_second(span)
+                self._close_bucket(span)
 
     def snapshot(self, now: float) -> Snapshot:
         """Counters for the live display."""
         with self._lock:
             self._roll(now)
             elapsed = max(1e-9, now - self.start)
-            last = self.timeline[-1].requests if self.timeline else self.requests / elapsed
             return Snapshot(
                 elapsed=elapsed, requests=self.requests, accepted=self.accepted,
-                rejected=self.rejected, errors=self.errors, rate=float(last),
+                rejected=self.rejected, errors=self.errors,
+                rate=answered_rate(self.requests, self.errors, elapsed),
                 p50_ms=self.percentile_ms(50), p99_ms=self.percentile_ms(99),
                 greets=self.greets, leaves=self.leaves,
             )

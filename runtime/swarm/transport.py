@@ -8,6 +8,8 @@ same protocol against a running daemon. Attributes the swarm reads besides the m
 - `leave_revokes: bool` (optional, default False when absent) — True when `leave` makes
   the peer invisible by the time it returns (in-process). Over NATS a leave is the peer
   going silent, so only expiry revokes and the checker must not count the leave.
+- `peer_name(peer_id) -> str` (optional) — the ID the transport's peer really has (over
+  NATS a verified handle `peer_id@fingerprint`); the swarm names its peers with it.
 """
 
 from __future__ import annotations

@@ -121,4 +121,5 @@ def test_outcome_logs_bind_identity_and_never_payload(rt: IngressRuntime) -> Non
                                   "reason")} == {
         "peer_id": "peer-a", "channel": "ops", "request_id": "r-log", "action": "task.create",
         "outcome": "accepted", "reason": None}
+    assert event["trust"] == "embedded"  # how the identity was known (SPEC 7)
     assert "secret" not in repr(logs)

@@ -303,7 +303,7 @@ def test_outcome_names_the_action(rt: IngressRuntime) -> None:
     assert IngressContext(workspace="ws", peer_id="p", channel="c", request_id="r")
 
 
-@pytest.mark.parametrize("bad", ["ws/x", "", "WS"])
+@pytest.mark.parametrize("bad", ["ws/x", "", "w.s", "w s"])
 def test_greet_with_malformed_identifiers_raises_value_error(rt: IngressRuntime, bad: str
                                                              ) -> None:
     with pytest.raises(ValueError):

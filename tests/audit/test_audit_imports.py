@@ -13,14 +13,19 @@ import pytest
 import task_ingress.runtime.audit as audit
 
 READ_ONLY_TOOLS = [
+    "task_ingress.runtime.audit.anchor",
     "task_ingress.runtime.audit.cli",
     "task_ingress.runtime.audit.query",
     "task_ingress.runtime.audit.read",
+    "task_ingress.runtime.audit.table",
     "task_ingress.runtime.audit.verify",
     "task_ingress.runtime.swarm.invariants",
     "task_ingress.runtime.cli",  # the console script, as `task-ingress audit` loads it
 ]
-ALLOWED_UNDER_ACTORS = ("task_ingress.actors.rules", "task_ingress.actors.storage")
+# actors.log is the shared structlog set-up (no actor, no Thespian): the CLI configures logging
+# through it before any command runs.
+ALLOWED_UNDER_ACTORS = ("task_ingress.actors.rules", "task_ingress.actors.storage",
+                        "task_ingress.actors.log")
 
 
 def loaded_by(module: str) -> list[str]:

@@ -6,6 +6,7 @@ after each daemon fixture.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from task_ingress.runtime.nats.daemon import Daemon
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings
 
+from tests.nats.agh_rules import agh_problems, direct_room_problem
 from tests.nats.nats_support import Wire
 
 
@@ -57,13 +59,63 @@ class RunningDaemon:
         assert not self.thread.is_alive(), "daemon did not stop"
 
 
+class WireTap:
+    """Records every message on AGH subjects and reply inboxes, with its arrival time."""
+
+    def __init__(self, server: NatsServer) -> None:
+        self.wire = Wire(server.url, server.token)
+        self.seen: list[tuple[float, str, bytes]] = []
+
+        async def cb(msg: Any) -> None:
+            self.seen.append((time.time(), msg.subject, bytes(msg.data)))
+
+        async def go() -> None:
+            await self.wire.nc.subscribe("agh.>", cb=cb)
+            await self.wire.nc.subscribe("_INBOX.>", cb=cb)
+            await self.wire.nc.flush()
+
+        self.wire._run(go())
+
+    def published_by(self, names: set[str]) -> list[tuple[float, str, dict[str, Any]]]:
+        """Every JSON envelope whose `from` is one of `names`."""
+        found = []
+        for at, subject, data in self.seen:
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("from") in names:
+                found.append((at, subject, obj))
+        return found
+
+    def close(self) -> None:
+        self.wire.close()
+
+
+def assert_all_agh_valid(tap: WireTap, names: set[str]) -> int:
+    """Every envelope the daemon published passes AGH's rules (tests/nats/agh_rules.py)."""
+    published = tap.published_by(names)
+    bad = []
+    for at, subject, obj in published:
+        problems = agh_problems(obj, int(at))
+        room = direct_room_problem(obj)
+        if room:
+            problems.append(room)
+        if problems:
+            bad.append((subject, obj.get("kind"), problems))
+    assert not bad, f"the daemon published envelopes AGH refuses: {bad[:5]}"
+    return len(published)
+
+
 @pytest.fixture
 def start_daemon(nats_server: NatsServer, tmp_path: Path
                  ) -> Iterator[Callable[..., RunningDaemon]]:
     """Factory: an in-process daemon on `nats_server` (stopped at teardown); `clock=` gives
-    it a fake clock, any other keyword is a ServeSettings field."""
+    it a fake clock, any other keyword is a ServeSettings field. Everything it publishes is
+    checked against AGH's envelope rules after it stopped."""
     running: list[RunningDaemon] = []
     before = _children()
+    tap = WireTap(nats_server)
 
     def factory(**overrides: Any) -> RunningDaemon:
         values: dict[str, Any] = {
@@ -90,6 +142,59 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
         assert daemon.ready.wait(20), "daemon not ready"
         if "error" in result:
             raise result["error"]
+        return handle
+
+    try:
+        yield factory
+    finally:
+        for handle in running:
+            handle.stop()
+        tap.wire._run(tap.wire.nc.flush())
+        tap.close()
+        leaked = _children() - before
+        assert not leaked, f"processes left behind: {leaked}"
+    names = {n for h in running if h.info for n in (h.info.daemon_peer_id,
+                                                     h.info.daemon_handle)}
+    assert_all_agh_valid(tap, names)
+
+
+def _run_daemon(settings: ServeSettings, clock: Callable[[], float] = time.monotonic
+                ) -> RunningDaemon:
+    daemon = Daemon(settings, runtime_config={"audit_key": "00" * 32}, clock=clock)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["status"] = daemon.run_sync()
+        except BaseException as exc:  # surfaced by the ready check below
+            result["error"] = exc
+            daemon.ready.set()
+
+    thread = threading.Thread(target=run, name="test-daemon", daemon=True)
+    thread.start()
+    handle = RunningDaemon(daemon, thread)
+    assert daemon.ready.wait(30), "daemon not ready"
+    if "error" in result:
+        thread.join(30)
+        raise result["error"]
+    return handle
+
+
+@pytest.fixture
+def start_own_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
+    """Factory: an in-process daemon that runs its own nats-server (per-peer nkey users
+    unless `nats_auth="token"`), stopped at teardown; keywords are ServeSettings fields."""
+    running: list[RunningDaemon] = []
+    before = _children()
+
+    def factory(**overrides: Any) -> RunningDaemon:
+        values: dict[str, Any] = {
+            "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
+            "trust_poll_interval": 0.05,
+        }
+        values.update(overrides)
+        handle = _run_daemon(ServeSettings(**values))
+        running.append(handle)
         return handle
 
     try:

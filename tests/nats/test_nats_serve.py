@@ -1,4 +1,6 @@
-"""`serve` over a real nats-server: the JSON contract, forged identities, garbage, replays."""
+"""`serve` over a real nats-server, spoken to as AGH peers: verified (RFC 004, v1) and plain
+(AGH v0, unverified). Every envelope the daemon publishes in these tests is checked against
+AGH's rules by the `start_daemon` fixture (tests/nats/agh_rules.py)."""
 
 from __future__ import annotations
 
@@ -8,33 +10,48 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
+import pytest
 from task_ingress.messages.reasons import Action, Reason
-from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.signing import parse_public_key, sign_envelope, verify_envelope
-from task_ingress.runtime.nats.trust import revoke
+from task_ingress.runtime.nats.policy import allow, disallow
 
 from tests.conftest import FakeClock
 from tests.nats.conftest import RunningDaemon
 from tests.nats.nats_support import (
     DAEMON,
+    V0,
+    V1,
     WS,
     Peer,
     Wire,
-    body_of,
     broadcast,
-    daemon_subject,
+    encode,
+    envelope,
+    peer_subject,
+    presence,
+    result,
+    sign_rfc004,
 )
 
 Start = Callable[..., RunningDaemon]
+ULID = "01JDQ8Z6X4V7K2M9N3P5R8T1W0"
 
 
-def _greet(nats_wire: Wire, data: bytes, channel: str = "ops") -> dict[str, Any]:
-    return body_of(nats_wire.request(broadcast(channel), data))
+def _verified(d: RunningDaemon, nickname: str = "alice", allowed: bool = True) -> Peer:
+    peer = Peer(nickname, daemon_handle=d.info.daemon_handle)
+    if allowed:
+        allow(d.info.trust_file, [peer.id])
+    return peer
 
 
-def _ask(nats_wire: Wire, data: bytes, channel: str = "ops") -> dict[str, Any]:
-    return body_of(nats_wire.request(daemon_subject(channel), data))
+def _greet(wire: Wire, peer: Peer, **kw: Any) -> dict[str, Any]:
+    channel = kw.get("channel", "ops")
+    ws = kw.get("ws", WS)
+    return presence(wire.ask(peer.broadcast(channel, ws), peer.greet(**kw)))
+
+
+def _ask(wire: Wire, peer: Peer, env: dict[str, Any], channel: str = "ops",
+         ws: str = WS) -> dict[str, Any]:
+    return wire.ask(peer.daemon_subject(channel, ws), env)
 
 
 def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -44,257 +61,272 @@ def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_signed_peer_greets_creates_updates_cancels_and_enqueues_over_json_envelopes(
+def test_a_verified_allowed_peer_writes_every_action_as_says_and_reads_receipts(
         start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    on_peer_subject = nats_wire.collect(wire.peer_subject(WS, "ops", "peer-a"))
-    assert _greet(nats_wire, a.greet())["applied"] is True
-
-    raw = nats_wire.request(daemon_subject(), a.task(
-        "task.create", {"title": "Ship it", "network_channel": "ops"}, "r-1"))
-    reply = json.loads(raw)
-    assert reply["kind"] == "task.result" and reply["reply_to"] == "r-1"
-    assert reply["from"] == DAEMON and reply["to"] == "peer-a"
-    daemon_key = parse_public_key(d.info.daemon_public_key)
-    assert daemon_key is not None and verify_envelope(reply, daemon_key)
-    created = reply["body"]
-    assert created["accepted"] is True and created["reason"] is None
+    a = _verified(d)
+    on_own_subject = nats_wire.collect(a.own_subject())
+    assert _greet(nats_wire, a) == {"applied": True, "reason": None, "task_write": True,
+                                    "trust": "verified"}
+    receipt = _ask(nats_wire, a, a.task("task.create", {"title": "Ship it",
+                                                         "network_channel": "ops"}, "r-1"))
+    assert receipt["kind"] == "receipt" and receipt["from"] == d.info.daemon_handle
+    assert receipt["to"] == a.id and receipt["reply_to"] == "r-1"
+    assert receipt["work_id"] == "work_default" and receipt["surface"] == "direct"
+    assert receipt["body"] == {"for_id": "r-1", "status": "accepted"}
+    created = result(receipt)
+    assert created["accepted"] is True and created["trust"] == "verified"
     task_id = created["task_id"]
-
-    updated = _ask(nats_wire, a.task("task.update", {"task_id": task_id, "title": "v2"}, "r-2"))
-    assert updated["accepted"] is True
-    run = _ask(nats_wire, a.task("task.run.enqueue",
-                                 {"task_id": task_id, "idempotency_key": "k-1"}, "r-3"))
-    assert run["accepted"] is True and run["run_id"]
-    canceled = _ask(nats_wire, a.task("task.cancel", {"task_id": task_id}, "r-4"))
-    assert canceled["accepted"] is True
-
+    assert result(_ask(nats_wire, a, a.task("task.update", {"task_id": task_id,
+                                                           "title": "v2"}, "r-2")))["accepted"]
+    run = result(_ask(nats_wire, a, a.task("task.run.enqueue", {"task_id": task_id,
+                                                               "idempotency_key": "k"}, "r-3")))
+    assert run["accepted"] and run["run_id"]
+    assert result(_ask(nats_wire, a, a.task("task.cancel", {"task_id": task_id},
+                                            "r-4")))["accepted"]
     task = d.runtime.get_task(WS, task_id)
     assert task is not None and task.title == "v2" and task.status == "canceled"
-    assert task.network_channel == "ops"
-    assert d.runtime.get_run(WS, run["run_id"]) is not None
     records = d.runtime.audit()
-    assert [(r.action, r.outcome) for r in records] == [
-        (Action.CREATE, "accepted"), (Action.UPDATE, "accepted"),
-        (Action.ENQUEUE, "accepted"), (Action.CANCEL, "accepted")]
-    assert all(r.peer_id == "peer-a" and r.channel == "ops" for r in records)
-    # The same replies also went to the sender's peer subject (AGH style).
-    _wait_for(lambda: len(on_peer_subject) == 4)
-    assert [json.loads(m)["reply_to"] for m in on_peer_subject] == ["r-1", "r-2", "r-3", "r-4"]
+    assert [(r.action, r.outcome, r.peer_id) for r in records] == [
+        (Action.CREATE, "accepted", a.id), (Action.UPDATE, "accepted", a.id),
+        (Action.ENQUEUE, "accepted", a.id), (Action.CANCEL, "accepted", a.id)]
+    assert {r.trust for r in records} == {"verified"}
+    # AGH style: the receipts also went to the sender's own v1 peer subject.
+    _wait_for(lambda: len(on_own_subject) == 4)
+    assert [json.loads(m)["body"]["for_id"] for m in on_own_subject] == [
+        "r-1", "r-2", "r-3", "r-4"]
 
 
-def test_peer_b_cannot_greet_as_peer_a(start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    b = Peer("peer-b", d.info.trust_file)
-    forged = _greet(nats_wire, b.greet(sender="peer-a"))
-    assert forged == {"applied": False, "reason": "invalid_request", "task_write": False}
-    unsigned = _greet(nats_wire, b.greet(sender="peer-a", signed=False))
-    assert unsigned["applied"] is False
-    # peer-a was never made visible by B's greets.
-    denied = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))
-    assert denied["reason"] == Reason.PEER_NOT_FOUND
-    records = d.runtime.audit()
-    assert [(r.peer_id, r.action, r.reason) for r in records] == [
-        ("peer-a", Action.UNKNOWN, Reason.INVALID_REQUEST),
-        ("peer-a", Action.UNKNOWN, Reason.INVALID_REQUEST),
-        ("peer-a", Action.CREATE, Reason.PEER_NOT_FOUND)]
-
-
-def test_peer_b_cannot_write_as_peer_a(start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    b = Peer("peer-b", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    assert _greet(nats_wire, b.greet())["applied"]
-    forged = _ask(nats_wire, b.task("task.create", {"title": "evil"}, "r-x", sender="peer-a"))
-    assert forged["accepted"] is False and forged["reason"] == Reason.INVALID_REQUEST
-    unsigned = _ask(nats_wire, b.task("task.create", {"title": "evil"}, "r-y",
-                                      sender="peer-a", signed=False))
-    assert unsigned["reason"] == Reason.INVALID_REQUEST
-    records = d.runtime.audit()
-    assert len(records) == 2 and all(r.task_id is None for r in records)
-    assert {r.request_id for r in records} == {"r-x", "r-y"}
-
-
-def test_peer_b_cannot_make_peer_a_leave_or_lose_task_write(
+def test_an_unverified_agh_peer_is_visible_but_cannot_write_and_its_greets_are_not_audited(
         start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    b = Peer("peer-b", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["task_write"] is True
-    # A forged re-greet that drops task.write would, if applied, act as A leaving writes.
-    assert _greet(nats_wire, b.greet(sender="peer-a", capabilities=()))["applied"] is False
-    assert _greet(nats_wire, b.greet(sender="peer-a", capabilities=(),
-                                     signed=False))["applied"] is False
-    ok = _ask(nats_wire, a.task("task.create", {"title": "still mine"}, "r-1"))
-    assert ok["accepted"] is True
-    assert d.runtime.get_task(WS, ok["task_id"]) is not None
+    plain = Peer("coder.sess-abc", verified=False)
+    for _ in range(3):  # AGH re-greets every 30 s: presence, never an audit row each
+        answer = presence(nats_wire.ask(plain.broadcast(), plain.greet()))
+        assert answer == {"applied": True, "reason": None, "task_write": False,
+                          "trust": "unverified"}
+    assert d.runtime.audit() == []
+    assert d.daemon.metrics.greets.labels("applied", "unverified")._value.get() == 3
+    receipt = _ask(nats_wire, plain, plain.task("task.create", {"title": "t"}, "r-1"))
+    assert receipt["protocol"] == V0 and receipt["from"] == DAEMON
+    assert receipt["body"]["status"] == "rejected"
+    assert receipt["body"]["reason_code"] == "verification_failed"
+    assert receipt["body"]["detail"] == Reason.CAPABILITY_DENIED
+    assert result(receipt)["trust"] == "unverified"
+    [record] = d.runtime.audit()
+    assert (record.peer_id, record.reason, record.task_id, record.trust) == (
+        "coder.sess-abc", Reason.CAPABILITY_DENIED, None, "unverified")
 
 
-def test_bad_signatures_are_rejected_and_audited(start_daemon: Start, nats_wire: Wire) -> None:
+def test_a_verified_peer_outside_the_policy_is_denied_until_trust_add_without_restart(
+        start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    env = wire.build_envelope(kind="task.create", workspace=WS, channel="ops",
-                              sender="peer-a", body={"title": "signed"}, to=DAEMON,
-                              env_id="r-1")
-    signed = sign_envelope(env, a.key)
-    tampered = {**signed, "body": {"title": "tampered"}}
-    assert _ask(nats_wire, wire.encode_json(tampered))["reason"] == Reason.INVALID_REQUEST
-    garbled = {**signed, "proof": {"alg": "ed25519", "sig": "AAAA"}}
-    assert _ask(nats_wire, wire.encode_json(garbled))["reason"] == Reason.INVALID_REQUEST
-    moved = {**signed, "channel": "dev"}  # signed for ops, replayed into dev
-    assert _ask(nats_wire, wire.encode_json(moved), "dev")["reason"] == Reason.INVALID_REQUEST
-    unknown = Peer("peer-z", None)  # never enrolled
-    assert _ask(nats_wire, unknown.task("task.create", {"title": "t"}, "r-2"))["reason"] == (
-        Reason.INVALID_REQUEST)
+    a = _verified(d, allowed=False)
+    assert _greet(nats_wire, a)["task_write"] is False
+    denied = result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))
+    assert denied["reason"] == Reason.CAPABILITY_DENIED and denied["trust"] == "verified"
+    allow(d.info.trust_file, [a.id])  # what `task-ingress trust add` does
+    assert _greet(nats_wire, a)["task_write"] is True  # the grant rides the next greet
+    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-2")))[
+        "accepted"]
+    disallow(d.info.trust_file, [a.id])  # `trust remove`: effective at once
+    revoked = result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-3")))
+    assert revoked["reason"] == Reason.CAPABILITY_DENIED
+    assert [r.reason for r in d.runtime.audit()] == [
+        Reason.CAPABILITY_DENIED, None, Reason.CAPABILITY_DENIED]
+
+
+def test_the_daemon_greets_on_join_and_every_interval_and_answers_whois(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    seen = nats_wire.collect("agh.network.*.default.ops.broadcast")
+    d = start_daemon(channels=["ops"], greet_interval=0.3)
+    greets = lambda: [json.loads(m) for m in seen  # noqa: E731
+                      if json.loads(m).get("from") in (DAEMON, d.info.daemon_handle)]
+    _wait_for(lambda: len(greets()) >= 4)  # at join and again a greet_interval later
+    by_protocol = {g["protocol"]: g for g in greets()}
+    assert by_protocol[V0]["body"]["peer_card"]["peer_id"] == DAEMON
+    assert by_protocol[V1]["body"]["peer_card"]["peer_id"] == d.info.daemon_handle
+    assert "task.create" in by_protocol[V0]["body"]["peer_card"]["capabilities"]
+    plain = Peer("asker", verified=False)
+    answers = nats_wire.collect(plain.own_subject())
+    nats_wire.publish(plain.daemon_subject(), encode(plain.whois(DAEMON)))
+    nats_wire.publish(plain.broadcast(), encode(plain.whois(None, "task.create")))
+    nats_wire.publish(plain.broadcast(), encode(plain.whois(None, "someone-else")))
+    verified = _verified(d, "v-asker")
+    v_answers = nats_wire.collect(verified.own_subject())
+    nats_wire.publish(verified.daemon_subject(), encode(verified.whois(d.info.daemon_handle)))
+    _wait_for(lambda: len(answers) == 2 and len(v_answers) == 1)
+    time.sleep(0.2)
+    assert len(answers) == 2  # the non-matching query got nothing
+    for raw in answers:
+        reply = json.loads(raw)
+        assert reply["kind"] == "whois" and reply["body"]["type"] == "response"
+        assert reply["to"] == "asker" and reply["body"]["peer_card"]["peer_id"] == DAEMON
+    assert json.loads(v_answers[0])["from"] == d.info.daemon_handle
+    assert d.runtime.audit() == []
+
+
+def test_a_forger_can_neither_greet_nor_write_nor_strip_capability_as_another_peer(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    d = start_daemon()
+    a, b = _verified(d, "alice"), _verified(d, "bob")
+    assert _greet(nats_wire, a)["task_write"] is True
+    # B signs a greet that claims A's handle (fingerprint mismatch) or strips the proof.
+    forged = presence(nats_wire.ask(a.broadcast(), b.greet((), sender=a.id)))
+    stripped = presence(nats_wire.ask(a.broadcast(), b.greet((), sender=a.id, signed=False)))
+    assert forged["applied"] is False and forged["trust"] == "rejected"
+    assert stripped["applied"] is False and stripped["trust"] == "rejected"
+    write = _ask(nats_wire, a, b.task("task.create", {"title": "evil"}, "r-x", sender=a.id))
+    assert result(write)["reason"] == Reason.INVALID_REQUEST
+    assert result(write)["trust"] == "rejected"
+    ok = result(_ask(nats_wire, a, a.task("task.create", {"title": "mine"}, "r-1")))
+    assert ok["accepted"]  # A kept its card and its task.write
+    assert [(r.request_id, r.reason, r.trust) for r in d.runtime.audit()] == [
+        ("r-x", Reason.INVALID_REQUEST, "rejected"), ("r-1", None, "verified")]
+
+
+def test_tampered_moved_and_stripped_task_envelopes_are_rejected_and_audited(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    d = start_daemon()
+    a = _verified(d)
+    assert _greet(nats_wire, a)["applied"]
+    signed = a.task("task.create", {"title": "signed"}, "r-1")
+    tampered = {**signed, "ext": {"dev.task-ingress.request": {"title": "tampered"}}}
+    stripped = {**signed, "proof": None}
+    moved = {**signed, "channel": "dev"}
+    assert result(_ask(nats_wire, a, tampered))["trust"] == "rejected"
+    assert result(_ask(nats_wire, a, stripped))["trust"] == "rejected"
+    assert result(_ask(nats_wire, a, moved, "dev"))["trust"] == "rejected"
     records = d.runtime.audit()
-    assert [r.reason for r in records] == [Reason.INVALID_REQUEST] * 4
-    assert [r.action for r in records] == [Action.CREATE] * 4
+    assert [r.reason for r in records] == [Reason.INVALID_REQUEST] * 3
     assert all(r.task_id is None for r in records)
 
 
-def test_garbage_bytes_on_both_subjects_get_audited_rejections(
+def test_garbage_is_audited_without_an_answer_and_the_daemon_keeps_serving(
         start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    garbage = [b"", b"\x00\xff\xfe", b"{not json", b"[1, 2]", b"{}", b'{"protocol": 5}',
-               b"\x81\xa1x\xc1", msgpack.packb({"v": 1, "from": "peer-a"}),
-               b"{" + b"[" * 100_000, b'{"a": NaN}', b"\xde" + b"\x00" * 3]
-    replies = []
-    for subject in (broadcast(), daemon_subject()):
-        for data in garbage:
-            replies.append(nats_wire.request(subject, data))
-    assert len(replies) == 2 * len(garbage)
-    for raw in replies:
-        if raw[:1] == b"{":
-            assert body_of(raw)["reason"] == Reason.INVALID_REQUEST
-        else:
-            assert msgpack.unpackb(raw)["reason"] == Reason.INVALID_REQUEST
-    records = d.runtime.audit()
-    assert len(records) == 2 * len(garbage)
-    assert all(r.reason == Reason.INVALID_REQUEST and r.outcome == "rejected" for r in records)
-    # Still serving afterwards.
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    assert _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))["accepted"]
+    garbage = [b"\x00\xff\xfe", b"{not json", b"{}", b'{"protocol": 5}',
+               b"{" + b"[" * 100_000, b'{"a": NaN}', encode(envelope("nope", "x", {}))]
+    for data in garbage:
+        nats_wire.publish(broadcast(protocol=V0), data)
+        nats_wire.publish(peer_subject(DAEMON, protocol=V0), data)
+    _wait_for(lambda: len(d.runtime.audit()) == 2 * len(garbage))
+    assert all(r.reason == Reason.INVALID_REQUEST for r in d.runtime.audit())
+    a = _verified(d)
+    assert _greet(nats_wire, a)["applied"]
+    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))[
+        "accepted"]
 
 
-def test_a_replayed_task_envelope_returns_the_first_outcome_and_is_audited_as_replay(
+def test_a_repeated_id_gets_the_recorded_outcome_and_a_captured_refusal_never_writes(
         start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    data = a.task("task.create", {"title": "once"}, "r-1")
-    first = _ask(nats_wire, data)
-    again = _ask(nats_wire, data)
-    assert first["accepted"] and again["accepted"]
-    assert again["task_id"] == first["task_id"] and again["replay"] is True
+    a = _verified(d)
+    refused = a.task("task.create", {"title": "early"}, "r-early")  # before the greet
+    first = _ask(nats_wire, a, refused)
+    assert result(first)["reason"] == Reason.PEER_NOT_FOUND
+    assert _greet(nats_wire, a)["task_write"] is True
+    again = _ask(nats_wire, a, refused)  # the same signed envelope, replayed
+    assert again["body"]["status"] == "duplicate" and result(again)["accepted"] is False
+    assert result(again)["reason"] == Reason.PEER_NOT_FOUND
+    ok = a.task("task.create", {"title": "once"}, "r-1")
+    one, two = _ask(nats_wire, a, ok), _ask(nats_wire, a, ok)
+    assert result(one)["accepted"] and result(two)["accepted"]
+    assert two["body"]["status"] == "duplicate" and result(two)["replay"] is True
+    assert result(two)["task_id"] == result(one)["task_id"]
     records = d.runtime.audit()
-    assert [(r.request_id, r.replay) for r in records] == [("r-1", False), ("r-1", True)]
+    assert [(r.request_id, r.reason, r.replay) for r in records] == [
+        ("r-early", Reason.PEER_NOT_FOUND, False), ("r-early", Reason.PEER_NOT_FOUND, False),
+        ("r-1", None, False), ("r-1", None, True)]
 
 
-def test_a_replayed_greet_id_does_not_refresh_presence(start_daemon: Start, nats_wire: Wire,
-                                                        clock: FakeClock) -> None:
+def test_a_replayed_greet_id_does_not_refresh_presence_and_peers_expire(
+        start_daemon: Start, nats_wire: Wire, clock: FakeClock) -> None:
     d = start_daemon(clock=clock)
-    a = Peer("peer-a", d.info.trust_file)
+    a = _verified(d)
     greet = a.greet(env_id="g-1")
-    assert _greet(nats_wire, greet)["applied"]
-    clock.advance(61.0)  # expired: 2 x 30 s without a greet
-    assert _greet(nats_wire, greet) == {"applied": False, "reason": "duplicate",
-                                         "task_write": False}
-    late = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))
-    assert late["reason"] == Reason.PEER_NOT_FOUND
-    assert _greet(nats_wire, a.greet(env_id="g-2"))["applied"]  # a fresh greet works
-
-
-def test_a_peer_expires_after_missed_greets(start_daemon: Start, nats_wire: Wire,
-                                            clock: FakeClock) -> None:
-    d = start_daemon(clock=clock)
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
+    assert presence(nats_wire.ask(a.broadcast(), greet))["applied"]
     clock.advance(59.0)  # one greet interval of 30 s missed, the second not yet
-    assert _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))["accepted"]
-    clock.advance(1.0)  # 2 x 30 s without a greet
-    expired = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-2"))
-    assert expired["accepted"] is False and expired["reason"] == Reason.PEER_NOT_FOUND
+    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-0")))[
+        "accepted"]
+    clock.advance(1.0)  # expired: 2 x 30 s without a greet
+    assert presence(nats_wire.ask(a.broadcast(), greet))["reason"] == "duplicate"
+    late = result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))
+    assert late["reason"] == Reason.PEER_NOT_FOUND
+    assert _greet(nats_wire, a, env_id="g-2")["applied"]
 
 
-def test_an_agh_format_greet_is_understood(start_daemon: Start, nats_wire: Wire) -> None:
-    """AGH's own fixture (envelope_integration_test.go), ts made fresh: its card is read,
-    unsigned it is refused and audited, signed by the peer's key it is applied."""
-    d = start_daemon(workspace="wks_test")
-    now = int(time.time())
-    agh_greet = """{
-      "protocol": "agh-network/v0",
-      "workspace_id": "wks_test",
-      "id": "msg_greet_01",
-      "kind": "greet",
-      "channel": "builders",
-      "from": "coder.sess-abc",
-      "to": null,
-      "ts": 1775822400,
-      "body": {
-        "peer_card": {
-          "peer_id": "coder.sess-abc",
-          "profiles_supported": ["agh-network/v0"],
-          "capabilities": ["workspace.patch.apply"],
-          "artifacts_supported": ["capability"],
-          "trust_modes_supported": ["unverified"]
-        }
-      },
-      "proof": null
-    }""".replace('"ts": 1775822400', f'"ts": {now}').encode()
-    subject = wire.broadcast_subject("wks_test", "builders")
-    assert body_of(nats_wire.request(subject, agh_greet))["applied"] is False
-    record = d.runtime.audit()[-1]
-    assert (record.peer_id, record.request_id, record.channel, record.workspace) == (
-        "coder.sess-abc", "msg_greet_01", "builders", "wks_test")
-    peer = Peer("coder.sess-abc", d.info.trust_file)
-    signed = sign_envelope(json.loads(agh_greet), peer.key)
-    assert body_of(nats_wire.request(subject, wire.encode_json(signed))) == {
-        "applied": True, "reason": None, "task_write": False}
-    # Visible with the card's capabilities: a write is judged on capability, not presence.
-    write = peer.task("task.create", {"title": "t"}, "r-1", channel="builders", ws="wks_test")
-    answer = body_of(nats_wire.request(wire.peer_subject("wks_test", "builders", DAEMON),
-                                       write))
-    assert answer["reason"] == Reason.CAPABILITY_DENIED
+def test_an_agh_greet_in_a_ulid_workspace_is_presence_and_its_write_is_denied(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    """A greet as AGH's manager builds it (DefaultPeerCard, peer.go:123 + router.go:207),
+    in a real AGH workspace ID (an uppercase ULID)."""
+    d = start_daemon(workspace=ULID)
+    agh_greet = {
+        "protocol": "agh-network/v0", "id": "msg_01JDQ90ABCDEF", "workspace_id": ULID,
+        "kind": "greet", "channel": "builders", "from": "coder.sess-abc",
+        "ts": int(time.time()),
+        "body": {"peer_card": {"peer_id": "coder.sess-abc", "display_name": "coder",
+                               "profiles_supported": ["agh-network/v0"],
+                               "capabilities": ["workspace.patch.apply"],
+                               "artifacts_supported": ["capability"],
+                               "trust_modes_supported": []},
+                 "summary": "coder joined"},
+        "proof": None}
+    assert presence(nats_wire.ask(broadcast("builders", ULID, V0), agh_greet))["applied"]
+    plain = Peer("coder.sess-abc", verified=False)
+    receipt = nats_wire.ask(peer_subject(DAEMON, "builders", ULID, V0),
+                            plain.task("task.create", {"title": "t"}, "r-1", "builders",
+                                       ws=ULID))
+    assert result(receipt)["reason"] == Reason.CAPABILITY_DENIED
+    [record] = d.runtime.audit()
+    assert (record.workspace, record.channel, record.peer_id) == (
+        ULID, "builders", "coder.sess-abc")
 
 
 def test_valid_agh_traffic_of_other_kinds_is_ignored_not_audited(
         start_daemon: Start, nats_wire: Wire) -> None:
     d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    say = wire.build_envelope(kind="say", workspace=WS, channel="ops", sender="peer-a",
-                              body={"text": "hello"})
-    nats_wire.publish(broadcast(), wire.encode_json(say))
-    assert _greet(nats_wire, a.greet())["applied"]  # processed after the say
+    plain = Peer("chatty", verified=False)
+    say = envelope("say", "chatty", {"text": "hello"}, protocol=V0, surface="thread",
+                   thread_id="thread_general")
+    nats_wire.publish(broadcast(protocol=V0), encode(say))
+    assert presence(nats_wire.ask(plain.broadcast(), plain.greet(())))["applied"]
     assert d.runtime.audit() == []
     assert d.daemon.metrics.ignored.labels("say")._value.get() == 1
 
 
-def test_trust_file_changes_apply_without_restart(start_daemon: Start, nats_wire: Wire,
-                                                  clock: FakeClock) -> None:
-    d = start_daemon(clock=clock)
-    late = Peer("peer-late", d.info.trust_file)  # enrolled after the daemon started
-    assert _greet(nats_wire, late.greet())["applied"]
-    assert _ask(nats_wire, late.task("task.create", {"title": "t"}, "r-1"))["accepted"]
-    revoke(d.info.trust_file, ["peer-late"])
-    clock.advance(0.3)  # a known peer's key is re-checked at most every 0.25 s
-    revoked = _ask(nats_wire, late.task("task.create", {"title": "t"}, "r-2"))
-    assert revoked["reason"] == Reason.INVALID_REQUEST
-
-
-def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
+def test_task_says_are_judged_like_the_in_process_wire(start_daemon: Start,
                                                        nats_wire: Wire) -> None:
+    d = start_daemon()
+    a = _verified(d)
+    assert _greet(nats_wire, a)["applied"]
+
+    def reason(env: dict[str, Any]) -> Any:
+        return result(_ask(nats_wire, a, env))["reason"]
+
+    assert reason(a.task("task.create", {"title": "t", "owner": "x"}, "r-1")) == (
+        Reason.INVALID_REQUEST)
+    assert reason(a.task("task.create", {"title": 5}, "r-2")) == Reason.INVALID_REQUEST
+    assert reason(a.task("task.create", {"title": "x" * 300}, "r-3")) == (
+        Reason.VALIDATION_FAILED)
+    assert reason(a.task("task.create", {"title": "t"}, "bad/id")) == Reason.INVALID_REQUEST
+    assert reason(a.task("task.create", {"title": "t"}, "r-4", work_id=None)) == (
+        Reason.INVALID_REQUEST)
+    assert reason(a.task("task.create", {"title": "t"}, "r-5",
+                         direct_id="direct_" + "0" * 32)) == Reason.INVALID_REQUEST
+    assert reason(a.task("task.bogus", {"title": "t"}, "r-6")) == Reason.INVALID_REQUEST
+    assert len(d.runtime.audit()) == 7
+
+
+def test_metrics_count_requests_by_trust_and_greets_by_result(start_daemon: Start,
+                                                              nats_wire: Wire) -> None:
     from task_ingress.runtime.ports import free_port
 
     d = start_daemon(metrics_port=free_port())
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-1"))
-    _ask(nats_wire, a.task("task.cancel", {"task_id": "nope"}, "r-2"))
+    a = _verified(d)
+    assert _greet(nats_wire, a)["applied"]
+    _ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1"))
+    _ask(nats_wire, a, a.task("task.cancel", {"task_id": "nope"}, "r-2"))
     base = d.info.metrics_url.rsplit("/", 1)[0]
     with urllib.request.urlopen(base + "/ready", timeout=5) as resp:
         assert resp.status == 200
@@ -304,35 +336,57 @@ def test_metrics_and_readiness_are_served_on_loopback(start_daemon: Start,
             in text)
     assert ('task_ingress_requests_total{action="task.cancel",outcome="rejected",'
             'reason="task_not_found"} 1.0' in text)
-    assert "task_ingress_request_seconds_bucket" in text
-    assert "task_ingress_in_flight 0.0" in text
-    assert "task_ingress_runtime_queue 0.0" in text
-    assert "task_ingress_runtime_admitted 0.0" in text
-
-
-def test_signed_task_bodies_are_judged_like_the_in_process_wire(start_daemon: Start,
-                                                                 nats_wire: Wire) -> None:
-    d = start_daemon()
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet())["applied"]
-    unknown_key = _ask(nats_wire, a.task("task.create", {"title": "t", "owner": "x"}, "r-1"))
-    wrong_type = _ask(nats_wire, a.task("task.create", {"title": 5}, "r-2"))
-    too_long = _ask(nats_wire, a.task("task.create", {"title": "x" * 300}, "r-3"))
-    bad_id = _ask(nats_wire, a.task("task.create", {"title": "t"}, "bad/id"))
-    not_to_us = _ask(nats_wire, a.task("task.create", {"title": "t"}, "r-4", to="someone"))
-    assert [unknown_key["reason"], wrong_type["reason"], too_long["reason"], bad_id["reason"],
-            not_to_us["reason"]] == [Reason.INVALID_REQUEST, Reason.INVALID_REQUEST,
-                                     Reason.VALIDATION_FAILED, Reason.INVALID_REQUEST,
-                                     Reason.INVALID_REQUEST]
-    assert len(d.runtime.audit()) == 5
+    assert 'task_ingress_requests_by_trust_total{outcome="accepted",trust="verified"} 1.0' in text
+    assert 'task_ingress_greets_total{result="applied",trust="verified"} 1.0' in text
+    assert "task_ingress_unsendable_envelopes_total 0.0" in text
 
 
 def test_channel_option_narrows_the_subscriptions(start_daemon: Start, nats_wire: Wire) -> None:
-    import pytest
-    from nats.errors import NoRespondersError
+    from nats.errors import NoRespondersError, TimeoutError
 
     d = start_daemon(channels=["ops"])
-    a = Peer("peer-a", d.info.trust_file)
-    assert _greet(nats_wire, a.greet("ops"))["applied"]
-    with pytest.raises(NoRespondersError):
-        nats_wire.request(broadcast("dev"), a.greet("dev"), timeout=2)
+    a = _verified(d)
+    assert _greet(nats_wire, a, channel="ops")["applied"]
+    # Only the test's wire tap listens on dev: no answer comes.
+    with pytest.raises((NoRespondersError, TimeoutError)):
+        nats_wire.request(a.broadcast("dev"), encode(a.greet(channel="dev")), timeout=1)
+
+
+def test_an_rfc004_signature_over_a_copy_with_extra_fields_does_not_verify(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    d = start_daemon()
+    a = _verified(d)
+    env = a.task("task.create", {"title": "t"}, "r-1")
+    unsigned = {k: v for k, v in env.items() if k != "proof"}
+    resigned = sign_rfc004({**unsigned, "expires_at": None}, a.key)  # what a verifier
+    injected = {**resigned, "expires_at": None}
+    del injected["expires_at"]  # that injected defaults would have computed differently
+    assert result(_ask(nats_wire, a, injected))["trust"] == "rejected"
+    assert _greet(nats_wire, a)["applied"]
+    assert result(_ask(nats_wire, a, resigned))["accepted"]
+
+
+def test_a_peer_following_only_aghs_rfcs_finds_the_daemon_writes_and_reads_its_receipt(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    """No ready file, no NATS request/reply: discovery by whois on the broadcast subject,
+    presence by greet, the write as a say, the receipt on the peer's own subject."""
+    d = start_daemon()
+    peer = Peer("rfc-only")
+    allow(d.info.trust_file, [peer.id])  # the operator's decision, out of band
+    inbox = nats_wire.collect(peer.own_subject())
+    nats_wire.publish(broadcast(), encode(peer.whois(None, "task.create")))
+    _wait_for(lambda: len(inbox) == 1)
+    card = json.loads(inbox[0])["body"]["peer_card"]
+    daemon = card["peer_id"]
+    assert daemon == d.info.daemon_handle and "task.create" in card["capabilities"]
+    nats_wire.publish(broadcast(), encode(peer.greet()))
+    peer.daemon = daemon
+    for attempt in range(50):  # the greet and the say travel on two subjects: retry as AGH
+        rid = f"r-{attempt}"
+        nats_wire.publish(peer_subject(daemon), encode(peer.task(
+            "task.create", {"title": "found you"}, rid, to=daemon)))
+        _wait_for(lambda rid=rid: any(json.loads(m).get("reply_to") == rid for m in inbox))
+        receipt = next(json.loads(m) for m in inbox if json.loads(m).get("reply_to") == rid)
+        if result(receipt)["reason"] != Reason.PEER_NOT_FOUND:
+            break
+    assert receipt["body"]["status"] == "accepted" and result(receipt)["task_id"]

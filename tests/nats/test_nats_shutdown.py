@@ -117,4 +117,5 @@ def test_a_second_signal_exits_at_once_without_losing_acknowledged_writes(
     status, store, acks, children = _run_load_and_signal(tmp_path, signals=2)
     assert status in (0, 130)  # 0 only if the drain won the race against the 2nd signal
     assert not any(psutil.pid_exists(pid) for pid in children), "nats-server left running"
+    assert not (tmp_path / "daemon.json").exists()  # removed on the hard exit too
     _assert_acknowledged_writes_durable(store, acks)

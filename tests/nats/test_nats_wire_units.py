@@ -1,4 +1,5 @@
-"""Pure parts of the NATS transport: subjects, envelope parsing, signing, replay, settings."""
+"""Pure parts of the NATS transport: subjects, AGH envelope rules, compact form, policy,
+replay window, settings."""
 
 from __future__ import annotations
 
@@ -10,30 +11,23 @@ from pathlib import Path
 import msgpack
 import pytest
 from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.compact import CompactError, decode_compact, encode_compact
+from task_ingress.runtime.nats.compact import (
+    CompactError,
+    decode_compact,
+    encode_compact,
+    evaluate_compact,
+)
+from task_ingress.runtime.nats.identity import Trust, generate_key, handle
+from task_ingress.runtime.nats.policy import TrustPolicy, allow, disallow, listed
 from task_ingress.runtime.nats.replay import SeenWindow
 from task_ingress.runtime.nats.settings import ServeSettings
-from task_ingress.runtime.nats.signing import (
-    compact_signing_bytes,
-    generate_key,
-    parse_public_key,
-    public_key_text,
-    sign_envelope,
-    verify,
-    verify_envelope,
-)
-from task_ingress.runtime.nats.trust import TrustStore, enroll
+
+from tests.nats.agh_rules import agh_problems
+
+NOW = 1775606400
 
 
-def _env(**overrides: object) -> dict[str, object]:
-    obj = wire.build_envelope(kind="task.create", workspace="default", channel="ops",
-                              sender="peer-a", body={"title": "t"}, to="task-ingress",
-                              env_id="r-1")
-    obj.update(overrides)
-    return obj
-
-
-def test_route_token_is_the_hex_of_the_first_16_bytes_of_sha256_of_the_peer_id() -> None:
+def test_v0_route_token_is_the_hex_of_the_first_16_bytes_of_sha256_of_the_peer_id() -> None:
     token = wire.route_token("reviewer.sess-xyz")
     assert token == hashlib.sha256(b"reviewer.sess-xyz").hexdigest()[:32]
     assert wire.peer_subject("wks_test", "builders", "reviewer.sess-xyz") == (
@@ -44,14 +38,132 @@ def test_route_token_is_the_hex_of_the_first_16_bytes_of_sha256_of_the_peer_id()
         wire.route_token("BadPeer")
 
 
+def test_a_verified_handles_v1_route_token_is_its_fingerprint() -> None:
+    fp = "39f713d0a644253f04529421b9f51b9b"
+    assert wire.peer_subject("ws", "ops", f"patch-worker@{fp}", wire.PROTOCOL_V1) == (
+        f"agh.network.v1.ws.ops.peer.{fp}")
+    assert wire.broadcast_subject("ws", "ops", wire.PROTOCOL_V1) == (
+        "agh.network.v1.ws.ops.broadcast")
+
+
 def test_subjects_parse_back_and_foreign_subjects_do_not() -> None:
-    assert wire.parse_subject("agh.network.v0.ws.ops.broadcast") == wire.Subject("ws", "ops",
-                                                                                  False)
-    assert wire.parse_subject("agh.network.v0.ws.ops.peer.abc") == wire.Subject("ws", "ops",
-                                                                                True)
-    for bad in ("agh.network.v1.ws.ops.broadcast", "x", "agh.network.v0.ws.ops.peer",
+    assert wire.parse_subject("agh.network.v0.WS.ops.broadcast") == wire.Subject(
+        wire.PROTOCOL_V0, "WS", "ops", False)
+    assert wire.parse_subject("agh.network.v1.ws.ops.peer.abc") == wire.Subject(
+        wire.PROTOCOL_V1, "ws", "ops", True)
+    for bad in ("agh.network.v2.ws.ops.broadcast", "x", "agh.network.v0.ws.ops.peer",
                 "agh.network.v0.ws.ops.other.x"):
         assert wire.parse_subject(bad) is None
+
+
+def test_direct_room_id_is_aghs_deterministic_pair_hash() -> None:
+    expected = "direct_" + hashlib.sha256(
+        b"agh-network/direct-room/v0\x00ws\x00ops\x00alpha\x00beta").hexdigest()[:32]
+    assert wire.direct_id("ws", "ops", "beta", "alpha") == expected
+    assert wire.direct_id("ws", "ops", "alpha", "beta") == expected
+    with pytest.raises(ValueError):
+        wire.direct_id("ws", "ops", "alpha", "alpha")
+
+
+def _say(**overrides: object) -> dict[str, object]:
+    obj = wire.build_envelope(kind="say", workspace="ws", channel="ops", sender="peer-a",
+                              to="task-ingress", surface="direct", work_id="work_1",
+                              body={"text": "hi", "intent": "task.create"}, ts=NOW)
+    obj.update(overrides)
+    return obj
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"protocol": "agh-network/v9"}, "malformed"),
+    ({"id": " "}, "malformed"),
+    ({"workspace_id": "a.b"}, "malformed"),
+    ({"kind": "task.create"}, "unsupported_kind"),
+    ({"channel": "Ops"}, "malformed"),
+    ({"from": "peer@x"}, "malformed"),
+    ({"to": "Bad"}, "malformed"),
+    ({"ts": 0}, "malformed"),
+    ({"ts": NOW - 301}, "expired"),
+    ({"ts": NOW + 301, "expires_at": NOW + 900}, "expired"),
+    ({"expires_at": NOW}, "expired"),
+    ({"surface": None}, "invalid_surface"),
+    ({"surface": "room"}, "invalid_surface"),
+    ({"direct_id": "direct_xyz"}, "invalid_surface"),
+    ({"thread_id": "thread_abc"}, "invalid_surface"),
+    ({"work_id": "a/b"}, "malformed"),
+    ({"body": {"text": " "}}, "malformed"),
+    ({"body": []}, "malformed"),
+    ({"proof": "sig"}, "malformed"),
+    ({"ext": [1]}, "malformed"),
+    ({"interaction_id": "x"}, "legacy_field_rejected"),
+    ({"body": {"text": "password: hunter2"}}, "malformed"),
+    ({"ext": {"x": {"api_key": "abc"}}}, "malformed"),
+])
+def test_each_agh_rule_refuses_an_envelope_on_its_own(change: dict[str, object],
+                                                        code: str) -> None:
+    good = _say()
+    assert wire.validate_object(good, now=NOW).kind == "say"
+    assert agh_problems(good, NOW) == []
+    bad = {**good, **change}
+    with pytest.raises(wire.EnvelopeError) as err:
+        wire.validate_object(bad, now=NOW)
+    assert err.value.code == code
+    assert agh_problems(bad, NOW) != []  # the test-side checker agrees
+
+
+def test_blank_optional_identifiers_are_absent_as_aghs_normalization_makes_them() -> None:
+    env = wire.validate_object(_say(reply_to="  ", trace_id=""), now=NOW)
+    assert env.reply_to is None and env.trace_id is None
+
+
+def test_a_card_claiming_task_write_needs_a_proof_and_must_be_the_senders() -> None:
+    card = {"peer_id": "peer-a", "profiles_supported": [], "capabilities": ["task.write"],
+            "artifacts_supported": [], "trust_modes_supported": []}
+    greet = wire.build_envelope(kind="greet", workspace="ws", channel="ops", sender="peer-a",
+                                body={"peer_card": card}, ts=NOW)
+    with pytest.raises(wire.EnvelopeError) as err:
+        wire.validate_object(greet, now=NOW)
+    assert err.value.code == "verification_failed"
+    assert wire.validate_object({**greet, "proof": {"x": "y"}}, now=NOW).kind == "greet"
+    other = {**greet, "proof": {"x": "y"}, "from": "peer-b"}
+    with pytest.raises(wire.EnvelopeError):
+        wire.validate_object(other, now=NOW)
+    missing = {**greet, "body": {"peer_card": {"peer_id": "peer-a", "capabilities": []}}}
+    with pytest.raises(wire.EnvelopeError):
+        wire.validate_object(missing, now=NOW)
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    ({"for_id": "m", "status": "accepted"}, True),
+    ({"for_id": "m", "status": "accepted", "reason_code": "malformed"}, False),
+    ({"for_id": "m", "status": "rejected"}, False),
+    ({"for_id": "m", "status": "rejected", "reason_code": "capability_denied"}, False),
+    ({"for_id": "m", "status": "duplicate", "reason_code": "duplicate"}, True),
+    ({"for_id": "m", "status": "canceled"}, True),
+    ({"for_id": "m", "status": "done"}, False),
+    ({"status": "accepted"}, False),
+])
+def test_receipt_statuses_and_reason_codes_come_from_aghs_registries(
+        body: dict[str, object], ok: bool) -> None:
+    env = wire.build_envelope(kind="receipt", workspace="ws", channel="ops", sender="a",
+                              to="b", surface="direct", work_id="work_1", body=body, ts=NOW)
+    assert (agh_problems(env, NOW) == []) is ok
+    if ok:
+        wire.validate_object(env, now=NOW)
+    else:
+        with pytest.raises(wire.EnvelopeError):
+            wire.validate_object(env, now=NOW)
+
+
+def test_v1_allows_handles_where_v0_does_not() -> None:
+    key = generate_key()
+    me = handle("alice", key)
+    say = _say(**{"from": me, "direct_id": wire.direct_id("ws", "ops", me, "task-ingress")})
+    with pytest.raises(wire.EnvelopeError):
+        wire.validate_object(say, now=NOW)
+    v1 = {**say, "protocol": wire.PROTOCOL_V1}
+    assert wire.validate_object(v1, now=NOW).sender == me
+    with pytest.raises(wire.EnvelopeError):
+        wire.validate_object(v1, now=NOW, protocols=frozenset({wire.PROTOCOL_V0}))
 
 
 @pytest.mark.parametrize(("data", "form"), [
@@ -62,106 +174,77 @@ def test_wire_form_is_told_by_the_first_byte(data: bytes, form: str) -> None:
     assert wire.wire_form(data) == form
 
 
-def test_a_well_formed_envelope_parses_with_trimmed_identifiers() -> None:
-    env = wire.parse_envelope(wire.encode_json(_env(channel=" ops ", **{"from": "peer-a "})))
-    assert (env.kind, env.channel, env.sender, env.to, env.id) == (
-        "task.create", "ops", "peer-a", "task-ingress", "r-1")
+def test_json_that_is_not_strict_is_refused() -> None:
+    for data in (b'{"a": NaN}', b"\xff{", b"[1]", b"{" * 5000, b"x" * 70_000):
+        with pytest.raises(wire.EnvelopeError):
+            wire.parse_envelope(data)
 
 
-@pytest.mark.parametrize(("overrides", "detail"), [
-    ({"protocol": "agh-network/v1"}, "protocol"),
-    ({"id": "  "}, "id is required"),
-    ({"workspace_id": "a.b"}, "workspace_id"),
-    ({"channel": "Bad Channel"}, "channel"),
-    ({"from": "BadPeer"}, "from"),
-    ({"to": ""}, "to must be"),
-    ({"ts": 0}, "ts is required"),
-    ({"ts": "1"}, "ts is required"),
-    ({"ts": int(time.time()) - 301}, "older"),
-    ({"ts": int(time.time()) + 400}, "future"),
-    ({"expires_at": int(time.time()) - 1}, "expired"),
-    ({"body": [1]}, "body"),
-    ({"proof": "sig"}, "proof"),
-])
-def test_malformed_envelopes_are_refused_with_what_could_be_read(
-        overrides: dict[str, object], detail: str) -> None:
-    with pytest.raises(wire.EnvelopeError) as err:
-        wire.parse_envelope(wire.encode_json(_env(**overrides)))
-    assert detail in err.value.detail
-    assert err.value.kind == "task.create" and err.value.id in ("r-1", "")
-
-
-def test_an_old_envelope_with_a_future_expires_at_is_still_fresh() -> None:
-    env = _env(ts=int(time.time()) - 1000, expires_at=int(time.time()) + 60)
-    assert wire.parse_envelope(wire.encode_json(env)).expires_at is not None
-
-
-def test_oversized_and_deeply_nested_json_is_refused_not_crashed() -> None:
-    with pytest.raises(wire.EnvelopeError):
-        wire.parse_envelope(b"{" + b" " * (64 * 1024))
-    with pytest.raises(wire.EnvelopeError):
-        wire.parse_envelope(b'{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
-
-
-def test_a_signature_covers_every_field_but_the_proof() -> None:
+def test_compact_trust_states_follow_rfc004() -> None:
     key = generate_key()
-    public = parse_public_key(public_key_text(key))
-    assert public is not None
-    signed = sign_envelope(_env(), key)
-    assert verify_envelope(signed, public)
-    assert verify_envelope(json.loads(wire.encode_json(signed)), public)  # survives JSON
-    for field, value in (("from", "peer-b"), ("channel", "dev"), ("to", "other"),
-                         ("body", {"title": "x"}), ("ts", 1)):
-        assert not verify_envelope({**signed, field: value}, public)
-    assert not verify_envelope({**signed, "proof": None}, public)
-    assert not verify_envelope(signed, generate_key().public_key())
-
-
-def test_the_compact_form_round_trips_and_binds_subject_and_daemon() -> None:
-    key = generate_key()
-    data = encode_compact(b"inner", workspace="ws", channel="ops", sender="peer-a",
-                          to="task-ingress", ts=123, key=key)
-    compact = decode_compact(data)
-    assert (compact.sender, compact.to, compact.ts, compact.inner) == (
-        "peer-a", "task-ingress", 123, b"inner")
-
-    def signed_for(channel: str) -> bytes:
-        return compact_signing_bytes(workspace="ws", channel=channel, sender="peer-a",
-                                     to="task-ingress", ts=123, inner=b"inner")
-
-    assert verify(key.public_key(), compact.signature, signed_for("ops"))
-    assert not verify(key.public_key(), compact.signature, signed_for("dev"))
-    for bad in (b"\x81\xa1v\x01", msgpack.packb([1, 2]), b"\xc1",
-                msgpack.packb({"v": 1, "from": "peer-a", "to": "d", "ts": 1, "env": b"",
-                               "sig": b"short"})):
+    me = handle("peer-a", key)
+    common = {"workspace": "ws", "channel": "ops", "to": "task-ingress", "ts": 1}
+    signed = decode_compact(encode_compact(b"inner", sender=me, key=key, **common))
+    assert evaluate_compact(signed, workspace="ws", channel="ops").trust is Trust.VERIFIED
+    assert evaluate_compact(signed, workspace="ws", channel="dev").trust is Trust.REJECTED
+    plain = decode_compact(encode_compact(b"inner", sender="peer-a", key=None, **common))
+    assert evaluate_compact(plain, workspace="ws", channel="ops").trust is Trust.UNVERIFIED
+    stripped = decode_compact(encode_compact(b"inner", sender=me, key=None, **common))
+    assert evaluate_compact(stripped, workspace="ws", channel="ops").trust is Trust.REJECTED
+    other = decode_compact(encode_compact(b"inner", sender=me, key=generate_key(), **common))
+    assert evaluate_compact(other, workspace="ws", channel="ops").trust is Trust.REJECTED
+    for bad in (b"\xc1", msgpack.packb([1]), msgpack.packb({"v": 2, "from": "x"})):
         with pytest.raises(CompactError):
             decode_compact(bad)
 
 
-def test_the_replay_window_forgets_after_the_window_and_stays_bounded() -> None:
-    now = [0.0]
-    window = SeenWindow(window=10.0, capacity=3, clock=lambda: now[0])
+def test_the_policy_grants_by_fingerprint_and_follows_file_changes(tmp_path: Path) -> None:
+    path = str(tmp_path / "trust.json")
+    key = generate_key()
+    alice = handle("alice", key)
+    clock = [0.0]
+    policy = TrustPolicy(path, recheck=0.25, clock=lambda: clock[0])
+    fp = alice.rsplit("@", 1)[1]
+    assert not policy.allows(fp)
+    allow(path, [alice])
+    assert policy.allows(fp)  # a miss re-reads the file at once
+    assert handle("other-nick", key).rsplit("@", 1)[1] == fp  # same key, same grant
+    assert listed(path) == [alice]
+    assert disallow(path, [alice]) == [alice]
+    assert policy.allows(fp)  # a hit is re-checked at most every 0.25 s
+    clock[0] += 1.0
+    assert not policy.allows(fp)
+    with pytest.raises(ValueError):
+        allow(path, ["alice"])  # not a handle
+
+
+def test_seen_window_remembers_for_the_window_and_is_bounded() -> None:
+    clock = [0.0]
+    window = SeenWindow(window=10.0, capacity=3, clock=lambda: clock[0])
+    assert window.seen("a") is False and window.seen("a") is True
+    clock[0] = 11.0
     assert window.seen("a") is False
-    assert window.seen("a") is True
-    now[0] = 10.0
-    assert window.seen("a") is False  # expired, recorded afresh
     for key in "bcde":
         window.seen(key)
     assert len(window) == 3
 
 
-def test_the_trust_store_follows_enrolment_without_a_restart(tmp_path: Path) -> None:
-    path = str(tmp_path / "trust.json")
-    store = TrustStore(path)
-    assert store.lookup("peer-a") is None
-    key = generate_key()
-    enroll(path, {"peer-a": public_key_text(key)})
-    enroll(path, {"peer-b": public_key_text(generate_key())})
-    found = store.lookup("peer-a")
-    assert found is not None and public_key_text(found) == public_key_text(key)
-    assert len(store) == 2
-    with pytest.raises(ValueError):
-        enroll(path, {"Bad Peer": public_key_text(key)})
+def test_serve_settings_accept_ulid_workspaces_and_refuse_bad_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASK_INGRESS_WORKSPACE", raising=False)
+    assert ServeSettings(workspace="01JDQ8Z6X4V7K2M9N3P5R8T1W0").workspace == (
+        "01JDQ8Z6X4V7K2M9N3P5R8T1W0")
+    for bad in ({"workspace": "a.b"}, {"workspace": "a b"}, {"channels": ["Ops"]},
+                {"peer_id": f"a@{'0' * 32}"}, {"nickname": "Bad"}):
+        with pytest.raises(ValueError):
+            ServeSettings(**bad)
+    s = ServeSettings(store="/tmp/x.db")
+    assert s.key_path == "/tmp/x.db.peer.key" and s.trust_path == "/tmp/x.db.trust.json"
+
+
+def test_wire_times_are_unix_seconds() -> None:
+    assert abs(wire.build_envelope(kind="say", workspace="w", channel="c", sender="s",
+                                   body={})["ts"] - time.time()) < 5
 
 
 def test_settings_come_from_env_and_print_without_secrets(

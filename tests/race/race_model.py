@@ -28,6 +28,7 @@ RequestKey = tuple[str, str, str, str]
 BAD_PEERS = frozenset({"Bad Peer", "-dash-first"})
 BAD_REQUEST_IDS = frozenset({"a/b", ""})
 BAD_CHANNELS = frozenset({"BAD!", "-x"})
+BAD_WORKSPACES = frozenset({"bad.ws", "b/d"})  # SPEC 2: AGH's rule (any case, no dots...)
 MAX_PRIORITY = 100
 
 
@@ -114,7 +115,7 @@ class SpecModel:
 
     def _before_replay(self, ctx: IngressContext) -> Reason | None:
         if (ctx.peer_id in BAD_PEERS or ctx.request_id in BAD_REQUEST_IDS
-                or ctx.channel in BAD_CHANNELS or ctx.workspace in BAD_CHANNELS):
+                or ctx.channel in BAD_CHANNELS or ctx.workspace in BAD_WORKSPACES):
             return Reason.INVALID_REQUEST
         seen = self.greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
         visible = (seen is not None and self.now - seen[0] < 2 * self.greet_interval

@@ -45,6 +45,9 @@ def test_swarm_over_nats_against_a_served_daemon_holds_every_invariant(tmp_path:
         probes = data["bad_requests"].get("expired_peer", {"sent": 0,
                                                            "rejected_as_expected": 0})
         assert probes["rejected_as_expected"] == probes["sent"]
+        # left_peer cannot be sent over NATS, and the report says why.
+        assert "left_peer" not in data["bad_requests"]
+        assert "a leave is silence" in data["unsent_bad_kinds"]["left_peer"]
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:

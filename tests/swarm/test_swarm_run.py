@@ -53,13 +53,13 @@ def test_swarm_command_prints_report_and_writes_json_plot_and_ack_log(
     ])
     assert result.exit_code == 0, result.output
     assert "every invariant held" in result.output
-    report = json.loads((tmp_path / "swarm-report.json").read_text())
+    report = json.loads((tmp_path / "reports" / "swarm-report.json").read_text())
     assert set(report) >= SPEC_KEYS
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
     assert report["requests"] == 300
     assert report["accepted"] + report["rejected"] == 300
     assert all(report["invariants"].values()) and len(report["invariants"]) == 7
-    assert (tmp_path / "swarm-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "reports" / "swarm-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [json.loads(line) for line in ack.read_text().splitlines()]
     assert len(lines) == 300
     assert set(lines[0]) == {"workspace", "channel", "peer_id", "request_id", "accepted",
@@ -97,5 +97,5 @@ def test_swarm_command_exits_nonzero_when_an_invariant_breaks(
                                       "--channels", "2", "--no-progress"])
     assert result.exit_code == 1
     assert "every_request_answered" in result.output
-    report = json.loads((tmp_path / "swarm-report.json").read_text())
+    report = json.loads((tmp_path / "reports" / "swarm-report.json").read_text())
     assert report["invariants"]["every_request_answered"] is False
