@@ -145,6 +145,7 @@ class IngressRouter(GateActor):
         self.settings: Settings | None = None
         self.store: Any = None
         self.starting: tuple[Any, int] | None = None
+        self.restarting = False
         # Channel actors by (workspace, channel); None: the actor died, the next message
         # of the channel starts a new one (its peers may still be visible).
         self.channels: dict[ChannelKey, Any] = {}
@@ -181,13 +182,17 @@ class IngressRouter(GateActor):
         self.send(self.store, self.wiring.model_copy(update={"store": self.store}))
 
     def receiveMsg_Started(self, msg: Started, sender: Any) -> None:
-        """The TaskStore is ready: report to whoever wired us (once)."""
+        """The TaskStore is ready: report to whoever wired us (once); after a restart,
+        rewire Capability to it and probe for what the dead one took along."""
         if self.starting is not None:
             to, ticket = self.starting
             self.starting = None
             self.send(to, Started(ticket=ticket, error=msg.error, address=self.store))
         elif msg.error:
             self.log.error("router.store_restart_failed", error=msg.error)
+        elif self.restarting:
+            self.restarting = False
+            self._rewire_and_probe(sender)
 
     def receiveMsg_SubmitBatch(self, msg: SubmitBatch, sender: Any) -> None:
         """Route every item of the batch; `sender` is where the answers go.
@@ -388,7 +393,7 @@ class IngressRouter(GateActor):
 
     def receiveMsg_ChildActorExited(self, msg: Any, sender: Any) -> None:
         """A child died: restart it and find what it took with it."""
-        key = self.keys.pop(str(msg.childAddress), None)
+        key = self._child_key(msg.childAddress)
         if key is None or self.stopping or self.wiring is None:
             return
         if key == STORE_KEY:
@@ -407,12 +412,35 @@ class IngressRouter(GateActor):
             self.probes[probe_id] = PendingProbe(suspects=suspects)
             self.send(self.wiring.presence, Probe(probe_id=probe_id, reply_to=self.myAddress))
 
+    def _child_key(self, child: Any) -> ChannelKey | None:
+        """Which of our children exited (forgotten from `keys`), or None when unknown.
+
+        `keys` holds each child under the str of the address `createActor` returned. On
+        simpleSystemBase an exit names that address; a multiprocess base names the child's
+        final address, whose str differs (found only by `==`, which Thespian resolves)."""
+        key = self.keys.pop(str(child), None)
+        if key is not None:
+            return key
+        if self.store is not None and child == self.store:
+            key = STORE_KEY
+        else:
+            key = next((k for k, address in self.channels.items() if address == child), None)
+        if key is not None:
+            self.keys = {name: k for name, k in self.keys.items() if k != key}
+        return key
+
     def _store_died(self) -> None:
-        assert self.wiring is not None
         self.log.error("router.store_died", unanswered=len(self.unanswered))
+        self.restarting = True
         self._start_store()
+
+    def _rewire_and_probe(self, store: Any) -> None:
+        """The new store is up at `store` (the address it answered from: on a multiprocess
+        base the one `createActor` gave cannot be sent on before the child has connected,
+        and a probe sent ahead of a delayed Rewire would reach the dead store and be lost)."""
+        assert self.wiring is not None
         # Rewire goes out before any probe: Capability sees it before the probe reaches it.
-        self.send(self.wiring.capability, Rewire(store=self.store))
+        self.send(self.wiring.capability, Rewire(store=store))
         for key, address in self.channels.items():
             if address is None:
                 continue

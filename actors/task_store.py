@@ -4,10 +4,13 @@ Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
 - `InFlights` (from Capability) -> buffered; on
   `Flush` every buffered request is judged (replay, rules 5-10) and applied in arrival
-  order inside ONE transaction (one savepoint; a request that raises sends the batch
-  through again with one savepoint each, so it fails alone), with an outbox row per accepted
-  mutation; after COMMIT they go to Audit as one `Verdicts` message. A failed commit
+  order inside ONE transaction, a few statements per batch (store_batch.StoreBatch; a
+  request that raises fails alone), with an outbox row per accepted mutation; after COMMIT
+  they go to Audit as one `Verdicts` message. A failed commit
   turns that batch's acceptances into `task_ingress_failed`, with nothing applied.
+  On a durable store the batch commits with synchronous=NORMAL (no fsync): Audit's
+  synchronous=FULL commit of the same batch's records, which every reply waits for, fsyncs
+  the one WAL file and with it this commit's frames (docs/durability.md).
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
   supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
 - `Flush` (from itself).
@@ -24,6 +27,7 @@ from task_ingress.actors.log import get_logger
 from task_ingress.actors.storage import store_ops
 from task_ingress.actors.storage.auditlog import audit_fields
 from task_ingress.actors.storage.schema import connect, encode_outbox
+from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
@@ -44,9 +48,20 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
+from task_ingress.messages.requests import AnyRequest
+
+BATCH_SYNC = "NORMAL"
+"""synchronous= of the store's batch commits on a durable store: in WAL mode, NORMAL
+writes the frames without an fsync; Audit's FULL commit that follows makes them durable."""
 
 Applied = tuple[InFlight, Outcome, int | None]
 """A request judged (and, when accepted, applied) in a batch: its outcome and outbox row id."""
+
+
+def _request(flight: InFlight) -> AnyRequest:
+    request = flight.submission.request
+    assert request is not None, "the router admits only requests"
+    return request
 
 
 class InjectedCommitFailure(sqlite3.OperationalError):
@@ -74,6 +89,9 @@ class TaskStore(GateActor):
             self.settings, self.audit = s, msg.audit
             self.limits = s.limits
             self.conn = connect(s.store_path, s.durable)
+            if s.durable:
+                # One fsync per batch, not two: see the module docstring.
+                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
@@ -127,65 +145,40 @@ class TaskStore(GateActor):
     def apply_in_order(
         self, conn: sqlite3.Connection, batch: list[InFlight], now: float
     ) -> list[Applied]:
-        """The batch in arrival order under ONE savepoint (fast path: two statements per
-        batch, not per request). A request that raises a non-database error (a bug) sends the
-        batch back to the savepoint and through the slow path, one savepoint per request, so
-        that it alone fails and its neighbours are judged exactly as before.
+        """The batch in arrival order as one unit of work (actors/storage/store_batch.py):
+        one query per table loads what its requests can look at, each request is judged
+        against that state with every earlier acceptance of the batch applied, and one
+        `executemany` per table writes the lot. A request that raises (a bug) fails alone:
+        judging applies nothing, so the batch goes on as if it had not been there.
 
         Runs inside the batch's transaction. The one hook a test twin overrides
         (task_ingress.testing.NaiveTaskStore)."""
-        conn.execute("SAVEPOINT batch")
-        try:
-            results = [self._apply(conn, flight, now) for flight in batch]
-        except sqlite3.Error:
-            raise  # a database error fails the whole batch: the commit is suspect
-        except Exception:
-            conn.execute("ROLLBACK TO batch")
-            conn.execute("RELEASE batch")
-            return [self._apply_one(conn, flight, now) for flight in batch]
-        conn.execute("RELEASE batch")
+        work = StoreBatch.load(conn, [(f.context, _request(f)) for f in batch])
+        results = [self._judge_and_apply(work, flight, now) for flight in batch]
+        work.write(conn)
         return results
 
-    def _apply(
-        self, conn: sqlite3.Connection, flight: InFlight, now: float
-    ) -> Applied:
-        """Judge and apply one request, with its outbox row when it is an accepted write."""
-        request = flight.submission.request
-        assert request is not None
-        outcome = store_ops.judge_and_apply(conn, flight.context, request, self.limits, now)
-        return flight, outcome, self.outbox_row(conn, flight, outcome)
-
-    @staticmethod
-    def outbox_row(conn: sqlite3.Connection, flight: InFlight, outcome: Outcome) -> int | None:
-        """The outbox row of an accepted write (its id), or None for anything else.
-
-        The row commits with the mutation: a crash before Audit chains it leaves the row
-        behind, and Audit's start-up drain turns it into the record."""
-        if not outcome.accepted or outcome.replay:
-            return None
-        cur = conn.execute("INSERT INTO outbox (record) VALUES (?)",
-                           (encode_outbox(audit_fields(flight, outcome)),))
-        return int(cur.lastrowid or 0)
-
-    def _apply_one(
-        self, conn: sqlite3.Connection, flight: InFlight, now: float
-    ) -> Applied:
-        """One request under a savepoint: a failure undoes it alone, never its neighbours."""
-        conn.execute("SAVEPOINT one")
+    def _judge_and_apply(self, work: StoreBatch, flight: InFlight, now: float) -> Applied:
+        """Judge one request; apply an acceptance to the batch with its outbox record."""
         try:
-            result = self._apply(conn, flight, now)
-            conn.execute("RELEASE one")
-            return result
-        except sqlite3.Error:
-            raise  # a database error fails the whole batch: the commit is suspect
+            outcome, change = work.judge(flight.context, _request(flight), self.limits, now)
+            record = None if change is None else self.outbox_record(flight, outcome)
         except Exception as exc:
-            conn.execute("ROLLBACK TO one")
-            conn.execute("RELEASE one")
             self.log.error(
                 "store.request_failed", error=repr(exc), request_id=flight.context.request_id,
                 peer_id=flight.context.peer_id, channel=flight.context.channel,
             )
             return flight, failed_verdict(flight).outcome, None
+        box = None if change is None else work.apply(change, record)
+        return flight, outcome, box
+
+    @staticmethod
+    def outbox_record(flight: InFlight, outcome: Outcome) -> bytes:
+        """The outbox record of an accepted write: its audit fields, unchained.
+
+        The row commits with the mutation: a crash before Audit chains it leaves the row
+        behind, and Audit's start-up drain turns it into the record."""
+        return encode_outbox(audit_fields(flight, outcome))
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit what is buffered, then pass the marker on behind its verdicts."""
@@ -211,9 +204,15 @@ class TaskStore(GateActor):
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
-        """Operator lock: committed at once (it is not a peer write and is not audited)."""
+        """Operator lock: committed at once (it is not a peer write and is not audited).
+
+        No Audit commit follows it to carry the fsync, so on a durable store this one
+        commits with synchronous=FULL itself before the answer."""
+        durable = self.settings is not None and self.settings.durable
         try:
             assert self.conn is not None
+            if durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("BEGIN IMMEDIATE")
             found = store_ops.set_lock(self.conn, msg.workspace, msg.task_id, msg.locked)
             self.conn.execute("COMMIT")
@@ -222,6 +221,9 @@ class TaskStore(GateActor):
             if self.conn is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+        finally:
+            if durable and self.conn is not None:
+                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: apply what is buffered so nothing admitted is lost, then close."""

@@ -6,7 +6,7 @@ What a careful engineer writes without actors: threads, locks, one SQLite connec
   commit, and greet/leave take it too, so a leave never slips between check and write
   (the same race freedom the runtime gets from its channel fence).
 - One lock around the database connection: the store-side checks (rules 5-10, the same
-  `actors.storage.store_ops.judge_and_apply` the runtime uses), the mutation, and the hash-chained
+  `actors.storage.store_batch` rules the runtime uses), the mutation, and the hash-chained
   audit record are ONE transaction, committed with synchronous=FULL before the reply.
   That is the same durability as the runtime: a reply means write + audit are on disk.
 - No group commit: one durable transaction per request. That is the point of comparison.
@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
-from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage import store_batch
 from task_ingress.actors.storage.auditlog import (
     INSERT_AUDIT,
     read_head,
@@ -141,7 +141,7 @@ class LockBaseline:
                 return self._reject(ctx, act, Reason.PEER_NOT_FOUND, size)
             if not seen[1]:
                 return self._reject(ctx, act, Reason.CAPABILITY_DENIED, size)
-            return self._record(ctx, size, lambda conn: store_ops.judge_and_apply(
+            return self._record(ctx, size, lambda conn: store_batch.judge_and_apply(
                 conn, ctx, request, self.limits, time.time()))
 
     def _reject(self, ctx: IngressContext, action: Action, reason: Reason, size: int) -> Outcome:

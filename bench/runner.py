@@ -27,8 +27,11 @@ from task_ingress.bench.workload import (
     run_phase,
 )
 
-SYSTEMS = ("runtime-simple", "runtime-multiproc", "baseline")
-BASES = {"runtime-simple": "simpleSystemBase", "runtime-multiproc": "multiprocQueueBase"}
+SYSTEMS = ("runtime-simple", "runtime-pipeline", "runtime-multiproc", "baseline")
+BASES = {"runtime-simple": "simpleSystemBase", "runtime-pipeline": "simpleSystemBase",
+         "runtime-multiproc": "multiprocQueueBase"}
+MODES = {"runtime-pipeline": "pipeline"}
+"""RuntimeConfig.process_mode per system (default: in-process)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], 
     from task_ingress.runtime.facade import IngressRuntime
 
     rt = IngressRuntime(RuntimeConfig(store_path=store, durable=True, actor_base=BASES[name],
+                                      process_mode=MODES.get(name, "inprocess"),
                                       audit_key=key, request_timeout=10.0))
     rt.start()
     return rt, rt.close

@@ -41,7 +41,8 @@ class Settings(InternalMessage):
     """Runtime settings every actor needs; plain data so it crosses process boundaries."""
 
     store_path: str = Field(description="Resolved SQLite file path (never ':memory:').")
-    durable: bool = Field(description="synchronous=FULL when true, OFF for throwaway stores.")
+    durable: bool = Field(description="Durable replies (Audit FULL, the store NORMAL: one fsync "
+                          "per batch); OFF for throwaway stores.")
     local_peer_id: str
     greet_interval: float
     tasks_enabled: bool

@@ -1,9 +1,11 @@
-"""The driver thread: the only thread that touches the Thespian ActorSystem.
+"""The driver thread: the only thread that talks to the actors (through its `ActorHost`).
 
 Thespian's ActorSystem is not thread-safe (replies go to the wrong thread), so callers
 hand `(message, future)` pairs to a queue; the driver stamps each with the clock, applies
 the in-flight caps, sends everything waiting as ONE `SubmitBatch` (which is what lets the
 store and audit group-commit), then collects replies by ticket and resolves futures.
+The actors run in this process (`host.InProcessHost`) or in a pipeline process of their
+own (`pipeline.PipelineHost`); the driver is the same for both.
 """
 
 from __future__ import annotations
@@ -23,23 +25,15 @@ from task_ingress.messages.protocol import (
     Replies,
     Settings,
     Submission,
-    SubmitBatch,
     Sweep,
 )
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
 from task_ingress.runtime.flow import FlowControl, FlowLimits, PeerKey
+from task_ingress.runtime.host import ActorHost, Stamped
 from task_ingress.runtime.inbox import Call, Inbox
-from task_ingress.runtime.reaper import ActorProcesses
-from task_ingress.runtime.topology import (
-    Addresses,
-    close_actor_system,
-    open_actor_system,
-    start_actors,
-)
-from thespian.actors import ActorAddress, PoisonMessage
+from task_ingress.runtime.topology import Addresses
+from thespian.actors import PoisonMessage
 
-MULTIPROC_POLL = 0.001
-SIMPLE_POLL = 0.0005
 SWEEP_EVERY = 1.0
 SHUTDOWN_GRACE = 10.0
 
@@ -66,14 +60,14 @@ class Driver:
 
     def __init__(
         self,
-        base: str,
+        host: ActorHost,
         settings: Settings,
         clock: Callable[[], float],
         request_timeout: float,
         limits: FlowLimits,
         batch_linger: float = 0.0,
     ) -> None:
-        self.base = base
+        self.host = host
         self.settings = settings
         self.clock = clock
         self.request_timeout = request_timeout
@@ -86,7 +80,8 @@ class Driver:
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._run, name="task-ingress-driver", daemon=True)
         self._addresses: Addresses | None = None
-        self.processes = ActorProcesses()
+        # Dispatched calls awaiting their reply, by ticket (the driver thread's own).
+        self.pending: dict[int, Call] = {}
         self.held = ChannelCount(ticket=0, channel_actors=0, peers=0, cards=0)
         self.sweep_ticket = 0  # the periodic sweep in progress (one at a time)
         self.log = get_logger(component="driver")
@@ -117,7 +112,7 @@ class Driver:
         resolves with its answer. `peer` is the admission key (None: holds no slot)."""
         return self._put(Call(message=message, peer=peer))
 
-    def ask(self, to: ActorAddress, message: Any) -> Future[Any]:
+    def ask(self, to: Any, message: Any) -> Future[Any]:
         """Queue a query (it carries a `ticket`) for one actor; the future resolves with
         the reply of that ticket."""
         return self._put(Call(message=message, to=to))
@@ -156,42 +151,41 @@ class Driver:
             ) from exc
 
     def stop(self) -> None:
-        """Refuse new calls, answer those in flight, shut the actor system down."""
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        self.inbox.put_stop()
-        self.thread.join(timeout=SHUTDOWN_GRACE * 3)
+        """Refuse new calls, answer those in flight, shut the actor system down; returns
+        once the driver thread has (also when it had stopped by itself, e.g. after the
+        pipeline process died: it may still be reaping)."""
+        if not self.closed.is_set():
+            self.closed.set()
+            self.inbox.put_stop()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=SHUTDOWN_GRACE * 3)
 
     # ---- driver thread -----------------------------------------------------------
     def _run(self) -> None:
-        asys = None
         try:
-            self.processes.before_start()
-            asys = open_actor_system(self.base)
-            self.processes.after_start()
-            self._addresses = start_actors(asys, self.settings)
+            self._addresses = self.host.open()
         except BaseException as exc:
             self.start_error = exc
-            if asys is not None:
-                self._shutdown(asys)
+            self.host.close(SHUTDOWN_GRACE)
             self.ready.set()
             return
         self.ready.set()
         try:
-            self._loop(asys)
+            self._loop()
         except BaseException as exc:
             self.log.error("driver.crashed", error=repr(exc))
         finally:
             self.closed.set()
+            # Everyone still waiting learns at once (a dead pipeline process, a bug here):
+            # nothing is left to hang until its timeout.
+            self._fail_pending(RuntimeClosed("the runtime shut down before an answer"))
             self._fail_waiting(RuntimeClosed("the runtime shut down"))
-            self._shutdown(asys)
+            self.host.close(SHUTDOWN_GRACE)
 
-    def _loop(self, asys: Any) -> None:
-        pending: dict[int, Call] = {}
+    def _loop(self) -> None:
+        pending = self.pending
         stopping_since: float | None = None
         last_sweep = time.monotonic()
-        simple = self.base == "simpleSystemBase"
         # Callers answered since the last dispatch (likely to send again at once) plus those
         # already waiting when they were answered: the batch the driver is worth waiting for.
         expected = 0
@@ -206,9 +200,9 @@ class Driver:
                 expected = 0
             if stop and stopping_since is None:
                 stopping_since = time.monotonic()
-            self._dispatch(asys, calls, pending)
+            self._dispatch(calls, pending)
             while pending:
-                reply = asys.listen(SIMPLE_POLL if simple else MULTIPROC_POLL)
+                reply = self.host.listen()
                 if reply is None:
                     break
                 answered = self._resolve(reply, pending)
@@ -218,16 +212,15 @@ class Driver:
             self._expire(pending, now)
             if now - last_sweep >= SWEEP_EVERY and self.sweep_ticket not in pending:
                 last_sweep = now
-                self._periodic_sweep(asys, pending)
+                self._periodic_sweep(pending)
             if stopping_since is not None and (
                 not pending or now - stopping_since > SHUTDOWN_GRACE
             ):
-                for call in pending.values():
-                    call.future.set_exception(RuntimeClosed("shut down before an answer"))
                 return
 
-    def _dispatch(self, asys: Any, calls: list[Call], pending: dict[int, Call]) -> None:
-        batch: list[Submission | PresenceChange] = []
+    def _dispatch(self, calls: list[Call], pending: dict[int, Call]) -> None:
+        asks: list[tuple[Any, Any]] = []
+        batch: list[Stamped] = []
         deadline = time.monotonic() + self.request_timeout * 2
         for call in calls:
             ticket = call.message.ticket
@@ -241,35 +234,37 @@ class Driver:
                     preset = self.flow.admit(call.peer, now)
                 if preset is not None:
                     call.peer = None  # not admitted: holds no slot
-                batch.append(msg.model_copy(update={"now": now, "preset": preset}))
+                batch.append((msg, now, preset))
             elif isinstance(msg, PresenceChange):
                 now = self.clock()
                 refused = self.flow.admit_greet((msg.workspace, msg.channel, msg.peer_id),
                                                 now) if msg.card is not None else None
-                msg = msg.model_copy(update={"now": now})
-                batch.append(msg if refused is None else msg.refused(refused))
+                if refused is None:
+                    batch.append((msg, now, None))
+                else:
+                    batch.append((msg.refused(refused), now, refused))
             elif isinstance(msg, Sweep):
-                self._sweep(asys, msg)
+                self._sweep(msg)
             else:
-                asys.tell(call.to, msg)
-        if batch:
-            asys.tell(self.addresses.router, SubmitBatch(items=tuple(batch)))
+                asks.append((call.to, msg))
+        if asks or batch:
+            self.host.dispatch(asks, batch)
 
-    def _periodic_sweep(self, asys: Any, pending: dict[int, Call]) -> None:
+    def _periodic_sweep(self, pending: dict[int, Call]) -> None:
         """The timer's sweep, pending like a call (nobody waits on it): its answer must be
         read, or an idle runtime would pile one unread message a second."""
         call = Call(message=Sweep(now=0.0, ticket=self.next_ticket()), to=self.addresses.router)
         call.deadline = time.monotonic() + self.request_timeout * 2
         self.sweep_ticket = call.message.ticket
         pending[self.sweep_ticket] = call
-        self._sweep(asys, call.message)
+        self._sweep(call.message)
 
-    def _sweep(self, asys: Any, sweep: Sweep) -> None:
+    def _sweep(self, sweep: Sweep) -> None:
         """Housekeeping on the clock: forget full token buckets, let the actors free expired
         peers and idle channel actors (the router answers `ChannelCount`)."""
         stamp = self.clock()
         self.flow.sweep(stamp)
-        asys.tell(self.addresses.router, sweep.model_copy(update={"now": stamp}))
+        self.host.sweep(sweep.model_copy(update={"now": stamp}))
 
     def _resolve(self, reply: Any, pending: dict[int, Call]) -> int:
         """Resolve the calls a reply answers; returns how many."""
@@ -317,17 +312,19 @@ class Driver:
             if not call.future.done():
                 call.future.set_exception(IngressTimeout("no reply from the actors"))
 
+    def _fail_pending(self, exc: BaseException) -> None:
+        calls, self.pending = list(self.pending.values()), {}
+        for call in calls:
+            self._release(call)
+            if not call.future.done():
+                call.future.set_exception(exc)
+
     def _fail_waiting(self, exc: BaseException) -> None:
         for call in self.inbox.drain():
             if not call.future.done():
                 call.future.set_exception(exc)
 
-    def _shutdown(self, asys: Any) -> None:
-        """Stop the actors and the system; no actor process outlives this."""
-        close_actor_system(asys, self._addresses, SHUTDOWN_GRACE)
-        self.processes.reap()
-
     def actor_pids(self) -> list[int]:
         """PIDs of the live processes running this runtime's actors (none on
-        simpleSystemBase). Thespian's admin daemonizes, so they are not our children."""
-        return self.processes.pids()
+        simpleSystemBase in this process; the pipeline process in pipeline mode)."""
+        return self.host.pids()

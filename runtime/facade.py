@@ -42,6 +42,8 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
 from task_ingress.runtime.errors import IngressTimeout, PresenceRefused, RuntimeClosed
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
+from task_ingress.runtime.host import ActorHost, InProcessHost
+from task_ingress.runtime.pipeline.host import PipelineHost
 
 MULTIPROC_MAX_IN_FLIGHT = 256
 
@@ -127,8 +129,12 @@ class IngressRuntime:
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
             peer_burst=cfg.peer_burst, greet_rate=cfg.greet_rate, greet_burst=cfg.greet_burst,
         )
-        driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits,
-                        cfg.batch_linger)
+        host: ActorHost
+        if cfg.process_mode == "pipeline":
+            host = PipelineHost(cfg.actor_base, settings)
+        else:
+            host = InProcessHost(cfg.actor_base, settings)
+        driver = Driver(host, settings, cfg.clock, cfg.request_timeout, limits, cfg.linger)
         try:
             driver.start()
         except BaseException:
@@ -322,8 +328,9 @@ class IngressRuntime:
         return list(reply.records)
 
     def actor_pids(self) -> list[int]:
-        """PIDs of the OS processes running the actors (empty on simpleSystemBase): for
-        monitoring and for benchmarks that count every process's CPU. Empty once closed."""
+        """PIDs of the OS processes running the actors (empty on simpleSystemBase in this
+        process; the pipeline process in pipeline mode): for monitoring and for benchmarks
+        that count every process's CPU. Empty once closed."""
         return self._driver.actor_pids() if self._driver is not None else []
 
     def statistics(self) -> RuntimeStatistics:

@@ -32,19 +32,25 @@ from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem
 from thespian.system.transport import MultiprocessQueueTransport
 
 WIRING_TIMEOUT = 60.0
+CHILD_CHECK_SECONDS = 0.2
+"""How long a multiprocQueueBase mailbox must stay empty before its actor checks for dead
+children (Thespian's default: 2 s; see `prompt_child_exit_checks`)."""
 
 
 @dataclass(frozen=True)
 class Addresses:
-    """Where the runtime's long-lived actors are (the channel actors are the router's)."""
+    """Where the runtime's long-lived actors are (the channel actors are the router's).
 
-    router: ActorAddress
-    presence: ActorAddress
-    capability: ActorAddress
-    audit: ActorAddress
-    store: ActorAddress
+    Each is an ActorAddress; in the embedding process of a pipeline-mode runtime, the
+    actor's role name, which the pipeline process maps to the address (pipeline/wire.py)."""
+
+    router: Any
+    presence: Any
+    capability: Any
+    audit: Any
+    store: Any
     """The TaskStore at start (the router restarts it at a new address if it dies)."""
-    store_proxy: ActorAddress | None = None
+    store_proxy: Any = None
     """The `Settings.store_proxy_class` actor between Capability and TaskStore, if any."""
 
     def exit_order(self) -> list[ActorAddress]:
@@ -73,6 +79,19 @@ def unbounded_queue_mailboxes() -> None:
     MultiprocessQueueTransport.MAX_ADMIN_QUEUESIZE = 0
 
 
+def prompt_child_exit_checks() -> None:
+    """Make multiprocQueueBase actors notice a dead child within CHILD_CHECK_SECONDS.
+
+    Thespian 4.0.1 turns SIGCHLD into `ChildActorExited` only when the parent's mailbox has
+    stayed empty for QUEUE_CHECK_PERIOD (2 s): its queue is not signal-safe, so the handler
+    only sets a flag. The driver's `Sweep` reaches the router every second, so the router,
+    the TaskStore's parent, never saw 2 idle seconds and never learnt that its store died:
+    every later request hung until its timeout, and close() hung. With a shorter period the
+    check runs at the first lull (callers waiting on a dead store stop sending).
+    """
+    MultiprocessQueueTransport.QUEUE_CHECK_PERIOD = CHILD_CHECK_SECONDS
+
+
 def open_actor_system(base: str) -> Any:
     """Start a fresh ActorSystem of `base` (admin port, mailbox sizes as this runtime needs)."""
     capabilities: dict[str, Any] = {}
@@ -80,6 +99,7 @@ def open_actor_system(base: str) -> Any:
         capabilities["Admin Port"] = free_port()
     if base == "multiprocQueueBase":
         unbounded_queue_mailboxes()
+        prompt_child_exit_checks()
     return ActorSystem(base, capabilities, transientUnique=True)
 
 

@@ -9,10 +9,13 @@ only when a test names them in `RuntimeConfig`:
   `HoldRelease`, `HoldQuery` -> `HoldState`).
 - `RuntimeConfig(channel_actor_class=NAIVE_CHANNEL)`: channel actors without the fence.
 - `RuntimeConfig(store_actor_class=NAIVE_STORE)`: a check-then-act TaskStore.
+- `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
+  exits between the store's commit and Audit's (tests/crash, docs/durability.md).
 
 tests/race uses them to show that its checks catch a missing protection (docs/race-freedom.md).
 """
 
+from task_ingress.testing.crash import CRASH_EXIT, CRASH_PREFIX, ExitAfterStoreCommit
 from task_ingress.testing.hold import Hold
 from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.testing.naive import NaiveChannelIngress, NaiveTaskStore
@@ -23,6 +26,9 @@ NAIVE_CHANNEL = "task_ingress.testing.NaiveChannelIngress"
 """Dotted name of `NaiveChannelIngress`, for `RuntimeConfig.channel_actor_class`."""
 NAIVE_STORE = "task_ingress.testing.NaiveTaskStore"
 """Dotted name of `NaiveTaskStore`, for `RuntimeConfig.store_actor_class`."""
+EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.ExitAfterStoreCommit"
+"""Dotted name of `ExitAfterStoreCommit`, for `RuntimeConfig.store_actor_class`."""
 
-__all__ = ["HOLD", "NAIVE_CHANNEL", "NAIVE_STORE", "Hold", "HoldArm", "HoldQuery",
+__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "EXIT_AFTER_STORE_COMMIT", "HOLD", "NAIVE_CHANNEL",
+           "NAIVE_STORE", "ExitAfterStoreCommit", "Hold", "HoldArm", "HoldQuery",
            "HoldRelease", "HoldState", "NaiveChannelIngress", "NaiveTaskStore"]

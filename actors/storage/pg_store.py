@@ -6,7 +6,7 @@ shard's lease row `FOR UPDATE`; that one lock (a) fences — the row's owner and
 still be the caller's, and a takeover's UPDATE of the row waits for the transaction or is
 seen by it, never interleaves — and (b) serializes all writes of a shard, exactly as
 SQLite's single writer serializes the embedded store. Workspaces never span shards, so
-store_ops' read-then-write checks run under READ COMMITTED with no concurrent writer of the
+store_batch's read-then-write checks run under READ COMMITTED with no concurrent writer of the
 rows they read, and no serialization failure ever needs a retry before the answer.
 
 A holder paused inside a write transaction would keep the lease row locked and stall a
@@ -17,11 +17,12 @@ such a session (and rolls it back) within the lease TTL's margin.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import Any, cast
 
 import psycopg
 from task_ingress.actors.rules.shards import Fence, shard_of
-from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage import store_batch, store_ops
 from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.reasons import Reason
@@ -29,10 +30,12 @@ from task_ingress.messages.requests import AnyRequest, IngressContext
 
 
 class QmarkConnection:
-    """store_ops' SQL (SQLite `?` placeholders) on a psycopg connection (`%s`).
+    """store_ops' and store_batch's SQL (SQLite `?` placeholders) on a psycopg connection
+    (`%s`).
 
-    store_ops is written against sqlite3.Connection; it only calls `execute(sql, params)`
-    and reads `fetchone()`/`rowcount` of the result, which psycopg's cursor also has."""
+    Both are written against sqlite3.Connection; they only call `execute(sql, params)` and
+    `executemany(sql, rows)` and read `fetchone()`/`fetchall()`/`rowcount` of the result,
+    which psycopg's cursor also has."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
@@ -40,10 +43,19 @@ class QmarkConnection:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
         """Run one statement with `?` placeholders."""
+        return self.conn.execute(self._translate(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        """Run one statement with `?` placeholders once per row (a batch of one's writes)."""
+        cursor = self.conn.cursor()
+        cursor.executemany(self._translate(sql), rows)
+        return cursor
+
+    def _translate(self, sql: str) -> str:
         translated = self._sql.get(sql)
         if translated is None:
             translated = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
-        return self.conn.execute(translated, params)
+        return translated
 
 
 class _Fenced(Exception):
@@ -87,7 +99,7 @@ def apply_fenced(
                 "SELECT set_config('task_ingress.shard', %s, true), "
                 "set_config('task_ingress.epoch', %s, true)",
                 (str(fence.shard), str(fence.epoch)))
-            return store_ops.judge_and_apply(
+            return store_batch.judge_and_apply(
                 cast(sqlite3.Connection, QmarkConnection(conn)), ctx, request, limits, now)
     except _Fenced:
         return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)

@@ -10,6 +10,7 @@ import pytest
 from task_ingress.actors.presence import over_channel_cap
 from task_ingress.messages import Action, CreateTask, Reason
 from task_ingress.runtime import IngressRuntime, PresenceRefused
+from task_ingress.runtime.config import PROCESS_MODES
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -33,10 +34,11 @@ def test_the_per_peer_cap_counts_visible_channels_and_lets_re_greets_pass() -> N
     assert over(("ws", "a", "p"), 60.0, cap=2)  # an expired one counts as new
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_a_greet_for_one_channel_more_than_max_channels_is_overloaded_until_one_is_freed(
-    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock, mode: str
 ) -> None:
-    rt = make_runtime(max_channels=2, greet_interval=INTERVAL)
+    rt = make_runtime(max_channels=2, greet_interval=INTERVAL, process_mode=mode)
     rt.greet("ws", "ch-a", writer_card("peer-a"))
     rt.greet("ws", "ch-b", writer_card("peer-b"))
     assert refused(rt, "ws", "ch-c", "peer-c") == Reason.OVERLOADED

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from task_ingress.actors import capability, task_store
-from task_ingress.actors.storage import store_ops
+from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.messages import CreateTask, Reason
 from task_ingress.runtime import IngressRuntime
 
@@ -38,7 +38,7 @@ def test_a_raising_gate_actor_answers_failed_and_keeps_serving(
 def test_a_failure_after_the_write_rolls_the_write_back(
     rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The mutation is applied, then building its outbox row fails: the savepoint undoes it.
+    # The write is judged, then building its outbox row fails: the write is never applied.
     def broken_fields(*args: object) -> dict[str, object]:
         raise ValueError("outbox row cannot be built")
 
@@ -56,48 +56,51 @@ def test_a_failure_after_the_write_rolls_the_write_back(
 def test_a_request_failing_in_the_store_does_not_stop_later_requests(
     rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = store_ops.judge_and_apply
+    real = StoreBatch.judge
 
-    def flaky(conn: sqlite3.Connection, ctx_: object, request: CreateTask, *a: object) -> object:
+    def flaky(self: StoreBatch, ctx_: object, request: CreateTask, *a: object) -> object:
         if request.title == "bad":
             raise RuntimeError("bug")
-        return real(conn, ctx_, request, *a)  # type: ignore[arg-type]
+        return real(self, ctx_, request, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store_ops, "judge_and_apply", flaky)
+    monkeypatch.setattr(StoreBatch, "judge", flaky)
     assert rt.submit(ctx("a"), CreateTask(title="bad")).reason == Reason.TASK_INGRESS_FAILED
     assert rt.submit(ctx("b"), CreateTask(title="good")).accepted
     assert _tasks(rt) == 1
 
 
-def test_a_request_raising_after_its_write_fails_alone_within_its_batch(
+def test_a_request_raising_after_it_was_judged_fails_alone_within_its_batch(
     rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The store applies a batch under one savepoint; a request that raises sends the batch
-    # through again, one savepoint each. The bad request wrote its task before raising:
-    # that write must be undone while its neighbours in the same batch are kept.
-    real = store_ops.judge_and_apply
+    # The store judges a batch as one unit of work and applies each acceptance before the
+    # next request is judged. The bad request is judged (accepted, a task chosen), then
+    # raises: its write must never happen while its neighbours in the batch are kept.
+    real = StoreBatch.judge
     calls: list[str] = []
 
-    def write_then_raise(conn: sqlite3.Connection, ctx_: object, request: CreateTask,
+    def judge_then_raise(self: StoreBatch, ctx_: object, request: CreateTask,
                          *a: object) -> object:
         calls.append(request.title)
-        out = real(conn, ctx_, request, *a)  # type: ignore[arg-type]
+        out = real(self, ctx_, request, *a)  # type: ignore[arg-type]
         if request.title == "bad":
-            raise RuntimeError("bug after the write")
+            raise RuntimeError("bug after judging")
         return out
 
     for peer in ("p0", "p1", "p2"):
         rt.greet("ws", "ops", writer_card(peer))
-    monkeypatch.setattr(store_ops, "judge_and_apply", write_then_raise)
+    monkeypatch.setattr(StoreBatch, "judge", judge_then_raise)
     outcomes = submit_as_one_batch(rt, [(ctx("g0", "p0"), CreateTask(title="good")),
                                         (ctx("b", "p1"), CreateTask(title="bad")),
                                         (ctx("g2", "p2"), CreateTask(title="good"))])
     monkeypatch.undo()
-    assert calls[:2] == ["good", "bad"] and len(calls) == 5  # fast path, then one each
+    assert calls == ["good", "bad", "good"]  # one batch, each judged once
     assert [o.accepted for o in outcomes] == [True, False, True]
     assert outcomes[1].reason == Reason.TASK_INGRESS_FAILED
     assert _tasks(rt) == 2
     assert [r.outcome for r in rt.audit()[-3:]] == ["accepted", "rejected", "accepted"]
+    retry = rt.submit(ctx("b", "p1"), CreateTask(title="bad"))
+    assert retry.accepted and not retry.replay  # nothing of the failed request was kept
+    assert _tasks(rt) == 3
 
 
 def test_audit_commit_failure_never_answers_a_kept_write_failed(

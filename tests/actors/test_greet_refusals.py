@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 from task_ingress.messages import Action, CreateTask, PeerCard, Reason
 from task_ingress.runtime import IngressRuntime, PresenceRefused
+from task_ingress.runtime.config import PROCESS_MODES
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -51,10 +52,11 @@ def test_a_card_over_a_limit_is_refused_audited_once_and_keeps_the_old_card_and_
     assert rt.submit(ctx("r-2"), CreateTask(title="t")).reason == Reason.PEER_NOT_FOUND
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_a_new_peer_with_an_oversized_card_stays_invisible_and_holds_nothing(
-    make_runtime: Callable[..., IngressRuntime],
+    make_runtime: Callable[..., IngressRuntime], mode: str
 ) -> None:
-    rt = make_runtime()
+    rt = make_runtime(process_mode=mode)
     big = PeerCard(peer_id="peer-x", capabilities=[f"cap.x{i:04d}" for i in range(1000)],
                    proof="p")
     with pytest.raises(PresenceRefused):
@@ -65,13 +67,14 @@ def test_a_new_peer_with_an_oversized_card_stays_invisible_and_holds_nothing(
     assert (held.channel_actors, held.presence_entries, held.peer_cards) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 @pytest.mark.parametrize(("ws", "ch", "peer"), [("ws/x", "ops", "peer-a"),
                                                  ("ws", "OPS", "peer-a"),
                                                  ("ws", "ops", "peer\tx")])
 def test_malformed_greet_and_leave_identifiers_are_refused_and_audited_in_safe_form(
-    make_runtime: Callable[..., IngressRuntime], ws: str, ch: str, peer: str
+    make_runtime: Callable[..., IngressRuntime], ws: str, ch: str, peer: str, mode: str
 ) -> None:
-    rt = make_runtime()
+    rt = make_runtime(process_mode=mode)
     with pytest.raises(PresenceRefused) as greet:
         rt.greet(ws, ch, writer_card(peer))
     with pytest.raises(PresenceRefused) as leave:

@@ -9,6 +9,7 @@ import pytest
 from task_ingress.messages import CreateTask, EnqueueRun, PeerCard, Reason, UpdateTask
 from task_ingress.messages.codec import decode_reply
 from task_ingress.runtime import IngressRuntime
+from task_ingress.testing import CRASH_PREFIX, EXIT_AFTER_STORE_COMMIT
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -69,3 +70,26 @@ def test_many_threads_get_their_own_answers(
         t.join(timeout=120)
     assert not wrong
     assert len(rt.audit()) == 200
+
+
+def test_a_store_process_dying_after_its_commit_takes_only_itself(
+    make_runtime: Callable[..., IngressRuntime],
+) -> None:
+    # What multiprocQueueBase is for: the TaskStore's process exits (os._exit) right after
+    # committing a write; the router learns of it, starts a new store, and answers the
+    # write accepted from its outbox row, once. Before the child-exit fix the router never
+    # learnt (Thespian checked for dead children only after 2 idle seconds, and the
+    # driver's sweep reaches the router every second): every later request timed out.
+    rt = make_runtime(actor_base="multiprocQueueBase", store_actor_class=EXIT_AFTER_STORE_COMMIT,
+                      request_timeout=20.0)
+    rt.greet("ws", "ops", writer_card("peer-a"))
+    assert rt.submit(ctx("r-1"), CreateTask(title="before")).accepted
+    before = set(rt.actor_pids())
+    crashed = rt.submit(ctx(f"{CRASH_PREFIX}1"), CreateTask(title="its store dies"))
+    assert crashed.accepted and crashed.task_id and not crashed.replay
+    assert rt.get_task("ws", crashed.task_id) is not None
+    after = rt.submit(ctx("r-2"), CreateTask(title="after"))
+    assert after.accepted
+    assert [r.request_id for r in rt.audit()] == ["r-1", f"{CRASH_PREFIX}1", "r-2"]
+    pids = set(rt.actor_pids())
+    assert len(before - pids) == 1 and len(pids - before) == 1  # one store replaced

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 from task_ingress.messages import CreateTask
-from task_ingress.runtime import IngressRuntime, driver
+from task_ingress.runtime import IngressRuntime, driver, topology
 from thespian.actors import Actor
 
 from tests.conftest import ctx, writer_card
@@ -47,7 +47,7 @@ class SelfSender(Actor):  # type: ignore[misc]
 
 
 def test_an_actor_sends_to_itself_while_its_mailbox_is_full() -> None:
-    asys = driver.open_actor_system("multiprocQueueBase")
+    asys = topology.open_actor_system("multiprocQueueBase")
     try:
         actor = asys.createActor(SelfSender)
         asys.tell(actor, "block")

@@ -23,9 +23,10 @@ def _bench(tmp_path: Path, systems: str) -> dict[str, object]:
 
 
 def test_bench_runs_runtime_and_baseline_side_by_side(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "runtime-simple,baseline")
+    data = _bench(tmp_path, "runtime-simple,runtime-pipeline,baseline")
     systems = data["systems"]
-    assert isinstance(systems, dict) and set(systems) == {"runtime-simple", "baseline"}
+    assert isinstance(systems, dict)
+    assert set(systems) == {"runtime-simple", "runtime-pipeline", "baseline"}
     for entry in systems.values():
         assert entry["error"] is None
         assert entry["peak"]["requests"] == 60 and entry["half_peak"]["requests"] == 30

@@ -2,6 +2,7 @@
 on a durable file store and log every reply they receive to an ack log.
 
 Usage: python crash_writer.py --store PATH --ack-log PATH --ready-file PATH [--seed N]
+       [--actor-base NAME] [--process-mode inprocess|pipeline]
 
 The ack log has one JSON line per reply received, flushed as it is written (SPEC §9's
 `--ack-log` fields: workspace, channel, peer_id, request_id, accepted, reason, task_id,
@@ -115,10 +116,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=6)
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--actor-base", default="simpleSystemBase")
+    parser.add_argument("--process-mode", default="inprocess")
     args = parser.parse_args()
     stop = threading.Event()
     with open(args.ack_log, "a", encoding="utf-8") as fh, \
-            IngressRuntime(RuntimeConfig(store_path=args.store, actor_base=args.actor_base)) as rt:
+            IngressRuntime(RuntimeConfig(store_path=args.store, actor_base=args.actor_base,
+                                         process_mode=args.process_mode)) as rt:
         for i in range(args.threads):
             rt.greet(WORKSPACES[i % 2], CHANNELS[(i // 2) % 2],
                      PeerCard(peer_id=f"peer-{i}", capabilities=["task.write"], proof="p"))

@@ -2,8 +2,10 @@
 acknowledged request is in the audit with the outcome the peer saw, every accepted write is
 in the store, the outbox is drained, and the chain verifies and continues.
 
-3 trials in the normal suite, 20 with TASK_INGRESS_SLOW=1. The writer is
-`task-ingress swarm --ack-log` or tests/crash/crash_writer.py (see WRITERS).
+4 trials in the normal suite (one per writer), 20 with TASK_INGRESS_SLOW=1. The writer is
+`task-ingress swarm --ack-log` or tests/crash/crash_writer.py (see WRITERS). With the actors
+in a pipeline process, only the embedding process is killed: the pipeline process must
+notice, finish what it holds and exit by itself (no orphan) before the restart.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from task_ingress.runtime.audit.verify import VerifyResult, verify_store
 from tests.conftest import writer_card
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
-TRIALS = 20 if SLOW else 3
+TRIALS = 20 if SLOW else 4
 WRITER = Path(__file__).with_name("crash_writer.py")
 READY_TIMEOUT = 60.0
 KILL_AFTER = (0.2, 2.0)
@@ -51,10 +53,15 @@ def read_acks(path: Path) -> list[dict[str, Any]]:
     return acks
 
 
-WRITERS = ("swarm", "threads/simpleSystemBase", "threads/multiprocQueueBase")
-"""Trial i runs WRITERS[i % 3]: `task-ingress swarm --ack-log` (churn, expiry, bad
-requests), or crash_writer.py (replays, wire garbage) with the actors in one thread or in
-their own processes (store and audit apart, so the kill often lands between their commits)."""
+WRITERS = ("swarm", "threads/simpleSystemBase", "threads/multiprocQueueBase",
+           "threads/pipeline")
+"""Trial i runs WRITERS[i % 4]: `task-ingress swarm --ack-log` (churn, expiry, bad
+requests), or crash_writer.py (replays, wire garbage) with the actors in one thread, in
+their own processes (store and audit apart, so the kill often lands between their
+commits), or all in one pipeline process (which outlives the kill of the writer until it
+notices)."""
+ORPHAN_WAIT = 30.0
+"""Seconds a pipeline process may take to notice its embedding process died and exit."""
 
 
 def writer_command(kind: str, store: Path, acks: Path, ready: Path, seed: int) -> list[str]:
@@ -64,10 +71,11 @@ def writer_command(kind: str, store: Path, acks: Path, ready: Path, seed: int) -
                 "--ack-log", str(acks), "--requests", "1000000", "--duration", "60",
                 "--peers", "16", "--channels", "4", "--concurrency", "8", "--seed", str(seed),
                 "--no-progress", "--json", "", "--plot", ""]
-    base = kind.split("/")[1]
+    mode = kind.split("/")[1]
+    base, process_mode = ("simpleSystemBase", mode) if mode == "pipeline" else (mode, "inprocess")
     return [sys.executable, str(WRITER), "--store", str(store), "--ack-log", str(acks),
             "--ready-file", str(ready), "--seed", str(seed), "--max-seconds", "60",
-            "--actor-base", base]
+            "--actor-base", base, "--process-mode", process_mode]
 
 
 def run_and_kill(tmp: Path, seed: int, kind: str) -> tuple[Path, Path, float]:
@@ -95,10 +103,26 @@ def run_and_kill(tmp: Path, seed: int, kind: str) -> tuple[Path, Path, float]:
             time.sleep(0.02)
         time.sleep(delay)
         assert proc.poll() is None, "writer exited before the kill"
+        if kind == "threads/pipeline":
+            kill_embedder_only(proc)
     finally:
         kill_writer_processes(proc, store)
     assert proc.returncode == -signal.SIGKILL
     return store, acks, delay
+
+
+def kill_embedder_only(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the embedding process alone; its pipeline process must then exit by itself
+    (it finishes what it holds and checkpoints): no orphan is left running."""
+    children = psutil.Process(proc.pid).children()
+    assert children, "the pipeline writer has no pipeline process"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=ORPHAN_WAIT)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not alive, f"pipeline process outlived its embedding process: {alive}"
 
 
 def kill_writer_processes(proc: subprocess.Popen[bytes], store: Path) -> None:

@@ -7,6 +7,9 @@ Every race is a scenario (`run_*`) and a check of the SPEC outcome and the audit
 serializes requests, AGH's check-then-act; `NON_ATOMIC_STORE`: its store that judges a batch
 against the state before it)
 and asserts both that the same check fails and that the detector names the offending write.
+
+Every test runs in both process modes (`RuntimeConfig.process_mode`): the actors on the
+driver thread, and the actors alone in a pipeline process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from task_ingress.messages import (
 )
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.config import PROCESS_MODES
 from task_ingress.testing import HOLD, NAIVE_CHANNEL, NAIVE_STORE
 
 from tests.conftest import FakeClock, writer_card
@@ -39,6 +43,14 @@ NO_FENCE = {"channel_actor_class": NAIVE_CHANNEL}
 NON_ATOMIC_STORE = {"store_actor_class": NAIVE_STORE}
 """Seam: a check-then-act TaskStore."""
 MakeRuntime = Callable[..., IngressRuntime]
+
+
+@pytest.fixture(params=PROCESS_MODES)
+def make_runtime(request: pytest.FixtureRequest, make_runtime: MakeRuntime) -> MakeRuntime:
+    """conftest's factory, in one process mode per parametrization."""
+    def factory(**overrides: object) -> IngressRuntime:
+        return make_runtime(process_mode=request.param, **overrides)
+    return factory
 
 
 def c(request_id: str, peer: str = "pa", channel: str = "ops") -> IngressContext:

@@ -9,6 +9,10 @@ the single new audit record and (for acceptances) the stored task/run must match
 
 Normal suite: 300 examples. `TASK_INGRESS_SLOW=1`: 5,000, as ten tests of 500 (see
 docs/race-freedom.md); `TASK_INGRESS_RACE_EXAMPLES=N` sets any other count.
+
+The same machine runs with the actors in a pipeline process (`process_mode="pipeline"`):
+40 examples in the normal suite, 500 in the slow profile (each example starts a process,
+~0.4 s); `TASK_INGRESS_PIPELINE_EXAMPLES=N` sets any other count.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tests.race.race_model import Prediction, SpecModel
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
 EXAMPLES = int(os.environ.get("TASK_INGRESS_RACE_EXAMPLES", 5000 if SLOW else 300))
+PIPELINE_EXAMPLES = int(os.environ.get("TASK_INGRESS_PIPELINE_EXAMPLES", 500 if SLOW else 40))
 STEPS = 60
 CHUNK = 500
 INTERVAL = 30.0
@@ -80,13 +85,16 @@ def _resolve(wanted: str | None, channel: str) -> str | None:
 class RuntimeMachine(RuleBasedStateMachine):
     """One runtime per example; every step checked against `SpecModel`."""
 
+    PROCESS_MODE = "inprocess"
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.model = SpecModel(greet_interval=INTERVAL, local_peer_id=LOCAL,
                                now=self.clock.now)
         self.rt = IngressRuntime(RuntimeConfig(
-            clock=self.clock, greet_interval=INTERVAL, local_peer_id=LOCAL, peer_rate=0.0))
+            clock=self.clock, greet_interval=INTERVAL, local_peer_id=LOCAL, peer_rate=0.0,
+            process_mode=self.PROCESS_MODE))
         self.rt.start()
         self.seen = 0
 
@@ -263,6 +271,21 @@ def _chunks(total: int) -> list[int]:
                          ids=[f"part{i + 1}" for i in range(len(_chunks(EXAMPLES)))])
 def test_runtime_agrees_with_the_spec_model_step_by_step(examples: int) -> None:
     run_state_machine_as_test(RuntimeMachine, settings=settings(
+        max_examples=examples, stateful_step_count=STEPS, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    ))
+
+
+class PipelineRuntimeMachine(RuntimeMachine):
+    """The same machine with the actors in a pipeline process."""
+
+    PROCESS_MODE = "pipeline"
+
+
+@pytest.mark.parametrize("examples", _chunks(PIPELINE_EXAMPLES),
+                         ids=[f"part{i + 1}" for i in range(len(_chunks(PIPELINE_EXAMPLES)))])
+def test_runtime_agrees_with_the_spec_model_in_the_pipeline_process(examples: int) -> None:
+    run_state_machine_as_test(PipelineRuntimeMachine, settings=settings(
         max_examples=examples, stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     ))

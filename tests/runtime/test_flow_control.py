@@ -11,6 +11,7 @@ import psutil
 import pytest
 from task_ingress.messages import Action, CreateTask, Reason
 from task_ingress.runtime import IngressRuntime, PresenceRefused
+from task_ingress.runtime.config import PROCESS_MODES
 from task_ingress.runtime.flow import FlowControl, FlowLimits, TokenBucket, refill
 
 from tests.conftest import FakeClock, ctx, writer_card
@@ -68,10 +69,11 @@ def test_greets_have_their_own_budget_per_peer_across_its_channels() -> None:
     assert not flow.greet_buckets  # full again: forgotten
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_a_greet_over_budget_is_overloaded_audited_and_not_applied_while_leaves_are_free(
-    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock, mode: str
 ) -> None:
-    rt = make_runtime(greet_rate=1.0, greet_burst=2.0)
+    rt = make_runtime(greet_rate=1.0, greet_burst=2.0, process_mode=mode)
     rt.greet("ws", "ops", writer_card("peer-a"))
     rt.greet("ws", "dev", writer_card("peer-a"))
     with pytest.raises(PresenceRefused) as refused:

@@ -11,6 +11,7 @@ import pytest
 from task_ingress.messages import CreateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig, RuntimeStatistics
 from task_ingress.runtime import driver as driver_module
+from task_ingress.runtime.config import PROCESS_MODES
 from task_ingress.testing import HOLD
 
 from tests.conftest import FakeClock, ctx, writer_card
@@ -44,10 +45,11 @@ def test_a_runtime_not_running_reports_nothing_and_the_record_is_frozen() -> Non
         stats.calls_waiting = 1  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_the_held_counts_are_those_of_the_last_sweep(
-    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock, mode: str
 ) -> None:
-    rt = make_runtime(greet_interval=30.0)
+    rt = make_runtime(greet_interval=30.0, process_mode=mode)
     for channel in ("ops", "dev", "qa"):
         rt.greet("ws", channel, writer_card("peer-a"))
     rt.greet("ws", "ops", writer_card("peer-b"))
@@ -59,11 +61,12 @@ def test_the_held_counts_are_those_of_the_last_sweep(
     assert (swept.channel_actors, swept.presence_entries, swept.peer_cards) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_the_timer_sweep_refreshes_the_held_counts_of_an_idle_runtime(
-    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     monkeypatch.setattr(driver_module, "SWEEP_EVERY", 0.0)  # every driver round, not 1 s
-    rt = make_runtime()
+    rt = make_runtime(process_mode=mode)
     for channel in ("ops", "dev", "qa"):
         rt.greet("ws", channel, writer_card("peer-a"))
     # No further call: only the timer's sweep, whose answer the idle driver must read (an
