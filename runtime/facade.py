@@ -163,7 +163,7 @@ class IngressRuntime:
         self._presence(workspace, channel, peer_id, None)
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
-        ws, ch, peer = workspace.strip(), channel.strip(), peer_id.strip()
+        ws, ch, peer = gate.trim(workspace), gate.trim(channel), gate.trim(peer_id)
         if not (gate.is_workspace(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
             raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
         driver = self._running()

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from task_ingress.runtime.nats.envelope import ascii_strip
 from task_ingress.runtime.nats.identity import (
     Evaluation,
     Trust,
@@ -92,7 +93,7 @@ def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
     if not isinstance(obj, dict):
         raise CompactError("not a map")
     sender = obj.get("from")
-    claimed = sender.strip() if isinstance(sender, str) else ""
+    claimed = ascii_strip(sender) if isinstance(sender, str) else ""
     pubkey, sig = obj.get("pubkey"), obj.get("sig")
     if (set(obj) != _KEYS or obj.get("v") != COMPACT_VERSION or not isinstance(sender, str)
             or not isinstance(obj.get("to"), str) or type(obj.get("ts")) is not int
@@ -100,7 +101,7 @@ def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
             or not (pubkey is None or isinstance(pubkey, bytes))
             or not (sig is None or isinstance(sig, bytes))):
         raise CompactError("malformed compact envelope", claimed)
-    return Compact(sender=claimed, to=obj["to"].strip(), ts=obj["ts"], inner=obj["env"],
+    return Compact(sender=claimed, to=ascii_strip(obj["to"]), ts=obj["ts"], inner=obj["env"],
                    pubkey=pubkey, signature=sig)
 
 

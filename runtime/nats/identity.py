@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from task_ingress.actors.rules import gate
+from task_ingress.runtime.nats.envelope import ascii_strip
 
 PROFILE = "agh-network.trust.ed25519-jcs/v1"
 ALG = "Ed25519"
@@ -190,7 +191,7 @@ def sign(envelope: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 def evaluate(envelope: dict[str, Any]) -> Evaluation:
     """Trust state of one decoded envelope (RFC 004 sections 3.1 step 6, 3.3, 4.7)."""
     sender = envelope.get("from")
-    sender = sender.strip() if isinstance(sender, str) else ""
+    sender = ascii_strip(sender) if isinstance(sender, str) else ""
     proof = envelope.get("proof")
     if proof is None:
         if handle_fingerprint(sender) is not None:  # section 3.3: proof stripping

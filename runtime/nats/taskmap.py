@@ -60,7 +60,7 @@ def is_task_say(env: wire.Envelope) -> bool:
 def read_task_say(env: wire.Envelope, daemon: str) -> TaskSay:
     """The action and typed request of a task say, or why it is malformed."""
     intent = env.body.get("intent")
-    intent = intent.strip() if isinstance(intent, str) else ""
+    intent = wire.ascii_strip(intent) if isinstance(intent, str) else ""
     action = Action(intent) if intent in ACTIONS else Action.UNKNOWN
     problem = ""
     if action is Action.UNKNOWN:
