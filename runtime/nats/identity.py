@@ -157,11 +157,23 @@ def load_identity(path: str) -> tuple[Ed25519PrivateKey, str]:
     return key, handle(nickname, key)
 
 
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    """`load_key` for a key that must stay private (the daemon's): ValueError when its
+    file can be read or written by anyone but its owner (as ssh refuses such keys)."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{path} has mode {mode:04o}: anyone who can read it can sign as "
+                         "the daemon; `chmod 600` it (or move it away to have a new key "
+                         "made)")
+    return load_key(path)
+
+
 def load_or_create_key(path: str) -> Ed25519PrivateKey:
-    """The key at `path`, created (0600) on first use: a daemon's handle survives restarts."""
+    """The key at `path`, created (0600) on first use: a daemon's handle survives restarts,
+    so clients can pin it. A key others can read is refused (`load_private_key`)."""
     with contextlib.suppress(FileExistsError):
         save_key(path, generate_key())
-    return load_key(path)
+    return load_private_key(path)
 
 
 # ---- signing and verifying ---------------------------------------------------------

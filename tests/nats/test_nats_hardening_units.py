@@ -1,11 +1,14 @@
-"""Issue 13, the pure parts: the strict JSON reading of envelopes."""
+"""Issue 13, the pure parts: the strict JSON reading of envelopes, the daemon's key."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.identity import load_private_key, raw_public_key
 
 NOW = 1_775_606_400
 
@@ -56,3 +59,15 @@ def test_expires_at_may_only_shorten_the_ts_window(ts: int, expires_at: int | No
         with pytest.raises(wire.EnvelopeError) as err:
             wire.validate_object(fields, now=NOW)
         assert err.value.code == "expired"
+
+
+# ---- the daemon's key ----------------------------------------------------------------
+def test_the_daemon_key_must_not_be_readable_by_others(tmp_path: Path) -> None:
+    from task_ingress.runtime.nats.identity import load_or_create_key
+
+    path = str(tmp_path / "daemon.key")
+    first = load_or_create_key(path)
+    assert raw_public_key(load_or_create_key(path)) == raw_public_key(first)
+    os.chmod(path, 0o640)
+    with pytest.raises(ValueError, match="chmod 600"):
+        load_private_key(path)
