@@ -43,6 +43,7 @@ EXIT_BAD = 1
 EXIT_UNREADABLE = 2
 """Any command: the store file is missing or unreadable."""
 FOLLOW_POLL = 0.5
+PROVEN = ("verified", "embedded")
 
 StoreOpt = Annotated[str, typer.Option("--store", help="Path of the SQLite store file.")]
 PeerOpt = Annotated[str | None, typer.Option("--peer", help="Only this peer ID.")]
@@ -60,10 +61,11 @@ UntilOpt = Annotated[str | None, typer.Option("--until", help="Up to this time (
 def _filter(
     peer: str | None = None, channel: str | None = None, workspace: str | None = None,
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
-    since: str | None = None, until: str | None = None,
+    since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
     try:
-        return make_filter(peer, channel, workspace, reason, outcome, action, since, until)
+        return make_filter(peer, channel, workspace, reason, outcome, action, since, until,
+                           proven_only)
     except BadQuery as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -133,9 +135,16 @@ def show(
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N matches (0: all).")]
     = 100,
+    include_unproven: Annotated[bool, typer.Option(
+        "--include-unproven", help="With --peer: also records whose sender only claimed "
+        "the peer ID (trust unverified or rejected, or none recorded).")] = False,
 ) -> None:
-    """Matching records as a table (newest `--limit`, oldest first)."""
-    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
+    """Matching records as a table (newest `--limit`, oldest first). With `--peer`, only
+    records whose identity was proven (trust verified or embedded) unless
+    `--include-unproven`: anyone can claim a peer ID, and rejections of a forger look
+    like the peer's own."""
+    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
+                  proven_only=peer is not None and not include_unproven)
     table = Table(title=f"audit of {store}")
     for col in ("seq", "time (UTC)", "ws/channel", "peer", "action", "outcome", "task / run",
                 "request"):
@@ -152,7 +161,9 @@ def show(
         ids = " ".join(i for i in (rec.task_id, rec.run_id) if i)
         table.add_row(
             str(rec.seq), iso(rec.at).replace("T", " ").rstrip("Z"),
-            f"{rec.workspace}/{rec.channel}", rec.peer_id, rec.action.value, verdict, ids,
+            f"{rec.workspace}/{rec.channel}",
+            rec.peer_id + ("" if rec.trust in PROVEN else f" ({rec.trust or 'unproven'})"),
+            rec.action.value, verdict, ids,
             rec.request_id + (" (replay)" if rec.replay else ""),
         )
     console = Console()

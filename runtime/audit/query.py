@@ -31,6 +31,8 @@ class AuditFilter:
     action: str | None = None
     since: float | None = None
     until: float | None = None
+    proven_only: bool = False
+    """Only records whose sender's identity was proven: `verified` or `embedded` trust."""
 
     def where(self, after_seq: int = 0) -> tuple[str, list[object]]:
         """SQL WHERE clause and parameters for this filter (and seq > after_seq)."""
@@ -49,6 +51,8 @@ class AuditFilter:
         if self.until is not None:
             clauses.append("at <= ?")
             params.append(self.until)
+        if self.proven_only:
+            clauses.append("trust IN ('verified', 'embedded')")
         return " AND ".join(clauses), params
 
 
@@ -79,7 +83,7 @@ def parse_time(text: str, now: float | None = None) -> float:
 def make_filter(
     peer: str | None = None, channel: str | None = None, workspace: str | None = None,
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
-    since: str | None = None, until: str | None = None,
+    since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
     """An AuditFilter from command-line option values; BadQuery names a value that is not."""
     if outcome is not None and outcome not in ("accepted", "rejected"):
@@ -87,7 +91,7 @@ def make_filter(
     return AuditFilter(
         peer=peer, channel=channel, workspace=workspace, reason=reason, outcome=outcome,
         action=action, since=None if since is None else parse_time(since),
-        until=None if until is None else parse_time(until),
+        until=None if until is None else parse_time(until), proven_only=proven_only,
     )
 
 
