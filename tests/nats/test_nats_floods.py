@@ -275,9 +275,14 @@ def test_an_id_flood_from_another_key_cannot_turn_a_captured_refusal_into_a_writ
         async def one(flooder: Peer, count: int) -> list[str]:
             reasons: list[str] = []
             window: list[Any] = []  # within the runtime's 16 in flight per peer
+            greeted = time.monotonic()
             for n in range(count):
                 if time.monotonic() - started > 240:  # the captured refusal stays fresh
                     break
+                if time.monotonic() - greeted > 20:  # stay visible (expiry: 60 s)
+                    await wire.nc.request(flooder.broadcast(), encode(flooder.greet()),
+                                          timeout=60)
+                    greeted = time.monotonic()
                 window.append(wire.nc.request(flooder.daemon_subject(), encode(
                     flooder.task("task.create", {"title": "f"}, f"{flooder.id}-{n}")),
                     timeout=60))

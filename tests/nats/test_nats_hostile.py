@@ -116,6 +116,24 @@ def test_an_unproven_burst_beyond_the_budget_is_dropped_and_audited_in_one_recor
     assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))["accepted"]
 
 
+def test_drops_not_yet_reported_are_audited_when_the_daemon_stops(start_daemon: Start,
+                                                                  nats_wire: Wire) -> None:
+    d = start_daemon(unproven_rate=0, unproven_burst=1, drop_report_interval=3600)
+    mallory = Peer("mallory", verified=False)
+    for i in range(4):
+        nats_wire.publish(mallory.daemon_subject(),
+                          encode(mallory.task("task.create", {"title": "t"}, f"m-{i}")))
+    _wait_for(lambda: d.daemon.metrics.dropped.labels("unproven")._value.get() == 3)
+    runtime = d.runtime
+    d.stop()
+    from task_ingress.runtime.audit.query import AuditFilter, query_records
+    from task_ingress.runtime.audit.read import open_readonly
+
+    with open_readonly(runtime.store_path) as conn:
+        ids = [r.request_id for r in query_records(conn, AuditFilter())]
+    assert ids == ["m-0", "dropped:unproven:v0.peer:3"]
+
+
 def _dropped(record: Any) -> int:
     if not record.request_id.startswith("dropped:"):
         return 0
