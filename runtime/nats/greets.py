@@ -38,6 +38,8 @@ CAPACITY = 100_000
 MAX_IDS_PER_TS = 64
 """Greets of one peer applied within one second; more in that second are `full`."""
 COMPACT_SLACK = 1024
+PRUNE_EVERY = 1.0
+"""Seconds between sweeps of a full ledger (a sweep reads every mark)."""
 
 
 @dataclass
@@ -82,6 +84,7 @@ class GreetLedger:
         self._cards: dict[PeerKey, str] = {}
         self._file: TextIO | None = None
         self._lines = 0
+        self._pruned_at = float("-inf")
         if path is not None:
             self._load(path)
 
@@ -94,7 +97,9 @@ class GreetLedger:
             mark = None
         why = verdict(mark, ts, env_id)
         if why is None and mark is None and len(self._marks) >= self.capacity:
-            self._prune()
+            if self.clock() - self._pruned_at >= PRUNE_EVERY:  # a flood must not sweep
+                self._pruned_at = self.clock()                 # once per greet
+                self._prune()
             if len(self._marks) >= self.capacity:
                 return "full"
         return why

@@ -13,6 +13,7 @@ class HandlerLimits:
     unproven_rate: float = 200.0
     """Unproven messages per second that get work (an audit row, presence, an answer)."""
     unproven_burst: float = 1000.0
+    """... held at most (a rate of 0: only this many, ever)."""
     report_interval: float = 10.0
     """Seconds between the aggregated audit records of dropped messages."""
     max_in_flight: int = 256
@@ -22,6 +23,7 @@ class HandlerLimits:
     replay_per_peer: int = 10_000
     """... of one (workspace, channel, peer)."""
     greet_capacity: int = 100_000
-    """Peers whose last applied greet is remembered; beyond it new peers' greets wait."""
+    """Peers whose last applied greet is remembered; beyond it new peers' greets are
+    refused (`full`) until marks expire."""
     greet_file: str | None = None
     """Where the last applied verified greets survive restarts; None: memory only."""
