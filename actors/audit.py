@@ -1,8 +1,9 @@
-"""Audit actor: turns judged requests into hash-chained records, durably, then answers.
+"""Audit actor: turns judged requests into keyed, chained records, durably, then answers.
 
 Accepts:
-- `Wiring` (from the runtime) -> opens the store file, drains outbox rows a crash left
-  behind into chained records, replies `Started`.
+- `Wiring` (from the runtime) -> opens the store file, checks the chain against its
+  checkpoint (refusing to extend a log that does not match it), drains outbox rows a crash
+  left behind into chained records, replies `Started`.
 - `Verdicts` (from Router, Presence, Capability: one per batch they judged; from TaskStore:
   one per commit) -> buffered; on the next `Flush` all buffered records commit in one
   transaction, then each destination gets one message for the whole commit: `Replies` (to
@@ -24,16 +25,15 @@ from typing import Any
 from task_ingress.actors.base import GateActor, group_by_address
 from task_ingress.actors.log import get_logger, info_enabled
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage.auditlog import (
     INSERT_AUDIT,
     audit_fields,
-    read_head,
     read_records,
     write_checkpoint,
 )
+from task_ingress.actors.storage.chainstart import ChainRefused, open_chain
 from task_ingress.actors.storage.schema import connect, decode_outbox
-from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
@@ -58,14 +58,16 @@ AUDIT_RETRY_SECONDS = 0.2
 
 
 class Audit(GateActor):
-    """Owner of the hash chain; the only writer of audit rows."""
+    """Owner of the keyed chain; the only writer of audit rows and checkpoints."""
 
     def __init__(self) -> None:
         super().__init__()
         self.settings: Settings | None = None
         self.conn: sqlite3.Connection | None = None
+        self.key: ChainKey | None = None
+        self.store_id = ""
         self.seq = 0
-        self.head = GENESIS_HASH
+        self.head = ""
         self.pending: list[Verdict] = []
         self.flush_queued = False
         self.unchecked = 0
@@ -73,15 +75,21 @@ class Audit(GateActor):
         self.log = get_logger(actor="audit")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
-        """Open the store, load the chain head, drain the outbox; reply Started."""
+        """Open the store, check and load the chain head, drain the outbox; reply Started."""
         try:
             self.settings = msg.settings
+            try:
+                self.key = ChainKey.from_hex(msg.settings.audit_key)
+            except ValueError:
+                raise ValueError("the audit key is missing or not hex") from None
             self.conn = connect(msg.settings.store_path, msg.settings.durable)
-            self.seq, self.head = read_head(self.conn)
+            chain = open_chain(self.conn, msg.settings.store_path, self.key)
+            self.store_id, self.seq, self.head = chain.store_id, chain.seq, chain.head
             self._drain_outbox()
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:  # reported to the facade, which raises it to the embedder
-            self.send(sender, Started(ticket=msg.ticket, error=f"audit: {exc!r}"))
+            why = str(exc) if isinstance(exc, ChainRefused) else repr(exc)
+            self.send(sender, Started(ticket=msg.ticket, error=f"audit: {why}"))
 
     def _drain_outbox(self) -> list[dict[str, Any]]:
         """Chain the outbox rows nobody reported (crash, dead store); return their fields."""
@@ -109,8 +117,9 @@ class Audit(GateActor):
 
     def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Give the record its place in the chain (seq, prev_hash, hash) and advance the head."""
+        assert self.key is not None
         record = dict(fields, seq=self.seq + 1, at=time.time(), prev_hash=self.head)
-        record["hash"] = record_hash(record)
+        record["hash"] = self.key.seal(record)
         self.seq += 1
         self.head = record["hash"]
         self.unchecked += 1
@@ -212,9 +221,10 @@ class Audit(GateActor):
         )
 
     def _checkpoint(self, force: bool) -> None:
-        """Write (seq, head, HMAC) beside the store every N records / T seconds / on exit."""
+        """Write (store, seq, head, HMAC) beside the store every N records / T seconds / on
+        exit."""
         settings = self.settings
-        if settings is None or not settings.audit_key or self.seq == 0:
+        if settings is None or self.key is None:
             return
         due = (
             self.unchecked >= settings.checkpoint_every
@@ -222,8 +232,7 @@ class Audit(GateActor):
         )
         if not (force or (due and self.unchecked)):
             return
-        write_checkpoint(settings.store_path, bytes.fromhex(settings.audit_key), self.seq,
-                         self.head)
+        write_checkpoint(settings.store_path, self.key, self.store_id, self.seq, self.head)
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
 

@@ -8,7 +8,13 @@ from typing import Any, TypeVar
 
 from task_ingress.actors.log import get_logger
 from task_ingress.messages.outcomes import Outcome
-from task_ingress.messages.protocol import InFlight, InFlights, Verdict, Verdicts
+from task_ingress.messages.protocol import (
+    InFlight,
+    InFlights,
+    PresenceFlight,
+    Verdict,
+    Verdicts,
+)
 from task_ingress.messages.reasons import Reason
 from thespian.actors import ActorTypeDispatcher
 
@@ -28,6 +34,17 @@ def rejected_verdict(flight: InFlight, reason: Reason) -> Verdict:
     """The verdict for a request a gate rule rejected."""
     return Verdict(flight=flight, outcome=Outcome.rejected(flight.context.request_id,
                                                            flight.submission.action, reason))
+
+
+def presence_verdict(flight: PresenceFlight, reason: Reason) -> Verdict:
+    """The verdict for a greet an actor refused (a channel cap): audited as a `greet` record
+    with `reason`, answered to the caller like a rejected request; nothing was applied.
+
+    Only changes the facade found grammatical reach an actor, hence `checked`."""
+    sub = flight.change.refused(reason)
+    return rejected_verdict(
+        InFlight(submission=sub, context=sub.context, reply_to=flight.reply_to, checked=True),
+        reason)
 
 
 def group_by_address(pairs: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:

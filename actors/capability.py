@@ -7,7 +7,8 @@ Accepts:
 - `InFlights` (from Presence) -> rule 4 on each: those whose card grants `task.write`
   (claimed and backed by a non-empty proof) go on to TaskStore as one `InFlights`, the
   rest to Audit as `capability_denied` `Verdicts`.
-- `CardsExpired` (from Presence's sweep) -> drops those cards (bounded memory).
+- `CardsExpired` (from Presence's sweep or `Retire`) -> drops those cards (bounded memory);
+  for a sweep, `Swept` to the router with what Presence and Capability still hold.
 - `CountEntries` -> `EntryCount` (how many cards are held).
 """
 
@@ -29,6 +30,7 @@ from task_ingress.messages.protocol import (
     Probe,
     Rewire,
     Started,
+    Swept,
     Wiring,
 )
 from task_ingress.messages.reasons import Reason
@@ -67,6 +69,9 @@ class Capability(GateActor):
         """Presence forgot these peers (expired): their cards go too."""
         for key in msg.keys:
             self.cards.pop(key, None)
+        if msg.reply_to is not None:
+            self.send(msg.reply_to, Swept(ticket=msg.sweep, peers=msg.peers,
+                                          cards=len(self.cards)))
 
     def receiveMsg_CountEntries(self, msg: CountEntries, sender: Any) -> None:
         """How many cards are held."""

@@ -14,6 +14,9 @@ Accepts:
   commit, and every later request is checked after it.
 - `Dones` (from Audit via the router) -> requests are answered; start what the queue
   allows.
+- `Retire` (from the router's sweep) -> with nothing queued or in flight, passed on to
+  Presence behind every presence change already sent there (Presence answers whether the
+  channel is vacant); otherwise answered `Retired(vacant=False)` at once.
 
 The queue is bounded by the runtime's per-channel in-flight cap (excess is rejected
 `overloaded` before it is sent here), so nothing here grows without bound.
@@ -33,6 +36,8 @@ from task_ingress.messages.protocol import (
     PresenceFlight,
     Probe,
     ProbeSuspects,
+    Retire,
+    Retired,
     Wiring,
 )
 
@@ -88,6 +93,14 @@ class ChannelIngress(GateActor):
         """Tell the router which requests went on before the marker, then send it after them
         (not behind the queue: what is still queued here is not a suspect)."""
         self.send(sender, ProbeSuspects(probe_id=msg.probe_id, tickets=tuple(self.in_flight)))
+        self.send(self.presence, msg)
+
+    def receiveMsg_Retire(self, msg: Retire, sender: Any) -> None:
+        """The router would stop this actor: only if idle, and Presence finds no peer here."""
+        if self.queue or self.in_flight:
+            self.send(msg.reply_to, Retired(workspace=msg.workspace, channel=msg.channel,
+                                            nonce=msg.nonce, sweep=msg.sweep, vacant=False))
+            return
         self.send(self.presence, msg)
 
     def _pump(self) -> None:

@@ -6,14 +6,24 @@ Accepts:
   rejection already decided (bad wire bytes, overload), a malformed context (rule 1) or a
   disabled task service (rule 2) goes to Audit (one `Verdicts` per batch); everything else
   is stamped with the driver's address and sent to the `ChannelIngress` of its
-  (workspace, channel), spawned on first use, as one `InFlights` per channel.
-  `PresenceChange`s go the same way, in order with their channel's requests.
+  (workspace, channel) as one `InFlights` per channel. `PresenceChange`s go the same way,
+  in order with their channel's requests; a greet spawns the channel actor on first use
+  (or is refused `overloaded` when `max_channels` actors exist). A channel without an actor
+  has no visible peer: its requests are `peer_not_found` here and a leave there changes
+  nothing (answered at once).
 - `Dones` (from Audit, one per group commit) -> regrouped per channel and forwarded to
   the channel actors.
+- `Sweep` (from the driver's timer, or `IngressRuntime.sweep()`) -> passed to Presence
+  (expiry), and a `Retire` to each channel actor that may be idle: nothing of it
+  unanswered, no greet routed to it for 2 x greet_interval. `Retired(vacant=True)` for an
+  actor sent nothing since stops it (docs/race-freedom.md, "Stopping idle channel
+  actors"). When Presence's part (`Swept`, via Capability) and every `Retired` are back:
+  `ChannelCount` to the driver.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime) -> passed to the current TaskStore
   with `reply_to` set, so queries survive a store restart.
 - `ChildActorExited` (from Thespian) -> supervision:
-  * a channel actor died: the next message of that channel spawns a fresh one, and a
+  * a channel actor died: the next message of that channel spawns a fresh one (its slot
+    stays, as peers may still be visible there), and a
     `Probe` goes down Presence -> Capability -> TaskStore -> Audit; when it comes back
     (`ProbeDone`), every request of the dead channel still unanswered was lost inside it
     and is answered `task_ingress_failed` (nothing of it was applied);
@@ -31,11 +41,17 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from task_ingress.actors.base import GateActor, failed_verdict
+from task_ingress.actors.base import (
+    GateActor,
+    failed_verdict,
+    presence_verdict,
+    rejected_verdict,
+)
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
+    ChannelCount,
     Dones,
     Drained,
     GetRun,
@@ -43,26 +59,34 @@ from task_ingress.messages.protocol import (
     InFlight,
     InFlights,
     LockTask,
+    PresenceApplied,
     PresenceChange,
     PresenceFlight,
     Probe,
     ProbeDone,
     ProbeSuspects,
     Replied,
+    Retire,
+    Retired,
     Rewire,
     Settings,
     Started,
     Submission,
     SubmitBatch,
     Sweep,
+    Swept,
     Verdict,
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.reasons import Reason
+from task_ingress.messages.reasons import Action, Reason
+from thespian.actors import ActorExitRequest
 
 ChannelKey = tuple[str, str]
 STORE_KEY: ChannelKey = ("", "task-store")  # never a channel: "" fails the grammar
+MAX_PENDING_SWEEPS = 8
+"""Sweeps whose answers are still out: past this the oldest is answered as it stands (a
+lost answer must not make the router's own bookkeeping grow)."""
 
 
 def pre_gate_reason(sub: Submission, tasks_enabled: bool) -> Reason | None:
@@ -76,9 +100,32 @@ def pre_gate_reason(sub: Submission, tasks_enabled: bool) -> Reason | None:
     return None
 
 
+def reap_candidates(
+    channels: dict[ChannelKey, Any], busy: set[ChannelKey], retiring: dict[ChannelKey, int],
+    last_greet: dict[ChannelKey, float], now: float, expiry: float,
+) -> list[ChannelKey]:
+    """Channel actors worth asking to retire: alive, nothing of theirs unanswered, not
+    already asked, and no greet routed to them for `expiry` (2 x greet_interval), so
+    every peer they saw has expired or left. Presence makes the exact check (`Retire`);
+    this only keeps busy channels from being asked every sweep."""
+    return [key for key, address in channels.items()
+            if address is not None and key not in busy and key not in retiring
+            and now - last_greet.get(key, float("-inf")) >= expiry]
+
+
 def lost_tickets(suspects: set[int], unanswered: dict[int, InFlight]) -> list[int]:
     """Suspects still unanswered once the probe is back: they never left the dead actor."""
     return sorted(t for t in suspects if t in unanswered)
+
+
+@dataclass
+class PendingSweep:
+    """One sweep in progress: who gets `ChannelCount`, and the answers still out."""
+
+    ticket: int
+    reply_to: Any
+    outstanding: int = 0
+    swept: Swept | None = None
 
 
 @dataclass
@@ -98,8 +145,18 @@ class IngressRouter(GateActor):
         self.settings: Settings | None = None
         self.store: Any = None
         self.starting: tuple[Any, int] | None = None
+        # Channel actors by (workspace, channel); None: the actor died, the next message
+        # of the channel starts a new one (its peers may still be visible).
         self.channels: dict[ChannelKey, Any] = {}
         self.keys: dict[str, ChannelKey] = {}
+        # Per channel actor: the send counter at the last message we sent it (a `Retire`
+        # answered for an older one is void), and the clock stamp of its last greet.
+        self.last_send: dict[ChannelKey, int] = {}
+        self.last_greet: dict[ChannelKey, float] = {}
+        self.send_seq = itertools.count(1)
+        self.sweeps: dict[int, PendingSweep] = {}
+        self.sweep_ids = itertools.count(1)
+        self.retiring: dict[ChannelKey, int] = {}  # channel -> the sweep that asked it
         # Admitted requests not yet answered (bounded by the runtime's in-flight caps).
         self.unanswered: dict[int, InFlight] = {}
         self.probes: dict[int, PendingProbe] = {}
@@ -144,7 +201,7 @@ class IngressRouter(GateActor):
             if isinstance(item, PresenceChange):
                 key = (item.workspace, item.channel)
                 self._send_group(key, groups.pop(key, []), rejected)
-                self.send(self._channel(*key), PresenceFlight(change=item, reply_to=sender))
+                self._route_presence(PresenceFlight(change=item, reply_to=sender), rejected)
                 continue
             try:
                 routed = self._route(item, sender)
@@ -164,6 +221,37 @@ class IngressRouter(GateActor):
         if rejected:
             self.send(self.audit, Verdicts(items=tuple(rejected)))
 
+    def _route_presence(self, flight: PresenceFlight, rejected: list[Verdict]) -> None:
+        """A greet or leave to its channel actor; a greet starts one (within the cap)."""
+        assert self.settings is not None
+        change = flight.change
+        key = (change.workspace, change.channel)
+        if key not in self.channels:
+            if change.card is None:  # no actor, so no visible peer: nothing to leave
+                self.send(flight.reply_to, PresenceApplied(ticket=change.ticket))
+                return
+            if len(self.channels) >= self.settings.max_channels:
+                self.log.info("router.channel_cap", workspace=key[0], channel=key[1],
+                              peer_id=change.peer_id, action="greet", outcome="rejected",
+                              reason="overloaded", channels=len(self.channels))
+                rejected.append(presence_verdict(flight, Reason.OVERLOADED))
+                return
+        try:
+            target = self._channel(*key)
+        except Exception as exc:  # cannot start the channel actor: answer, never strand
+            self.log.error("router.channel_start_failed", workspace=key[0], channel=key[1],
+                           error=repr(exc))
+            rejected.append(presence_verdict(flight, Reason.TASK_INGRESS_FAILED))
+            return
+        if change.card is not None:
+            self.last_greet[key] = change.now
+        self._to_channel(key, target, flight)
+
+    def _to_channel(self, key: ChannelKey, address: Any, msg: Any) -> None:
+        """Every send to a channel actor goes here: it voids a `Retire` answer under way."""
+        self.last_send[key] = next(self.send_seq)
+        self.send(address, msg)
+
     def _send_group(self, key: ChannelKey, flights: list[InFlight], rejected: list[Verdict]
                     ) -> None:
         if not flights:
@@ -177,7 +265,7 @@ class IngressRouter(GateActor):
                 self.unanswered.pop(flight.submission.ticket, None)
                 rejected.append(failed_verdict(flight))
             return
-        self.send(target, InFlights(items=tuple(flights)))
+        self._to_channel(key, target, InFlights(items=tuple(flights)))
 
     def _route(self, sub: Submission, reply_to: Any) -> InFlight | Verdict:
         """A rejection decided here (as a Verdict), or the admitted request (as an InFlight,
@@ -186,9 +274,19 @@ class IngressRouter(GateActor):
         ctx = gate.normalize_context(sub.context)
         reason = pre_gate_reason(sub, self.settings.tasks_enabled)
         if reason is not None:
-            flight = InFlight(submission=sub, context=ctx, reply_to=reply_to)
+            # A refused greet or leave has no request ID; its record still names the
+            # derived actor when its identifiers are grammatical.
+            presence_ok = sub.action in (Action.GREET, Action.LEAVE) and gate.check_presence(
+                ctx.workspace, ctx.channel, ctx.peer_id) is None
+            flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
+                              checked=presence_ok)
             rejected = Outcome.rejected(gate.safe_field(ctx.request_id), sub.action, reason)
             return Verdict(flight=flight, outcome=rejected)
+        if (ctx.workspace, ctx.channel) not in self.channels:
+            # No channel actor: never greeted, or reaped once no peer was visible (and
+            # every presence change sent it was applied), so rule 3 fails for sure.
+            flight = InFlight(submission=sub, context=ctx, reply_to=reply_to, checked=True)
+            return rejected_verdict(flight, Reason.PEER_NOT_FOUND)
         # Audit reports Dones to us, so we know what a channel actor held if it dies.
         flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
                           router=self.myAddress, checked=True)
@@ -209,12 +307,72 @@ class IngressRouter(GateActor):
         for key, done in by_channel.items():
             target = self.channels.get(key)
             if target is not None:
-                self.send(target, Dones(tickets=tuple(done)))
+                self._to_channel(key, target, Dones(tickets=tuple(done)))
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
-        """Pass the driver's timer tick to Presence."""
-        if self.wiring is not None:
-            self.send(self.wiring.presence, msg)
+        """Expire peers (Presence) and ask the channel actors that may be idle to retire."""
+        if self.wiring is None or self.settings is None or self.stopping:
+            return
+        sweep_id = next(self.sweep_ids)
+        pending = PendingSweep(ticket=msg.ticket, reply_to=sender)
+        self.sweeps[sweep_id] = pending
+        if len(self.sweeps) > MAX_PENDING_SWEEPS:
+            oldest = min(self.sweeps)
+            self._answer_sweep(oldest, self.sweeps.pop(oldest))
+        self.send(self.wiring.presence, Sweep(now=msg.now, ticket=sweep_id,
+                                              reply_to=self.myAddress))
+        busy = {(f.context.workspace, f.context.channel) for f in self.unanswered.values()}
+        for key in reap_candidates(self.channels, busy, self.retiring, self.last_greet,
+                                   msg.now, 2 * self.settings.greet_interval):
+            nonce = next(self.send_seq)
+            self.last_send[key] = nonce
+            self.retiring[key] = sweep_id
+            pending.outstanding += 1
+            self.send(self.channels[key], Retire(workspace=key[0], channel=key[1], nonce=nonce,
+                                                 sweep=sweep_id, now=msg.now,
+                                                 reply_to=self.myAddress))
+
+    def receiveMsg_Retired(self, msg: Retired, sender: Any) -> None:
+        """Stop a vacant channel actor, unless we sent it anything after the `Retire`."""
+        key = (msg.workspace, msg.channel)
+        if self.retiring.get(key) != msg.sweep:
+            return  # its actor died meanwhile: already counted
+        del self.retiring[key]
+        address = self.channels.get(key)
+        if msg.vacant and address is not None and self.last_send.get(key) == msg.nonce:
+            self._reap(key, address)
+        self._sweep_part_done(msg.sweep)
+
+    def _reap(self, key: ChannelKey, address: Any) -> None:
+        del self.channels[key]
+        self.keys.pop(str(address), None)  # its exit is no failure
+        self.last_send.pop(key, None)
+        self.last_greet.pop(key, None)
+        self.send(address, ActorExitRequest())
+        self.log.info("router.channel_reaped", workspace=key[0], channel=key[1])
+
+    def receiveMsg_Swept(self, msg: Swept, sender: Any) -> None:
+        """Presence's part of a sweep is done (and Capability dropped the expired cards)."""
+        pending = self.sweeps.get(msg.ticket)
+        if pending is not None:
+            pending.swept = msg
+            self._sweep_part_done(msg.ticket, count=False)
+
+    def _sweep_part_done(self, sweep_id: int, count: bool = True) -> None:
+        pending = self.sweeps.get(sweep_id)
+        if pending is None:
+            return
+        if count:
+            pending.outstanding -= 1
+        if pending.outstanding <= 0 and pending.swept is not None:
+            self._answer_sweep(sweep_id, self.sweeps.pop(sweep_id))
+
+    def _answer_sweep(self, sweep_id: int, pending: PendingSweep) -> None:
+        swept = pending.swept
+        live = sum(1 for address in self.channels.values() if address is not None)
+        self.send(pending.reply_to, ChannelCount(
+            ticket=pending.ticket, channel_actors=live,
+            peers=swept.peers if swept else -1, cards=swept.cards if swept else -1))
 
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
         """Pass to the current store; it answers the caller."""
@@ -236,7 +394,10 @@ class IngressRouter(GateActor):
         if key == STORE_KEY:
             self._store_died()
             return
-        self.channels.pop(key, None)
+        self.channels[key] = None  # the slot stays: its peers may still be visible
+        self.last_send.pop(key, None)
+        if key in self.retiring:
+            self._sweep_part_done(self.retiring.pop(key))
         suspects = {t for t, f in self.unanswered.items()
                     if (f.context.workspace, f.context.channel) == key}
         self.log.warning("router.channel_actor_died", workspace=key[0], channel=key[1],
@@ -252,10 +413,12 @@ class IngressRouter(GateActor):
         self._start_store()
         # Rewire goes out before any probe: Capability sees it before the probe reaches it.
         self.send(self.wiring.capability, Rewire(store=self.store))
-        for address in self.channels.values():
+        for key, address in self.channels.items():
+            if address is None:
+                continue
             probe_id = next(self.probe_ids)
             self.probes[probe_id] = PendingProbe()
-            self.send(address, Probe(probe_id=probe_id, reply_to=self.myAddress))
+            self._to_channel(key, address, Probe(probe_id=probe_id, reply_to=self.myAddress))
 
     def receiveMsg_ProbeSuspects(self, msg: ProbeSuspects, sender: Any) -> None:
         """A channel actor's requests that went on before the probe."""
@@ -304,12 +467,13 @@ class IngressRouter(GateActor):
         self.stopping = True
 
     def _channel(self, workspace: str, channel: str) -> Any:
+        """The channel's actor, started if it has none (first greet, or after it died)."""
         key = (workspace, channel)
         address = self.channels.get(key)
         if address is None:
             assert self.wiring is not None and self.settings is not None
             address = self.createActor(self.settings.channel_actor_class)
-            self.send(address, self.wiring)
             self.channels[key] = address
+            self._to_channel(key, address, self.wiring)
             self.keys[str(address)] = key
         return address

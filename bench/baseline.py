@@ -28,7 +28,7 @@ from typing import Any
 
 import msgpack
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import record_hash
+from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.actors.storage import store_ops
 from task_ingress.actors.storage.auditlog import (
     INSERT_AUDIT,
@@ -36,8 +36,9 @@ from task_ingress.actors.storage.auditlog import (
     read_records,
     write_checkpoint,
 )
+from task_ingress.actors.storage.chainstart import open_chain
 from task_ingress.actors.storage.schema import connect
-from task_ingress.messages.audit import CHECKPOINT_EVERY, GENESIS_HASH, AuditRecord
+from task_ingress.messages.audit import CHECKPOINT_EVERY, AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
@@ -56,7 +57,7 @@ class LockBaseline:
         self.greet_interval = greet_interval
         self.clock = clock
         self.durable = durable
-        self.key = bytes.fromhex(audit_key) if audit_key else os.urandom(32)
+        self.key = ChainKey(bytes.fromhex(audit_key) if audit_key else os.urandom(32))
         self.local_peer_id = local_peer_id
         self.limits = SPEC_LIMITS
         self._channels: dict[tuple[str, str], threading.Lock] = {}
@@ -64,15 +65,18 @@ class LockBaseline:
         self._greets: dict[tuple[str, str, str], tuple[float, bool]] = {}
         self._db_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._store_id = ""
         self._seq = 0
-        self._head = GENESIS_HASH
+        self._head = ""
         self._since_checkpoint = 0
 
     # ---- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        """Open the store (WAL, synchronous=FULL) and load the chain head."""
+        """Open the store (WAL, synchronous=FULL), check and load the chain head (as Audit
+        does: `chainstart.open_chain`)."""
         self._conn = connect(self.store_path, self.durable)
-        self._seq, self._head = read_head(self._conn)
+        chain = open_chain(self._conn, self.store_path, self.key)
+        self._store_id, self._seq, self._head = chain.store_id, chain.seq, chain.head
 
     def close(self) -> None:
         """Write the final checkpoint and close the connection."""
@@ -180,13 +184,13 @@ class LockBaseline:
             "task_id": outcome.task_id, "run_id": outcome.run_id, "payload_size": size,
             "replay": outcome.replay, "prev_hash": self._head, "trust": ctx.trust,
         }
-        record["hash"] = record_hash(record)
+        record["hash"] = self.key.seal(record)
         self._open().execute(INSERT_AUDIT, record)
         self._seq, self._head = record["seq"], record["hash"]
         self._since_checkpoint += 1
 
     def _reload_head(self) -> None:
-        self._seq, self._head = read_head(self._open())
+        self._seq, self._head = read_head(self._open(), genesis_hash(self._store_id))
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint >= CHECKPOINT_EVERY:
@@ -195,7 +199,7 @@ class LockBaseline:
     def _checkpoint(self) -> None:
         if self._seq == 0:
             return
-        write_checkpoint(self.store_path, self.key, self._seq, self._head)
+        write_checkpoint(self.store_path, self.key, self._store_id, self._seq, self._head)
         self._since_checkpoint = 0
 
     def audit(self) -> list[AuditRecord]:

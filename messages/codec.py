@@ -83,7 +83,7 @@ def _interpret(obj: Any, size: int) -> DecodedEnvelope:
     return DecodedEnvelope(action, request_id, request, None, size)
 
 
-_KINDS = frozenset(a.value for a in Action if a is not Action.UNKNOWN)
+_KINDS = frozenset(a.value for a in REQUEST_BY_ACTION)  # task kinds only: never greet/leave
 
 
 def encode_envelope(request: AnyRequest, request_id: str) -> bytes:

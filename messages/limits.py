@@ -4,6 +4,8 @@ The defaults ARE the SPEC ceilings. A deployment may lower any of them (RuntimeC
 never raise one: building a `Limits` above a ceiling raises ValueError. The gate judges
 payloads against the `Limits` in `Settings`, and the codecs cap envelopes at
 `SPEC_LIMITS.max_envelope_bytes`.
+
+`CardLimits` beside it bounds what one greet may make the runtime hold.
 """
 
 from __future__ import annotations
@@ -30,3 +32,29 @@ class Limits:
 
 SPEC_LIMITS = Limits()
 """The ceilings themselves."""
+
+
+@dataclass(frozen=True)
+class CardLimits:
+    """What one peer card may carry: a greet whose card breaks one is refused
+    (`invalid_request`, audited) and holds nothing. Not SPEC limits but the runtime's own
+    (a card is held until its peer leaves or expires), so any positive value may be set;
+    the defaults fit every real AGH card with room to spare."""
+
+    max_capabilities: int = 64
+    """Capability names on one card."""
+    max_capability_chars: int = 64
+    """Characters of one capability name (each must also match the SPEC §2 grammar)."""
+    max_display_name_chars: int = 128
+    """Characters of `display_name`."""
+    max_proof_bytes: int = 4 * 1024
+    """UTF-8 bytes of `proof` (an Ed25519 signature in base64url is 86)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"{f.name} must be at least 1, got {getattr(self, f.name)}")
+
+
+CARD_LIMITS = CardLimits()
+"""The defaults."""

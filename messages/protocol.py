@@ -31,6 +31,10 @@ CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
 """Dotted name of the production channel actor (created by the router, one per channel)."""
 STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
 """Dotted name of the production TaskStore (created and supervised by the router)."""
+MAX_CHANNELS = 4096
+"""Default of the most (workspace, channel) pairs with a channel actor at once."""
+MAX_CHANNELS_PER_PEER = 64
+"""Default of the most (workspace, channel) pairs one peer ID is visible in at once."""
 
 
 class Settings(InternalMessage):
@@ -45,9 +49,13 @@ class Settings(InternalMessage):
     max_batch: int = MAX_BATCH
     channel_pipeline: int = Field(default=CHANNEL_PIPELINE,
                                   description="Requests in flight per channel.")
+    max_channels: int = Field(default=MAX_CHANNELS, description=(
+        "Channel actors the router keeps at once; a greet for one more is overloaded."))
+    max_channels_per_peer: int = Field(default=MAX_CHANNELS_PER_PEER, description=(
+        "Channels one peer ID may be visible in; a greet for one more is overloaded."))
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_seconds: float = CHECKPOINT_SECONDS
-    audit_key: str = Field(default="", description="Hex HMAC key for checkpoints; '' = none.")
+    audit_key: str = Field(default="", description="Hex audit key (records, checkpoints).")
     fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
     # Actors by dotted class name: a multiprocess base creates them in child processes.
     channel_actor_class: str = Field(default=CHANNEL_ACTOR,
@@ -97,6 +105,22 @@ class PresenceChange(InternalMessage):
     peer_id: str
     card: PeerCard | None
     now: float
+    payload_size: int = Field(default=0, description="The card's encoded size (audit).")
+
+    @property
+    def action(self) -> Action:
+        """The audit action a refusal of this change is recorded under."""
+        return Action.LEAVE if self.card is None else Action.GREET
+
+    def refused(self, reason: Reason) -> Submission:
+        """This change as a submission already rejected for `reason`: how a refused greet or
+        leave is audited and answered, by the same path as any rejected request (the
+        record's request ID is empty: a presence change has none)."""
+        context = IngressContext(workspace=self.workspace, peer_id=self.peer_id,
+                                 channel=self.channel, request_id="")
+        return Submission(ticket=self.ticket, context=context, request=None,
+                          action=self.action, payload_size=self.payload_size, now=self.now,
+                          preset=reason)
 
 
 class SubmitBatch(InternalMessage):
@@ -176,18 +200,73 @@ class Flush(InternalMessage):
 
 
 class Sweep(InternalMessage):
-    """Drop presence entries that expired by `now` (bounded memory)."""
+    """The housekeeping tick (bounded memory): driver -> router, which frees idle channel
+    actors (`Retire`) and passes it on -> Presence, which drops entries expired by `now`.
+
+    Answered once everything is done: the router answers the driver's `ticket` with
+    `ChannelCount`; Presence's part is acknowledged (via Capability, `Swept`) to `reply_to`
+    under the router's own sweep number."""
 
     now: float
+    ticket: int = 0
+    reply_to: Any = Field(default=None, description="Where Presence's part is acknowledged.")
 
 
 class CardsExpired(InternalMessage):
     """Presence to Capability: these peers' visibility expired; drop their cards (memory).
 
     Sent behind every request Presence already let through, so no admitted request of
-    those peers still needs its card; a later greet brings a new card along the same path."""
+    those peers still needs its card; a later greet brings a new card along the same path.
+    With `reply_to`, Capability then answers `Swept(ticket=sweep)` there (the router)."""
 
     keys: tuple[tuple[str, str, str], ...]
+    sweep: int = 0
+    peers: int = Field(default=0, description="Presence entries left after this sweep.")
+    reply_to: Any = None
+
+
+class Swept(InternalMessage):
+    """Capability to the router: a sweep's expiries are applied; what both still hold."""
+
+    ticket: int
+    peers: int
+    cards: int
+
+
+class ChannelCount(InternalMessage):
+    """Router to driver, the answer to a `Sweep` (the timer's or `IngressRuntime.sweep()`'s):
+    what the runtime holds once it is done; -1 for parts that did not answer in time."""
+
+    ticket: int
+    channel_actors: int
+    peers: int
+    cards: int
+
+
+class Retire(InternalMessage):
+    """Router -> idle ChannelIngress -> Presence: may this channel actor be stopped?
+
+    The channel actor passes it on only with nothing queued or in flight (else it answers
+    `Retired(vacant=False)` itself), behind every presence change it forwarded; Presence
+    answers whether any peer is still visible in the channel at `now`. The router stops
+    the actor only if it sent it nothing since (`nonce`) — docs/race-freedom.md."""
+
+    workspace: str
+    channel: str
+    nonce: int = Field(description="The router's send counter when it sent this.")
+    sweep: int
+    now: float
+    reply_to: Any
+
+
+class Retired(InternalMessage):
+    """Answer to `Retire`: `vacant` when the channel actor was idle and no peer is visible."""
+
+    workspace: str
+    channel: str
+    nonce: int
+    sweep: int
+    vacant: bool
 
 
 class CountEntries(InternalMessage):

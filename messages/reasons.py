@@ -1,4 +1,5 @@
-"""The closed set of rejection reason codes (SPEC §6) and the action names (SPEC §5)."""
+"""The closed set of rejection reason codes (SPEC §6) and the action names (SPEC §5, plus
+the presence changes a refusal is audited under)."""
 
 from __future__ import annotations
 
@@ -36,4 +37,8 @@ class Action(_Code):
     UPDATE = "task.update"
     CANCEL = "task.cancel"
     ENQUEUE = "task.run.enqueue"
+    GREET = "greet"
+    """A greet the runtime refused (AGH's kind name); applied greets are not audited."""
+    LEAVE = "leave"
+    """A leave the runtime refused (malformed identifiers)."""
     UNKNOWN = "unknown"

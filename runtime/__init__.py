@@ -11,14 +11,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from task_ingress.runtime.config import RuntimeConfig
-from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
+from task_ingress.runtime.errors import (
+    IngressTimeout,
+    PresenceRefused,
+    RuntimeClosed,
+    RuntimeStartError,
+)
 
 if TYPE_CHECKING:
     from task_ingress.runtime.driver import RuntimeStatistics
     from task_ingress.runtime.facade import IngressRuntime
 
-__all__ = ["IngressRuntime", "IngressTimeout", "RuntimeClosed", "RuntimeConfig",
-           "RuntimeStartError", "RuntimeStatistics"]
+__all__ = ["IngressRuntime", "IngressTimeout", "PresenceRefused", "RuntimeClosed",
+           "RuntimeConfig", "RuntimeStartError", "RuntimeStatistics"]
 
 
 def __getattr__(name: str) -> Any:

@@ -102,6 +102,9 @@ from task_ingress.runtime.nats.client_cli import (  # noqa: E402  (cheap: typer 
 app.command(name="keygen")(keygen)
 app.add_typer(trust_app, name="trust")
 app.add_typer(request_app, name="request")
+from task_ingress.runtime.cluster.cli import cluster_app  # noqa: E402  (typer only)
+
+app.add_typer(cluster_app, name="cluster")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

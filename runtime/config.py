@@ -6,11 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from task_ingress.messages.limits import SPEC_LIMITS, Limits
+from task_ingress.messages.limits import CARD_LIMITS, SPEC_LIMITS, CardLimits, Limits
 from task_ingress.messages.protocol import (
     CHANNEL_ACTOR,
     CHANNEL_PIPELINE,
     MAX_BATCH,
+    MAX_CHANNELS,
+    MAX_CHANNELS_PER_PEER,
     STORE_ACTOR,
 )
 from task_ingress.runtime.flow import FlowLimits
@@ -50,6 +52,24 @@ class RuntimeConfig:
     Operating)."""
     peer_burst: float = _FLOW.peer_burst
     """Per-peer token-bucket size: requests a quiet peer may send at once."""
+    greet_rate: float = _FLOW.greet_rate
+    """Per-peer greet budget refill, greets/second (by the injected clock); 0 disables. A
+    greet over budget is refused `overloaded` (audited, card not applied). An AGH peer
+    re-greets each of its channels every greet_interval / 2."""
+    greet_burst: float = _FLOW.greet_burst
+    """Per-peer greet budget size: greets a quiet peer may send at once (joining channels)."""
+    max_channels: int = MAX_CHANNELS
+    """(workspace, channel) pairs with a channel actor at once; a greet for one more is
+    refused `overloaded`. Idle actors (no visible peer, nothing queued or in flight) are
+    stopped by the sweep."""
+    max_channels_per_peer: int = MAX_CHANNELS_PER_PEER
+    """(workspace, channel) pairs one peer ID may be visible in at once; a greet for one
+    more is refused `overloaded` (re-greets of its channels always pass)."""
+    # Peer-card limits: a greet whose card breaks one is refused `invalid_request`.
+    max_card_capabilities: int = CARD_LIMITS.max_capabilities
+    max_capability_chars: int = CARD_LIMITS.max_capability_chars
+    max_display_name_chars: int = CARD_LIMITS.max_display_name_chars
+    max_proof_bytes: int = CARD_LIMITS.max_proof_bytes
     max_batch: int = MAX_BATCH
     """Most requests the driver hands to the actors in one message."""
     batch_linger: float = 0.001
@@ -61,7 +81,8 @@ class RuntimeConfig:
     change still waits for all of them). 1 = strictly one request at a time, end to end.
     More in flight means bigger store/audit group commits."""
     audit_key: str | None = None
-    """Hex HMAC key for audit checkpoints; None: env TASK_INGRESS_AUDIT_KEY or a key file."""
+    """Hex audit key (HMAC of every record and checkpoint); None: env TASK_INGRESS_AUDIT_KEY
+    or the key file beside the store (created if missing); ":memory:": a throwaway key."""
     # Payload limits (SPEC §2): each may be lowered, never raised (`Limits` refuses it).
     max_title_chars: int = SPEC_LIMITS.max_title_chars
     max_description_bytes: int = SPEC_LIMITS.max_description_bytes
@@ -89,8 +110,21 @@ class RuntimeConfig:
         if min(self.max_in_flight_total, self.max_in_flight_per_channel,
                self.max_in_flight_per_peer) < 1:
             raise ValueError("in-flight caps must be at least 1")
+        if min(self.max_channels, self.max_channels_per_peer) < 1:
+            raise ValueError("channel caps must be at least 1")
+        if min(self.peer_rate, self.peer_burst, self.greet_rate, self.greet_burst) < 0:
+            raise ValueError("rates and bursts must not be negative")
+        _ = self.card_limits  # raises ValueError for a card limit below 1
 
     @property
     def limits(self) -> Limits:
         """The payload limits these fields set, as the gate reads them."""
         return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
+
+    @property
+    def card_limits(self) -> CardLimits:
+        """The peer-card limits these fields set, as `gate.check_card` reads them."""
+        return CardLimits(max_capabilities=self.max_card_capabilities,
+                          max_capability_chars=self.max_capability_chars,
+                          max_display_name_chars=self.max_display_name_chars,
+                          max_proof_bytes=self.max_proof_bytes)

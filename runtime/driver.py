@@ -18,6 +18,7 @@ from typing import Any
 
 from task_ingress.actors.log import get_logger
 from task_ingress.messages.protocol import (
+    ChannelCount,
     PresenceChange,
     Replies,
     Settings,
@@ -52,6 +53,12 @@ class RuntimeStatistics:
     """Calls queued for the driver thread and not yet taken into a batch."""
     requests_in_flight: int
     """Requests admitted and not yet answered (what the in-flight caps count)."""
+    channel_actors: int = 0
+    """Channel actors alive, counted at the last sweep (every second, or `sweep()`)."""
+    presence_entries: int = 0
+    """(workspace, channel, peer) greets remembered, counted at the last sweep."""
+    peer_cards: int = 0
+    """Peer cards held, counted at the last sweep."""
 
 
 class Driver:
@@ -80,6 +87,8 @@ class Driver:
         self.thread = threading.Thread(target=self._run, name="task-ingress-driver", daemon=True)
         self._addresses: Addresses | None = None
         self.processes = ActorProcesses()
+        self.held = ChannelCount(ticket=0, channel_actors=0, peers=0, cards=0)
+        self.sweep_ticket = 0  # the periodic sweep in progress (one at a time)
         self.log = get_logger(component="driver")
 
     # ---- caller side -------------------------------------------------------------
@@ -129,9 +138,13 @@ class Driver:
             raise RuntimeClosed("the runtime is closed")
 
     def statistics(self) -> RuntimeStatistics:
-        """What is queued and in flight right now."""
+        """What is queued and in flight right now, and what was held at the last sweep."""
+        held = self.held
         return RuntimeStatistics(calls_waiting=self.inbox.qsize(),
-                                 requests_in_flight=self.flow.total)
+                                 requests_in_flight=self.flow.total,
+                                 channel_actors=held.channel_actors,
+                                 presence_entries=max(0, held.peers),
+                                 peer_cards=max(0, held.cards))
 
     def wait(self, future: Future[Any]) -> Any:
         """Block for a reply, converting a timeout into IngressTimeout."""
@@ -203,11 +216,9 @@ class Driver:
                     expected = max(expected, self.inbox.qsize()) + answered
             now = time.monotonic()
             self._expire(pending, now)
-            if now - last_sweep >= SWEEP_EVERY:
+            if now - last_sweep >= SWEEP_EVERY and self.sweep_ticket not in pending:
                 last_sweep = now
-                stamp = self.clock()
-                self.flow.sweep(stamp)
-                asys.tell(self.addresses.router, Sweep(now=stamp))
+                self._periodic_sweep(asys, pending)
             if stopping_since is not None and (
                 not pending or now - stopping_since > SHUTDOWN_GRACE
             ):
@@ -232,16 +243,47 @@ class Driver:
                     call.peer = None  # not admitted: holds no slot
                 batch.append(msg.model_copy(update={"now": now, "preset": preset}))
             elif isinstance(msg, PresenceChange):
-                batch.append(msg.model_copy(update={"now": self.clock()}))
+                now = self.clock()
+                refused = self.flow.admit_greet((msg.workspace, msg.channel, msg.peer_id),
+                                                now) if msg.card is not None else None
+                msg = msg.model_copy(update={"now": now})
+                batch.append(msg if refused is None else msg.refused(refused))
+            elif isinstance(msg, Sweep):
+                self._sweep(asys, msg)
             else:
                 asys.tell(call.to, msg)
         if batch:
             asys.tell(self.addresses.router, SubmitBatch(items=tuple(batch)))
 
+    def _periodic_sweep(self, asys: Any, pending: dict[int, Call]) -> None:
+        """The timer's sweep, pending like a call (nobody waits on it): its answer must be
+        read, or an idle runtime would pile one unread message a second."""
+        call = Call(message=Sweep(now=0.0, ticket=self.next_ticket()), to=self.addresses.router)
+        call.deadline = time.monotonic() + self.request_timeout * 2
+        self.sweep_ticket = call.message.ticket
+        pending[self.sweep_ticket] = call
+        self._sweep(asys, call.message)
+
+    def _sweep(self, asys: Any, sweep: Sweep) -> None:
+        """Housekeeping on the clock: forget full token buckets, let the actors free expired
+        peers and idle channel actors (the router answers `ChannelCount`)."""
+        stamp = self.clock()
+        self.flow.sweep(stamp)
+        asys.tell(self.addresses.router, sweep.model_copy(update={"now": stamp}))
+
     def _resolve(self, reply: Any, pending: dict[int, Call]) -> int:
         """Resolve the calls a reply answers; returns how many."""
         if isinstance(reply, Replies):  # one group commit's answers
             return sum(self._resolve(item, pending) for item in reply.items)
+        if isinstance(reply, ChannelCount):
+            if reply.peers < 0:  # answered before Presence's part came back: keep its last
+                reply = reply.model_copy(update={"peers": self.held.peers,
+                                                 "cards": self.held.cards})
+            self.held = reply  # read by statistics() from any thread: one reference swap
+            call = pending.pop(reply.ticket, None)
+            if call is not None:
+                call.future.set_result(reply)
+            return 0  # not a caller's answer: no reason to linger for its next call
         if isinstance(reply, PoisonMessage):
             ticket = getattr(reply.poisonMessage, "ticket", None)
             call = pending.pop(ticket, None) if isinstance(ticket, int) else None

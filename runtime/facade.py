@@ -20,6 +20,7 @@ from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.protocol import (
     AuditRead,
+    ChannelCount,
     GetRun,
     GetTask,
     LockTask,
@@ -31,6 +32,7 @@ from task_ingress.messages.protocol import (
     RunFound,
     Settings,
     Submission,
+    Sweep,
     TaskFound,
     TaskLocked,
 )
@@ -38,14 +40,14 @@ from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
-from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed
+from task_ingress.runtime.errors import IngressTimeout, PresenceRefused, RuntimeClosed
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 
 MULTIPROC_MAX_IN_FLIGHT = 256
 
 
 def load_or_create_key(store_path: str) -> str:
-    """The operator's checkpoint key as `auditlog.find_key` finds it (env
+    """The operator's audit key as `auditlog.find_key` finds it (env
     TASK_INGRESS_AUDIT_KEY, else the key file beside the store), else a new key file
     (created with mode 0600 and a warning)."""
     found = find_key(store_path)
@@ -100,6 +102,7 @@ class IngressRuntime:
             self._tempdir = tempfile.mkdtemp(prefix="task-ingress-")
             self.store_path = os.path.join(self._tempdir, "store.db")
             durable = False
+            audit_key = cfg.audit_key or secrets.token_hex(32)  # the chain is always keyed
         else:
             self.store_path = os.path.abspath(cfg.store_path)
             audit_key = cfg.audit_key or load_or_create_key(self.store_path)
@@ -107,8 +110,9 @@ class IngressRuntime:
             store_path=self.store_path, durable=durable, local_peer_id=cfg.local_peer_id,
             greet_interval=cfg.greet_interval, tasks_enabled=cfg.tasks_enabled,
             limits=cfg.limits, max_batch=cfg.max_batch,
-            channel_pipeline=cfg.channel_pipeline,
-            audit_key=audit_key, fail_commit_at=cfg.fail_commit_at,
+            channel_pipeline=cfg.channel_pipeline, max_channels=cfg.max_channels,
+            max_channels_per_peer=cfg.max_channels_per_peer, audit_key=audit_key,
+            fail_commit_at=cfg.fail_commit_at,
             channel_actor_class=cfg.channel_actor_class,
             store_actor_class=cfg.store_actor_class, store_proxy_class=cfg.store_proxy_class,
         )
@@ -121,7 +125,7 @@ class IngressRuntime:
         limits = FlowLimits(
             max_total=max_total, max_per_channel=cfg.max_in_flight_per_channel,
             max_per_peer=cfg.max_in_flight_per_peer, peer_rate=cfg.peer_rate,
-            peer_burst=cfg.peer_burst,
+            peer_burst=cfg.peer_burst, greet_rate=cfg.greet_rate, greet_burst=cfg.greet_burst,
         )
         driver = Driver(cfg.actor_base, settings, cfg.clock, cfg.request_timeout, limits,
                         cfg.batch_linger)
@@ -153,26 +157,54 @@ class IngressRuntime:
     def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
         """Make `card.peer_id` visible in (workspace, channel) with this card.
 
-        Returns once the change holds for every later `submit`. Raises ValueError for
-        malformed identifiers (a transport validates greets before calling this).
+        Returns once the change holds for every later `submit`. A refused greet changes
+        nothing, is audited (one record, action `greet`) and raises `PresenceRefused`:
+        `invalid_request` for malformed identifiers or a card over a card limit,
+        `overloaded` for a spent greet budget or a full channel cap.
         """
         self._presence(workspace, channel, card.peer_id, card)
 
     def leave(self, workspace: str, channel: str, peer_id: str) -> None:
-        """Make the peer invisible in (workspace, channel); no later write of it is accepted."""
+        """Make the peer invisible in (workspace, channel); no later write of it is accepted.
+
+        Never refused for load; malformed identifiers raise `PresenceRefused`
+        (`invalid_request`, audited with action `leave`)."""
         self._presence(workspace, channel, peer_id, None)
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
-        ws, ch, peer = gate.trim(workspace), gate.trim(channel), gate.trim(peer_id)
-        if not (gate.is_workspace(ws) and gate.is_channel(ch) and gate.is_peer_id(peer)):
-            raise ValueError(f"malformed presence identifiers: {ws!r} {ch!r} {peer!r}")
+        # ASCII-only trim, as on the wire and in the gate: a peer ID ending in U+00A0 is
+        # not the peer without it.
+        ws, ch, peer = (gate.trim(_text(workspace)), gate.trim(_text(channel)),
+                        gate.trim(_text(peer_id)))
         driver = self._running()
         change = PresenceChange(
-            ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card, now=0.0
+            ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card,
+            now=0.0, payload_size=_payload_size(card) if card is not None else 0,
         )
-        reply = driver.wait(driver.submit(change))
-        if not isinstance(reply, PresenceApplied):
-            raise RuntimeError(f"presence change failed: {reply!r}")
+        reason = gate.check_presence(ws, ch, peer)
+        if reason is None and card is not None:
+            reason = gate.check_card(card, self.config.card_limits)
+        # A refusal decided here travels as a rejected submission: audited, then answered.
+        reply = driver.wait(driver.submit(change if reason is None else change.refused(reason)))
+        if isinstance(reply, PresenceApplied):
+            return
+        if isinstance(reply, Replied) and not reply.outcome.accepted:
+            raise PresenceRefused(reply.outcome)
+        raise RuntimeError(f"presence change failed: {reply!r}")
+
+    # ---- housekeeping ------------------------------------------------------------
+    def sweep(self) -> RuntimeStatistics:
+        """Run the housekeeping sweep now and return the statistics it counted.
+
+        The runtime sweeps every second by itself: it forgets expired peers and their
+        cards and stops idle channel actors (no visible peer, nothing queued or in
+        flight). This call returns once that is done, so that monitoring (and tests on a
+        fake clock) can see the effect at once."""
+        driver = self._running()
+        reply = self._ask(driver, driver.addresses.router,
+                          Sweep(now=0.0, ticket=driver.next_ticket()))
+        assert isinstance(reply, ChannelCount)
+        return driver.statistics()
 
     # ---- requests ----------------------------------------------------------------
     def submit(self, context: IngressContext, request: Any) -> Outcome:
@@ -297,8 +329,9 @@ class IngressRuntime:
         return self._driver.actor_pids() if self._driver is not None else []
 
     def statistics(self) -> RuntimeStatistics:
-        """Calls queued for the driver and requests admitted but unanswered, right now
-        (both 0 before start and after close): for monitoring, safe from any thread."""
+        """Calls queued for the driver and requests admitted but unanswered, right now, and
+        the channel actors, presence entries and cards held at the last sweep (all 0
+        before start and after close): for monitoring, safe from any thread."""
         driver = self._driver
         if driver is None:
             return RuntimeStatistics(calls_waiting=0, requests_in_flight=0)

@@ -1,4 +1,5 @@
-"""Admission control (SPEC §6 `overloaded`): bounded in-flight requests and per-peer rates.
+"""Admission control (SPEC §6 `overloaded`): bounded in-flight requests, per-peer request
+rates and per-peer greet budgets.
 
 Pure bookkeeping owned by the driver thread; time is passed in (the injectable clock), so
 tests drive it deterministically. Excess is refused at once — never queued — and the
@@ -45,6 +46,11 @@ class FlowLimits:
     max_per_peer: int = 128
     peer_rate: float = 5000.0
     peer_burst: float = 10000.0
+    # Greets have their own, much smaller budget: a greet makes the runtime hold a card
+    # (and maybe a channel actor) until expiry, while a request holds nothing once
+    # answered; an AGH peer re-greets each of its channels every greet_interval / 2.
+    greet_rate: float = 20.0
+    greet_burst: float = 200.0
 
 
 def peer_key(ctx: IngressContext) -> PeerKey | None:
@@ -64,6 +70,7 @@ class FlowControl:
         self.per_channel: Counter[ChannelKey] = Counter()
         self.per_peer: Counter[PeerKey] = Counter()
         self.buckets: dict[PeerKey, TokenBucket] = {}
+        self.greet_buckets: dict[PeerKey, TokenBucket] = {}
 
     def admit(self, peer: PeerKey, now: float) -> Reason | None:
         """Take a slot for a request of `peer` = (workspace, channel, peer_id), or refuse."""
@@ -72,15 +79,8 @@ class FlowControl:
         if (self.total >= lim.max_total or self.per_channel[channel] >= lim.max_per_channel
                 or self.per_peer[peer] >= lim.max_per_peer):
             return Reason.OVERLOADED
-        if lim.peer_rate > 0:
-            rate_key = (peer[0], "", peer[2])  # the rate is per peer, across its channels
-            bucket = refill(self.buckets.get(rate_key, TokenBucket(lim.peer_burst, now)), now,
-                            lim.peer_rate, lim.peer_burst)
-            if bucket.tokens < 1.0:
-                self.buckets[rate_key] = bucket
-                return Reason.OVERLOADED
-            bucket.tokens -= 1.0
-            self.buckets[rate_key] = bucket
+        if not _take(self.buckets, peer, now, lim.peer_rate, lim.peer_burst):
+            return Reason.OVERLOADED
         self.total += 1
         self.per_channel[channel] += 1
         self.per_peer[peer] += 1
@@ -92,13 +92,37 @@ class FlowControl:
         _decrement(self.per_channel, (peer[0], peer[1]))
         _decrement(self.per_peer, peer)
 
+    def admit_greet(self, peer: PeerKey, now: float) -> Reason | None:
+        """Charge a greet of `peer` = (workspace, channel, peer_id) to the peer's greet
+        budget, or refuse it (`overloaded`). Leaves are never charged."""
+        lim = self.limits
+        if not _take(self.greet_buckets, peer, now, lim.greet_rate, lim.greet_burst):
+            return Reason.OVERLOADED
+        return None
+
     def sweep(self, now: float) -> None:
         """Forget buckets that are full again: an idle peer costs no memory."""
         lim = self.limits
-        full = [k for k, b in self.buckets.items()
-                if refill(b, now, lim.peer_rate, lim.peer_burst).tokens >= lim.peer_burst]
-        for key in full:
-            del self.buckets[key]
+        for buckets, rate, burst in ((self.buckets, lim.peer_rate, lim.peer_burst),
+                                     (self.greet_buckets, lim.greet_rate, lim.greet_burst)):
+            full = [k for k, b in buckets.items() if refill(b, now, rate, burst).tokens >= burst]
+            for key in full:
+                del buckets[key]
+
+
+def _take(buckets: dict[PeerKey, TokenBucket], peer: PeerKey, now: float, rate: float,
+          burst: float) -> bool:
+    """Take one token from the peer's bucket (per peer, across its channels); False when it
+    is empty. A rate of 0 disables the bucket: always True."""
+    if rate <= 0:
+        return True
+    key = (peer[0], "", peer[2])
+    bucket = refill(buckets.get(key, TokenBucket(burst, now)), now, rate, burst)
+    buckets[key] = bucket
+    if bucket.tokens < 1.0:
+        return False
+    bucket.tokens -= 1.0
+    return True
 
 
 def _decrement(counter: Counter[K], key: K) -> None:

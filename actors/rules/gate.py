@@ -13,7 +13,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from task_ingress.messages.limits import Limits
+from task_ingress.messages.limits import CardLimits, Limits
+from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import (
     AnyRequest,
@@ -120,9 +121,41 @@ def check_context(ctx: IngressContext) -> Reason | None:
     return None if ok else Reason.INVALID_REQUEST
 
 
+def check_presence(workspace: str, channel: str, peer_id: str) -> Reason | None:
+    """Rule 1 for a greet or leave (trimmed identifiers): workspace, channel and peer ID
+    grammatical. A presence change has no request ID."""
+    ok = is_workspace(workspace) and is_channel(channel) and is_peer_id(peer_id)
+    return None if ok else Reason.INVALID_REQUEST
+
+
 def grants_write(capabilities: list[str], proof: str) -> bool:
     """Rule 4: the card claims `task.write` and backs it with a non-empty proof."""
     return TASK_WRITE in (c.strip() for c in capabilities) and proof.strip() != ""
+
+
+def is_capability(value: str) -> bool:
+    """True when `value` (already trimmed) is a lowercase dotted capability name (SPEC §2)."""
+    return CAPABILITY_RE.fullmatch(value) is not None
+
+
+def check_card(card: PeerCard, limits: CardLimits) -> Reason | None:
+    """What a greet may make the runtime hold: at most `max_capabilities` names, each a
+    grammatical capability (after trimming) of at most `max_capability_chars`; a display
+    name and a proof within their sizes (proof in UTF-8 bytes). Else `invalid_request`.
+
+    A card is held until its peer leaves or expires, so an unchecked one is memory a peer
+    can grow at will (one key once grew a daemon by 750 MB with 60 KB capability lists).
+    """
+    caps = card.capabilities
+    ok = (
+        len(caps) <= limits.max_capabilities
+        and all(len(c.strip()) <= limits.max_capability_chars and is_capability(c.strip())
+                for c in caps)
+        and len(card.display_name) <= limits.max_display_name_chars
+        and len(card.proof) <= limits.max_proof_bytes  # chars <= bytes: skips most encodes
+        and len(card.proof.encode()) <= limits.max_proof_bytes
+    )
+    return None if ok else Reason.INVALID_REQUEST
 
 
 def requested_channel(request: AnyRequest) -> str | None:

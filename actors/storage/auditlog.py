@@ -1,5 +1,5 @@
-"""The audit log as stored (SPEC §6): the `audit` table's rows, the checkpoint file beside
-the store, and where the checkpoint key is found.
+"""The audit log as stored (SPEC §6): the `audit` table's rows, the store's `meta` rows,
+the checkpoint file beside the store, and where the audit key is found.
 
 One description shared by the Audit actor (the only writer of the log), the benchmark's
 baseline, and the read-only tools (`task-ingress audit`, the swarm's invariants), which
@@ -8,16 +8,18 @@ read the log without importing any actor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from task_ingress.actors.rules import gate
-from task_ingress.actors.rules.chain import checkpoint_mac
-from task_ingress.messages.audit import GENESIS_HASH, AuditRecord
+from task_ingress.actors.rules.chain import ChainKey
+from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import InFlight
 
@@ -26,6 +28,7 @@ AUDIT_COLUMNS = (
     "task_id, run_id, payload_size, replay, prev_hash, hash, trust"
 )
 AUDIT_NAMES = tuple(c.strip() for c in AUDIT_COLUMNS.split(","))
+_ADDED_COLUMNS = ("trust",)  # by a migration (schema 3); NULL in rows from before it
 INSERT_AUDIT = (
     f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
     + "(" + ", ".join(f":{name}" for name in AUDIT_NAMES) + ")"
@@ -69,6 +72,15 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def readable_columns(conn: sqlite3.Connection) -> str:
+    """`AUDIT_COLUMNS` as this store can answer them, for readers that never migrate (the
+    read-only tools): a store no runtime has opened since before schema 3 has no `trust`
+    column, which reads as NULL, as it does in the rows written before it."""
+    present = {str(row[1]) for row in conn.execute("PRAGMA table_info(audit)")}
+    return ", ".join(name if name in present or name not in _ADDED_COLUMNS
+                     else f"NULL AS {name}" for name in AUDIT_NAMES)
+
+
 def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
     """Build an AuditRecord from an `AUDIT_COLUMNS` row."""
     values = dict(zip(AUDIT_NAMES, row, strict=True))
@@ -82,10 +94,10 @@ def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
     return [record_from_row(r) for r in rows]
 
 
-def read_head(conn: sqlite3.Connection) -> tuple[int, str]:
-    """(seq, hash) of the newest record; (0, GENESIS_HASH) for an empty log."""
+def read_head(conn: sqlite3.Connection, genesis: str) -> tuple[int, str]:
+    """(seq, hash) of the newest record; (0, genesis) for an empty log."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+    return (int(row[0]), str(row[1])) if row else (0, genesis)
 
 
 def checkpoint_path(store_path: str) -> str:
@@ -95,24 +107,73 @@ def checkpoint_path(store_path: str) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The checkpoint file's content: latest seq and hash, their HMAC, and when written."""
+    """The checkpoint file's content: the store it belongs to, its latest seq and hash
+    (seq 0 and the genesis hash for a store without records), when it was written, and the
+    HMAC over all of them. `store_id` None: a legacy (schema 3 or older) checkpoint, whose
+    MAC covers only seq and hash."""
 
     seq: int
     hash: str
     mac: str
     at: float
+    store_id: str | None = None
+
+    def verifies(self, key: ChainKey) -> bool:
+        """True when the MAC holds under `key` (a legacy checkpoint never does)."""
+        return self.store_id is not None and key.checkpoint_ok(
+            self.store_id, self.seq, self.hash, self.at, self.mac)
+
+    def to_json(self) -> str:
+        """The file's text."""
+        return json.dumps({"format": CHECKPOINT_FORMAT, "store_id": self.store_id,
+                           "seq": self.seq, "hash": self.hash, "at": self.at, "mac": self.mac})
 
 
-def write_checkpoint(store_path: str, key: bytes, seq: int, head: str) -> None:
-    """Authenticate (seq, head) under `key` and replace the checkpoint file atomically."""
-    path = checkpoint_path(store_path)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"seq": seq, "hash": head, "mac": checkpoint_mac(key, seq, head),
-                   "at": time.time()}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+CHECKPOINT_FORMAT = 2
+
+
+def make_checkpoint(key: ChainKey, store_id: str, seq: int, head: str,
+                    at: float | None = None) -> Checkpoint:
+    """A checkpoint of (seq, head) of store `store_id`, authenticated under `key`."""
+    when = time.time() if at is None else at
+    return Checkpoint(seq=seq, hash=head, mac=key.checkpoint_mac(store_id, seq, head, when),
+                      at=when, store_id=store_id)
+
+
+def write_checkpoint(store_path: str, key: ChainKey, store_id: str, seq: int, head: str
+                     ) -> Checkpoint:
+    """Authenticate (store_id, seq, head, now) under `key` and replace the checkpoint file
+    atomically; returns what was written."""
+    cp = make_checkpoint(key, store_id, seq, head)
+    replace_private_file(checkpoint_path(store_path), cp.to_json())
+    return cp
+
+
+def replace_private_file(path: str, text: str) -> None:
+    """Replace `path` with `text` atomically and durably, mode 0600.
+
+    The temporary file is made by mkstemp (O_EXCL, a random name, 0600) in the target's own
+    directory: a planted file or symlink is never written through, and the rename stays on
+    one file system. The directory is fsynced so the rename itself survives a power cut.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
@@ -127,22 +188,30 @@ def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:
         return None, f"checkpoint file {path} is unreadable: {exc}"
     try:
         cp = Checkpoint(seq=data["seq"], hash=data["hash"], mac=data["mac"],
-                        at=float(data.get("at", 0.0)))
-    except (KeyError, TypeError, ValueError) as exc:
+                        at=float(data.get("at", 0.0)), store_id=data.get("store_id"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return None, f"checkpoint file {path} is malformed: {exc!r}"
-    if not (type(cp.seq) is int and isinstance(cp.hash, str) and isinstance(cp.mac, str)):
+    if not (type(cp.seq) is int and cp.seq >= 0 and isinstance(cp.hash, str)
+            and isinstance(cp.mac, str) and isinstance(cp.store_id, str | None)):
         return None, f"checkpoint file {path} has fields of the wrong type"
     return cp, None
 
 
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    """The store's `meta` rows (store id, legacy migration facts); {} before schema 4."""
+    try:
+        return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.OperationalError:  # no meta table: a schema 1-3 store
+        return {}
+
 
 def key_path(store_path: str) -> str:
-    """Default location of the checkpoint key of a store file."""
+    """Default location of the audit key of a store file."""
     return store_path + ".key"
 
 
 def find_key(store_path: str, explicit: str | None = None) -> tuple[str, str] | None:
-    """The checkpoint key's text and where it came from, looked up in order: `explicit`,
+    """The audit key's text and where it came from, looked up in order: `explicit`,
     env TASK_INGRESS_AUDIT_KEY, the key file `<store>.key`. None when there is none;
     OSError when the key file exists but cannot be read. The text is not checked to be hex.
     """

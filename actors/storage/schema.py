@@ -7,6 +7,7 @@ Audit. Both live in one file so that `audit verify --store PATH` sees everything
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from typing import Any
 
@@ -90,6 +91,15 @@ MIGRATIONS: dict[int, str] = {
     """,
     # AuditRecord.trust (SPEC §7): NULL in records chained before it existed.
     3: "ALTER TABLE audit ADD COLUMN trust TEXT",
+    # The audit chain is keyed from here on: the store's random id (bound into the chain's
+    # first prev_hash and every checkpoint) and how an unkeyed (version 1-3) chain was
+    # re-chained live in `meta`. Audit fills it in (chainstart.open_chain), not the migration.
+    4: """
+    CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -119,12 +129,24 @@ def connect(path: str, durable: bool) -> sqlite3.Connection:
     `durable` selects synchronous=FULL (a reply means the commit is on disk); throwaway
     test stores use OFF. The connection belongs to the calling actor's thread/process.
     """
+    create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     conn.execute("PRAGMA busy_timeout=30000")
     migrate(conn)
     return conn
+
+
+def create_private(path: str) -> None:
+    """Create the store file, mode 0600, unless it exists. SQLite gives its -wal and -shm
+    files the database file's mode, so they are private too; an existing file's mode is
+    the operator's choice and left alone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

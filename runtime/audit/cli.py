@@ -1,25 +1,30 @@
-"""`task-ingress audit`: verify, show, tail and export the audit log of a store file.
+"""`task-ingress audit`: verify, head, show, tail and export the audit log of a store file.
 
 Every command opens the store read-only (`file:...?mode=ro` URI), so it can run beside a
 live daemon and never changes what it inspects. Only this module knows typer: the logic
-(`read`, `verify`, `query`) raises its own errors, turned into exit codes and usage
-errors here.
+(`read`, `verify`, `query`, `anchor`, `table`) raises its own errors, turned into exit
+codes here (SPEC §9): 0 ok, 1 the log failed verification (tampering, nothing else),
+2 a usage error or a store that cannot be read, 130 interrupted. Every error is one line
+on stderr naming the problem and what to do.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import shutil
 import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, TextIO
+from typing import Annotated, ParamSpec, TextIO, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
+from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.messages.audit import AuditRecord
+from task_ingress.runtime.audit.anchor import BadAnchor, head_line, make_anchor
 from task_ingress.runtime.audit.query import (
     AuditFilter,
     BadQuery,
@@ -29,21 +34,26 @@ from task_ingress.runtime.audit.query import (
     make_filter,
     query_records,
 )
-from task_ingress.runtime.audit.read import StoreUnreadable, open_readonly
-from task_ingress.runtime.audit.verify import VerifyResult, verify_store
+from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
+from task_ingress.runtime.audit.table import table_lines
+from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
 
 audit_app = typer.Typer(
-    help="Inspect the hash-chained audit log of a store file (read-only).",
+    help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
     no_args_is_help=True,
     add_completion=False,
 )
 
 EXIT_BAD = 1
-"""`verify`: the store fails verification."""
-EXIT_UNREADABLE = 2
-"""Any command: the store file is missing or unreadable."""
+"""`verify`, `head`: the log fails verification."""
+EXIT_USAGE = 2
+"""Any command: a usage error, or the store file is missing or unreadable."""
+EXIT_INTERRUPTED = 130
 FOLLOW_POLL = 0.5
-PROVEN = ("verified", "embedded")
+PIPED_WIDTH = 80
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 StoreOpt = Annotated[str, typer.Option("--store", help="Path of the SQLite store file.")]
 PeerOpt = Annotated[str | None, typer.Option("--peer", help="Only this peer ID.")]
@@ -63,48 +73,91 @@ def _filter(
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
     since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
-    try:
-        return make_filter(peer, channel, workspace, reason, outcome, action, since, until,
-                           proven_only)
-    except BadQuery as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    return make_filter(peer, channel, workspace, reason, outcome, action, since, until,
+                       proven_only)
 
 
-def _unreadable(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(EXIT_UNREADABLE)
+def _fail_usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _exits(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn the logic's errors into one line on stderr and SPEC §9 exit codes."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (BadQuery, BadKey, BadAnchor, StoreUnreadable) as exc:
+            raise _fail_usage(str(exc)) from None
+        except (sqlite3.Error, ValidationError) as exc:
+            raise _fail_usage(f"not a readable task-ingress store: {_one_line(exc)}") from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`audit export | head -1`): nothing failed. stdout is
+            # pointed at /dev/null so the interpreter's last flush does not raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            raise typer.Exit(0) from None
+
+    return run
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _at_least(option: str, value: float | None, least: float) -> None:
+    if value is not None and value < least:
+        raise BadQuery(f"{option} must be {least:g} or more, got {value:g}")
 
 
 # ---- commands ------------------------------------------------------------------------
 
+KeyOpt = Annotated[str | None, typer.Option(
+    "--key", help="Hex audit key (default: $TASK_INGRESS_AUDIT_KEY, else <store>.key).")]
+
 
 @audit_app.command()
+@_exits
 def verify(
     store: StoreOpt,
-    key: Annotated[str | None, typer.Option(
-        "--key", help="Hex checkpoint key (default: $TASK_INGRESS_AUDIT_KEY, else "
-        "<store>.key).")] = None,
+    key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    expect_seq: Annotated[int | None, typer.Option(
+        "--expect-seq", help="Fail unless the log still reaches this seq (an anchor you "
+        "kept outside the store).")] = None,
+    expect_head: Annotated[str | None, typer.Option(
+        "--expect-head", help="Fail unless the log still holds this record hash (at "
+        "--expect-seq, if given), or the line `audit head` printed.")] = None,
+    allow_legacy: Annotated[bool, typer.Option(
+        "--allow-legacy", help="Check a legacy store's unkeyed chain (schema 3 or older) by "
+        "the old rules instead of failing it.")] = False,
 ) -> None:
-    """Recompute the hash chain, check it against the checkpoint and the store.
+    """Check the keyed chain, the checkpoint, anchors and the store against each other.
 
     Exit 0 and print the record count last when all agree; exit 1 naming the first bad
-    record otherwise (2: the store cannot be read). Pending outbox rows (accepted writes a
-    crash left for Audit to chain on its next start) are reported, not errors.
+    record (or what else is wrong) otherwise; exit 2 for a usage error or a store that
+    cannot be read. Pending outbox rows (accepted writes a crash left for Audit to chain on
+    its next start) are reported, not errors.
     """
-    try:
-        result = verify_store(store, key=key)
-    except StoreUnreadable as exc:
-        raise _unreadable(exc) from exc
+    anchor = make_anchor(expect_seq, expect_head)
+    result = verify_store(store, key=key, anchor=anchor, allow_legacy=allow_legacy)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
-        raise typer.Exit(0 if result.ok else EXIT_BAD)
-    _print_verify(result)
+    else:
+        _print_verify(result)
     raise typer.Exit(0 if result.ok else EXIT_BAD)
 
 
 def _print_verify(result: VerifyResult) -> None:
     cp = result.checkpoint
+    if result.store_id:
+        typer.echo(f"store id: {result.store_id}")
     typer.echo(f"chain head: seq {result.head_seq} {result.head_hash or '-'}")
     typer.echo("checkpoint: " + (f"seq {cp.seq} written {iso(cp.at)}" if cp else "none"))
     typer.echo(f"store: {result.tasks} tasks, {result.runs} runs, "
@@ -115,14 +168,41 @@ def _print_verify(result: VerifyResult) -> None:
     if first is not None:
         for problem in result.problems:
             typer.echo(f"problem: {problem}")
-        where = f"record seq {first.seq}" if first.seq is not None else "the store"
-        typer.echo(f"FAILED: first bad record: {where}: {first.detail}")
+        typer.echo(_failed(first))
         return
-    typer.echo("OK: chain, checkpoint and store agree; audit records:")
+    typer.echo("OK: keyed chain, checkpoint and store agree; audit records:")
     typer.echo(str(result.records))
 
 
+def _failed(first: Problem) -> str:
+    """The last line of a failed verification: the first bad record, or what else failed."""
+    if first.seq is not None:
+        return f"FAILED: first bad record: record seq {first.seq}: {first.detail}"
+    return f"FAILED: {first.kind}: {first.detail}"
+
+
 @audit_app.command()
+@_exits
+def head(store: StoreOpt, key: KeyOpt = None) -> None:
+    """Verify the log, then print its head as one signed line to keep outside the store.
+
+    Ship the line elsewhere (a log host, a ticket) and later pass it to
+    `audit verify --expect-head LINE`: a log rolled back, truncated or replaced since then
+    fails. Exit 1 (and nothing on stdout) when the log does not verify.
+    """
+    result = verify_store(store, key=key)
+    raw, _ = load_key(store, key)
+    if not result.ok or raw is None or result.store_id is None:
+        first = result.first_problem
+        why = _failed(first) if first else "FAILED: key: no audit key"
+        typer.echo(f"{why} (see `task-ingress audit verify --store {store}`)", err=True)
+        raise typer.Exit(EXIT_BAD)
+    head_hash = result.head_hash if result.head_seq else genesis_hash(result.store_id)
+    typer.echo(head_line(ChainKey(raw), result.store_id, result.head_seq, head_hash))
+
+
+@audit_app.command()
+@_exits
 def show(
     store: StoreOpt,
     peer: PeerOpt = None,
@@ -139,39 +219,24 @@ def show(
         "--include-unproven", help="With --peer: also records whose sender only claimed "
         "the peer ID (trust unverified or rejected, or none recorded).")] = False,
 ) -> None:
-    """Matching records as a table (newest `--limit`, oldest first). With `--peer`, only
-    records whose identity was proven (trust verified or embedded) unless
-    `--include-unproven`: anyone can claim a peer ID, and rejections of a forger look
-    like the peer's own."""
+    """Matching records as a table (newest `--limit`, oldest first), as wide as the
+    terminal (80 columns when piped). With `--peer`, only records whose identity was proven
+    (trust verified or embedded) unless `--include-unproven`: anyone can claim a peer ID,
+    and rejections of a forger look like the peer's own."""
+    _at_least("-n/--limit", limit, 0)
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
-    table = Table(title=f"audit of {store}")
-    for col in ("seq", "time (UTC)", "ws/channel", "peer", "action", "outcome", "task / run",
-                "request"):
-        table.add_column(col, overflow="fold")
-    try:
-        with open_readonly(store) as conn:
-            rows = list(query_records(conn, flt, last=limit or None))
-    except (StoreUnreadable, sqlite3.Error, ValidationError) as exc:
-        raise _unreadable(exc) from exc
-    for rec in rows:
-        verdict = "[green]accepted" if rec.outcome == "accepted" else "[red]rejected"
-        if rec.reason is not None:
-            verdict += f" {rec.reason.value}"
-        ids = " ".join(i for i in (rec.task_id, rec.run_id) if i)
-        table.add_row(
-            str(rec.seq), iso(rec.at).replace("T", " ").rstrip("Z"),
-            f"{rec.workspace}/{rec.channel}",
-            rec.peer_id + ("" if rec.trust in PROVEN else f" ({rec.trust or 'unproven'})"),
-            rec.action.value, verdict, ids,
-            rec.request_id + (" (replay)" if rec.replay else ""),
-        )
-    console = Console()
-    console.print(table)
-    console.print(f"{len(rows)} record(s)")
+    with open_readonly(store) as conn:
+        rows = list(query_records(conn, flt, last=limit or None))
+    width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
+    typer.echo(f"audit of {store}")
+    for line in table_lines(rows, width):
+        typer.echo(line)
+    typer.echo(f"{len(rows)} record(s)")
 
 
 @audit_app.command()
+@_exits
 def tail(
     store: StoreOpt,
     lines: Annotated[int, typer.Option("-n", "--lines", help="Show the newest N.")] = 10,
@@ -186,27 +251,24 @@ def tail(
     reason: ReasonOpt = None,
     outcome: OutcomeOpt = None,
 ) -> None:
-    """The newest records, one per line; with -f, follow the log as it grows."""
+    """The newest records, one per line; with -f, follow the log as it grows (Ctrl-C:
+    exit 130)."""
+    _at_least("-n/--lines", lines, 0)
+    _at_least("--for", for_seconds, 0)
     flt = _filter(peer, channel, workspace, reason, outcome)
     fmt: Callable[[AuditRecord], str] = export_line if as_json else format_line
-    try:
-        last_seq = _emit(store, flt, 0, lines, fmt)
-    except (StoreUnreadable, sqlite3.Error, ValidationError) as exc:
-        raise _unreadable(exc) from exc
+    last_seq = _emit(store, flt, 0, lines, fmt)
     if not follow:
         return
     deadline = None if for_seconds is None else time.monotonic() + for_seconds
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(FOLLOW_POLL)
-            try:
-                # Reopened each poll: a read-only connection opened before a writer
-                # started would not see its WAL.
-                last_seq = _emit(store, flt, last_seq, None, fmt)
-            except (StoreUnreadable, sqlite3.Error, ValidationError):
-                continue  # a writer mid-start or a rotated file: try again next poll
-    except KeyboardInterrupt:
-        return
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(FOLLOW_POLL)
+        try:
+            # Reopened each poll: a read-only connection opened before a writer
+            # started would not see its WAL.
+            last_seq = _emit(store, flt, last_seq, None, fmt)
+        except (StoreUnreadable, sqlite3.Error, ValidationError):
+            continue  # a writer mid-start or a rotated file: try again next poll
 
 
 def _emit(store: str, flt: AuditFilter, after_seq: int, last: int | None,
@@ -226,6 +288,7 @@ def _emit(store: str, flt: AuditFilter, after_seq: int, last: int | None,
 
 
 @audit_app.command()
+@_exits
 def export(
     store: StoreOpt,
     output: Annotated[str | None, typer.Option(
@@ -241,15 +304,17 @@ def export(
 ) -> None:
     """Matching records as JSON Lines, one record per line, SPEC §7 field names."""
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
-    try:
-        with open_readonly(store) as conn:
-            if output is None:
-                _write_export(conn, flt, sys.stdout)
-            else:
-                with open(output, "w", encoding="utf-8") as fh:
-                    _write_export(conn, flt, fh)
-    except (StoreUnreadable, sqlite3.Error, ValidationError) as exc:
-        raise _unreadable(exc) from exc
+    with open_readonly(store) as conn:
+        if output is None:
+            _write_export(conn, flt, sys.stdout)
+            return
+        try:
+            fh = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below)
+        except OSError as exc:
+            raise _fail_usage(f"cannot write {output}: {exc.strerror or exc}; check that "
+                              "its directory exists and is writable") from None
+        with fh:
+            _write_export(conn, flt, fh)
 
 
 def _write_export(conn: sqlite3.Connection, flt: AuditFilter, out: TextIO) -> None:

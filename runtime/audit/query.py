@@ -3,6 +3,7 @@ of a record that `audit show | tail | export` print."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sqlite3
@@ -11,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
+from task_ingress.actors.storage.auditlog import readable_columns, record_from_row
 from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.reasons import Action, Reason
 
 
 class BadQuery(ValueError):
-    """A filter value that cannot be used (a time that does not parse, an unknown outcome)."""
+    """A filter value that cannot be used (a time that does not parse, an unknown reason
+    code): a usage error."""
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,32 @@ def make_filter(
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
     since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
-    """An AuditFilter from command-line option values; BadQuery names a value that is not."""
+    """An AuditFilter from command-line option values; BadQuery names a value that is not
+    (a reason, action or outcome outside its closed set, a time that does not parse, a
+    range that ends before it starts): a filter that cannot match is a mistake, never an
+    empty answer."""
     if outcome is not None and outcome not in ("accepted", "rejected"):
         raise BadQuery("--outcome must be 'accepted' or 'rejected'")
+    _closed("--reason", reason, [r.value for r in Reason])
+    _closed("--action", action, [a.value for a in Action])
+    start = None if since is None else parse_time(since)
+    end = None if until is None else parse_time(until)
+    if start is not None and end is not None and start > end:
+        raise BadQuery(f"--since ({iso(start)}) is after --until ({iso(end)}): nothing can "
+                       "match; swap them")
     return AuditFilter(
         peer=peer, channel=channel, workspace=workspace, reason=reason, outcome=outcome,
-        action=action, since=None if since is None else parse_time(since),
-        until=None if until is None else parse_time(until), proven_only=proven_only,
+        action=action, since=start, until=end, proven_only=proven_only,
     )
+
+
+def _closed(option: str, value: str | None, allowed: list[str]) -> None:
+    """BadQuery, suggesting the nearest allowed value, when `value` is not one of them."""
+    if value is None or value in allowed:
+        return
+    near = difflib.get_close_matches(value, allowed, n=1)
+    hint = f"did you mean {near[0]}?" if near else "use one of " + ", ".join(allowed)
+    raise BadQuery(f"{option} {value!r} is not a known code; {hint}")
 
 
 def query_records(
@@ -100,10 +121,11 @@ def query_records(
 ) -> Iterator[AuditRecord]:
     """Matching records in seq order; with `last`, only the newest `last` of them."""
     where, params = flt.where(after_seq)
+    columns = readable_columns(conn)
     if last is None:
-        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq"
+        sql = f"SELECT {columns} FROM audit WHERE {where} ORDER BY seq"
     else:
-        sql = (f"SELECT * FROM (SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} "
+        sql = (f"SELECT * FROM (SELECT {columns} FROM audit WHERE {where} "
                "ORDER BY seq DESC LIMIT ?) ORDER BY seq")
         params = [*params, max(last, 0)]
     for row in conn.execute(sql, params):

@@ -1,5 +1,5 @@
 """Reading a store file read-only: the connection, one consistent snapshot of the tables
-verification needs, and the checkpoint key.
+verification needs, and the audit key.
 
 Nothing here writes: the store is opened with a read-only URI, so every `task-ingress audit`
 command can run beside a live daemon and never changes what it inspects.
@@ -16,12 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from task_ingress.actors.rules.gate import safe_field
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, find_key, key_path
+from task_ingress.actors.storage.auditlog import (
+    KEY_ENV,
+    find_key,
+    key_path,
+    read_meta,
+    readable_columns,
+)
 from task_ingress.actors.storage.schema import decode_outbox
 
 
 class StoreUnreadable(Exception):
     """The store file is missing or is not a task-ingress store (not: it fails verification)."""
+
+
+class BadKey(ValueError):
+    """A key the operator gave (`--key`, or the environment) is not hex: a usage error, never
+    a failed verification."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class StoreSnapshot:
     outbox: list[OutboxEntry]
     bad_outbox: list[int] = field(default_factory=list)
     """IDs of outbox rows whose record does not parse."""
+    meta: dict[str, str] = field(default_factory=dict)
+    """The `meta` rows: `store_id` (absent: a legacy, unkeyed store), migration facts."""
 
 
 def readonly_uri(path: str) -> str:
@@ -62,11 +75,26 @@ def readonly_uri(path: str) -> str:
     return uri
 
 
+def store_file_problem(path: str) -> str | None:
+    """Why `path` cannot be a store file (missing, a directory, empty), or None."""
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a store file (give the .db file's path)"
+    if not os.path.exists(path):
+        return f"no store file at {path} (check the --store path)"
+    if not os.path.isfile(path):
+        return f"{path} is not a regular file (give the .db file's path)"
+    if os.path.getsize(path) == 0:
+        return f"{path} is an empty file, not a task-ingress store"
+    return None
+
+
 @contextmanager
 def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the store file; raises StoreUnreadable when it is absent."""
-    if not os.path.isfile(path):
-        raise StoreUnreadable(f"no store file at {path}")
+    """A read-only connection to the store file; raises StoreUnreadable when it is absent,
+    a directory or empty."""
+    problem = store_file_problem(path)
+    if problem is not None:
+        raise StoreUnreadable(problem)
     try:
         conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=30.0)
     except sqlite3.Error as exc:
@@ -95,11 +123,13 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[StoreSnapshot]:
                 "SELECT workspace, channel, peer_id, request_id, action, task_id, run_id "
                 "FROM accepted_requests").fetchall()]
             outbox_rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
-            audit_rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
+            meta = read_meta(conn)
+            audit_rows = conn.execute(f"SELECT {readable_columns(conn)} FROM audit "
+                                      "ORDER BY seq")
         except sqlite3.Error as exc:
             raise StoreUnreadable(f"not a readable task-ingress store: {exc}") from exc
         outbox, bad_outbox = _parse_outbox(outbox_rows)
-        yield StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox)
+        yield StoreSnapshot(audit_rows, tasks, runs, accepted, outbox, bad_outbox, meta)
     finally:
         conn.execute("COMMIT")
 
@@ -109,7 +139,7 @@ def read_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
     with snapshot(conn) as snap:
         rows = list(snap.audit_rows)
     return StoreSnapshot(rows, snap.tasks, snap.runs, snap.accepted, snap.outbox,
-                         snap.bad_outbox)
+                         snap.bad_outbox, snap.meta)
 
 
 def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[int]]:
@@ -125,9 +155,13 @@ def _parse_outbox(rows: list[tuple[Any, Any]]) -> tuple[list[OutboxEntry], list[
 
 
 def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None, str | None]:
-    """The checkpoint key as the runtime finds it (`auditlog.find_key`: `explicit`, env
+    """The audit key as the runtime finds it (`auditlog.find_key`: `explicit`, env
     TASK_INGRESS_AUDIT_KEY, else the key file `<store>.key`), as bytes.
-    Returns (key, None), (None, None) or (None, error)."""
+
+    Returns (key, None), (None, None) when there is none, or (None, why) when the key file
+    beside the store is unusable: that file is within reach of whoever can write the store,
+    so a garbled one is a verification failure. Raises BadKey when a key the operator gave
+    (`explicit` or the environment) is not hex: a usage error."""
     try:
         found = find_key(store_path, explicit)
     except OSError as exc:
@@ -136,6 +170,13 @@ def load_key(store_path: str, explicit: str | None = None) -> tuple[bytes | None
         return None, None
     text, source = found
     try:
-        return bytes.fromhex(text), None
+        key = bytes.fromhex(text)
     except ValueError:
-        return None, f"the checkpoint key from {source} is not hex"
+        key = b""
+    if key:
+        return key, None
+    if source == "the given key":
+        raise BadKey("--key must be the audit key in hex (e.g. the content of <store>.key)")
+    if source == f"${KEY_ENV}":
+        raise BadKey(f"${KEY_ENV} must be the audit key in hex; fix or unset it")
+    return None, f"key file {source} does not hold a hex key"

@@ -11,10 +11,22 @@ import typer
 
 def serve(
     nats_url: str | None = typer.Option(None, help=(
-        "NATS server URL; none: start a local nats-server on a free loopback port "
-        "with a generated token. Env: TASK_INGRESS_NATS_URL.")),
+        "NATS server URL (its operator decides who may publish and subscribe where: "
+        "docs/operating.md); none: start a local nats-server on a free loopback port. "
+        "Env: TASK_INGRESS_NATS_URL.")),
     nats_token: str | None = typer.Option(None, help=(
-        "Token for --nats-url. Env: TASK_INGRESS_NATS_TOKEN (preferred: not in ps).")),
+        "Token for --nats-url (none: the daemon connects as its key's nkey user). Env: "
+        "TASK_INGRESS_NATS_TOKEN (preferred: not in ps).")),
+    nats_auth: str | None = typer.Option(None, metavar="MODE", help=(
+        "The local server's authorization: nkey (default) = each peer enrolled with its "
+        "key (`trust add --pubkey`) is its own NATS user and reads only its own traffic; "
+        "token = one shared token in the ready file: peers are not isolated from each "
+        "other.")),
+    nats_connect_timeout: float | None = typer.Option(None, help=(
+        "Seconds to reach NATS at start before exiting 2 (default: 10).")),
+    trust_poll_interval: float | None = typer.Option(None, help=(
+        "Seconds between checks of the trust file for NATS users to add or remove "
+        "(default: 0.5).")),
     store: str | None = typer.Option(None, help="SQLite store path (default: task-ingress.db)."),
     workspace: str | None = typer.Option(None, help="Workspace served (default: default)."),
     channel: Annotated[list[str] | None, typer.Option("--channel", help=(
@@ -67,7 +79,9 @@ def serve(
     log.configure()
 
     given: dict[str, Any] = {
-        "nats_url": nats_url, "nats_token": nats_token, "store": store,
+        "nats_url": nats_url, "nats_token": nats_token, "nats_auth": nats_auth,
+        "nats_connect_timeout": nats_connect_timeout,
+        "trust_poll_interval": trust_poll_interval, "store": store,
         "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
         "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
         "metrics_port": metrics_port, "ready_file": ready_file,

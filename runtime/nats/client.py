@@ -6,7 +6,9 @@ the broadcast subject and sends task requests as `say`s in the direct room with 
 `receipt` for a request) comes back on the reply subject. It takes only an answer that is
 proven by the daemon's own handle and names the exact bytes it sent (`answers`): anything
 else arriving on its inbox (a forger's answer raced onto it, an injected message) is
-ignored and counted, and the client keeps waiting for its own. The compact form
+ignored and counted, and the client keeps waiting for its own. On a server with per-peer
+users (`nats_auth` "nkey") it connects as its key's NATS user with the inbox prefix
+`_INBOX.<fingerprint>`, the only inboxes that user may read. The compact form
 (compact.py) is the opt-in fast path; its replies are checked the same way against the
 daemon's public key.
 `LoopThread` runs one asyncio loop on a thread so synchronous callers can share it.
@@ -15,6 +17,7 @@ daemon's public key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -34,13 +37,17 @@ from task_ingress.runtime.nats import taskmap
 from task_ingress.runtime.nats.compact import CompactError, encode_compact, open_reply
 from task_ingress.runtime.nats.identity import (
     Trust,
+    b64url,
     evaluate,
     fingerprint,
     handle,
     handle_fingerprint,
+    raw_public_key,
     sign,
     unb64url,
 )
+from task_ingress.runtime.nats.nkey import inbox_prefix, user_nkey, user_seed
+from task_ingress.runtime.nats.policy import read_keys
 from task_ingress.runtime.nats.ready import ReadyInfo, read_live_ready_file
 
 T = TypeVar("T")
@@ -48,6 +55,9 @@ DEFAULT_TIMEOUT = 10.0
 PRESENCE_EXT = taskmap.EXT_CARD + ".presence"
 MAX_QUEUED_ANSWERS = 32
 """Messages kept per waiting request; a flood onto one inbox cannot grow the client."""
+ADMISSION_RETRY = 0.1
+"""Seconds between connects of an enrolled key the server does not admit yet (its reload
+after `trust add` is under way)."""
 
 
 class ClientError(Exception):
@@ -81,6 +91,8 @@ class DaemonAddress:
     store: str = ""
     public_key: str = ""
     """The daemon's base64url Ed25519 public key: compact replies are checked against it."""
+    nats_auth: str = "token"
+    """nkey: each peer connects as its own key; token/url: one shared credential."""
 
     @classmethod
     def from_ready(cls, info: ReadyInfo) -> DaemonAddress:
@@ -89,7 +101,7 @@ class DaemonAddress:
                    workspace=info.workspace, peer_id=info.daemon_peer_id,
                    handle=info.daemon_handle, trust_file=info.trust_file,
                    greet_interval=info.greet_interval, store=info.store,
-                   public_key=info.daemon_public_key)
+                   public_key=info.daemon_public_key, nats_auth=info.nats_auth)
 
     @classmethod
     def from_ready_file(cls, path: str) -> DaemonAddress:
@@ -99,10 +111,14 @@ class DaemonAddress:
 
 
 async def connect(address: DaemonAddress, name: str, reconnects: int = 10,
-                  timeout: float = 10.0) -> Any:
-    """A nats-py connection to the daemon's server with its credentials; ClientError when
-    none is made within `timeout` (nats-py itself may retry a refused first connect
-    forever)."""
+                  timeout: float = 10.0, me: Identity | None = None) -> Any:
+    """A nats-py connection to the daemon's server; ClientError when none is made within
+    `timeout` (nats-py itself may retry a refused first connect forever).
+
+    With per-peer users (`address.nats_auth == "nkey"`) `me` is the NATS user: a key the
+    server does not admit fails at once, unless the trust file lists it (then the daemon's
+    reload of the server is under way and the connect is retried until `timeout`).
+    """
     import nats  # heavy import: only when a client runs
 
     log = get_logger(component="nats.client")
@@ -112,13 +128,69 @@ async def connect(address: DaemonAddress, name: str, reconnects: int = 10,
 
     options: dict[str, Any] = {"servers": [address.nats_url], "name": name,
                                "max_reconnect_attempts": reconnects, "error_cb": on_error}
-    token = address.token or os.environ.get("TASK_INGRESS_NATS_TOKEN")
-    if token and not urlsplit(address.nats_url).username:
-        options["token"] = token
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if address.nats_auth == "nkey":
+        if me is None:
+            raise ClientError(f"the NATS server at {address.nats_url} admits peers by their "
+                              "own key: give one (--key)")
+        options["nkeys_seed_str"] = user_seed(me.key)
+        options["inbox_prefix"] = inbox_prefix(fingerprint(raw_public_key(me.key)))
+        await _wait_admitted(address, options, me, deadline)
+    else:
+        token = address.token or os.environ.get("TASK_INGRESS_NATS_TOKEN")
+        if token and not urlsplit(address.nats_url).username:
+            options["token"] = token
     try:
-        return await asyncio.wait_for(nats.connect(**options), timeout)
+        return await asyncio.wait_for(nats.connect(**options), max(0.0, deadline - loop.time()))
     except (TimeoutError, OSError) as exc:
         raise ClientError(f"cannot connect to {address.nats_url}: {type(exc).__name__}") from None
+
+
+async def _wait_admitted(address: DaemonAddress, options: dict[str, Any], me: Identity,
+                         deadline: float) -> None:
+    """Return once the server admits `me` (one probe connection, closed again); ClientError
+    when it refuses a key the trust file does not list, or past `deadline`."""
+    import nats
+    from nats.aio.client import Client
+
+    loop = asyncio.get_running_loop()
+    pub = raw_public_key(me.key)
+    while True:
+        probe = Client()
+        try:
+            await asyncio.wait_for(probe.connect(**{**options, "allow_reconnect": False}),
+                                   max(0.0, deadline - loop.time()))
+        except (TimeoutError, OSError) as exc:
+            await _discard(probe)
+            raise ClientError(f"cannot connect to {address.nats_url}: "
+                              f"{type(exc).__name__}") from None
+        except nats.errors.Error as exc:
+            await _discard(probe)
+            if "authorization violation" not in str(exc).lower():
+                raise ClientError(f"cannot connect to {address.nats_url}: {exc}") from None
+            enrolled = bool(address.trust_file) and fingerprint(pub) in read_keys(
+                str(address.trust_file))
+            if not enrolled:
+                raise ClientError(
+                    f"the NATS server at {address.nats_url} does not admit {me.handle} (NATS "
+                    f"user {user_nkey(pub)}): enrol its key with `task-ingress trust add "
+                    f"{me.handle} --pubkey {b64url(pub)}`") from None
+            if loop.time() >= deadline:
+                raise ClientError(
+                    f"the NATS server at {address.nats_url} still refuses {me.handle} though "
+                    "the trust file lists its key: is the daemon running and its server "
+                    "reloading? (see its log: nats_server.reload_failed)") from None
+            await asyncio.sleep(ADMISSION_RETRY)
+            continue
+        await probe.close()
+        return
+
+
+async def _discard(nc: Any) -> None:
+    """Close a client whose connect failed (nats-py leaves its socket open)."""
+    with contextlib.suppress(Exception):
+        await nc.close()
 
 
 class PeerClient:

@@ -61,7 +61,13 @@ def keygen(
                     ) from None
     except OSError as exc:
         raise _fail(f"--out {out}: cannot write it ({exc.strerror})") from None
-    typer.echo(f"wrote {out}", err=True)
+    from task_ingress.runtime.nats.identity import b64url, raw_public_key
+    from task_ingress.runtime.nats.nkey import user_nkey
+
+    pub = raw_public_key(key)
+    typer.echo(f"wrote {out}; public key {b64url(pub)} (NATS user {user_nkey(pub)}): give "
+               "the operator the handle below and this key for `trust add --pubkey`",
+               err=True)
     typer.echo(who)
 
 
@@ -85,20 +91,56 @@ def _policy_path(trust_file: str | None, daemon: str | None) -> str:
 
 
 @trust_app.command("add")
-def trust_add(handles: Annotated[list[str], typer.Argument(help="nickname@fingerprint")],
-              trust_file: TrustFile = None, daemon: Daemon = None) -> None:
-    """Allow verified handles (their keys) to be granted task.write."""
-    from task_ingress.runtime.nats.policy import allow
+def trust_add(
+    handles: Annotated[list[str] | None, typer.Argument(help="nickname@fingerprint")] = None,
+    pubkey: Annotated[list[str] | None, typer.Option("--pubkey", help=(
+        "A handle's public key (base64url, as RFC 004 proofs carry it, or its U… nkey); "
+        "repeatable. Makes the handle a NATS user of the daemon's own server."))] = None,
+    key: Annotated[list[str] | None, typer.Option("--key", help=(
+        "A key file from `task-ingress keygen`: its handle and public key; repeatable."))
+                   ] = None,
+    trust_file: TrustFile = None, daemon: Daemon = None,
+) -> None:
+    """Allow verified handles (their keys) to be granted task.write; with their public
+    keys they may also connect to the daemon's own NATS server (reloaded at once)."""
+    from task_ingress.runtime.nats.identity import (
+        handle_fingerprint,
+        load_identity,
+        raw_public_key,
+    )
+    from task_ingress.runtime.nats.nkey import parse_public_key
+    from task_ingress.runtime.nats.policy import allow, read_keys
 
     path = _policy_path(trust_file, daemon)
+    names = [h.strip() for h in handles or []]
+    keys: list[bytes] = []
+    for text in pubkey or []:
+        raw = parse_public_key(text)
+        if raw is None:
+            raise _fail(f"--pubkey {text!r} is not an Ed25519 public key (base64url of 32 "
+                        "bytes, or a U… nkey)")
+        keys.append(raw)
+    for key_path in key or []:
+        try:
+            secret, who = load_identity(key_path)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--key {key_path}: {exc}") from None
+        names.append(who)
+        keys.append(raw_public_key(secret))
+    if not names:
+        raise _fail("give a HANDLE (nickname@fingerprint) or --key KEYFILE")
     try:
-        allow(path, handles)
+        allow(path, names, keys)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _edit_problem(path, exc) from None
-    for who in handles:
-        typer.echo(f"allowed {who.strip()}")
+    enrolled = read_keys(path)
+    for who in names:
+        typer.echo(f"allowed {who}")
+        if handle_fingerprint(who) not in enrolled:
+            typer.echo(f"note: {who} has no public key here, so a daemon's own NATS server "
+                       "(per-peer users) does not admit it; add --pubkey KEY", err=True)
 
 
 @trust_app.command("remove")
@@ -164,7 +206,8 @@ def _send(daemon: str, key: str, channel: str, workspace: str | None, request: A
     ws = workspace or address.workspace
 
     async def go() -> dict[str, Any]:
-        nc = await connect(address, "task-ingress-request", reconnects=0, timeout=timeout)
+        nc = await connect(address, "task-ingress-request", reconnects=0, timeout=timeout,
+                           me=me)
         try:
             client = PeerClient(nc, address, timeout=timeout)
             await client.greet(me, ws, channel, ["task.write"])

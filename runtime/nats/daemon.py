@@ -1,15 +1,20 @@
 """The serve loop: one asyncio loop, nats-py, the runtime, graceful shutdown.
 
-Start: local nats-server (unless --nats-url), the daemon's Ed25519 key (kept in a file so
-its handle survives restarts), the trust policy, runtime (actor system + store), NATS
-connection, subscriptions on both AGH protocol versions (`agh.network.v0.<ws>.<ch|*>.
-{broadcast, peer.<route_token(peer id)>}` and `agh.network.v1.<ws>.<ch|*>.{broadcast,
-peer.<fingerprint>}`), metrics, ready file; then the daemon greets (AGH heartbeat) on join
-and every greet_interval in each channel it serves: the `--channel`s, or with none every
-channel where it has seen a peer (greeting at once on the first sight of one).
+Start: the store's lock (one daemon per store: a second one exits 2 at once, touching
+nothing), the trust policy, the daemon's Ed25519 key (kept in a file so its handle
+survives restarts), local nats-server (unless --nats-url; by default one NATS user per
+enrolled peer, authz.py, re-generated and reloaded when the trust file changes), NATS
+connection (given up after --nats-connect-timeout: exit 2, before the store is opened),
+runtime (actor system + store), subscriptions on both AGH protocol versions
+(`agh.network.v0.<ws>.<ch|*>.{broadcast, peer.<route_token(peer id)>}` and
+`agh.network.v1.<ws>.<ch|*>.{broadcast, peer.<fingerprint>}`), metrics, ready file; then
+the daemon greets (AGH heartbeat) on join and every greet_interval in each channel it
+serves: the `--channel`s, or with none every channel where it has seen a peer (greeting at
+once on the first sight of one).
 
-Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the server
-sends no more; messages already received are still judged), answer every in-flight
+A first signal during start-up stops it there: what came up is closed, exit 0.
+Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the
+server sends no more; messages already received are still judged), answer every in-flight
 request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
 the local server, remove the ready file, exit 0. A second signal exits at once (status
 130): SQLite's WAL keeps committed transactions, so the store stays consistent; requests
@@ -26,24 +31,36 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from task_ingress.actors.log import get_logger
 from task_ingress.runtime.config import RuntimeConfig
+from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.authz import Served, nkey_authorization
 from task_ingress.runtime.nats.handler import EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
     fingerprint,
+    generate_key,
     handle,
     load_or_create_key,
     raw_public_key,
 )
 from task_ingress.runtime.nats.metrics import Metrics
-from task_ingress.runtime.nats.policy import TrustPolicy, ensure_policy_file
+from task_ingress.runtime.nats.nkey import user_nkey, user_seed
+from task_ingress.runtime.nats.policy import (
+    TrustPolicy,
+    ensure_policy_file,
+    file_stamp,
+    read_keys,
+)
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
+from task_ingress.runtime.store_lock import StoreLock
 
 HARD_EXIT_STATUS = 130
 PENDING_MSGS_LIMIT = 8192
@@ -77,6 +94,12 @@ class Daemon:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._handler: EnvelopeHandler | None = None
+        self._nc: Any = None
+        self._lock: StoreLock | None = None
+        self._runtime_start: asyncio.Future[None] | None = None
+        self._operator_key: Ed25519PrivateKey | None = None
+        self._key: Ed25519PrivateKey | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.log = get_logger(component="nats.daemon")
 
     # ---- control -----------------------------------------------------------------
@@ -84,7 +107,8 @@ class Daemon:
         """Begin a graceful stop; safe from any thread."""
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
-            loop.call_soon_threadsafe(stop.set)
+            with contextlib.suppress(RuntimeError):  # its loop is closed: already stopped
+                loop.call_soon_threadsafe(stop.set)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -106,7 +130,9 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> int:
-        """Serve until stopped; returns 0 after a graceful stop."""
+        """Serve until stopped; returns 0 after a graceful stop (also one asked for during
+        start-up); raises RuntimeStartError when it cannot start (store in use, NATS out of
+        reach)."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -118,53 +144,28 @@ class Daemon:
             for signum in signals:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         self.log.info("serve.settings", **s.public())
-        handler: EnvelopeHandler | None = None
-        nc: Any = None
         try:
-            url, token = await self._nats_endpoint()
-            ensure_policy_file(s.trust_path)
-            policy = TrustPolicy(s.trust_path, clock=self.clock)
-            key = load_or_create_key(s.key_path)
-            pub = raw_public_key(key)
-            me = handle(s.nickname, key)
-            limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
-                                          max_in_flight_per_peer=s.max_in_flight_per_peer)
-            config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
-                                   local_peer_id=s.peer_id, greet_interval=s.greet_interval,
-                                   clock=self.clock, **{**limits, **self.runtime_config})
-            self.runtime = IngressRuntime(config)
-            await asyncio.to_thread(self.runtime.start)
-            self.metrics.watch_runtime(self.runtime)
-            nc = await self._connect(url, token)
-            handler = EnvelopeHandler(runtime=self.runtime, policy=policy, key=key,
-                                      peer_id=s.peer_id, handle=me, publish=nc.publish,
-                                      metrics=self.metrics, greet_interval=s.greet_interval,
-                                      on_channel=self._greet_soon, clock=self.clock,
-                                      limits=s.handler_limits())
-            self._handler = handler
-            subs = await self._subscribe(nc, handler, me)
+            started = await self._unless_stopped(self._start())
+            if started is None:
+                self.announce("stopped during start-up")
+                return 0
+            subs, url = started
+            handler = self._handler
+            assert handler is not None and self.runtime is not None
             greeter = asyncio.create_task(self._greet_loop(handler))
             self._tasks.add(greeter)
             metrics_url = None
             if s.metrics_port:
                 port = self.metrics.serve(s.metrics_port)
                 metrics_url = f"http://127.0.0.1:{port}/metrics"
-            self.info = ReadyInfo(
-                nats_url=url, pid=os.getpid(), trust_file=s.trust_path,
-                credentials={"token": token} if token else {},
-                store=self.runtime.store_path, workspace=s.workspace, channels=s.channels,
-                daemon_peer_id=s.peer_id, daemon_route_token=wire.route_token(s.peer_id),
-                daemon_handle=me, daemon_fingerprint=fingerprint(pub),
-                daemon_public_key=b64url(pub), greet_interval=s.greet_interval,
-                metrics_url=metrics_url,
-            )
+            self.info = self._ready_info(url, metrics_url)
             if s.ready_file:
                 write_ready_file(s.ready_file, self.info)
             self.metrics.set_ready(True)
             self.ready.set()
             self.announce(f"serving workspace {s.workspace!r} on {mask_url(url)} "
                           f"as peer {s.peer_id!r}; store {self.runtime.store_path}; "
-                          f"trust file {s.trust_path}"
+                          f"trust file {s.trust_path}; NATS auth {self.info.nats_auth}"
                           + (f"; ready file {s.ready_file}" if s.ready_file else "")
                           + (f"; metrics {metrics_url}" if metrics_url else ""))
             self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
@@ -173,28 +174,152 @@ class Daemon:
             greeter.cancel()
             self._tasks.discard(greeter)
             self.announce("draining: answering in-flight requests")
-            await self._drain(nc, subs)
+            await self._drain(self._nc, subs)
             self.announce(f"stopped after {self._answered()} answered requests")
             return 0
         finally:
             self.metrics.set_ready(False)
-            await self._shutdown(nc, handler)
+            await self._shutdown(self._nc, self._handler)
 
-    async def _nats_endpoint(self) -> tuple[str, str]:
+    async def _unless_stopped(self, coro: Any) -> Any:
+        """`coro`'s result, or None when a stop was asked for first (`coro` is cancelled)."""
+        assert self._stop is not None
+        work = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        return None
+
+    async def _start(self) -> tuple[list[Any], str]:
+        """Everything up to serving; what came up is on `self` for `_shutdown`."""
+        s = self.settings
+        if s.store != ":memory:":
+            self._lock = StoreLock(s.store).acquire()
+        ensure_policy_file(s.trust_path)
+        policy = TrustPolicy(s.trust_path, clock=self.clock)
+        key = self._key = load_or_create_key(s.key_path)
+        me = handle(s.nickname, key)
+        url, token = await self._nats_endpoint(key, me)
+        # Before the runtime: a NATS out of reach costs nothing (no store is created).
+        self._nc = await self._connect(url, token, key)
+        limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
+                                      max_in_flight_per_peer=s.max_in_flight_per_peer)
+        config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
+                               local_peer_id=s.peer_id, greet_interval=s.greet_interval,
+                               clock=self.clock, **{**limits, **self.runtime_config})
+        self.runtime = IngressRuntime(config)
+        # Shielded: a signal must not leave the start half-done in its thread; shutdown
+        # waits for it before it closes the runtime.
+        self._runtime_start = asyncio.ensure_future(asyncio.to_thread(self.runtime.start))
+        await asyncio.shield(self._runtime_start)
+        self.metrics.watch_runtime(self.runtime)
+        handler = EnvelopeHandler(runtime=self.runtime, policy=policy, key=key,
+                                  peer_id=s.peer_id, handle=me, publish=self._nc.publish,
+                                  metrics=self.metrics, greet_interval=s.greet_interval,
+                                  on_channel=self._greet_soon, clock=self.clock,
+                                  limits=s.handler_limits())
+        self._handler = handler
+        subs = await self._subscribe(self._nc, handler, me)
+        return subs, url
+
+    def _ready_info(self, url: str, metrics_url: str | None) -> ReadyInfo:
+        s = self.settings
+        key = self._key
+        assert key is not None and self.runtime is not None
+        pub = raw_public_key(key)
+        credentials: dict[str, str] = {}
+        if self.server is not None and self.server.token:
+            auth, credentials = "token", {"token": self.server.token}
+        elif self.server is not None:
+            auth = "nkey"
+            if self._operator_key is not None:
+                credentials = {"operator_seed": user_seed(self._operator_key),
+                               "operator_nkey": user_nkey(raw_public_key(self._operator_key))}
+        elif s.nats_token is not None:
+            auth, credentials = "token", {"token": s.nats_token.get_secret_value()}
+        elif urlsplit(url).username or urlsplit(url).password:
+            auth = "url"
+        else:
+            auth = "nkey"
+        return ReadyInfo(
+            nats_url=url, pid=os.getpid(), trust_file=s.trust_path, nats_auth=auth,
+            credentials=credentials, store=self.runtime.store_path, workspace=s.workspace,
+            channels=s.channels, daemon_peer_id=s.peer_id,
+            daemon_route_token=wire.route_token(s.peer_id), daemon_handle=handle(s.nickname, key),
+            daemon_fingerprint=fingerprint(pub), daemon_public_key=b64url(pub),
+            daemon_nkey=user_nkey(pub), greet_interval=s.greet_interval,
+            metrics_url=metrics_url,
+        )
+
+    async def _nats_endpoint(self, key: Ed25519PrivateKey, me: str) -> tuple[str, str]:
         s = self.settings
         if s.nats_url:
             return s.nats_url, s.nats_token.get_secret_value() if s.nats_token else ""
+        if s.nats_auth == "token":
+            self.server = NatsServer()
+        else:
+            served = Served(s.workspace, s.peer_id, me)
+            self._operator_key = generate_key()
+            stamp = file_stamp(s.trust_path)  # before reading: a change from now on reloads
+            self.server = NatsServer(authorization=self._authorization(served, key))
+            # Not in _tasks: the drain waits for those (requests in flight) to finish.
+            self._watcher = asyncio.create_task(self._watch_trust(served, key, stamp))
+        self.announce("starting a local nats-server "
+                      f"({'one shared token' if s.nats_auth == 'token' else 'one user per peer'})")
         # Started on this thread, not a worker: PR_SET_PDEATHSIG follows the starting
-        # thread, and this one lives as long as the daemon. Startup has nothing to overlap.
-        self.server = NatsServer().start()
+        # thread, and this one lives as long as the daemon.
+        await self.server.astart()
         return self.server.url, self.server.token
 
-    async def _connect(self, url: str, token: str) -> Any:
-        import nats  # heavy import: only when serving
+    def _authorization(self, served: Served, key: Ed25519PrivateKey) -> dict[str, Any]:
+        """The local server's users: the daemon, the operator, every enrolled peer key."""
+        operator = self._operator_key
+        return nkey_authorization(
+            served, daemon_nkey=user_nkey(raw_public_key(key)),
+            operator_nkey=user_nkey(raw_public_key(operator)) if operator else None,
+            peers={fp: user_nkey(pub) for fp, pub in read_keys(self.settings.trust_path).items()})
+
+    async def _watch_trust(self, served: Served, key: Ed25519PrivateKey,
+                           stamp: tuple[int, int, int] | None) -> None:
+        """Reload the local server whenever the trust file's enrolled keys change, so a
+        `trust add` lets a peer connect and a `trust remove` disconnects it."""
+        path = self.settings.trust_path
+        while True:
+            await asyncio.sleep(self.settings.trust_poll_interval)
+            now = file_stamp(path)
+            server = self.server
+            if now == stamp or server is None or server.process is None:
+                continue
+            stamp = now
+            wanted = self._authorization(served, key)
+            if wanted == server.authorization:
+                continue
+            try:
+                await asyncio.to_thread(server.reload, wanted)
+            except Exception as exc:  # the server keeps its old users; retried on the next change
+                self.log.error("nats_server.reload_failed", error=repr(exc))
+
+    async def _connect(self, url: str, token: str, key: Ed25519PrivateKey) -> Any:
+        from nats.aio.client import Client  # heavy import: only when serving
 
         log = self.log
+        timeout = self.settings.nats_connect_timeout
+        connected = False
+        last_error: list[str] = []
+        refused = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
+            if not connected:
+                last_error[:] = [f"{type(exc).__name__}: {exc}"]
+                if "authorization violation" in str(exc).lower():
+                    refused.set()
             handler = self._handler  # slow-consumer drops: counted, audited in aggregate
             if handler is None or not handler.note_transport_error(exc):
                 log.warning("nats.error", error=repr(exc))
@@ -212,7 +337,37 @@ class Daemon:
                                    "reconnected_cb": on_reconnect}
         if token:
             options["token"] = token
-        return await nats.connect(**options)
+        elif not (urlsplit(url).username or urlsplit(url).password):
+            # The daemon's key is its NATS user (our local server's, or one the operator of
+            # --nats-url's server listed: docs/operating.md).
+            options["nkeys_seed_str"] = user_seed(key)
+        self.announce(f"connecting to NATS at {mask_url(url)}")
+        client = Client()
+        attempt = asyncio.ensure_future(client.connect(**options))
+        denied = asyncio.ensure_future(refused.wait())
+        try:
+            await asyncio.wait({attempt, denied}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when cancelled by a signal: nats-py would retry forever otherwise
+            denied.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await attempt
+            if attempt.cancelled() or attempt.exception() is not None:
+                with contextlib.suppress(Exception):  # a failed connect leaves its socket
+                    await client.close()
+        if not attempt.cancelled() and attempt.exception() is None:
+            connected = True
+            return client
+        if refused.is_set():
+            raise RuntimeStartError(f"the NATS server at {mask_url(url)} refused the daemon's "
+                                    "credentials (--nats-token, or its nkey "
+                                    f"{user_nkey(raw_public_key(key))} in the server's users)")
+        why = f" (last error: {last_error[0]})" if last_error else ""
+        raise RuntimeStartError(f"no NATS server reachable at {mask_url(url)} within "
+                                f"{timeout:g} s{why}; start it or fix --nats-url "
+                                "(--nats-connect-timeout sets the wait)")
 
     async def _subscribe(self, nc: Any, handler: EnvelopeHandler, me: str) -> list[Any]:
         s = self.settings
@@ -295,6 +450,8 @@ class Daemon:
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
         self._closing = True
         try:
+            if self._watcher is not None:
+                self._watcher.cancel()
             for task in list(self._tasks):
                 task.cancel()
             if nc is not None:
@@ -302,6 +459,9 @@ class Daemon:
                     await asyncio.wait_for(nc.close(), 5)
             if handler is not None:
                 await asyncio.to_thread(handler.close)
+            if self._runtime_start is not None and not self._runtime_start.done():
+                with contextlib.suppress(BaseException):  # its outcome is close's business
+                    await self._runtime_start
             if self.runtime is not None:
                 await asyncio.to_thread(self.runtime.close)
             self.metrics.close()
@@ -310,4 +470,6 @@ class Daemon:
         finally:
             if self.settings.ready_file:  # whatever failed above, do not point at us
                 remove_ready_file(self.settings.ready_file, os.getpid())
+            if self._lock is not None:  # last: the store is closed, another daemon may come
+                self._lock.release()
         self.log.info("serve.stopped")

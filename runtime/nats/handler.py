@@ -58,6 +58,7 @@ from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
+from task_ingress.runtime.errors import PresenceRefused
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
@@ -354,6 +355,9 @@ class EnvelopeHandler:
                                   judged.trust is Trust.VERIFIED, granted)
             applied, why = True, ""
             self.greets.applied(key, mark, granted=granted, fingerprint=judged.fingerprint)
+        except PresenceRefused as exc:  # the runtime audited it already (action greet)
+            applied, why = False, exc.reason.value
+            self.greets.failed(key, mark)
         except Exception as exc:
             applied, why = False, "failed"
             self.greets.failed(key, mark)

@@ -6,7 +6,11 @@ authorization): a peer whose proof verifies is *who it says*; whether its card's
 fingerprint (the key), so a key holder is the same principal whatever nickname it picks.
 
 File (JSON, operator-owned, default `<store>.trust.json`, path in the ready file):
-`{"version": 2, "allow": {"<fingerprint>": "<handle as added>", ...}}`.
+`{"version": 2, "allow": {"<fingerprint>": "<handle as added>", ...},
+"keys": {"<fingerprint>": "<base64url public key>", ...}}`. `keys` (optional) holds the
+public keys of enrolled handles: a handle with its key is also a NATS user of the daemon's
+local server (authz.py), so with per-peer users only such peers can connect at all. A key
+is kept only beside an allowed fingerprint it hashes to.
 The daemon re-reads the file when its (inode, size, mtime) changes, checked (one stat) on
 every decision by default, so `task-ingress trust add|remove` applies at once, no restart.
 Writers lock `<file>.lock` and replace the file atomically, so readers never see half a
@@ -25,12 +29,14 @@ import time
 from collections.abc import Callable, Iterator
 
 from task_ingress.actors.log import get_logger
-from task_ingress.runtime.nats.identity import handle_fingerprint
+from task_ingress.runtime.nats.identity import b64url, fingerprint, handle_fingerprint, unb64url
 
 POLICY_VERSION = 2
 
 
-def _stamp(path: str) -> tuple[int, int, int] | None:
+def file_stamp(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the file, None when it is missing: it changes on every
+    rewrite (writers replace the file)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -38,28 +44,46 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def read_policy(path: str) -> dict[str, str]:
-    """fingerprint -> handle; a missing file is empty, malformed entries are skipped."""
+def _read(path: str) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(fingerprint -> handle, fingerprint -> public key); malformed entries skipped."""
     log = get_logger(component="nats.policy")
     try:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, ValueError) as exc:
         log.error("policy.unreadable", path=path, error=repr(exc))
-        return {}
+        return {}, {}
     allow = obj.get("allow") if isinstance(obj, dict) else None
     if not isinstance(allow, dict):
         log.error("policy.malformed", path=path)
-        return {}
+        return {}, {}
     entries: dict[str, str] = {}
     for fp, who in allow.items():
         if not isinstance(who, str) or handle_fingerprint(who) != fp:
             log.warning("policy.entry_skipped", path=path)
             continue
         entries[fp] = who
-    return entries
+    keys: dict[str, bytes] = {}
+    raw_keys = obj.get("keys", {})
+    for fp, text in (raw_keys.items() if isinstance(raw_keys, dict) else ()):
+        pub = unb64url(text) if isinstance(text, str) else None
+        if fp not in entries or pub is None or len(pub) != 32 or fingerprint(pub) != fp:
+            log.warning("policy.key_skipped", path=path)
+            continue
+        keys[fp] = pub
+    return entries, keys
+
+
+def read_policy(path: str) -> dict[str, str]:
+    """fingerprint -> handle; a missing file is empty, malformed entries are skipped."""
+    return _read(path)[0]
+
+
+def read_keys(path: str) -> dict[str, bytes]:
+    """fingerprint -> raw public key of every allowed handle enrolled with its key."""
+    return _read(path)[1]
 
 
 class TrustPolicy:
@@ -99,7 +123,7 @@ class TrustPolicy:
             return
         with self._lock:
             self._checked = now
-            stamp = _stamp(self.path)
+            stamp = file_stamp(self.path)
             if stamp == self._stamp:
                 return
             self._allow = read_policy(self.path)
@@ -120,13 +144,17 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_atomic(path: str, allow: dict[str, str]) -> None:
+def _write_atomic(path: str, allow: dict[str, str], keys: dict[str, bytes]) -> None:
     directory = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(prefix=".trust-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"version": POLICY_VERSION, "allow": dict(sorted(allow.items()))}, fh,
-                      indent=1)
+            obj: dict[str, object] = {"version": POLICY_VERSION,
+                                      "allow": dict(sorted(allow.items()))}
+            if keys:
+                obj["keys"] = {fp: b64url(pub) for fp, pub in sorted(keys.items())
+                               if fp in allow}
+            json.dump(obj, fh, indent=1)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -145,22 +173,33 @@ def _fingerprint_of(handle: str) -> str:
     return fp
 
 
-def allow(path: str, handles: list[str]) -> None:
-    """Add handles to the policy (their fingerprints may be granted task.write)."""
+def allow(path: str, handles: list[str], keys: list[bytes] | None = None) -> None:
+    """Add handles to the policy (their fingerprints may be granted task.write), with the
+    public keys given in `keys` (each must be the key of one of `handles`: ValueError
+    otherwise), which makes those handles NATS users of the daemon's local server."""
     entries = {_fingerprint_of(h): h.strip() for h in handles}
+    enrolled: dict[str, bytes] = {}
+    for pub in keys or []:
+        fp = fingerprint(pub) if len(pub) == 32 else ""
+        if fp not in entries:
+            raise ValueError(f"public key {b64url(pub)} belongs to none of the handles "
+                             "given (a handle's fingerprint is sha256 of its key)")
+        enrolled[fp] = pub
     with _locked(path):
-        current = read_policy(path)
+        current, current_keys = _read(path)
         current.update(entries)
-        _write_atomic(path, current)
+        current_keys.update(enrolled)
+        _write_atomic(path, current, current_keys)
 
 
 def disallow(path: str, handles: list[str]) -> list[str]:
-    """Remove handles' fingerprints from the policy; returns the handles that were there."""
+    """Remove handles' fingerprints (and their keys) from the policy; returns the handles
+    that were there."""
     fps = [_fingerprint_of(h) for h in handles]
     with _locked(path):
-        current = read_policy(path)
+        current, current_keys = _read(path)
         removed = [current.pop(fp) for fp in fps if fp in current]
-        _write_atomic(path, current)
+        _write_atomic(path, current, current_keys)
     return removed
 
 
@@ -173,4 +212,4 @@ def ensure_policy_file(path: str) -> None:
     """Create an empty policy file (mode 0600) when none exists."""
     with _locked(path):
         if not os.path.exists(path):
-            _write_atomic(path, {})
+            _write_atomic(path, {}, {})

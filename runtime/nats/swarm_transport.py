@@ -5,6 +5,9 @@ a verified AGH peer: the transport gives it an Ed25519 key and the handle
 `<swarm peer id>@<fingerprint>` (`peer_name`, which the swarm runner uses to name its
 peers), and allows that handle in the daemon's trust policy (from the ready file) before
 its first message. Plain peer IDs (the swarm's ghost peers) travel unsigned: unverified.
+On a daemon's own server with per-peer users the transport's one NATS connection is a peer
+of its own (`swarm@<fingerprint>`, enrolled with its key like the simulated peers, whose
+keys are enrolled too), so it connects once the daemon has reloaded its server.
 
 - `greet` sends a signed AGH v1 greet on the broadcast subject as a NATS request and
   returns once the daemon answered that it applied it; the transport then re-greets the
@@ -43,7 +46,7 @@ from task_ingress.runtime.nats.client import (
     PeerClient,
     connect,
 )
-from task_ingress.runtime.nats.identity import generate_key
+from task_ingress.runtime.nats.identity import generate_key, raw_public_key
 from task_ingress.runtime.nats.policy import allow
 
 T = TypeVar("T")
@@ -102,7 +105,12 @@ class NatsSwarmTransport:
         return self._loop.call(coro, timeout)
 
     async def _connect(self) -> None:
-        nc = await connect(self.address, "task-ingress-swarm")
+        me = None
+        if self.address.nats_auth == "nkey":
+            me = Identity.of(generate_key(), "swarm")
+            if self.trust_file:
+                allow(self.trust_file, [me.handle], [raw_public_key(me.key)])
+        nc = await connect(self.address, "task-ingress-swarm", me=me)
         self._client = PeerClient(nc, self.address, timeout=self.request_timeout)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
 
@@ -126,7 +134,7 @@ class NatsSwarmTransport:
             nickname = name.split("@", 1)[0]
             me = Identity.of(generate_key(), nickname)
             if self.trust_file:
-                allow(self.trust_file, [me.handle])
+                allow(self.trust_file, [me.handle], [raw_public_key(me.key)])
             self._identities[name] = me
             self._identities[me.handle] = me
             return me

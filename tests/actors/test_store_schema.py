@@ -46,7 +46,7 @@ def test_a_version_1_store_is_migrated_keeping_its_outbox_rows_and_counter(tmp_p
     records: list[dict[str, object]] = [{"request_id": "r-1"}, {"request_id": "r-2"}]
     version_1_store(path, records)
     conn = connect(str(path), durable=False)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert outbox_type(conn) == "BLOB"
     rows = conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
     assert [(i, decode_outbox(blob)) for i, blob in rows] == [(1, records[0]), (2, records[1])]

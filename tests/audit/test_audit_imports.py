@@ -13,9 +13,11 @@ import pytest
 import task_ingress.runtime.audit as audit
 
 READ_ONLY_TOOLS = [
+    "task_ingress.runtime.audit.anchor",
     "task_ingress.runtime.audit.cli",
     "task_ingress.runtime.audit.query",
     "task_ingress.runtime.audit.read",
+    "task_ingress.runtime.audit.table",
     "task_ingress.runtime.audit.verify",
     "task_ingress.runtime.swarm.invariants",
     "task_ingress.runtime.cli",  # the console script, as `task-ingress audit` loads it

@@ -1,21 +1,26 @@
 """AuditRecord.trust (SPEC 7): how the identity was known, chained like every field; stores
-written before the field existed still verify after the migration."""
+written before the field existed, or before the chain was keyed, still verify after the
+migration."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from task_ingress.actors.rules.chain import record_hash
 from task_ingress.actors.storage.schema import MIGRATIONS, SCHEMA_VERSION, encode_outbox
 from task_ingress.messages import CreateTask, IngressContext
 from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
-from task_ingress.runtime.audit.verify import verify_store
+from task_ingress.runtime.audit.verify import Problem, verify_store
 
 from tests.conftest import ctx, writer_card
+
+KEY_HEX = "3c" * 32
 
 
 @pytest.fixture(autouse=True)
@@ -49,12 +54,22 @@ def test_changing_a_records_trust_breaks_the_chain(tmp_path: Path) -> None:
     assert report.problems[0].seq == 1
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_a_store_chained_before_trust_existed_verifies_after_migration(
-        tmp_path: Path, version: int) -> None:
-    """Version 1 (outbox TEXT) and version 2 (outbox BLOB) both came before the trust
-    column (version 3): their records keep their hashes, and an outbox row a crash left
-    behind (written without trust) is chained with none."""
+def old_hash(fields: dict[str, object]) -> str:
+    """How the unkeyed runtime (schema 3 and older) hashed a record: sha256 of its sorted
+    compact JSON, `trust` left out when None (records from before the field existed)."""
+    chained = {k: v for k, v in fields.items()
+               if k != "hash" and (k != "trust" or v is not None)}
+    blob = json.dumps(chained, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("version", "trust"), [(1, None), (2, None), (3, "verified")])
+def test_a_store_chained_before_the_key_verifies_after_migration(
+        tmp_path: Path, version: int, trust: str | None) -> None:
+    """Version 1 (outbox TEXT) and version 2 (outbox BLOB) came before the trust column
+    (version 3), and all three before the keyed chain (version 4). Their records keep their
+    old hashes for the legacy check, are re-chained under the key on start (trust and all),
+    and an outbox row a crash left behind (written without trust) is chained with none."""
     store = tmp_path / "old.db"
     conn = sqlite3.connect(store, isolation_level=None)
     for step in range(1, version + 1):  # the store as that version's runtime left it
@@ -65,10 +80,12 @@ def test_a_store_chained_before_trust_existed_verifies_after_migration(
            "action": "task.create", "outcome": "rejected", "reason": "peer_not_found",
            "task_id": None, "run_id": None, "payload_size": 0, "replay": False,
            "prev_hash": GENESIS_HASH}
-    old["hash"] = record_hash(old)  # what the runtime before trust chained (no trust key)
-    conn.execute("INSERT INTO audit VALUES (:seq, :at, :workspace, :channel, :peer_id, "
-                 ":actor, :request_id, :action, :outcome, :reason, :task_id, :run_id, "
-                 ":payload_size, :replay, :prev_hash, :hash)", old)
+    if version >= 3:
+        old["trust"] = trust
+    old["hash"] = old_hash(old)
+    columns = ", ".join(old)
+    conn.execute(f"INSERT INTO audit ({columns}) VALUES ({', '.join(':' + k for k in old)})",
+                 old)
     crashed = {k: old[k] for k in ("workspace", "channel", "peer_id", "actor", "action",
                                    "task_id", "run_id", "payload_size", "replay")}
     crashed.update(request_id="r-crash", outcome="accepted", reason=None, task_id="t-crash")
@@ -79,12 +96,28 @@ def test_a_store_chained_before_trust_existed_verifies_after_migration(
                  "'task.create', 't-crash', NULL)")
     conn.execute("INSERT INTO outbox (record) VALUES (?)", (encode_outbox(crashed),))
     conn.close()
+    # The key file and the legacy checkpoint (seq and hash only) that runtime kept beside it.
+    Path(f"{store}.key").write_text(KEY_HEX)
+    Path(f"{store}.checkpoint").write_text(json.dumps({
+        "seq": 1, "hash": old["hash"], "at": old["at"],
+        "mac": hmac.new(bytes.fromhex(KEY_HEX), f"1:{old['hash']}".encode(),
+                        hashlib.sha256).hexdigest()}))
+    legacy = verify_store(str(store), allow_legacy=True)
+    assert legacy.legacy and legacy.records == 1
+    assert [p.kind for p in legacy.problems] == []
     with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
         rt.greet("ws", "ops", writer_card("peer-a"))
         rt.submit(ctx("r-1"), CreateTask(title="t"))
         records = rt.audit()
     assert [(r.request_id, r.trust) for r in records] == [
-        ("r-0", None), ("r-crash", None), ("r-1", "embedded")]
-    assert verify_store(str(store)).ok
+        ("r-0", trust), ("r-crash", None), ("r-1", "embedded")]
+    assert records[0].hash != old["hash"]  # re-chained under the key
+    report = verify_store(str(store))
+    assert report.ok, report.problems
+    assert not report.legacy and any("records 1-1 were written as an unkeyed" in n
+                                     for n in report.notes)
     with sqlite3.connect(store) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        conn.execute("UPDATE audit SET trust = 'embedded' WHERE seq = 1")
+    assert verify_store(str(store)).first_problem == Problem(
+        "chain", 1, "hash does not match the record's contents")

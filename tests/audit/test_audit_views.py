@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from task_ingress.actors.rules.chain import first_bad_record
+from task_ingress.actors.rules.chain import ChainKey, first_bad_record, genesis_hash
 from task_ingress.messages import AuditRecord, CreateTask, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.audit.query import BadQuery, make_filter, parse_time
@@ -83,7 +84,16 @@ def test_export_writes_one_spec_record_per_line_that_reverifies(store: Path) -> 
     assert all(set(d) >= SPEC_FIELDS for d in dicts)
     records = [AuditRecord.model_validate(d, strict=False) for d in dicts]
     assert [r.seq for r in records] == [1, 2, 3, 4, 5]
-    assert first_bad_record(records) is None  # the export carries everything the chain needs
+    # The export carries everything the chain needs; checking it takes the key, and the
+    # store's id for the genesis hash (`audit head` prints it).
+    key = ChainKey.from_hex(Path(f"{store}.key").read_text())
+    conn = sqlite3.connect(store)
+    store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+    conn.close()
+    assert first_bad_record(records, key.seal, genesis_hash(store_id)) is None
+    edited = [records[0], records[1].model_copy(update={"peer_id": "peer-x"}), *records[2:]]
+    assert first_bad_record(edited, key.seal, genesis_hash(store_id)) == (
+        2, "hash does not match the record's contents")
 
 
 def test_export_to_a_file_with_filters(store: Path, tmp_path: Path) -> None:

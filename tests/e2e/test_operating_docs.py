@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import subprocess
 import sys
@@ -41,3 +43,56 @@ def test_the_units_command_uses_real_serve_options_and_the_runtime_directory() -
     assert ready.startswith(f"/run/{unit['RuntimeDirectory'][0]}/")
     store = argv[argv.index("--store") + 1]
     assert store.startswith(f"/var/lib/{unit['StateDirectory'][0]}/")
+
+
+OPERATING = DOCS / "operating.md"
+
+
+def _authorization_block() -> str:
+    text = OPERATING.read_text(encoding="utf-8")
+    match = re.search(r"```\n(authorization \{.*?)```", text, re.S)
+    assert match, "operating.md shows no authorization block"
+    return match.group(1)
+
+
+def _users_in(block: str) -> list[dict[str, object]]:
+    users = []
+    for m in re.finditer(r'\{nkey: "(?P<nkey>[^"]+)", permissions: \{\s*publish: \{allow: '
+                         r'\[(?P<pub>[^\]]*)\]\}\s*subscribe: \{allow: \[(?P<sub>[^\]]*)\]\}',
+                         block):
+        users.append({"nkey": m["nkey"], "permissions": {
+            "publish": {"allow": re.findall(r'"([^"]+)"', m["pub"])},
+            "subscribe": {"allow": re.findall(r'"([^"]+)"', m["sub"])}}})
+    return users
+
+
+def test_the_authorization_block_for_nats_url_is_the_one_the_daemon_gives_its_own_server(
+        tmp_path: Path) -> None:
+    from task_ingress.runtime.nats.authz import Served, nkey_authorization
+    from task_ingress.runtime.nats.identity import generate_key, handle, raw_public_key
+    from task_ingress.runtime.nats.nkey import user_nkey
+    from task_ingress.runtime.nats.server import find_nats_server
+
+    daemon_fp, peer_fp = "d" * 32, "e" * 32
+    made = nkey_authorization(Served("ws0", "task-ingress", f"task-ingress@{daemon_fp}"),
+                              daemon_nkey="<DAEMON_NKEY>", operator_nkey=None,
+                              peers={peer_fp: "<PEER_NKEY>"})
+    shown = json.loads(json.dumps(made).replace("ws0", "<WS>").replace(daemon_fp, "<DAEMON_FP>")
+                       .replace(peer_fp, "<PEER_FP>"))
+    block = _authorization_block()
+    assert _users_in(block) == shown["users"]
+
+    # nats-server loads it, with real values in the placeholders.
+    daemon_key, peer_key = generate_key(), generate_key()
+    daemon_handle = handle("task-ingress", daemon_key)
+    peer_handle = handle("peer", peer_key)
+    real = (block.replace("<WS>", "default")
+            .replace("<DAEMON_NKEY>", user_nkey(raw_public_key(daemon_key)))
+            .replace("<DAEMON_FP>", daemon_handle.split("@")[1])
+            .replace("<PEER_NKEY>", user_nkey(raw_public_key(peer_key)))
+            .replace("<PEER_FP>", peer_handle.split("@")[1]))
+    conf = tmp_path / "nats.conf"
+    conf.write_text('listen: "127.0.0.1:4222"\n' + real)
+    checked = subprocess.run([find_nats_server(), "-t", "-c", str(conf)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -168,6 +168,54 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
     assert_all_agh_valid(tap, names)
 
 
+def _run_daemon(settings: ServeSettings, clock: Callable[[], float] = time.monotonic
+                ) -> RunningDaemon:
+    daemon = Daemon(settings, runtime_config={"audit_key": "00" * 32}, clock=clock)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["status"] = daemon.run_sync()
+        except BaseException as exc:  # surfaced by the ready check below
+            result["error"] = exc
+            daemon.ready.set()
+
+    thread = threading.Thread(target=run, name="test-daemon", daemon=True)
+    thread.start()
+    handle = RunningDaemon(daemon, thread)
+    assert daemon.ready.wait(30), "daemon not ready"
+    if "error" in result:
+        thread.join(30)
+        raise result["error"]
+    return handle
+
+
+@pytest.fixture
+def start_own_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
+    """Factory: an in-process daemon that runs its own nats-server (per-peer nkey users
+    unless `nats_auth="token"`), stopped at teardown; keywords are ServeSettings fields."""
+    running: list[RunningDaemon] = []
+    before = _children()
+
+    def factory(**overrides: Any) -> RunningDaemon:
+        values: dict[str, Any] = {
+            "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
+            "trust_poll_interval": 0.05,
+        }
+        values.update(overrides)
+        handle = _run_daemon(ServeSettings(**values))
+        running.append(handle)
+        return handle
+
+    try:
+        yield factory
+    finally:
+        for handle in running:
+            handle.stop()
+        leaked = _children() - before
+        assert not leaked, f"processes left behind: {leaked}"
+
+
 @pytest.fixture
 def nats_wire(nats_server: NatsServer) -> Iterator[Wire]:
     """A raw client on the test server."""

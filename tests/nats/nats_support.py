@@ -85,16 +85,40 @@ def encode(obj: dict[str, Any]) -> bytes:
 class Wire:
     """A synchronous NATS client for tests (its own loop on a thread)."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str | None = None, **options: Any) -> None:
+        """Connect with `token`, or with nats-py `options` (nkeys_seed_str, inbox_prefix…);
+        server errors (permission violations) are collected in `errors`."""
+        self.errors: list[str] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.nc: Any = self._run(self._connect(url, token))
+        self.nc: Any = self._run(self._connect(url, token, options))
 
-    async def _connect(self, url: str, token: str) -> Any:
+    async def _connect(self, url: str, token: str | None, options: dict[str, Any]) -> Any:
         import nats
 
-        return await nats.connect(url, token=token)
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        if token is not None:
+            options = {**options, "token": token}
+        return await nats.connect(url, error_cb=on_error, **options)
+
+    def flush(self) -> None:
+        """A round trip to the server: everything sent before was processed, everything
+        the server sent this client before its answer has arrived."""
+        self._run(self.nc.flush())
+
+    def subscribe_quietly(self, subject: str) -> list[bytes]:
+        """`collect` without waiting for the server's verdict (a refusal lands in
+        `errors` after the next flush)."""
+        got: list[bytes] = []
+
+        async def cb(msg: Any) -> None:
+            got.append(bytes(msg.data))
+
+        self._run(self.nc.subscribe(subject, cb=cb))
+        return got
 
     def _run(self, coro: Any, timeout: float = 15.0) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)

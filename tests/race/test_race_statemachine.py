@@ -2,7 +2,8 @@
 
 Each example starts a fresh runtime (fake clock, greet interval 30 s) and runs random greets
 (writer, writer without proof, reader, the local peer), leaves, clock advances across the
-expiry boundary, operator locks, and submits of all four actions, good and bad, from
+expiry boundary, sweeps (which stop idle channel actors: reaping must change no outcome),
+operator locks, and submits of all four actions, good and bad, from
 4 peers + the local peer in 3 channels of 2 workspaces. After every submit the outcome,
 the single new audit record and (for acceptances) the stored task/run must match the model.
 
@@ -121,6 +122,18 @@ class RuntimeMachine(RuleBasedStateMachine):
         """Move the fake clock; expiry is exactly at 2 x 30 s."""
         self.clock.advance(seconds)
         self.model.advance(seconds)
+
+    @rule()
+    def sweep(self) -> None:
+        """Housekeeping now: expired peers and cards are forgotten, idle channel actors
+        stopped. Invisible to every later outcome (the model has no such step); what
+        stays held is exactly what the model says is visible."""
+        held = self.rt.sweep()
+        visible = self.model.visible()
+        assert (held.presence_entries, held.peer_cards) == (len(visible), len(visible)), (
+            f"runtime holds {held}, model has {len(visible)} visible")
+        assert held.channel_actors >= len({(ws, ch) for ws, ch, _ in visible}), (
+            f"runtime holds {held}, model has {visible} visible")
 
     @rule(pick=task_picks)
     def lock(self, pick: int) -> None:

@@ -98,6 +98,9 @@ def test_a_store_in_a_read_only_directory_is_one_line_and_leaves_nothing_behind(
      "--channel", "ops", "--title", "t"],
     ["request", "create", "--channel", "ops"],
     ["no-such-command"],
+    ["audit", "verify"],
+    ["audit", "show", "--store", "s.db", "-n", "abc"],
+    ["audit", "export", "--store"],
 ], ids=lambda argv: " ".join(argv))
 def test_a_usage_error_is_one_line_and_exit_2_never_1(work: Path, argv: list[str]) -> None:
     result = cli(*argv, cwd=work, timeout=30)

@@ -1,4 +1,5 @@
-"""Flow control (SPEC §6 `overloaded`): caps and per-peer rates refuse at once, audited."""
+"""Flow control (SPEC §6 `overloaded`): caps, per-peer request rates and per-peer greet
+budgets refuse at once, audited."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable
 
 import psutil
-from task_ingress.messages import CreateTask, Reason
-from task_ingress.runtime import IngressRuntime
+import pytest
+from task_ingress.messages import Action, CreateTask, Reason
+from task_ingress.runtime import IngressRuntime, PresenceRefused
 from task_ingress.runtime.flow import FlowControl, FlowLimits, TokenBucket, refill
 
 from tests.conftest import FakeClock, ctx, writer_card
@@ -51,6 +53,42 @@ def test_idle_buckets_are_forgotten() -> None:
     assert flow.buckets
     flow.sweep(1.0)
     assert not flow.buckets
+
+
+def test_greets_have_their_own_budget_per_peer_across_its_channels() -> None:
+    flow = FlowControl(FlowLimits(greet_rate=1.0, greet_burst=2.0, peer_rate=1.0,
+                                  peer_burst=1.0))
+    assert flow.admit_greet(("ws", "a", "p1"), 0.0) is None
+    assert flow.admit_greet(("ws", "b", "p1"), 0.0) is None
+    assert flow.admit_greet(("ws", "c", "p1"), 0.0) == Reason.OVERLOADED
+    assert flow.admit_greet(("ws", "c", "p2"), 0.0) is None  # another peer's own budget
+    assert flow.admit(("ws", "a", "p1"), 0.0) is None  # requests draw on another bucket
+    assert flow.admit_greet(("ws", "c", "p1"), 1.0) is None  # refilled
+    flow.sweep(10.0)
+    assert not flow.greet_buckets  # full again: forgotten
+
+
+def test_a_greet_over_budget_is_overloaded_audited_and_not_applied_while_leaves_are_free(
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+) -> None:
+    rt = make_runtime(greet_rate=1.0, greet_burst=2.0)
+    rt.greet("ws", "ops", writer_card("peer-a"))
+    rt.greet("ws", "dev", writer_card("peer-a"))
+    with pytest.raises(PresenceRefused) as refused:
+        rt.greet("ws", "qa", writer_card("peer-a"))
+    assert refused.value.reason == Reason.OVERLOADED
+    [record] = rt.audit()
+    assert (record.channel, record.peer_id, record.action, record.reason) == (
+        "qa", "peer-a", Action.GREET, Reason.OVERLOADED)
+    assert rt.submit(ctx("r-1", channel="qa"), CreateTask(title="t")).reason == \
+        Reason.PEER_NOT_FOUND  # the card was not applied
+    assert rt.submit(ctx("r-2", channel="ops"), CreateTask(title="t")).accepted
+    for _ in range(5):  # a leave is never charged (nor refused for load)
+        rt.leave("ws", "dev", "peer-a")
+    rt.greet("ws", "qa", writer_card("peer-b"))  # other peers have their own budget
+    clock.advance(1.0)
+    rt.greet("ws", "qa", writer_card("peer-a"))
+    assert rt.submit(ctx("r-3", channel="qa"), CreateTask(title="t")).accepted
 
 
 def test_peer_over_its_rate_gets_overloaded_audited_then_recovers(

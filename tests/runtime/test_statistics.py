@@ -1,16 +1,19 @@
-"""`IngressRuntime.statistics()`: what is queued and in flight, as a frozen snapshot."""
+"""`IngressRuntime.statistics()`: what is queued and in flight, and what the last sweep
+counted as held, as a frozen snapshot."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
 from task_ingress.messages import CreateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig, RuntimeStatistics
+from task_ingress.runtime import driver as driver_module
 from task_ingress.testing import HOLD
 
-from tests.conftest import ctx, writer_card
+from tests.conftest import FakeClock, ctx, writer_card
 from tests.race.race_harness import RaceHarness, outcome
 
 
@@ -21,7 +24,8 @@ def test_held_requests_count_as_in_flight_until_answered(
     peers = ("peer-a", "peer-b", "peer-c")  # a channel has one request per peer in flight
     for peer in peers:
         rt.greet("ws", "ops", writer_card(peer))
-    assert rt.statistics() == RuntimeStatistics(calls_waiting=0, requests_in_flight=0)
+    stats = rt.statistics()
+    assert (stats.calls_waiting, stats.requests_in_flight) == (0, 0)
     h = RaceHarness(rt)
     h.hold()
     pending = [h.submit(ctx("r-1", peer), CreateTask(title="t")) for peer in peers]
@@ -38,3 +42,34 @@ def test_a_runtime_not_running_reports_nothing_and_the_record_is_frozen() -> Non
     assert stats == RuntimeStatistics(calls_waiting=0, requests_in_flight=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.calls_waiting = 1  # type: ignore[misc]
+
+
+def test_the_held_counts_are_those_of_the_last_sweep(
+    make_runtime: Callable[..., IngressRuntime], clock: FakeClock
+) -> None:
+    rt = make_runtime(greet_interval=30.0)
+    for channel in ("ops", "dev", "qa"):
+        rt.greet("ws", channel, writer_card("peer-a"))
+    rt.greet("ws", "ops", writer_card("peer-b"))
+    swept = rt.sweep()
+    assert (swept.channel_actors, swept.presence_entries, swept.peer_cards) == (3, 4, 4)
+    assert rt.statistics() == swept
+    clock.advance(60.0)
+    swept = rt.sweep()
+    assert (swept.channel_actors, swept.presence_entries, swept.peer_cards) == (0, 0, 0)
+
+
+def test_the_timer_sweep_refreshes_the_held_counts_of_an_idle_runtime(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver_module, "SWEEP_EVERY", 0.0)  # every driver round, not 1 s
+    rt = make_runtime()
+    for channel in ("ops", "dev", "qa"):
+        rt.greet("ws", channel, writer_card("peer-a"))
+    # No further call: only the timer's sweep, whose answer the idle driver must read (an
+    # answer left unread would pile up, one a second, in the actor system).
+    deadline = time.monotonic() + 30.0
+    while rt.statistics().peer_cards != 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = rt.statistics()
+    assert (stats.channel_actors, stats.presence_entries, stats.peer_cards) == (3, 3, 3)

@@ -1,8 +1,10 @@
-"""The hash chain detects edits; the wire codec never raises and reads only well-formed bytes."""
+"""The keyed chain detects edits; the wire codec never raises and reads only well-formed
+bytes."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 import msgpack
@@ -10,26 +12,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from task_ingress.actors.rules.chain import (
-    checkpoint_mac,
-    checkpoint_ok,
+    ChainKey,
+    canonical,
     first_bad_record,
+    genesis_hash,
+    legacy_checkpoint_mac,
+    legacy_checkpoint_ok,
     record_hash,
 )
 from task_ingress.messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
-from task_ingress.messages.audit import GENESIS_HASH
 from task_ingress.messages.codec import decode_envelope, encode_envelope
 
+KEY = ChainKey(b"k" * 32)
+GENESIS = genesis_hash("store-a")
 
-def _chain(n: int) -> list[AuditRecord]:
-    out, prev = [], GENESIS_HASH
+
+def _chain(n: int, key: ChainKey = KEY, genesis: str = GENESIS) -> list[AuditRecord]:
+    out, prev = [], genesis
     for i in range(1, n + 1):
         fields = {
             "seq": i, "at": 1.5 * i, "workspace": "ws", "channel": "ops", "peer_id": "p",
             "actor": "peer:p/channel:ops", "request_id": f"r{i}", "action": "task.create",
             "outcome": "accepted", "reason": None, "task_id": f"t{i}", "run_id": None,
             "payload_size": 10, "replay": False, "prev_hash": prev,
+            "trust": "embedded" if i % 2 else None,
         }
-        fields["hash"] = record_hash(fields)
+        fields["hash"] = key.seal(fields)
         prev = str(fields["hash"])
         out.append(AuditRecord.model_validate(fields, strict=False))
     return out
@@ -44,38 +52,87 @@ _OPT = st.none() | _TEXT
     "workspace": _TEXT, "channel": _TEXT, "peer_id": _TEXT, "actor": _TEXT,
     "request_id": _TEXT, "action": _TEXT, "outcome": _TEXT, "reason": _OPT,
     "task_id": _OPT, "run_id": _OPT, "payload_size": st.integers(0, 2**31),
-    "replay": st.booleans(), "prev_hash": _TEXT, "hash": _TEXT,
+    "replay": st.booleans(), "prev_hash": _TEXT, "hash": _TEXT, "trust": _OPT,
 }))
-def test_record_hash_is_sha256_of_sorted_compact_ascii_json(fields: dict[str, object]) -> None:
+def test_record_seal_is_hmac_sha256_of_sorted_compact_ascii_json(fields: dict[str, object]
+                                                                 ) -> None:
     # The on-disk chain format: any faster encoding must stay byte-for-byte this one.
     chained = {k: v for k, v in fields.items() if k != "hash"}
     blob = json.dumps(chained, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    assert record_hash(fields) == hashlib.sha256(blob.encode()).hexdigest()
+    assert canonical(fields) == blob.encode()  # trust included, even None
+    assert KEY.seal(fields) == hmac.new(b"k" * 32, blob.encode(), hashlib.sha256).hexdigest()
+    # Schema 3 and older: trust left out of the unkeyed hash when it is None.
+    old = {k: v for k, v in chained.items() if k != "trust" or v is not None}
+    old_blob = json.dumps(old, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert record_hash(fields) == hashlib.sha256(old_blob.encode()).hexdigest()
+
+
+def test_a_legacy_hash_leaves_out_only_an_empty_trust_and_the_seal_never_does() -> None:
+    fields = _chain(2)[1].model_dump(mode="json")
+    assert fields["trust"] is None
+    before_trust = {k: v for k, v in fields.items() if k != "trust"}
+    assert record_hash(fields) == record_hash(before_trust)
+    assert record_hash(fields) != record_hash(dict(fields, trust="verified"))
+    assert KEY.seal(fields) != KEY.seal(dict(fields, trust=""))
+    with pytest.raises(KeyError):  # a record without the field is not sealed as if it had one
+        KEY.seal(before_trust)
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_record_seal_is_hmac_for_keys_of_any_length(key: bytes) -> None:
+    fields = _chain(1)[0].model_dump(mode="json")
+    expected = hmac.new(key, canonical(fields), hashlib.sha256).hexdigest()
+    assert ChainKey(key).seal(fields) == expected
+
+
+def seal(records: list[AuditRecord]) -> tuple[int, str] | None:
+    return first_bad_record(records, KEY.seal, GENESIS)
 
 
 def test_intact_chain_verifies() -> None:
-    assert first_bad_record(_chain(5)) is None
+    assert seal(_chain(5)) is None
 
 
 def test_edited_record_is_named_by_the_chain() -> None:
     records = _chain(5)
     records[2] = records[2].model_copy(update={"outcome": "rejected"})
-    assert first_bad_record(records) == (3, "hash does not match the record's contents")
+    assert seal(records) == (3, "hash does not match the record's contents")
+
+
+def test_chain_rehashed_without_the_key_fails_at_its_first_record() -> None:
+    forged = _chain(5, key=ChainKey(b"guess" * 8))
+    assert seal(forged) == (1, "hash does not match the record's contents")
+
+
+def test_chain_of_another_store_fails_at_its_first_record() -> None:
+    other = _chain(5, genesis=genesis_hash("store-b"))
+    assert seal(other) == (1, "prev_hash is not this store's genesis (a record of another "
+                              "store?)")
 
 
 def test_deleted_record_is_a_sequence_gap() -> None:
     records = _chain(5)
     del records[1]
-    assert first_bad_record(records) == (3, "sequence gap: expected 2 (record 2 is missing)")
+    assert seal(records) == (3, "sequence gap: expected 2 (record 2 is missing)")
     del records[1:3]
-    assert first_bad_record(records) == (5, "sequence gap: expected 2 (records 2-4 are missing)")
+    assert seal(records) == (5, "sequence gap: expected 2 (records 2-4 are missing)")
 
 
-def test_checkpoint_mac_binds_seq_and_head_to_the_key() -> None:
-    mac = checkpoint_mac(b"k", 7, "abc")
-    assert checkpoint_ok(b"k", 7, "abc", mac)
-    assert not checkpoint_ok(b"k", 6, "abc", mac)
-    assert not checkpoint_ok(b"other", 7, "abc", mac)
+def test_checkpoint_mac_binds_store_seq_head_and_time_to_the_key() -> None:
+    mac = KEY.checkpoint_mac("store-a", 7, "abc", 1.5)
+    assert KEY.checkpoint_ok("store-a", 7, "abc", 1.5, mac)
+    assert not KEY.checkpoint_ok("store-b", 7, "abc", 1.5, mac)
+    assert not KEY.checkpoint_ok("store-a", 6, "abc", 1.5, mac)
+    assert not KEY.checkpoint_ok("store-a", 7, "abd", 1.5, mac)
+    assert not KEY.checkpoint_ok("store-a", 7, "abc", 1.6, mac)
+    assert not ChainKey(b"other").checkpoint_ok("store-a", 7, "abc", 1.5, mac)
+
+
+def test_legacy_checkpoint_mac_binds_seq_and_head_to_the_key() -> None:
+    mac = legacy_checkpoint_mac(b"k", 7, "abc")
+    assert legacy_checkpoint_ok(b"k", 7, "abc", mac)
+    assert not legacy_checkpoint_ok(b"k", 6, "abc", mac)
+    assert not legacy_checkpoint_ok(b"other", 7, "abc", mac)
 
 
 def test_a_valid_envelope_decodes_to_its_request() -> None:

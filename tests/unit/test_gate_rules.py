@@ -10,10 +10,11 @@ from task_ingress.messages import (
     CreateTask,
     EnqueueRun,
     IngressContext,
+    PeerCard,
     Reason,
     UpdateTask,
 )
-from task_ingress.messages.limits import Limits
+from task_ingress.messages.limits import CardLimits, Limits
 from task_ingress.messages.requests import AnyRequest
 
 
@@ -260,3 +261,45 @@ def test_safe_field_escapes_controls_and_truncates() -> None:
     assert gate.safe_field("a\x00b\nc") == "a\\u0000b\\u000ac"
     assert len(gate.safe_field("x" * 1000)) == 128
     assert gate.safe_field(42) == "42"
+
+
+CARD_LIMITS = CardLimits(max_capabilities=3, max_capability_chars=10,
+                         max_display_name_chars=5, max_proof_bytes=4)
+
+
+@pytest.mark.parametrize(
+    ("card", "reason"),
+    [
+        (PeerCard(peer_id="p", capabilities=["task.write", "a", "b_c.d"], display_name="12345",
+                  proof="1234"), None),
+        (PeerCard(peer_id="p", capabilities=[" task.write "]), None),  # trimmed, like rule 4
+        (PeerCard(peer_id="p"), None),
+        (PeerCard(peer_id="p", capabilities=["a", "b", "c", "d"]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=["a" * 11]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=["a" * 10]), None),
+        (PeerCard(peer_id="p", capabilities=["Task.write"]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=["task-write"]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=["task."]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=[""]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", capabilities=["t\u0430sk"]), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", display_name="123456"), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", proof="12345"), Reason.INVALID_REQUEST),
+        (PeerCard(peer_id="p", proof="\u00e9\u00e9\u00e9"), Reason.INVALID_REQUEST),  # 6 bytes
+        (PeerCard(peer_id="p", proof="\u00e9\u00e9"), None),  # 4 bytes
+    ],
+)
+def test_a_card_over_a_limit_or_with_a_malformed_capability_is_invalid(
+    card: PeerCard, reason: Reason | None
+) -> None:
+    assert gate.check_card(card, CARD_LIMITS) == reason
+
+
+def test_the_default_card_limits_admit_a_max_size_card_and_refuse_one_more_of_anything(
+) -> None:
+    caps = ["c" * 62 + f"{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(64)]
+    card = PeerCard(peer_id="p", capabilities=caps, display_name="n" * 128, proof="p" * 4096)
+    assert gate.check_card(card, CardLimits()) is None
+    for over in ({"capabilities": [*caps, "x"]}, {"capabilities": ["c" * 65]},
+                 {"display_name": "n" * 129}, {"proof": "p" * 4097}):
+        assert gate.check_card(card.model_copy(update=over), CardLimits()) == \
+            Reason.INVALID_REQUEST, over

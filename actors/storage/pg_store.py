@@ -1,0 +1,107 @@
+"""The fenced write: a request judged and applied in PostgreSQL only under the lease epoch
+it was started with, checked in the same transaction as the write.
+
+Isolation: explicit row locks, not SERIALIZABLE. Every write transaction first locks its
+shard's lease row `FOR UPDATE`; that one lock (a) fences — the row's owner and epoch must
+still be the caller's, and a takeover's UPDATE of the row waits for the transaction or is
+seen by it, never interleaves — and (b) serializes all writes of a shard, exactly as
+SQLite's single writer serializes the embedded store. Workspaces never span shards, so
+store_ops' read-then-write checks run under READ COMMITTED with no concurrent writer of the
+rows they read, and no serialization failure ever needs a retry before the answer.
+
+A holder paused inside a write transaction would keep the lease row locked and stall a
+takeover: store sessions run with `idle_in_transaction_session_timeout`, so PostgreSQL ends
+such a session (and rolls it back) within the lease TTL's margin.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, cast
+
+import psycopg
+from task_ingress.actors.rules.shards import Fence, shard_of
+from task_ingress.actors.storage import store_ops
+from task_ingress.messages.limits import Limits
+from task_ingress.messages.outcomes import Outcome, Run, Task
+from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import AnyRequest, IngressContext
+
+
+class QmarkConnection:
+    """store_ops' SQL (SQLite `?` placeholders) on a psycopg connection (`%s`).
+
+    store_ops is written against sqlite3.Connection; it only calls `execute(sql, params)`
+    and reads `fetchone()`/`rowcount` of the result, which psycopg's cursor also has."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._sql: dict[str, str] = {}
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
+        """Run one statement with `?` placeholders."""
+        translated = self._sql.get(sql)
+        if translated is None:
+            translated = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return self.conn.execute(translated, params)
+
+
+class _Fenced(Exception):
+    """The lease row no longer names the caller's holding."""
+
+
+def connect_store(url: str, idle_in_transaction_timeout: float) -> psycopg.Connection[Any]:
+    """An autocommit connection for fenced writes (transactions are explicit)."""
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+        (str(max(1, int(idle_in_transaction_timeout * 1000))),))
+    return conn
+
+
+def apply_fenced(
+    conn: psycopg.Connection[Any],
+    fence: Fence,
+    shards: int,
+    ctx: IngressContext,
+    request: AnyRequest,
+    limits: Limits,
+    now: float,
+) -> Outcome:
+    """Judge and apply `request` in one transaction that first checks `fence` is current.
+
+    `task_ingress_unavailable` when the shard is not the fence's, the lease row names another
+    owner or epoch, or the database went away (the request may be retried with its ID: if it
+    did commit, the retry is a replay); `task_ingress_failed` on any other store error."""
+    action = request.action
+    if shard_of(ctx.workspace, shards) != fence.shard:
+        return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR UPDATE",
+                (fence.shard,)).fetchone()
+            if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
+                raise _Fenced
+            conn.execute(
+                "SELECT set_config('task_ingress.shard', %s, true), "
+                "set_config('task_ingress.epoch', %s, true)",
+                (str(fence.shard), str(fence.epoch)))
+            return store_ops.judge_and_apply(
+                cast(sqlite3.Connection, QmarkConnection(conn)), ctx, request, limits, now)
+    except _Fenced:
+        return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
+    except psycopg.Error:
+        if conn.closed or conn.broken:
+            return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
+        return Outcome.failed(ctx.request_id, action)
+
+
+def get_task(conn: psycopg.Connection[Any], workspace: str, task_id: str) -> Task | None:
+    """The task with this ID in this workspace."""
+    return store_ops.load_task(cast(sqlite3.Connection, QmarkConnection(conn)), workspace, task_id)
+
+
+def get_run(conn: psycopg.Connection[Any], workspace: str, run_id: str) -> Run | None:
+    """The run with this ID in this workspace."""
+    return store_ops.load_run(cast(sqlite3.Connection, QmarkConnection(conn)), workspace, run_id)

@@ -1,0 +1,71 @@
+"""`task-ingress cluster status`: one row per shard — owner, epoch, lease age (SPEC §9).
+
+Only this module knows typer; psycopg (the `cluster` extra) is imported when the command
+runs, so the base install's command line works without it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from task_ingress.runtime.cli_exit import say
+
+cluster_app = typer.Typer(
+    help="Cluster mode (PostgreSQL leases): inspect shards and their owners.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+EXIT_UNREACHABLE = 2
+"""The database cannot be reached, is not a cluster database, or psycopg is missing."""
+
+DatabaseOpt = Annotated[str, typer.Option(
+    "--database", envvar="TASK_INGRESS_DATABASE",
+    help="PostgreSQL URL, e.g. postgresql://user@host/db (env TASK_INGRESS_DATABASE).")]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+@cluster_app.command("status")
+def status_command(
+    database: DatabaseOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Every shard's lease: owner node (none when free or expired), fencing epoch, how long
+    it has been held, when it was last renewed and when it expires."""
+    try:
+        import psycopg
+        from task_ingress.runtime.cluster import pg_leases
+    except ImportError:
+        say("cluster status needs psycopg: pip install 'task-ingress[cluster]'")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    try:
+        with psycopg.connect(database, autocommit=True, connect_timeout=10) as conn:
+            shards = pg_leases.shard_count(conn)
+            rows = pg_leases.status(conn) if shards is not None else []
+    except psycopg.Error as exc:
+        say(f"cannot read the cluster database: {exc}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    if shards is None:
+        say("not a cluster database (no shard leases): start a cluster daemon against it")
+        raise typer.Exit(EXIT_UNREACHABLE)
+    if as_json:
+        out: dict[str, Any] = {"shards": shards, "checked_at": rows[0].checked_at.isoformat()
+                               if rows else None, "leases": [
+            {"shard": r.shard, "owner": r.owner, "epoch": r.epoch, "held_for_s": r.held_for,
+             "renewed_ago_s": r.renewed_ago, "expires_in_s": r.expires_in} for r in rows]}
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"{'shard':>5}  {'owner':<24} {'epoch':>6}  {'held for':>9}  "
+               f"{'renewed':>9}  {'expires in':>10}")
+    for r in rows:
+        typer.echo(f"{r.shard:>5}  {r.owner or '(free)':<24} {r.epoch:>6}  "
+                   f"{_seconds(r.held_for):>9}  {_seconds(r.renewed_ago):>9}  "
+                   f"{_seconds(r.expires_in):>10}")
+    held = sum(1 for r in rows if r.owner is not None)
+    typer.echo(f"{held} of {shards} shards held by {len({r.owner for r in rows if r.owner})} "
+               "node(s)")

@@ -1,0 +1,74 @@
+"""Lease timing: when to renew and when to stop serving a shard (pure; clocks are arguments).
+
+A lease's expiry is set by PostgreSQL (`now() + ttl`) when a renew commits. The holder
+cannot see that clock, so it counts from the moment it *sent* the renew, on its own
+monotonic clock: the database stamped the expiry no earlier than that, so the lease is valid
+until at least `sent + ttl` (clocks drifting by less than the margin). The holder stops
+serving at `sent + stop_after` (TTL/2 by default), long before anyone else can acquire the
+shard at `sent + ttl`; renewing every TTL/3 leaves room for one failed renew before it stops.
+Serving stops early; the fenced write (actors/storage/pg_store.py) makes it safe even when a
+paused holder does not notice in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from task_ingress.actors.rules.shards import Fence
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """How long a lease lasts and how its holder keeps it."""
+
+    ttl: float = 10.0
+    """Seconds a lease lasts after its last successful renew (PostgreSQL's clock)."""
+    renew_every: float | None = None
+    """Seconds between renews; default ttl/3."""
+    stop_after: float | None = None
+    """Seconds after the last successful renew was sent when the holder stops serving;
+    default ttl/2. Must be below ttl."""
+
+    def __post_init__(self) -> None:
+        if self.ttl <= 0:
+            raise ValueError("ttl must be positive")
+        if not 0 < self.renew_interval < self.stop_serving_after:
+            raise ValueError("renew_every must be positive and below stop_after")
+        if not self.stop_serving_after < self.ttl:
+            raise ValueError("stop_after must be below ttl: a holder must stop before expiry")
+
+    @property
+    def renew_interval(self) -> float:
+        """Seconds between renews."""
+        return self.ttl / 3 if self.renew_every is None else self.renew_every
+
+    @property
+    def stop_serving_after(self) -> float:
+        """Seconds after the last good renew was sent when serving stops."""
+        return self.ttl / 2 if self.stop_after is None else self.stop_after
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A shard held by `owner` under fencing `epoch`; `renewed_at` is the holder's monotonic
+    time when it sent the acquire or renew that last succeeded."""
+
+    shard: int
+    owner: str
+    epoch: int
+    renewed_at: float
+
+    @property
+    def fence(self) -> Fence:
+        """What a write under this lease is checked against."""
+        return Fence(self.shard, self.owner, self.epoch)
+
+
+def should_serve(lease: Lease | None, now: float, timing: LeaseTiming) -> bool:
+    """True while the holder may answer requests of the lease's shard."""
+    return lease is not None and 0 <= now - lease.renewed_at < timing.stop_serving_after
+
+
+def renew_due(lease: Lease, now: float, timing: LeaseTiming) -> bool:
+    """True when the holder should renew now (it still holds the lease as far as it knows)."""
+    return now - lease.renewed_at >= timing.renew_interval
