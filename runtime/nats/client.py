@@ -163,15 +163,19 @@ async def _wait_admitted(address: DaemonAddress, options: dict[str, Any], me: Id
                                    max(0.0, deadline - loop.time()))
         except (TimeoutError, OSError) as exc:
             await _discard(probe)
-            raise ClientError(f"cannot connect to {address.nats_url}: "
-                              f"{type(exc).__name__}") from None
+            # The server may reset a connection it refuses before its -ERR is read: for a
+            # key the trust file lists, that is the reload still under way, as below.
+            if (isinstance(exc, TimeoutError) or loop.time() >= deadline
+                    or not _enrolled(address, pub)):
+                raise ClientError(f"cannot connect to {address.nats_url}: "
+                                  f"{type(exc).__name__}") from None
+            await asyncio.sleep(ADMISSION_RETRY)
+            continue
         except nats.errors.Error as exc:
             await _discard(probe)
             if "authorization violation" not in str(exc).lower():
                 raise ClientError(f"cannot connect to {address.nats_url}: {exc}") from None
-            enrolled = bool(address.trust_file) and fingerprint(pub) in read_keys(
-                str(address.trust_file))
-            if not enrolled:
+            if not _enrolled(address, pub):
                 raise ClientError(
                     f"the NATS server at {address.nats_url} does not admit {me.handle} (NATS "
                     f"user {user_nkey(pub)}): enrol its key with `task-ingress trust add "
@@ -185,6 +189,11 @@ async def _wait_admitted(address: DaemonAddress, options: dict[str, Any], me: Id
             continue
         await probe.close()
         return
+
+
+def _enrolled(address: DaemonAddress, pub: bytes) -> bool:
+    """True when the daemon's trust file lists the key `pub`."""
+    return bool(address.trust_file) and fingerprint(pub) in read_keys(str(address.trust_file))
 
 
 async def _discard(nc: Any) -> None:
