@@ -75,6 +75,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
     def factory(**settings: Any) -> Served:
+        # One shared token: the floods come from a client the server admits (a token
+        # holder, or any client of a shared server), not from a stranger it refuses.
+        settings.setdefault("nats_auth", "token")
         store, ready = tmp_path / "store.db", tmp_path / "daemon.json"
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_INGRESS_")}
