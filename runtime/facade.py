@@ -178,8 +178,10 @@ class IngressRuntime:
         self._presence(workspace, channel, peer_id, None)
 
     def _presence(self, workspace: str, channel: str, peer_id: str, card: PeerCard | None) -> None:
-        ws, ch, peer = (_text(workspace).strip(), _text(channel).strip(),
-                        _text(peer_id).strip())
+        # ASCII-only trim, as on the wire and in the gate: a peer ID ending in U+00A0 is
+        # not the peer without it.
+        ws, ch, peer = (gate.trim(_text(workspace)), gate.trim(_text(channel)),
+                        gate.trim(_text(peer_id)))
         driver = self._running()
         change = PresenceChange(
             ticket=driver.next_ticket(), workspace=ws, channel=ch, peer_id=peer, card=card,

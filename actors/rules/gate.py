@@ -2,7 +2,8 @@
 
 Each check returns the `Reason` that rejects, or None to let the request continue; the
 actors call them in SPEC order. Identifiers are checked after trimming surrounding
-whitespace; `fullmatch` with ASCII classes so a trailing newline or a Unicode look-alike
+ASCII whitespace (never NBSP or other Unicode spaces, so "peer-b\\u00a0" is not read as
+"peer-b"); `fullmatch` with ASCII classes so a trailing newline or a Unicode look-alike
 never passes (Python's `$` would accept "peer\\n").
 """
 
@@ -39,6 +40,8 @@ MAX_ID_CHARS = 128
 REQUEST_ID_RE = re.compile(r"[^/\\\x00-\x1f\x7f-\x9f\u2028\u2029]{1,128}")
 TASK_WRITE = "task.write"
 MAX_PRIORITY = 100
+WHITESPACE = " \t\n\r\x0b\x0c"
+"""What surrounding identifiers is trimmed: ASCII whitespace only."""
 
 # Keys the runtime writes into task metadata; payload values under these names are replaced.
 TRUSTED_ACTOR_KEY = "ingress.actor"
@@ -79,23 +82,28 @@ def is_request_id(value: str) -> bool:
 
 def is_optional_id(value: str) -> bool:
     """Optional IDs (work, trace, causation, idempotency) follow the request-ID rule when set."""
-    return value.strip() == "" or is_request_id(value.strip())
+    return trim(value) == "" or is_request_id(trim(value))
+
+
+def trim(value: str) -> str:
+    """`value` without surrounding ASCII whitespace."""
+    return value.strip(WHITESPACE)
 
 
 def normalize_context(ctx: IngressContext) -> IngressContext:
     """Trim every identifier, as the grammar is checked after trimming."""
     fields = (ctx.workspace, ctx.peer_id, ctx.channel, ctx.request_id, ctx.work_id,
               ctx.trace_id, ctx.causation_id)
-    if list(map(str.strip, fields)) == list(fields):
+    if list(map(trim, fields)) == list(fields):
         return ctx  # the common case: nothing to trim, no new model to build
     return IngressContext(
-        workspace=ctx.workspace.strip(),
-        peer_id=ctx.peer_id.strip(),
-        channel=ctx.channel.strip(),
-        request_id=ctx.request_id.strip(),
-        work_id=ctx.work_id.strip(),
-        trace_id=ctx.trace_id.strip(),
-        causation_id=ctx.causation_id.strip(),
+        workspace=trim(ctx.workspace),
+        peer_id=trim(ctx.peer_id),
+        channel=trim(ctx.channel),
+        request_id=trim(ctx.request_id),
+        work_id=trim(ctx.work_id),
+        trace_id=trim(ctx.trace_id),
+        causation_id=trim(ctx.causation_id),
         trust=ctx.trust,
     )
 

@@ -71,9 +71,10 @@ UntilOpt = Annotated[str | None, typer.Option("--until", help="Up to this time (
 def _filter(
     peer: str | None = None, channel: str | None = None, workspace: str | None = None,
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
-    since: str | None = None, until: str | None = None,
+    since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
-    return make_filter(peer, channel, workspace, reason, outcome, action, since, until)
+    return make_filter(peer, channel, workspace, reason, outcome, action, since, until,
+                       proven_only)
 
 
 def _fail_usage(message: str) -> typer.Exit:
@@ -214,11 +215,17 @@ def show(
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N matches (0: all).")]
     = 100,
+    include_unproven: Annotated[bool, typer.Option(
+        "--include-unproven", help="With --peer: also records whose sender only claimed "
+        "the peer ID (trust unverified or rejected, or none recorded).")] = False,
 ) -> None:
     """Matching records as a table (newest `--limit`, oldest first), as wide as the
-    terminal (80 columns when piped)."""
+    terminal (80 columns when piped). With `--peer`, only records whose identity was proven
+    (trust verified or embedded) unless `--include-unproven`: anyone can claim a peer ID,
+    and rejections of a forger look like the peer's own."""
     _at_least("-n/--limit", limit, 0)
-    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
+    flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
+                  proven_only=peer is not None and not include_unproven)
     with open_readonly(store) as conn:
         rows = list(query_records(conn, flt, last=limit or None))
     width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns

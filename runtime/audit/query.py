@@ -34,6 +34,8 @@ class AuditFilter:
     action: str | None = None
     since: float | None = None
     until: float | None = None
+    proven_only: bool = False
+    """Only records whose sender's identity was proven: `verified` or `embedded` trust."""
 
     def where(self, after_seq: int = 0) -> tuple[str, list[object]]:
         """SQL WHERE clause and parameters for this filter (and seq > after_seq)."""
@@ -52,6 +54,8 @@ class AuditFilter:
         if self.until is not None:
             clauses.append("at <= ?")
             params.append(self.until)
+        if self.proven_only:
+            clauses.append("trust IN ('verified', 'embedded')")
         return " AND ".join(clauses), params
 
 
@@ -82,7 +86,7 @@ def parse_time(text: str, now: float | None = None) -> float:
 def make_filter(
     peer: str | None = None, channel: str | None = None, workspace: str | None = None,
     reason: str | None = None, outcome: str | None = None, action: str | None = None,
-    since: str | None = None, until: str | None = None,
+    since: str | None = None, until: str | None = None, proven_only: bool = False,
 ) -> AuditFilter:
     """An AuditFilter from command-line option values; BadQuery names a value that is not
     (a reason, action or outcome outside its closed set, a time that does not parse, a
@@ -99,7 +103,7 @@ def make_filter(
                        "match; swap them")
     return AuditFilter(
         peer=peer, channel=channel, workspace=workspace, reason=reason, outcome=outcome,
-        action=action, since=start, until=end,
+        action=action, since=start, until=end, proven_only=proven_only,
     )
 
 

@@ -16,11 +16,21 @@ from task_ingress.messages.audit import AuditRecord
 TIME_FORMAT = "%m-%d %H:%M:%S"
 ACTION_WIDTH = 16
 """len('task.run.enqueue'), the longest action."""
+PROVEN = ("verified", "embedded")
+"""Trust values that prove the sender is the peer it names."""
 
 
 def short_time(at: float) -> str:
     """A record time as MM-DD HH:MM:SS, UTC (the header says so)."""
     return datetime.fromtimestamp(at, UTC).strftime(TIME_FORMAT)
+
+
+def peer_label(rec: AuditRecord) -> str:
+    """The record's peer ID, marked with its trust when the identity was only claimed
+    (anyone can claim a peer ID): `peer-b (unverified)`."""
+    if rec.trust in PROVEN:
+        return rec.peer_id
+    return f"{rec.peer_id} ({rec.trust or 'unproven'})"
 
 
 def table_lines(records: list[AuditRecord], width: int) -> list[str]:
@@ -34,7 +44,7 @@ def table_lines(records: list[AuditRecord], width: int) -> list[str]:
         main = (f"{rec.seq:>{seq_width}}  {short_time(rec.at)}  "
                 f"{rec.action.value:<{ACTION_WIDTH}}  {outcome}")
         lines += _fold(main, width, indent)
-        details = [f"{rec.peer_id} in {rec.workspace}/{rec.channel}",
+        details = [f"{peer_label(rec)} in {rec.workspace}/{rec.channel}",
                    f"req={rec.request_id}"]
         details += [f"task={rec.task_id}"] if rec.task_id else []
         details += [f"run={rec.run_id}"] if rec.run_id else []

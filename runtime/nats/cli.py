@@ -116,14 +116,14 @@ def _check_key_file(path: str) -> None:
     import os
 
     from task_ingress.runtime.cli_exit import UsageProblem
-    from task_ingress.runtime.nats.identity import load_key
+    from task_ingress.runtime.nats.identity import load_private_key
     from task_ingress.runtime.preflight import check_writable
 
     if not os.path.exists(path):
         check_writable(path, "--key-file")
         return
     try:
-        load_key(path)
+        load_private_key(path)
     except (OSError, ValueError) as exc:
         raise UsageProblem(f"--key-file {path}: not a readable Ed25519 key ({exc}); give "
                            "another path or remove it to have a new key made") from None

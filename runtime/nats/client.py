@@ -3,10 +3,14 @@
 A `PeerClient` speaks AGH v1 as verified peers (RFC 004 handles and proofs): it greets on
 the broadcast subject and sends task requests as `say`s in the direct room with the daemon
 (taskmap.py), both as NATS requests, so the answer (a `whois` response for a greet, a
-`receipt` for a request) comes back on the reply subject; it checks that every answer is
-proven by the daemon's own handle. On a server with per-peer users (`nats_auth` "nkey")
-it connects as its key's NATS user with the inbox prefix `_INBOX.<fingerprint>`, the
-only inboxes that user may read. The compact form (compact.py) is the opt-in fast path.
+`receipt` for a request) comes back on the reply subject. It takes only an answer that is
+proven by the daemon's own handle and names the exact bytes it sent (`answers`): anything
+else arriving on its inbox (a forger's answer raced onto it, an injected message) is
+ignored and counted, and the client keeps waiting for its own. On a server with per-peer
+users (`nats_auth` "nkey") it connects as its key's NATS user with the inbox prefix
+`_INBOX.<fingerprint>`, the only inboxes that user may read. The compact form
+(compact.py) is the opt-in fast path; its replies are checked the same way against the
+daemon's public key.
 `LoopThread` runs one asyncio loop on a thread so synchronous callers can share it.
 """
 
@@ -18,6 +22,7 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -29,15 +34,17 @@ from task_ingress.actors.log import get_logger
 from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
-from task_ingress.runtime.nats.compact import encode_compact
+from task_ingress.runtime.nats.compact import CompactError, encode_compact, open_reply
 from task_ingress.runtime.nats.identity import (
     Trust,
     b64url,
     evaluate,
     fingerprint,
     handle,
+    handle_fingerprint,
     raw_public_key,
     sign,
+    unb64url,
 )
 from task_ingress.runtime.nats.nkey import inbox_prefix, user_nkey, user_seed
 from task_ingress.runtime.nats.policy import read_keys
@@ -46,6 +53,8 @@ from task_ingress.runtime.nats.ready import ReadyInfo, read_live_ready_file
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 PRESENCE_EXT = taskmap.EXT_CARD + ".presence"
+MAX_QUEUED_ANSWERS = 32
+"""Messages kept per waiting request; a flood onto one inbox cannot grow the client."""
 ADMISSION_RETRY = 0.1
 """Seconds between connects of an enrolled key the server does not admit yet (its reload
 after `trust add` is under way)."""
@@ -80,6 +89,8 @@ class DaemonAddress:
     trust_file: str | None
     greet_interval: float
     store: str = ""
+    public_key: str = ""
+    """The daemon's base64url Ed25519 public key: compact replies are checked against it."""
     nats_auth: str = "token"
     """nkey: each peer connects as its own key; token/url: one shared credential."""
 
@@ -90,7 +101,7 @@ class DaemonAddress:
                    workspace=info.workspace, peer_id=info.daemon_peer_id,
                    handle=info.daemon_handle, trust_file=info.trust_file,
                    greet_interval=info.greet_interval, store=info.store,
-                   nats_auth=info.nats_auth)
+                   public_key=info.daemon_public_key, nats_auth=info.nats_auth)
 
     @classmethod
     def from_ready_file(cls, path: str) -> DaemonAddress:
@@ -152,15 +163,19 @@ async def _wait_admitted(address: DaemonAddress, options: dict[str, Any], me: Id
                                    max(0.0, deadline - loop.time()))
         except (TimeoutError, OSError) as exc:
             await _discard(probe)
-            raise ClientError(f"cannot connect to {address.nats_url}: "
-                              f"{type(exc).__name__}") from None
+            # The server may reset a connection it refuses before its -ERR is read: for a
+            # key the trust file lists, that is the reload still under way, as below.
+            if (isinstance(exc, TimeoutError) or loop.time() >= deadline
+                    or not _enrolled(address, pub)):
+                raise ClientError(f"cannot connect to {address.nats_url}: "
+                                  f"{type(exc).__name__}") from None
+            await asyncio.sleep(ADMISSION_RETRY)
+            continue
         except nats.errors.Error as exc:
             await _discard(probe)
             if "authorization violation" not in str(exc).lower():
                 raise ClientError(f"cannot connect to {address.nats_url}: {exc}") from None
-            enrolled = bool(address.trust_file) and fingerprint(pub) in read_keys(
-                str(address.trust_file))
-            if not enrolled:
+            if not _enrolled(address, pub):
                 raise ClientError(
                     f"the NATS server at {address.nats_url} does not admit {me.handle} (NATS "
                     f"user {user_nkey(pub)}): enrol its key with `task-ingress trust add "
@@ -174,6 +189,11 @@ async def _wait_admitted(address: DaemonAddress, options: dict[str, Any], me: Id
             continue
         await probe.close()
         return
+
+
+def _enrolled(address: DaemonAddress, pub: bytes) -> bool:
+    """True when the daemon's trust file lists the key `pub`."""
+    return bool(address.trust_file) and fingerprint(pub) in read_keys(str(address.trust_file))
 
 
 async def _discard(nc: Any) -> None:
@@ -190,6 +210,14 @@ class PeerClient:
         self.nc = nc
         self.daemon = address
         self.timeout = timeout
+        self.ignored = 0
+        """Messages on this client's inboxes that were not its daemon's answer."""
+        self.daemon_key = _pinned_key(address.public_key, address.handle)
+        """The daemon's raw public key: from the ready file, else learned from its first
+        verified answer (the handle's fingerprint pins it either way)."""
+        self._inbox = nc.new_inbox()
+        self._mux: asyncio.Future[Any] | None = None
+        self._waiting: dict[str, asyncio.Queue[Any]] = {}
 
     # ---- building ----------------------------------------------------------------
     def greet_envelope(self, me: Identity, workspace: str, channel: str,
@@ -216,22 +244,63 @@ class PeerClient:
         return wire.encode_json(sign(env, me.key))
 
     # ---- exchanges ---------------------------------------------------------------
+    async def _on_answer(self, msg: Any) -> None:
+        queue = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is None or queue.full():
+            self.ignored += 1
+            return
+        queue.put_nowait(msg)
+
+    async def _exchange(self, subject: str, data: bytes, accept: Callable[[Any], T | None]) -> T:
+        """Publish `data` with a reply inbox of our own and return the first message on it
+        that `accept` takes (not None); others are ignored. ClientError on timeout."""
+        if self._mux is None:  # one wildcard inbox subscription for every request
+            self._mux = asyncio.ensure_future(
+                self.nc.subscribe(self._inbox + ".*", cb=self._on_answer))
+        await self._mux
+        token = uuid.uuid4().hex
+        queue: asyncio.Queue[Any] = asyncio.Queue(MAX_QUEUED_ANSWERS)
+        self._waiting[token] = queue
+        try:
+            try:
+                await self.nc.publish(subject, data, reply=f"{self._inbox}.{token}")
+            except Exception as exc:  # closed connection, payload too large
+                raise ClientError(f"cannot send to the daemon: {type(exc).__name__}") from None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise ClientError("no answer from the daemon: TimeoutError") from None
+                if msg.headers and msg.headers.get("Status") == "503":
+                    raise ClientError("no answer from the daemon: NoRespondersError")
+                answer = accept(msg)
+                if answer is not None:
+                    return answer
+                self.ignored += 1
+        finally:
+            del self._waiting[token]
+
     async def _ask(self, subject: str, data: bytes) -> dict[str, Any]:
-        try:
-            msg = await self.nc.request(subject, data, timeout=self.timeout)
-        except Exception as exc:  # no responder, timeout, closed connection
-            raise ClientError(f"no answer from the daemon: {type(exc).__name__}") from None
-        try:
-            answer = json.loads(msg.data)
-        except ValueError:
-            raise ClientError("the daemon's answer is not JSON") from None
-        if not isinstance(answer, dict):
-            raise ClientError("the daemon's answer is not an envelope")
-        # The answer must be proven by the daemon itself (RFC 004 section 4.7).
-        if answer.get("from") != self.daemon.handle or evaluate(answer).trust is not (
-                Trust.VERIFIED):
-            raise ClientError("the answer is not signed by the daemon's handle")
-        return answer
+        """The daemon's signed JSON answer to exactly `data`."""
+        expected = taskmap.answers(data)
+
+        def accept(msg: Any) -> dict[str, Any] | None:
+            try:
+                answer = json.loads(msg.data)
+            except ValueError:
+                return None
+            # Proven by the daemon itself (RFC 004 section 4.7), for these very bytes.
+            if (not isinstance(answer, dict) or answer.get("from") != self.daemon.handle
+                    or evaluate(answer).trust is not Trust.VERIFIED
+                    or _answered(answer) != expected):
+                return None
+            if self.daemon_key is None:
+                self.daemon_key = _pinned_key(answer["proof"]["pubkey"], self.daemon.handle)
+            return answer
+
+        return await self._exchange(subject, data, accept)
 
     async def greet(self, me: Identity, workspace: str, channel: str,
                     capabilities: list[str], display_name: str = "") -> dict[str, Any]:
@@ -266,8 +335,38 @@ class PeerClient:
                               to=self.daemon.handle, ts=ts,
                               key=me.key if me is not None else None)
         subject = wire.peer_subject(workspace, channel, self.daemon.handle, wire.PROTOCOL_V1)
-        msg = await self.nc.request(subject, data, timeout=self.timeout)
-        return bytes(msg.data)
+        public_key = self.daemon_key
+        if public_key is None:
+            raise ClientError("the daemon's public key is unknown: give a ready file, or "
+                              "greet first")
+
+        def accept(msg: Any) -> bytes | None:
+            try:
+                return open_reply(bytes(msg.data), request=data, public_key=public_key)
+            except CompactError:
+                return None
+
+        return await self._exchange(subject, data, accept)
+
+
+def _pinned_key(text: str, daemon_handle: str) -> bytes | None:
+    """The raw key `text` (base64url) when it is the one `daemon_handle` names, else None."""
+    key = unb64url(text) if text else None
+    if key is None or len(key) != 32 or fingerprint(key) != handle_fingerprint(daemon_handle):
+        return None
+    return key
+
+
+def _answered(answer: dict[str, Any]) -> str | None:
+    """The `answers` an answer names: a receipt's result, or a greet's presence verdict."""
+    ext = answer.get("ext")
+    if not isinstance(ext, dict):
+        return None
+    for key in (taskmap.EXT_RESULT, PRESENCE_EXT):
+        value = ext.get(key)
+        if isinstance(value, dict) and isinstance(value.get("answers"), str):
+            return str(value["answers"])
+    return None
 
 
 class LoopThread:

@@ -2,8 +2,11 @@
 
 Outer map: {"v": 2, "from": peer, "to": daemon peer, "ts": unix seconds,
 "env": <SPEC 7 envelope bytes>, "pubkey": <32 bytes> | nil, "sig": <64 bytes> | nil}.
-It travels only as a NATS request to the daemon's peer subject; the SPEC 7 msgpack reply
-goes only to the NATS reply subject (never onto an AGH subject). Trust states as RFC 004:
+It travels only as a NATS request to the daemon's peer subject. The SPEC 7 msgpack reply goes
+only to the NATS reply subject (never onto an AGH subject), wrapped and signed by the
+daemon's key: {"v": 2, "answers": sha256 of the request's bytes, "reply": <SPEC 7 reply>,
+"sig": Ed25519 over REPLY_DOMAIN, answers, reply}, so a client takes only an answer that
+its daemon signed for exactly the bytes it sent. Trust states as RFC 004:
 a handle `from` whose fingerprint is sha256(pubkey) and whose signature verifies is
 verified; a plain `from` without pubkey/sig is unverified; anything else is rejected.
 Signed bytes: DOMAIN, the JCS form of {channel, from, pubkey (base64url), to, ts,
@@ -12,6 +15,7 @@ workspace_id}, NUL, the `env` bytes (workspace and channel come from the subject
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
@@ -20,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from task_ingress.runtime.nats.envelope import ascii_strip
 from task_ingress.runtime.nats.identity import (
     Evaluation,
     Trust,
@@ -32,7 +37,9 @@ from task_ingress.runtime.nats.identity import (
 
 COMPACT_VERSION = 2
 DOMAIN = b"task-ingress/compact/v2\x00"
+REPLY_DOMAIN = b"task-ingress/compact-reply/v2\x00"
 _KEYS = frozenset({"v", "from", "to", "ts", "env", "pubkey", "sig"})
+_REPLY_KEYS = frozenset({"v", "answers", "reply", "sig"})
 MAX_COMPACT_BYTES = 1024 * 1024
 """Outer limit (the local server's max_payload): an oversized inner envelope still reaches
 the runtime's decoder, which judges it `validation_failed` exactly as in-process."""
@@ -92,7 +99,7 @@ def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
     if not isinstance(obj, dict):
         raise CompactError("not a map")
     sender = obj.get("from")
-    claimed = sender.strip() if isinstance(sender, str) else ""
+    claimed = ascii_strip(sender) if isinstance(sender, str) else ""
     pubkey, sig = obj.get("pubkey"), obj.get("sig")
     if (set(obj) != _KEYS or obj.get("v") != COMPACT_VERSION or not isinstance(sender, str)
             or not isinstance(obj.get("to"), str) or type(obj.get("ts")) is not int
@@ -100,7 +107,7 @@ def decode_compact(data: bytes, max_bytes: int = MAX_COMPACT_BYTES) -> Compact:
             or not (pubkey is None or isinstance(pubkey, bytes))
             or not (sig is None or isinstance(sig, bytes))):
         raise CompactError("malformed compact envelope", claimed)
-    return Compact(sender=claimed, to=obj["to"].strip(), ts=obj["ts"], inner=obj["env"],
+    return Compact(sender=claimed, to=ascii_strip(obj["to"]), ts=obj["ts"], inner=obj["env"],
                    pubkey=pubkey, signature=sig)
 
 
@@ -122,3 +129,37 @@ def evaluate_compact(c: Compact, *, workspace: str, channel: str) -> Evaluation:
     except (InvalidSignature, ValueError):
         return Evaluation(Trust.REJECTED, "signature does not verify")
     return Evaluation(Trust.VERIFIED, fingerprint=claimed_fp)
+
+
+def answers(request: bytes) -> bytes:
+    """What a signed reply names as the request it answers: sha256 of its bytes."""
+    return hashlib.sha256(request).digest()
+
+
+def sign_reply(reply: bytes, request: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The daemon's signed compact reply carrying SPEC 7 `reply` bytes for `request`."""
+    digest = answers(request)
+    return bytes(msgpack.packb({"v": COMPACT_VERSION, "answers": digest, "reply": reply,
+                                "sig": key.sign(REPLY_DOMAIN + digest + reply)},
+                               use_bin_type=True))
+
+
+def open_reply(data: bytes, *, request: bytes, public_key: bytes) -> bytes:
+    """The SPEC 7 reply inside a signed compact reply; CompactError unless `public_key`
+    signed it as the answer to exactly `request`."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0,
+                              max_array_len=0, max_map_len=8)
+    except Exception:  # msgpack raises many types for bad bytes
+        raise CompactError("reply is not msgpack") from None
+    if (not isinstance(obj, dict) or set(obj) != _REPLY_KEYS or obj["v"] != COMPACT_VERSION
+            or not all(isinstance(obj[k], bytes) for k in ("answers", "reply", "sig"))):
+        raise CompactError("reply is not a signed compact reply")
+    if obj["answers"] != answers(request):
+        raise CompactError("reply answers another request")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            obj["sig"], REPLY_DOMAIN + obj["answers"] + obj["reply"])
+    except (InvalidSignature, ValueError):
+        raise CompactError("reply is not signed by the daemon") from None
+    return bytes(obj["reply"])

@@ -63,7 +63,10 @@ from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 from task_ingress.runtime.store_lock import StoreLock
 
 HARD_EXIT_STATUS = 130
-PENDING_MSGS_LIMIT = 65536
+PENDING_MSGS_LIMIT = 8192
+"""Messages one subscription holds while every handler slot is busy; beyond it the NATS
+client drops them (slow consumer, counted and audited in aggregate by the handler)."""
+PENDING_BYTES_LIMIT = 16 * 1024 * 1024
 
 
 class Daemon:
@@ -220,7 +223,8 @@ class Daemon:
         handler = EnvelopeHandler(runtime=self.runtime, policy=policy, key=key,
                                   peer_id=s.peer_id, handle=me, publish=self._nc.publish,
                                   metrics=self.metrics, greet_interval=s.greet_interval,
-                                  on_channel=self._greet_soon, clock=self.clock)
+                                  on_channel=self._greet_soon, clock=self.clock,
+                                  limits=s.handler_limits())
         self._handler = handler
         subs = await self._subscribe(self._nc, handler, me)
         return subs, url
@@ -316,7 +320,9 @@ class Daemon:
                 last_error[:] = [f"{type(exc).__name__}: {exc}"]
                 if "authorization violation" in str(exc).lower():
                     refused.set()
-            log.warning("nats.error", error=repr(exc))
+            handler = self._handler  # slow-consumer drops: counted, audited in aggregate
+            if handler is None or not handler.note_transport_error(exc):
+                log.warning("nats.error", error=repr(exc))
 
         async def on_disconnect() -> None:
             if not self._closing:
@@ -374,7 +380,7 @@ class Daemon:
                     wire.peer_subject(s.workspace, channel, me, wire.PROTOCOL_V1)):
                 subs.append(await nc.subscribe(
                     subject, cb=self._dispatcher(handler), pending_msgs_limit=PENDING_MSGS_LIMIT,
-                    pending_bytes_limit=PENDING_MSGS_LIMIT * 1024))
+                    pending_bytes_limit=PENDING_BYTES_LIMIT))
         await nc.flush()
         return subs
 
@@ -412,9 +418,8 @@ class Daemon:
         tasks = self._tasks
 
         async def dispatch(msg: Any) -> None:
-            # One task per message, started in arrival order (asyncio runs new tasks FIFO),
-            # so requests reach the runtime in the order NATS delivered them.
-            task = asyncio.create_task(handler.handle(msg.subject, msg.data, msg.reply))
+            # One task per message in arrival order, at most max_in_flight_messages at once.
+            task = await handler.dispatch(msg.subject, msg.data, msg.reply)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

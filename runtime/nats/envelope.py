@@ -9,6 +9,11 @@ identity.py, not here.
 
 Parsing never raises anything but `EnvelopeError`, which carries what could be read (kind,
 id, from) so a rejection can be audited under the claimed names, and the AGH reason code.
+
+Where AGH's parser is lax in a way a relay, a SIEM or this daemon could read differently
+(issue 13), the daemon is stricter than AGH: a JSON object with a repeated key, nesting
+deeper than MAX_DEPTH, identifiers padded with non-ASCII whitespace (Go's TrimSpace also
+trims NBSP and friends) and an `expires_at` that would lift the `ts` window are refused.
 """
 
 from __future__ import annotations
@@ -41,7 +46,11 @@ REASON_CODES = frozenset({  # envelope.go:135
 WORK_STATES = frozenset(  # envelope.go:173
     {"submitted", "working", "needs_input", "completed", "failed", "canceled"})
 MAX_REPLAY_AGE = 300
-"""Seconds: AGH's DefaultMaxReplayAge (validate.go:61)."""
+"""Seconds: AGH's DefaultMaxReplayAge (validate.go:61); `expires_at` may only shorten it."""
+MAX_DEPTH = 32
+"""Deepest nesting of JSON objects and arrays the daemon decodes (the envelope is depth 1):
+AGH's own envelopes need 5, and nothing deeper reaches canonicalization or validation."""
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 MAX_ENVELOPE_BYTES = SPEC_LIMITS.max_envelope_bytes
 """SPEC 2's wire limit for what the daemon reads (AGH's own cap is 1 MiB)."""
 AGH_MAX_ENVELOPE_BYTES = 1 << 20  # capability_catalog.go:16
@@ -107,6 +116,12 @@ class Envelope:
 
 
 # ---- identifiers and subjects ------------------------------------------------------
+def ascii_strip(value: str) -> str:
+    """`value` without surrounding ASCII whitespace (never NBSP or other Unicode spaces: a
+    padded identifier must not read as another peer's)."""
+    return value.strip(ASCII_WHITESPACE)
+
+
 def is_v0_peer_id(value: str) -> bool:
     """AGH's ValidatePeerID (validate.go:135)."""
     return V0_PEER_RE.fullmatch(value) is not None
@@ -126,7 +141,7 @@ def is_handle(value: str) -> bool:
 
 def route_token(peer_id: str) -> str:
     """v0 route token (validate.go:362): hex of the first 16 bytes of sha256(peer_id)."""
-    peer = peer_id.strip()
+    peer = ascii_strip(peer_id)
     if not is_v0_peer_id(peer):
         raise ValueError(f"malformed v0 peer id {peer_id!r}")
     return hashlib.sha256(peer.encode()).digest()[:16].hex()
@@ -154,11 +169,11 @@ def peer_subject(workspace: str, channel: str, peer_id: str,
 
 def direct_id(workspace: str, channel: str, peer_a: str, peer_b: str) -> str:
     """AGH's DirectRoomIdentity (validate.go:218): the pair's deterministic room id."""
-    a, b = sorted((peer_a.strip(), peer_b.strip()))
+    a, b = sorted((ascii_strip(peer_a), ascii_strip(peer_b)))
     if a == b:
         raise ValueError("direct room peers must differ")
-    material = "\x00".join(("agh-network/direct-room/v0", workspace.strip(), channel.strip(),
-                            a, b))
+    material = "\x00".join(("agh-network/direct-room/v0", ascii_strip(workspace),
+                            ascii_strip(channel), a, b))
     return "direct_" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -263,21 +278,56 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
-def decode_json_object(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> dict[str, Any]:
-    """Strict JSON object decode: UTF-8, no NaN/Infinity, size-capped; EnvelopeError else."""
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (readers disagree on which one counts)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise DuplicateKey("repeated key")
+    return obj
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Depth of nested objects and arrays in `value` (a scalar is 0), counted without
+    recursion; stops counting at `limit` + 1."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children
+                         if isinstance(child, dict | list))
+    return deepest
+
+
+def decode_json_object(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES,
+                       max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """Strict JSON object decode: UTF-8, no NaN/Infinity, no repeated key, at most
+    `max_depth` levels, size-capped; EnvelopeError else."""
     if len(data) > max_bytes:
         raise EnvelopeError(f"envelope larger than {max_bytes} bytes")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                         object_pairs_hook=_unique_pairs)
+    except DuplicateKey:
+        raise EnvelopeError("a JSON object repeats a key") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnvelopeError(f"not JSON: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError("envelope is not a JSON object")
+    if nesting_depth(obj, max_depth) > max_depth:
+        raise EnvelopeError(f"nested deeper than {max_depth} levels")
     return obj
 
 
 def _text(value: object) -> str:
-    return value.strip() if isinstance(value, str) else ""
+    return ascii_strip(value) if isinstance(value, str) else ""
 
 
 def _optional_id(obj: dict[str, Any], key: str, fail: Any) -> str | None:
@@ -287,7 +337,7 @@ def _optional_id(obj: dict[str, Any], key: str, fail: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise fail(f"{key} must be a string")
-    return value.strip() or None
+    return ascii_strip(value) or None
 
 
 def parse_envelope(data: bytes, *, now: float | None = None,
@@ -405,8 +455,8 @@ def check_card(card: object, protocol: str, fail: Any) -> dict[str, Any]:
     """normalizeAndValidatePeerCard (validate.go:745); the card as given."""
     if not isinstance(card, dict):
         raise fail("peer_card must be an object")
-    if not isinstance(card.get("peer_id"), str) or not is_peer_for(protocol,
-                                                                  card["peer_id"].strip()):
+    if not isinstance(card.get("peer_id"), str) or not is_peer_for(
+            protocol, ascii_strip(card["peer_id"])):
         raise fail("peer_card.peer_id is malformed")
     name = card.get("display_name")
     if name is not None and not isinstance(name, str):
@@ -422,7 +472,7 @@ def check_card(card: object, protocol: str, fail: Any) -> dict[str, Any]:
 
 def card_capabilities(card: dict[str, Any]) -> list[str]:
     """The card's capabilities trimmed, blanks dropped (normalizeStringList, 1048)."""
-    return [c.strip() for c in card.get("capabilities", []) if c.strip()]
+    return [ascii_strip(c) for c in card.get("capabilities", []) if ascii_strip(c)]
 
 
 def _check_privileged(card: dict[str, Any], proof: dict[str, Any] | None, fail: Any) -> None:
@@ -438,7 +488,7 @@ def _check_body(kind: str, body: dict[str, Any], sender: str, reply_to: str | No
     card: dict[str, Any]
     if kind == "greet":
         card = check_card(body.get("peer_card"), PROTOCOL_V1, fail)
-        if card["peer_id"].strip() != sender:
+        if ascii_strip(card["peer_id"]) != sender:
             raise fail("greet peer_card.peer_id must match from")
         if body.get("summary") is not None and not isinstance(body.get("summary"), str):
             raise fail("greet summary must be a string")
@@ -454,7 +504,7 @@ def _check_body(kind: str, body: dict[str, Any], sender: str, reply_to: str | No
             checked = check_card(body.get("peer_card"), PROTOCOL_V1, fail)
             if reply_to is None:
                 raise fail("whois response needs reply_to")
-            if checked["peer_id"].strip() != sender:
+            if ascii_strip(checked["peer_id"]) != sender:
                 raise fail("whois response peer_card.peer_id must match from")
             _check_privileged(checked, proof, fail)
         else:
@@ -483,7 +533,7 @@ def _check_receipt(body: dict[str, Any], fail: Any) -> None:
     if status not in RECEIPT_STATUSES:
         raise fail("receipt status is not registered")
     code = body.get("reason_code")
-    if code is not None and (not isinstance(code, str) or code.strip() not in REASON_CODES):
+    if code is not None and (not isinstance(code, str) or ascii_strip(code) not in REASON_CODES):
         raise fail("receipt reason_code is not registered")
     detail = body.get("detail")
     if detail is not None and not isinstance(detail, str):
@@ -495,15 +545,15 @@ def _check_receipt(body: dict[str, Any], fail: Any) -> None:
 
 
 def _check_freshness(ts: int, expires_at: int | None, now: int, fail: Any) -> None:
-    # validate.go:583: too far in the future is refused whatever expires_at says.
+    # validate.go:583: too far in the future is refused whatever expires_at says. AGH lets
+    # a future expires_at replace the age check; here it may only shorten the window, so a
+    # captured envelope is never fresh for longer than MAX_REPLAY_AGE.
     if ts - now > MAX_REPLAY_AGE:
         raise fail("ts is in the future beyond the replay window", "expired")
-    if expires_at is not None:
-        if expires_at <= now:
-            raise fail("envelope expired", "expired")
-        return
     if now - ts > MAX_REPLAY_AGE:
         raise fail("ts is older than the replay window", "expired")
+    if expires_at is not None and expires_at <= now:
+        raise fail("envelope expired", "expired")
 
 
 # ---- building ----------------------------------------------------------------------

@@ -2,40 +2,52 @@
 
 Called from the daemon's event loop; never raises for bad bytes. By input:
 
-- An envelope AGH's parser refuses (envelope.py), or bytes of no known form: audited
-  `invalid_request` (action `unknown`), no answer (AGH answers none either).
+- An envelope AGH's parser refuses (envelope.py, stricter than AGH where readers could
+  disagree: repeated keys, deep nesting, non-ASCII padding), or bytes of no known form:
+  audited `invalid_request` (action `unknown`), no answer (AGH answers none either).
 - `greet`: presence. Trust (RFC 004): verified (v1 proof), unverified (no proof, and
   every v0 envelope: RFC 003 section 5.4), rejected (bad proof, or a handle without one:
   not applied). A verified card's `task.write` is granted only when the trust policy
   allows the key's fingerprint; unverified cards never grant it. Greets are counted in
-  metrics by result and trust, never audited one by one. A greet id seen from that peer
-  within the replay window is not applied again. A greet sent as a NATS request gets a
-  `whois` response (the daemon's card; `ext` says whether the greet was applied) on the
-  reply subject only.
+  metrics by result and trust, never audited one by one. A greet is applied only if it is
+  newer than the last one applied for that peer (greets.py, kept across restarts). A greet
+  sent as a NATS request gets a `whois` response (the daemon's card; `ext` says whether
+  the greet was applied) on the reply subject only.
 - `whois` request for the daemon (addressed to it, or untargeted and matching its card):
   a `whois` response with the daemon's card on the asker's peer subject.
-- `say` carrying our request ext key (taskmap.py): a task request. Rejected trust,
-  malformed fields: audited `invalid_request`. Otherwise judged by the runtime (a verified
-  peer whose key the policy no longer allows is `capability_denied` at once), and answered
-  with a `receipt`. Within the replay window a repeated id gets the recorded outcome again
-  (status `duplicate`): a captured refusal never becomes a write.
+- `say` carrying our request ext key (taskmap.py) addressed to the daemon: a task request,
+  judged only when it arrived on the daemon's own peer subject. Rejected trust, malformed
+  fields: audited `invalid_request`. Otherwise judged by the runtime (a verified peer
+  whose key the policy no longer allows is `capability_denied` at once), and answered with
+  a `receipt`. Within its `ts` window a judged id is final (replay.py): a repeat gets the
+  recorded outcome again (status `duplicate`), so a captured refusal never becomes a write.
 - Anything else AGH knows (other says, capability, receipt, trace, our own greets):
   counted, ignored.
 - The compact msgpack form (compact.py): the same trust and replay rules; the SPEC 7
-  msgpack reply goes to the NATS reply subject only.
+  msgpack reply, signed by the daemon, goes to the NATS reply subject only.
+
+Unproven traffic (budget.py: no verified identity, or a key the policy does not allow)
+spends a global budget before any work is done for it; beyond the budget it is dropped and
+counted, and one aggregated audit record per subject and `report_interval` says how many.
+At most `max_in_flight` messages are judged at once; beyond that the daemon stops taking
+messages from NATS, whose pending limits then push back (slow-consumer drops are counted
+and reported the same way).
 
 Receipts go to the sender's peer subject (unless its trust is `rejected`: a forger must
-not make the daemon write onto its victim's subject) and to the NATS reply subject, if any.
+not make the daemon write onto its victim's subject) and to the NATS reply subject: never
+one under `agh.`, and for unproven senders only an `_INBOX.` subject. Every answer names
+the exact request bytes it answers (`answers`), so a client can ignore one raced onto its
+inbox for a forger's copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,26 +62,33 @@ from task_ingress.runtime.errors import PresenceRefused
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
-from task_ingress.runtime.nats.compact import CompactError, decode_compact, evaluate_compact
+from task_ingress.runtime.nats.budget import (
+    SLOW_CONSUMER,
+    UNPROVEN,
+    DropKey,
+    Dropped,
+    DropTally,
+    UnprovenBudget,
+)
+from task_ingress.runtime.nats.compact import (
+    CompactError,
+    decode_compact,
+    evaluate_compact,
+    sign_reply,
+)
+from task_ingress.runtime.nats.greets import GreetLedger, GreetMark
 from task_ingress.runtime.nats.identity import PROFILE, Evaluation, Trust, evaluate, sign
+from task_ingress.runtime.nats.limits import HandlerLimits
 from task_ingress.runtime.nats.metrics import Metrics
 from task_ingress.runtime.nats.policy import TrustPolicy
-from task_ingress.runtime.nats.replay import SeenWindow
+from task_ingress.runtime.nats.replay import JudgedWindow, Verdict
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 MAX_PENDING_WORK = 1024
-"""Greets and rejections waiting for a worker thread; beyond this they are shed (logged)."""
+"""Calls waiting for a worker thread; never reached while max_in_flight is below it."""
 MAX_CHANNELS_SEEN = 1024
-MAX_JUDGED = 100_000
-
-
-@dataclass
-class Applied:
-    """What the daemon last applied for one peer in one channel (for instant revocation)."""
-
-    granted: bool
-    fingerprint: str
-    at: float
+INBOX_PREFIX = "_INBOX."
+AGH_PREFIX = "agh."
 
 
 class EnvelopeHandler:
@@ -79,7 +98,8 @@ class EnvelopeHandler:
                  peer_id: str, handle: str, publish: Publish, metrics: Metrics,
                  greet_interval: float, max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES,
                  workers: int = 8, on_channel: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 limits: HandlerLimits | None = None) -> None:
         self.rt = runtime
         self.policy = policy
         self.key = key
@@ -91,25 +111,69 @@ class EnvelopeHandler:
         self.max_bytes = max_envelope_bytes
         self.on_channel = on_channel or (lambda protocol, channel: None)
         self.clock = clock
-        self.seen_greets = SeenWindow(clock=clock)
+        self.limits = limits or HandlerLimits()
+        self.budget = UnprovenBudget(self.limits.unproven_rate, self.limits.unproven_burst,
+                                     clock)
+        self.dropped = DropTally()
+        self.slots = asyncio.Semaphore(self.limits.max_in_flight)
+        self.handling = 0
+        self.peak_handling = 0
+        self.greets = GreetLedger(self.limits.greet_file, greet_interval=greet_interval,
+                                  capacity=self.limits.greet_capacity, clock=clock)
+        # Refusals of a full window are remembered as long as an envelope can stay fresh:
+        # 600 s for one dated 300 s ahead.
+        self.judged = JudgedWindow(2 * wire.MAX_REPLAY_AGE + 2,
+                                   capacity=self.limits.replay_capacity,
+                                   per_peer=self.limits.replay_per_peer, clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
-        self._applied: OrderedDict[tuple[str, str, str], Applied] = OrderedDict()
-        self._judged: OrderedDict[tuple[str, str, str, str], tuple[float, asyncio.Future[
-            Outcome]]] = OrderedDict()
+        self._report_timer: asyncio.TimerHandle | None = None
+        self._reports: set[asyncio.Task[None]] = set()
         self.channels_seen: set[tuple[str, str]] = set()
         self.log = get_logger(component="nats.daemon")
 
     def close(self) -> None:
-        """Stop the worker threads (after the daemon answered what was in flight)."""
+        """Audit what was dropped since the last report, then stop the worker threads
+        (after the daemon answered what was in flight)."""
+        timer, self._report_timer = self._report_timer, None
+        if timer is not None:
+            timer.cancel()
+        for dropped in self.dropped.take_all():
+            try:
+                self._audit_dropped(dropped)
+            except Exception as exc:
+                self.log.error("ingress.dropped_unaudited", count=dropped.count,
+                               error=repr(exc))
         self.executor.shutdown(wait=True, cancel_futures=False)
+        self.greets.close()
 
     def me(self, protocol: str) -> str:
         """The daemon's own peer ID on this protocol: plain on v0, its handle on v1."""
         return self.my_handle if protocol == wire.PROTOCOL_V1 else self.peer_id
 
     # ---- entry -------------------------------------------------------------------
+    async def dispatch(self, subject: str, data: bytes, reply: str) -> asyncio.Task[None]:
+        """Start judging one message as soon as one of `max_in_flight` slots is free.
+
+        Waiting here holds up the NATS subscription's delivery, so its pending limits and
+        slow-consumer handling push back instead of tasks piling up without bound. Tasks
+        start in arrival order (asyncio runs new tasks FIFO)."""
+        await self.slots.acquire()
+        self.handling += 1
+        if self.handling > self.peak_handling:
+            self.peak_handling = self.handling
+            self.metrics.handling_peak.set(self.handling)
+        self.metrics.handling.set(self.handling)
+        task = asyncio.create_task(self.handle(subject, data, reply))
+        task.add_done_callback(self._release_slot)
+        return task
+
+    def _release_slot(self, _task: asyncio.Task[None]) -> None:
+        self.handling -= 1
+        self.metrics.handling.set(self.handling)
+        self.slots.release()
+
     async def handle(self, subject: str, data: bytes, reply: str) -> None:
         """Judge one message and publish the answer(s); never raises for bad input."""
         started = time.perf_counter()
@@ -123,13 +187,81 @@ class EnvelopeHandler:
                 await self._handle_json(where, data, reply, started)
             elif form == "msgpack":
                 await self._handle_compact(where, data, reply, started)
-            else:
+            elif self._admit_unproven(where, len(data)):
                 self.metrics.malformed.inc()
                 await self._reject(where.workspace, where.channel, "", "", Action.UNKNOWN,
                                    len(data), Reason.INVALID_REQUEST, Trust.UNVERIFIED,
                                    "unknown wire form")
-        except Exception as exc:  # a bug: log it, never kill the serve loop
+        except Exception as exc:  # a bug: log it, audit it, never kill the serve loop
             self.log.error("envelope.handler_failed", error=repr(exc), subject=subject)
+            with contextlib.suppress(Exception):
+                if self._admit_unproven(where, len(data)):
+                    await self._reject(where.workspace, where.channel, "", "", Action.UNKNOWN,
+                                       len(data), Reason.INVALID_REQUEST, Trust.UNVERIFIED,
+                                       f"not judged: {type(exc).__name__}")
+
+    # ---- the unproven budget -------------------------------------------------------
+    def _proven(self, judged: Evaluation) -> bool:
+        """A verified identity whose key the operator vouches for (the trust policy)."""
+        return judged.trust is Trust.VERIFIED and self.policy.allows(judged.fingerprint)
+
+    def _admit_unproven(self, where: wire.Subject, size: int) -> bool:
+        """Spend one unit of the unproven budget; False (dropped, counted) when spent."""
+        if self.budget.take():
+            return True
+        self._count_drop(DropKey(UNPROVEN, where.workspace, where.channel,
+                                 where.protocol.rsplit("/", 1)[1],
+                                 "peer" if where.direct else "broadcast"), size)
+        return False
+
+    def note_transport_error(self, exc: Exception) -> bool:
+        """Count a message the NATS client dropped (slow consumer); True when handled, so
+        the daemon does not log each one."""
+        if type(exc).__name__ != "SlowConsumerError":
+            return False
+        where = wire.parse_subject(str(getattr(exc, "subject", "")))
+        if where is None:
+            return False
+        self._count_drop(DropKey(SLOW_CONSUMER, where.workspace, where.channel,
+                                 where.protocol.rsplit("/", 1)[1],
+                                 "peer" if where.direct else "broadcast"), 0)
+        return True
+
+    def _count_drop(self, key: DropKey, size: int) -> None:
+        self.dropped.add(key, size)
+        self.metrics.dropped.labels(key.cause).inc()
+        if self._report_timer is None:
+            loop = asyncio.get_running_loop()
+            self._report_timer = loop.call_later(self.limits.report_interval,
+                                                 self._start_report)
+
+    def _start_report(self) -> None:
+        self._report_timer = None
+        task = asyncio.create_task(self.report_dropped())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def report_dropped(self) -> None:
+        """One audit record per subject for what was dropped since the last report."""
+        for dropped in self.dropped.take_all():
+            self.log.warning("ingress.dropped", cause=dropped.key.cause,
+                             workspace=gate.safe_field(dropped.key.workspace),
+                             channel=gate.safe_field(dropped.key.channel),
+                             subject=f"{dropped.key.protocol}.{dropped.key.where}",
+                             count=dropped.count)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._audit_dropped, dropped)
+            except Exception as exc:
+                self.log.error("ingress.dropped_unaudited", count=dropped.count,
+                               error=repr(exc))
+
+    def _audit_dropped(self, dropped: Dropped) -> None:
+        ctx = IngressContext(workspace=dropped.key.workspace, peer_id="",
+                             channel=dropped.key.channel,
+                             request_id=dropped.key.request_id(dropped.count),
+                             trust=Trust.UNVERIFIED.value)
+        self.rt.reject(ctx, Action.UNKNOWN, Reason.OVERLOADED, dropped.size)
 
     # ---- JSON --------------------------------------------------------------------
     async def _handle_json(self, where: wire.Subject, data: bytes, reply: str,
@@ -142,26 +274,32 @@ class EnvelopeHandler:
                                          kind=env.kind, id=env.id, sender=env.sender,
                                          workspace=env.workspace_id, channel=env.channel)
         except wire.EnvelopeError as err:
-            self.metrics.malformed.inc()
-            await self._reject(where.workspace, where.channel, err.sender, err.id,
-                               Action.UNKNOWN, len(data), Reason.INVALID_REQUEST,
-                               Trust.UNVERIFIED, err.detail)
+            if self._admit_unproven(where, len(data)):
+                self.metrics.malformed.inc()
+                await self._reject(where.workspace, where.channel, err.sender, err.id,
+                                   Action.UNKNOWN, len(data), Reason.INVALID_REQUEST,
+                                   Trust.UNVERIFIED, err.detail)
             return
         if env.sender in (self.peer_id, self.my_handle):
             return  # our own greets echo back on the broadcast subject
         self._note_channel(env.protocol, env.channel)
+        task_say = taskmap.is_task_say(env) and env.to == self.me(env.protocol)
+        if env.kind not in ("greet", "whois") and not task_say:
+            self.metrics.ignored.labels(env.kind).inc()
+            return
         # RFC 003 section 5.4: v0 proofs are opaque, every v0 message is unverified.
         judged = (evaluate(env.raw) if env.protocol == wire.PROTOCOL_V1
                   else Evaluation(Trust.UNVERIFIED, "v0"))
+        if not self._proven(judged) and not self._admit_unproven(where, env.size):
+            return
         self.metrics.trust.labels(env.kind, judged.trust.value).inc()
+        answered = taskmap.answers(data)
         if env.kind == "greet":
-            await self._greet(env, judged, reply)
+            await self._greet(env, judged, reply, answered)
         elif env.kind == "whois":
             await self._whois(env, judged)
-        elif taskmap.is_task_say(env) and env.to == self.me(env.protocol):
-            await self._task_say(where, env, judged, reply, started)
         else:
-            self.metrics.ignored.labels(env.kind).inc()
+            await self._task_say(where, env, judged, reply, started, answered)
 
     def _note_channel(self, protocol: str, channel: str) -> None:
         key = (protocol, channel)
@@ -169,21 +307,35 @@ class EnvelopeHandler:
             self.channels_seen.add(key)
             self.on_channel(protocol, channel)
 
+    def _reply_allowed(self, reply: str, trust: Trust) -> bool:
+        """Answers never go onto an AGH subject (a forger would aim them at a victim), and
+        for senders without a verified identity only to a NATS inbox."""
+        if not reply:
+            return False
+        if reply.startswith(AGH_PREFIX) or (
+                trust is not Trust.VERIFIED and not reply.startswith(INBOX_PREFIX)):
+            self.metrics.replies_refused.inc()
+            return False
+        return True
+
     # ---- presence ----------------------------------------------------------------
-    async def _greet(self, env: wire.Envelope, judged: Evaluation, reply: str) -> None:
+    async def _greet(self, env: wire.Envelope, judged: Evaluation, reply: str,
+                     answered: str) -> None:
         if judged.trust is Trust.REJECTED:
             self.metrics.greets.labels("rejected", judged.trust.value).inc()
             self.log.warning("greet.rejected", peer_id=env.sender, channel=env.channel,
                              trust=judged.trust.value, reason=judged.detail)
             await self._answer_greet(env, reply, applied=False, why="rejected",
-                                     trust=judged.trust, task_write=False)
+                                     trust=judged.trust, task_write=False, answered=answered)
             return
-        if self.seen_greets.seen((env.protocol, env.workspace_id, env.channel, env.sender,
-                                  env.id)):
-            self.metrics.greets.labels("duplicate", judged.trust.value).inc()
-            await self._answer_greet(env, reply, applied=False, why="duplicate",
-                                     trust=judged.trust, task_write=False)
+        key = (env.workspace_id, env.channel, env.sender)
+        why_not = self.greets.judge(key, env.ts, env.id)
+        if why_not is not None:  # an older greet, or one already applied: never again
+            self.metrics.greets.labels(why_not, judged.trust.value).inc()
+            await self._answer_greet(env, reply, applied=False, why=why_not,
+                                     trust=judged.trust, task_write=False, answered=answered)
             return
+        mark = self.greets.note(key, env.ts, env.id)
         card = env.body["peer_card"]
         capabilities = wire.card_capabilities(card)
         claims = gate.TASK_WRITE in capabilities
@@ -191,22 +343,24 @@ class EnvelopeHandler:
                    and self.policy.allows(judged.fingerprint))
         name = card.get("display_name")
         peer = PeerCard(peer_id=env.sender, capabilities=capabilities,
-                        display_name=name.strip() if isinstance(name, str) else "",
+                        display_name=wire.ascii_strip(name) if isinstance(name, str) else "",
                         proof=f"{PROFILE}:{judged.fingerprint}" if granted else "")
-        key = (env.workspace_id, env.channel, env.sender)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         previous = self._greets.get(key)
         self._greets[key] = done
         try:
             if previous is not None:  # greets of one peer apply in arrival order
                 await asyncio.shield(previous)
-            await self._in_worker(self.rt.greet, env.workspace_id, env.channel, peer)
+            await self._in_worker(self._apply_greet, env, peer,
+                                  judged.trust is Trust.VERIFIED, granted)
             applied, why = True, ""
-            self._remember(key, Applied(granted, judged.fingerprint, self.clock()))
+            self.greets.applied(key, mark, granted=granted, fingerprint=judged.fingerprint)
         except PresenceRefused as exc:  # the runtime audited it already (action greet)
             applied, why = False, exc.reason.value
+            self.greets.failed(key, mark)
         except Exception as exc:
             applied, why = False, "failed"
+            self.greets.failed(key, mark)
             self.log.error("greet.failed", peer_id=env.sender, error=repr(exc))
         finally:
             done.set_result(None)
@@ -218,17 +372,17 @@ class EnvelopeHandler:
                       peer_id=env.sender, channel=env.channel, trust=judged.trust.value,
                       task_write=granted, claims_task_write=claims)
         await self._answer_greet(env, reply, applied=applied, why=why, trust=judged.trust,
-                                 task_write=applied and granted)
+                                 task_write=applied and granted, answered=answered)
 
-    def _remember(self, key: tuple[str, str, str], applied: Applied) -> None:
-        self._applied[key] = applied
-        self._applied.move_to_end(key)
-        horizon = self.clock() - 2 * self.greet_interval
-        while self._applied:
-            oldest = next(iter(self._applied.values()))
-            if oldest.at > horizon and len(self._applied) <= MAX_JUDGED:
-                break
-            self._applied.popitem(last=False)
+    def _apply_greet(self, env: wire.Envelope, peer: PeerCard, persist: bool,
+                     granted: bool) -> None:
+        # Written before it takes effect: after a crash the file never knows less than
+        # the runtime was told. Unverified greets never grant task.write: memory only.
+        if persist:
+            card = json.dumps([sorted(peer.capabilities), granted])
+            self.greets.persist((env.workspace_id, env.channel, env.sender), env.ts, env.id,
+                                card)
+        self.rt.greet(env.workspace_id, env.channel, peer)
 
     async def _after_greets(self, workspace: str, channel: str, peer_id: str) -> None:
         # A write that arrives while its sender's greet is being applied waits for it.
@@ -260,22 +414,24 @@ class EnvelopeHandler:
         return sign(env, self.key) if protocol == wire.PROTOCOL_V1 else env
 
     async def _answer_greet(self, env: wire.Envelope, reply: str, *, applied: bool, why: str,
-                            trust: Trust, task_write: bool) -> None:
-        if not reply:  # AGH greets expect no answer; only request/reply callers get one
+                            trust: Trust, task_write: bool, answered: str) -> None:
+        # AGH greets expect no answer; only request/reply callers get one.
+        if not self._reply_allowed(reply, trust):
             return
         answer = self._whois_response(env, ext={taskmap.EXT_CARD + ".presence": {
             "applied": applied, "reason": why or None, "task_write": task_write,
-            "trust": trust.value}})
+            "trust": trust.value, "answers": answered}})
         await self.publish_envelope(reply, answer)
 
     # ---- whois -------------------------------------------------------------------
     async def _whois(self, env: wire.Envelope, judged: Evaluation) -> None:
-        if env.body.get("type", "").strip() != "request" or judged.trust is Trust.REJECTED:
+        if wire.ascii_strip(env.body.get("type", "")) != "request" or (
+                judged.trust is Trust.REJECTED):
             self.metrics.ignored.labels("whois").inc()
             return
         me = self.me(env.protocol)
         query = env.body.get("query")
-        query = query.strip() if isinstance(query, str) else ""
+        query = wire.ascii_strip(query) if isinstance(query, str) else ""
         card = self.card(env.protocol)
         matches = env.to == me or (env.to is None and (not query or query in (
             me, card["display_name"], *card["capabilities"], *card["profiles_supported"],
@@ -300,48 +456,58 @@ class EnvelopeHandler:
 
     # ---- task requests -----------------------------------------------------------
     async def _task_say(self, where: wire.Subject, env: wire.Envelope, judged: Evaluation,
-                        reply: str, started: float) -> None:
+                        reply: str, started: float, answered: str) -> None:
         said = taskmap.read_task_say(env, self.me(env.protocol))
+        if not where.direct:  # one reading for every relay: requests go to the daemon
+            said = taskmap.TaskSay(said.action, None,
+                                   "task requests travel on the daemon's peer subject")
         ctx = IngressContext(workspace=env.workspace_id, peer_id=env.sender,
                              channel=env.channel, request_id=env.id,
                              work_id=env.work_id or "", trace_id=env.trace_id or "",
                              causation_id=env.causation_id or "", trust=judged.trust.value)
         outcome, duplicate = await self._judge(ctx, said.action, said.request, env.size,
-                                               judged, said.problem)
+                                               judged, said.problem, env.ts)
         receipt = taskmap.build_receipt(
             protocol=env.protocol, workspace=env.workspace_id, channel=env.channel,
             daemon=self.me(env.protocol), to=env.sender, for_id=env.id, work_id=env.work_id,
             trace_id=env.trace_id, outcome=outcome, trust=judged.trust.value,
-            duplicate=duplicate)
+            duplicate=duplicate, answered=answered)
         if env.protocol == wire.PROTOCOL_V1:
             receipt = sign(receipt, self.key)
         if judged.trust is not Trust.REJECTED:
             await self.publish_envelope(
                 wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol),
                 receipt)
-        if reply:
+        if self._reply_allowed(reply, judged.trust):
             await self.publish_envelope(reply, receipt)
         self._observe(outcome, judged.trust, started)
 
     async def _judge(self, ctx: IngressContext, action: Action, request: AnyRequest | None,
-                     size: int, judged: Evaluation, problem: str) -> tuple[Outcome, bool]:
+                     size: int, judged: Evaluation, problem: str,
+                     ts: int) -> tuple[Outcome, bool]:
         """The outcome of one request and whether it repeats a judged id (replay window)."""
         if judged.trust is Trust.REJECTED:
             return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id,
                                       action, size, Reason.INVALID_REQUEST, judged.trust,
                                       judged.detail), False
         key = (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id)
-        earlier = self._judged_future(key)
+        earlier = self.judged.lookup(key)
         if earlier is not None:
-            first = await asyncio.shield(earlier)
+            first = (Verdict.of(await asyncio.shield(earlier))
+                     if isinstance(earlier, asyncio.Future) else earlier)
             if first.accepted and request is not None:
                 return await self._submit(ctx, request), True  # the runtime replays it
             return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
                                       ctx.request_id, action, size,
                                       first.reason or Reason.INVALID_REQUEST, judged.trust,
                                       "repeated id"), True
+        if not self.judged.admit(key):  # full: refused, and that refusal is final too
+            return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
+                                      ctx.request_id, action, size, Reason.OVERLOADED,
+                                      judged.trust, "replay window full"), False
         mine: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._judged[key] = (self.clock() + wire.MAX_REPLAY_AGE, mine)
+        # Remembered while the envelope could pass the ts window (replayable), no longer.
+        self.judged.start(key, mine, ts + wire.MAX_REPLAY_AGE + 2 - time.time())
         try:
             if request is None:
                 outcome = await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
@@ -355,31 +521,22 @@ class EnvelopeHandler:
             else:
                 outcome = await self._submit(ctx, request)
         except BaseException:
-            self._judged.pop(key, None)
+            self.judged.discard(key)
             mine.cancel()
             raise
         mine.set_result(outcome)
+        self.judged.finish(key, Verdict.of(outcome))
         return outcome, False
-
-    def _judged_future(self, key: tuple[str, str, str, str]) -> asyncio.Future[Outcome] | None:
-        now = self.clock()
-        while self._judged:
-            deadline, _ = next(iter(self._judged.values()))
-            if deadline > now and len(self._judged) <= MAX_JUDGED:
-                break
-            self._judged.popitem(last=False)
-        entry = self._judged.get(key)
-        return entry[1] if entry is not None else None
 
     def _revoked(self, ctx: IngressContext, judged: Evaluation) -> bool:
         """A verified peer whose card was granted task.write while the policy allowed its
         key, visible by the daemon's own record, and whose key the policy now refuses."""
         if judged.trust is not Trust.VERIFIED:
             return False
-        applied = self._applied.get((ctx.workspace, ctx.channel, ctx.peer_id))
-        if applied is None or not applied.granted:
+        mark: GreetMark | None = self.greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
+        if mark is None or not mark.granted or mark.applied_at is None:
             return False
-        if self.clock() - applied.at >= 2 * self.greet_interval:
+        if self.clock() - mark.applied_at >= 2 * self.greet_interval:
             return False  # expired: let the runtime say peer_not_found
         return not self.policy.allows(judged.fingerprint)
 
@@ -402,18 +559,24 @@ class EnvelopeHandler:
         try:
             compact = decode_compact(data)
         except CompactError as err:
-            outcome = await self._reject(where.workspace, where.channel, err.sender, "",
-                                         Action.UNKNOWN, len(data), Reason.INVALID_REQUEST,
-                                         Trust.UNVERIFIED, f"compact: {err}")
-            await self._answer_compact(reply, outcome, Trust.UNVERIFIED, started)
+            if self._admit_unproven(where, len(data)):
+                outcome = await self._reject(where.workspace, where.channel, err.sender, "",
+                                             Action.UNKNOWN, len(data),
+                                             Reason.INVALID_REQUEST, Trust.UNVERIFIED,
+                                             f"compact: {err}")
+                await self._answer_compact(reply, data, outcome, Trust.UNVERIFIED, started)
             return
         decoded = decode_envelope(compact.inner, self.max_bytes)
         judged = evaluate_compact(compact, workspace=where.workspace, channel=where.channel)
         if judged.trust is not Trust.REJECTED:
-            if compact.to not in (self.peer_id, self.my_handle):
+            if not gate.is_peer_id(compact.sender):
+                judged = Evaluation(Trust.REJECTED, "compact: from is malformed")
+            elif compact.to not in (self.peer_id, self.my_handle):
                 judged = Evaluation(Trust.REJECTED, "compact: not addressed to the daemon")
             elif abs(time.time() - compact.ts) > wire.MAX_REPLAY_AGE:
                 judged = Evaluation(Trust.REJECTED, "compact: ts outside the replay window")
+        if not self._proven(judged) and not self._admit_unproven(where, len(data)):
+            return
         self.metrics.trust.labels("compact", judged.trust.value).inc()
         if decoded.request is None and judged.trust is not Trust.REJECTED:
             # Judged as the runtime's own wire path would (deliver): same reason and size.
@@ -421,19 +584,19 @@ class EnvelopeHandler:
                                          decoded.request_id, decoded.action, decoded.size,
                                          decoded.rejection or Reason.INVALID_REQUEST,
                                          judged.trust, "compact: unreadable request")
-            await self._answer_compact(reply, outcome, judged.trust, started)
+            await self._answer_compact(reply, data, outcome, judged.trust, started)
             return
         ctx = IngressContext(workspace=where.workspace, peer_id=compact.sender,
                              channel=where.channel, request_id=decoded.request_id,
                              trust=judged.trust.value)
         outcome, _ = await self._judge(ctx, decoded.action, decoded.request, len(data),
-                                       judged, judged.detail)
-        await self._answer_compact(reply, outcome, judged.trust, started)
+                                       judged, judged.detail, compact.ts)
+        await self._answer_compact(reply, data, outcome, judged.trust, started)
 
-    async def _answer_compact(self, reply: str, outcome: Outcome, trust: Trust,
+    async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome, trust: Trust,
                               started: float) -> None:
-        if reply:  # compact replies never go onto AGH subjects
-            await self.publish(reply, encode_reply(outcome))
+        if self._reply_allowed(reply, trust):  # compact replies never go onto AGH subjects
+            await self.publish(reply, sign_reply(encode_reply(outcome), request, self.key))
         self._observe(outcome, trust, started)
 
     # ---- rejections and publishing -----------------------------------------------

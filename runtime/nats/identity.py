@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from task_ingress.actors.rules import gate
+from task_ingress.runtime.nats.envelope import ascii_strip
 
 PROFILE = "agh-network.trust.ed25519-jcs/v1"
 ALG = "Ed25519"
@@ -156,11 +157,23 @@ def load_identity(path: str) -> tuple[Ed25519PrivateKey, str]:
     return key, handle(nickname, key)
 
 
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    """`load_key` for a key that must stay private (the daemon's): ValueError when its
+    file can be read or written by anyone but its owner (as ssh refuses such keys)."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{path} has mode {mode:04o}: anyone who can read it can sign as "
+                         "the daemon; `chmod 600` it (or move it away to have a new key "
+                         "made)")
+    return load_key(path)
+
+
 def load_or_create_key(path: str) -> Ed25519PrivateKey:
-    """The key at `path`, created (0600) on first use: a daemon's handle survives restarts."""
+    """The key at `path`, created (0600) on first use: a daemon's handle survives restarts,
+    so clients can pin it. A key others can read is refused (`load_private_key`)."""
     with contextlib.suppress(FileExistsError):
         save_key(path, generate_key())
-    return load_key(path)
+    return load_private_key(path)
 
 
 # ---- signing and verifying ---------------------------------------------------------
@@ -190,7 +203,7 @@ def sign(envelope: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 def evaluate(envelope: dict[str, Any]) -> Evaluation:
     """Trust state of one decoded envelope (RFC 004 sections 3.1 step 6, 3.3, 4.7)."""
     sender = envelope.get("from")
-    sender = sender.strip() if isinstance(sender, str) else ""
+    sender = ascii_strip(sender) if isinstance(sender, str) else ""
     proof = envelope.get("proof")
     if proof is None:
         if handle_fingerprint(sender) is not None:  # section 3.3: proof stripping

@@ -43,11 +43,13 @@ class Metrics:
             "RFC 004 trust state and outcome.", ["trust", "outcome"], registry=self.registry)
         self.greets = Counter(
             "task_ingress_greets", "Greets received (never audited one by one), by result "
-            "(applied, duplicate, rejected, failed) and trust state.", ["result", "trust"],
+            "(applied, stale, duplicate, full, rejected, failed) and trust state.",
+            ["result", "trust"],
             registry=self.registry)
         self.trust = Counter(
-            "task_ingress_envelopes", "Envelopes that passed AGH's rules, by kind (or "
-            "'compact') and RFC 004 trust state.", ["kind", "trust"], registry=self.registry)
+            "task_ingress_envelopes", "Envelopes that passed AGH's rules and were judged "
+            "(greet, whois, task say, or 'compact'), by kind and RFC 004 trust state.",
+            ["kind", "trust"], registry=self.registry)
         self.malformed = Counter(
             "task_ingress_malformed_envelopes", "Messages AGH's parser would refuse "
             "(audited invalid_request).", registry=self.registry)
@@ -62,6 +64,22 @@ class Metrics:
         self.ignored = Counter(
             "task_ingress_ignored_envelopes", "Valid AGH envelopes not for task ingress.",
             ["kind"], registry=self.registry)
+        self.handling = Gauge(
+            "task_ingress_messages_in_flight", "NATS messages being judged (at most "
+            "max_in_flight_messages; beyond it NATS's pending limits push back).",
+            registry=self.registry)
+        self.handling_peak = Gauge(
+            "task_ingress_messages_in_flight_peak", "The most NATS messages judged at once "
+            "since the daemon started.", registry=self.registry)
+        self.dropped = Counter(
+            "task_ingress_dropped", "Messages dropped before they were judged, by cause: "
+            "'unproven' (the unproven budget was spent) or 'slow-consumer' (NATS's pending "
+            "limit was full); audited in aggregate per subject and interval.", ["cause"],
+            registry=self.registry)
+        self.replies_refused = Counter(
+            "task_ingress_replies_refused", "Answers not sent to a NATS reply subject that "
+            "is an AGH subject, or not an _INBOX. subject for an unproven sender.",
+            registry=self.registry)
         self.in_flight = Gauge(
             "task_ingress_in_flight", "Requests received and not yet answered.",
             registry=self.registry)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from task_ingress.actors.rules import gate
+from task_ingress.runtime.nats.limits import HandlerLimits
 
 
 class ServeSettings(BaseSettings):
@@ -57,6 +58,27 @@ class ServeSettings(BaseSettings):
     peer_burst: float = Field(default=1000.0, gt=0, description="Per-peer token bucket size.")
     max_in_flight_per_peer: int = Field(default=16, ge=1, description=(
         "Requests of one peer in one channel admitted and not yet answered."))
+    # Against hostile traffic before the runtime (issue 13; runtime/nats/limits.py).
+    unproven_rate: float = Field(default=200.0, ge=0, description=(
+        "Unproven messages (no verified identity, or a key the trust policy does not "
+        "allow) per second that get any work; beyond it they are dropped and counted."))
+    unproven_burst: float = Field(default=1000.0, ge=1, description=(
+        "Unproven messages the budget holds at most."))
+    drop_report_interval: float = Field(default=10.0, gt=0, description=(
+        "Seconds between the aggregated audit records of dropped messages."))
+    max_in_flight_messages: int = Field(default=256, ge=1, description=(
+        "Messages judged at once; beyond it NATS's pending limits push back."))
+    replay_capacity: int = Field(default=100_000, ge=1, description=(
+        "Judged request IDs remembered for their ts window; beyond it new ids are "
+        "refused `overloaded`."))
+    replay_per_peer: int = Field(default=10_000, ge=1, description=(
+        "... of one peer in one channel."))
+    greet_capacity: int = Field(default=100_000, ge=1, description=(
+        "Peers whose last applied greet is remembered; beyond it new peers' greets are "
+        "refused until marks expire."))
+    greet_file: str | None = Field(default=None, description=(
+        "Last applied verified greet of each peer, kept across restarts; default "
+        "<store>.greets."))
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -82,6 +104,20 @@ class ServeSettings(BaseSettings):
     def key_path(self) -> str:
         """The daemon's key file actually used."""
         return os.path.abspath(self.key_file or self.store + ".peer.key")
+
+    @property
+    def greet_path(self) -> str:
+        """The greet ledger file actually used."""
+        return os.path.abspath(self.greet_file or self.store + ".greets")
+
+    def handler_limits(self) -> HandlerLimits:
+        """The limits the envelope handler enforces."""
+        return HandlerLimits(
+            unproven_rate=self.unproven_rate, unproven_burst=self.unproven_burst,
+            report_interval=self.drop_report_interval,
+            max_in_flight=self.max_in_flight_messages, replay_capacity=self.replay_capacity,
+            replay_per_peer=self.replay_per_peer, greet_capacity=self.greet_capacity,
+            greet_file=self.greet_path)
 
     @property
     def trust_path(self) -> str:

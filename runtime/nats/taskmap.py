@@ -60,7 +60,7 @@ def is_task_say(env: wire.Envelope) -> bool:
 def read_task_say(env: wire.Envelope, daemon: str) -> TaskSay:
     """The action and typed request of a task say, or why it is malformed."""
     intent = env.body.get("intent")
-    intent = intent.strip() if isinstance(intent, str) else ""
+    intent = wire.ascii_strip(intent) if isinstance(intent, str) else ""
     action = Action(intent) if intent in ACTIONS else Action.UNKNOWN
     problem = ""
     if action is Action.UNKNOWN:
@@ -105,22 +105,31 @@ def receipt_status(outcome: Outcome, duplicate: bool) -> tuple[str, str | None]:
     return "rejected", AGH_REASON.get(outcome.reason or Reason.TASK_INGRESS_FAILED, "internal")
 
 
-def result_ext(outcome: Outcome, trust: str, duplicate: bool = False) -> dict[str, Any]:
+def answers(request: bytes) -> str:
+    """Which request an answer is for: `sha256:<hex>` of the exact bytes received, so a
+    client can tell its own answer from one the daemon gave a forger's copy."""
+    return "sha256:" + hashlib.sha256(request).hexdigest()
+
+
+def result_ext(outcome: Outcome, trust: str, duplicate: bool = False,
+               answered: str = "") -> dict[str, Any]:
     """The outcome under our ext key: what the receipt cannot say in AGH's words."""
     return {EXT_RESULT: {
         "request_id": outcome.request_id, "action": outcome.action.value,
         "accepted": outcome.accepted,
         "reason": outcome.reason.value if outcome.reason else None,
         "task_id": outcome.task_id, "run_id": outcome.run_id,
-        "replay": outcome.replay or duplicate, "trust": trust,
+        "replay": outcome.replay or duplicate, "trust": trust, "answers": answered,
     }}
 
 
 def build_receipt(*, protocol: str, workspace: str, channel: str, daemon: str, to: str,
                   for_id: str, work_id: str | None, trace_id: str | None,
                   outcome: Outcome, trust: str, duplicate: bool = False,
-                  status: tuple[str, str | None] | None = None) -> dict[str, Any]:
-    """An unsigned receipt envelope answering request `for_id` of `to` (router.go:1186)."""
+                  status: tuple[str, str | None] | None = None,
+                  answered: str = "") -> dict[str, Any]:
+    """An unsigned receipt envelope answering request `for_id` of `to` (router.go:1186);
+    `answered` names the request's bytes (`answers`)."""
     state, code = status or receipt_status(outcome, duplicate)
     body: dict[str, Any] = {"for_id": for_id, "status": state}
     if code is not None:
@@ -131,7 +140,7 @@ def build_receipt(*, protocol: str, workspace: str, channel: str, daemon: str, t
         kind="receipt", protocol=protocol, workspace=workspace, channel=channel,
         sender=daemon, to=to, surface="direct", work_id=receipt_work_id(for_id, work_id),
         reply_to=for_id, causation_id=for_id, trace_id=trace_id, body=body,
-        ext=result_ext(outcome, trust, duplicate))
+        ext=result_ext(outcome, trust, duplicate, answered))
 
 
 def build_request(*, protocol: str, workspace: str, channel: str, sender: str, daemon: str,

@@ -1,7 +1,8 @@
 """Identifier tricks through both `deliver` and `submit`: Unicode look-alikes, a trailing
 newline (Python's `$` accepts "x\\n"), NUL, very long IDs, RTL and zero-width marks,
-full-width digits. Never an exception; the SPEC §2 grammar (checked after trimming) decides;
-exactly one audit record each, stored in safe, printable, bounded form."""
+full-width digits. Never an exception; the SPEC §2 grammar (checked after trimming ASCII
+whitespace: never NBSP or other Unicode spaces, issue 13) decides; exactly one audit record
+each, stored in safe, printable, bounded form."""
 
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ IDENTITY_TRICKS = [
     ("trailing newline (the `$` trap)", "{id}\n", ACCEPTED),
     ("newline then more", "{id}\nx", INVALID),
     ("surrounding spaces", "  {id}  ", ACCEPTED),
-    ("no-break space (trimmed)", "{id}\u00a0", ACCEPTED),
+    ("no-break space (not trimmed)", "{id}\u00a0", INVALID),
     ("NUL", "{id}\x00", INVALID),
     ("NUL inside", "pe\x00er", INVALID),
     ("RTL override", "\u202e{id}", INVALID),
     ("RTL mark", "{id}\u200f", INVALID),
     ("zero-width space", "{id}\u200b", INVALID),
     ("BOM", "\ufeff{id}", INVALID),
-    ("line separator", "{id}\u2028", ACCEPTED),
+    ("line separator (not trimmed)", "{id}\u2028", INVALID),
     ("slash", "{id}/x", INVALID),
     ("empty", "", INVALID),
     ("129 characters", "a" * 129, INVALID),
@@ -53,7 +54,8 @@ IDENTITY_TRICKS = [
 VISIBLE_NOWHERE = "peer_not_found"
 WORKSPACE_EXPECTED = {label: VISIBLE_NOWHERE for label in (
     "cyrillic-e look-alike", "full-width letter", "full-width digit", "dotless i",
-    "upper case", "RTL override", "RTL mark", "zero-width space", "BOM", "combining accent")}
+    "upper case", "RTL override", "RTL mark", "zero-width space", "BOM", "combining accent",
+    "no-break space (not trimmed)")}
 
 # (label, request ID, expected reason): the request-ID rule is length, no slashes, no
 # control characters; other Unicode is allowed and stored escaped.
@@ -63,7 +65,7 @@ REQUEST_ID_TRICKS = [
     ("NUL", "rid-{n}\x00", INVALID),
     ("DEL", "rid-{n}\x7f", INVALID),
     ("C1 control inside", "rid\x85-{n}", INVALID),
-    ("C1 NEL at the end (whitespace: trimmed)", "rid-{n}\x85", ACCEPTED),
+    ("C1 NEL at the end (not trimmed: a C1 control)", "rid-{n}\x85", INVALID),
     ("line separator inside", "rid\u2028{n}", INVALID),
     ("slash", "rid/{n}", INVALID),
     ("backslash", "rid\\{n}", INVALID),

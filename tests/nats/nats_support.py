@@ -235,6 +235,6 @@ def result(receipt: dict[str, Any]) -> dict[str, Any]:
 def presence(answer: dict[str, Any]) -> dict[str, Any]:
     """The daemon's presence verdict on a greet sent as a NATS request."""
     assert answer["kind"] == "whois" and answer["body"]["type"] == "response", answer
-    value = answer["ext"][PRESENCE]
-    assert isinstance(value, dict)
+    value = dict(answer["ext"][PRESENCE])
+    assert str(value.pop("answers")).startswith("sha256:")  # whom it answers (issue 13)
     return value

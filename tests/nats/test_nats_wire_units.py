@@ -1,5 +1,5 @@
 """Pure parts of the NATS transport: subjects, AGH envelope rules, compact form, policy,
-replay window, settings."""
+settings."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from task_ingress.runtime.nats.compact import (
 )
 from task_ingress.runtime.nats.identity import Trust, generate_key, handle
 from task_ingress.runtime.nats.policy import TrustPolicy, allow, disallow, listed
-from task_ingress.runtime.nats.replay import SeenWindow
 from task_ingress.runtime.nats.settings import ServeSettings
 
 from tests.nats.agh_rules import agh_problems
@@ -216,17 +215,6 @@ def test_the_policy_grants_by_fingerprint_and_follows_file_changes(tmp_path: Pat
     assert not policy.allows(fp)
     with pytest.raises(ValueError):
         allow(path, ["alice"])  # not a handle
-
-
-def test_seen_window_remembers_for_the_window_and_is_bounded() -> None:
-    clock = [0.0]
-    window = SeenWindow(window=10.0, capacity=3, clock=lambda: clock[0])
-    assert window.seen("a") is False and window.seen("a") is True
-    clock[0] = 11.0
-    assert window.seen("a") is False
-    for key in "bcde":
-        window.seen(key)
-    assert len(window) == 3
 
 
 def test_serve_settings_accept_ulid_workspaces_and_refuse_bad_names(
