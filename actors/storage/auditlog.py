@@ -8,17 +8,16 @@ read the log without importing any actor.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.chain import ChainKey
+from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import InFlight
@@ -148,32 +147,6 @@ def write_checkpoint(store_path: str, key: ChainKey, store_id: str, seq: int, he
     replace_private_file(checkpoint_path(store_path), cp.to_json())
     return cp
 
-
-def replace_private_file(path: str, text: str) -> None:
-    """Replace `path` with `text` atomically and durably, mode 0600.
-
-    The temporary file is made by mkstemp (O_EXCL, a random name, 0600) in the target's own
-    directory: a planted file or symlink is never written through, and the rename stays on
-    one file system. The directory is fsynced so the rename itself survives a power cut.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_checkpoint(store_path: str) -> tuple[Checkpoint | None, str | None]:

@@ -46,8 +46,8 @@ from task_ingress.actors.storage.auditlog import (
     read_checkpoint,
     read_head,
     read_meta,
-    replace_private_file,
 )
+from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.messages.audit import GENESIS_HASH
 
 VERIFY_HINT = "run `task-ingress audit verify --store {path}` for the whole story"

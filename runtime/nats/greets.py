@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.runtime.nats.envelope import MAX_REPLAY_AGE
 
 PeerKey = tuple[str, str, str]
@@ -208,19 +208,7 @@ class GreetLedger:
         horizon = self.wall() - MAX_REPLAY_AGE - 1
         self._persisted = {k: v for k, v in self._persisted.items() if v[0] >= horizon}
         self._cards = {k: v for k, v in self._cards.items() if k in self._persisted}
-        directory = os.path.dirname(os.path.abspath(path)) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".greets-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for key, (ts, ids) in self._persisted.items():
-                    fh.write(json.dumps({"k": list(key), "ts": ts, "ids": ids},
-                                        separators=(",", ":")) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        replace_private_file(path, "".join(
+            json.dumps({"k": list(key), "ts": ts, "ids": ids}, separators=(",", ":")) + "\n"
+            for key, (ts, ids) in self._persisted.items()))
         self._lines = len(self._persisted)

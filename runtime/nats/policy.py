@@ -23,12 +23,12 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.runtime.nats.identity import b64url, fingerprint, handle_fingerprint, unb64url
 
 POLICY_VERSION = 2
@@ -145,25 +145,10 @@ def _locked(path: str) -> Iterator[None]:
 
 
 def _write_atomic(path: str, allow: dict[str, str], keys: dict[str, bytes]) -> None:
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".trust-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            obj: dict[str, object] = {"version": POLICY_VERSION,
-                                      "allow": dict(sorted(allow.items()))}
-            if keys:
-                obj["keys"] = {fp: b64url(pub) for fp, pub in sorted(keys.items())
-                               if fp in allow}
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    obj: dict[str, object] = {"version": POLICY_VERSION, "allow": dict(sorted(allow.items()))}
+    if keys:
+        obj["keys"] = {fp: b64url(pub) for fp, pub in sorted(keys.items()) if fp in allow}
+    replace_private_file(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _fingerprint_of(handle: str) -> str:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 
 from pydantic import BaseModel, ConfigDict, Field
+from task_ingress.actors.storage.files import replace_private_file
 
 
 class ReadyInfo(BaseModel):
@@ -50,17 +50,7 @@ class ReadyInfo(BaseModel):
 
 def write_ready_file(path: str, info: ReadyInfo) -> None:
     """Write `info` to `path` atomically with mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(info.model_dump_json(indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    replace_private_file(path, info.model_dump_json(indent=2) + "\n")
 
 
 def read_ready_file(path: str) -> ReadyInfo:

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.runtime.nats.authz import server_config, token_authorization
 from task_ingress.runtime.ports import free_port
 
@@ -97,11 +98,7 @@ class NatsServer:
         return not self.token
 
     def _write_config(self, port: int) -> None:
-        tmp = self.conf_path + ".new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(server_config(port, self.authorization))
-        os.replace(tmp, self.conf_path)
+        replace_private_file(self.conf_path, server_config(port, self.authorization))
 
     def _spawn(self) -> int:
         binary = find_nats_server()
