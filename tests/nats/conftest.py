@@ -135,23 +135,8 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
         clock = overrides.pop("clock", time.monotonic)
         runtime_config = {"audit_key": "00" * 32, **overrides.pop("runtime_config", {})}
         values.update(overrides)
-        daemon = Daemon(ServeSettings(**values), runtime_config=runtime_config, clock=clock)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["status"] = daemon.run_sync()
-            except BaseException as exc:  # surfaced by the ready check below
-                result["error"] = exc
-                daemon.ready.set()
-
-        thread = threading.Thread(target=run, name="test-daemon", daemon=True)
-        thread.start()
-        handle = RunningDaemon(daemon, thread)
+        handle = _run_daemon(ServeSettings(**values), clock, runtime_config)
         running.append(handle)
-        assert daemon.ready.wait(20), "daemon not ready"
-        if "error" in result:
-            raise result["error"]
         return handle
 
     try:
@@ -168,9 +153,11 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
     assert_all_agh_valid(tap, names)
 
 
-def _run_daemon(settings: ServeSettings, clock: Callable[[], float] = time.monotonic
-                ) -> RunningDaemon:
-    daemon = Daemon(settings, runtime_config={"audit_key": "00" * 32}, clock=clock)
+def _run_daemon(settings: ServeSettings, clock: Callable[[], float] = time.monotonic,
+                runtime_config: dict[str, Any] | None = None) -> RunningDaemon:
+    """Start a daemon on a thread and return once it serves (or raise what stopped it)."""
+    daemon = Daemon(settings, runtime_config=runtime_config or {"audit_key": "00" * 32},
+                    clock=clock)
     result: dict[str, Any] = {}
 
     def run() -> None:
