@@ -241,11 +241,8 @@ class IngressRouter(GateActor):
                               reason="overloaded", channels=len(self.channels))
                 rejected.append(presence_verdict(flight, Reason.OVERLOADED))
                 return
-        try:
-            target = self._channel(*key)
-        except Exception as exc:  # cannot start the channel actor: answer, never strand
-            self.log.error("router.channel_start_failed", workspace=key[0], channel=key[1],
-                           error=repr(exc))
+        target = self._started_channel(key)
+        if target is None:
             rejected.append(presence_verdict(flight, Reason.TASK_INGRESS_FAILED))
             return
         if change.card is not None:
@@ -261,11 +258,8 @@ class IngressRouter(GateActor):
                     ) -> None:
         if not flights:
             return
-        try:
-            target = self._channel(*key)
-        except Exception as exc:  # cannot start the channel actor: answer, never strand
-            self.log.error("router.channel_start_failed", workspace=key[0], channel=key[1],
-                           error=repr(exc))
+        target = self._started_channel(key)
+        if target is None:
             for flight in flights:
                 self.unanswered.pop(flight.submission.ticket, None)
                 rejected.append(failed_verdict(flight))
@@ -493,6 +487,16 @@ class IngressRouter(GateActor):
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Shutdown: children exiting now are not failures."""
         self.stopping = True
+
+    def _started_channel(self, key: ChannelKey) -> Any | None:
+        """The channel's actor (started if need be), or None, logged, when it cannot be
+        started: the caller answers what it holds for the channel, never strands it."""
+        try:
+            return self._channel(*key)
+        except Exception as exc:
+            self.log.error("router.channel_start_failed", workspace=key[0], channel=key[1],
+                           error=repr(exc))
+            return None
 
     def _channel(self, workspace: str, channel: str) -> Any:
         """The channel's actor, started if it has none (first greet, or after it died)."""
