@@ -13,18 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from task_ingress.runtime.nats.daemon import Daemon
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings
 
+from tests.conftest import _children, _new_children
 from tests.nats.agh_rules import agh_problems, direct_room_problem
 from tests.nats.nats_support import Wire
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 @pytest.fixture
@@ -146,7 +142,7 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
             handle.stop()
         tap.wire._run(tap.wire.nc.flush())
         tap.close()
-        leaked = _children() - before
+        leaked = _new_children(before)
         assert not leaked, f"processes left behind: {leaked}"
     names = {n for h in running if h.info for n in (h.info.daemon_peer_id,
                                                      h.info.daemon_handle)}
@@ -199,7 +195,7 @@ def start_own_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     finally:
         for handle in running:
             handle.stop()
-        leaked = _children() - before
+        leaked = _new_children(before)
         assert not leaked, f"processes left behind: {leaked}"
 
 
