@@ -37,6 +37,7 @@ from task_ingress.runtime.audit.query import (
 from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
 from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
+from task_ingress.runtime.cli_exit import UsageProblem
 
 audit_app = typer.Typer(
     help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
@@ -156,11 +157,11 @@ def verify(
     line per shard; exit 1 when any shard fails.
     """
     if (store is None) == (database is None):
-        raise _fail_usage("give exactly one of --store PATH and --database URL")
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
     if database is not None:
         if expect_seq is not None or expect_head is not None or allow_legacy:
-            raise _fail_usage("--expect-seq, --expect-head and --allow-legacy apply to "
-                              "--store only")
+            raise UsageProblem("--expect-seq, --expect-head and --allow-legacy apply to "
+                               "--store only")
         from task_ingress.runtime.audit.pg_cli import verify_database_command
 
         raise typer.Exit(verify_database_command(database, key, as_json))
@@ -251,7 +252,7 @@ def show(
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
     if (store is None) == (database is None):
-        raise _fail_usage("give exactly one of --store PATH and --database URL")
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
     if database is not None:
         from task_ingress.runtime.audit.pg_cli import show_database_command
 
