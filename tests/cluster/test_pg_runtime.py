@@ -260,3 +260,47 @@ def test_a_write_whose_holder_died_before_its_audit_is_chained_by_the_next_holde
             ("r-1", "accepted"), ("crash-1", "accepted")]
         assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
         _assert_chain_verifies(conn, SHARD, 2)
+
+
+def _end_sessions(conn: psycopg.Connection[Any]) -> int:
+    """End every other session of the test database (as a server restart or a network cut
+    would); how many were ended."""
+    row = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_write_on_a_lost_connection_is_unavailable_and_the_next_one_reconnects(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(WS, "ops", writer_card("peer-a"))
+        assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
+        assert _end_sessions(conn) == 2                        # the store's and the audit's
+        lost = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert not lost.accepted and lost.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        again = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert again.accepted and not again.replay             # r-2 never committed
+        assert [r.request_id for r in rt.audit()] == ["r-1", "r-2"]
+        _assert_chain_verifies(conn, SHARD, 2)
+
+
+def test_an_accepted_write_whose_audit_connection_was_lost_is_chained_on_reconnect(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(WS, "ops", writer_card("peer-a"))
+        assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
+        audit_pid = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+            "pid <> pg_backend_pid() ORDER BY backend_start DESC LIMIT 1").fetchone()
+        assert audit_pid is not None                           # Audit connects last
+        conn.execute("SELECT pg_terminate_backend(%s)", (audit_pid[0],))
+        out = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert out.accepted                                    # retried on a new connection
+        assert [r.request_id for r in rt.audit()] == ["r-1", "r-2"]
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        _assert_chain_verifies(conn, SHARD, 2)
