@@ -91,7 +91,7 @@ class PgTaskStore(TaskStore):
             self.shards = shards
             ensure_store_schema(self.pg)
             pg_store.ensure_outbox_counter(self.pg, self.fence.shard)
-            self.send(sender, Started(ticket=msg.ticket))
+            self.send(sender, Started(ticket=msg.ticket, shards=shards))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
 

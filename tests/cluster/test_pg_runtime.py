@@ -191,7 +191,7 @@ def test_a_runtime_whose_lease_was_taken_over_answers_unavailable_and_appends_no
         _assert_chain_verifies(conn, SHARD, 2)
 
 
-def test_a_workspace_of_another_shard_is_refused_unavailable(
+def test_a_workspace_of_another_shard_is_refused_unavailable_before_any_other_gate_rule(
     pg_runtime: Callable[..., IngressRuntime], database: str,
 ) -> None:
     with _setup(database) as conn:
@@ -199,7 +199,16 @@ def test_a_workspace_of_another_shard_is_refused_unavailable(
         rt.greet(OTHER_WS, "ops", writer_card("peer-a"))
         out = rt.submit(ctx("x-1", workspace=OTHER_WS), CreateTask(title="elsewhere"))
         assert not out.accepted and out.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        # rule 2 (SPEC 4): before presence, so not peer_not_found for a stranger either
+        stranger = rt.submit(ctx("x-2", peer="ghost", workspace=f" {OTHER_WS} "),
+                             CreateTask(title="elsewhere"))
+        assert stranger.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        malformed = rt.submit(ctx("", workspace=OTHER_WS), CreateTask(title="elsewhere"))
+        assert malformed.reason is Reason.INVALID_REQUEST     # rule 1 still comes first
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+        assert [(r.request_id, r.reason) for r in rt.audit()] == [
+            ("x-1", "task_ingress_unavailable"), ("x-2", "task_ingress_unavailable"),
+            ("", "invalid_request")]
 
 
 def test_two_shards_keep_two_chains_that_verify_independently(
@@ -266,8 +275,9 @@ def _end_sessions(conn: psycopg.Connection[Any]) -> int:
     """End every other session of the test database (as a server restart or a network cut
     would); how many were ended."""
     row = conn.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -296,7 +306,8 @@ def test_an_accepted_write_whose_audit_connection_was_lost_is_chained_on_reconne
         assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
         audit_pid = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
-            "pid <> pg_backend_pid() ORDER BY backend_start DESC LIMIT 1").fetchone()
+            "pid <> pg_backend_pid() AND backend_type = 'client backend' "
+            "ORDER BY backend_start DESC LIMIT 1").fetchone()
         assert audit_pid is not None                           # Audit connects last
         conn.execute("SELECT pg_terminate_backend(%s)", (audit_pid[0],))
         out = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
