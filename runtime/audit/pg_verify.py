@@ -13,7 +13,8 @@ Per shard, nothing excused by anything stored in the database:
 - store: every accepted request of the shard (`accepted_requests`) has its accepted record
   in the shard's chain, or a pending outbox row (a write whose record the shard's next
   holder chains: reported, not an error); every accepted, non-replay record names a
-  request the store accepted.
+  request the store accepted; every task and run row of the shard's workspaces is vouched
+  for by an accepted create or enqueue record (or a pending outbox row).
 Read-only: one REPEATABLE READ transaction, so a live cluster's appends do not tear it.
 """
 
@@ -27,8 +28,10 @@ from typing import Any
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, ChainWalk, genesis_hash
 from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.rules.shards import shard_of
 from task_ingress.actors.storage import pg_auditlog
 from task_ingress.actors.storage.schema import decode_outbox
+from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.anchor import Anchor
 from task_ingress.runtime.audit.verify import MAX_PROBLEMS, Problem
 
@@ -102,7 +105,8 @@ def verify_database(conn: psycopg.Connection[Any], key: bytes,
     chain_key = ChainKey(key)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        verdicts = tuple(verify_shard(conn, chain_key, shard, anchors)
+        rows = store_rows(conn)
+        verdicts = tuple(verify_shard(conn, chain_key, shard, anchors, rows)
                          for shard in shards_to_check(conn))
     chains = {v.chain_id for v in verdicts}
     orphans = tuple(Problem("anchor", None, f"no shard has the anchored chain "
@@ -112,8 +116,10 @@ def verify_database(conn: psycopg.Connection[Any], key: bytes,
 
 
 def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,
-                 anchors: Sequence[Anchor] = ()) -> ShardVerdict:
-    """One shard's chain, head row and store agreement, and the anchors of its chain."""
+                 anchors: Sequence[Anchor] = (),
+                 rows: dict[int, set[tuple[str, str]]] | None = None) -> ShardVerdict:
+    """One shard's chain, head row and store agreement, and the anchors of its chain.
+    `rows`: ("task" | "run", ID) of every task and run row, by shard (`store_rows`)."""
     problems: list[Problem] = []
 
     def fail(kind: str, seq: int | None, detail: str) -> None:
@@ -125,6 +131,7 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,
     walk = ChainWalk(key.seal, genesis_hash(chain_id) if chain_id else "")
     records, last_seq, last_hash = 0, 0, ""
     audited: Counter[RequestKey] = Counter()
+    made: set[str] = set()  # task IDs of accepted creates, run IDs of accepted enqueues
     for fields in pg_auditlog.shard_rows(conn, shard):
         records += 1
         last_seq, last_hash = int(fields["seq"]), str(fields["hash"])
@@ -138,6 +145,7 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,
         if fields["outcome"] == "accepted" and not fields["replay"]:
             audited[(fields["workspace"], fields["channel"], fields["peer_id"],
                      fields["request_id"])] += 1
+            _note_made(fields, made)
     if head is None:
         if records:
             fail("checkpoint", None, f"{records} records but no head row (deleted?): "
@@ -154,11 +162,36 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,
         if chain_id is not None and anchor.store_id == chain_id:
             for problem in _check_anchor(conn, shard, key, anchor, last_seq):
                 fail(problem.kind, problem.seq, problem.detail)
-    pending = _pending_outbox(conn, shard, fail)
+    pending = _pending_outbox(conn, shard, fail, made)
     accepted = _check_store(conn, shard, audited, pending, fail)
+    for kind, ident in sorted((rows or {}).get(shard, set())):
+        if ident not in made:
+            what = "task.create" if kind == "task" else "enqueue"
+            fail("store", None, f"{kind} {safe_field(ident)} has no accepted {what} record")
     return ShardVerdict(shard=shard, records=records, head_seq=last_seq, head_hash=last_hash,
                         chain_id=chain_id, pending_outbox=len(pending),
                         accepted_requests=accepted, problems=tuple(problems))
+
+
+def store_rows(conn: psycopg.Connection[Any]) -> dict[int, set[tuple[str, str]]]:
+    """("task", ID) of every task and ("run", ID) of every run, by their workspace's shard
+    (one pass over each table, not one per shard)."""
+    row = conn.execute("SELECT value FROM cluster_config WHERE key = 'shards'").fetchone()
+    if row is None:
+        return {}
+    shards = int(row[0])
+    out: dict[int, set[tuple[str, str]]] = {}
+    for kind, table, column in (("task", "tasks", "task_id"), ("run", "runs", "run_id")):
+        for ident, workspace in conn.execute(f"SELECT {column}, workspace FROM {table}"):
+            out.setdefault(shard_of(str(workspace), shards), set()).add((kind, str(ident)))
+    return out
+
+
+def _note_made(fields: dict[str, Any], made: set[str]) -> None:
+    if fields.get("action") == Action.CREATE.value and isinstance(fields.get("task_id"), str):
+        made.add(fields["task_id"])
+    if fields.get("action") == Action.ENQUEUE.value and isinstance(fields.get("run_id"), str):
+        made.add(fields["run_id"])
 
 
 def _check_anchor(conn: psycopg.Connection[Any], shard: int, key: ChainKey, anchor: Anchor,
@@ -182,7 +215,8 @@ def _check_anchor(conn: psycopg.Connection[Any], shard: int, key: ChainKey, anch
     return []
 
 
-def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any) -> set[RequestKey]:
+def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any, made: set[str]
+                    ) -> set[RequestKey]:
     pending: set[RequestKey] = set()
     for row_id, blob in conn.execute("SELECT id, record FROM outbox WHERE shard = %s "
                                      "ORDER BY id", (shard,)):
@@ -191,6 +225,7 @@ def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any) -> set
             assert fields is not None
             pending.add((fields["workspace"], fields["channel"], fields["peer_id"],
                          fields["request_id"]))
+            _note_made(fields, made)
         except (AssertionError, KeyError, TypeError):
             fail("store", None, f"outbox row {row_id} is unreadable")
     return pending

@@ -83,6 +83,18 @@ def test_an_edited_audit_row_makes_verify_exit_1_naming_its_shard_and_record(
     assert done.stdout.splitlines()[-1] == "FAILED: shard(s) 1 do not verify"
 
 
+def test_a_task_row_no_accepted_record_vouches_for_makes_verify_exit_1(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    cluster.execute("INSERT INTO tasks (task_id, workspace, title, description, created_at, "
+                    "updated_at) VALUES ('task_forged', %s, 'f', '', 0, 0)", (WORKSPACES[2],))
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout
+    assert ("shard 2: problem: store: store: task task_forged has no accepted task.create "
+            "record") in done.stdout
+    assert "shard 0: OK" in done.stdout and "shard 1: OK" in done.stdout
+
+
 def test_a_deleted_tail_or_a_forged_head_row_makes_verify_exit_1(
     cluster: psycopg.Connection[Any], database: str,
 ) -> None:
@@ -135,6 +147,8 @@ def test_anchors_kept_outside_the_database_catch_a_rollback_the_head_rows_cannot
     # later records and their store rows deleted, the head row they saved put back.
     cluster.execute("DELETE FROM audit WHERE shard = 0 AND seq > 4")
     cluster.execute("DELETE FROM accepted_requests WHERE request_id LIKE 'late-%'")
+    cluster.execute("DELETE FROM tasks WHERE task_id NOT IN (SELECT task_id FROM "
+                    "accepted_requests WHERE task_id IS NOT NULL)")
     cluster.execute("UPDATE audit_chains SET seq = %s, hash = %s, at = %s, mac = %s "
                     "WHERE shard = 0", old_row)
     inside = _cli("audit", "verify", "--database", database)
