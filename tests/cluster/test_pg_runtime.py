@@ -163,11 +163,12 @@ def _assert_chain_verifies(conn: psycopg.Connection[Any], shard: int, records: i
     assert (head.seq, head.hash) == (records, rows[-1]["hash"])
 
 
+@pytest.mark.parametrize("mode", ["inprocess", "pipeline"])
 def test_a_runtime_whose_lease_was_taken_over_answers_unavailable_and_appends_nothing(
-    pg_runtime: Callable[..., IngressRuntime], database: str,
+    pg_runtime: Callable[..., IngressRuntime], database: str, mode: str,
 ) -> None:
     with _setup(database) as conn:
-        old = pg_runtime(_fence(conn, "node-a"))
+        old = pg_runtime(_fence(conn, "node-a"), process_mode=mode)
         old.greet(WS, "ops", writer_card("peer-a"))
         first = old.submit(ctx("a-1", workspace=WS), CreateTask(title="before"))
         assert first.accepted
