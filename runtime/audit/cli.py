@@ -37,6 +37,7 @@ from task_ingress.runtime.audit.query import (
 from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
 from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
+from task_ingress.runtime.cli_exit import UsageProblem
 
 audit_app = typer.Typer(
     help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
@@ -122,10 +123,17 @@ KeyOpt = Annotated[str | None, typer.Option(
     "--key", help="Hex audit key (default: $TASK_INGRESS_AUDIT_KEY, else <store>.key).")]
 
 
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", help="A cluster's PostgreSQL URL instead of --store: every shard's chain "
+    "(the key from --key or $TASK_INGRESS_AUDIT_KEY).")]
+
+
 @audit_app.command()
 @_exits
 def verify(
-    store: StoreOpt,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    database: DatabaseOpt = None,
     key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     expect_seq: Annotated[int | None, typer.Option(
@@ -137,6 +145,9 @@ def verify(
     allow_legacy: Annotated[bool, typer.Option(
         "--allow-legacy", help="Check a legacy store's unkeyed chain (schema 3 or older) by "
         "the old rules instead of failing it.")] = False,
+    anchors: Annotated[str | None, typer.Option(
+        "--anchors", help="With --database: a file of head lines `audit head --database` "
+        "printed; fail unless every shard chain still reaches them.")] = None,
 ) -> None:
     """Check the keyed chain, the checkpoint, anchors and the store against each other.
 
@@ -144,7 +155,22 @@ def verify(
     record (or what else is wrong) otherwise; exit 2 for a usage error or a store that
     cannot be read. Pending outbox rows (accepted writes a crash left for Audit to chain on
     its next start) are reported, not errors.
+
+    With --database (a cluster): every shard's chain, its head row and the store, one
+    line per shard; exit 1 when any shard fails.
     """
+    if (store is None) == (database is None):
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        if expect_seq is not None or expect_head is not None or allow_legacy:
+            raise UsageProblem("--expect-seq, --expect-head and --allow-legacy apply to "
+                               "--store only")
+        from task_ingress.runtime.audit.pg_cli import verify_database_command
+
+        raise typer.Exit(verify_database_command(database, key, as_json, anchors))
+    if anchors is not None:
+        raise UsageProblem("--anchors applies to --database; with --store use --expect-head")
+    assert store is not None
     anchor = make_anchor(expect_seq, expect_head)
     result = verify_store(store, key=key, anchor=anchor, allow_legacy=allow_legacy)
     if as_json:
@@ -183,13 +209,28 @@ def _failed(first: Problem) -> str:
 
 @audit_app.command()
 @_exits
-def head(store: StoreOpt, key: KeyOpt = None) -> None:
+def head(
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    key: KeyOpt = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: one line per "
+        "shard chain.")] = None,
+) -> None:
     """Verify the log, then print its head as one signed line to keep outside the store.
 
     Ship the line elsewhere (a log host, a ticket) and later pass it to
     `audit verify --expect-head LINE`: a log rolled back, truncated or replaced since then
-    fails. Exit 1 (and nothing on stdout) when the log does not verify.
+    fails. Exit 1 (and nothing on stdout) when the log does not verify. With --database,
+    one line per shard chain, for `audit verify --database URL --anchors FILE`.
     """
+    if (store is None) == (database is None):
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import head_database_command
+
+        raise typer.Exit(head_database_command(database, key))
+    assert store is not None
     result = verify_store(store, key=key)
     raw, _ = load_key(store, key)
     if not result.ok or raw is None or result.store_id is None:
@@ -204,7 +245,11 @@ def head(store: StoreOpt, key: KeyOpt = None) -> None:
 @audit_app.command()
 @_exits
 def show(
-    store: StoreOpt,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: records of "
+        "every shard, newest --limit per shard, each line naming its shard.")] = None,
     peer: PeerOpt = None,
     channel: ChannelOpt = None,
     workspace: WorkspaceOpt = None,
@@ -226,6 +271,13 @@ def show(
     _at_least("-n/--limit", limit, 0)
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
+    if (store is None) == (database is None):
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import show_database_command
+
+        raise typer.Exit(show_database_command(database, flt, limit or None))
+    assert store is not None
     with open_readonly(store) as conn:
         rows = list(query_records(conn, flt, last=limit or None))
     width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns

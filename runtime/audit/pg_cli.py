@@ -1,0 +1,155 @@
+"""`task-ingress audit verify|show --database URL`: the audit of a cluster database.
+
+psycopg (the `cluster` extra) is imported here only, when such a command runs, so the base
+install's `audit` commands work without it. Exit codes as SPEC §9: 0 every shard verifies,
+1 a shard fails verification, 2 a usage error (no key) or a database that cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import typer
+from task_ingress.actors.rules.chain import ChainKey, genesis_hash
+from task_ingress.actors.storage.auditlog import KEY_ENV
+from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
+from task_ingress.runtime.audit.query import AuditFilter, format_line
+
+EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
+
+
+def _error(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return EXIT_USAGE
+
+
+def _key(explicit: str | None) -> bytes | str:
+    """The key's bytes, or why there is none (a usage error: a database has no key file)."""
+    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
+    if not text:
+        return f"--database needs the audit key: --key HEX or ${KEY_ENV}"
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    return raw or ("--key must be the audit key in hex" if explicit
+                   else f"${KEY_ENV} must be the audit key in hex; fix or unset it")
+
+
+def _anchors(path: str | None) -> list[Anchor] | str:
+    """The head lines in the file (blank lines skipped), or why they cannot be read."""
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [parse_head_line(line) for line in fh if line.strip()]
+    except OSError as exc:
+        return f"--anchors {path}: cannot read it ({exc.strerror or exc})"
+    except BadAnchor as exc:
+        return f"--anchors {path}: {exc}"
+
+
+def _verified(url: str, key: str | None, anchors_file: str | None = None
+              ) -> tuple[Any, bytes] | int:
+    """(the database's verdict, the key), or the exit code of a usage problem."""
+    raw = _key(key)
+    if isinstance(raw, str):
+        return _error(raw)
+    anchors = _anchors(anchors_file)
+    if isinstance(anchors, str):
+        return _error(anchors)
+    try:
+        import psycopg
+        from task_ingress.runtime.audit.pg_verify import verify_database
+    except ImportError:
+        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            return verify_database(conn, raw, anchors), raw
+    except psycopg.Error as exc:
+        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+
+
+def verify_database_command(url: str, key: str | None, as_json: bool,
+                            anchors_file: str | None = None) -> int:
+    """Verify every shard's chain of the database at `url` (and the anchors in
+    `anchors_file`); print; return the exit code."""
+    found = _verified(url, key, anchors_file)
+    if isinstance(found, int):
+        return found
+    result = found[0]
+    verdicts, ok = result.shards, result.ok
+    if as_json:
+        typer.echo(json.dumps({"ok": ok, "shards": [v.to_dict() for v in verdicts],
+                               "problems": [str(p) for p in result.problems]}, indent=2))
+        return EXIT_OK if ok else EXIT_BAD
+    for problem in result.problems:
+        typer.echo(f"problem: {problem}")
+    for v in verdicts:
+        state = "OK" if v.ok else "FAILED"
+        typer.echo(f"shard {v.shard}: {state}: {v.records} records, head seq {v.head_seq}, "
+                   f"{v.accepted_requests} accepted requests, {v.pending_outbox} pending "
+                   "outbox rows")
+        for problem in v.problems:
+            typer.echo(f"shard {v.shard}: problem: {problem}")
+    if not verdicts:
+        typer.echo("no shards: not a cluster database?")
+    total = sum(v.records for v in verdicts)
+    if ok:
+        typer.echo(f"OK: every shard's keyed chain, head row and store agree; audit records:\n"
+                   f"{total}")
+        return EXIT_OK
+    bad = [v.shard for v in verdicts if not v.ok]
+    typer.echo(f"FAILED: shard(s) {', '.join(map(str, bad))} do not verify" if bad
+               else "FAILED: an anchored chain is gone")
+    return EXIT_BAD
+
+
+def head_database_command(url: str, key: str | None) -> int:
+    """Verify every shard, then print each shard chain's head as a signed line (to keep
+    outside the database; `audit verify --database URL --anchors FILE` checks them)."""
+    found = _verified(url, key)
+    if isinstance(found, int):
+        return found
+    result, raw = found
+    if not result.ok:
+        typer.echo("FAILED: the database does not verify (see `task-ingress audit verify "
+                   "--database URL`)", err=True)
+        return EXIT_BAD
+    chain_key = ChainKey(raw)
+    for v in result.shards:
+        if v.chain_id is None:
+            continue  # a shard nobody has written: no chain to anchor yet
+        head = v.head_hash if v.head_seq else genesis_hash(v.chain_id)
+        typer.echo(head_line(chain_key, v.chain_id, v.head_seq, head))
+    return EXIT_OK
+
+
+def show_database_command(url: str, flt: AuditFilter, limit: int | None) -> int:
+    """Matching records of every shard, newest `limit` per shard, one line each."""
+    try:
+        import psycopg
+        from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
+    except ImportError:
+        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
+    where, params = flt.where()
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            rows: list[Any] = conn.execute(
+                f"SELECT shard, {AUDIT_COLUMNS} FROM audit WHERE {where.replace('?', '%s')} "
+                "ORDER BY shard, seq", params).fetchall()
+    except psycopg.Error as exc:
+        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+    by_shard: dict[int, list[str]] = {}
+    for row in rows:
+        by_shard.setdefault(int(row[0]), []).append(format_line(record_from_row(tuple(row[1:]))))
+    count = 0
+    for shard, lines in sorted(by_shard.items()):
+        shown = lines[-limit:] if limit else lines
+        count += len(shown)
+        for line in shown:
+            typer.echo(f"[shard {shard}] {line}")
+    typer.echo(f"{count} record(s)")
+    return EXIT_OK
