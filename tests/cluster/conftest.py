@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from task_ingress.runtime.nats.identity import generate_key, save_key
 
+from tests.cluster.cluster_support import NatsCluster
 from tests.cluster.pg_support import PostgresServer, find_bin_dir
 
 
@@ -28,3 +31,20 @@ def postgres() -> Iterator[PostgresServer]:
 def database(postgres: PostgresServer) -> str:
     """The URL of a fresh, empty database in the session's server."""
     return postgres.new_database()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three routed nats-servers on loopback (one token), always stopped."""
+    cluster = NatsCluster(3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Path:
+    """A directory with the cluster's shared key (its AGH identity) and trust file."""
+    save_key(str(tmp_path / "cluster.key"), generate_key())
+    return tmp_path
