@@ -46,6 +46,7 @@ Stopped = Callable[[int, str], Awaitable[None]]
 
 LOST_REFUSED = "renew_refused"
 LOST_LATE = "renew_late"
+START_FAILED = "start_failed"
 GIVEN_BACK = "rebalance"
 SHUTDOWN = "shutdown"
 
@@ -80,6 +81,7 @@ class LeaseKeeper:
         # executor, which the daemon uses to start and close runtimes.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lease-keeper")
         self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.log = get_logger(component="cluster.keeper", node=node)
 
@@ -123,6 +125,8 @@ class LeaseKeeper:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._side:  # starts and give-backs under way finish first
+            await asyncio.gather(*self._side, return_exceptions=True)
         held, self.held = dict(self.held), {}
         await asyncio.gather(*(self.on_lost(shard, SHUTDOWN) for shard in held))
         for lease in held.values():
@@ -162,8 +166,7 @@ class LeaseKeeper:
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
         await self.on_lost(lease.shard, why)
         if why == LOST_LATE:  # maybe still ours in the database: free it for the others now
-            task = asyncio.create_task(self._release_quietly(lease))
-            self._tasks.append(task)
+            self._spawn(self._release_quietly(lease))
 
     async def _release_quietly(self, lease: Lease) -> None:
         with contextlib.suppress(Exception):
@@ -183,14 +186,14 @@ class LeaseKeeper:
                 self.held[lease.shard] = renewed
         if self._stopping:
             return
-        self.live_nodes = await self._db(pg_nodes.heartbeat, self.node, self.timing.ttl)
+        holdings = await self._db(pg_nodes.heartbeat, self.node, self.timing.ttl)
+        self.live_nodes = len(holdings)
         share = fair_share(self.shards, self.live_nodes)
         free = await self._db(pg_nodes.free_shards)
-        for shard in shards_to_release(frozenset(self.held), share, len(free)):
+        for shard in shards_to_release(frozenset(self.held), self.shards, holdings, len(free)):
             lease = self.held.pop(shard)
             self.log.info("lease.given_back", shard=shard, epoch=lease.epoch, share=share)
-            await self.on_lost(shard, GIVEN_BACK)
-            await self._db(pg_leases.release, lease)
+            self._spawn(self._give_back(lease))
         for shard in shards_to_acquire(frozenset(self.held), free, share, self.node):
             if self._stopping:
                 return
@@ -199,4 +202,24 @@ class LeaseKeeper:
             if got is not None:
                 self.held[shard] = got
                 self.log.info("lease.acquired", shard=shard, epoch=got.epoch, share=share)
-                await self.on_acquired(got)
+                self._spawn(self._serve(got))
+
+    # Starting and draining a shard take time; they run beside the rounds so that renews
+    # of the other shards are never late because of them.
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+
+    async def _serve(self, lease: Lease) -> None:
+        try:
+            await self.on_acquired(lease)
+        except Exception as exc:  # cannot serve it: do not sit on it either
+            self.log.error("shard.start_failed", shard=lease.shard, error=repr(exc))
+            await self._lose(lease, START_FAILED)
+            await self._release_quietly(lease)
+
+    async def _give_back(self, lease: Lease) -> None:
+        """Drain the shard, then release it (a rebalance: someone short of shards takes it)."""
+        await self.on_lost(lease.shard, GIVEN_BACK)
+        await self._release_quietly(lease)

@@ -99,11 +99,20 @@ def shards_to_acquire(held: frozenset[int], free: list[int], share: int,
     return (candidates[start:] + candidates[:start])[:room]
 
 
-def shards_to_release(held: frozenset[int], share: int, unowned: int) -> list[int]:
-    """Shards to give back when holding more than the fair share — only while no shard is
-    free (`unowned` counts free or expired ones): a newcomer first takes the free shards,
-    then the richest daemons hand back their excess, highest shard first."""
-    excess = len(held) - share
-    if excess <= 0 or unowned > 0:
+def shards_to_release(held: frozenset[int], shards: int, holdings: dict[str, int],
+                      unowned: int) -> list[int]:
+    """Shards to give back so that every live daemon gets its share — only while no shard
+    is free (`unowned` counts free or expired ones: those go to whoever is short first).
+
+    `holdings` is every live daemon's count of held shards (this one included). A daemon
+    above ceil(shards / live) gives back its excess; one at the ceiling gives back one shard
+    while another live daemon holds less than floor(shards / live) (a newcomer with none).
+    Highest shard first. A round later the short daemon takes what became free."""
+    if unowned > 0 or not holdings:
         return []
-    return sorted(held, reverse=True)[:excess]
+    live = len(holdings)
+    ceil, floor = fair_share(shards, live), shards // live
+    excess = len(held) - ceil
+    if excess <= 0 and len(held) > floor and min(holdings.values()) < floor:
+        excess = 1
+    return sorted(held, reverse=True)[:max(0, excess)]

@@ -29,16 +29,18 @@ def ensure_nodes_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(SCHEMA)
 
 
-def heartbeat(conn: psycopg.Connection[Any], node: str, ttl: float) -> int:
-    """Record that `node` is alive; the number of live daemons (seen within `ttl`),
-    itself included."""
+def heartbeat(conn: psycopg.Connection[Any], node: str, ttl: float) -> dict[str, int]:
+    """Record that `node` is alive; every live daemon (seen within `ttl`, itself included)
+    with the number of shards it holds now."""
     conn.execute(
         "INSERT INTO cluster_nodes (node, seen_at, started_at) VALUES (%s, now(), now()) "
         "ON CONFLICT (node) DO UPDATE SET seen_at = now()", (node,))
-    row = conn.execute(
-        "SELECT count(*) FROM cluster_nodes "
-        "WHERE seen_at > now() - make_interval(secs => %s)", (ttl,)).fetchone()
-    return int(row[0]) if row else 1
+    rows = conn.execute(
+        "SELECT n.node, count(l.shard) FROM cluster_nodes n LEFT JOIN shard_leases l "
+        "ON l.owner = n.node AND l.expires_at > now() "
+        "WHERE n.seen_at > now() - make_interval(secs => %s) OR n.node = %s "
+        "GROUP BY n.node", (ttl, node)).fetchall()
+    return {str(n): int(c) for n, c in rows}
 
 
 def leave(conn: psycopg.Connection[Any], node: str) -> None:

@@ -27,6 +27,7 @@ from task_ingress.runtime.nats.server import find_nats_server
 from task_ingress.runtime.ports import free_port
 
 START_TIMEOUT = 20.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 class NatsCluster:
@@ -109,15 +110,15 @@ class Daemon:
     def __init__(self, *, workdir: Path, node: str, database: str, nats_url: str,
                  token: str, shards: int, workspaces: list[str], key_file: Path,
                  trust_file: Path, lease_ttl: float = 2.0, greet_interval: float = 1.0,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, module: str = "task_ingress") -> None:
         self.node = node
         self.ready_file = workdir / f"{node}.ready.json"
         self.log_path = workdir / f"{node}.log"
-        args = [sys.executable, "-m", "task_ingress", "serve", "--cluster",
+        args = [sys.executable, "-m", module, "serve", "--cluster",
                 "--database", database, "--nats-url", nats_url, "--shards", str(shards),
                 "--node-id", node, "--lease-ttl", str(lease_ttl),
                 "--key-file", str(key_file), "--trust-file", str(trust_file),
-                "--store", str(workdir / node), "--ready-file", str(self.ready_file),
+                "--store", str(workdir / "cluster"), "--ready-file", str(self.ready_file),
                 "--greet-interval", str(greet_interval), "--peer-rate", "0"]
         for ws in workspaces:
             args += ["--workspace", ws]
@@ -126,7 +127,7 @@ class Daemon:
                "TASK_INGRESS_LOG_LEVEL": "info", "TASK_INGRESS_LOG_FORMAT": "json"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, env=env)
+                                         stderr=log, env=env, cwd=REPO)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         """The ready file's contents once written; raises if the daemon died first."""

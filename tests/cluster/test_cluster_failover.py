@@ -1,0 +1,126 @@
+"""Failover of real cluster daemons: SIGKILL of an owner mid-load, and what reaches the store.
+
+Daemons run as processes (`python -m task_ingress serve --cluster`), lease TTL 2 s, three
+routed nats-servers, the session's PostgreSQL. The load is bounded in requests and seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from task_ingress.actors.rules.shards import shard_of
+
+from tests.cluster.cluster_support import NatsCluster
+from tests.cluster.load import Load, wait_until
+from tests.cluster.stores import audit_chains_verify, fencing_problems, stored_request_ids
+from tests.cluster.test_cluster_serve import owners, start
+
+SHARDS = 4
+TTL = 2.0
+WORKSPACES = [f"ws-{i}" for i in range(8)]
+
+
+def test_a_sigkilled_owners_shards_are_owned_again_within_ttl_and_no_acknowledged_write_is_lost(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    daemons = [start(cluster_dir, database, nats_cluster, f"node-{i}", i, lease_ttl=TTL)
+               for i in range(3)]
+    load = None
+    try:
+        for d in daemons:
+            d.wait_ready()
+        wait_until(lambda: len({o for o in owners(database).values() if o}) == 3
+                   and None not in owners(database).values(), 20, "shards over 3 daemons")
+        load = Load(daemons[0].ready_file, nats_cluster.urls[2], WORKSPACES)
+        load.greet_all()
+        load.start(max_requests=4000, max_seconds=60)
+        wait_until(lambda: len(load.accepted()) >= 40, 20, "accepted writes before the kill")
+
+        victim = daemons[1]
+        lost = sorted(s for s, o in owners(database).items() if o == victim.node)
+        assert lost, "node-1 held no shard"
+        victim.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.proc.wait(10)
+        took = wait_until(
+            lambda: all(owners(database)[s] not in (None, victim.node) for s in lost),
+            TTL + 2, f"shards {lost} owned again within TTL + 2 s")
+        lost_ws = [ws for ws in WORKSPACES if shard_of(ws, SHARDS) in lost]
+        # Every workspace of the lost shards is written again, by the new owners.
+        wait_until(lambda: all(any(r["accepted"] and r["workspace"] == ws
+                                   and r["at"] > killed_at + took for r in load.replies)
+                               for ws in lost_ws), 20, "writes after the takeover")
+        load.stop()
+        print(f"takeover {took:.2f} s after SIGKILL (TTL {TTL} s), shards {lost}")
+    finally:
+        if load is not None:
+            load.close()
+        codes = [d.stop() for d in daemons]
+    assert codes[0] == 0 and codes[2] == 0, [d.log() for d in daemons]
+    acked = load.accepted()
+    stored = stored_request_ids(database, cluster_dir)
+    assert set(acked) <= stored, f"acknowledged but not stored: {sorted(set(acked) - stored)}"
+    assert audit_chains_verify(database, cluster_dir) == []
+    assert fencing_problems(database, SHARDS) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the per-shard SQLite stand-in is not fenced; passes "
+                   "once shard runtimes write through the fenced PostgreSQL store")
+def test_a_sigstopped_owner_resumed_after_a_takeover_commits_none_of_its_pending_writes(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    """node-0 pauses with admitted writes on their way to the store (the Delay seam keeps
+    each batch 0.3 s before it), node-1 takes its shards and writes, node-0 resumes: every
+    one of its pending writes is answered task_ingress_unavailable, and the history checker
+    finds nothing committed under the old epoch after the new one wrote."""
+    daemons = [start(cluster_dir, database, nats_cluster, f"node-{i}", i, lease_ttl=TTL,
+                     module="tests.cluster.seamed_serve") for i in range(2)]
+    victim, heir = daemons
+    load = None
+    try:
+        for d in daemons:
+            d.wait_ready()
+        wait_until(lambda: set(owners(database).values()) == {victim.node, heir.node}, 20,
+                   "shards over 2 daemons")
+        load = Load(victim.ready_file, nats_cluster.urls[1], WORKSPACES)
+        load.greet_all()
+        load.start(max_requests=4000, max_seconds=60)
+        taken = sorted(s for s, o in owners(database).items() if o == victim.node)
+        taken_ws = [ws for ws in WORKSPACES if shard_of(ws, SHARDS) in taken]
+        wait_until(lambda: all(any(r["accepted"] and r["workspace"] == ws for r in load.replies)
+                               for ws in taken_ws), 20, "node-0 accepting writes")
+        victim.signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_until(lambda: all(owners(database)[s] == heir.node for s in taken), TTL + 5,
+                   "node-1 owns node-0's shards")
+        wait_until(lambda: all(any(r["accepted"] and r["workspace"] == ws
+                                   and r["at"] > stopped_at for r in load.replies)
+                               for ws in taken_ws), 20, "node-1 writing them")
+        victim.signal(signal.SIGCONT)
+        resumed = time.time()
+        wait_until(lambda: bool(victim.events("shard.stopped_serving")), 10,
+                   "node-0 noticing it lost its shards")
+        time.sleep(1.0)  # its pending writes reach the store and are answered
+        load.stop()
+    finally:
+        if load is not None:
+            load.close()
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0], [d.log() for d in daemons]
+    after = [e for e in victim.events("ingress.outcome") if at(e) >= resumed
+             and e.get("workspace") in taken_ws]
+    assert not [e for e in after if e.get("outcome") == "accepted"], after
+    refused = [e for e in after if e.get("reason") == "task_ingress_unavailable"]
+    assert refused, "node-0 had no pending write when it resumed: the test proved nothing"
+    assert fencing_problems(database, SHARDS) == []
+    acked = load.accepted()
+    assert set(acked) <= stored_request_ids(database, cluster_dir)
+
+
+def at(event: dict[str, object]) -> float:
+    """A log event's wall-clock time (structlog's ISO timestamp, UTC)."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
