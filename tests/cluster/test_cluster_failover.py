@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from task_ingress.actors.rules.shards import shard_of
 
-from tests.cluster.cluster_support import NatsCluster
+from tests.cluster.cluster_support import Daemon, NatsCluster, TcpProxy
 from tests.cluster.load import Load, wait_until
+from tests.cluster.pg_support import PostgresServer
 from tests.cluster.stores import audit_chains_verify, fencing_problems, stored_request_ids
 from tests.cluster.test_cluster_serve import owners, start
 
@@ -124,3 +125,57 @@ def test_a_sigstopped_owner_resumed_after_a_takeover_commits_none_of_its_pending
 def at(event: dict[str, object]) -> float:
     """A log event's wall-clock time (structlog's ISO timestamp, UTC)."""
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def test_a_daemon_cut_off_from_postgresql_stops_serving_before_its_lease_can_be_taken(
+    database: str, postgres: PostgresServer, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    """node-0 reaches PostgreSQL only through a proxy the test cuts (connections go silent,
+    as in a partition). It must stop serving each of its shards before node-1 can acquire
+    it — at TTL/2 after its last good renew, by its own clock — and nothing may be written
+    under its epoch after node-1's."""
+    proxy = TcpProxy(postgres.port)
+    via_proxy = database.replace(f":{postgres.port}/", f":{proxy.port}/")
+    cut_off = Daemon(workdir=cluster_dir, node="node-0", database=via_proxy,
+                     nats_url=nats_cluster.urls[0], token=nats_cluster.token, shards=SHARDS,
+                     workspaces=WORKSPACES, key_file=cluster_dir / "cluster.key",
+                     trust_file=cluster_dir / "trust.json", lease_ttl=TTL)
+    other = start(cluster_dir, database, nats_cluster, "node-1", 1, lease_ttl=TTL)
+    load = None
+    try:
+        cut_off.wait_ready()
+        other.wait_ready()
+        wait_until(lambda: set(owners(database).values()) == {"node-0", "node-1"}, 20,
+                   "shards over 2 daemons")
+        load = Load(other.ready_file, nats_cluster.urls[2], WORKSPACES)
+        load.greet_all()
+        load.start(max_requests=4000, max_seconds=60)
+        held = sorted(s for s, o in owners(database).items() if o == "node-0")
+        held_ws = [ws for ws in WORKSPACES if shard_of(ws, SHARDS) in held]
+        wait_until(lambda: all(any(r["accepted"] and r["workspace"] == ws for r in load.replies)
+                               for ws in held_ws), 20, "node-0 accepting writes")
+        proxy.cut()
+        cut_at = time.time()
+        wait_until(lambda: all(owners(database)[s] == "node-1" for s in held), TTL + 5,
+                   "node-1 owns node-0's shards")
+        wait_until(lambda: all(any(r["accepted"] and r["workspace"] == ws
+                                   and r["at"] > time.monotonic() - 1 for r in load.replies)
+                               for ws in held_ws), 20, "node-1 writing them")
+        load.stop()
+    finally:
+        if load is not None:
+            load.close()
+        codes = [other.stop(), cut_off.stop()]
+        proxy.close()
+    assert codes == [0, 0], [cut_off.log(), other.log()]
+    stopped = {e["shard"]: at(e) for e in cut_off.events("shard.stopped_serving")
+               if e["shard"] in held and at(e) >= cut_at}
+    taken = {e["shard"]: at(e) for e in other.events("lease.acquired")
+             if e["shard"] in held and at(e) >= cut_at}
+    assert set(stopped) == set(held) and set(taken) == set(held), (stopped, taken)
+    for shard in held:
+        assert stopped[shard] < taken[shard], f"shard {shard} served by both daemons"
+    print(f"partition: stopped serving {max(stopped.values()) - cut_at:.2f} s after the cut, "
+          f"taken over {max(taken.values()) - cut_at:.2f} s after it (TTL {TTL} s)")
+    assert fencing_problems(database, SHARDS) == []
+    assert set(load.accepted()) <= stored_request_ids(database, cluster_dir)
