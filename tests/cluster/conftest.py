@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 from task_ingress.runtime.nats.identity import generate_key, save_key
 
-from tests.cluster.cluster_support import NatsCluster
 from tests.cluster.pg_support import PostgresServer, find_bin_dir
 
 

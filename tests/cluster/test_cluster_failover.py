@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 
-from tests.cluster.cluster_support import Daemon, NatsCluster, TcpProxy
+from tests.cluster.cluster_support import Daemon, TcpProxy
 from tests.cluster.load import Load, wait_until
 from tests.cluster.pg_support import PostgresServer
 from tests.cluster.stores import audit_chains_verify, fencing_problems, stored_request_ids

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import psycopg
 from task_ingress.runtime.cluster import pg_leases
+from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 
-from tests.cluster.cluster_support import Daemon, NatsCluster
+from tests.cluster.cluster_support import Daemon
 from tests.cluster.load import Load, wait_until
 
 SHARDS = 4
