@@ -143,22 +143,14 @@ class Audit(GateActor):
         batch, self.pending = self.pending, []
         if not batch:
             return
-        committed = self._commit(batch)
-        if not committed:
-            # A write the store already committed must not be answered "failed": its outbox
-            # row is durable and will be chained. Keep those verdicts and retry shortly;
-            # the rest (nothing applied) are answered task_ingress_failed now.
-            kept = [v for v in batch if v.outbox_id is not None]
-            batch = [v for v in batch if v.outbox_id is None]
-            if kept:
-                self.pending = kept + self.pending
-                self.wakeupAfter(AUDIT_RETRY_SECONDS)
+        if self._commit(batch):
+            answers = [(v, v.outcome) for v in batch]
+        else:
+            answers = self._uncommitted(batch)
         log_info = info_enabled()
         replies: list[tuple[Any, Replied]] = []
         dones: list[tuple[Any, int]] = []
-        for verdict in batch:
-            outcome = (verdict.outcome if committed
-                       else Outcome.failed(verdict.outcome.request_id, verdict.outcome.action))
+        for verdict, outcome in answers:
             if log_info:
                 self._log_outcome(verdict.flight, outcome)
             ticket = verdict.flight.submission.ticket
@@ -173,6 +165,19 @@ class Audit(GateActor):
         for to, tickets in group_by_address(dones):
             self.send(to, Dones(tickets=tuple(tickets)))
         self._checkpoint(force=False)
+
+    def _uncommitted(self, batch: list[Verdict]) -> list[tuple[Verdict, Outcome]]:
+        """A batch whose records did not commit: what to answer now (the rest is retried).
+
+        A write the store already committed must not be answered "failed": its outbox row
+        is durable and will be chained. Those verdicts are kept and retried shortly; the
+        rest (nothing applied) are answered task_ingress_failed now."""
+        kept = [v for v in batch if v.outbox_id is not None]
+        if kept:
+            self.pending = kept + self.pending
+            self.wakeupAfter(AUDIT_RETRY_SECONDS)
+        return [(v, Outcome.failed(v.outcome.request_id, v.outcome.action))
+                for v in batch if v.outbox_id is None]
 
     def _commit(self, batch: list[Verdict]) -> bool:
         assert self.conn is not None

@@ -48,7 +48,7 @@ from task_ingress.messages.protocol import (
     Verdicts,
     Wiring,
 )
-from task_ingress.messages.requests import AnyRequest
+from task_ingress.messages.requests import AnyRequest, IngressContext
 
 BATCH_SYNC = "NORMAL"
 """synchronous= of the store's batch commits on a durable store: in WAL mode, NORMAL
@@ -153,10 +153,16 @@ class TaskStore(GateActor):
 
         Runs inside the batch's transaction. The one hook a test twin overrides
         (task_ingress.testing.NaiveTaskStore)."""
-        work = StoreBatch.load(conn, [(f.context, _request(f)) for f in batch])
+        work = self.load_batch(conn, [(f.context, _request(f)) for f in batch])
         results = [self._judge_and_apply(work, flight, now) for flight in batch]
         work.write(conn)
         return results
+
+    def load_batch(self, conn: sqlite3.Connection,
+                   items: list[tuple[IngressContext, AnyRequest]]) -> StoreBatch:
+        """What the batch's requests can look at (`StoreBatch.load`); the PostgreSQL store
+        overrides it to number outbox rows from its own counter."""
+        return StoreBatch.load(conn, items)
 
     def _judge_and_apply(self, work: StoreBatch, flight: InFlight, now: float) -> Applied:
         """Judge one request; apply an acceptance to the batch with its outbox record."""

@@ -31,6 +31,12 @@ CHANNEL_ACTOR = "task_ingress.actors.ingress.ChannelIngress"
 """Dotted name of the production channel actor (created by the router, one per channel)."""
 STORE_ACTOR = "task_ingress.actors.task_store.TaskStore"
 """Dotted name of the production TaskStore (created and supervised by the router)."""
+PG_STORE_ACTOR = "task_ingress.actors.pg_task_store.PgTaskStore"
+"""Dotted name of the TaskStore of a runtime on PostgreSQL (`database_url`)."""
+AUDIT_ACTOR = "task_ingress.actors.audit.Audit"
+"""Dotted name of the production Audit actor (SQLite chain beside the store)."""
+PG_AUDIT_ACTOR = "task_ingress.actors.pg_audit.PgAudit"
+"""Dotted name of the Audit actor of a runtime on PostgreSQL (one chain per shard)."""
 MAX_CHANNELS = 4096
 """Default of the most (workspace, channel) pairs with a channel actor at once."""
 MAX_CHANNELS_PER_PEER = 64
@@ -64,6 +70,13 @@ class Settings(InternalMessage):
     store_actor_class: str = Field(default=STORE_ACTOR, description="The router's TaskStore.")
     store_proxy_class: str = Field(default="", description=(
         "An actor between Capability and TaskStore ('' = none; the tests' Hold)."))
+    audit_actor_class: str = Field(default=AUDIT_ACTOR, description="The Audit actor.")
+    # Cluster mode (PostgreSQL): the store and audit write only under this lease holding.
+    database_url: str = Field(default="", description="PostgreSQL URL ('' = SQLite store).")
+    fence: tuple[int, str, int] | None = Field(default=None, description=(
+        "(shard, owner, epoch) every write and audit transaction is fenced by."))
+    database_idle_timeout: float = Field(default=1.0, description=(
+        "idle_in_transaction_session_timeout of the store's sessions, seconds."))
 
 
 class Wiring(InternalMessage):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+from task_ingress.actors.rules.shards import Fence
 from task_ingress.messages.limits import CARD_LIMITS, SPEC_LIMITS, CardLimits, Limits
 from task_ingress.messages.protocol import (
     CHANNEL_ACTOR,
@@ -116,7 +117,29 @@ class RuntimeConfig:
     """Dotted name of an actor put between Capability and TaskStore ('' = none). Test seam:
     the race tests name task_ingress.testing.Hold, which holds requests before the store."""
 
+    # --- cluster mode (docs/cluster.md) ---
+    database_url: str = ""
+    """PostgreSQL URL ('' = the SQLite store at `store_path`). When set, the TaskStore and
+    Audit actors are PostgreSQL ones, `store_path` is not used, every write and audit
+    transaction is fenced by `fence`, and the audit key must be given (`audit_key` or
+    env TASK_INGRESS_AUDIT_KEY). Needs psycopg (the `cluster` extra) and a database set up
+    for cluster mode (`runtime/cluster/pg_leases.ensure_schema`)."""
+    fence: Fence | None = None
+    """The lease holding this runtime writes under (required with `database_url`): its
+    shard, owner and epoch. A request for a workspace of another shard, and every write or
+    audit once the lease row names another owner or epoch, is answered
+    `task_ingress_unavailable`; a deposed runtime never appends to the shard's chain."""
+    database_idle_timeout: float = 1.0
+    """Seconds PostgreSQL lets a store session sit idle inside a transaction before it ends
+    it (a paused holder must not keep the lease row locked past a takeover): keep it
+    below half the lease TTL."""
+
     def __post_init__(self) -> None:
+        if bool(self.database_url) != (self.fence is not None):
+            raise ValueError("database_url and fence go together: a PostgreSQL runtime writes "
+                             "only under a lease holding, and only it has one")
+        if self.database_idle_timeout <= 0:
+            raise ValueError("database_idle_timeout must be positive")
         _ = self.limits  # raises ValueError for a limit above its SPEC ceiling
         if not 0 <= self.linger <= 0.1:
             raise ValueError(f"batch_linger must be in 0..0.1 seconds, got {self.batch_linger}")

@@ -13,12 +13,16 @@ from typing import Any
 import msgpack
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
-from task_ingress.actors.storage.auditlog import find_key, key_path
+from task_ingress.actors.storage.auditlog import KEY_ENV, find_key, key_path
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
 from task_ingress.messages.protocol import (
+    AUDIT_ACTOR,
+    PG_AUDIT_ACTOR,
+    PG_STORE_ACTOR,
+    STORE_ACTOR,
     AuditRead,
     ChannelCount,
     GetRun,
@@ -40,7 +44,12 @@ from task_ingress.messages.reasons import Action, Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.driver import Driver, RuntimeStatistics
-from task_ingress.runtime.errors import IngressTimeout, PresenceRefused, RuntimeClosed
+from task_ingress.runtime.errors import (
+    IngressTimeout,
+    PresenceRefused,
+    RuntimeClosed,
+    RuntimeStartError,
+)
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 from task_ingress.runtime.host import ActorHost, InProcessHost
 from task_ingress.runtime.pipeline.host import PipelineHost
@@ -98,7 +107,19 @@ class IngressRuntime:
         cfg = self.config
         durable = cfg.durable
         audit_key = ""
-        if cfg.store_path == ":memory:":
+        store_class, audit_class = cfg.store_actor_class, AUDIT_ACTOR
+        if cfg.database_url:
+            # PostgreSQL: no file at all. The key cannot live "beside the store", so it must
+            # be given; the chain's records are HMACed with it as the file store's are.
+            self.store_path = ""
+            audit_key = cfg.audit_key or os.environ.get(KEY_ENV, "").strip()
+            if not audit_key:
+                raise RuntimeStartError(
+                    f"a runtime on PostgreSQL needs its audit key: audit_key or ${KEY_ENV}")
+            if store_class == STORE_ACTOR:
+                store_class = PG_STORE_ACTOR
+            audit_class = PG_AUDIT_ACTOR
+        elif cfg.store_path == ":memory:":
             # Two actors (maybe two processes) share the store, so ":memory:" becomes a
             # throwaway file that is removed at close.
             self._tempdir = tempfile.mkdtemp(prefix="task-ingress-")
@@ -116,7 +137,11 @@ class IngressRuntime:
             max_channels_per_peer=cfg.max_channels_per_peer, audit_key=audit_key,
             fail_commit_at=cfg.fail_commit_at,
             channel_actor_class=cfg.channel_actor_class,
-            store_actor_class=cfg.store_actor_class, store_proxy_class=cfg.store_proxy_class,
+            store_actor_class=store_class, store_proxy_class=cfg.store_proxy_class,
+            audit_actor_class=audit_class, database_url=cfg.database_url,
+            fence=None if cfg.fence is None else (cfg.fence.shard, cfg.fence.owner,
+                                                  cfg.fence.epoch),
+            database_idle_timeout=float(cfg.database_idle_timeout),
         )
         max_total = cfg.max_in_flight_total
         if cfg.actor_base != "simpleSystemBase":

@@ -107,7 +107,7 @@ def check_actor_classes(settings: Settings) -> None:
     """Raise RuntimeStartError unless the actor classes the settings name load and are of the
     kind their place needs (a typo would otherwise fail every request, not the start)."""
     places = [(settings.channel_actor_class, ChannelIngress),
-              (settings.store_actor_class, TaskStore)]
+              (settings.store_actor_class, TaskStore), (settings.audit_actor_class, Audit)]
     if settings.store_proxy_class:
         places.append((settings.store_proxy_class, Actor))
     for name, kind in places:
@@ -124,7 +124,8 @@ def start_actors(asys: Any, settings: Settings) -> Addresses:
     """Create and wire every actor; return their addresses, or stop them and raise."""
     check_actor_classes(settings)
     router, presence = asys.createActor(IngressRouter), asys.createActor(Presence)
-    capability, audit = asys.createActor(Capability), asys.createActor(Audit)
+    capability = asys.createActor(Capability)
+    audit = asys.createActor(settings.audit_actor_class)
     started = [router, presence, capability, audit]
     try:
         # The router starts and supervises the TaskStore; it answers once the store has

@@ -1,5 +1,6 @@
 """PostgreSQL schema of the cluster store: the SQLite store's task tables, plus the fencing
-record of every accepted request (the shard and epoch it committed under, in commit order).
+record of every accepted request (the shard and epoch it committed under, in commit order),
+the outbox, and the audit log as one keyed chain per shard.
 
 The columns match actors/storage/schema.py so that store_ops' SQL runs unchanged. The lease
 table itself belongs to runtime/cluster/pg_leases.py and is created there.
@@ -56,6 +57,54 @@ CREATE TABLE IF NOT EXISTS accepted_requests (
     seq bigserial NOT NULL,
     PRIMARY KEY (workspace, channel, peer_id, request_id)
 );
+-- An accepted write's audit fields (msgpack), written in the write's fenced transaction
+-- and deleted in the fenced transaction that chains them: a crash between the two leaves
+-- the row for the shard's next holder to chain (actors/pg_audit.py). Ids count per shard
+-- (outbox_seq) and are never reused while a verdict may still name one.
+CREATE TABLE IF NOT EXISTS outbox (
+    shard integer NOT NULL DEFAULT current_setting('task_ingress.shard')::integer,
+    id bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (shard, id)
+);
+CREATE TABLE IF NOT EXISTS outbox_seq (
+    shard integer PRIMARY KEY,
+    last bigint NOT NULL DEFAULT 0
+);
+-- One keyed hash chain per shard (SPEC 6): the SQLite store's record form and HMAC, seq
+-- per shard. Only the shard's lease holder appends, under its fence.
+CREATE TABLE IF NOT EXISTS audit (
+    shard integer NOT NULL,
+    seq bigint NOT NULL,
+    at double precision NOT NULL,
+    workspace text NOT NULL,
+    channel text NOT NULL,
+    peer_id text NOT NULL,
+    actor text NOT NULL,
+    request_id text NOT NULL,
+    action text NOT NULL,
+    outcome text NOT NULL,
+    reason text,
+    task_id text,
+    run_id text,
+    payload_size integer NOT NULL,
+    replay boolean NOT NULL DEFAULT false,
+    prev_hash text NOT NULL,
+    hash text NOT NULL,
+    trust text,
+    PRIMARY KEY (shard, seq)
+);
+-- Each shard chain's id (random; its genesis hash is derived from it) and its head, with
+-- an HMAC over (chain id, seq, head, at) under the audit key: the checkpoint of the file
+-- store, rewritten in every append's transaction, so it always names the head exactly.
+CREATE TABLE IF NOT EXISTS audit_chains (
+    shard integer PRIMARY KEY,
+    chain_id text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    at double precision NOT NULL,
+    mac text NOT NULL
+);
 """
 
 
@@ -64,3 +113,13 @@ def ensure_store_schema(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(7316002)")
         conn.execute(SCHEMA)
+
+
+def configured_shards(conn: psycopg.Connection[Any]) -> int | None:
+    """The cluster's shard count (`cluster_config`, set up by the lease table's
+    ensure_schema), or None when the database is not set up for cluster mode."""
+    exists = conn.execute("SELECT to_regclass('cluster_config') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT value FROM cluster_config WHERE key = 'shards'").fetchone()
+    return int(row[0]) if row else None

@@ -58,17 +58,62 @@ class QmarkConnection:
         return translated
 
 
-class _Fenced(Exception):
-    """The lease row no longer names the caller's holding."""
+class Fenced(Exception):
+    """The lease row no longer names the caller's holding (a takeover happened)."""
 
 
-def connect_store(url: str, idle_in_transaction_timeout: float) -> psycopg.Connection[Any]:
+def connect_store(url: str, idle_in_transaction_timeout: float,
+                  connect_timeout: float = 10.0) -> psycopg.Connection[Any]:
     """An autocommit connection for fenced writes (transactions are explicit)."""
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
     conn.execute(
         "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
         (str(max(1, int(idle_in_transaction_timeout * 1000))),))
     return conn
+
+
+def lost(conn: psycopg.Connection[Any] | None) -> bool:
+    """True when the connection is gone (closed, or broken by a server or network error):
+    what it was committing may or may not have landed."""
+    return conn is None or conn.closed or conn.broken
+
+
+def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
+    """The first statement of every fenced transaction: lock the shard's lease row and
+    raise `Fenced` unless it still names `fence`'s owner and epoch.
+
+    Until the transaction ends, a takeover's UPDATE of the row waits, so nothing the
+    transaction writes can commit after another holder took the shard. Also sets the
+    transaction's shard and epoch, which the fenced tables' column defaults read."""
+    row = conn.execute(
+        "SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR UPDATE",
+        (fence.shard,)).fetchone()
+    if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
+        raise Fenced(f"shard {fence.shard} is held by {row[0] if row else '?'} under epoch "
+                     f"{row[1] if row else '?'}, not by {fence.owner} under {fence.epoch}")
+    conn.execute(
+        "SELECT set_config('task_ingress.shard', %s, true), "
+        "set_config('task_ingress.epoch', %s, true)",
+        (str(fence.shard), str(fence.epoch)))
+
+
+def ensure_outbox_counter(conn: psycopg.Connection[Any], shard: int) -> None:
+    """The shard's outbox id counter row (a no-op once it exists)."""
+    conn.execute("INSERT INTO outbox_seq (shard) VALUES (%s) ON CONFLICT (shard) DO NOTHING",
+                 (shard,))
+
+
+def next_outbox_id(conn: psycopg.Connection[Any], shard: int) -> int:
+    """Where the shard's outbox ids go on (inside a fenced transaction, which serializes the
+    shard's writers)."""
+    row = conn.execute("SELECT last FROM outbox_seq WHERE shard = %s", (shard,)).fetchone()
+    return int(row[0]) + 1 if row else 1
+
+
+def advance_outbox(conn: psycopg.Connection[Any], shard: int, next_id: int) -> None:
+    """Record that ids below `next_id` are taken (never reused, even once chained)."""
+    conn.execute("UPDATE outbox_seq SET last = %s WHERE shard = %s AND last < %s",
+                 (next_id - 1, shard, next_id - 1))
 
 
 def apply_fenced(
@@ -90,21 +135,13 @@ def apply_fenced(
         return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
     try:
         with conn.transaction():
-            row = conn.execute(
-                "SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR UPDATE",
-                (fence.shard,)).fetchone()
-            if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
-                raise _Fenced
-            conn.execute(
-                "SELECT set_config('task_ingress.shard', %s, true), "
-                "set_config('task_ingress.epoch', %s, true)",
-                (str(fence.shard), str(fence.epoch)))
+            lock_fence(conn, fence)
             return store_batch.judge_and_apply(
                 cast(sqlite3.Connection, QmarkConnection(conn)), ctx, request, limits, now)
-    except _Fenced:
+    except Fenced:
         return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
     except psycopg.Error:
-        if conn.closed or conn.broken:
+        if lost(conn):
             return Outcome.rejected(ctx.request_id, action, Reason.TASK_INGRESS_UNAVAILABLE)
         return Outcome.failed(ctx.request_id, action)
 

@@ -136,9 +136,12 @@ class StoreBatch:
 
     @classmethod
     def load(cls, conn: sqlite3.Connection,
-             items: Iterable[tuple[IngressContext, AnyRequest]]) -> StoreBatch:
+             items: Iterable[tuple[IngressContext, AnyRequest]],
+             next_outbox: int | None = None) -> StoreBatch:
         """Read what these requests can look at: one query per table (per IN_CHUNK keys),
-        and where the outbox's ids go on."""
+        and where the outbox's ids go on (`next_outbox`, when the caller knows it: the
+        PostgreSQL store keeps its own counter per shard; else SQLite's AUTOINCREMENT
+        sequence)."""
         replay_keys: dict[Key, None] = {}
         task_ids: dict[str, None] = {}
         run_keys: dict[Key, None] = {}
@@ -162,9 +165,11 @@ class StoreBatch:
                                 "run_id, task_id FROM runs WHERE (workspace, channel, peer_id, "
                                 "idempotency_key) IN", list(run_keys)):
             runs[row[:4]] = (row[4], row[5])
-        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return cls(replays=replays, tasks=tasks, runs=runs,
-                   next_outbox=int(seq[0]) + 1 if seq else 1)
+        if next_outbox is None:
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+                               ).fetchone()
+            next_outbox = int(seq[0]) + 1 if seq else 1
+        return cls(replays=replays, tasks=tasks, runs=runs, next_outbox=next_outbox)
 
     @classmethod
     def load_one(cls, conn: sqlite3.Connection, ctx: IngressContext, request: AnyRequest
@@ -413,12 +418,13 @@ def _select_ids(conn: sqlite3.Connection, head: str, ids: list[str]) -> list[tup
 
 def _select_keys(conn: sqlite3.Connection, head: str, keys: list[Key]) -> list[tuple[Any, ...]]:
     """Rows whose 4-column key is one of `keys`. The `IN (SELECT ... FROM (VALUES ...))`
-    form is the one SQLite answers from the key's index (a bare `IN (VALUES ...)` scans)."""
+    form is the one SQLite answers from the key's index (a bare `IN (VALUES ...)` scans);
+    the alias is for PostgreSQL 15, which wants one on every subquery in FROM."""
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(keys), IN_CHUNK):
         chunk = _padded(keys[start:start + IN_CHUNK])
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         flat = [v for key in chunk for v in key]
         rows += conn.execute(f"{head} (SELECT column1, column2, column3, column4 FROM "
-                             f"(VALUES {values}))", flat).fetchall()
+                             f"(VALUES {values}) AS v)", flat).fetchall()
     return rows

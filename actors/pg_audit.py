@@ -1,0 +1,238 @@
+"""PgAudit: the Audit actor of a runtime on PostgreSQL — the fence's shard's keyed chain.
+
+Accepts what Audit accepts and answers the same way (a reply never precedes its durable
+record), with the chain in PostgreSQL (actors/storage/pg_auditlog.py):
+- `Wiring` -> connects; in one fenced transaction checks the shard's chain against its
+  head row (refusing to extend a chain that does not end there) or starts it; then chains
+  the outbox rows a previous holder (or a crash) left for the shard; replies `Started`.
+- every group commit is ONE transaction that starts with `pg_store.lock_fence` (the
+  shard's lease row `FOR UPDATE`, compared with the runtime's fence), checks the head row
+  still names this actor's head, deletes the batch's outbox rows still waiting, inserts
+  the records and moves the head row. A deposed holder therefore never appends: the
+  chain cannot fork. What it cannot audit it answers `task_ingress_unavailable`, counts
+  (`fenced_off`) and logs (`audit.fenced_off`); the outbox rows of writes its store did
+  commit stay behind for the shard's next holder to chain.
+- a lost connection: accepted writes (outbox rows) are retried, on a new connection,
+  until they are chained or the lease is found gone; everything else is answered
+  `task_ingress_unavailable` at once.
+There is no checkpoint file: the head row, rewritten in every append, is the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from task_ingress.actors.audit import Audit
+from task_ingress.actors.rules.chain import ChainKey
+from task_ingress.actors.rules.shards import Fence
+from task_ingress.actors.storage import pg_auditlog, pg_store
+from task_ingress.actors.storage.auditlog import audit_fields
+from task_ingress.actors.storage.chainstart import ChainRefused
+from task_ingress.actors.storage.pg_auditlog import ShardChain
+from task_ingress.actors.storage.pg_schema import ensure_store_schema
+from task_ingress.actors.storage.pg_store import Fenced
+from task_ingress.actors.storage.schema import decode_outbox
+from task_ingress.messages.outcomes import Outcome
+from task_ingress.messages.protocol import (
+    AuditRead,
+    Flush,
+    QueryFailed,
+    ReadAudit,
+    Started,
+    Verdict,
+    Wiring,
+)
+from task_ingress.messages.reasons import Reason
+
+
+class ChainMoved(Exception):
+    """The shard's head row no longer names this actor's head: someone else appended."""
+
+
+class PgAudit(Audit):
+    """The only writer of its shard's chain while its runtime holds the shard's lease."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pg: psycopg.Connection[Any] | None = None
+        self.fence: Fence | None = None
+        self.chain: ShardChain | None = None
+        self.deposed = False
+        """The lease (or the chain) moved on once: nothing is ever appended again."""
+        self.fenced_off = 0
+        """Records not written (and answered `task_ingress_unavailable`) once deposed."""
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Connect, check or start the shard's chain, chain left-over outbox rows."""
+        try:
+            s = msg.settings
+            self.settings = s
+            try:
+                self.key = ChainKey.from_hex(s.audit_key)
+            except ValueError:
+                raise ValueError("the audit key is missing or not hex") from None
+            if s.fence is None or not s.database_url:
+                raise ValueError("a PostgreSQL audit needs database_url and a fence")
+            fence = self.fence = Fence(*s.fence)
+            self.pg = self._connect()
+            ensure_store_schema(self.pg)
+            with self.pg.transaction():
+                pg_store.lock_fence(self.pg, fence)
+                self.chain = pg_auditlog.open_shard_chain(self.pg, fence.shard, self.key)
+            self.seq, self.head = self.chain.seq, self.chain.head
+            self._drain_outbox()
+            self.send(sender, Started(ticket=msg.ticket))
+        except Exception as exc:  # reported to the facade, which raises it to the embedder
+            why = str(exc) if isinstance(exc, ChainRefused | Fenced) else repr(exc)
+            self.send(sender, Started(ticket=msg.ticket, error=f"audit: {why}"))
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        assert self.settings is not None
+        return pg_store.connect_store(self.settings.database_url,
+                                      self.settings.database_idle_timeout)
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        if not pg_store.lost(self.pg):
+            return self.pg
+        if self.pg is not None:
+            self.pg.close()
+        try:
+            self.pg = self._connect()
+        except psycopg.Error as exc:
+            self.pg = None
+            self.log.error("audit.database_unreachable", error=repr(exc))
+        return self.pg
+
+    def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
+                boxed: list[int] | None) -> list[tuple[int, bytes]]:
+        """One fenced transaction that chains the batch's records, or (`boxed` None) every
+        outbox row of the shard; returns the outbox rows it took. The chain's position is
+        restored when the transaction does not commit."""
+        fence, chain, key = self.fence, self.chain, self.key
+        assert fence is not None and chain is not None and key is not None
+        seq, head = chain.seq, chain.head
+        try:
+            with conn.transaction():
+                pg_store.lock_fence(conn, fence)
+                if pg_auditlog.current_head(conn, fence.shard) != (chain.seq, chain.head):
+                    raise ChainMoved(f"the head row of shard {fence.shard} moved past seq "
+                                     f"{chain.seq} without this runtime")
+                taken = pg_auditlog.take_outbox(conn, fence.shard, boxed)
+                if boxed is None:
+                    fields = self._decoded(taken)
+                else:
+                    waiting = {i for i, _ in taken}
+                    fields = [audit_fields(v.flight, v.outcome) for v in batch
+                              # an outbox row already chained by a drain is not chained twice
+                              if v.outbox_id is None or v.outbox_id in waiting]
+                if fields:
+                    at = time.time()
+                    pg_auditlog.append(conn, key, chain, [chain.seal(key, f, at)
+                                                          for f in fields])
+        except BaseException:
+            chain.seq, chain.head = seq, head
+            raise
+        self.seq, self.head = chain.seq, chain.head
+        return taken
+
+    @staticmethod
+    def _decoded(rows: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+        fields = []
+        for row_id, blob in rows:
+            decoded = decode_outbox(blob)
+            if decoded is None:  # never chain garbage, never drop a write's record
+                raise ValueError(f"unreadable outbox row {row_id}")
+            fields.append(dict({"trust": None}, **decoded))
+        return fields
+
+    def _drain_outbox(self) -> list[dict[str, Any]]:
+        """Chain every outbox row of the shard (a previous holder's, or a dead store's)."""
+        conn = None if self.deposed else self._connection()
+        if conn is None:
+            return []
+        try:
+            taken = self._append(conn, [], None)
+        except Fenced as exc:
+            self._depose(str(exc))
+            return []
+        except (ChainMoved, psycopg.Error) as exc:
+            self.log.error("audit.drain_failed", error=repr(exc))
+            if isinstance(exc, ChainMoved):
+                self._depose(str(exc))
+            return []
+        if taken:
+            self.log.warning("audit.outbox_drained", records=len(taken))
+        return self._decoded(taken)
+
+    def _commit(self, batch: list[Verdict]) -> bool:
+        conn = None if self.deposed else self._connection()
+        if conn is None:
+            return False
+        try:
+            self._append(conn, batch, [v.outbox_id for v in batch if v.outbox_id is not None])
+        except Fenced as exc:
+            self._depose(str(exc))
+            return False
+        except ChainMoved as exc:
+            self.log.error("audit.chain_moved", error=str(exc))
+            self._depose(str(exc))
+            return False
+        except psycopg.Error as exc:
+            self.log.error("audit.commit_failed", error=repr(exc), records=len(batch))
+            return False
+        return True
+
+    def _depose(self, why: str) -> None:
+        if not self.deposed:
+            fence = self.fence
+            self.log.warning("audit.deposed", shard=fence.shard if fence else None,
+                             epoch=fence.epoch if fence else None, why=why)
+        self.deposed = True
+
+    def _uncommitted(self, batch: list[Verdict]) -> list[tuple[Verdict, Outcome]]:
+        """Deposed: everything is answered unavailable, unaudited (counted and logged).
+        Connection lost: accepted writes are retried, the rest answered unavailable.
+        Any other database error: as the SQLite Audit (retry writes, fail the rest)."""
+        if self.deposed:
+            self.fenced_off += len(batch)
+            self.log.warning(
+                "audit.fenced_off", outcome="rejected",
+                reason=Reason.TASK_INGRESS_UNAVAILABLE.value, fenced_off=self.fenced_off,
+                request_ids=[v.flight.context.request_id for v in batch])
+            return [(v, _unavailable(v)) for v in batch]
+        if pg_store.lost(self.pg):
+            kept = [v for v in batch if v.outbox_id is not None]
+            if kept:
+                self.pending = kept + self.pending
+                self.wakeupAfter(0.2)
+            return [(v, _unavailable(v)) for v in batch if v.outbox_id is None]
+        return super()._uncommitted(batch)
+
+    def _checkpoint(self, force: bool) -> None:
+        """Nothing to do: the head row is written in every append's transaction."""
+
+    def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
+        """Answer with every committed record of the shard's chain, in seq order."""
+        try:
+            conn = self._connection()
+            if conn is None or self.fence is None:
+                raise RuntimeError("the database cannot be reached")
+            records = pg_auditlog.read_shard_records(conn, self.fence.shard)
+            self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(records)))
+        except Exception as exc:
+            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """Shutdown: commit and answer what is buffered, then close."""
+        if self.pending:
+            self.receiveMsg_Flush(Flush(), sender)
+        if self.pg is not None:
+            self.pg.close()
+            self.pg = None
+
+
+def _unavailable(verdict: Verdict) -> Outcome:
+    return Outcome.rejected(verdict.outcome.request_id, verdict.outcome.action,
+                            Reason.TASK_INGRESS_UNAVAILABLE)

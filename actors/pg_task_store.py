@@ -1,0 +1,232 @@
+"""PgTaskStore: the TaskStore of a runtime on PostgreSQL (cluster mode), fenced by its lease.
+
+Accepts what TaskStore accepts, with the same batching (one transaction per `Flush`, the
+batch judged as one unit of work by store_batch, an outbox row per accepted write), but:
+- `Wiring` -> connects to `Settings.database_url` and checks the database is a cluster
+  database whose shards include the fence's; replies `Started`.
+- every batch (and every operator lock) is ONE transaction that starts with
+  `pg_store.lock_fence`: the shard's lease row locked `FOR UPDATE` and compared with the
+  runtime's fence (shard, owner, epoch). If another holder has taken the shard, nothing is
+  written and every request of the batch is answered `task_ingress_unavailable` — and so
+  is every later one: an epoch never comes back, so this store is deposed for good.
+- a request for a workspace of another shard is answered `task_ingress_unavailable`
+  (another daemon owns it); so is a batch whose connection was lost (if its commit did
+  land, a retry with the same request ID is answered as a replay).
+The outbox row of an accepted write commits with it; the shard's audit chain is written by
+PgAudit (actors/pg_audit.py), which chains it, or, after a crash, by the shard's next holder.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, cast
+
+import psycopg
+from task_ingress.actors.base import failed_verdict, rejected_verdict
+from task_ingress.actors.rules.shards import Fence, shard_of
+from task_ingress.actors.storage import pg_store, store_ops
+from task_ingress.actors.storage.pg_schema import configured_shards, ensure_store_schema
+from task_ingress.actors.storage.pg_store import Fenced, QmarkConnection
+from task_ingress.actors.storage.store_batch import StoreBatch
+from task_ingress.actors.task_store import TaskStore
+from task_ingress.messages.protocol import (
+    Flush,
+    GetRun,
+    GetTask,
+    InFlight,
+    LockTask,
+    QueryFailed,
+    RunFound,
+    Started,
+    TaskFound,
+    TaskLocked,
+    Verdict,
+    Verdicts,
+    Wiring,
+)
+from task_ingress.messages.reasons import Reason
+from task_ingress.messages.requests import AnyRequest, IngressContext
+
+
+class InjectedPgFailure(psycopg.Error):
+    """Raised by the fault-injection seam (`Settings.fail_commit_at`) before the commit."""
+
+
+def in_shard(flight: InFlight, fence: Fence, shards: int) -> bool:
+    """True when the request's workspace belongs to the fence's shard."""
+    return shard_of(flight.context.workspace, shards) == fence.shard
+
+
+class PgTaskStore(TaskStore):
+    """Owner of the tasks, runs, accepted-request and outbox rows of one shard's holding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pg: psycopg.Connection[Any] | None = None
+        self.fence: Fence | None = None
+        self.shards = 0
+        self.deposed = False
+        """The lease row named another holding once: every later write is refused."""
+        self.fenced_off = 0
+        """Requests answered `task_ingress_unavailable` because the lease had moved."""
+        self._next_outbox = 1
+
+    def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
+        """Connect, check the cluster database and the fence's shard; reply Started."""
+        try:
+            s = msg.settings
+            self.settings, self.audit, self.limits = s, msg.audit, s.limits
+            if s.fence is None or not s.database_url:
+                raise ValueError("a PostgreSQL store needs database_url and a fence")
+            self.fence = Fence(*s.fence)
+            self.pg = self._connect()
+            shards = configured_shards(self.pg)
+            if shards is None:
+                raise ValueError("not a cluster database (no cluster_config): set up the "
+                                 "shard leases first")
+            if not 0 <= self.fence.shard < shards:
+                raise ValueError(f"the fence names shard {self.fence.shard}, the database "
+                                 f"has {shards} shards")
+            self.shards = shards
+            ensure_store_schema(self.pg)
+            pg_store.ensure_outbox_counter(self.pg, self.fence.shard)
+            self.send(sender, Started(ticket=msg.ticket))
+        except Exception as exc:
+            self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        assert self.settings is not None
+        return pg_store.connect_store(self.settings.database_url,
+                                      self.settings.database_idle_timeout)
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        """The connection, reconnected when the last one was lost; None when the database
+        cannot be reached now."""
+        if not pg_store.lost(self.pg):
+            return self.pg
+        if self.pg is not None:
+            self.pg.close()
+        try:
+            self.pg = self._connect()
+        except psycopg.Error as exc:
+            self.pg = None
+            self.log.error("store.database_unreachable", error=repr(exc))
+        return self.pg
+
+    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
+        """As TaskStore's, and the connection is never left inside a failed transaction."""
+        self.flush_queued = False
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        try:
+            verdicts = self._apply_batch(batch)
+        except Exception as exc:  # a bug, not a database error: answer everyone
+            self.log.error("store.batch_failed", error=repr(exc),
+                           request_ids=[f.context.request_id for f in batch])
+            verdicts = [failed_verdict(f) for f in batch]
+        self.send(self.audit, Verdicts(items=tuple(verdicts)))
+
+    def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
+        fence = self.fence
+        assert fence is not None
+        ours = [f for f in batch if in_shard(f, fence, self.shards)]
+        verdicts: dict[int, Verdict] = {
+            id(f): rejected_verdict(f, Reason.TASK_INGRESS_UNAVAILABLE)
+            for f in batch if not in_shard(f, fence, self.shards)}
+        if ours:
+            for verdict in self._apply_ours(ours, fence):
+                verdicts[id(verdict.flight)] = verdict
+        return [verdicts[id(f)] for f in batch]
+
+    def _apply_ours(self, batch: list[InFlight], fence: Fence) -> list[Verdict]:
+        """The batch (all of the fence's shard) in one fenced transaction."""
+        ids = [f.context.request_id for f in batch]
+        if self.deposed:
+            return self._unavailable(batch, "store.fenced_off")
+        conn = self._connection()
+        if conn is None:
+            return self._unavailable(batch, "store.database_unreachable")
+        try:
+            with conn.transaction():
+                pg_store.lock_fence(conn, fence)
+                self._next_outbox = pg_store.next_outbox_id(conn, fence.shard)
+                results = self.apply_in_order(
+                    cast(sqlite3.Connection, QmarkConnection(conn)), batch, time.time())
+                boxes = [box for _, _, box in results if box is not None]
+                if boxes:
+                    pg_store.advance_outbox(conn, fence.shard, max(boxes) + 1)
+                self.commits += 1
+                if self.settings and self.commits == self.settings.fail_commit_at:
+                    raise InjectedPgFailure("commit failure (injected)")
+        except Fenced as exc:
+            self.deposed = True
+            self.log.warning("store.deposed", shard=fence.shard, epoch=fence.epoch,
+                             why=str(exc))
+            return self._unavailable(batch, "store.fenced_off")
+        except psycopg.Error as exc:
+            if pg_store.lost(conn):
+                return self._unavailable(batch, "store.connection_lost", error=repr(exc))
+            self.log.error("store.commit_failed", error=repr(exc), request_ids=ids)
+            return [failed_verdict(f) for f in batch]
+        return [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
+
+    def _unavailable(self, batch: list[InFlight], event: str, **extra: Any) -> list[Verdict]:
+        if event == "store.fenced_off":
+            self.fenced_off += len(batch)
+        self.log.warning(event, outcome="rejected", reason=Reason.TASK_INGRESS_UNAVAILABLE.value,
+                         request_ids=[f.context.request_id for f in batch], **extra)
+        return [rejected_verdict(f, Reason.TASK_INGRESS_UNAVAILABLE) for f in batch]
+
+    def load_batch(self, conn: sqlite3.Connection,
+                   items: list[tuple[IngressContext, AnyRequest]]) -> StoreBatch:
+        """`StoreBatch.load`, outbox ids numbered from the shard's counter."""
+        return StoreBatch.load(conn, items, next_outbox=self._next_outbox)
+
+    def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
+        """Answer with the task (or None); a read, not fenced."""
+        try:
+            conn = self._connection()
+            if conn is None:
+                raise RuntimeError("the database cannot be reached")
+            task = pg_store.get_task(conn, msg.workspace, msg.task_id)
+            self.send(msg.reply_to or sender, TaskFound(ticket=msg.ticket, task=task))
+        except Exception as exc:
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
+        """Answer with the run (or None); a read, not fenced."""
+        try:
+            conn = self._connection()
+            if conn is None:
+                raise RuntimeError("the database cannot be reached")
+            run = pg_store.get_run(conn, msg.workspace, msg.run_id)
+            self.send(msg.reply_to or sender, RunFound(ticket=msg.ticket, run=run))
+        except Exception as exc:
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
+        """Operator lock, committed at once under the fence (it is a write like any other)."""
+        fence = self.fence
+        try:
+            conn = self._connection()
+            if conn is None or fence is None:
+                raise RuntimeError("the database cannot be reached")
+            if self.deposed or shard_of(msg.workspace, self.shards) != fence.shard:
+                raise Fenced(f"this runtime does not hold the shard of {msg.workspace!r}")
+            with conn.transaction():
+                pg_store.lock_fence(conn, fence)
+                found = store_ops.set_lock(cast(sqlite3.Connection, QmarkConnection(conn)),
+                                           msg.workspace, msg.task_id, msg.locked)
+            self.send(msg.reply_to or sender, TaskLocked(ticket=msg.ticket, found=found))
+        except Exception as exc:
+            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """Shutdown: apply what is buffered (fenced, as always), then close."""
+        if self.pending:
+            self.receiveMsg_Flush(Flush(), sender)
+        if self.pg is not None:
+            self.pg.close()
+            self.pg = None

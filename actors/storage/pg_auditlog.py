@@ -1,0 +1,188 @@
+"""The audit log in PostgreSQL: one keyed hash chain per shard (SPEC §6).
+
+Each shard's chain has the SQLite chain's record form and HMAC (actors/rules/chain.py),
+`seq` counting per shard, and a random chain id from which its genesis hash is derived, so
+records of one shard never verify as another's. `audit_chains` holds each chain's head with
+an HMAC under the audit key — the file store's checkpoint — and is rewritten in the same
+transaction as every append, so it always names the head exactly: a deleted tail, a deleted
+or forged head row, or records added past it are found by `open_shard_chain` (which refuses
+to extend such a chain) and by `audit verify --database`.
+
+Only the shard's lease holder appends, inside a transaction fenced by
+`pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
+fork the chain. Functions take a connection and never commit: the caller owns the
+transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from task_ingress.actors.rules.chain import ChainKey, genesis_hash
+from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, AUDIT_NAMES, record_from_row
+from task_ingress.actors.storage.chainstart import ChainRefused
+from task_ingress.messages.audit import AuditRecord
+
+INSERT_SHARD_AUDIT = (
+    f"INSERT INTO audit (shard, {AUDIT_COLUMNS}) VALUES (%(shard)s, "
+    + ", ".join(f"%({name})s" for name in AUDIT_NAMES) + ")"
+)
+"""Inserts one record given as a dict of every column plus `shard`."""
+
+
+@dataclass
+class ShardChain:
+    """Where the next record of one shard's chain goes: after (seq, head)."""
+
+    shard: int
+    chain_id: str
+    seq: int
+    head: str
+
+    def seal(self, key: ChainKey, fields: dict[str, Any], at: float) -> dict[str, Any]:
+        """Give the record its place in the chain (seq, at, prev_hash, hash); advance."""
+        record = dict(fields, seq=self.seq + 1, at=at, prev_hash=self.head)
+        record["hash"] = key.seal(record)
+        self.seq += 1
+        self.head = record["hash"]
+        return record
+
+
+@dataclass(frozen=True)
+class ChainHeadRow:
+    """A shard's `audit_chains` row."""
+
+    chain_id: str
+    seq: int
+    hash: str
+    at: float
+    mac: str
+
+    def verifies(self, key: ChainKey) -> bool:
+        """True when the row's MAC holds under `key`."""
+        return key.checkpoint_ok(self.chain_id, self.seq, self.hash, self.at, self.mac)
+
+
+def read_head_row(conn: psycopg.Connection[Any], shard: int) -> ChainHeadRow | None:
+    """The shard's chain row, or None when it has no chain yet."""
+    row = conn.execute("SELECT chain_id, seq, hash, at, mac FROM audit_chains WHERE shard = %s",
+                       (shard,)).fetchone()
+    if row is None:
+        return None
+    return ChainHeadRow(str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]))
+
+
+def _last_record(conn: psycopg.Connection[Any], shard: int) -> dict[str, Any] | None:
+    row = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s "
+                       "ORDER BY seq DESC LIMIT 1", (shard,)).fetchone()
+    return None if row is None else _fields(row)
+
+
+def _fields(row: tuple[Any, ...]) -> dict[str, Any]:
+    fields = dict(zip(AUDIT_NAMES, row, strict=True))
+    fields["replay"] = bool(fields["replay"])
+    return fields
+
+
+def write_head(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain) -> None:
+    """Authenticate the chain's head under `key` and store it (in the append's
+    transaction)."""
+    at = time.time()
+    conn.execute(
+        "INSERT INTO audit_chains (shard, chain_id, seq, hash, at, mac) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (shard) DO UPDATE SET "
+        "seq = EXCLUDED.seq, hash = EXCLUDED.hash, at = EXCLUDED.at, mac = EXCLUDED.mac "
+        "WHERE audit_chains.chain_id = EXCLUDED.chain_id",
+        (chain.shard, chain.chain_id, chain.seq, chain.head, at,
+         key.checkpoint_mac(chain.chain_id, chain.seq, chain.head, at)))
+
+
+def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey) -> ShardChain:
+    """The shard's chain head, checked; a new chain (its row written) when it has none.
+
+    Raises ChainRefused when the chain must not be extended: its row's MAC fails (wrong
+    key, forged), records exist without a row (row deleted), or the newest record is not
+    the one the row names (tail deleted, records added or rewritten past the head). Call
+    inside a fenced transaction."""
+    row = read_head_row(conn, shard)
+    last = _last_record(conn, shard)
+    hint = f"run `task-ingress audit verify --database URL` (shard {shard})"
+    if row is None:
+        if last is not None:
+            raise ChainRefused(f"the audit chain of shard {shard} has records but no head row "
+                               f"(deleted?); {hint}")
+        chain_id = secrets.token_hex(16)
+        chain = ShardChain(shard, chain_id, 0, genesis_hash(chain_id))
+        write_head(conn, key, chain)
+        return chain
+    if not row.verifies(key):
+        raise ChainRefused(f"the head row of shard {shard}'s audit chain does not verify "
+                           f"under this key (wrong key, or forged); {hint}")
+    if row.seq == 0:
+        ok = last is None and row.hash == genesis_hash(row.chain_id)
+    else:
+        ok = (last is not None and last["seq"] == row.seq and last["hash"] == row.hash
+              and key.seal(last) == row.hash)
+    if not ok:
+        raise ChainRefused(f"the audit chain of shard {shard} does not end at its head row "
+                           f"(seq {row.seq}): tail deleted, or records added or rewritten; "
+                           f"{hint}")
+    return ShardChain(shard, row.chain_id, row.seq, row.hash)
+
+
+def current_head(conn: psycopg.Connection[Any], shard: int) -> tuple[int, str] | None:
+    """(seq, hash) the shard's head row names now, or None."""
+    row = conn.execute("SELECT seq, hash FROM audit_chains WHERE shard = %s",
+                       (shard,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def append(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain,
+           records: list[dict[str, Any]]) -> None:
+    """Insert sealed records (`ShardChain.seal`) and move the head row to the chain's head."""
+    if records:
+        with conn.cursor() as cur:
+            cur.executemany(INSERT_SHARD_AUDIT, [dict(r, shard=chain.shard) for r in records])
+    write_head(conn, key, chain)
+
+
+def read_shard_records(conn: psycopg.Connection[Any], shard: int) -> list[AuditRecord]:
+    """Every committed record of the shard's chain, in seq order."""
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s ORDER BY seq",
+                        (shard,)).fetchall()
+    return [record_from_row(r) for r in rows]
+
+
+def shard_rows(conn: psycopg.Connection[Any], shard: int, batch: int = 5000
+               ) -> Iterator[dict[str, Any]]:
+    """The shard's records as chain fields, in seq order, streamed in batches."""
+    after = 0
+    while True:
+        rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s AND seq > %s "
+                            "ORDER BY seq LIMIT %s", (shard, after, batch)).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            fields = _fields(row)
+            after = int(fields["seq"])
+            yield fields
+
+
+def take_outbox(conn: psycopg.Connection[Any], shard: int, ids: list[int] | None = None
+                ) -> list[tuple[int, bytes]]:
+    """Delete the shard's outbox rows (all, or those of `ids` still there) and return them,
+    in id order: the caller chains them in the same transaction."""
+    if ids is None:
+        rows = conn.execute("DELETE FROM outbox WHERE shard = %s RETURNING id, record",
+                            (shard,)).fetchall()
+    elif ids:
+        rows = conn.execute("DELETE FROM outbox WHERE shard = %s AND id = ANY(%s) "
+                            "RETURNING id, record", (shard, ids)).fetchall()
+    else:
+        rows = []
+    return sorted((int(i), bytes(r)) for i, r in rows)

@@ -1,0 +1,232 @@
+"""An embedded runtime on PostgreSQL (`database_url` + `fence`): the same answers and audit
+as the SQLite runtime, every write and audit append fenced by the shard's lease."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from task_ingress.actors.rules.chain import ChainKey, ChainWalk, genesis_hash
+from task_ingress.actors.rules.shards import Fence, shard_of
+from task_ingress.actors.storage import pg_auditlog
+from task_ingress.messages import (
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    IngressContext,
+    Outcome,
+    PeerCard,
+    Reason,
+    UpdateTask,
+)
+from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.cluster import pg_leases
+from task_ingress.runtime.cluster.history import fencing_violations
+from task_ingress.runtime.errors import RuntimeStartError
+
+from tests.conftest import FakeClock, ctx, writer_card
+
+SHARDS = 4
+WS = "ws"
+SHARD = shard_of(WS, SHARDS)
+OTHER_WS = next(f"ws-{i}" for i in range(100) if shard_of(f"ws-{i}", SHARDS) != SHARD)
+KEY = secrets.token_hex(32)
+
+
+def _setup(url: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=True)
+    pg_leases.ensure_schema(conn, SHARDS)
+    return conn
+
+
+def _fence(conn: psycopg.Connection[Any], owner: str, shard: int = SHARD,
+           ttl: float = 60.0) -> Fence:
+    lease = pg_leases.acquire(conn, shard, owner, ttl, time.monotonic())
+    assert lease is not None
+    return lease.fence
+
+
+def _take_over(conn: psycopg.Connection[Any], shard: int, owner: str) -> Fence:
+    """Expire the shard's lease at once (as if its holder had stopped renewing) and take it."""
+    conn.execute("UPDATE shard_leases SET expires_at = now() - interval '1 second' "
+                 "WHERE shard = %s", (shard,))
+    return _fence(conn, owner, shard)
+
+
+@pytest.fixture
+def pg_runtime(make_runtime: Callable[..., IngressRuntime], database: str
+               ) -> Iterator[Callable[..., IngressRuntime]]:
+    """Factory for runtimes on the test database under a fence (closed at teardown)."""
+    def factory(fence: Fence, **overrides: Any) -> IngressRuntime:
+        overrides.setdefault("audit_key", KEY)
+        return make_runtime(database_url=database, fence=fence, **overrides)
+
+    yield factory
+
+
+Step = Callable[[IngressRuntime, list[str]], Outcome]
+
+
+def _table() -> list[tuple[str, Step]]:
+    """A table of requests covering acceptance, replay and every store- and gate-side
+    rejection a single writer can reach; `ids` collects created task IDs by order."""
+    def create(rid: str, **kw: Any) -> Step:
+        def step(rt: IngressRuntime, ids: list[str]) -> Outcome:
+            out = rt.submit(ctx(rid, workspace=WS), CreateTask(title="t " + rid, **kw))
+            if out.accepted and not out.replay:
+                ids.append(str(out.task_id))
+            return out
+        return step
+
+    def on(index: int, rid: str, make: Callable[[str], Any], peer: str = "peer-a") -> Step:
+        def step(rt: IngressRuntime, ids: list[str]) -> Outcome:
+            return rt.submit(ctx(rid, peer=peer, workspace=WS), make(ids[index]))
+        return step
+
+    def raw(context: IngressContext, request: Any) -> Step:
+        return lambda rt, ids: rt.submit(context, request)
+
+    return [
+        ("create", create("r1", network_channel="ops")),
+        ("create again (replay)", create("r1", network_channel="ops")),
+        ("update", on(0, "r2", lambda t: UpdateTask(task_id=t, title="new",
+                                                    expected_version=1))),
+        ("stale version", on(0, "r3", lambda t: UpdateTask(task_id=t, title="x",
+                                                          expected_version=1))),
+        ("enqueue", on(0, "r4", lambda t: EnqueueRun(task_id=t, idempotency_key="k"))),
+        ("enqueue same key", on(0, "r5", lambda t: EnqueueRun(task_id=t, idempotency_key="k"))),
+        ("unknown task", raw(ctx("r6", workspace=WS), UpdateTask(task_id="task_nope",
+                                                                 title="x"))),
+        ("reader writes", on(0, "r7", lambda t: UpdateTask(task_id=t, title="y"),
+                             peer="peer-r")),
+        ("unknown peer", raw(ctx("r8", peer="ghost", workspace=WS), CreateTask(title="g"))),
+        ("malformed context", raw(IngressContext(workspace=WS, peer_id="", channel="ops",
+                                                 request_id="r9"), CreateTask(title="m"))),
+        ("empty title", raw(ctx("r10", workspace=WS), CreateTask(title=" "))),
+        ("cancel", on(0, "r11", lambda t: CancelTask(task_id=t, reason="done"))),
+        ("update canceled", on(0, "r12", lambda t: UpdateTask(task_id=t, title="z"))),
+    ]
+
+
+def _run_table(rt: IngressRuntime) -> list[tuple[str, bool, Reason | None, bool]]:
+    rt.greet(WS, "ops", writer_card("peer-a"))
+    rt.greet(WS, "ops", PeerCard(peer_id="peer-r", capabilities=["task.read"], proof="s"))
+    ids: list[str] = []
+    answers = []
+    for name, step in _table():
+        out = step(rt, ids)
+        answers.append((name, out.accepted, out.reason, out.replay))
+    return answers
+
+
+def _audit_shape(rt: IngressRuntime) -> list[tuple[str, str, str, str | None, bool]]:
+    return [(r.request_id, r.action, r.outcome, r.reason, r.replay) for r in rt.audit()]
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "pipeline"])
+def test_a_runtime_on_postgresql_answers_and_audits_a_table_of_requests_as_sqlite_does(
+    make_runtime: Callable[..., IngressRuntime], pg_runtime: Callable[..., IngressRuntime],
+    database: str, clock: FakeClock, mode: str,
+) -> None:
+    sqlite_rt = make_runtime(process_mode=mode)
+    expected = _run_table(sqlite_rt)
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"), process_mode=mode)
+        assert _run_table(rt) == expected
+        assert _audit_shape(rt) == _audit_shape(sqlite_rt)
+        # rejections too: every reason the table reaches is in both
+        assert {r for _, ok, r, _ in expected if not ok} >= {
+            Reason.VALIDATION_FAILED, Reason.TASK_NOT_FOUND, Reason.PERMISSION_DENIED,
+            Reason.PEER_NOT_FOUND, Reason.INVALID_REQUEST}
+        tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()
+        assert tasks == (1,)
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        assert fencing_violations(conn, SHARDS) == []
+        _assert_chain_verifies(conn, SHARD, len(_audit_shape(rt)))
+
+
+def _assert_chain_verifies(conn: psycopg.Connection[Any], shard: int, records: int) -> None:
+    head = pg_auditlog.read_head_row(conn, shard)
+    assert head is not None and head.verifies(ChainKey.from_hex(KEY))
+    walk = ChainWalk(ChainKey.from_hex(KEY).seal, genesis_hash(head.chain_id))
+    rows = list(pg_auditlog.shard_rows(conn, shard))
+    assert [walk.step(r) for r in rows] == [None] * records
+    assert (head.seq, head.hash) == (records, rows[-1]["hash"])
+
+
+def test_a_runtime_whose_lease_was_taken_over_answers_unavailable_and_appends_nothing(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        old = pg_runtime(_fence(conn, "node-a"))
+        old.greet(WS, "ops", writer_card("peer-a"))
+        first = old.submit(ctx("a-1", workspace=WS), CreateTask(title="before"))
+        assert first.accepted
+        new_fence = _take_over(conn, SHARD, "node-b")
+        new = pg_runtime(new_fence)
+        new.greet(WS, "ops", writer_card("peer-a"))
+        assert new.submit(ctx("b-1", workspace=WS), CreateTask(title="by b")).accepted
+        head_before = pg_auditlog.current_head(conn, SHARD)
+        late = [old.submit(ctx(f"a-{i}", workspace=WS), CreateTask(title="late"))
+                for i in range(2, 5)]
+        assert [(o.accepted, o.reason) for o in late] == [
+            (False, Reason.TASK_INGRESS_UNAVAILABLE)] * 3
+        # a rejection the old holder decides by itself is not appended either
+        ghost = old.submit(ctx("a-9", peer="ghost", workspace=WS), CreateTask(title="g"))
+        assert ghost.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        assert pg_auditlog.current_head(conn, SHARD) == head_before
+        titles = {r[0] for r in conn.execute("SELECT title FROM tasks").fetchall()}
+        assert titles == {"before", "by b"}
+        assert [r.request_id for r in new.audit()] == ["a-1", "b-1"]
+        assert fencing_violations(conn, SHARDS) == []
+        _assert_chain_verifies(conn, SHARD, 2)
+
+
+def test_a_workspace_of_another_shard_is_refused_unavailable(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(OTHER_WS, "ops", writer_card("peer-a"))
+        out = rt.submit(ctx("x-1", workspace=OTHER_WS), CreateTask(title="elsewhere"))
+        assert not out.accepted and out.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+
+
+def test_two_shards_keep_two_chains_that_verify_independently(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    other_shard = shard_of(OTHER_WS, SHARDS)
+    with _setup(database) as conn:
+        a = pg_runtime(_fence(conn, "node-a"))
+        b = pg_runtime(_fence(conn, "node-b", shard=other_shard))
+        for rt, ws in ((a, WS), (b, OTHER_WS)):
+            rt.greet(ws, "ops", writer_card("peer-a"))
+        for i in range(3):
+            assert a.submit(ctx(f"a-{i}", workspace=WS), CreateTask(title="a")).accepted
+        assert b.submit(ctx("b-0", workspace=OTHER_WS), CreateTask(title="b")).accepted
+        _assert_chain_verifies(conn, SHARD, 3)
+        _assert_chain_verifies(conn, other_shard, 1)
+        ids = {s: pg_auditlog.read_head_row(conn, s) for s in (SHARD, other_shard)}
+        assert ids[SHARD] and ids[other_shard]
+        assert ids[SHARD].chain_id != ids[other_shard].chain_id
+
+
+def test_a_runtime_without_an_audit_key_or_with_a_stale_fence_does_not_start(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TASK_INGRESS_AUDIT_KEY", raising=False)
+    with _setup(database) as conn:
+        fence = _fence(conn, "node-a")
+        with pytest.raises(RuntimeStartError, match="audit key"):
+            pg_runtime(fence, audit_key=None)
+        _take_over(conn, SHARD, "node-b")
+        with pytest.raises(RuntimeStartError, match="not by node-a"):
+            pg_runtime(fence)
+    with pytest.raises(ValueError, match="go together"):
+        RuntimeConfig(database_url="postgresql://x/y")
