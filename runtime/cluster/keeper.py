@@ -51,12 +51,48 @@ GIVEN_BACK = "rebalance"
 SHUTDOWN = "shutdown"
 
 
+def lock_wait_ms(timing: LeaseTiming) -> int:
+    """How long a keeper statement waits for a row lock: a quarter of the renew interval at
+    most, so a blocked acquire never makes the next renew late."""
+    return max(50, min(250, int(timing.renew_interval * 250)))
+
+
 def connect(database: str, timing: LeaseTiming) -> psycopg.Connection[Any]:
-    """An autocommit connection whose dead peer is noticed within about the lease TTL."""
+    """An autocommit connection whose dead peer is noticed within about the lease TTL and
+    whose statements give up on a row lock after `lock_wait_ms`."""
     return psycopg.connect(
         database, autocommit=True, connect_timeout=max(2, round(timing.renew_interval)),
         keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2,
-        tcp_user_timeout=max(1000, int(timing.ttl * 1000)), application_name="ti-keeper")
+        tcp_user_timeout=max(1000, int(timing.ttl * 1000)), application_name="ti-keeper",
+        options=f"-c lock_timeout={lock_wait_ms(timing)}")
+
+
+END_STALE_HOLDER = (
+    "SELECT a.pid, pg_terminate_backend(a.pid) FROM shard_leases s "
+    "JOIN pg_stat_activity a ON a.backend_xid = s.xmax "
+    "WHERE s.shard = %s AND s.expires_at <= now() AND a.pid <> pg_backend_pid()")
+"""End the session whose transaction still holds an *expired* lease row locked.
+
+A holder whose connection went silent inside a fenced write (a partition: its packets
+vanish, so neither its COMMIT nor its ROLLBACK ever arrives, and PostgreSQL may never see
+the session idle) keeps the row locked, and nobody could take the shard over. Its lease has
+expired, so it stopped serving long ago and nothing of that transaction was acknowledged;
+ending it rolls it back. The locker is found by the row's `xmax` (the locking transaction).
+Needs the same database role on every daemon (or pg_signal_backend)."""
+
+
+def acquire_or_clear(conn: psycopg.Connection[Any], shard: int, owner: str, ttl: float,
+                     sent_at: float) -> Lease | None:
+    """`pg_leases.acquire`; when the row is locked past its lease, end the stale locker's
+    session (see END_STALE_HOLDER) and return None: the next round acquires."""
+    try:
+        return pg_leases.acquire(conn, shard, owner, ttl, sent_at)
+    except psycopg.errors.LockNotAvailable:
+        ended = conn.execute(END_STALE_HOLDER, (shard,)).fetchall()
+        if ended:
+            get_logger(component="cluster.keeper", node=owner).warning(
+                "lease.stale_holder_ended", shard=shard, pids=[int(r[0]) for r in ended])
+        return None
 
 
 class LeaseKeeper:
@@ -198,7 +234,7 @@ class LeaseKeeper:
             if self._stopping:
                 return
             sent = self.clock()
-            got = await self._db(pg_leases.acquire, shard, self.node, self.timing.ttl, sent)
+            got = await self._db(acquire_or_clear, shard, self.node, self.timing.ttl, sent)
             if got is not None:
                 self.held[shard] = got
                 self.log.info("lease.acquired", shard=shard, epoch=got.epoch, share=share)

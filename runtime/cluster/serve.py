@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field
@@ -109,15 +110,29 @@ class ClusterReadyInfo(ReadyInfo):
 
 def shard_runtime_config(settings: ServeSettings, cluster: ClusterOptions, lease: Lease,
                          clock: Callable[[], float]) -> RuntimeConfig:
-    """The runtime of one held shard — the one place that says where its writes go.
-
-    Stand-in until the PostgreSQL store lands: a SQLite store per shard beside `--store`
-    (shared by the daemons of one machine; NOT fenced by the lease epoch)."""
+    """The runtime of one held shard: its writes and audit go to PostgreSQL, every
+    transaction fenced by the lease (shard, owner, epoch); the audit key is the cluster's
+    (TASK_INGRESS_AUDIT_KEY, the same on every daemon)."""
     return RuntimeConfig(
-        store_path=f"{settings.store}.shard-{lease.shard}.db", actor_base=settings.actor_base,
+        database_url=with_timeouts(cluster.database, cluster.lease_ttl), fence=lease.fence,
+        database_idle_timeout=cluster.lease_ttl / 4, actor_base=settings.actor_base,
         local_peer_id=settings.peer_id, greet_interval=settings.greet_interval, clock=clock,
         peer_rate=settings.peer_rate, peer_burst=settings.peer_burst,
         max_in_flight_per_peer=settings.max_in_flight_per_peer)
+
+
+def with_timeouts(url: str, ttl: float) -> str:
+    """`url` with libpq's TCP keepalives and `tcp_user_timeout` set (unless given): a store
+    connection whose peer went silent (a partition) fails within about the lease TTL
+    instead of hanging, so a shard's runtime can close. The fence, not this, is what keeps
+    such a connection from committing late."""
+    parts = urlsplit(url)
+    given = dict(parse_qsl(parts.query))
+    wanted = {"keepalives": "1", "keepalives_idle": "1", "keepalives_interval": "1",
+              "keepalives_count": "2", "connect_timeout": "5",
+              "tcp_user_timeout": str(max(1000, int(ttl * 1000)))}
+    query = urlencode({**wanted, **given})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 @dataclass

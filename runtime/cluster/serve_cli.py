@@ -6,6 +6,7 @@ exits 2, as does a daemon that cannot start (NATS or the database out of reach).
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
@@ -29,6 +30,10 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     if not settings.nats_url:
         raise UsageProblem("--cluster needs --nats-url: the daemons of a cluster share an "
                            "external NATS (a routed nats-server cluster; docs/cluster.md)")
+    if not os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip():
+        raise UsageProblem("--cluster needs the cluster's audit key in TASK_INGRESS_AUDIT_KEY "
+                           "(hex, the same on every daemon: each shard's chain is keyed "
+                           "with it; `openssl rand -hex 32` makes one)")
     for ws in workspaces:
         if not gate.is_workspace(ws):
             raise UsageProblem(f"malformed workspace {ws!r}")

@@ -44,6 +44,7 @@ class Daemon:
             args += ["--workspace", ws]
         args += extra or []
         env = {**os.environ, "TASK_INGRESS_NATS_TOKEN": token,
+               "TASK_INGRESS_AUDIT_KEY": (Path(key_file).parent / "audit.key").read_text(),
                "TASK_INGRESS_LOG_LEVEL": "info", "TASK_INGRESS_LOG_FORMAT": "json"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,

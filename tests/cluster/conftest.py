@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def nats_cluster() -> Iterator[NatsCluster]:
 
 @pytest.fixture
 def cluster_dir(tmp_path: Path) -> Path:
-    """A directory with the cluster's shared key (its AGH identity) and trust file."""
+    """A directory with the cluster's shared key (its AGH identity), its audit key (hex,
+    handed to every daemon in TASK_INGRESS_AUDIT_KEY) and trust file."""
     save_key(str(tmp_path / "cluster.key"), generate_key())
+    (tmp_path / "audit.key").write_text(secrets.token_hex(32))
     return tmp_path
