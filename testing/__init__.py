@@ -12,7 +12,8 @@ only when a test names them in `RuntimeConfig`:
 - `RuntimeConfig(channel_actor_class=NAIVE_CHANNEL)`: channel actors without the fence.
 - `RuntimeConfig(store_actor_class=NAIVE_STORE)`: a check-then-act TaskStore.
 - `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
-  exits between the store's commit and Audit's (tests/crash, docs/durability.md).
+  exits between the store's commit and Audit's (tests/crash, docs/durability.md);
+  `PG_EXIT_AFTER_STORE_COMMIT` the same on PostgreSQL (tests/cluster).
 
 tests/race uses them to show that its checks catch a missing protection (docs/race-freedom.md).
 """
@@ -33,7 +34,11 @@ NAIVE_STORE = "task_ingress.testing.NaiveTaskStore"
 """Dotted name of `NaiveTaskStore`, for `RuntimeConfig.store_actor_class`."""
 EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.ExitAfterStoreCommit"
 """Dotted name of `ExitAfterStoreCommit`, for `RuntimeConfig.store_actor_class`."""
+PG_EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterStoreCommit"
+"""Dotted name of `PgExitAfterStoreCommit` (a runtime on PostgreSQL), for
+`RuntimeConfig.store_actor_class`."""
 
 __all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_STORE_COMMIT", "HOLD",
-           "NAIVE_CHANNEL", "NAIVE_STORE", "Delay", "ExitAfterStoreCommit", "Hold", "HoldArm",
-           "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress", "NaiveTaskStore"]
+           "NAIVE_CHANNEL", "NAIVE_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "Delay",
+           "ExitAfterStoreCommit", "Hold", "HoldArm", "HoldQuery", "HoldRelease", "HoldState",
+           "NaiveChannelIngress", "NaiveTaskStore"]

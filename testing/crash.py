@@ -22,12 +22,17 @@ CRASH_EXIT = 86
 """Exit status of the process the seam ended."""
 
 
+def exit_if_marked(verdicts: list[Verdict]) -> None:
+    """End the process at once when the batch accepted a marked (`CRASH_PREFIX`) write."""
+    if any(v.outcome.accepted and not v.outcome.replay
+           and v.flight.context.request_id.startswith(CRASH_PREFIX) for v in verdicts):
+        os._exit(CRASH_EXIT)  # no flush, no atexit: as abrupt as a kill
+
+
 class ExitAfterStoreCommit(TaskStore):
     """The production TaskStore, ending its process right after committing a marked write."""
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         verdicts = super()._apply_batch(batch)
-        if any(v.outcome.accepted and not v.outcome.replay
-               and v.flight.context.request_id.startswith(CRASH_PREFIX) for v in verdicts):
-            os._exit(CRASH_EXIT)  # no flush, no atexit: as abrupt as a kill
+        exit_if_marked(verdicts)
         return verdicts

@@ -122,10 +122,17 @@ KeyOpt = Annotated[str | None, typer.Option(
     "--key", help="Hex audit key (default: $TASK_INGRESS_AUDIT_KEY, else <store>.key).")]
 
 
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", help="A cluster's PostgreSQL URL instead of --store: every shard's chain "
+    "(the key from --key or $TASK_INGRESS_AUDIT_KEY).")]
+
+
 @audit_app.command()
 @_exits
 def verify(
-    store: StoreOpt,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    database: DatabaseOpt = None,
     key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     expect_seq: Annotated[int | None, typer.Option(
@@ -144,7 +151,20 @@ def verify(
     record (or what else is wrong) otherwise; exit 2 for a usage error or a store that
     cannot be read. Pending outbox rows (accepted writes a crash left for Audit to chain on
     its next start) are reported, not errors.
+
+    With --database (a cluster): every shard's chain, its head row and the store, one
+    line per shard; exit 1 when any shard fails.
     """
+    if (store is None) == (database is None):
+        raise _fail_usage("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        if expect_seq is not None or expect_head is not None or allow_legacy:
+            raise _fail_usage("--expect-seq, --expect-head and --allow-legacy apply to "
+                              "--store only")
+        from task_ingress.runtime.audit.pg_cli import verify_database_command
+
+        raise typer.Exit(verify_database_command(database, key, as_json))
+    assert store is not None
     anchor = make_anchor(expect_seq, expect_head)
     result = verify_store(store, key=key, anchor=anchor, allow_legacy=allow_legacy)
     if as_json:
@@ -204,7 +224,11 @@ def head(store: StoreOpt, key: KeyOpt = None) -> None:
 @audit_app.command()
 @_exits
 def show(
-    store: StoreOpt,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: records of "
+        "every shard, newest --limit per shard, each line naming its shard.")] = None,
     peer: PeerOpt = None,
     channel: ChannelOpt = None,
     workspace: WorkspaceOpt = None,
@@ -226,6 +250,13 @@ def show(
     _at_least("-n/--limit", limit, 0)
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
+    if (store is None) == (database is None):
+        raise _fail_usage("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import show_database_command
+
+        raise typer.Exit(show_database_command(database, flt, limit or None))
+    assert store is not None
     with open_readonly(store) as conn:
         rows = list(query_records(conn, flt, last=limit or None))
     width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns

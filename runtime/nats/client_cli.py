@@ -77,9 +77,17 @@ Daemon = Annotated[str | None, typer.Option("--daemon", help="Ready file of a da
                                                             "(its trust_file is used).")]
 
 
-def _policy_path(trust_file: str | None, daemon: str | None) -> str:
-    if bool(trust_file) == bool(daemon):
-        raise _fail("give exactly one of --trust-file PATH or --daemon READY_FILE")
+Database = Annotated[str | None, typer.Option("--database", help=(
+    "A cluster's PostgreSQL URL: the policy every daemon of the cluster reads."))]
+
+
+def _policy_path(trust_file: str | None, daemon: str | None,
+                 database: str | None = None) -> str:
+    if sum(map(bool, (trust_file, daemon, database))) != 1:
+        raise _fail("give exactly one of --trust-file PATH, --daemon READY_FILE or "
+                    "--database URL")
+    if database:
+        return ""  # the caller uses runtime/cluster/trust_cli.py instead of a file
     if trust_file:
         return trust_file
     from task_ingress.runtime.nats.ready import read_ready_file
@@ -99,7 +107,7 @@ def trust_add(
     key: Annotated[list[str] | None, typer.Option("--key", help=(
         "A key file from `task-ingress keygen`: its handle and public key; repeatable."))
                    ] = None,
-    trust_file: TrustFile = None, daemon: Daemon = None,
+    trust_file: TrustFile = None, daemon: Daemon = None, database: Database = None,
 ) -> None:
     """Allow verified handles (their keys) to be granted task.write; with their public
     keys they may also connect to the daemon's own NATS server (reloaded at once)."""
@@ -111,7 +119,7 @@ def trust_add(
     from task_ingress.runtime.nats.nkey import parse_public_key
     from task_ingress.runtime.nats.policy import allow, read_keys
 
-    path = _policy_path(trust_file, daemon)
+    path = _policy_path(trust_file, daemon, database)
     names = [h.strip() for h in handles or []]
     keys: list[bytes] = []
     for text in pubkey or []:
@@ -129,13 +137,18 @@ def trust_add(
         keys.append(raw_public_key(secret))
     if not names:
         raise _fail("give a HANDLE (nickname@fingerprint) or --key KEYFILE")
-    try:
-        allow(path, names, keys)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    except OSError as exc:
-        raise _edit_problem(path, exc) from None
-    enrolled = read_keys(path)
+    if database:
+        from task_ingress.runtime.cluster import trust_cli
+
+        enrolled: set[str] | dict[str, bytes] = trust_cli.allow(database, names, keys)
+    else:
+        try:
+            allow(path, names, keys)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:
+            raise _edit_problem(path, exc) from None
+        enrolled = read_keys(path)
     for who in names:
         typer.echo(f"allowed {who}")
         if handle_fingerprint(who) not in enrolled:
@@ -145,28 +158,42 @@ def trust_add(
 
 @trust_app.command("remove")
 def trust_remove(handles: Annotated[list[str], typer.Argument(help="nickname@fingerprint")],
-                 trust_file: TrustFile = None, daemon: Daemon = None) -> None:
+                 trust_file: TrustFile = None, daemon: Daemon = None,
+                 database: Database = None) -> None:
     """Stop granting task.write to these handles' keys (effective at once)."""
     from task_ingress.runtime.nats.policy import disallow
 
-    path = _policy_path(trust_file, daemon)
-    try:
-        removed = disallow(path, handles)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    except OSError as exc:
-        raise _edit_problem(path, exc) from None
+    path = _policy_path(trust_file, daemon, database)
+    if database:
+        from task_ingress.runtime.cluster import trust_cli
+
+        removed = trust_cli.disallow(database, handles)
+    else:
+        try:
+            removed = disallow(path, handles)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:
+            raise _edit_problem(path, exc) from None
     for who in handles:
         typer.echo(("removed " if any(r.split("@")[1] == who.strip().rsplit("@", 1)[1]
                                       for r in removed) else "not present ") + who.strip())
 
 
 @trust_app.command("list")
-def trust_list(trust_file: TrustFile = None, daemon: Daemon = None) -> None:
+def trust_list(trust_file: TrustFile = None, daemon: Daemon = None,
+               database: Database = None) -> None:
     """Print the allowed handles, one per line."""
     from task_ingress.runtime.nats.policy import listed
 
-    for who in listed(_policy_path(trust_file, daemon)):
+    path = _policy_path(trust_file, daemon, database)
+    if database:
+        from task_ingress.runtime.cluster import trust_cli
+
+        handles = trust_cli.listed(database)
+    else:
+        handles = listed(path)
+    for who in handles:
         typer.echo(who)
 
 

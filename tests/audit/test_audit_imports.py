@@ -15,6 +15,8 @@ import task_ingress.runtime.audit as audit
 READ_ONLY_TOOLS = [
     "task_ingress.runtime.audit.anchor",
     "task_ingress.runtime.audit.cli",
+    "task_ingress.runtime.audit.pg_cli",
+    "task_ingress.runtime.audit.pg_verify",
     "task_ingress.runtime.audit.query",
     "task_ingress.runtime.audit.read",
     "task_ingress.runtime.audit.table",

@@ -3,9 +3,13 @@ as the SQLite runtime, every write and audit append fenced by the shard's lease.
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,6 +31,7 @@ from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.history import fencing_violations
 from task_ingress.runtime.errors import RuntimeStartError
+from task_ingress.testing import CRASH_EXIT
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -230,3 +235,28 @@ def test_a_runtime_without_an_audit_key_or_with_a_stale_fence_does_not_start(
             pg_runtime(fence)
     with pytest.raises(ValueError, match="go together"):
         RuntimeConfig(database_url="postgresql://x/y")
+
+
+def test_a_write_whose_holder_died_before_its_audit_is_chained_by_the_next_holder(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        fence = _fence(conn, "node-a")
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("pg_crash_writer.py")), database,
+             str(fence.shard), fence.owner, str(fence.epoch), KEY, WS],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == CRASH_EXIT, done.stderr[-2000:]
+        answers = [json.loads(line) for line in done.stdout.splitlines()]
+        assert answers == [{"request_id": "r-1", "accepted": True}]   # the marked one: none
+        # The write and its outbox row committed together; its record is not chained yet.
+        titles = {r[0] for r in conn.execute("SELECT title FROM tasks").fetchall()}
+        assert titles == {"r-1", "crash-1"}
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+        assert [r["request_id"] for r in pg_auditlog.shard_rows(conn, SHARD)] == ["r-1"]
+        rt = pg_runtime(_take_over(conn, SHARD, "node-b"))
+        records = rt.audit()
+        assert [(r.request_id, r.outcome) for r in records] == [
+            ("r-1", "accepted"), ("crash-1", "accepted")]
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        _assert_chain_verifies(conn, SHARD, 2)

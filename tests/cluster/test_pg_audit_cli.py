@@ -1,0 +1,107 @@
+"""`task-ingress audit verify|show --database URL` through the console script, on chains a
+runtime on PostgreSQL wrote: every shard verified on its own; an edit, a deleted tail or a
+forged head row found (exit 1); no key or no database is a usage error (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from task_ingress.actors.rules.shards import shard_of
+from task_ingress.messages import CreateTask
+from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.cluster import pg_leases
+
+from tests.conftest import ctx, writer_card
+
+SHARDS = 3
+KEY = secrets.token_hex(32)
+WORKSPACES = {shard_of(f"ws-{i}", SHARDS): f"ws-{i}" for i in range(50)}
+
+
+def _cli(*args: str, key: str | None = KEY) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TASK_INGRESS_AUDIT_KEY"}
+    if key is not None:
+        env["TASK_INGRESS_AUDIT_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "task_ingress", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cluster(make_runtime: Callable[..., IngressRuntime], database: str
+            ) -> Iterator[psycopg.Connection[Any]]:
+    """A database whose shards 0 and 1 were written by two runtimes (shard 2: nothing)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        pg_leases.ensure_schema(conn, SHARDS)
+        for shard, writes in ((0, 3), (1, 2)):
+            lease = pg_leases.acquire(conn, shard, f"node-{shard}", 60, time.monotonic())
+            assert lease is not None
+            rt = make_runtime(database_url=database, fence=lease.fence, audit_key=KEY)
+            ws = WORKSPACES[shard]
+            rt.greet(ws, "ops", writer_card("peer-a"))
+            for i in range(writes):
+                assert rt.submit(ctx(f"s{shard}-{i}", workspace=ws),
+                                 CreateTask(title="t")).accepted
+            rt.submit(ctx(f"s{shard}-x", peer="ghost", workspace=ws), CreateTask(title="g"))
+            rt.close()
+        yield conn
+
+
+def test_verify_checks_every_shard_and_prints_the_record_count_last(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("shard 0: OK: 4 records")
+    assert lines[1].startswith("shard 1: OK: 3 records")
+    assert lines[2].startswith("shard 2: OK: 0 records")
+    assert lines[-1] == "7"
+    shown = _cli("audit", "show", "--database", database, "--reason", "peer_not_found")
+    assert shown.returncode == 0, shown.stderr
+    assert [ln.split()[:2] for ln in shown.stdout.splitlines()[:-1]] == [
+        ["[shard", "0]"], ["[shard", "1]"]]
+
+
+def test_an_edited_audit_row_makes_verify_exit_1_naming_its_shard_and_record(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    cluster.execute("UPDATE audit SET outcome = 'rejected', reason = 'overloaded' "
+                    "WHERE shard = 1 AND seq = 2")
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "shard 0: OK" in done.stdout
+    assert "shard 1: problem: chain: record seq 2: hash does not match" in done.stdout
+    assert done.stdout.splitlines()[-1] == "FAILED: shard(s) 1 do not verify"
+
+
+def test_a_deleted_tail_or_a_forged_head_row_makes_verify_exit_1(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    cluster.execute("DELETE FROM audit WHERE shard = 0 AND seq = 4")
+    cluster.execute("UPDATE audit_chains SET seq = 2 WHERE shard = 1")
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "shard 0: problem: checkpoint: store: the head row names seq 4" in done.stdout
+    assert "shard 1: problem: checkpoint: store: the head row's MAC does not verify" \
+        in done.stdout
+
+
+def test_a_wrong_key_fails_and_no_key_or_no_database_is_a_usage_error(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    wrong = _cli("audit", "verify", "--database", database, key=secrets.token_hex(32))
+    assert wrong.returncode == 1
+    missing = _cli("audit", "verify", "--database", database, key=None)
+    assert missing.returncode == 2 and "needs the audit key" in missing.stderr
+    gone = _cli("audit", "verify", "--database", database.rsplit("/", 1)[0] + "/nope")
+    assert gone.returncode == 2 and "cannot read the cluster database" in gone.stderr
+    both = _cli("audit", "verify", "--database", database, "--store", "x.db")
+    assert both.returncode == 2
