@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,6 +41,7 @@ from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.shards import shard_of
 from task_ingress.runtime.cluster.keeper import GIVEN_BACK, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
+from task_ingress.runtime.cluster.pg_trust import DatabaseTrustPolicy
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
@@ -55,7 +56,7 @@ from task_ingress.runtime.nats.identity import (
 )
 from task_ingress.runtime.nats.metrics import Metrics
 from task_ingress.runtime.nats.nkey import user_nkey
-from task_ingress.runtime.nats.policy import TrustPolicy, ensure_policy_file
+from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 
@@ -135,6 +136,34 @@ def with_timeouts(url: str, ttl: float) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
+class PolledTrust(DatabaseTrustPolicy):
+    """The cluster's trust policy (PostgreSQL), read by a thread of its own every `recheck`
+    seconds: the handler asks it on the event loop, which must never wait for the database
+    (a partition would otherwise stall the loop, and with it the lease watchdog). Between
+    reads it answers from the last policy read."""
+
+    def __init__(self, url: str, recheck: float) -> None:
+        super().__init__(url, recheck=recheck)
+        self._stopped = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True, name="trust-poller")
+        self._poller.start()
+
+    def _refresh(self) -> None:
+        poller = getattr(self, "_poller", None)  # None while __init__ reads the first policy
+        if poller is None or threading.current_thread() is poller:
+            super()._refresh()
+
+    def _poll(self) -> None:
+        while not self._stopped.wait(self.recheck):
+            self._refresh()
+
+    def stop(self) -> None:
+        """Stop polling and close the connection."""
+        self._stopped.set()
+        self._poller.join(10)
+        self.close()
+
+
 @dataclass
 class ShardServing:
     """One held shard: its runtime, a handler and subscriptions per served workspace."""
@@ -172,7 +201,7 @@ class ClusterDaemon:
         self._nc: Any = None
         self._key: Ed25519PrivateKey | None = None
         self._me = ""
-        self._policy: TrustPolicy | None = None
+        self._policy: PolledTrust | None = None
         self.log = get_logger(component="cluster.serve", node=cluster.node_id)
 
     # ---- control -------------------------------------------------------------------
@@ -219,8 +248,8 @@ class ClusterDaemon:
         try:
             if not s.nats_url:
                 raise RuntimeStartError("a cluster daemon needs --nats-url (the cluster's NATS)")
-            ensure_policy_file(s.trust_path)
-            self._policy = TrustPolicy(s.trust_path, clock=self.clock)
+            self._policy = await asyncio.to_thread(
+                PolledTrust, with_timeouts(c.database, c.lease_ttl), s.trust_poll_interval)
             key = self._key = load_or_create_key(s.key_path)
             self._me = handle(s.nickname, key)
             self._nc = await self._connect(s.nats_url)
@@ -264,6 +293,8 @@ class ClusterDaemon:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.close(), 5)
             self.metrics.close()
+            if self._policy is not None:
+                self._policy.stop()
         finally:
             if self.settings.ready_file:
                 remove_ready_file(self.settings.ready_file, os.getpid())
@@ -353,7 +384,9 @@ class ClusterDaemon:
             serving.tasks.add(task)
             task.add_done_callback(serving.tasks.discard)
 
-        return EnvelopeHandler(runtime=runtime, policy=self._policy, key=self._key,
+        # PolledTrust has TrustPolicy's reader interface (allows, __len__), all the handler uses.
+        policy = cast(TrustPolicy, self._policy)
+        return EnvelopeHandler(runtime=runtime, policy=policy, key=self._key,
                                peer_id=s.peer_id, handle=self._me, publish=self._nc.publish,
                                metrics=self.metrics, greet_interval=s.greet_interval,
                                on_channel=on_channel, clock=self.clock, limits=limits)

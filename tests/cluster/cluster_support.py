@@ -39,7 +39,8 @@ class Daemon:
                 "--node-id", node, "--lease-ttl", str(lease_ttl),
                 "--key-file", str(key_file), "--trust-file", str(trust_file),
                 "--store", str(workdir / "cluster"), "--ready-file", str(self.ready_file),
-                "--greet-interval", str(greet_interval), "--peer-rate", "0"]
+                "--greet-interval", str(greet_interval), "--peer-rate", "0",
+                "--trust-poll-interval", "0.2"]
         for ws in workspaces:
             args += ["--workspace", ws]
         args += extra or []

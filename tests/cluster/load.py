@@ -13,9 +13,11 @@ from typing import Any
 
 from task_ingress.messages import CreateTask, PeerCard
 from task_ingress.messages.codec import decode_reply, encode_envelope
-from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
+from task_ingress.runtime.cluster.swarm_transport import ClusterSwarmTransport
 
 CHANNEL = "ops"
+TRUST_POLL = 0.2
+"""The daemons' --trust-poll-interval in the tests."""
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -31,12 +33,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
 class Load:
     """Peers and their requests; `replies` holds every answer in the order received."""
 
-    def __init__(self, ready_file: Path, nats_url: str, workspaces: list[str],
+    def __init__(self, ready_file: Path, nats_url: str, workspaces: list[str], database: str,
                  request_timeout: float = 3.0) -> None:
         self.workspaces = workspaces
-        self.transport = NatsSwarmTransport(ready_file=str(ready_file), nats_url=nats_url,
-                                            request_timeout=request_timeout)
+        self.transport = ClusterSwarmTransport(ready_file=str(ready_file), nats_url=nats_url,
+                                               database=database,
+                                               request_timeout=request_timeout)
         self.peers = {ws: self.transport.peer_name(f"p-{ws}") for ws in workspaces}
+        time.sleep(TRUST_POLL * 3)  # every daemon has read the enrolled peers
         self.replies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -36,7 +36,7 @@ def test_a_sigkilled_owners_shards_are_owned_again_within_ttl_and_no_acknowledge
             d.wait_ready()
         wait_until(lambda: len({o for o in owners(database).values() if o}) == 3
                    and None not in owners(database).values(), 20, "shards over 3 daemons")
-        load = Load(daemons[0].ready_file, nats_cluster.urls[2], WORKSPACES)
+        load = Load(daemons[0].ready_file, nats_cluster.urls[2], WORKSPACES, database)
         load.greet_all()
         load.start(max_requests=4000, max_seconds=60)
         wait_until(lambda: len(load.accepted()) >= 40, 20, "accepted writes before the kill")
@@ -85,7 +85,7 @@ def test_a_sigstopped_owner_resumed_after_a_takeover_commits_none_of_its_pending
             d.wait_ready()
         wait_until(lambda: set(owners(database).values()) == {victim.node, heir.node}, 20,
                    "shards over 2 daemons")
-        load = Load(victim.ready_file, nats_cluster.urls[1], WORKSPACES)
+        load = Load(victim.ready_file, nats_cluster.urls[1], WORKSPACES, database)
         load.greet_all()
         load.start(max_requests=4000, max_seconds=60)
         taken = sorted(s for s, o in owners(database).items() if o == victim.node)
@@ -147,7 +147,7 @@ def test_a_daemon_cut_off_from_postgresql_stops_serving_before_its_lease_can_be_
         other.wait_ready()
         wait_until(lambda: set(owners(database).values()) == {"node-0", "node-1"}, 20,
                    "shards over 2 daemons")
-        load = Load(other.ready_file, nats_cluster.urls[2], WORKSPACES)
+        load = Load(other.ready_file, nats_cluster.urls[2], WORKSPACES, database)
         load.greet_all()
         load.start(max_requests=4000, max_seconds=60)
         held = sorted(s for s, o in owners(database).items() if o == "node-0")

@@ -41,7 +41,7 @@ def test_two_daemons_split_the_shards_serve_every_workspace_and_release_on_stop(
         assert infos[0]["daemon_handle"] == infos[1]["daemon_handle"]  # one cluster identity
         wait_until(lambda: sorted(v or "" for v in owners(database).values())
                    == ["node-0", "node-0", "node-1", "node-1"], 20, "shards split 2/2")
-        load = Load(daemons[0].ready_file, nats_cluster.urls[2], WORKSPACES)
+        load = Load(daemons[0].ready_file, nats_cluster.urls[2], WORKSPACES, database)
         load.greet_all()
         replies = load.round()
         assert all(r["accepted"] for r in replies.values()), replies
