@@ -162,8 +162,10 @@ class LeaseKeeper:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._side:  # starts and give-backs under way finish first
+            self.log.info("keeper.waiting", tasks=len(self._side))
             await asyncio.gather(*self._side, return_exceptions=True)
         held, self.held = dict(self.held), {}
+        self.log.info("keeper.draining", shards=sorted(held))
         await asyncio.gather(*(self.on_lost(shard, SHUTDOWN) for shard in held))
         for lease in held.values():
             with contextlib.suppress(Exception):

@@ -288,7 +288,8 @@ class ClusterDaemon:
             if self.keeper is not None:
                 await self.keeper.stop()
             if self._closing:
-                await asyncio.gather(*self._closing, return_exceptions=True)
+                self.log.info("serve.closing_lost_shards", shards=len(self._closing))
+                await asyncio.wait(set(self._closing), timeout=self.settings.drain_timeout)
             if self._nc is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.close(), 5)

@@ -21,6 +21,8 @@ from typing import Any
 
 START_TIMEOUT = 20.0
 REPO = Path(__file__).resolve().parents[2]
+QUIET_EVENTS = ("ingress.outcome", "greet.applied", "presence.changed", "presence.expired",
+                "router.channel_reaped", "envelope.rejected", "greet.not_applied")
 
 
 class Daemon:
@@ -44,7 +46,7 @@ class Daemon:
         for ws in workspaces:
             args += ["--workspace", ws]
         args += extra or []
-        env = {**os.environ, "TASK_INGRESS_NATS_TOKEN": token,
+        env = {**os.environ, "TASK_INGRESS_NATS_TOKEN": token, "PYTHONFAULTHANDLER": "1",
                "TASK_INGRESS_AUDIT_KEY": (Path(key_file).parent / "audit.key").read_text(),
                "TASK_INGRESS_LOG_LEVEL": "info", "TASK_INGRESS_LOG_FORMAT": "json"}
         with open(self.log_path, "ab") as log:
@@ -64,9 +66,11 @@ class Daemon:
         raise RuntimeError(f"{self.node} not ready within {timeout} s: {self.log()}")
 
     def log(self) -> str:
-        """The tail of the daemon's log."""
+        """The tail of the daemon's log, without the per-request lines."""
         with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-3000:]
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                     if not any(f'"{e}"' in line for e in QUIET_EVENTS)]
+            return "\n".join(lines)[-6000:]
         return ""
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -93,9 +97,13 @@ class Daemon:
                 self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # hung: its threads' stacks go to its log
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
         return int(self.proc.returncode)
 
 
