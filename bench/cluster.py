@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 READY_TIMEOUT = 30.0
+TRUST_POLL = 0.25
 
 
 def _database_url(server_url: str, name: str) -> str:
@@ -48,7 +50,8 @@ def _owners(database: str) -> list[str | None]:
 
 
 def _start_daemons(n: int, workdir: Path, database: str, urls: list[str], token: str,
-                   shards: int, workspaces: list[str], ttl: float) -> list[subprocess.Popen[bytes]]:
+                   shards: int, workspaces: list[str], ttl: float,
+                   audit_key: str) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(n):
         args = [sys.executable, "-m", "task_ingress", "serve", "--cluster", "--database",
@@ -57,14 +60,15 @@ def _start_daemons(n: int, workdir: Path, database: str, urls: list[str], token:
                 "--key-file", str(workdir / "cluster.key"),
                 "--trust-file", str(workdir / "trust.json"), "--store", str(workdir / "c"),
                 "--ready-file", str(workdir / f"node-{i}.ready"), "--peer-rate", "0",
-                "--max-in-flight-per-peer", "64"]
+                "--max-in-flight-per-peer", "64", "--trust-poll-interval", str(TRUST_POLL)]
         for ws in workspaces:
             args += ["--workspace", ws]
         log = open(workdir / f"node-{i}.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             procs.append(subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "TASK_INGRESS_NATS_TOKEN": token}))
+                env={**os.environ, "TASK_INGRESS_NATS_TOKEN": token,
+                     "TASK_INGRESS_AUDIT_KEY": audit_key}))
         finally:
             log.close()
     deadline = time.monotonic() + READY_TIMEOUT
@@ -95,16 +99,17 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(10)
 
 
-def _drive(ready_file: Path, nats_url: str, workspaces: list[str], senders: int,
-           seconds: float) -> dict[str, Any]:
+def _drive(ready_file: Path, nats_url: str, database: str, workspaces: list[str],
+           senders: int, seconds: float) -> dict[str, Any]:
     from task_ingress.messages import CreateTask, PeerCard
     from task_ingress.messages.codec import decode_reply, encode_envelope
-    from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
+    from task_ingress.runtime.cluster.swarm_transport import ClusterSwarmTransport
 
-    transport = NatsSwarmTransport(ready_file=str(ready_file), nats_url=nats_url,
-                                   request_timeout=10.0)
+    transport = ClusterSwarmTransport(ready_file=str(ready_file), nats_url=nats_url,
+                                      database=database, request_timeout=10.0)
     try:
         peers = {ws: transport.peer_name(f"bench-{ws}") for ws in workspaces}
+        time.sleep(4 * TRUST_POLL)  # every daemon has read the peers' trust
         for ws, peer in peers.items():
             for _ in range(50):
                 with contextlib.suppress(Exception):
@@ -193,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                 procs: list[subprocess.Popen[bytes]] = []
                 try:
                     procs = _start_daemons(n, workdir, database, nats.urls, nats.token,
-                                           args.shards, workspaces, args.lease_ttl)
-                    row = _drive(workdir / "node-0.ready", nats.urls[-1], workspaces,
-                                 args.senders, args.seconds)
+                                           args.shards, workspaces, args.lease_ttl,
+                                           os.environ.get("TASK_INGRESS_AUDIT_KEY")
+                                           or secrets.token_hex(32))
+                    row = _drive(workdir / "node-0.ready", nats.urls[-1], database,
+                                 workspaces, args.senders, args.seconds)
                 finally:
                     _stop(procs)
                     with psycopg.connect(args.server_url, autocommit=True) as admin:
