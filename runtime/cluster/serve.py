@@ -335,7 +335,8 @@ class ClusterDaemon:
         pub = raw_public_key(key)
         credentials = {"token": s.nats_token.get_secret_value()} if s.nats_token else {}
         return ClusterReadyInfo(
-            nats_url=s.nats_url, pid=os.getpid(), trust_file=s.trust_path,
+            # The cluster's trust policy is in the database (trust add --database), not a file.
+            nats_url=s.nats_url, pid=os.getpid(), trust_file="",
             nats_auth="token" if s.nats_token else "url", credentials=credentials,
             store=mask_url(c.database), workspace=c.workspaces[0], channels=s.channels,
             daemon_peer_id=s.peer_id, daemon_route_token=wire.route_token(s.peer_id),

@@ -56,7 +56,6 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     check_actor_base(settings.actor_base)
-    check_writable(settings.trust_path, "--trust-file")
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
     shown = {**settings.public(), "cluster": True, "database": mask_url(opts.database),
