@@ -24,7 +24,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     from task_ingress.runtime.preflight import check_actor_base, check_writable
 
     if not cluster:
-        raise UsageProblem("--database, --shards, --lease-ttl and --node-id need --cluster")
+        raise UsageProblem("--shards, --lease-ttl and --node-id need --cluster")
     if not database:
         raise UsageProblem("--cluster needs --database URL (or TASK_INGRESS_DATABASE)")
     if not settings.nats_url:

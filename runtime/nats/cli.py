@@ -110,7 +110,9 @@ def serve(
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
                              for e in exc.errors())
         raise UsageProblem(f"invalid settings: {problems}") from None
-    if cluster or any(v is not None for v in (database, shards, lease_ttl, node_id)):
+    # --database alone does not mean cluster mode: TASK_INGRESS_DATABASE may be set for
+    # other commands (cluster status, trust --database).
+    if cluster or any(v is not None for v in (shards, lease_ttl, node_id)):
         from task_ingress.runtime.cluster.serve_cli import serve_cluster
 
         serve_cluster(settings, cluster=cluster, database=database, shards=shards,

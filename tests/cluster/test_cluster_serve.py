@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,9 @@ def test_serve_cluster_usage_errors_exit_2() -> None:
     out = subprocess.run([sys.executable, "-m", "task_ingress", "serve", "--shards", "3"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--cluster" in out.stderr
+    env = {k: v for k, v in os.environ.items() if k != "TASK_INGRESS_AUDIT_KEY"}
+    out = subprocess.run([sys.executable, "-m", "task_ingress", "serve", "--cluster",
+                          "--database", "postgresql://x@127.0.0.1:1/x",
+                          "--nats-url", "nats://127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "TASK_INGRESS_AUDIT_KEY" in out.stderr
