@@ -465,12 +465,16 @@ class ClusterDaemon:
             task.add_done_callback(self._closing.discard)
 
     async def _close_shard(self, serving: ShardServing, *, drain: bool) -> None:
+        # As the single daemon does: the handlers close first (their worker threads finish
+        # greets and rejections the runtime still answers), then the runtime. Closed the
+        # other way round, a greet waiting on a stopped runtime holds handler.close for the
+        # runtime's whole request timeout (seen as a daemon that did not stop in 30 s).
         async with self._lock(serving.lease.shard):
             if drain and serving.tasks:
                 await asyncio.wait(set(serving.tasks), timeout=self.settings.drain_timeout)
+            for handler in serving.handlers.values():
+                await asyncio.to_thread(handler.close)
             if serving.runtime is not None:
                 await asyncio.to_thread(serving.runtime.close)
             if serving.tasks:  # answered by the closed runtime: task_ingress_unavailable
                 await asyncio.wait(set(serving.tasks), timeout=self.settings.drain_timeout)
-            for handler in serving.handlers.values():
-                await asyncio.to_thread(handler.close)

@@ -1,8 +1,12 @@
 """The swarm against a 3-daemon cluster (3 routed nats-servers, 1 PostgreSQL): every
-invariant holds, with the shards spread over the daemons."""
+invariant holds, with the shards spread over the daemons.
+
+Normal suite: 1,200 requests. `TASK_INGRESS_SLOW=1`: 20,000 requests from 48 peers
+(bounded at 10 minutes)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
@@ -15,6 +19,7 @@ from tests.cluster.load import wait_until
 from tests.cluster.stores import fencing_problems
 from tests.cluster.test_cluster_serve import owners
 
+SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
 SHARDS = 6
 WORKSPACES = [f"ws-{i}" for i in range(6)]
 
@@ -41,9 +46,10 @@ def test_a_swarm_against_three_daemons_passes_every_invariant(
                                               database=database, request_timeout=10.0)
             return transport, (cluster_dir / "audit.key").read_text()
 
-        cfg = SwarmConfig(requests=1200, duration=60, peers=18, channels=2,
-                          workspaces=len(WORKSPACES), concurrency=6, transport="nats",
-                          progress=False, seed=16)
+        cfg = SwarmConfig(requests=20_000 if SLOW else 1200, duration=600 if SLOW else 60,
+                          peers=48 if SLOW else 18, channels=2, workspaces=len(WORKSPACES),
+                          concurrency=12 if SLOW else 6, transport="nats", progress=False,
+                          seed=16)
         result = run_swarm(cfg, factory)
         assert owners(database) == spread, "the shards moved during the run"
     finally:
