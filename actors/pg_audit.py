@@ -179,7 +179,7 @@ class PgAudit(Audit):
             self.log.error("audit.chain_moved", error=str(exc))
             self._depose(str(exc))
             return False
-        except psycopg.Error as exc:
+        except Exception as exc:  # a database error, or a bug: nothing was appended
             self.log.error("audit.commit_failed", error=repr(exc), records=len(batch))
             return False
         return True

@@ -42,7 +42,6 @@ from task_ingress.messages.protocol import (
     TaskFound,
     TaskLocked,
     Verdict,
-    Verdicts,
     Wiring,
 )
 from task_ingress.messages.reasons import Reason
@@ -91,7 +90,7 @@ class PgTaskStore(TaskStore):
             self.shards = shards
             ensure_store_schema(self.pg)
             pg_store.ensure_outbox_counter(self.pg, self.fence.shard)
-            self.send(sender, Started(ticket=msg.ticket))
+            self.send(sender, Started(ticket=msg.ticket, shards=shards))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
 
@@ -113,20 +112,6 @@ class PgTaskStore(TaskStore):
             self.pg = None
             self.log.error("store.database_unreachable", error=repr(exc))
         return self.pg
-
-    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
-        """As TaskStore's, and the connection is never left inside a failed transaction."""
-        self.flush_queued = False
-        batch, self.pending = self.pending, []
-        if not batch:
-            return
-        try:
-            verdicts = self._apply_batch(batch)
-        except Exception as exc:  # a bug, not a database error: answer everyone
-            self.log.error("store.batch_failed", error=repr(exc),
-                           request_ids=[f.context.request_id for f in batch])
-            verdicts = [failed_verdict(f) for f in batch]
-        self.send(self.audit, Verdicts(items=tuple(verdicts)))
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         fence = self.fence

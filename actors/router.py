@@ -49,6 +49,7 @@ from task_ingress.actors.base import (
 )
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
+from task_ingress.actors.rules.shards import shard_of
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     ChannelCount,
@@ -89,13 +90,20 @@ MAX_PENDING_SWEEPS = 8
 lost answer must not make the router's own bookkeeping grow)."""
 
 
-def pre_gate_reason(sub: Submission, tasks_enabled: bool) -> Reason | None:
-    """Rejections decided before any channel is involved: preset, rule 1, rule 2."""
+def pre_gate_reason(sub: Submission, tasks_enabled: bool,
+                    serving: tuple[int, int] | None = None) -> Reason | None:
+    """Rejections decided before any channel is involved: preset, rule 1, rule 2.
+
+    `serving` (cluster mode): (the shard this runtime holds, the shard count); a request
+    for a workspace of another shard is one this runtime's task service cannot take."""
     if sub.preset is not None:
         return sub.preset
     if sub.request is None or gate.check_context(sub.context) is not None:
         return Reason.INVALID_REQUEST
     if not tasks_enabled:
+        return Reason.TASK_INGRESS_UNAVAILABLE
+    if serving is not None and shard_of(gate.trim(sub.context.workspace),
+                                        serving[1]) != serving[0]:
         return Reason.TASK_INGRESS_UNAVAILABLE
     return None
 
@@ -166,6 +174,8 @@ class IngressRouter(GateActor):
         self.recovered: dict[tuple[str, str, str, str], Drained] = {}
         self.probe_ids = itertools.count(1)
         self.stopping = False
+        self.serving: tuple[int, int] | None = None
+        """Cluster mode: (shard held, shard count), as the PostgreSQL TaskStore found it."""
         self.log = get_logger(actor="router")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -184,6 +194,8 @@ class IngressRouter(GateActor):
     def receiveMsg_Started(self, msg: Started, sender: Any) -> None:
         """The TaskStore is ready: report to whoever wired us (once); after a restart,
         rewire Capability to it and probe for what the dead one took along."""
+        if msg.shards and self.settings is not None and self.settings.fence is not None:
+            self.serving = (self.settings.fence[0], msg.shards)
         if self.starting is not None:
             to, ticket = self.starting
             self.starting = None
@@ -271,7 +283,7 @@ class IngressRouter(GateActor):
         remembered as unanswered)."""
         assert self.wiring is not None and self.settings is not None
         ctx = gate.normalize_context(sub.context)
-        reason = pre_gate_reason(sub, self.settings.tasks_enabled)
+        reason = pre_gate_reason(sub, self.settings.tasks_enabled, self.serving)
         if reason is not None:
             # A refused greet or leave has no request ID; its record still names the
             # derived actor when its identifiers are grammatical.

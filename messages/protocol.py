@@ -96,6 +96,8 @@ class Started(InternalMessage):
     ticket: int
     error: str = ""
     address: Any = Field(default=None, description="The router's: the TaskStore it started.")
+    shards: int = Field(default=0, description=(
+        "A PostgreSQL TaskStore's: the cluster's shard count (0: not sharded)."))
 
 
 class Submission(InternalMessage):

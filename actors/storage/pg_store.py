@@ -85,16 +85,15 @@ def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
     Until the transaction ends, a takeover's UPDATE of the row waits, so nothing the
     transaction writes can commit after another holder took the shard. Also sets the
     transaction's shard and epoch, which the fenced tables' column defaults read."""
+    # One round trip: the settings are transaction-local, so a refused fence (whose
+    # transaction the caller rolls back) leaves none behind.
     row = conn.execute(
-        "SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR UPDATE",
-        (fence.shard,)).fetchone()
+        "SELECT owner, epoch, set_config('task_ingress.shard', %s, true), "
+        "set_config('task_ingress.epoch', %s, true) FROM shard_leases WHERE shard = %s "
+        "FOR UPDATE", (str(fence.shard), str(fence.epoch), fence.shard)).fetchone()
     if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
         raise Fenced(f"shard {fence.shard} is held by {row[0] if row else '?'} under epoch "
                      f"{row[1] if row else '?'}, not by {fence.owner} under {fence.epoch}")
-    conn.execute(
-        "SELECT set_config('task_ingress.shard', %s, true), "
-        "set_config('task_ingress.epoch', %s, true)",
-        (str(fence.shard), str(fence.epoch)))
 
 
 def ensure_outbox_counter(conn: psycopg.Connection[Any], shard: int) -> None:

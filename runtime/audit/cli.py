@@ -37,6 +37,7 @@ from task_ingress.runtime.audit.query import (
 from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
 from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
+from task_ingress.runtime.cli_exit import UsageProblem
 
 audit_app = typer.Typer(
     help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
@@ -144,6 +145,9 @@ def verify(
     allow_legacy: Annotated[bool, typer.Option(
         "--allow-legacy", help="Check a legacy store's unkeyed chain (schema 3 or older) by "
         "the old rules instead of failing it.")] = False,
+    anchors: Annotated[str | None, typer.Option(
+        "--anchors", help="With --database: a file of head lines `audit head --database` "
+        "printed; fail unless every shard chain still reaches them.")] = None,
 ) -> None:
     """Check the keyed chain, the checkpoint, anchors and the store against each other.
 
@@ -156,14 +160,16 @@ def verify(
     line per shard; exit 1 when any shard fails.
     """
     if (store is None) == (database is None):
-        raise _fail_usage("give exactly one of --store PATH and --database URL")
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
     if database is not None:
         if expect_seq is not None or expect_head is not None or allow_legacy:
-            raise _fail_usage("--expect-seq, --expect-head and --allow-legacy apply to "
-                              "--store only")
+            raise UsageProblem("--expect-seq, --expect-head and --allow-legacy apply to "
+                               "--store only")
         from task_ingress.runtime.audit.pg_cli import verify_database_command
 
-        raise typer.Exit(verify_database_command(database, key, as_json))
+        raise typer.Exit(verify_database_command(database, key, as_json, anchors))
+    if anchors is not None:
+        raise UsageProblem("--anchors applies to --database; with --store use --expect-head")
     assert store is not None
     anchor = make_anchor(expect_seq, expect_head)
     result = verify_store(store, key=key, anchor=anchor, allow_legacy=allow_legacy)
@@ -203,13 +209,28 @@ def _failed(first: Problem) -> str:
 
 @audit_app.command()
 @_exits
-def head(store: StoreOpt, key: KeyOpt = None) -> None:
+def head(
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Path of the SQLite store file.")] = None,
+    key: KeyOpt = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: one line per "
+        "shard chain.")] = None,
+) -> None:
     """Verify the log, then print its head as one signed line to keep outside the store.
 
     Ship the line elsewhere (a log host, a ticket) and later pass it to
     `audit verify --expect-head LINE`: a log rolled back, truncated or replaced since then
-    fails. Exit 1 (and nothing on stdout) when the log does not verify.
+    fails. Exit 1 (and nothing on stdout) when the log does not verify. With --database,
+    one line per shard chain, for `audit verify --database URL --anchors FILE`.
     """
+    if (store is None) == (database is None):
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import head_database_command
+
+        raise typer.Exit(head_database_command(database, key))
+    assert store is not None
     result = verify_store(store, key=key)
     raw, _ = load_key(store, key)
     if not result.ok or raw is None or result.store_id is None:
@@ -251,7 +272,7 @@ def show(
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
     if (store is None) == (database is None):
-        raise _fail_usage("give exactly one of --store PATH and --database URL")
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
     if database is not None:
         from task_ingress.runtime.audit.pg_cli import show_database_command
 

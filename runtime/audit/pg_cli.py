@@ -12,7 +12,9 @@ import os
 from typing import Any
 
 import typer
+from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.actors.storage.auditlog import KEY_ENV
+from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
 from task_ingress.runtime.audit.query import AuditFilter, format_line
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
@@ -36,11 +38,28 @@ def _key(explicit: str | None) -> bytes | str:
                    else f"${KEY_ENV} must be the audit key in hex; fix or unset it")
 
 
-def verify_database_command(url: str, key: str | None, as_json: bool) -> int:
-    """Verify every shard's chain of the database at `url`; print; return the exit code."""
+def _anchors(path: str | None) -> list[Anchor] | str:
+    """The head lines in the file (blank lines skipped), or why they cannot be read."""
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [parse_head_line(line) for line in fh if line.strip()]
+    except OSError as exc:
+        return f"--anchors {path}: cannot read it ({exc.strerror or exc})"
+    except BadAnchor as exc:
+        return f"--anchors {path}: {exc}"
+
+
+def _verified(url: str, key: str | None, anchors_file: str | None = None
+              ) -> tuple[Any, bytes] | int:
+    """(the database's verdict, the key), or the exit code of a usage problem."""
     raw = _key(key)
     if isinstance(raw, str):
         return _error(raw)
+    anchors = _anchors(anchors_file)
+    if isinstance(anchors, str):
+        return _error(anchors)
     try:
         import psycopg
         from task_ingress.runtime.audit.pg_verify import verify_database
@@ -48,13 +67,26 @@ def verify_database_command(url: str, key: str | None, as_json: bool) -> int:
         return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            verdicts = verify_database(conn, raw)
+            return verify_database(conn, raw, anchors), raw
     except psycopg.Error as exc:
         return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
-    ok = all(v.ok for v in verdicts)
+
+
+def verify_database_command(url: str, key: str | None, as_json: bool,
+                            anchors_file: str | None = None) -> int:
+    """Verify every shard's chain of the database at `url` (and the anchors in
+    `anchors_file`); print; return the exit code."""
+    found = _verified(url, key, anchors_file)
+    if isinstance(found, int):
+        return found
+    result = found[0]
+    verdicts, ok = result.shards, result.ok
     if as_json:
-        typer.echo(json.dumps({"ok": ok, "shards": [v.to_dict() for v in verdicts]}, indent=2))
+        typer.echo(json.dumps({"ok": ok, "shards": [v.to_dict() for v in verdicts],
+                               "problems": [str(p) for p in result.problems]}, indent=2))
         return EXIT_OK if ok else EXIT_BAD
+    for problem in result.problems:
+        typer.echo(f"problem: {problem}")
     for v in verdicts:
         state = "OK" if v.ok else "FAILED"
         typer.echo(f"shard {v.shard}: {state}: {v.records} records, head seq {v.head_seq}, "
@@ -70,8 +102,29 @@ def verify_database_command(url: str, key: str | None, as_json: bool) -> int:
                    f"{total}")
         return EXIT_OK
     bad = [v.shard for v in verdicts if not v.ok]
-    typer.echo(f"FAILED: shard(s) {', '.join(map(str, bad))} do not verify")
+    typer.echo(f"FAILED: shard(s) {', '.join(map(str, bad))} do not verify" if bad
+               else "FAILED: an anchored chain is gone")
     return EXIT_BAD
+
+
+def head_database_command(url: str, key: str | None) -> int:
+    """Verify every shard, then print each shard chain's head as a signed line (to keep
+    outside the database; `audit verify --database URL --anchors FILE` checks them)."""
+    found = _verified(url, key)
+    if isinstance(found, int):
+        return found
+    result, raw = found
+    if not result.ok:
+        typer.echo("FAILED: the database does not verify (see `task-ingress audit verify "
+                   "--database URL`)", err=True)
+        return EXIT_BAD
+    chain_key = ChainKey(raw)
+    for v in result.shards:
+        if v.chain_id is None:
+            continue  # a shard nobody has written: no chain to anchor yet
+        head = v.head_hash if v.head_seq else genesis_hash(v.chain_id)
+        typer.echo(head_line(chain_key, v.chain_id, v.head_seq, head))
+    return EXIT_OK
 
 
 def show_database_command(url: str, flt: AuditFilter, limit: int | None) -> int:

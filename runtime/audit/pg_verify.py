@@ -8,24 +8,31 @@ Per shard, nothing excused by anything stored in the database:
 - head row (`audit_chains`, rewritten in every append's transaction): its MAC holds and it
   names the chain's last record exactly (a deleted tail, records added past it, or a
   deleted head row with records left fail);
+- anchors (head lines `audit head --database` printed, kept outside the database): each
+  names a shard chain that still exists, still reaches its seq with its hash there;
 - store: every accepted request of the shard (`accepted_requests`) has its accepted record
   in the shard's chain, or a pending outbox row (a write whose record the shard's next
   holder chains: reported, not an error); every accepted, non-replay record names a
-  request the store accepted.
+  request the store accepted; every task and run row of the shard's workspaces is vouched
+  for by an accepted create or enqueue record (or a pending outbox row).
 Read-only: one REPEATABLE READ transaction, so a live cluster's appends do not tear it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, ChainWalk, genesis_hash
 from task_ingress.actors.rules.gate import safe_field
+from task_ingress.actors.rules.shards import shard_of
 from task_ingress.actors.storage import pg_auditlog
 from task_ingress.actors.storage.schema import decode_outbox
+from task_ingress.messages.reasons import Action
+from task_ingress.runtime.audit.anchor import Anchor
 from task_ingress.runtime.audit.verify import MAX_PROBLEMS, Problem
 
 RequestKey = tuple[str, str, str, str]
@@ -77,17 +84,42 @@ def shards_to_check(conn: psycopg.Connection[Any]) -> list[int]:
     return sorted(found)
 
 
-def verify_database(conn: psycopg.Connection[Any], key: bytes) -> list[ShardVerdict]:
-    """Verify every shard's chain; raises psycopg.Error when the database cannot be read
-    (for instance when it is no cluster database)."""
+@dataclass(frozen=True)
+class DatabaseVerdict:
+    """Every shard's verdict, and problems of no shard (an anchor of a chain that is gone)."""
+
+    shards: tuple[ShardVerdict, ...]
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every shard verifies and every anchor names a chain that exists."""
+        return not self.problems and all(v.ok for v in self.shards)
+
+
+def verify_database(conn: psycopg.Connection[Any], key: bytes,
+                    anchors: Sequence[Anchor] = ()) -> DatabaseVerdict:
+    """Verify every shard's chain, and each anchor (a head line `audit head --database`
+    printed) against the chain it names; raises psycopg.Error when the database cannot be
+    read (for instance when it is no cluster database)."""
     chain_key = ChainKey(key)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return [verify_shard(conn, chain_key, shard) for shard in shards_to_check(conn)]
+        rows = store_rows(conn)
+        verdicts = tuple(verify_shard(conn, chain_key, shard, anchors, rows)
+                         for shard in shards_to_check(conn))
+    chains = {v.chain_id for v in verdicts}
+    orphans = tuple(Problem("anchor", None, f"no shard has the anchored chain "
+                            f"{a.store_id}: its audit chain was deleted or replaced")
+                    for a in anchors if a.store_id not in chains)
+    return DatabaseVerdict(shards=verdicts, problems=orphans)
 
 
-def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int) -> ShardVerdict:
-    """One shard's chain, head row and store agreement."""
+def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,
+                 anchors: Sequence[Anchor] = (),
+                 rows: dict[int, set[tuple[str, str]]] | None = None) -> ShardVerdict:
+    """One shard's chain, head row and store agreement, and the anchors of its chain.
+    `rows`: ("task" | "run", ID) of every task and run row, by shard (`store_rows`)."""
     problems: list[Problem] = []
 
     def fail(kind: str, seq: int | None, detail: str) -> None:
@@ -99,6 +131,7 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int) -> Sh
     walk = ChainWalk(key.seal, genesis_hash(chain_id) if chain_id else "")
     records, last_seq, last_hash = 0, 0, ""
     audited: Counter[RequestKey] = Counter()
+    made: set[str] = set()  # task IDs of accepted creates, run IDs of accepted enqueues
     for fields in pg_auditlog.shard_rows(conn, shard):
         records += 1
         last_seq, last_hash = int(fields["seq"]), str(fields["hash"])
@@ -112,6 +145,7 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int) -> Sh
         if fields["outcome"] == "accepted" and not fields["replay"]:
             audited[(fields["workspace"], fields["channel"], fields["peer_id"],
                      fields["request_id"])] += 1
+            _note_made(fields, made)
     if head is None:
         if records:
             fail("checkpoint", None, f"{records} records but no head row (deleted?): "
@@ -124,14 +158,65 @@ def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int) -> Sh
                                      else (0, genesis_hash(head.chain_id))):
             fail("checkpoint", None, f"the head row names seq {head.seq}, the chain ends at "
                  f"seq {last_seq}: tail deleted, or records added past the head")
-    pending = _pending_outbox(conn, shard, fail)
+    for anchor in anchors:
+        if chain_id is not None and anchor.store_id == chain_id:
+            for problem in _check_anchor(conn, shard, key, anchor, last_seq):
+                fail(problem.kind, problem.seq, problem.detail)
+    pending = _pending_outbox(conn, shard, fail, made)
     accepted = _check_store(conn, shard, audited, pending, fail)
+    for kind, ident in sorted((rows or {}).get(shard, set())):
+        if ident not in made:
+            what = "task.create" if kind == "task" else "enqueue"
+            fail("store", None, f"{kind} {safe_field(ident)} has no accepted {what} record")
     return ShardVerdict(shard=shard, records=records, head_seq=last_seq, head_hash=last_hash,
                         chain_id=chain_id, pending_outbox=len(pending),
                         accepted_requests=accepted, problems=tuple(problems))
 
 
-def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any) -> set[RequestKey]:
+def store_rows(conn: psycopg.Connection[Any]) -> dict[int, set[tuple[str, str]]]:
+    """("task", ID) of every task and ("run", ID) of every run, by their workspace's shard
+    (one pass over each table, not one per shard)."""
+    row = conn.execute("SELECT value FROM cluster_config WHERE key = 'shards'").fetchone()
+    if row is None:
+        return {}
+    shards = int(row[0])
+    out: dict[int, set[tuple[str, str]]] = {}
+    for kind, table, column in (("task", "tasks", "task_id"), ("run", "runs", "run_id")):
+        for ident, workspace in conn.execute(f"SELECT {column}, workspace FROM {table}"):
+            out.setdefault(shard_of(str(workspace), shards), set()).add((kind, str(ident)))
+    return out
+
+
+def _note_made(fields: dict[str, Any], made: set[str]) -> None:
+    if fields.get("action") == Action.CREATE.value and isinstance(fields.get("task_id"), str):
+        made.add(fields["task_id"])
+    if fields.get("action") == Action.ENQUEUE.value and isinstance(fields.get("run_id"), str):
+        made.add(fields["run_id"])
+
+
+def _check_anchor(conn: psycopg.Connection[Any], shard: int, key: ChainKey, anchor: Anchor,
+                  last_seq: int) -> list[Problem]:
+    """What the operator saw of this shard's chain (a head line) against the chain now."""
+    what = anchor.describe()
+    if not anchor.mac_ok(key):
+        return [Problem("anchor", None, f"the head line's MAC does not verify under this "
+                        f"key (altered, or made with another key): {what}")]
+    assert anchor.seq is not None
+    if anchor.seq > last_seq:
+        return [Problem("anchor", last_seq + 1, f"tail deleted: the chain ends at seq "
+                        f"{last_seq} but the anchor saw it reach seq {anchor.seq}")]
+    if anchor.seq:
+        row = conn.execute("SELECT hash FROM audit WHERE shard = %s AND seq = %s",
+                           (shard, anchor.seq)).fetchone()
+        if row is None or row[0] != anchor.head:
+            return [Problem("anchor", anchor.seq, f"the record at seq {anchor.seq} does not "
+                            "have the anchored hash: the chain up to it was rewritten, or "
+                            "rolled back and regrown")]
+    return []
+
+
+def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any, made: set[str]
+                    ) -> set[RequestKey]:
     pending: set[RequestKey] = set()
     for row_id, blob in conn.execute("SELECT id, record FROM outbox WHERE shard = %s "
                                      "ORDER BY id", (shard,)):
@@ -140,6 +225,7 @@ def _pending_outbox(conn: psycopg.Connection[Any], shard: int, fail: Any) -> set
             assert fields is not None
             pending.add((fields["workspace"], fields["channel"], fields["peer_id"],
                          fields["request_id"]))
+            _note_made(fields, made)
         except (AssertionError, KeyError, TypeError):
             fail("store", None, f"outbox row {row_id} is unreadable")
     return pending

@@ -39,6 +39,7 @@ from task_ingress.runtime.cluster.lease import (
     shards_to_release,
     should_serve,
 )
+from task_ingress.runtime.cluster.setup import ensure_cluster_database
 
 T = TypeVar("T")
 Started = Callable[[Lease], Awaitable[None]]
@@ -147,7 +148,7 @@ class LeaseKeeper:
         """Set the schema up and take a first share; raises when the database cannot be
         reached (the daemon exits 2) or holds another shard count (ShardCountMismatch)."""
         start_limit = max(10.0, self.timing.ttl)
-        await self._db(pg_leases.ensure_schema, self.shards, timeout=start_limit)
+        await self._db(ensure_cluster_database, self.shards, timeout=start_limit)
         await self._db(pg_nodes.ensure_nodes_schema, timeout=start_limit)
         await self._round()
         self._tasks = [asyncio.create_task(self._rounds()),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -82,6 +83,18 @@ def test_an_edited_audit_row_makes_verify_exit_1_naming_its_shard_and_record(
     assert done.stdout.splitlines()[-1] == "FAILED: shard(s) 1 do not verify"
 
 
+def test_a_task_row_no_accepted_record_vouches_for_makes_verify_exit_1(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    cluster.execute("INSERT INTO tasks (task_id, workspace, title, description, created_at, "
+                    "updated_at) VALUES ('task_forged', %s, 'f', '', 0, 0)", (WORKSPACES[2],))
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout
+    assert ("shard 2: problem: store: store: task task_forged has no accepted task.create "
+            "record") in done.stdout
+    assert "shard 0: OK" in done.stdout and "shard 1: OK" in done.stdout
+
+
 def test_a_deleted_tail_or_a_forged_head_row_makes_verify_exit_1(
     cluster: psycopg.Connection[Any], database: str,
 ) -> None:
@@ -105,3 +118,51 @@ def test_a_wrong_key_fails_and_no_key_or_no_database_is_a_usage_error(
     assert gone.returncode == 2 and "cannot read the cluster database" in gone.stderr
     both = _cli("audit", "verify", "--database", database, "--store", "x.db")
     assert both.returncode == 2
+
+
+def test_anchors_kept_outside_the_database_catch_a_rollback_the_head_rows_cannot(
+    cluster: psycopg.Connection[Any], database: str, tmp_path: Path,
+    make_runtime: Callable[..., IngressRuntime],
+) -> None:
+    ws = WORKSPACES[0]
+    old_row = cluster.execute("SELECT seq, hash, at, mac FROM audit_chains WHERE shard = 0"
+                              ).fetchone()                  # a genuine head row, at seq 4
+    cluster.execute("UPDATE shard_leases SET expires_at = now() WHERE shard = 0")
+    lease = pg_leases.acquire(cluster, 0, "node-x", 60, time.monotonic())
+    assert lease is not None and old_row is not None and old_row[0] == 4
+    rt = make_runtime(database_url=database, fence=lease.fence, audit_key=KEY)
+    rt.greet(ws, "ops", writer_card("peer-a"))
+    for i in range(2):
+        assert rt.submit(ctx(f"late-{i}", workspace=ws), CreateTask(title="t")).accepted
+    rt.close()
+    head = _cli("audit", "head", "--database", database)
+    assert head.returncode == 0, head.stderr
+    lines = head.stdout.splitlines()
+    assert len(lines) == 2 and "seq=6 " in lines[0]     # shards 0 and 1; 2 has no chain
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text(head.stdout)
+    assert _cli("audit", "verify", "--database", database, "--anchors",
+                str(anchors)).returncode == 0
+    # Someone who can write the database (not the key) rolls shard 0 back to seq 4: the
+    # later records and their store rows deleted, the head row they saved put back.
+    cluster.execute("DELETE FROM audit WHERE shard = 0 AND seq > 4")
+    cluster.execute("DELETE FROM accepted_requests WHERE request_id LIKE 'late-%'")
+    cluster.execute("DELETE FROM tasks WHERE task_id NOT IN (SELECT task_id FROM "
+                    "accepted_requests WHERE task_id IS NOT NULL)")
+    cluster.execute("UPDATE audit_chains SET seq = %s, hash = %s, at = %s, mac = %s "
+                    "WHERE shard = 0", old_row)
+    inside = _cli("audit", "verify", "--database", database)
+    assert inside.returncode == 0                     # nothing inside the database shows it
+    done = _cli("audit", "verify", "--database", database, "--anchors", str(anchors))
+    assert done.returncode == 1, done.stdout
+    assert "shard 0: problem: anchor: record seq 5: tail deleted: the chain ends at seq 4" \
+        in done.stdout
+    assert "shard 1: OK" in done.stdout
+    tampered = tmp_path / "tampered.txt"
+    tampered.write_text(head.stdout.replace("seq=6 ", "seq=4 ", 1))
+    forged = _cli("audit", "verify", "--database", database, "--anchors", str(tampered))
+    assert forged.returncode == 1 and "MAC does not verify" in forged.stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not a head line\n")
+    assert _cli("audit", "verify", "--database", database, "--anchors",
+                str(bad)).returncode == 2

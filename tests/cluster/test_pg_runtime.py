@@ -163,11 +163,12 @@ def _assert_chain_verifies(conn: psycopg.Connection[Any], shard: int, records: i
     assert (head.seq, head.hash) == (records, rows[-1]["hash"])
 
 
+@pytest.mark.parametrize("mode", ["inprocess", "pipeline"])
 def test_a_runtime_whose_lease_was_taken_over_answers_unavailable_and_appends_nothing(
-    pg_runtime: Callable[..., IngressRuntime], database: str,
+    pg_runtime: Callable[..., IngressRuntime], database: str, mode: str,
 ) -> None:
     with _setup(database) as conn:
-        old = pg_runtime(_fence(conn, "node-a"))
+        old = pg_runtime(_fence(conn, "node-a"), process_mode=mode)
         old.greet(WS, "ops", writer_card("peer-a"))
         first = old.submit(ctx("a-1", workspace=WS), CreateTask(title="before"))
         assert first.accepted
@@ -191,7 +192,7 @@ def test_a_runtime_whose_lease_was_taken_over_answers_unavailable_and_appends_no
         _assert_chain_verifies(conn, SHARD, 2)
 
 
-def test_a_workspace_of_another_shard_is_refused_unavailable(
+def test_a_workspace_of_another_shard_is_refused_unavailable_before_any_other_gate_rule(
     pg_runtime: Callable[..., IngressRuntime], database: str,
 ) -> None:
     with _setup(database) as conn:
@@ -199,7 +200,16 @@ def test_a_workspace_of_another_shard_is_refused_unavailable(
         rt.greet(OTHER_WS, "ops", writer_card("peer-a"))
         out = rt.submit(ctx("x-1", workspace=OTHER_WS), CreateTask(title="elsewhere"))
         assert not out.accepted and out.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        # rule 2 (SPEC 4): before presence, so not peer_not_found for a stranger either
+        stranger = rt.submit(ctx("x-2", peer="ghost", workspace=f" {OTHER_WS} "),
+                             CreateTask(title="elsewhere"))
+        assert stranger.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        malformed = rt.submit(ctx("", workspace=OTHER_WS), CreateTask(title="elsewhere"))
+        assert malformed.reason is Reason.INVALID_REQUEST     # rule 1 still comes first
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+        assert [(r.request_id, r.reason) for r in rt.audit()] == [
+            ("x-1", "task_ingress_unavailable"), ("x-2", "task_ingress_unavailable"),
+            ("", "invalid_request")]
 
 
 def test_two_shards_keep_two_chains_that_verify_independently(
@@ -258,5 +268,51 @@ def test_a_write_whose_holder_died_before_its_audit_is_chained_by_the_next_holde
         records = rt.audit()
         assert [(r.request_id, r.outcome) for r in records] == [
             ("r-1", "accepted"), ("crash-1", "accepted")]
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        _assert_chain_verifies(conn, SHARD, 2)
+
+
+def _end_sessions(conn: psycopg.Connection[Any]) -> int:
+    """End every other session of the test database (as a server restart or a network cut
+    would); how many were ended."""
+    row = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_write_on_a_lost_connection_is_unavailable_and_the_next_one_reconnects(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(WS, "ops", writer_card("peer-a"))
+        assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
+        assert _end_sessions(conn) == 2                        # the store's and the audit's
+        lost = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert not lost.accepted and lost.reason is Reason.TASK_INGRESS_UNAVAILABLE
+        again = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert again.accepted and not again.replay             # r-2 never committed
+        assert [r.request_id for r in rt.audit()] == ["r-1", "r-2"]
+        _assert_chain_verifies(conn, SHARD, 2)
+
+
+def test_an_accepted_write_whose_audit_connection_was_lost_is_chained_on_reconnect(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(WS, "ops", writer_card("peer-a"))
+        assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
+        audit_pid = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+            "pid <> pg_backend_pid() AND backend_type = 'client backend' "
+            "ORDER BY backend_start DESC LIMIT 1").fetchone()
+        assert audit_pid is not None                           # Audit connects last
+        conn.execute("SELECT pg_terminate_backend(%s)", (audit_pid[0],))
+        out = rt.submit(ctx("r-2", workspace=WS), CreateTask(title="two"))
+        assert out.accepted                                    # retried on a new connection
+        assert [r.request_id for r in rt.audit()] == ["r-1", "r-2"]
         assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
         _assert_chain_verifies(conn, SHARD, 2)

@@ -7,7 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psycopg
+import pytest
+from task_ingress.runtime.cluster.pg_leases import ShardCountMismatch
 from task_ingress.runtime.cluster.pg_trust import DatabaseTrustPolicy
+from task_ingress.runtime.cluster.setup import ensure_cluster_database
 from task_ingress.runtime.nats.identity import b64url, generate_key, handle, raw_public_key
 
 from tests.conftest import FakeClock
@@ -81,3 +85,15 @@ def test_the_reader_sees_adds_and_removals_after_its_recheck_interval_and_not_be
         assert policy.reloads == 3
     finally:
         policy.close()
+
+
+def test_a_cluster_database_is_set_up_in_one_idempotent_call(database: str) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        for _ in range(2):
+            ensure_cluster_database(conn, shards=3)
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+        assert {"shard_leases", "tasks", "audit", "audit_chains", "outbox",
+                "trust_policy"} <= tables
+        with pytest.raises(ShardCountMismatch):
+            ensure_cluster_database(conn, shards=4)
