@@ -70,7 +70,8 @@ class ClusterSwarmTransport(NatsSwarmTransport):
         if not key:
             raise ValueError("the cluster swarm needs the audit key to verify the chains")
         with psycopg.connect(self.database, autocommit=True) as conn:
-            verdicts = verify_database(conn, bytes.fromhex(key))
+            verdict = verify_database(conn, bytes.fromhex(key))
+            verdicts = verdict.shards
             records = [r for shard in shards_to_check(conn)
                        for r in read_shard_records(conn, shard)]
             bindings = {str(t): str(c) for t, c in conn.execute(
@@ -81,7 +82,7 @@ class ClusterSwarmTransport(NatsSwarmTransport):
             records=sum(v.records for v in verdicts), head_seq=0, head_hash="",
             checkpoint=None, pending_outbox=sum(v.pending_outbox for v in verdicts),
             tasks=tasks, runs=runs,
-            problems=tuple(p for v in verdicts for p in v.problems),
+            problems=tuple(p for v in verdicts for p in v.problems) + verdict.problems,
             notes=tuple(f"shard {v.shard}: {v.records} records" for v in verdicts))
         return RunEvidence(records, start_seq, sent, verify, bindings, history, [],
                            Counter(refused_greets or {}))

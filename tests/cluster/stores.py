@@ -21,9 +21,10 @@ def audit_chains_verify(database: str, workdir: Path) -> list[str]:
     --database`'s checks, with the cluster's audit key); empty when all do."""
     key = bytes.fromhex((workdir / "audit.key").read_text())
     with psycopg.connect(database, autocommit=True) as pg:
-        verdicts = verify_database(pg, key)
-    assert verdicts, "no shard chain to verify"
-    return [f"shard {v.shard}: {v.first_problem}" for v in verdicts if not v.ok]
+        verdict = verify_database(pg, key)
+    assert verdict.shards, "no shard chain to verify"
+    return ([f"shard {v.shard}: {v.first_problem}" for v in verdict.shards if not v.ok]
+            + [str(p) for p in verdict.problems])
 
 
 def fencing_problems(database: str, shards: int) -> list[str]:
