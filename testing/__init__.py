@@ -7,6 +7,8 @@ only when a test names them in `RuntimeConfig`:
 - `RuntimeConfig(store_proxy_class=HOLD)`: a `Hold` actor between Capability and TaskStore
   stops requests right before the store until the test releases them (`HoldArm`,
   `HoldRelease`, `HoldQuery` -> `HoldState`).
+- `RuntimeConfig(store_proxy_class=DELAY)`: a `Delay` actor keeps each batch 0.3 s before
+  the store (tests/cluster: a paused daemon always has admitted, uncommitted writes).
 - `RuntimeConfig(channel_actor_class=NAIVE_CHANNEL)`: channel actors without the fence.
 - `RuntimeConfig(store_actor_class=NAIVE_STORE)`: a check-then-act TaskStore.
 - `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
@@ -17,10 +19,13 @@ tests/race uses them to show that its checks catch a missing protection (docs/ra
 """
 
 from task_ingress.testing.crash import CRASH_EXIT, CRASH_PREFIX, ExitAfterStoreCommit
+from task_ingress.testing.delay import Delay
 from task_ingress.testing.hold import Hold
 from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.testing.naive import NaiveChannelIngress, NaiveTaskStore
 
+DELAY = "task_ingress.testing.Delay"
+"""Dotted name of `Delay`, for `RuntimeConfig.store_proxy_class`."""
 HOLD = "task_ingress.testing.Hold"
 """Dotted name of `Hold`, for `RuntimeConfig.store_proxy_class`."""
 NAIVE_CHANNEL = "task_ingress.testing.NaiveChannelIngress"
@@ -33,7 +38,7 @@ PG_EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterStoreComm
 """Dotted name of `PgExitAfterStoreCommit` (a runtime on PostgreSQL), for
 `RuntimeConfig.store_actor_class`."""
 
-__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "EXIT_AFTER_STORE_COMMIT", "HOLD", "NAIVE_CHANNEL",
-           "NAIVE_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "ExitAfterStoreCommit", "Hold",
-           "HoldArm", "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress",
-           "NaiveTaskStore"]
+__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_STORE_COMMIT", "HOLD",
+           "NAIVE_CHANNEL", "NAIVE_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "Delay",
+           "ExitAfterStoreCommit", "Hold", "HoldArm", "HoldQuery", "HoldRelease", "HoldState",
+           "NaiveChannelIngress", "NaiveTaskStore"]

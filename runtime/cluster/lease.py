@@ -72,3 +72,47 @@ def should_serve(lease: Lease | None, now: float, timing: LeaseTiming) -> bool:
 def renew_due(lease: Lease, now: float, timing: LeaseTiming) -> bool:
     """True when the holder should renew now (it still holds the lease as far as it knows)."""
     return now - lease.renewed_at >= timing.renew_interval
+
+
+# ---- fair shares (which shards a keeper takes or gives back) --------------------------
+def fair_share(shards: int, live_nodes: int) -> int:
+    """Shards one daemon should hold: ceil(shards / live daemons), counting itself.
+
+    `live_nodes` comes from the heartbeat rows (runtime/cluster/pg_nodes.py); a daemon
+    always counts itself, so a lone daemon takes every shard."""
+    live = max(1, live_nodes)
+    return -(-shards // live)
+
+
+def shards_to_acquire(held: frozenset[int], free: list[int], share: int,
+                      node: str) -> list[int]:
+    """Free (or expired) shards to try for, up to the fair share, in a node-specific order
+    so that daemons starting together mostly ask for different shards (one loses each race
+    anyway: acquire is one conditional UPDATE)."""
+    room = share - len(held)
+    if room <= 0:
+        return []
+    candidates = sorted(s for s in free if s not in held)
+    if not candidates:
+        return []
+    start = int.from_bytes(node.encode("utf-8"), "big") % len(candidates)
+    return (candidates[start:] + candidates[:start])[:room]
+
+
+def shards_to_release(held: frozenset[int], shards: int, holdings: dict[str, int],
+                      unowned: int) -> list[int]:
+    """Shards to give back so that every live daemon gets its share — only while no shard
+    is free (`unowned` counts free or expired ones: those go to whoever is short first).
+
+    `holdings` is every live daemon's count of held shards (this one included). A daemon
+    above ceil(shards / live) gives back its excess; one at the ceiling gives back one shard
+    while another live daemon holds less than floor(shards / live) (a newcomer with none).
+    Highest shard first. A round later the short daemon takes what became free."""
+    if unowned > 0 or not holdings:
+        return []
+    live = len(holdings)
+    ceil, floor = fair_share(shards, live), shards // live
+    excess = len(held) - ceil
+    if excess <= 0 and len(held) > floor and min(holdings.values()) < floor:
+        excess = 1
+    return sorted(held, reverse=True)[:max(0, excess)]

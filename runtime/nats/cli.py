@@ -28,7 +28,9 @@ def serve(
         "Seconds between checks of the trust file for NATS users to add or remove "
         "(default: 0.5).")),
     store: str | None = typer.Option(None, help="SQLite store path (default: task-ingress.db)."),
-    workspace: str | None = typer.Option(None, help="Workspace served (default: default)."),
+    workspace: Annotated[list[str] | None, typer.Option("--workspace", help=(
+        "Workspace served (default: default); with --cluster repeatable: the workspaces "
+        "the cluster serves, each daemon those of the shards it holds."))] = None,
     channel: Annotated[list[str] | None, typer.Option("--channel", help=(
         "Channel to serve (repeatable); none: every channel of the workspace."))] = None,
     peer_id: str | None = typer.Option(None, help="The daemon's peer ID (default: task-ingress)."),
@@ -56,6 +58,18 @@ def serve(
     log_format: str | None = typer.Option(None, metavar="FORMAT", help=(
         "Same as `task-ingress --log-format` (json or console; default: console on a "
         "terminal, json otherwise).")),
+    cluster: bool = typer.Option(False, "--cluster", help=(
+        "Cluster mode (docs/cluster.md): serve only the shards this daemon leases in "
+        "--database; needs --nats-url (the NATS cluster) and the cluster's shared --key-file.")),
+    database: str | None = typer.Option(None, envvar="TASK_INGRESS_DATABASE", help=(
+        "--cluster: PostgreSQL URL (env TASK_INGRESS_DATABASE).")),
+    shards: int | None = typer.Option(None, help=(
+        "--cluster: number of shards, fixed when the database is set up (default: 16).")),
+    lease_ttl: float | None = typer.Option(None, help=(
+        "--cluster: seconds a shard lease lasts; renewed every TTL/3, a shard stops being "
+        "served TTL/2 after its last good renew (default: 10).")),
+    node_id: str | None = typer.Option(None, help=(
+        "--cluster: this daemon's name in the lease table (default: hostname-pid).")),
 ) -> None:
     """Serve task ingress over NATS (AGH network v0 and v1) until SIGTERM/SIGINT/SIGHUP;
     then drain, exit 0."""
@@ -82,7 +96,8 @@ def serve(
         "nats_url": nats_url, "nats_token": nats_token, "nats_auth": nats_auth,
         "nats_connect_timeout": nats_connect_timeout,
         "trust_poll_interval": trust_poll_interval, "store": store,
-        "workspace": workspace, "channels": channel or None, "peer_id": peer_id,
+        "workspace": workspace[0] if workspace else None, "channels": channel or None,
+        "peer_id": peer_id,
         "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
         "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
@@ -95,6 +110,16 @@ def serve(
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
                              for e in exc.errors())
         raise UsageProblem(f"invalid settings: {problems}") from None
+    # --database alone does not mean cluster mode: TASK_INGRESS_DATABASE may be set for
+    # other commands (cluster status, trust --database).
+    if cluster or any(v is not None for v in (shards, lease_ttl, node_id)):
+        from task_ingress.runtime.cluster.serve_cli import serve_cluster
+
+        serve_cluster(settings, cluster=cluster, database=database, shards=shards,
+                      lease_ttl=lease_ttl, node_id=node_id, workspaces=workspace or [])
+        return
+    if workspace and len(workspace) > 1:
+        raise UsageProblem("--workspace is given once without --cluster")
     check_actor_base(settings.actor_base)
     check_writable(settings.store, "--store")
     check_writable(settings.trust_path, "--trust-file")

@@ -169,7 +169,9 @@ class Swarm:
         self.history = PresenceHistory(expiry=2 * self.greet_interval,
                                        leave_revokes=self.leave_revokes)
         self.store_path = transport.store_path()
-        self.start_seq = audit_head(self.store_path)
+        # A cluster's transport reads its own evidence (runtime/cluster/swarm_transport.py).
+        head = getattr(transport, "audit_head", None)
+        self.start_seq = int(head()) if head is not None else audit_head(self.store_path)
         tag = f"s{cfg.seed}" if self.start_seq == 0 else f"s{cfg.seed}-{secrets.token_hex(3)}"
         fixed_ws = getattr(transport, "workspace", None) if cfg.transport == "nats" else None
         workspaces = ([str(fixed_ws)] if fixed_ws
@@ -321,9 +323,14 @@ class Swarm:
     def check(self) -> list[Check]:
         """The invariants, over the store file and this run's journal and history."""
         sent = list(read_journal(self.journal.path))
+        own = getattr(self.transport, "gather", None)
         try:
-            evidence = gather(self.store_path, self.start_seq, sent, self.history,
-                              self.audit_key, self.refused_greets)
+            if own is not None:
+                evidence = own(self.start_seq, sent, self.history, self.audit_key,
+                               self.refused_greets)
+            else:
+                evidence = gather(self.store_path, self.start_seq, sent, self.history,
+                                  self.audit_key, self.refused_greets)
         except StoreUnreadable as exc:
             return [Check("store_readable", False, f"cannot read the store after the run: "
                                                    f"{exc}")]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 from task_ingress.actors.rules.shards import shard_of
-from task_ingress.runtime.cluster.lease import Lease, LeaseTiming, renew_due, should_serve
+from task_ingress.runtime.cluster.lease import (
+    Lease,
+    LeaseTiming,
+    fair_share,
+    renew_due,
+    shards_to_acquire,
+    shards_to_release,
+    should_serve,
+)
 
 TIMING = LeaseTiming(ttl=9.0)  # renew every 3 s, stop serving 4.5 s after the last renew
 
@@ -55,3 +63,34 @@ def test_a_workspace_maps_to_the_same_shard_everywhere_and_shards_are_all_used()
     assert spread == {0, 1, 2, 3}
     with pytest.raises(ValueError):
         shard_of("ws", 0)
+
+
+@pytest.mark.parametrize(("shards", "live", "share"), [
+    (4, 1, 4), (4, 2, 2), (4, 3, 2), (16, 3, 6), (3, 5, 1), (4, 0, 4)])
+def test_a_daemon_aims_for_the_ceiling_of_shards_over_live_daemons(
+    shards: int, live: int, share: int
+) -> None:
+    assert fair_share(shards, live) == share
+
+
+def test_a_keeper_asks_only_for_free_shards_up_to_its_share() -> None:
+    picked = shards_to_acquire(frozenset({0}), [1, 2, 3], share=2, node="node-a")
+    assert len(picked) == 1 and picked[0] in {1, 2, 3}
+    assert shards_to_acquire(frozenset({0, 1}), [2, 3], share=2, node="node-a") == []
+    assert sorted(shards_to_acquire(frozenset(), [3, 1], share=5, node="x")) == [1, 3]
+
+
+@pytest.mark.parametrize(("held", "holdings", "unowned", "released"), [
+    # a newcomer (node c, none) joins a 2/2 split of 4 shards: both at the ceiling give one
+    ({0, 1}, {"a": 2, "b": 2, "c": 0}, 0, [1]),
+    # above the ceiling: the excess goes, highest first
+    ({0, 1, 2, 3}, {"a": 4, "b": 0}, 0, [3, 2]),
+    # free shards exist: nobody gives back, the short daemon takes those first
+    ({0, 1, 2, 3}, {"a": 4, "b": 0}, 1, []),
+    # balanced as well as it can be: nothing moves
+    ({0, 1}, {"a": 2, "b": 1, "c": 1}, 0, []),
+])
+def test_a_keeper_gives_back_shards_only_to_let_a_short_daemon_reach_its_share(
+    held: set[int], holdings: dict[str, int], unowned: int, released: list[int]
+) -> None:
+    assert shards_to_release(frozenset(held), 4, holdings, unowned) == released

@@ -1,0 +1,230 @@
+"""Cluster throughput for 1, 2, 3 ... daemons side by side (docs/cluster.md, "Numbers").
+
+    python -m task_ingress.bench.cluster --server-url postgresql://postgres@127.0.0.1/postgres
+
+For each daemon count it creates a fresh database on that server (dropped afterwards), starts
+three routed nats-servers (once) and N `task-ingress serve --cluster` processes, waits until
+the shards are spread over all N, greets one verified peer per workspace and sends signed
+CreateTask requests from `--senders` threads for `--seconds`, then prints accepted requests
+per second and latency percentiles per daemon count. Bounded in time; everything it starts
+is stopped. The client runs on the same machine: on 2 cores the daemons, PostgreSQL, NATS
+and the load share the CPUs, so this cannot show scale-out — only what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+READY_TIMEOUT = 30.0
+TRUST_POLL = 0.25
+
+
+def _database_url(server_url: str, name: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def _owners(database: str) -> list[str | None]:
+    import psycopg
+    from task_ingress.runtime.cluster import pg_leases
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        if pg_leases.shard_count(conn) is None:
+            return []
+        return [s.owner for s in pg_leases.status(conn)]
+
+
+def _start_daemons(n: int, workdir: Path, database: str, urls: list[str], token: str,
+                   shards: int, workspaces: list[str], ttl: float,
+                   audit_key: str) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(n):
+        args = [sys.executable, "-m", "task_ingress", "serve", "--cluster", "--database",
+                database, "--nats-url", urls[i % len(urls)], "--shards", str(shards),
+                "--node-id", f"node-{i}", "--lease-ttl", str(ttl),
+                "--key-file", str(workdir / "cluster.key"),
+                "--trust-file", str(workdir / "trust.json"), "--store", str(workdir / "c"),
+                "--ready-file", str(workdir / f"node-{i}.ready"), "--peer-rate", "0",
+                "--max-in-flight-per-peer", "64", "--trust-poll-interval", str(TRUST_POLL)]
+        for ws in workspaces:
+            args += ["--workspace", ws]
+        log = open(workdir / f"node-{i}.log", "ab")  # noqa: SIM115 (handed to the child)
+        try:
+            procs.append(subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "TASK_INGRESS_NATS_TOKEN": token,
+                     "TASK_INGRESS_AUDIT_KEY": audit_key}))
+        finally:
+            log.close()
+    deadline = time.monotonic() + READY_TIMEOUT
+    for i, proc in enumerate(procs):
+        while not (workdir / f"node-{i}.ready").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon node-{i} did not start: "
+                                   f"{(workdir / f'node-{i}.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+    while True:
+        owners = _owners(database)
+        if owners and None not in owners and len(set(owners)) == n:
+            return procs
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"shards not spread over {n} daemons: {owners}")
+        time.sleep(0.1)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _drive(ready_file: Path, nats_url: str, database: str, workspaces: list[str],
+           senders: int, seconds: float) -> dict[str, Any]:
+    from task_ingress.messages import CreateTask, PeerCard
+    from task_ingress.messages.codec import decode_reply, encode_envelope
+    from task_ingress.runtime.cluster.swarm_transport import ClusterSwarmTransport
+
+    transport = ClusterSwarmTransport(ready_file=str(ready_file), nats_url=nats_url,
+                                      database=database, request_timeout=10.0)
+    try:
+        peers = {ws: transport.peer_name(f"bench-{ws}") for ws in workspaces}
+        time.sleep(4 * TRUST_POLL)  # every daemon has read the peers' trust
+        for ws, peer in peers.items():
+            for _ in range(50):
+                with contextlib.suppress(Exception):
+                    transport.greet(ws, "ops",
+                                    PeerCard(peer_id=peer, capabilities=["task.write"],
+                                             proof="signed"))
+                    break
+                time.sleep(0.1)
+        latencies: list[float] = []
+        refused: dict[str, int] = {}
+        lock = threading.Lock()
+        stop_at = time.monotonic() + seconds
+
+        def run(k: int) -> None:
+            mine = [workspaces[(k + j) % len(workspaces)] for j in range(len(workspaces))]
+            i = 0
+            while time.monotonic() < stop_at:
+                ws = mine[i % len(mine)]
+                i += 1
+                rid = f"b-{uuid.uuid4().hex}"
+                began = time.perf_counter()
+                reply = decode_reply(transport.deliver(
+                    encode_envelope(CreateTask(title="bench"), rid), workspace=ws,
+                    channel="ops", peer_id=peers[ws]))
+                took = time.perf_counter() - began
+                with lock:
+                    if reply.get("accepted"):
+                        latencies.append(took)
+                    else:
+                        why = str(reply.get("reason"))
+                        refused[why] = refused.get(why, 0) + 1
+
+        began = time.monotonic()
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(senders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 60)
+        elapsed = time.monotonic() - began
+    finally:
+        transport.close()
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1) \
+            if ordered else 0.0
+
+    return {"accepted": len(latencies), "seconds": round(elapsed, 2),
+            "accepted_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else 0.0,
+            "refused": refused}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the side-by-side bench; exit 0, or 2 when something could not start."""
+    parser = argparse.ArgumentParser(prog="python -m task_ingress.bench.cluster",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server-url", required=True, help=(
+        "PostgreSQL URL of a database on a server where this user may CREATE DATABASE"))
+    parser.add_argument("--daemons", default="1,2,3", help="daemon counts (default 1,2,3)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--shards", type=int, default=12)
+    parser.add_argument("--workspaces", type=int, default=12)
+    parser.add_argument("--lease-ttl", type=float, default=10.0)
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args(argv)
+    import psycopg
+    from task_ingress.runtime.cluster.nats_cluster import NatsCluster
+    from task_ingress.runtime.nats.identity import generate_key, save_key
+
+    counts = [int(x) for x in args.daemons.split(",") if x.strip()]
+    workspaces = [f"ws-{i}" for i in range(args.workspaces)]
+    results: list[dict[str, Any]] = []
+    nats = NatsCluster(3).start()
+    try:
+        for n in counts:
+            name = f"ti_bench_{n}_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(args.server_url, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+            database = _database_url(args.server_url, name)
+            with tempfile.TemporaryDirectory(prefix="ti-cbench-") as tmp:
+                workdir = Path(tmp)
+                save_key(str(workdir / "cluster.key"), generate_key())
+                procs: list[subprocess.Popen[bytes]] = []
+                try:
+                    procs = _start_daemons(n, workdir, database, nats.urls, nats.token,
+                                           args.shards, workspaces, args.lease_ttl,
+                                           os.environ.get("TASK_INGRESS_AUDIT_KEY")
+                                           or secrets.token_hex(32))
+                    row = _drive(workdir / "node-0.ready", nats.urls[-1], database,
+                                 workspaces, args.senders, args.seconds)
+                finally:
+                    _stop(procs)
+                    with psycopg.connect(args.server_url, autocommit=True) as admin:
+                        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            row = {"daemons": n, **row}
+            results.append(row)
+            print(f"{n} daemon(s): {row['accepted_per_s']:>8} accepted/s  p50 "
+                  f"{row['p50_ms']} ms  p99 {row['p99_ms']} ms  ({row['accepted']} in "
+                  f"{row['seconds']} s; refused {row['refused'] or 'none'})", flush=True)
+    finally:
+        nats.stop()
+    print(f"\n{'daemons':>7}  {'accepted/s':>10}  {'p50 ms':>7}  {'p99 ms':>7}")
+    for row in results:
+        print(f"{row['daemons']:>7}  {row['accepted_per_s']:>10}  {row['p50_ms']:>7}  "
+              f"{row['p99_ms']:>7}")
+    print(f"(one machine, {os.cpu_count()} CPUs shared by daemons, PostgreSQL, NATS and "
+          "the load: this cannot show scale-out)")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"cpus": os.cpu_count(),
+                                                    "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
