@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,14 +33,14 @@ from task_ingress.actors.storage import pg_auditlog
 from task_ingress.actors.storage.schema import decode_outbox
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.anchor import Anchor
-from task_ingress.runtime.audit.verify import MAX_PROBLEMS, Problem
+from task_ingress.runtime.audit.verify import MAX_PROBLEMS, Problem, ProblemList
 
 RequestKey = tuple[str, str, str, str]
 """(workspace, channel, peer_id, request_id)."""
 
 
 @dataclass(frozen=True)
-class ShardVerdict:
+class ShardVerdict(ProblemList):
     """One shard's chain as verified; `ok` when chain, head row and store agree."""
 
     shard: int
@@ -52,25 +52,6 @@ class ShardVerdict:
     accepted_requests: int
     problems: tuple[Problem, ...]
 
-    @property
-    def ok(self) -> bool:
-        """True when nothing disagrees."""
-        return not self.problems
-
-    @property
-    def first_problem(self) -> Problem | None:
-        """The problem at the lowest record seq (shard-wide problems come last)."""
-        if not self.problems:
-            return None
-        return min(self.problems, key=lambda p: (p.seq is None, p.seq or 0))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        data = asdict(self)
-        data["ok"] = self.ok
-        first = self.first_problem
-        data["first_problem"] = None if first is None else asdict(first)
-        return data
 
 
 def shards_to_check(conn: psycopg.Connection[Any]) -> list[int]:

@@ -81,8 +81,34 @@ class Problem:
         return f"{self.kind}: {where}: {self.detail}"
 
 
+class ProblemList:
+    """What a verification result with a `problems` tuple answers (a store's, a shard's)."""
+
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing disagrees."""
+        return not self.problems
+
+    @property
+    def first_problem(self) -> Problem | None:
+        """The problem at the lowest record seq (problems of no record come last)."""
+        if not self.problems:
+            return None
+        return min(self.problems, key=lambda p: (p.seq is None, p.seq or 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for `audit verify --json` and reports)."""
+        data: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
+        data["ok"] = self.ok
+        first = self.first_problem
+        data["first_problem"] = None if first is None else asdict(first)
+        return data
+
+
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(ProblemList):
     """The outcome of verifying one store; `ok` when chain, checkpoint and store agree."""
 
     records: int
@@ -100,25 +126,6 @@ class VerifyResult:
     """A legacy store (schema 3 or older): unkeyed chain, checked by the old rules (only
     with allow_legacy)."""
 
-    @property
-    def ok(self) -> bool:
-        """True when nothing disagrees."""
-        return not self.problems
-
-    @property
-    def first_problem(self) -> Problem | None:
-        """The problem at the lowest record seq (store-wide problems come last)."""
-        if not self.problems:
-            return None
-        return min(self.problems, key=lambda p: (p.seq is None, p.seq or 0))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for `audit verify --json` and reports)."""
-        data = asdict(self)
-        data["ok"] = self.ok
-        first = self.first_problem
-        data["first_problem"] = None if first is None else asdict(first)
-        return data
 
 
 def verify_store(
