@@ -44,8 +44,8 @@ def serve(
     greet_interval: float | None = typer.Option(None, help="Seconds (default: 30); expiry at 2x."),
     actor_base: str | None = typer.Option(None, help="Thespian base (default: simpleSystemBase)."),
     process_mode: str | None = typer.Option(None, metavar="MODE", help=(
-        "pipeline or inprocess: the runtime's actors in a process of their own or in a "
-        "thread of the daemon (default: pipeline; inprocess on other actor bases).")),
+        "inprocess or pipeline: the runtime's actors in a thread of the daemon or in a "
+        "process of their own (default: inprocess).")),
     drain_timeout: float | None = typer.Option(
         None, help="Seconds to answer in-flight (default: 10)."),
     peer_rate: float | None = typer.Option(None, help=(

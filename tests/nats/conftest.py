@@ -118,9 +118,8 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
     """Factory: an in-process daemon on `nats_server` (stopped at teardown); `clock=` gives
     it a fake clock, `runtime_config=` RuntimeConfig fields (e.g. a test seam), any other
     keyword is a ServeSettings field. Everything it publishes is checked against AGH's
-    envelope rules after it stopped. Its runtime runs in-process unless `process_mode=`
-    says otherwise: serve's default pipeline process would add ~0.4 s to each of these
-    daemons (the CLI tests and test_nats_serve's first test serve in pipeline mode)."""
+    envelope rules after it stopped. Its runtime runs in-process (serve's default) unless
+    `process_mode=` says otherwise (test_nats_serve's first test serves in both modes)."""
     running: list[RunningDaemon] = []
     before = _children()
     tap = WireTap(nats_server)
@@ -129,7 +128,6 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
         values: dict[str, Any] = {
             "nats_url": nats_server.url, "nats_token": nats_server.token,
             "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
-            "process_mode": "inprocess",
         }
         clock = overrides.pop("clock", time.monotonic)
         runtime_config = {"audit_key": "00" * 32, **overrides.pop("runtime_config", {})}
@@ -179,15 +177,14 @@ def _run_daemon(settings: ServeSettings, clock: Callable[[], float] = time.monot
 @pytest.fixture
 def start_own_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     """Factory: an in-process daemon that runs its own nats-server (per-peer nkey users
-    unless `nats_auth="token"`), stopped at teardown; keywords are ServeSettings fields
-    (its runtime in-process unless `process_mode=` says otherwise, as start_daemon's)."""
+    unless `nats_auth="token"`), stopped at teardown; keywords are ServeSettings fields."""
     running: list[RunningDaemon] = []
     before = _children()
 
     def factory(**overrides: Any) -> RunningDaemon:
         values: dict[str, Any] = {
             "store": str(tmp_path / "store.db"), "ready_file": str(tmp_path / "daemon.json"),
-            "trust_poll_interval": 0.05, "process_mode": "inprocess",
+            "trust_poll_interval": 0.05,
         }
         values.update(overrides)
         handle = _run_daemon(ServeSettings(**values))

@@ -228,8 +228,7 @@ def test_serve_settings_accept_ulid_workspaces_and_refuse_bad_names(
         with pytest.raises(ValueError):
             ServeSettings(**bad)
     s = ServeSettings(store="/tmp/x.db")
-    assert s.process_mode == "pipeline"
-    assert ServeSettings(actor_base="multiprocQueueBase").process_mode == "inprocess"
+    assert s.process_mode == "inprocess"
     assert s.key_path == "/tmp/x.db.peer.key" and s.trust_path == "/tmp/x.db.trust.json"
 
 
