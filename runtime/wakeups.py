@@ -6,7 +6,12 @@ request (a `call_soon_threadsafe`: a lock, a deque append and a write to the loo
 self-pipe, then a turn of the loop for each). The driver answers a whole group commit at
 once, so `LoopWakeups` queues the answers and wakes each loop once for all of them: while
 the driver resolves one `Replies` batch (`one_wakeup_per_loop`), wake-ups are held back
-and sent once per loop at the end of the batch.
+and sent once per loop at the end of the batch. What waits for a wake-up is bounded by the
+requests in flight (the driver's caps).
+
+The driver's future is never cancelled from the loop's side (`asyncio.wrap_future` did
+that when the awaiting task was cancelled or timed out, and the driver then crashed
+setting the answer: `InvalidStateError`, every later call `RuntimeClosed`).
 """
 
 from __future__ import annotations

@@ -71,7 +71,28 @@ def test_asubmit_raises_ingress_timeout_when_no_answer_comes_in_time(
     harness.hold()
     with pytest.raises(IngressTimeout):
         asyncio.run(main())
-    harness.release()  # answered later, into a future nobody waits on: no error
+    harness.release()  # answered later, into a future nobody waits on: the runtime serves on
+    assert rt.submit(_context(1), CreateTask(title="after")).accepted
+
+
+def test_a_cancelled_asubmit_leaves_the_runtime_serving_when_its_answer_comes(
+        held_runtime: tuple[IngressRuntime, RaceHarness]) -> None:
+    # asyncio.wrap_future cancelled the driver's future with the awaiting task; the driver
+    # then crashed setting its answer (InvalidStateError), and every later call got
+    # RuntimeClosed. A daemon cancels its in-flight tasks when it stops.
+    rt, harness = held_runtime
+
+    async def main() -> None:
+        call = asyncio.create_task(rt.asubmit(_context(0), CreateTask(title="held")))
+        while len(await asyncio.to_thread(harness.held)) < 1:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    harness.hold()
+    asyncio.run(main())
+    harness.release()
     assert rt.submit(_context(1), CreateTask(title="after")).accepted
 
 
