@@ -19,6 +19,7 @@ import time
 
 from task_ingress.bench.workload import WORKSPACE
 from task_ingress.messages.peers import PeerCard
+from task_ingress.runtime.nats.server import _die_with_parent as die_with_parent
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -44,8 +45,11 @@ class DaemonSystem:
                    "--peer-rate", "0",
                    "--max-in-flight-per-peer", "1024", "--log-level", "warning"]
         with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log)
+            # A killed bench must not leave a daemon behind: it gets SIGTERM when the
+            # thread that started it dies (PR_SET_PDEATHSIG, as serve's own nats-server).
+            self.process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None)
         self.transport: NatsSwarmTransport | None = None
         try:
             self._wait_ready()
