@@ -16,7 +16,10 @@ def bench_command(
     peers: Annotated[int, typer.Option(help="Writer peers (spread over the channels).")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the request stream.")] = 1,
     systems: Annotated[str, typer.Option(help="Comma list of runtime-simple, "
-                                         "runtime-pipeline, runtime-multiproc, baseline.")
+                                         "runtime-pipeline, runtime-multiproc, baseline, "
+                                         "daemon-nats (serve over NATS on loopback), "
+                                         "daemon-nats-pipeline (its runtime in pipeline "
+                                         "mode).")
                        ] = "runtime-simple,runtime-pipeline,runtime-multiproc,baseline",
     budget: Annotated[float, typer.Option(help="Longest phase, seconds (then it stops and "
                                           "is marked timed out).")] = 30.0,

@@ -27,11 +27,16 @@ from task_ingress.bench.workload import (
     run_phase,
 )
 
-SYSTEMS = ("runtime-simple", "runtime-pipeline", "runtime-multiproc", "baseline")
+SYSTEMS = ("runtime-simple", "runtime-pipeline", "runtime-multiproc", "baseline",
+           "daemon-nats", "daemon-nats-pipeline")
+DEFAULT_SYSTEMS = ("runtime-simple", "runtime-pipeline", "runtime-multiproc", "baseline")
+"""What `bench` runs unless --systems says otherwise (the daemon systems are opt-in)."""
 BASES = {"runtime-simple": "simpleSystemBase", "runtime-pipeline": "simpleSystemBase",
          "runtime-multiproc": "multiprocQueueBase"}
-MODES = {"runtime-pipeline": "pipeline"}
+MODES = {"runtime-pipeline": "pipeline", "daemon-nats-pipeline": "pipeline"}
 """RuntimeConfig.process_mode per system (default: in-process)."""
+DAEMONS = ("daemon-nats", "daemon-nats-pipeline")
+"""`task-ingress serve` over NATS on loopback, driven through the swarm's NATS transport."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,11 @@ def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], 
         baseline = LockBaseline(store, audit_key=key)
         baseline.start()
         return baseline, baseline.close
+    if name in DAEMONS:
+        from task_ingress.bench.daemon import DaemonSystem
+
+        daemon = DaemonSystem(store, key, process_mode=MODES.get(name, "inprocess"))
+        return daemon, daemon.close
     from task_ingress.runtime.config import RuntimeConfig
     from task_ingress.runtime.facade import IngressRuntime
 
@@ -174,7 +184,7 @@ def _reap(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(alive, timeout=3)
 
 
-def run_bench(w: Workload, systems: tuple[str, ...] = SYSTEMS, budget: float = 60.0,
+def run_bench(w: Workload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, budget: float = 60.0,
               half_peak: bool = True, ceiling_seconds: float = 1.5,
               on_phase: Callable[[str], None] | None = None) -> BenchResult:
     """The whole benchmark in one temp dir (removed afterwards)."""

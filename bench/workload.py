@@ -41,6 +41,8 @@ class System(Protocol):
 
 
 WORKSPACE = "bench"
+FAILURES = ("task_ingress_failed", "overloaded", "task_ingress_unavailable")
+"""Replies that are no judgement of the request: they do not count as throughput."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class PhaseResult:
     latencies: list[float] = field(default_factory=list)
     accepted: int = 0
     failed: int = 0
-    """Replies `task_ingress_failed`/`overloaded`, or a call that raised."""
+    """Replies `task_ingress_failed`/`overloaded`/`task_ingress_unavailable` (FAILURES),
+    or a call that raised."""
     elapsed: float = 0.0
     timed_out: bool = False
     cpu_s: float = 0.0
@@ -126,7 +129,7 @@ def _one(system: System, peer: BenchPeer, rng: random.Random, phase: str,
         result.latencies.append(latency)
         if accepted:
             result.accepted += 1
-        elif reply.get("reason") in ("task_ingress_failed", "overloaded"):
+        elif reply.get("reason") in FAILURES:
             result.failed += 1
 
 

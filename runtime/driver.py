@@ -32,6 +32,7 @@ from task_ingress.runtime.flow import FlowControl, FlowLimits, PeerKey
 from task_ingress.runtime.host import ActorHost, Stamped
 from task_ingress.runtime.inbox import Call, Inbox
 from task_ingress.runtime.topology import Addresses
+from task_ingress.runtime.wakeups import one_wakeup_per_loop
 from thespian.actors import PoisonMessage
 
 SWEEP_EVERY = 1.0
@@ -205,7 +206,10 @@ class Driver:
                 reply = self.host.listen()
                 if reply is None:
                     break
-                answered = self._resolve(reply, pending)
+                with one_wakeup_per_loop():  # each waiting event loop woken once for all
+                    answered = self._resolve(reply, pending)
+                    for more in self.host.take_buffered():
+                        answered += self._resolve(more, pending)
                 if answered:
                     expected = max(expected, self.inbox.qsize()) + answered
             now = time.monotonic()

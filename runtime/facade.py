@@ -7,6 +7,8 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -53,6 +55,7 @@ from task_ingress.runtime.errors import (
 from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
 from task_ingress.runtime.host import ActorHost, InProcessHost
 from task_ingress.runtime.pipeline.host import PipelineHost
+from task_ingress.runtime.wakeups import LoopWakeups
 
 MULTIPROC_MAX_IN_FLIGHT = 256
 
@@ -88,6 +91,9 @@ class IngressRuntime:
         self._tempdir: str | None = None
         self._driver: Driver | None = None
         self.store_path = ""
+        self._wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWakeups] = (
+            weakref.WeakKeyDictionary())
+        self._wakeups_lock = threading.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> IngressRuntime:
@@ -247,11 +253,22 @@ class IngressRuntime:
         """`submit` for event loops: awaits the answer without blocking the loop."""
         driver = self._running()
         future = driver.submit(*self._submission(driver, context, request))
+        loop = asyncio.get_running_loop()
+        # One wake-up of this loop per reply batch, not per request (wakeups.py).
+        answer = self._loop_wakeups(loop).watch(future)
+        timer = loop.call_later(driver.request_timeout, _time_out, answer)
         try:
-            reply = await asyncio.wait_for(asyncio.wrap_future(future), driver.request_timeout)
-        except TimeoutError as exc:
-            raise IngressTimeout("no answer in time; outcome unknown") from exc
+            reply = await answer
+        finally:
+            timer.cancel()
         return self._unwrap_outcome(reply)
+
+    def _loop_wakeups(self, loop: asyncio.AbstractEventLoop) -> LoopWakeups:
+        wakeups = self._wakeups.get(loop)
+        if wakeups is None:
+            with self._wakeups_lock:
+                wakeups = self._wakeups.setdefault(loop, LoopWakeups(loop))
+        return wakeups
 
     def _submission(
         self, driver: Driver, context: Any, request: Any,
@@ -375,6 +392,11 @@ class IngressRuntime:
         if isinstance(reply, QueryFailed):
             raise RuntimeError(f"{type(query).__name__} failed: {reply.error}")
         return reply
+
+
+def _time_out(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(IngressTimeout("no answer in time; outcome unknown"))
 
 
 def _payload_size(request: Any) -> int:

@@ -55,6 +55,11 @@ class ActorHost(Protocol):
         """The next reply for the driver, waiting at most a short poll; None when none."""
         ...
 
+    def take_buffered(self) -> list[Any]:
+        """Replies already received and not yet returned by `listen` (never waits): the
+        driver resolves them with the reply before them, waking each event loop once."""
+        ...
+
     def close(self, grace: float) -> None:
         """Stop every actor and the system within `grace` seconds; leave no process."""
         ...
@@ -115,6 +120,9 @@ class InProcessHost:
         """`ActorSystem.listen` for one poll (which also fires the actors' timers)."""
         return self.asys.listen(self.poll)
 
+    def take_buffered(self) -> list[Any]:
+        """Nothing: Thespian hands replies over one at a time."""
+        return []
     def close(self, grace: float) -> None:
         """Stop the actors and the system; no actor process outlives this."""
         if self.asys is not None:

@@ -45,6 +45,9 @@ def serve(
     ready_file: str | None = typer.Option(None, help="Write this JSON file once serving."),
     greet_interval: float | None = typer.Option(None, help="Seconds (default: 30); expiry at 2x."),
     actor_base: str | None = typer.Option(None, help="Thespian base (default: simpleSystemBase)."),
+    process_mode: str | None = typer.Option(None, metavar="MODE", help=(
+        "inprocess or pipeline: the runtime's actors in a thread of the daemon or in a "
+        "process of their own (default: inprocess).")),
     drain_timeout: float | None = typer.Option(
         None, help="Seconds to answer in-flight (default: 10)."),
     peer_rate: float | None = typer.Option(None, help=(
@@ -101,6 +104,7 @@ def serve(
         "trust_file": trust_file, "nickname": nickname, "key_file": key_file,
         "metrics_port": metrics_port, "ready_file": ready_file,
         "greet_interval": greet_interval, "actor_base": actor_base,
+        "process_mode": process_mode,
         "drain_timeout": drain_timeout, "peer_rate": peer_rate, "peer_burst": peer_burst,
         "max_in_flight_per_peer": max_in_flight_per_peer,
     }

@@ -212,7 +212,8 @@ class Daemon:
         limits: dict[str, Any] = dict(peer_rate=s.peer_rate, peer_burst=s.peer_burst,
                                       max_in_flight_per_peer=s.max_in_flight_per_peer)
         config = RuntimeConfig(store_path=s.store, actor_base=s.actor_base,
-                               local_peer_id=s.peer_id, greet_interval=s.greet_interval,
+                               process_mode=s.process_mode, local_peer_id=s.peer_id,
+                               greet_interval=s.greet_interval,
                                clock=self.clock, **{**limits, **self.runtime_config})
         self.runtime = IngressRuntime(config)
         # Shielded: a signal must not leave the start half-done in its thread; shutdown

@@ -71,6 +71,7 @@ from task_ingress.runtime.nats.budget import (
     UnprovenBudget,
 )
 from task_ingress.runtime.nats.compact import (
+    Compact,
     CompactError,
     decode_compact,
     evaluate_compact,
@@ -80,6 +81,7 @@ from task_ingress.runtime.nats.greets import GreetLedger, GreetMark
 from task_ingress.runtime.nats.identity import PROFILE, Evaluation, Trust, evaluate, sign
 from task_ingress.runtime.nats.limits import HandlerLimits
 from task_ingress.runtime.nats.metrics import Metrics
+from task_ingress.runtime.nats.offload import BatchOffload
 from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.replay import JudgedWindow, Verdict
 
@@ -126,6 +128,8 @@ class EnvelopeHandler:
                                    capacity=self.limits.replay_capacity,
                                    per_peer=self.limits.replay_per_peer, clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
+        # Signature checks and answer signatures, off the event loop (offload.py).
+        self.crypto = BatchOffload()
         self._pending_work = 0
         self._greets: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self._report_timer: asyncio.TimerHandle | None = None
@@ -146,6 +150,7 @@ class EnvelopeHandler:
                 self.log.error("ingress.dropped_unaudited", count=dropped.count,
                                error=repr(exc))
         self.executor.shutdown(wait=True, cancel_futures=False)
+        self.crypto.close()
         self.greets.close()
 
     def me(self, protocol: str) -> str:
@@ -287,9 +292,8 @@ class EnvelopeHandler:
         if env.kind not in ("greet", "whois") and not task_say:
             self.metrics.ignored.labels(env.kind).inc()
             return
-        # RFC 003 section 5.4: v0 proofs are opaque, every v0 message is unverified.
-        judged = (evaluate(env.raw) if env.protocol == wire.PROTOCOL_V1
-                  else Evaluation(Trust.UNVERIFIED, "v0"))
+        # Every message passes the crypto worker once, so all leave it in arrival order.
+        judged = await self.crypto.run(_evaluate_json, env)
         if not self._proven(judged) and not self._admit_unproven(where, env.size):
             return
         self.metrics.trust.labels(env.kind, judged.trust.value).inc()
@@ -473,7 +477,7 @@ class EnvelopeHandler:
             trace_id=env.trace_id, outcome=outcome, trust=judged.trust.value,
             duplicate=duplicate, answered=answered)
         if env.protocol == wire.PROTOCOL_V1:
-            receipt = sign(receipt, self.key)
+            receipt = await self.crypto.run(sign, receipt, self.key)
         if judged.trust is not Trust.REJECTED:
             await self.publish_envelope(
                 wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol),
@@ -567,7 +571,7 @@ class EnvelopeHandler:
                 await self._answer_compact(reply, data, outcome, Trust.UNVERIFIED, started)
             return
         decoded = decode_envelope(compact.inner, self.max_bytes)
-        judged = evaluate_compact(compact, workspace=where.workspace, channel=where.channel)
+        judged = await self.crypto.run(_evaluate_compact, compact, where)
         if judged.trust is not Trust.REJECTED:
             if not gate.is_peer_id(compact.sender):
                 judged = Evaluation(Trust.REJECTED, "compact: from is malformed")
@@ -596,7 +600,8 @@ class EnvelopeHandler:
     async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome, trust: Trust,
                               started: float) -> None:
         if self._reply_allowed(reply, trust):  # compact replies never go onto AGH subjects
-            await self.publish(reply, sign_reply(encode_reply(outcome), request, self.key))
+            signed = await self.crypto.run(sign_reply, encode_reply(outcome), request, self.key)
+            await self.publish(reply, signed)
         self._observe(outcome, trust, started)
 
     # ---- rejections and publishing -----------------------------------------------
@@ -648,3 +653,14 @@ class EnvelopeHandler:
         self.metrics.observe_request(outcome.action.value, outcome.accepted,
                                      outcome.reason.value if outcome.reason else None,
                                      trust.value, time.perf_counter() - started)
+
+
+def _evaluate_json(env: wire.Envelope) -> Evaluation:
+    # RFC 003 section 5.4: v0 proofs are opaque, every v0 message is unverified.
+    if env.protocol == wire.PROTOCOL_V1:
+        return evaluate(env.raw)
+    return Evaluation(Trust.UNVERIFIED, "v0")
+
+
+def _evaluate_compact(compact: Compact, where: wire.Subject) -> Evaluation:
+    return evaluate_compact(compact, workspace=where.workspace, channel=where.channel)

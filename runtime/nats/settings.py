@@ -49,6 +49,10 @@ class ServeSettings(BaseSettings):
     ready_file: str | None = Field(default=None, description="Ready file written once serving.")
     greet_interval: float = Field(default=30.0, gt=0, description="Seconds; expiry at 2x.")
     actor_base: str = Field(default="simpleSystemBase", description="Thespian system base.")
+    process_mode: Literal["inprocess", "pipeline"] = Field(default="inprocess", description=(
+        "Where the runtime's actors run: inprocess (a thread of the daemon) or pipeline "
+        "(a process of their own, so the daemon's NATS and signature work and the actors "
+        "can use two cores; simpleSystemBase only)."))
     drain_timeout: float = Field(default=10.0, gt=0, description=(
         "Seconds to answer in-flight requests after SIGTERM/SIGINT."))
     # The daemon faces network peers, so its per-peer limits are tighter than the embedded
@@ -98,6 +102,8 @@ class ServeSettings(BaseSettings):
             raise ValueError(f"malformed AGH v0 peer id {self.peer_id!r}")
         if re.fullmatch(r"[a-z0-9_-]{1,32}", self.nickname) is None:
             raise ValueError(f"malformed nickname {self.nickname!r}")
+        if self.process_mode == "pipeline" and self.actor_base != "simpleSystemBase":
+            raise ValueError("process_mode pipeline runs the actors on simpleSystemBase")
         return self
 
     @property

@@ -112,6 +112,12 @@ class PipelineHost:
             self.replies.append(wire.decode_reply(item))
         return self.replies.popleft() if self.replies else None
 
+    def take_buffered(self) -> list[Any]:
+        """The rest of the last frame's replies (one frame carries a batch's answers)."""
+        taken = list(self.replies)
+        self.replies.clear()
+        return taken
+
     def close(self, grace: float) -> None:
         """Ask the pipeline process to stop (it flushes and checkpoints), wait for it, and
         kill it if it does not exit within `grace` seconds."""

@@ -86,6 +86,10 @@ def swarm_command(
                                              "requests.")] = 0.1,
     actor_base: Annotated[str, typer.Option("--actor-base", help="Thespian system base "
                                             "(in-process).")] = "simpleSystemBase",
+    process_mode: Annotated[str, typer.Option("--process-mode", help="In-process runtime: "
+                                              "inprocess (actors on a thread of this "
+                                              "process) or pipeline (in a process of their "
+                                              "own).")] = "inprocess",
     store: Annotated[str | None, typer.Option(help="SQLite store file, kept (default: a "
                                               "durable temp file, removed afterwards).")
                      ] = None,
@@ -125,7 +129,8 @@ def swarm_command(
         cfg = SwarmConfig(
             requests=requests, duration=duration, peers=peers, channels=channels,
             workspaces=workspaces, concurrency=concurrency, churn=churn, bad_share=bad_share,
-            actor_base=actor_base, store=store, seed=seed, json_path=json_path or None,
+            actor_base=actor_base, process_mode=process_mode, store=store, seed=seed,
+            json_path=json_path or None,
             plot_path=plot or None, ack_log=ack_log, transport=transport, nats_url=nats_url,
             daemon=daemon, greet_interval=greet_interval, progress=progress,
         )

@@ -25,6 +25,8 @@ class SwarmConfig:
     bad_share: float = 0.1
     """Share of requests that are deliberately bad (each kind must be rejected)."""
     actor_base: str = "simpleSystemBase"
+    process_mode: str = "inprocess"
+    """In-process runtimes: RuntimeConfig.process_mode (inprocess or pipeline)."""
     store: str | None = None
     """SQLite store file; None: a durable temp file, removed after the run."""
     seed: int = 1
@@ -52,6 +54,11 @@ class SwarmConfig:
             raise ValueError("--churn and --bad-share are fractions in 0..1")
         if not 0.0 <= self.capless_share < 1.0:
             raise ValueError("capless_share is a fraction in 0..1 (1 excluded)")
+        if self.process_mode not in ("inprocess", "pipeline"):
+            raise ValueError(f"--process-mode is inprocess or pipeline, not "
+                             f"{self.process_mode!r}")
+        if self.process_mode == "pipeline" and self.actor_base != "simpleSystemBase":
+            raise ValueError("--process-mode pipeline runs the actors on simpleSystemBase")
         if self.transport not in ("inproc", "nats"):
             raise ValueError(f"--transport is inproc or nats, not {self.transport!r}")
         if self.greet_interval <= 0:

@@ -44,7 +44,8 @@ def to_json(result: SwarmResult) -> dict[str, Any]:
             "requests": cfg.requests, "duration": cfg.duration, "peers": cfg.peers,
             "channels": cfg.channels, "workspaces": cfg.workspaces,
             "concurrency": cfg.concurrency, "workers": result.workers, "churn": cfg.churn,
-            "bad_share": cfg.bad_share, "actor_base": cfg.actor_base, "seed": cfg.seed,
+            "bad_share": cfg.bad_share, "actor_base": cfg.actor_base,
+            "process_mode": cfg.process_mode, "seed": cfg.seed,
             "transport": result.transport, "greet_interval": result.greet_interval,
             "store": cfg.store,
         },
@@ -116,7 +117,8 @@ def _figures(result: SwarmResult) -> Table:
     rows = [
         ("peers", f"{cfg.peers} in {cfg.channels} channels, {cfg.workspaces} {ws}"),
         ("workers", f"{result.workers}"),
-        ("runtime", f"{result.transport}, {cfg.actor_base}"),
+        ("runtime", f"{result.transport}, {cfg.actor_base}"
+                    + (f", {cfg.process_mode}" if result.transport == "inproc" else "")),
         ("accepted / rejected", f"{s.accepted:,} / {s.rejected:,}"),
         ("no reply (errors)", f"{s.errors:,}"),
         ("throughput", f"{result.throughput:,.0f} req/s"),

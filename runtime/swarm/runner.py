@@ -372,6 +372,7 @@ def make_inproc(cfg: SwarmConfig, workdir: str) -> tuple[SwarmTransport, str | N
     # operator's key (env or key file), as `audit verify` will.
     key = secrets.token_hex(32) if cfg.store is None else None
     rc = RuntimeConfig(store_path=store, durable=True, actor_base=cfg.actor_base,
+                       process_mode=cfg.process_mode,
                        greet_interval=cfg.greet_interval, audit_key=key)
     return InProcTransport(rc), key
 

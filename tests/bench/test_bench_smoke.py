@@ -43,3 +43,19 @@ def test_bench_runs_the_runtime_on_a_multiprocess_base(tmp_path: Path) -> None:
     assert isinstance(systems, dict)
     entry = systems["runtime-multiproc"]
     assert entry["error"] is None and entry["peak"]["requests"] == 60
+
+
+def test_bench_runs_serve_over_nats_beside_the_runtime_and_leaves_nothing_running(
+        tmp_path: Path) -> None:
+    from tests.conftest import _children, _new_children
+
+    before = _children()
+    data = _bench(tmp_path, "runtime-simple,daemon-nats,daemon-nats-pipeline")
+    systems = data["systems"]
+    assert isinstance(systems, dict)
+    for name in ("daemon-nats", "daemon-nats-pipeline"):
+        entry = systems[name]
+        assert entry["error"] is None, entry["error"]
+        assert entry["peak"]["requests"] == 60 and entry["peak"]["failed"] == 0
+        assert entry["peak"]["accepted"] > 0
+    assert not _new_children(before)

@@ -118,7 +118,8 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
     """Factory: an in-process daemon on `nats_server` (stopped at teardown); `clock=` gives
     it a fake clock, `runtime_config=` RuntimeConfig fields (e.g. a test seam), any other
     keyword is a ServeSettings field. Everything it publishes is checked against AGH's
-    envelope rules after it stopped."""
+    envelope rules after it stopped. Its runtime runs in-process (serve's default) unless
+    `process_mode=` says otherwise (test_nats_serve's first test serves in both modes)."""
     running: list[RunningDaemon] = []
     before = _children()
     tap = WireTap(nats_server)

@@ -61,9 +61,11 @@ def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("process_mode", ["pipeline", "inprocess"])
 def test_a_verified_allowed_peer_writes_every_action_as_says_and_reads_receipts(
-        start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon()
+        start_daemon: Start, nats_wire: Wire, process_mode: str) -> None:
+    d = start_daemon(process_mode=process_mode)
+    assert d.runtime.config.process_mode == process_mode
     a = _verified(d)
     on_own_subject = nats_wire.collect(a.own_subject())
     assert _greet(nats_wire, a) == {"applied": True, "reason": None, "task_write": True,

@@ -223,10 +223,12 @@ def test_serve_settings_accept_ulid_workspaces_and_refuse_bad_names(
     assert ServeSettings(workspace="01JDQ8Z6X4V7K2M9N3P5R8T1W0").workspace == (
         "01JDQ8Z6X4V7K2M9N3P5R8T1W0")
     for bad in ({"workspace": "a.b"}, {"workspace": "a b"}, {"channels": ["Ops"]},
-                {"peer_id": f"a@{'0' * 32}"}, {"nickname": "Bad"}):
+                {"peer_id": f"a@{'0' * 32}"}, {"nickname": "Bad"}, {"process_mode": "threads"},
+                {"process_mode": "pipeline", "actor_base": "multiprocQueueBase"}):
         with pytest.raises(ValueError):
             ServeSettings(**bad)
     s = ServeSettings(store="/tmp/x.db")
+    assert s.process_mode == "inprocess"
     assert s.key_path == "/tmp/x.db.peer.key" and s.trust_path == "/tmp/x.db.trust.json"
 
 

@@ -99,3 +99,17 @@ def test_swarm_command_exits_nonzero_when_an_invariant_breaks(
     assert "every_request_answered" in result.output
     report = json.loads((tmp_path / "reports" / "swarm-report.json").read_text())
     assert report["invariants"]["every_request_answered"] is False
+
+
+def test_swarm_command_runs_the_runtime_in_a_pipeline_process_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [
+        "swarm", "--requests", "200", "--peers", "6", "--channels", "2", "--concurrency",
+        "3", "--greet-interval", "0.3", "--process-mode", "pipeline", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "every invariant held" in result.output
+    report = json.loads((tmp_path / "reports" / "swarm-report.json").read_text())
+    assert report["config"]["process_mode"] == "pipeline" and report["requests"] == 200

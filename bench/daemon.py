@@ -1,0 +1,100 @@
+"""The bench's `daemon-nats` system: `task-ingress serve` in a process of its own (with its
+local nats-server on loopback) driven through the swarm's NATS transport.
+
+So the bench's fixed workload measures the whole network path side by side with the
+in-process runtime: each request is signed by its peer (compact form), travels through
+nats-server to the daemon, is verified, judged by the daemon's runtime, answered with a
+signed reply and checked by the client. The daemon and its server are children of the
+bench process, so the bench's CPU figure counts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from task_ingress.bench.workload import WORKSPACE
+from task_ingress.messages.peers import PeerCard
+from task_ingress.runtime.nats.server import _die_with_parent as die_with_parent
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+SERVE_PROCESS_MODE_ENV = "TASK_INGRESS_PROCESS_MODE"
+
+
+class DaemonSystem:
+    """`task-ingress serve` on `store` plus a NATS client; `close` stops both."""
+
+    def __init__(self, store: str, audit_key: str, *, process_mode: str | None = None,
+                 request_timeout: float = 10.0) -> None:
+        from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
+
+        self.ready_file = store + ".ready.json"
+        self.log_file = store + ".serve.log"
+        env = dict(os.environ, TASK_INGRESS_AUDIT_KEY=audit_key)
+        if process_mode is not None:
+            env[SERVE_PROCESS_MODE_ENV] = process_mode
+        # The embedded runtime's limits only stop floods; serve's per-peer limits would
+        # answer part of a closed-loop bench `overloaded`, which is not what is measured.
+        command = [sys.executable, "-m", "task_ingress", "serve", "--store", store,
+                   "--ready-file", self.ready_file, "--workspace", WORKSPACE,
+                   "--peer-rate", "0",
+                   "--max-in-flight-per-peer", "1024", "--log-level", "warning"]
+        with open(self.log_file, "ab") as log:
+            # A killed bench must not leave a daemon behind: it gets SIGTERM when the
+            # thread that started it dies (PR_SET_PDEATHSIG, as serve's own nats-server).
+            self.process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None)
+        self.transport: NatsSwarmTransport | None = None
+        try:
+            self._wait_ready()
+            self.transport = NatsSwarmTransport(ready_file=self.ready_file,
+                                                request_timeout=request_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(self.ready_file):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with status {self.process.returncode} "
+                                   f"(log: {self.log_file})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve not ready in {START_TIMEOUT:g} s")
+            time.sleep(0.05)
+
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
+        """A signed greet, returning once the daemon applied it."""
+        assert self.transport is not None
+        self.transport.greet(workspace, channel, card)
+
+    def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
+        """One request over NATS (compact form, signed); the SPEC 7 reply."""
+        assert self.transport is not None
+        return self.transport.deliver(envelope, workspace=workspace, channel=channel,
+                                      peer_id=peer_id)
+
+    def actor_pids(self) -> list[int]:
+        """The daemon's process (its children are counted as the bench's descendants)."""
+        return [self.process.pid] if self.process.poll() is None else []
+
+    def close(self) -> None:
+        """Close the client, stop the daemon gracefully (SIGTERM), kill it if it hangs."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.ready_file)
