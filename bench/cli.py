@@ -30,8 +30,25 @@ def bench_command(
                                ] = 1.5,
     json_path: Annotated[str | None, typer.Option("--json", help="Write the JSON here.")
                          ] = None,
+    cluster: Annotated[bool, typer.Option("--cluster", help="Bench cluster daemons instead "
+                                          "(bench/cluster_cli.py): accepted/s for each "
+                                          "--daemons count; uses --threads and --json.")
+                       ] = False,
+    database: Annotated[str | None, typer.Option(
+        envvar="TASK_INGRESS_DATABASE", help="--cluster: a PostgreSQL server URL where this "
+        "user may CREATE DATABASE (one fresh database per daemon count).")] = None,
+    daemons: Annotated[str, typer.Option(help="--cluster: daemon counts, comma list.")
+                       ] = "1,2,3",
+    seconds: Annotated[float, typer.Option(help="--cluster: seconds of load per count.")
+                       ] = 10.0,
 ) -> None:
-    """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable."""
+    """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable;
+    or, with --cluster, 1..N cluster daemons side by side."""
+    if cluster:
+        from task_ingress.bench.cluster_cli import cluster_bench
+
+        cluster_bench(database, daemons, seconds, threads, json_path)
+        return
     from rich.console import Console
     from task_ingress.bench.report import print_bench
     from task_ingress.bench.runner import SYSTEMS, run_bench, to_json

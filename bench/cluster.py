@@ -164,6 +164,10 @@ def _drive(ready_file: Path, nats_url: str, database: str, workspaces: list[str]
             "refused": refused}
 
 
+MAX_DAEMONS = 5
+MAX_SECONDS = 300.0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the side-by-side bench; exit 0, or 2 when something could not start."""
     parser = argparse.ArgumentParser(prog="python -m task_ingress.bench.cluster",
@@ -178,34 +182,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", type=float, default=10.0)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args(argv)
+    try:
+        counts = daemon_counts(args.daemons)
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_cluster_bench(args.server_url, counts, seconds=args.seconds, senders=args.senders,
+                      shards=args.shards, workspaces=args.workspaces,
+                      lease_ttl=args.lease_ttl, json_path=args.json_path)
+    return 0
+
+
+def daemon_counts(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3]; ValueError unless each is 1..MAX_DAEMONS."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= n <= MAX_DAEMONS for n in counts):
+        raise ValueError(f"daemon counts {text!r}: give a comma list of numbers from 1 to "
+                         f"{MAX_DAEMONS}")
+    return counts
+
+
+def run_cluster_bench(server_url: str, counts: list[int], *, seconds: float = 10.0,
+                      senders: int = 16, shards: int = 12, workspaces: int = 12,
+                      lease_ttl: float = 10.0, json_path: str | None = None
+                      ) -> list[dict[str, Any]]:
+    """Measure each daemon count in a fresh database of `server_url`'s server (dropped
+    afterwards), print a row per count and the table, write `json_path`; the rows."""
     import psycopg
     from task_ingress.runtime.cluster.nats_cluster import NatsCluster
     from task_ingress.runtime.nats.identity import generate_key, save_key
 
-    counts = [int(x) for x in args.daemons.split(",") if x.strip()]
-    workspaces = [f"ws-{i}" for i in range(args.workspaces)]
+    served = [f"ws-{i}" for i in range(workspaces)]
     results: list[dict[str, Any]] = []
     nats = NatsCluster(3).start()
     try:
         for n in counts:
             name = f"ti_bench_{n}_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.server_url, autocommit=True) as admin:
+            with psycopg.connect(server_url, autocommit=True) as admin:
                 admin.execute(f'CREATE DATABASE "{name}"')
-            database = _database_url(args.server_url, name)
+            database = _database_url(server_url, name)
             with tempfile.TemporaryDirectory(prefix="ti-cbench-") as tmp:
                 workdir = Path(tmp)
                 save_key(str(workdir / "cluster.key"), generate_key())
                 procs: list[subprocess.Popen[bytes]] = []
                 try:
                     procs = _start_daemons(n, workdir, database, nats.urls, nats.token,
-                                           args.shards, workspaces, args.lease_ttl,
+                                           shards, served, lease_ttl,
                                            os.environ.get("TASK_INGRESS_AUDIT_KEY")
                                            or secrets.token_hex(32))
                     row = _drive(workdir / "node-0.ready", nats.urls[-1], database,
-                                 workspaces, args.senders, args.seconds)
+                                 served, senders, seconds)
                 finally:
                     _stop(procs)
-                    with psycopg.connect(args.server_url, autocommit=True) as admin:
+                    with psycopg.connect(server_url, autocommit=True) as admin:
                         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             row = {"daemons": n, **row}
             results.append(row)
@@ -220,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['p99_ms']:>7}")
     print(f"(one machine, {os.cpu_count()} CPUs shared by daemons, PostgreSQL, NATS and "
           "the load: this cannot show scale-out)")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"cpus": os.cpu_count(),
-                                                    "results": results}, indent=2) + "\n")
-    return 0
+    if json_path:
+        Path(json_path).write_text(json.dumps({"cpus": os.cpu_count(),
+                                               "results": results}, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

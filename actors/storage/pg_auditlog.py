@@ -26,13 +26,14 @@ import psycopg
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, AUDIT_NAMES, record_from_row
 from task_ingress.actors.storage.chainstart import ChainRefused
+from task_ingress.actors.storage.pg_store import execute_rows
 from task_ingress.messages.audit import AuditRecord
 
 INSERT_SHARD_AUDIT = (
-    f"INSERT INTO audit (shard, {AUDIT_COLUMNS}) VALUES (%(shard)s, "
-    + ", ".join(f"%({name})s" for name in AUDIT_NAMES) + ")"
+    f"INSERT INTO audit (shard, {AUDIT_COLUMNS}) VALUES ("
+    + ", ".join(["%s"] * (len(AUDIT_NAMES) + 1)) + ")"
 )
-"""Inserts one record given as a dict of every column plus `shard`."""
+"""Inserts one record: the shard, then every column in AUDIT_NAMES order."""
 
 
 @dataclass
@@ -145,9 +146,10 @@ def current_head(conn: psycopg.Connection[Any], shard: int) -> tuple[int, str] |
 def append(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain,
            records: list[dict[str, Any]]) -> None:
     """Insert sealed records (`ShardChain.seal`) and move the head row to the chain's head."""
-    if records:
-        with conn.cursor() as cur:
-            cur.executemany(INSERT_SHARD_AUDIT, [dict(r, shard=chain.shard) for r in records])
+    # Not executemany: its pipeline would leave the session without its idle timeout
+    # (pg_store's docstring).
+    execute_rows(conn, INSERT_SHARD_AUDIT,
+                 [(chain.shard, *(r[name] for name in AUDIT_NAMES)) for r in records])
     write_head(conn, key, chain)
 
 

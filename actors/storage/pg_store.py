@@ -12,12 +12,21 @@ rows they read, and no serialization failure ever needs a retry before the answe
 A holder paused inside a write transaction would keep the lease row locked and stall a
 takeover: store sessions run with `idle_in_transaction_session_timeout`, so PostgreSQL ends
 such a session (and rolls it back) within the lease TTL's margin.
+
+That timeout is armed only when the server sends ReadyForQuery, and every message it reads
+disarms it. psycopg's `executemany` runs in pipeline mode and ends with Sync then Flush: the
+Flush disarms the timer armed by the Sync's ReadyForQuery and, answering no ReadyForQuery
+itself, never re-arms it. A client that goes silent right there (paused, partitioned) left
+its session "idle in transaction" with no timeout, holding the lease row, until TCP gave up.
+So fenced transactions never use pipeline mode: `execute_rows` sends a batch as one
+multi-row INSERT (or one statement per row), each ending in ReadyForQuery.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -45,17 +54,37 @@ class QmarkConnection:
         """Run one statement with `?` placeholders."""
         return self.conn.execute(self._translate(sql), params)
 
-    def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
-        """Run one statement with `?` placeholders once per row (a batch of one's writes)."""
-        cursor = self.conn.cursor()
-        cursor.executemany(self._translate(sql), rows)
-        return cursor
+    def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Run one statement with `?` placeholders once per row (a batch of one's writes),
+        without pipeline mode (`execute_rows`)."""
+        execute_rows(self.conn, self._translate(sql), list(rows))
 
     def _translate(self, sql: str) -> str:
         translated = self._sql.get(sql)
         if translated is None:
             translated = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
         return translated
+
+
+_VALUES = re.compile(r"^(INSERT\s.*\bVALUES\s*)(\(.*\))\s*$", re.DOTALL | re.IGNORECASE)
+MAX_ROWS_PER_INSERT = 500
+"""Rows per multi-row INSERT (PostgreSQL takes at most 65,535 parameters a statement)."""
+
+
+def execute_rows(conn: psycopg.Connection[Any], sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`sql` (`%s` placeholders) once per row, never in pipeline mode (see the module's
+    docstring): an `INSERT ... VALUES (...)` as multi-row INSERTs, anything else one
+    statement per row."""
+    match = _VALUES.match(sql)
+    if match is None:
+        for row in rows:
+            conn.execute(sql, row)
+        return
+    head, values = match.groups()
+    for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+        chunk = rows[start:start + MAX_ROWS_PER_INSERT]
+        conn.execute(head + ", ".join([values] * len(chunk)),
+                     [value for row in chunk for value in row])
 
 
 class Fenced(Exception):

@@ -101,8 +101,11 @@ class LeaseKeeper:
 
     def __init__(self, *, database: str, node: str, shards: int, timing: LeaseTiming,
                  on_acquired: Started, on_lost: Stopped,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 acquire: Callable[..., Lease | None] | None = None) -> None:
         self.database = database
+        self.acquire = acquire or acquire_or_clear
+        """`acquire_or_clear` (a test may wrap it, to stop the daemon mid-acquire)."""
         self.node = node
         self.shards = shards
         self.timing = timing
@@ -157,9 +160,16 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop serving every shard (gracefully), give every lease back, leave the cluster."""
         self._stopping = True
-        for task in self._tasks:
+        # The round under way finishes rather than being cancelled: a cancelled acquire may
+        # still commit in its thread, leaving a lease nobody holds until it expires. Each
+        # of its calls is bounded; the bound here is the last resort.
+        rounds, others = self._tasks[:1], self._tasks[1:]
+        for task in others:
             task.cancel()
-        for task in self._tasks:
+        for task in rounds:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(task, self.timing.ttl)
+        for task in others:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._side:  # starts and give-backs under way finish first
@@ -181,8 +191,10 @@ class LeaseKeeper:
 
     # ---- the two loops -------------------------------------------------------------
     async def _rounds(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.tick)
+            if self._stopping:
+                return
             try:
                 await self._round()
             except asyncio.CancelledError:
@@ -237,7 +249,11 @@ class LeaseKeeper:
             if self._stopping:
                 return
             sent = self.clock()
-            got = await self._db(acquire_or_clear, shard, self.node, self.timing.ttl, sent)
+            got = await self._db(self.acquire, shard, self.node, self.timing.ttl, sent)
+            if got is not None and self._stopping:  # stop() began meanwhile: give it back
+                self.log.info("lease.released_while_stopping", shard=shard, epoch=got.epoch)
+                await self._release_quietly(got)
+                return
             if got is not None:
                 self.held[shard] = got
                 self.log.info("lease.acquired", shard=shard, epoch=got.epoch, share=share)

@@ -110,13 +110,21 @@ def listed(conn: psycopg.Connection[Any]) -> list[str]:
 
 class DatabaseTrustPolicy:
     """Thread-safe view of the cluster's policy table, re-read at most every `recheck`
-    seconds (by `clock`). Drop-in for `TrustPolicy` where a daemon judges trust."""
+    seconds (by `clock`). Drop-in for `TrustPolicy` where a daemon judges trust.
+
+    With `read_on_call` (the default) a question (`allows`, `len`, `keys`, `handles`) re-reads
+    the table when it is due, on the asking thread. Without it, questions never touch the
+    database and answer from the last policy read: whoever owns the policy calls `refresh`
+    (from a thread of its own), so that a caller that must never wait — an event loop — never
+    waits for the database. The first read happens in the constructor either way."""
 
     def __init__(self, url: str, recheck: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 connect: Callable[[str], psycopg.Connection[Any]] | None = None) -> None:
+                 connect: Callable[[str], psycopg.Connection[Any]] | None = None,
+                 read_on_call: bool = True) -> None:
         self.url = url
         self.recheck = recheck
+        self.read_on_call = read_on_call
         self.clock = clock
         self._connect = connect or (lambda u: psycopg.connect(u, autocommit=True,
                                                               connect_timeout=5))
@@ -129,27 +137,31 @@ class DatabaseTrustPolicy:
         """Successful reads of the table."""
         self.failures = 0
         """Reads that failed (the last policy read stayed in force)."""
-        self._refresh()
+        self.refresh()
 
     def allows(self, fingerprint: str) -> bool:
         """True when the key with this fingerprint may be granted `task.write`."""
-        self._refresh()
+        self._on_call()
         return fingerprint in self._allow
 
     def __len__(self) -> int:
-        self._refresh()
+        self._on_call()
         return len(self._allow)
 
     def keys(self) -> dict[str, bytes]:
         """fingerprint -> raw public key of every allowed handle enrolled with its key (the
         NATS users a daemon's server admits)."""
-        self._refresh()
+        self._on_call()
         return dict(self._keys)
 
     def handles(self) -> list[str]:
         """The allowed handles, sorted."""
-        self._refresh()
+        self._on_call()
         return sorted(self._allow.values())
+
+    def _on_call(self) -> None:
+        if self.read_on_call:
+            self.refresh()
 
     def close(self) -> None:
         """Close the reader's connection."""
@@ -158,12 +170,15 @@ class DatabaseTrustPolicy:
                 self._conn.close()
                 self._conn = None
 
-    def _refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the table if `recheck` seconds have passed since the last read (or
+        `force`). A read that fails keeps the policy last read (counted in `failures`,
+        logged `policy.unreadable`). Blocks the calling thread for the read."""
         now = self.clock()
-        if now - self._checked < self.recheck:
+        if not force and now - self._checked < self.recheck:
             return
         with self._lock:
-            if now - self._checked < self.recheck:
+            if not force and now - self._checked < self.recheck:
                 return
             self._checked = now
             try:

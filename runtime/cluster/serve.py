@@ -143,19 +143,14 @@ class PolledTrust(DatabaseTrustPolicy):
     reads it answers from the last policy read."""
 
     def __init__(self, url: str, recheck: float) -> None:
-        super().__init__(url, recheck=recheck)
+        super().__init__(url, recheck=recheck, read_on_call=False)
         self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, daemon=True, name="trust-poller")
         self._poller.start()
 
-    def _refresh(self) -> None:
-        poller = getattr(self, "_poller", None)  # None while __init__ reads the first policy
-        if poller is None or threading.current_thread() is poller:
-            super()._refresh()
-
     def _poll(self) -> None:
         while not self._stopped.wait(self.recheck):
-            self._refresh()
+            self.refresh(force=True)
 
     def stop(self) -> None:
         """Stop polling and close the connection."""

@@ -20,6 +20,7 @@ from task_ingress.actors.storage.pg_auditlog import read_shard_records
 from task_ingress.runtime.audit.pg_verify import shards_to_check, verify_database
 from task_ingress.runtime.audit.verify import VerifyResult
 from task_ingress.runtime.cluster import pg_trust
+from task_ingress.runtime.cluster.history import writes_after_leave
 from task_ingress.runtime.nats.client import Identity
 from task_ingress.runtime.nats.identity import raw_public_key
 from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
@@ -42,6 +43,8 @@ class ClusterSwarmTransport(NatsSwarmTransport):
             self._trust.close()
             raise
         self.trust_file = None  # the cluster's policy is in the database
+        self.leave_problems: list[str] = []
+        """`writes_after_leave` over the run, set by `gather`."""
         self.workspace = None  # type: ignore[assignment]  # any workspace the cluster serves
 
     def _identity(self, name: str) -> Identity:
@@ -69,6 +72,7 @@ class ClusterSwarmTransport(NatsSwarmTransport):
         chains verified with `key`, and the tasks' stored channel bindings."""
         if not key:
             raise ValueError("the cluster swarm needs the audit key to verify the chains")
+        self.leave_problems = writes_after_leave(sent, history)
         with psycopg.connect(self.database, autocommit=True) as conn:
             verdict = verify_database(conn, bytes.fromhex(key))
             verdicts = verdict.shards
@@ -84,8 +88,10 @@ class ClusterSwarmTransport(NatsSwarmTransport):
             tasks=tasks, runs=runs,
             problems=tuple(p for v in verdicts for p in v.problems) + verdict.problems,
             notes=tuple(f"shard {v.shard}: {v.records} records" for v in verdicts))
+        # A daemon may be killed mid-run: requests it never answered are answered
+        # task_ingress_unavailable by the transport, unaudited and unacknowledged.
         return RunEvidence(records, start_seq, sent, verify, bindings, history, [],
-                           Counter(refused_greets or {}))
+                           Counter(refused_greets or {}), unavailable_unacknowledged=True)
 
     def close(self) -> None:
         """Close the NATS side and the trust connection; idempotent."""

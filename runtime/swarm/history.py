@@ -72,6 +72,11 @@ class PresenceHistory:
         with self._lock:
             return sum(len(v) for v in self.events.values())
 
+    def snapshot(self) -> dict[PresenceKey, list[PresenceEvent]]:
+        """A copy of every event, per key, sorted by `sent`."""
+        with self._lock:
+            return {k: sorted(v, key=lambda e: e.sent) for k, v in self.events.items()}
+
     def justified(self, key: PresenceKey, sent: float, returned: float) -> bool:
         """True when an accepted write [sent, returned] of `key` is attributable to a greet."""
         with self._lock:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from task_ingress.actors.rules.gate import safe_field
 from task_ingress.actors.storage.auditlog import read_checkpoint, record_from_row
 from task_ingress.messages.audit import AuditRecord
-from task_ingress.messages.reasons import Action
+from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime.audit.read import load_key, open_readonly, read_snapshot
 from task_ingress.runtime.audit.verify import VerifyResult, verify_snapshot
 from task_ingress.runtime.swarm.history import PresenceHistory
@@ -66,6 +66,11 @@ class RunEvidence:
     unparsed: list[str] = field(default_factory=list)
     refused_greets: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     """Greets the transport reported as not applied, per (workspace, channel, peer)."""
+    unavailable_unacknowledged: bool = False
+    """A `task_ingress_unavailable` answer acknowledges nothing: the transport may have
+    made it up after a timeout (a daemon killed mid-request), or a deposed cluster daemon
+    may have given it unaudited. Such a request may have one record, of any outcome, or
+    none (a cluster's evidence sets this; a single daemon audits every answer it gives)."""
 
     @property
     def run_records(self) -> list[AuditRecord]:
@@ -103,7 +108,8 @@ def check_all(ev: RunEvidence) -> list[Check]:
     """Every invariant, in report order."""
     run = ev.run_records
     return [
-        one_audit_record_per_request(ev.sent, run, ev.refused_greets),
+        one_audit_record_per_request(ev.sent, run, ev.refused_greets,
+                                     ev.unavailable_unacknowledged),
         audit_chain_verifies(ev.records, ev.verify, ev.unparsed),
         writes_by_visible_capable_peers(run, ev.sent, ev.history),
         store_matches_audit(ev.verify),
@@ -125,11 +131,14 @@ def _examples(items: Iterable[str]) -> tuple[str, ...]:
 def one_audit_record_per_request(
     sent: list[Sent], run: list[AuditRecord],
     refused_greets: Counter[tuple[str, str, str]] | None = None,
+    unavailable_unacknowledged: bool = False,
 ) -> Check:
     """Answered requests and the run's audit records correspond one to one.
 
     A greet the transport reports as refused may be audited by a daemon as a rejection
     (action `unknown`) of that peer: up to one such record per refused greet is excused.
+    With `unavailable_unacknowledged`, a `task_ingress_unavailable` answer counts as no
+    answer: the request may have one record of any outcome, or none.
     """
     def outcome_key(key: RequestKey, accepted: bool, reason: str | None, task: str | None,
                     run_id: str | None) -> tuple[object, ...]:
@@ -137,9 +146,14 @@ def one_audit_record_per_request(
 
     expected: Counter[tuple[object, ...]] = Counter()
     unanswered: Counter[RequestKey] = Counter()
+    unacknowledged = 0
     for s in sent:
         key = request_key(s.workspace, s.channel, s.peer_id, s.request_id)
         if s.accepted is None:
+            unanswered[key] += 1
+        elif (unavailable_unacknowledged and not s.accepted
+              and s.reason == Reason.TASK_INGRESS_UNAVAILABLE.value):
+            unacknowledged += 1
             unanswered[key] += 1
         else:
             expected[outcome_key(key, s.accepted, s.reason, s.task_id, s.run_id)] += 1
@@ -170,7 +184,9 @@ def one_audit_record_per_request(
     detail = (f"{sum(expected.values())} answered requests, {len(run)} records appended; "
               f"{sum(missing.values())} without a record, {sum(extra.values())} records "
               "without a request"
-              + (f" ({excused} audited refusals of greets excused)" if excused else ""))
+              + (f" ({excused} audited refusals of greets excused)" if excused else "")
+              + (f"; {unacknowledged} answered task_ingress_unavailable (acknowledging "
+                 "nothing: a record optional)" if unacknowledged else ""))
     return Check("one_audit_record_per_request", ok, detail,
                  _examples([f"no record for {k}" for k in missing]
                            + [f"unexpected record {k}" for k in extra]))

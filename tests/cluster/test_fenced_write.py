@@ -4,6 +4,7 @@ checked in the write's own transaction; the store rules are the embedded store's
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,13 +15,17 @@ from typing import Any
 import psycopg
 import pytest
 from task_ingress.actors.rules.shards import shard_of
-from task_ingress.actors.storage import pg_store
+from task_ingress.actors.storage import pg_auditlog, pg_store
+from task_ingress.actors.storage.auditlog import AUDIT_NAMES
 from task_ingress.actors.storage.pg_schema import ensure_store_schema
 from task_ingress.messages import CreateTask, EnqueueRun, IngressContext, Reason, UpdateTask
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.history import fencing_violations
 from task_ingress.runtime.cluster.lease import Lease
+
+from tests.cluster.cluster_support import TcpProxy
+from tests.cluster.pg_support import PostgresServer
 
 SHARDS = 4
 WS = "ws-a"
@@ -136,6 +141,51 @@ def test_a_holder_paused_inside_its_write_transaction_does_not_stall_the_takeove
         paused.close()
 
 
+@pytest.mark.parametrize("insert", ["store batch", "audit records"])
+def test_a_holder_cut_off_right_after_a_batch_insert_is_ended_by_the_idle_timeout(
+    database: str, postgres: PostgresServer, insert: str,
+) -> None:
+    """A batch written in pipeline mode (psycopg's executemany) ends with Sync + Flush, and
+    the Flush disarms idle_in_transaction_session_timeout: a holder cut off right there kept
+    its session, and the lease row, with no timeout (found in the partition test). The
+    batch writes of the store and the audit must leave the timeout armed."""
+    name = f"cut-{secrets.token_hex(4)}"
+    proxy = TcpProxy(postgres.port)
+    cut: psycopg.Connection[Any] | None = None
+    url = database.replace(f":{postgres.port}/", f":{proxy.port}/") + f"?application_name={name}"
+    try:
+        with _setup(database) as conn:
+            lease = _acquire(conn, "a", ttl=30)
+            cut = pg_store.connect_store(url, idle_in_transaction_timeout=0.3)
+            cut.execute("BEGIN")
+            pg_store.lock_fence(cut, lease.fence)
+            if insert == "store batch":
+                pg_store.QmarkConnection(cut).executemany(
+                    "INSERT INTO outbox (id, record) VALUES (?, ?)", [(1, b"x"), (2, b"y")])
+            else:
+                records = [dict.fromkeys(AUDIT_NAMES, "x")
+                           | {"seq": i, "at": 0.0, "payload_size": 0, "replay": False}
+                           for i in (1, 2)]
+                pg_store.execute_rows(cut, pg_auditlog.INSERT_SHARD_AUDIT,
+                                      [(SHARD, *(r[n] for n in AUDIT_NAMES)) for r in records])
+            proxy.cut()  # silent from here on: no COMMIT, no ROLLBACK, no FIN
+            for _ in range(200):  # bounded: 10 s against a 0.3 s timeout
+                alive = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE application_name = %s", (name,)).fetchone()
+                if alive == (0,):
+                    break
+                time.sleep(0.05)
+            else:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = %s", (name,))
+                raise AssertionError("the cut-off session outlived its idle timeout")
+            assert _write(conn, lease, "a-1").accepted  # the lease row is free again
+    finally:
+        proxy.close()
+        if cut is not None:
+            cut.close()
+
+
 def test_a_sigstopped_holder_resumed_after_a_takeover_commits_nothing(database: str) -> None:
     ttl = 1.0
     with _setup(database) as conn:
@@ -180,3 +230,18 @@ def test_a_sigstopped_holder_resumed_after_a_takeover_commits_nothing(database: 
         assert {r for r, e in committed.items() if e == 1} <= acknowledged | {
             answers[first_refused]["request_id"]}      # at most the one in flight at the stop
         assert fencing_violations(conn, SHARDS) == []
+
+
+def test_batch_rows_are_written_without_a_pipeline_in_chunks_and_one_update_per_row(
+    database: str,
+) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE rows_t (a integer, b text, c text)")
+        n = pg_store.MAX_ROWS_PER_INSERT * 2 + 1
+        pg_store.execute_rows(conn, "INSERT INTO rows_t (a, b, c) VALUES (%s, %s, 'k')",
+                              [(i, f"r{i}") for i in range(n)])
+        pg_store.execute_rows(conn, "UPDATE rows_t SET b = %s WHERE a = %s", [("u", 0), ("v", 7)])
+        pg_store.execute_rows(conn, "INSERT INTO rows_t (a, b, c) VALUES (%s, %s, %s)", [])
+        rows = conn.execute("SELECT a, b, c FROM rows_t ORDER BY a").fetchall()
+    assert [r[0] for r in rows] == list(range(n)) and {r[2] for r in rows} == {"k"}
+    assert rows[0][1] == "u" and rows[7][1] == "v" and rows[n - 1][1] == f"r{n - 1}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import psycopg
 import pytest
@@ -97,3 +98,37 @@ def test_a_cluster_database_is_set_up_in_one_idempotent_call(database: str) -> N
                 "trust_policy"} <= tables
         with pytest.raises(ShardCountMismatch):
             ensure_cluster_database(conn, shards=4)
+
+
+def test_a_reader_without_read_on_call_answers_from_its_last_read_until_refreshed(
+    database: str,
+) -> None:
+    """The daemon's event loop asks the policy and must never wait for the database: such a
+    reader never touches it when asked, only in `refresh` (the daemon's poller thread)."""
+    clock = FakeClock()
+    alice, alice_pub = _identity("alice")
+    fp = alice.rsplit("@", 1)[1]
+    connects: list[str] = []
+
+    def connect(url: str) -> psycopg.Connection[Any]:
+        connects.append(url)
+        return psycopg.connect(url, autocommit=True)
+
+    policy = DatabaseTrustPolicy(database, recheck=5.0, clock=clock, connect=connect,
+                                 read_on_call=False)
+    try:
+        assert _cli("trust", "add", alice, "--pubkey", b64url(alice_pub), "--database",
+                    database).returncode == 0
+        policy.close()                         # asked with no connection at all
+        clock.advance(60)
+        assert not policy.allows(fp) and len(policy) == 0 and policy.handles() == []
+        assert connects == [database] and policy.reloads == 1
+        policy.refresh()                       # due: reads now
+        assert policy.allows(fp) and policy.keys() == {fp: alice_pub}
+        assert _cli("trust", "remove", alice, "--database", database).returncode == 0
+        policy.refresh()                       # not due, not forced: keeps the last read
+        assert policy.allows(fp)
+        policy.refresh(force=True)
+        assert not policy.allows(fp) and policy.reloads == 3
+    finally:
+        policy.close()
