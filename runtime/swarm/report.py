@@ -198,8 +198,11 @@ def draw_plot(result: SwarmResult) -> Any:
     points = result.stats.timeline
     xs = [p.start + p.span for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    top.plot(xs, [p.requests / p.span for p in points], label="answered/s", marker=".")
-    top.plot(xs, [p.accepted / p.span for p in points], label="accepted/s", marker=".")
+    # A last bucket cut to a few ms would plot its handful of answers as a spike of rate.
+    rated = [p for p in points if p.span >= p.RATE_MIN_SPAN]
+    rated_xs = [p.start + p.span for p in rated]
+    top.plot(rated_xs, [p.requests / p.span for p in rated], label="answered/s", marker=".")
+    top.plot(rated_xs, [p.accepted / p.span for p in rated], label="accepted/s", marker=".")
     top.set_ylabel("requests / s")
     top.set_ylim(bottom=0)
     top.legend(loc="lower right")

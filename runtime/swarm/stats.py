@@ -47,6 +47,9 @@ def answered_rate(requests: int, errors: int, elapsed: float) -> float:
 class TimelinePoint:
     """One bucket of the run (see the module docstring for the widths)."""
 
+    RATE_MIN_SPAN = 0.05
+    """A bucket shorter than this (the run's last, cut short) has no meaningful rate."""
+
     start: float
     """Seconds into the run at which the bucket starts."""
     span: float
@@ -170,12 +173,13 @@ class Stats:
         self._bucket_accepted = 0
 
     def finish(self, now: float) -> None:
-        """Close the last (partial) bucket."""
+        """Close the last (partial) bucket, however short: its answers count in the timeline
+        (the plot leaves a bucket this short out of its rate curve, not out of the totals)."""
         with self._lock:
             self._roll(now)
             span = now - self.start - bucket_start(self._bucket_index)
-            if self._bucket and span > 0.05:
-                self._close_bucket(span)
+            if self._bucket:
+                self._close_bucket(max(span, 1e-6))
 
     def snapshot(self, now: float) -> Snapshot:
         """Counters for the live display."""

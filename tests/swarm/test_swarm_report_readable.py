@@ -19,6 +19,8 @@ from task_ingress.runtime.swarm.runner import ALL_BAD_KINDS, SwarmResult, run_sw
 from task_ingress.runtime.swarm.stats import (
     FINE_BUCKET,
     Snapshot,
+    Stats,
+    TimelinePoint,
     answered_rate,
     bucket_of,
     bucket_start,
@@ -132,3 +134,12 @@ def test_the_report_says_why_a_bad_kind_was_not_sent(
     data = report.to_json(result)
     assert data["unsent_bad_kinds"] == result.unsent_notes
     assert data["run_problems"] == [] and data["interrupted"] is False and data["ok"]
+
+
+def test_answers_in_a_last_bucket_of_a_few_ms_still_count_in_the_timeline() -> None:
+    stats = Stats(start=0.0)
+    stats.record(0.10, 0.002, True, None)
+    stats.record(0.251, 0.002, True, None)   # the next bucket, 1 ms before the end
+    stats.finish(0.252)
+    assert sum(p.requests for p in stats.timeline) == 2
+    assert stats.timeline[-1].span < TimelinePoint.RATE_MIN_SPAN
