@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from task_ingress.messages.reasons import Action, Reason
+from task_ingress.runtime.eventloop import EVENT_LOOP_ENV
 from task_ingress.runtime.nats.policy import allow, disallow
 
 from tests.conftest import FakeClock
@@ -61,11 +62,16 @@ def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("process_mode", ["pipeline", "inprocess"])
+@pytest.mark.parametrize(("process_mode", "event_loop"), [
+    ("pipeline", "uvloop"), ("inprocess", "uvloop"), ("inprocess", "asyncio")])
 def test_a_verified_allowed_peer_writes_every_action_as_says_and_reads_receipts(
-        start_daemon: Start, nats_wire: Wire, process_mode: str) -> None:
+        start_daemon: Start, nats_wire: Wire, process_mode: str, event_loop: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvloop is serve's loop; the standard one is what runs where uvloop has no wheels.
+    monkeypatch.setenv(EVENT_LOOP_ENV, event_loop)
     d = start_daemon(process_mode=process_mode)
     assert d.runtime.config.process_mode == process_mode
+    assert type(d.daemon._loop).__module__.split(".")[0] == event_loop
     a = _verified(d)
     on_own_subject = nats_wire.collect(a.own_subject())
     assert _greet(nats_wire, a) == {"applied": True, "reason": None, "task_write": True,
