@@ -296,7 +296,7 @@ class EnvelopeHandler:
         judged = await self.crypto.run(_evaluate_json, env)
         if not self._proven(judged) and not self._admit_unproven(where, env.size):
             return
-        self.metrics.trust.labels(env.kind, judged.trust.value).inc()
+        self.metrics.judged(env.kind, judged.trust.value)
         answered = taskmap.answers(data)
         if env.kind == "greet":
             await self._greet(env, judged, reply, answered)
@@ -581,7 +581,7 @@ class EnvelopeHandler:
                 judged = Evaluation(Trust.REJECTED, "compact: ts outside the replay window")
         if not self._proven(judged) and not self._admit_unproven(where, len(data)):
             return
-        self.metrics.trust.labels("compact", judged.trust.value).inc()
+        self.metrics.judged("compact", judged.trust.value)
         if decoded.request is None and judged.trust is not Trust.REJECTED:
             # Judged as the runtime's own wire path would (deliver): same reason and size.
             outcome = await self._reject(where.workspace, where.channel, compact.sender,
