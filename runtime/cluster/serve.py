@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.runtime import eventloop
 from task_ingress.runtime.cluster.keeper import GIVEN_BACK, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
 from task_ingress.runtime.cluster.pg_trust import DatabaseTrustPolicy
@@ -221,7 +222,7 @@ class ClusterDaemon:
 
     def run_sync(self) -> int:
         """Run on a fresh event loop in this thread; the exit status."""
-        return asyncio.run(self.run())
+        return eventloop.run(self.run())
 
     def held_shards(self) -> list[int]:
         """Shards this daemon serves now."""

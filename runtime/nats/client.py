@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from task_ingress.actors.log import get_logger
 from task_ingress.messages.requests import AnyRequest
+from task_ingress.runtime import eventloop
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats import taskmap
 from task_ingress.runtime.nats.compact import CompactError, encode_compact, open_reply
@@ -373,7 +374,7 @@ class LoopThread:
     """One asyncio event loop on a daemon thread, for synchronous callers."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = eventloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.thread.start()
 

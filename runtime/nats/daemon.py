@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from task_ingress.actors.log import get_logger
+from task_ingress.runtime import eventloop
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
@@ -126,7 +127,7 @@ class Daemon:
 
     def run_sync(self) -> int:
         """Run the daemon on a fresh event loop in this thread; returns the exit status."""
-        return asyncio.run(self.run())
+        return eventloop.run(self.run())
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> int:

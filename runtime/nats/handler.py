@@ -294,16 +294,17 @@ class EnvelopeHandler:
             return
         # Every message passes the crypto worker once, so all leave it in arrival order.
         judged = await self.crypto.run(_evaluate_json, env)
-        if not self._proven(judged) and not self._admit_unproven(where, env.size):
+        proven = self._proven(judged)  # the one read of the trust policy for a task say
+        if not proven and not self._admit_unproven(where, env.size):
             return
-        self.metrics.trust.labels(env.kind, judged.trust.value).inc()
+        self.metrics.judged(env.kind, judged.trust.value)
         answered = taskmap.answers(data)
         if env.kind == "greet":
             await self._greet(env, judged, reply, answered)
         elif env.kind == "whois":
             await self._whois(env, judged)
         else:
-            await self._task_say(where, env, judged, reply, started, answered)
+            await self._task_say(where, env, judged, reply, started, answered, proven)
 
     def _note_channel(self, protocol: str, channel: str) -> None:
         key = (protocol, channel)
@@ -460,7 +461,7 @@ class EnvelopeHandler:
 
     # ---- task requests -----------------------------------------------------------
     async def _task_say(self, where: wire.Subject, env: wire.Envelope, judged: Evaluation,
-                        reply: str, started: float, answered: str) -> None:
+                        reply: str, started: float, answered: str, proven: bool) -> None:
         said = taskmap.read_task_say(env, self.me(env.protocol))
         if not where.direct:  # one reading for every relay: requests go to the daemon
             said = taskmap.TaskSay(said.action, None,
@@ -470,7 +471,7 @@ class EnvelopeHandler:
                              work_id=env.work_id or "", trace_id=env.trace_id or "",
                              causation_id=env.causation_id or "", trust=judged.trust.value)
         outcome, duplicate = await self._judge(ctx, said.action, said.request, env.size,
-                                               judged, said.problem, env.ts)
+                                               judged, said.problem, env.ts, proven)
         receipt = taskmap.build_receipt(
             protocol=env.protocol, workspace=env.workspace_id, channel=env.channel,
             daemon=self.me(env.protocol), to=env.sender, for_id=env.id, work_id=env.work_id,
@@ -487,9 +488,14 @@ class EnvelopeHandler:
         self._observe(outcome, judged.trust, started)
 
     async def _judge(self, ctx: IngressContext, action: Action, request: AnyRequest | None,
-                     size: int, judged: Evaluation, problem: str,
-                     ts: int) -> tuple[Outcome, bool]:
-        """The outcome of one request and whether it repeats a judged id (replay window)."""
+                     size: int, judged: Evaluation, problem: str, ts: int,
+                     proven: bool) -> tuple[Outcome, bool]:
+        """The outcome of one request and whether it repeats a judged id (replay window).
+
+        `proven` is what the trust policy said of the sender's key when the message was
+        admitted, in the same loop turn: nothing between that read and `_revoked` waits, so
+        a second stat of the trust file could only see the same file a few microseconds
+        later (a `trust remove` still holds for every message read after it)."""
         if judged.trust is Trust.REJECTED:
             return await self._reject(ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id,
                                       action, size, Reason.INVALID_REQUEST, judged.trust,
@@ -517,7 +523,7 @@ class EnvelopeHandler:
                 outcome = await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
                                              ctx.request_id, action, size,
                                              Reason.INVALID_REQUEST, judged.trust, problem)
-            elif self._revoked(ctx, judged):
+            elif self._revoked(ctx, judged, proven):
                 outcome = await self._reject(ctx.workspace, ctx.channel, ctx.peer_id,
                                              ctx.request_id, action, size,
                                              Reason.CAPABILITY_DENIED, judged.trust,
@@ -532,9 +538,10 @@ class EnvelopeHandler:
         self.judged.finish(key, Verdict.of(outcome))
         return outcome, False
 
-    def _revoked(self, ctx: IngressContext, judged: Evaluation) -> bool:
+    def _revoked(self, ctx: IngressContext, judged: Evaluation, proven: bool) -> bool:
         """A verified peer whose card was granted task.write while the policy allowed its
-        key, visible by the daemon's own record, and whose key the policy now refuses."""
+        key, visible by the daemon's own record, and whose key the policy now refuses
+        (`proven` False: the policy's answer for this message)."""
         if judged.trust is not Trust.VERIFIED:
             return False
         mark: GreetMark | None = self.greets.get((ctx.workspace, ctx.channel, ctx.peer_id))
@@ -542,7 +549,7 @@ class EnvelopeHandler:
             return False
         if self.clock() - mark.applied_at >= 2 * self.greet_interval:
             return False  # expired: let the runtime say peer_not_found
-        return not self.policy.allows(judged.fingerprint)
+        return not proven
 
     async def _submit(self, ctx: IngressContext, request: AnyRequest) -> Outcome:
         await self._after_greets(ctx.workspace, ctx.channel, ctx.peer_id)
@@ -579,9 +586,10 @@ class EnvelopeHandler:
                 judged = Evaluation(Trust.REJECTED, "compact: not addressed to the daemon")
             elif abs(time.time() - compact.ts) > wire.MAX_REPLAY_AGE:
                 judged = Evaluation(Trust.REJECTED, "compact: ts outside the replay window")
-        if not self._proven(judged) and not self._admit_unproven(where, len(data)):
+        proven = self._proven(judged)  # the one read of the trust policy for this message
+        if not proven and not self._admit_unproven(where, len(data)):
             return
-        self.metrics.trust.labels("compact", judged.trust.value).inc()
+        self.metrics.judged("compact", judged.trust.value)
         if decoded.request is None and judged.trust is not Trust.REJECTED:
             # Judged as the runtime's own wire path would (deliver): same reason and size.
             outcome = await self._reject(where.workspace, where.channel, compact.sender,
@@ -594,7 +602,7 @@ class EnvelopeHandler:
                              channel=where.channel, request_id=decoded.request_id,
                              trust=judged.trust.value)
         outcome, _ = await self._judge(ctx, decoded.action, decoded.request, len(data),
-                                       judged, judged.detail, compact.ts)
+                                       judged, judged.detail, compact.ts, proven)
         await self._answer_compact(reply, data, outcome, judged.trust, started)
 
     async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome, trust: Trust,

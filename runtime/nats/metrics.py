@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from task_ingress.runtime.driver import RuntimeStatistics
+
+MAX_CACHED_CHILDREN = 4096
+"""Labelled children kept per metric; their labels come from closed sets (actions, reasons,
+trust states, envelope kinds), so the bound is never reached in practice."""
+
+M = TypeVar("M", Counter, Histogram)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -25,6 +31,24 @@ class HasStatistics(Protocol):
     def statistics(self) -> RuntimeStatistics:
         """A snapshot of the runtime's queues."""
         ...
+
+
+class Children(Generic[M]):
+    """A metric's labelled children by label values: `labels()` validates and locks on
+    every call (~4 per request on the event loop); a child, once made, never changes."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def get(self, *values: str) -> M:
+        """The child for `values`, as `metric.labels(*values)` returns it."""
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) < MAX_CACHED_CHILDREN:
+                self._children[values] = child
+        return child
 
 
 class Metrics:
@@ -94,6 +118,10 @@ class Metrics:
         self.runtime_admitted = Gauge(
             "task_ingress_runtime_admitted", "Requests admitted by the runtime, unanswered.",
             registry=self.registry)
+        self._requests = Children(self.requests)
+        self._by_trust = Children(self.by_trust)
+        self._latency = Children(self.latency)
+        self._trust = Children(self.trust)
         self.is_ready = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -112,9 +140,13 @@ class Metrics:
                         seconds: float) -> None:
         """Count one answered request."""
         outcome = "accepted" if accepted else "rejected"
-        self.requests.labels(action, outcome, reason or "").inc()
-        self.by_trust.labels(trust, outcome).inc()
-        self.latency.labels(action).observe(seconds)
+        self._requests.get(action, outcome, reason or "").inc()
+        self._by_trust.get(trust, outcome).inc()
+        self._latency.get(action).observe(seconds)
+
+    def judged(self, kind: str, trust: str) -> None:
+        """Count one envelope that passed AGH's rules and was judged."""
+        self._trust.get(kind, trust).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
+import uvloop
 from task_ingress.runtime.nats.offload import BatchOffload
 
 
-def test_calls_made_in_one_loop_turn_run_as_one_job_in_order_off_the_loop() -> None:
+@pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+def test_calls_made_in_one_loop_turn_run_as_one_job_in_order_off_the_loop(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
     offload = BatchOffload()
     ran: list[tuple[int, str]] = []
     resumed: list[int] = []
@@ -32,7 +37,8 @@ def test_calls_made_in_one_loop_turn_run_as_one_job_in_order_off_the_loop() -> N
         return list(await asyncio.gather(*(one(n) for n in range(8))))
 
     try:
-        results = asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            results = runner.run(main())
     finally:
         offload.close()
     assert results == [0, 10, 20, "bad signature bytes", 40, 50, 60, 70]

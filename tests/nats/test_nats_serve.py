@@ -11,7 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from task_ingress.messages import CreateTask
+from task_ingress.messages.codec import decode_reply, encode_envelope
 from task_ingress.messages.reasons import Action, Reason
+from task_ingress.runtime.eventloop import EVENT_LOOP_ENV
+from task_ingress.runtime.nats.compact import encode_compact, open_reply
+from task_ingress.runtime.nats.identity import unb64url
 from task_ingress.runtime.nats.policy import allow, disallow
 
 from tests.conftest import FakeClock
@@ -61,11 +66,16 @@ def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("process_mode", ["pipeline", "inprocess"])
+@pytest.mark.parametrize(("process_mode", "event_loop"), [
+    ("pipeline", "uvloop"), ("inprocess", "uvloop"), ("inprocess", "asyncio")])
 def test_a_verified_allowed_peer_writes_every_action_as_says_and_reads_receipts(
-        start_daemon: Start, nats_wire: Wire, process_mode: str) -> None:
+        start_daemon: Start, nats_wire: Wire, process_mode: str, event_loop: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvloop is serve's loop; the standard one is what runs where uvloop has no wheels.
+    monkeypatch.setenv(EVENT_LOOP_ENV, event_loop)
     d = start_daemon(process_mode=process_mode)
     assert d.runtime.config.process_mode == process_mode
+    assert type(d.daemon._loop).__module__.split(".")[0] == event_loop
     a = _verified(d)
     on_own_subject = nats_wire.collect(a.own_subject())
     assert _greet(nats_wire, a) == {"applied": True, "reason": None, "task_write": True,
@@ -136,6 +146,30 @@ def test_a_verified_peer_outside_the_policy_is_denied_until_trust_add_without_re
     assert revoked["reason"] == Reason.CAPABILITY_DENIED
     assert [r.reason for r in d.runtime.audit()] == [
         Reason.CAPABILITY_DENIED, None, Reason.CAPABILITY_DENIED]
+
+
+def test_trust_remove_denies_the_next_compact_request_of_a_granted_peer(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    # The compact form reads the trust policy once per message, when it is admitted; that
+    # read must still decide the revocation of a peer whose greet was granted task.write.
+    d = start_daemon()
+    a = _verified(d)
+    assert _greet(nats_wire, a)["task_write"] is True
+    public_key = unb64url(d.info.daemon_public_key)
+    assert public_key is not None
+
+    def compact(request_id: str) -> dict[str, Any]:
+        data = encode_compact(encode_envelope(CreateTask(title="t"), request_id),
+                              workspace=WS, channel="ops", sender=a.id,
+                              to=d.info.daemon_handle, ts=int(time.time()), key=a.key)
+        raw = nats_wire.request(a.daemon_subject(), data)
+        return decode_reply(open_reply(raw, request=data, public_key=public_key))
+
+    assert compact("c-1")["accepted"] is True
+    disallow(d.info.trust_file, [a.id])  # `trust remove`: the very next request is denied
+    denied = compact("c-2")
+    assert denied["accepted"] is False and denied["reason"] == Reason.CAPABILITY_DENIED
+    assert [r.reason for r in d.runtime.audit()] == [None, Reason.CAPABILITY_DENIED]
 
 
 def test_the_daemon_greets_on_join_and_every_interval_and_answers_whois(

@@ -102,6 +102,17 @@ def test_the_same_store_named_twice_in_one_process_is_refused_too(start_own_daem
         start_own_daemon(ready_file=None)
 
 
+def test_serve_refuses_an_unknown_event_loop_name_with_exit_2_before_it_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(ENV, "TASK_INGRESS_EVENT_LOOP", "uvlop")
+    store = tmp_path / "store.db"
+    proc, log = _serve(tmp_path, "--store", str(store))
+    assert _finish(proc) == 2
+    assert _last_line(log) == ("task-ingress serve: TASK_INGRESS_EVENT_LOOP must be 'uvloop' or "
+                               "'asyncio', not 'uvlop'"), log.read_text()[-2000:]
+    assert not store.exists()
+
+
 # ---- a bounded wait for NATS, signals honoured while waiting --------------------------
 def test_serve_gives_up_on_an_unreachable_nats_after_its_connect_timeout(tmp_path: Path
                                                                           ) -> None:

@@ -274,3 +274,25 @@ def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
     text = metrics.exposition().decode()
     assert "task_ingress_runtime_queue 2.0" in text
     assert "task_ingress_runtime_admitted 0.0" in text
+
+
+def test_requests_counted_through_cached_label_children_show_in_the_exposition() -> None:
+    from task_ingress.runtime.nats.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.002, 0.2):
+        metrics.observe_request("task.create", True, None, "verified", seconds)
+    metrics.observe_request("task.create", False, "capability_denied", "verified", 0.001)
+    metrics.judged("compact", "verified")
+    metrics.judged("compact", "verified")
+    metrics.judged("say", "unverified")
+    text = metrics.exposition().decode()
+    assert ('task_ingress_requests_total{action="task.create",outcome="accepted",reason=""} '
+            '2.0') in text
+    assert ('task_ingress_requests_total{action="task.create",outcome="rejected",'
+            'reason="capability_denied"} 1.0') in text
+    assert 'task_ingress_requests_by_trust_total{outcome="accepted",trust="verified"} 2.0' in text
+    assert 'task_ingress_request_seconds_count{action="task.create"} 3.0' in text
+    assert 'task_ingress_request_seconds_bucket{action="task.create",le="0.0025"} 2.0' in text
+    assert 'task_ingress_envelopes_total{kind="compact",trust="verified"} 2.0' in text
+    assert 'task_ingress_envelopes_total{kind="say",trust="unverified"} 1.0' in text

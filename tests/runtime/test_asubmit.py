@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
+import uvloop
 from task_ingress.messages import CreateTask, IngressContext, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.errors import IngressTimeout
@@ -96,8 +97,11 @@ def test_a_cancelled_asubmit_leaves_the_runtime_serving_when_its_answer_comes(
     assert rt.submit(_context(1), CreateTask(title="after")).accepted
 
 
-def test_futures_resolved_in_one_batch_wake_a_running_loop_once() -> None:
-    loop = asyncio.new_event_loop()
+@pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+def test_futures_resolved_in_one_batch_wake_a_running_loop_once(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    loop = loop_factory()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
