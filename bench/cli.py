@@ -53,7 +53,7 @@ def bench_command(
     from task_ingress.bench.report import print_bench
     from task_ingress.bench.runner import SYSTEMS, run_bench, to_json
     from task_ingress.bench.workload import Workload
-    from task_ingress.runtime.cli_exit import UsageProblem
+    from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
     from task_ingress.runtime.preflight import check_writable
 
     out = Console(width=max(Console().width, 132))  # the side-by-side table is wide
@@ -66,6 +66,8 @@ def bench_command(
                            f"{', '.join(SYSTEMS)}")
     if min(requests, threads, channels, peers) < 1:
         raise UsageProblem("--requests, --threads, --channels and --peers must be at least 1")
+    if any(s.startswith("daemon-") for s in chosen):
+        check_event_loop_choice()
     if json_path:
         check_writable(json_path, "--json")
     w = Workload(requests=requests, threads=threads, channels=channels, peers=peers, seed=seed)

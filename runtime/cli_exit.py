@@ -57,6 +57,17 @@ class UsageProblem(typer.BadParameter):
         return self.message
 
 
+def check_event_loop_choice() -> None:
+    """Refuse a misspelt TASK_INGRESS_EVENT_LOOP before a command starts anything: it must
+    not run, or measure, the wrong loop (runtime/eventloop.py)."""
+    from task_ingress.runtime.eventloop import loop_factory
+
+    try:
+        loop_factory()
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
 def one_line(text: str) -> str:
     """`text` folded onto one line (error messages of libraries can span several)."""
     return " ".join(str(text).split())

@@ -80,7 +80,7 @@ def serve(
 
     from pydantic import ValidationError
     from task_ingress.actors import log
-    from task_ingress.runtime.cli_exit import UsageProblem
+    from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
     from task_ingress.runtime.nats.daemon import Daemon
     from task_ingress.runtime.nats.settings import ServeSettings
     from task_ingress.runtime.preflight import check_actor_base, check_writable
@@ -114,12 +114,7 @@ def serve(
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
                              for e in exc.errors())
         raise UsageProblem(f"invalid settings: {problems}") from None
-    from task_ingress.runtime.eventloop import loop_factory
-
-    try:  # a misspelt TASK_INGRESS_EVENT_LOOP must not measure or run the wrong loop
-        loop_factory()
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
+    check_event_loop_choice()
     # --database alone does not mean cluster mode: TASK_INGRESS_DATABASE may be set for
     # other commands (cluster status, trust --database).
     if cluster or any(v is not None for v in (shards, lease_ttl, node_id)):

@@ -15,6 +15,7 @@ from task_ingress.runtime.cli_exit import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     UsageProblem,
+    check_event_loop_choice,
 )
 from task_ingress.runtime.preflight import check_actor_base, check_store_writable, check_writable
 from task_ingress.runtime.swarm.config import SwarmConfig
@@ -137,6 +138,8 @@ def swarm_command(
     except ValueError as exc:
         raise SwarmSetupError(str(exc)) from None
     _preflight(cfg)
+    if cfg.transport == "nats":
+        check_event_loop_choice()
     factory = _nats_factory if cfg.transport == "nats" else make_inproc
     live = Live(console=err, refresh_per_second=4, transient=False) if progress else None
 

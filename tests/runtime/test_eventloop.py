@@ -47,3 +47,20 @@ def test_an_unknown_loop_name_is_refused_and_its_coroutine_closed(
     with pytest.raises(ValueError, match="trio"):
         eventloop.run(main)
     assert main.cr_frame is None  # closed: no "never awaited" warning, nothing left running
+
+
+@pytest.mark.parametrize("argv", [
+    ["swarm", "--transport", "nats", "--nats-url", "nats://127.0.0.1:1", "--requests", "5"],
+    ["bench", "--systems", "daemon-nats", "--requests", "5"],
+])
+def test_swarm_and_bench_over_nats_refuse_an_unknown_event_loop_name_in_one_line(
+        argv: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from task_ingress.runtime.cli import app
+    from task_ingress.runtime.cli_exit import run
+
+    monkeypatch.setenv(EVENT_LOOP_ENV, "uvlop")
+    assert run(app, argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"task-ingress {argv[0]}: TASK_INGRESS_EVENT_LOOP must be 'uvloop' or 'asyncio', "
+        "not 'uvlop'")
