@@ -94,15 +94,12 @@ class PgAudit(Audit):
                                       self.settings.database_idle_timeout)
 
     def _connection(self) -> psycopg.Connection[Any] | None:
-        if not pg_store.lost(self.pg):
-            return self.pg
-        if self.pg is not None:
-            self.pg.close()
-        try:
-            self.pg = self._connect()
-        except psycopg.Error as exc:
-            self.pg = None
-            self.log.error("audit.database_unreachable", error=repr(exc))
+        """The connection, reconnected when the last one was lost; None when the database
+        cannot be reached now."""
+        assert self.settings is not None
+        self.pg = pg_store.usable(self.pg, self.settings.database_url,
+                                  self.settings.database_idle_timeout, self.log,
+                                  "audit.database_unreachable")
         return self.pg
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],

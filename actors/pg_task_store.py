@@ -102,15 +102,10 @@ class PgTaskStore(TaskStore):
     def _connection(self) -> psycopg.Connection[Any] | None:
         """The connection, reconnected when the last one was lost; None when the database
         cannot be reached now."""
-        if not pg_store.lost(self.pg):
-            return self.pg
-        if self.pg is not None:
-            self.pg.close()
-        try:
-            self.pg = self._connect()
-        except psycopg.Error as exc:
-            self.pg = None
-            self.log.error("store.database_unreachable", error=repr(exc))
+        assert self.settings is not None
+        self.pg = pg_store.usable(self.pg, self.settings.database_url,
+                                  self.settings.database_idle_timeout, self.log,
+                                  "store.database_unreachable")
         return self.pg
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:

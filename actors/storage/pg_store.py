@@ -107,6 +107,22 @@ def lost(conn: psycopg.Connection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
 
+def usable(conn: psycopg.Connection[Any] | None, url: str, idle_timeout: float,
+           log: Any, event: str) -> psycopg.Connection[Any] | None:
+    """`conn` while it works, else a new connection (the lost one closed); None, logged as
+    `event`, when the database cannot be reached now: the caller answers
+    `task_ingress_unavailable` and the next request tries again."""
+    if not lost(conn):
+        return conn
+    if conn is not None:
+        conn.close()
+    try:
+        return connect_store(url, idle_timeout)
+    except psycopg.Error as exc:
+        log.error(event, error=repr(exc))
+        return None
+
+
 def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
     """The first statement of every fenced transaction: lock the shard's lease row and
     raise `Fenced` unless it still names `fence`'s owner and epoch.
