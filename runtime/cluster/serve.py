@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import threading
 import time
@@ -60,8 +59,8 @@ from task_ingress.runtime.nats.nkey import user_nkey
 from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
+from task_ingress.runtime.nats.stopping import Stoppable
 
-HARD_EXIT_STATUS = 130
 PENDING_MSGS_LIMIT = 8192
 PENDING_BYTES_LIMIT = 16 * 1024 * 1024
 
@@ -172,16 +171,16 @@ class ShardServing:
     greeter: asyncio.Task[None] | None = None
 
 
-class ClusterDaemon:
+class ClusterDaemon(Stoppable):
     """`task-ingress serve --cluster`: construct, then `await run()` (or `run_sync`)."""
 
     def __init__(self, settings: ServeSettings, cluster: ClusterOptions, *,
                  install_signals: bool = False,
                  announce: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(install_signals)
         self.settings = settings
         self.cluster = cluster
-        self.install_signals = install_signals
         self.announce = announce or (lambda line: None)
         self.clock = clock
         self.metrics = Metrics()
@@ -191,9 +190,6 @@ class ClusterDaemon:
         self.keeper: LeaseKeeper | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._signals = 0
         self._nc: Any = None
         self._key: Ed25519PrivateKey | None = None
         self._me = ""
@@ -201,25 +197,6 @@ class ClusterDaemon:
         self.log = get_logger(component="cluster.serve", node=cluster.node_id)
 
     # ---- control -------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Begin a graceful stop; safe from any thread."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            self.log.info("serve.stopping", signal=signal.Signals(signum).name)
-            if self._stop is not None:
-                self._stop.set()
-            return
-        self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
-        if self.settings.ready_file:
-            remove_ready_file(self.settings.ready_file, os.getpid())
-        os._exit(HARD_EXIT_STATUS)
-
     def run_sync(self) -> int:
         """Run on a fresh event loop in this thread; the exit status."""
         return eventloop.run(self.run())
@@ -233,14 +210,7 @@ class ClusterDaemon:
         """Serve until stopped: 0 after a graceful stop; RuntimeStartError when NATS or the
         database cannot be reached at start (the command line exits 2)."""
         s, c = self.settings, self.cluster
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        if self.install_signals:
-            signals = [signal.SIGTERM, signal.SIGINT]
-            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-                signals.append(signal.SIGHUP)
-            for signum in signals:
-                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        stop = self._arm_stop()
         try:
             if not s.nats_url:
                 raise RuntimeStartError("a cluster daemon needs --nats-url (the cluster's NATS)")
@@ -272,7 +242,7 @@ class ClusterDaemon:
             self.announce(f"node {c.node_id} serving workspaces {list(c.workspaces)} over "
                           f"{c.shards} shards on {mask_url(s.nats_url)}; holds shards "
                           f"{self.held_shards()}; lease TTL {c.lease_ttl:g} s")
-            await self._stop.wait()
+            await stop.wait()
             self.announce("draining: answering in-flight requests, releasing leases")
             return 0
         finally:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -61,37 +60,34 @@ from task_ingress.runtime.nats.policy import (
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
+from task_ingress.runtime.nats.stopping import Stoppable
 from task_ingress.runtime.store_lock import StoreLock
 
-HARD_EXIT_STATUS = 130
 PENDING_MSGS_LIMIT = 8192
 """Messages one subscription holds while every handler slot is busy; beyond it the NATS
 client drops them (slow consumer, counted and audited in aggregate by the handler)."""
 PENDING_BYTES_LIMIT = 16 * 1024 * 1024
 
 
-class Daemon:
+class Daemon(Stoppable):
     """`task-ingress serve`: construct with settings, then `await run()` (or `run_sync`)."""
 
     def __init__(self, settings: ServeSettings, *, install_signals: bool = False,
                  runtime_config: dict[str, Any] | None = None,
                  announce: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(install_signals)
         self.settings = settings
         # One monotonic clock for every duration the daemon judges (presence expiry, trust
         # file re-reads, the greet replay window); tests inject a fake one.
         self.clock = clock
         self.announce = announce or (lambda line: None)
-        self.install_signals = install_signals
         self.runtime_config = runtime_config or {}
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.info: ReadyInfo | None = None
         self.runtime: IngressRuntime | None = None
         self.server: NatsServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._signals = 0
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._handler: EnvelopeHandler | None = None
@@ -104,26 +100,9 @@ class Daemon:
         self.log = get_logger(component="nats.daemon")
 
     # ---- control -----------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Begin a graceful stop; safe from any thread."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: already stopped
-                loop.call_soon_threadsafe(stop.set)
-
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            self.log.info("serve.stopping", signal=signal.Signals(signum).name)
-            if self._stop is not None:
-                self._stop.set()
-            return
-        self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
-        if self.settings.ready_file:  # clients must not wait on a daemon that is gone
-            remove_ready_file(self.settings.ready_file, os.getpid())
+    def _before_hard_exit(self) -> None:
         if self.server is not None:
             self.server.stop()
-        os._exit(HARD_EXIT_STATUS)
 
     def run_sync(self) -> int:
         """Run the daemon on a fresh event loop in this thread; returns the exit status."""
@@ -135,15 +114,7 @@ class Daemon:
         start-up); raises RuntimeStartError when it cannot start (store in use, NATS out of
         reach)."""
         s = self.settings
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        if self.install_signals:
-            signals = [signal.SIGTERM, signal.SIGINT]
-            # A closed terminal (SIGHUP) stops it gracefully too, unless run under nohup.
-            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-                signals.append(signal.SIGHUP)
-            for signum in signals:
-                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        stop = self._arm_stop()
         self.log.info("serve.settings", **s.public())
         try:
             started = await self._unless_stopped(self._start())
@@ -171,7 +142,7 @@ class Daemon:
                           + (f"; metrics {metrics_url}" if metrics_url else ""))
             self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
-            await self._stop.wait()
+            await stop.wait()
             greeter.cancel()
             self._tasks.discard(greeter)
             self.announce("draining: answering in-flight requests")

@@ -1,0 +1,68 @@
+"""How a daemon (`serve`, `serve --cluster`) is stopped: the first SIGTERM/SIGINT/SIGHUP or
+`request_stop()` begins a graceful stop (drain, release, exit 0); a second signal exits at
+once with status 130, after removing the ready file so no client waits on a daemon that is
+gone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+from task_ingress.runtime.nats.ready import remove_ready_file
+
+HARD_EXIT_STATUS = 130
+
+
+class Stoppable:
+    """The stop control both daemons share. Subclasses set `log` and `settings` (with a
+    `ready_file`) and call `_arm_stop()` first thing on their event loop."""
+
+    log: Any
+    settings: Any
+
+    def __init__(self, install_signals: bool) -> None:
+        self.install_signals = install_signals
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; safe from any thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: already stopped
+                loop.call_soon_threadsafe(stop.set)
+
+    def _arm_stop(self) -> asyncio.Event:
+        """Bind a new stop event to the running loop (returned) and install the signal
+        handlers if asked."""
+        self._loop = asyncio.get_running_loop()
+        stop = self._stop = asyncio.Event()
+        if not self.install_signals:
+            return stop
+        signals = [signal.SIGTERM, signal.SIGINT]
+        # A closed terminal (SIGHUP) stops it gracefully too, unless run under nohup.
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signals.append(signal.SIGHUP)
+        for signum in signals:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        return stop
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info("serve.stopping", signal=signal.Signals(signum).name)
+            if self._stop is not None:
+                self._stop.set()
+            return
+        self.log.warning("serve.hard_exit", signal=signal.Signals(signum).name)
+        if self.settings.ready_file:  # clients must not wait on a daemon that is gone
+            remove_ready_file(self.settings.ready_file, os.getpid())
+        self._before_hard_exit()
+        os._exit(HARD_EXIT_STATUS)
+
+    def _before_hard_exit(self) -> None:
+        """What must end with the process on a second signal (a child server, say)."""
