@@ -51,8 +51,10 @@ class ChainMoved(Exception):
     """The shard's head row no longer names this actor's head: someone else appended."""
 
 
-class PgAudit(Audit):
+class PgAudit(pg_store.PgSession, Audit):
     """The only writer of its shard's chain while its runtime holds the shard's lease."""
+
+    UNREACHABLE = "audit.database_unreachable"
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,20 +89,6 @@ class PgAudit(Audit):
         except Exception as exc:  # reported to the facade, which raises it to the embedder
             why = str(exc) if isinstance(exc, ChainRefused | Fenced) else repr(exc)
             self.send(sender, Started(ticket=msg.ticket, error=f"audit: {why}"))
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        assert self.settings is not None
-        return pg_store.connect_store(self.settings.database_url,
-                                      self.settings.database_idle_timeout)
-
-    def _connection(self) -> psycopg.Connection[Any] | None:
-        """The connection, reconnected when the last one was lost; None when the database
-        cannot be reached now."""
-        assert self.settings is not None
-        self.pg = pg_store.usable(self.pg, self.settings.database_url,
-                                  self.settings.database_idle_timeout, self.log,
-                                  "audit.database_unreachable")
-        return self.pg
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:

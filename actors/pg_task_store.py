@@ -57,8 +57,10 @@ def in_shard(flight: InFlight, fence: Fence, shards: int) -> bool:
     return shard_of(flight.context.workspace, shards) == fence.shard
 
 
-class PgTaskStore(TaskStore):
+class PgTaskStore(pg_store.PgSession, TaskStore):
     """Owner of the tasks, runs, accepted-request and outbox rows of one shard's holding."""
+
+    UNREACHABLE = "store.database_unreachable"
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,20 +95,6 @@ class PgTaskStore(TaskStore):
             self.send(sender, Started(ticket=msg.ticket, shards=shards))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        assert self.settings is not None
-        return pg_store.connect_store(self.settings.database_url,
-                                      self.settings.database_idle_timeout)
-
-    def _connection(self) -> psycopg.Connection[Any] | None:
-        """The connection, reconnected when the last one was lost; None when the database
-        cannot be reached now."""
-        assert self.settings is not None
-        self.pg = pg_store.usable(self.pg, self.settings.database_url,
-                                  self.settings.database_idle_timeout, self.log,
-                                  "store.database_unreachable")
-        return self.pg
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         fence = self.fence

@@ -107,20 +107,34 @@ def lost(conn: psycopg.Connection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
 
-def usable(conn: psycopg.Connection[Any] | None, url: str, idle_timeout: float,
-           log: Any, event: str) -> psycopg.Connection[Any] | None:
-    """`conn` while it works, else a new connection (the lost one closed); None, logged as
-    `event`, when the database cannot be reached now: the caller answers
-    `task_ingress_unavailable` and the next request tries again."""
-    if not lost(conn):
-        return conn
-    if conn is not None:
-        conn.close()
-    try:
-        return connect_store(url, idle_timeout)
-    except psycopg.Error as exc:
-        log.error(event, error=repr(exc))
-        return None
+class PgSession:
+    """The PostgreSQL connection of a fenced actor (PgTaskStore, PgAudit): connect, and
+    reconnect when the last connection was lost. The actor sets `settings` and `log`;
+    `UNREACHABLE` names the log event of a database that cannot be reached now."""
+
+    UNREACHABLE = "database_unreachable"
+    pg: psycopg.Connection[Any] | None
+    settings: Any
+    log: Any
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        assert self.settings is not None
+        return connect_store(self.settings.database_url, self.settings.database_idle_timeout)
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        """The connection, reconnected when the last one was lost; None (logged) when the
+        database cannot be reached now: the caller answers `task_ingress_unavailable` and
+        the next request tries again."""
+        if not lost(self.pg):
+            return self.pg
+        if self.pg is not None:
+            self.pg.close()
+        try:
+            self.pg = self._connect()
+        except psycopg.Error as exc:
+            self.pg = None
+            self.log.error(self.UNREACHABLE, error=repr(exc))
+        return self.pg
 
 
 def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
