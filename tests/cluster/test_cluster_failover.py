@@ -23,11 +23,10 @@ from tests.cluster.stores import (
     fencing_problems,
     stored_request_ids,
 )
-from tests.cluster.test_cluster_serve import owners, start
+from tests.cluster.test_cluster_serve import WORKSPACES, owners, start
 
 SHARDS = 4
 TTL = 2.0
-WORKSPACES = [f"ws-{i}" for i in range(8)]
 
 
 def test_a_sigkilled_owners_shards_are_owned_again_within_ttl_and_no_acknowledged_write_is_lost(

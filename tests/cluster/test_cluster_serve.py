@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+from task_ingress.actors.rules.shards import shard_of
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 
@@ -15,7 +16,9 @@ from tests.cluster.cluster_support import Daemon
 from tests.cluster.load import Load, wait_until
 
 SHARDS = 4
-WORKSPACES = [f"ws-{i}" for i in range(8)]
+# Two workspaces in each of the 4 shards (ws-0..7 leave shard 3 empty, and a daemon holding
+# only shard 3 would serve nothing the tests write to).
+WORKSPACES = ["ws-1", "ws-3", "ws-0", "ws-4", "ws-2", "ws-5", "ws-10", "ws-15"]
 
 
 def start(cluster_dir: Path, database: str, nats: NatsCluster, node: str, i: int,
@@ -76,3 +79,7 @@ def test_serve_cluster_usage_errors_exit_2() -> None:
                           "--nats-url", "nats://127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "TASK_INGRESS_AUDIT_KEY" in out.stderr
+
+
+def test_the_test_workspaces_cover_every_shard_twice() -> None:
+    assert sorted(shard_of(ws, SHARDS) for ws in WORKSPACES) == [0, 0, 1, 1, 2, 2, 3, 3]
