@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
+from task_ingress.actors.rules.shards import shard_of
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 from task_ingress.runtime.cluster.swarm_transport import ClusterSwarmTransport
 from task_ingress.runtime.swarm.config import SwarmConfig
@@ -26,7 +28,9 @@ from tests.cluster.stores import audit_chains_verify, fencing_problems, stored_r
 from tests.cluster.test_cluster_serve import owners
 
 SLOW = os.environ.get("TASK_INGRESS_SLOW") == "1"
-SHARDS = 6
+# Three shards, one per daemon, and the swarm's workspaces ws-0..5 two in each (with six
+# shards ws-0..5 left one empty, and a SIGKILLed daemon could hold almost no traffic).
+SHARDS = 3
 WORKSPACES = [f"ws-{i}" for i in range(6)]
 
 
@@ -43,8 +47,7 @@ def spread_evenly(daemons: list[Daemon], database: str) -> dict[int, str | None]
     for d in daemons:
         d.wait_ready()
     wait_until(lambda: sorted(o or "" for o in owners(database).values())
-               == ["node-0"] * 2 + ["node-1"] * 2 + ["node-2"] * 2, 30,
-               "two shards on each daemon")
+               == ["node-0", "node-1", "node-2"], 30, "one shard on each daemon")
     return owners(database)
 
 
@@ -138,7 +141,7 @@ def test_a_swarm_passes_every_invariant_when_a_shard_owner_is_sigkilled_mid_swar
             watcher.join(ttl + 10)
     finally:
         codes = [d.stop() for d in daemons]
-    assert killed.is_set() and len(lost) == 2, "node-1 was not killed holding its shards"
+    assert killed.is_set() and len(lost) == 1, "node-1 was not killed holding its shard"
     assert codes[0] == 0 and codes[2] == 0, [d.log() for d in daemons]
     assert took and took[0] <= ttl + 2, f"shards {lost} not owned again within TTL + 2 s"
     failed = [c for c in result.checks if not c.ok]
@@ -151,10 +154,21 @@ def test_a_swarm_passes_every_invariant_when_a_shard_owner_is_sigkilled_mid_swar
     assert fencing_problems(database, SHARDS) == []
     assert transports[0].leave_problems == []
     stats = result.stats
-    unavailable = stats.reasons.get("task_ingress_unavailable", 0)
-    assert unavailable > 0, "no request met the dead daemon: the kill proved nothing"
+    # The kill met traffic when the dead daemon's shard was written under its epoch before
+    # the kill and under the new owner's after it (how many requests were in flight at the
+    # kill, answered task_ingress_unavailable, is chance: often only one).
+    with psycopg.connect(database, autocommit=True) as pg:
+        epochs = {int(e) for (e,) in pg.execute(
+            "SELECT DISTINCT epoch FROM accepted_requests WHERE shard = ANY(%s)", (lost,))}
+    assert len(epochs) >= 2, (
+        f"shard {lost} was not written both before and after the kill (epochs {epochs}): "
+        "the kill proved nothing")
     print(f"swarm with a SIGKILL: {stats.requests} requests, {stats.accepted} accepted, "
           f"reasons {dict(stats.reasons)}, shards {lost} owned again "
           f"{took[0]:.2f} s after the kill (TTL {ttl} s), {result.elapsed:.1f} s")
     for check in result.checks:
         print(f"  {check.name}: {check.detail}")
+
+
+def test_the_swarms_workspaces_put_two_in_every_shard() -> None:
+    assert sorted(shard_of(ws, SHARDS) for ws in WORKSPACES) == [0, 0, 1, 1, 2, 2]
