@@ -32,14 +32,10 @@ from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages.protocol import (
     Flush,
-    GetRun,
-    GetTask,
     InFlight,
     LockTask,
     QueryFailed,
-    RunFound,
     Started,
-    TaskFound,
     TaskLocked,
     Verdict,
     Wiring,
@@ -152,27 +148,12 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
         """`StoreBatch.load`, outbox ids numbered from the shard's counter."""
         return StoreBatch.load(conn, items, next_outbox=self._next_outbox)
 
-    def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
-        """Answer with the task (or None); a read, not fenced."""
-        try:
-            conn = self._connection()
-            if conn is None:
-                raise RuntimeError("the database cannot be reached")
-            task = pg_store.get_task(conn, msg.workspace, msg.task_id)
-            self.send(msg.reply_to or sender, TaskFound(ticket=msg.ticket, task=task))
-        except Exception as exc:
-            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
-
-    def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
-        """Answer with the run (or None); a read, not fenced."""
-        try:
-            conn = self._connection()
-            if conn is None:
-                raise RuntimeError("the database cannot be reached")
-            run = pg_store.get_run(conn, msg.workspace, msg.run_id)
-            self.send(msg.reply_to or sender, RunFound(ticket=msg.ticket, run=run))
-        except Exception as exc:
-            self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+    def _reader(self) -> sqlite3.Connection:
+        """Reads (`GetTask`/`GetRun`) go through the store's connection, not fenced."""
+        conn = self._connection()
+        if conn is None:
+            raise RuntimeError("the database cannot be reached")
+        return cast(sqlite3.Connection, QmarkConnection(conn))
 
     def receiveMsg_LockTask(self, msg: LockTask, sender: Any) -> None:
         """Operator lock, committed at once under the fence (it is a write like any other)."""

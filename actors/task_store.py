@@ -191,11 +191,15 @@ class TaskStore(GateActor):
         self.receiveMsg_Flush(Flush(), sender)
         self.send(self.audit, msg)
 
+    def _reader(self) -> sqlite3.Connection:
+        """The connection `GetTask`/`GetRun` read through (a subclass may read elsewhere)."""
+        assert self.conn is not None
+        return self.conn
+
     def receiveMsg_GetTask(self, msg: GetTask, sender: Any) -> None:
         """Answer with the task (or None)."""
         try:
-            assert self.conn is not None
-            task = store_ops.load_task(self.conn, msg.workspace, msg.task_id)
+            task = store_ops.load_task(self._reader(), msg.workspace, msg.task_id)
             self.send(msg.reply_to or sender, TaskFound(ticket=msg.ticket, task=task))
         except Exception as exc:
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
@@ -203,8 +207,7 @@ class TaskStore(GateActor):
     def receiveMsg_GetRun(self, msg: GetRun, sender: Any) -> None:
         """Answer with the run (or None)."""
         try:
-            assert self.conn is not None
-            run = store_ops.load_run(self.conn, msg.workspace, msg.run_id)
+            run = store_ops.load_run(self._reader(), msg.workspace, msg.run_id)
             self.send(msg.reply_to or sender, RunFound(ticket=msg.ticket, run=run))
         except Exception as exc:
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))

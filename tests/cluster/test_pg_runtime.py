@@ -316,3 +316,22 @@ def test_an_accepted_write_whose_audit_connection_was_lost_is_chained_on_reconne
         assert [r.request_id for r in rt.audit()] == ["r-1", "r-2"]
         assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
         _assert_chain_verifies(conn, SHARD, 2)
+
+
+def test_a_runtime_on_postgresql_reads_back_its_tasks_and_runs(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    with _setup(database) as conn:
+        rt = pg_runtime(_fence(conn, "node-a"))
+        rt.greet(WS, "ops", writer_card("peer-a"))
+        created = rt.submit(ctx("g-1", workspace=WS), CreateTask(title="read me"))
+        assert created.accepted and created.task_id is not None
+        queued = rt.submit(ctx("g-2", workspace=WS),
+                           EnqueueRun(task_id=created.task_id, idempotency_key="k"))
+        assert queued.accepted and queued.run_id is not None
+        task = rt.get_task(WS, created.task_id)
+        assert task is not None and task.title == "read me"
+        run = rt.get_run(WS, queued.run_id)
+        assert run is not None and run.task_id == created.task_id
+        assert rt.get_task(WS, "no-such-task") is None
+        assert rt.get_task(OTHER_WS, created.task_id) is None
