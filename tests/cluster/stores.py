@@ -32,22 +32,3 @@ def fencing_problems(database: str, shards: int) -> list[str]:
     with psycopg.connect(database, autocommit=True) as pg:
         return fencing_violations(pg, shards)
 
-
-def committed_after_a_takeover(database: str, request_ids: list[str]) -> list[str]:
-    """One line per request that is not stored, or was committed under its epoch after a
-    later epoch of its shard had already written (seq is commit order within a shard)."""
-    problems: list[str] = []
-    with psycopg.connect(database, autocommit=True) as pg:
-        for rid in request_ids:
-            row = pg.execute("SELECT shard, epoch, seq FROM accepted_requests "
-                             "WHERE request_id = %s", (rid,)).fetchone()
-            if row is None:
-                problems.append(f"{rid}: answered accepted but not stored")
-                continue
-            shard, epoch, seq = row
-            later = pg.execute("SELECT min(seq) FROM accepted_requests "
-                               "WHERE shard = %s AND epoch > %s", (shard, epoch)).fetchone()
-            if later is not None and later[0] is not None and later[0] < seq:
-                problems.append(f"{rid}: committed under epoch {epoch} (seq {seq}) after a "
-                                f"later epoch's first write (seq {later[0]})")
-    return problems
