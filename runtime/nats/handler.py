@@ -34,9 +34,8 @@ messages from NATS, whose pending limits then push back (slow-consumer drops are
 and reported the same way).
 
 Receipts go to the sender's peer subject (unless its trust is `rejected`: a forger must
-not make the daemon write onto its victim's subject) and to the NATS reply subject: only an
-`_INBOX.` one, and a key's own inbox only for that key or an enrolled sender
-(`reply_target_allowed`). Every answer names
+not make the daemon write onto its victim's subject) and to the NATS reply subject, only if
+it is an `_INBOX.` one (`reply_target_allowed`). Every answer names
 the exact request bytes it answers (`answers`), so a client can ignore one raced onto its
 inbox for a forger's copy.
 """
@@ -91,26 +90,18 @@ MAX_PENDING_WORK = 1024
 """Calls waiting for a worker thread; never reached while max_in_flight is below it."""
 MAX_CHANNELS_SEEN = 1024
 INBOX_PREFIX = "_INBOX."
-_FINGERPRINT_CHARS = frozenset("0123456789abcdef")
 
 
-def reply_target_allowed(reply: str, fingerprint: str, proven: bool) -> bool:
-    """May the daemon answer onto NATS reply subject `reply`? `fingerprint` is the sender's
-    verified key's ("" when not verified), `proven` whether the trust policy allows that key.
+def reply_target_allowed(reply: str) -> bool:
+    """May the daemon answer onto the NATS reply subject `reply` the sender chose?
 
-    Only a NATS inbox (`_INBOX.…`), never an AGH or any other application's subject: the
-    sender picks the reply subject, so anything else would let it make the daemon publish,
-    signed, wherever it aims. An inbox named after a key (`_INBOX.<fingerprint>.…`, the
-    prefix of a peer's NATS user, nkey.inbox_prefix) only for the holder of that key or a
-    sender the operator enrolled (the swarm speaks for its enrolled peers over one
-    connection): otherwise anyone could aim the daemon's answers at another peer's inbox.
+    Only onto a NATS inbox (`_INBOX.…`), whoever the sender: never an AGH subject or any
+    other application's on the shared server, or a sender could make the daemon publish,
+    signed, wherever it aims. An inbox of another peer can still be named; its client
+    ignores an answer that does not name its own request's bytes (`answers`), and under
+    per-peer NATS users nobody else can read that inbox.
     """
-    if not reply.startswith(INBOX_PREFIX):
-        return False
-    owner = reply[len(INBOX_PREFIX):].split(".", 1)[0]
-    if len(owner) == 32 and set(owner) <= _FINGERPRINT_CHARS:
-        return proven or (bool(fingerprint) and owner == fingerprint)
-    return True
+    return reply.startswith(INBOX_PREFIX)
 
 
 class EnvelopeHandler:
@@ -332,13 +323,12 @@ class EnvelopeHandler:
             self.channels_seen.add(key)
             self.on_channel(protocol, channel)
 
-    def _reply_allowed(self, reply: str, judged: Evaluation, proven: bool) -> bool:
+    def _reply_allowed(self, reply: str) -> bool:
         """An answer goes onto the NATS reply subject only where `reply_target_allowed`
         says; a refused one is counted."""
         if not reply:
             return False
-        verified = judged.fingerprint if judged.trust is Trust.VERIFIED else ""
-        if not reply_target_allowed(reply, verified, proven):
+        if not reply_target_allowed(reply):
             self.metrics.replies_refused.inc()
             return False
         return True
@@ -351,14 +341,14 @@ class EnvelopeHandler:
             self.log.warning("greet.rejected", peer_id=env.sender, channel=env.channel,
                              trust=judged.trust.value, reason=judged.detail)
             await self._answer_greet(env, reply, applied=False, why="rejected",
-                                     judged=judged, task_write=False, answered=answered)
+                                     trust=judged.trust, task_write=False, answered=answered)
             return
         key = (env.workspace_id, env.channel, env.sender)
         why_not = self.greets.judge(key, env.ts, env.id)
         if why_not is not None:  # an older greet, or one already applied: never again
             self.metrics.greets.labels(why_not, judged.trust.value).inc()
             await self._answer_greet(env, reply, applied=False, why=why_not,
-                                     judged=judged, task_write=False, answered=answered)
+                                     trust=judged.trust, task_write=False, answered=answered)
             return
         mark = self.greets.note(key, env.ts, env.id)
         card = env.body["peer_card"]
@@ -396,7 +386,7 @@ class EnvelopeHandler:
         self.log.info("greet.applied" if applied else "greet.not_applied",
                       peer_id=env.sender, channel=env.channel, trust=judged.trust.value,
                       task_write=granted, claims_task_write=claims)
-        await self._answer_greet(env, reply, applied=applied, why=why, judged=judged,
+        await self._answer_greet(env, reply, applied=applied, why=why, trust=judged.trust,
                                  task_write=applied and granted, answered=answered)
 
     def _apply_greet(self, env: wire.Envelope, peer: PeerCard, persist: bool,
@@ -439,13 +429,13 @@ class EnvelopeHandler:
         return sign(env, self.key) if protocol == wire.PROTOCOL_V1 else env
 
     async def _answer_greet(self, env: wire.Envelope, reply: str, *, applied: bool, why: str,
-                            judged: Evaluation, task_write: bool, answered: str) -> None:
+                            trust: Trust, task_write: bool, answered: str) -> None:
         # AGH greets expect no answer; only request/reply callers get one.
-        if not self._reply_allowed(reply, judged, self._proven(judged)):
+        if not self._reply_allowed(reply):
             return
         answer = self._whois_response(env, ext={taskmap.EXT_CARD + ".presence": {
             "applied": applied, "reason": why or None, "task_write": task_write,
-            "trust": judged.trust.value, "answers": answered}})
+            "trust": trust.value, "answers": answered}})
         await self.publish_envelope(reply, answer)
 
     # ---- whois -------------------------------------------------------------------
@@ -503,7 +493,7 @@ class EnvelopeHandler:
             await self.publish_envelope(
                 wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol),
                 receipt)
-        if self._reply_allowed(reply, judged, proven):
+        if self._reply_allowed(reply):
             await self.publish_envelope(reply, receipt)
         self._observe(outcome, judged.trust, started)
 
@@ -595,8 +585,7 @@ class EnvelopeHandler:
                                              Action.UNKNOWN, len(data),
                                              Reason.INVALID_REQUEST, Trust.UNVERIFIED,
                                              f"compact: {err}")
-                await self._answer_compact(reply, data, outcome, Evaluation(Trust.UNVERIFIED),
-                                          False, started)
+                await self._answer_compact(reply, data, outcome, Trust.UNVERIFIED, started)
             return
         decoded = decode_envelope(compact.inner, self.max_bytes)
         judged = await self.crypto.run(_evaluate_compact, compact, where)
@@ -617,21 +606,21 @@ class EnvelopeHandler:
                                          decoded.request_id, decoded.action, decoded.size,
                                          decoded.rejection or Reason.INVALID_REQUEST,
                                          judged.trust, "compact: unreadable request")
-            await self._answer_compact(reply, data, outcome, judged, proven, started)
+            await self._answer_compact(reply, data, outcome, judged.trust, started)
             return
         ctx = IngressContext(workspace=where.workspace, peer_id=compact.sender,
                              channel=where.channel, request_id=decoded.request_id,
                              trust=judged.trust.value)
         outcome, _ = await self._judge(ctx, decoded.action, decoded.request, len(data),
                                        judged, judged.detail, compact.ts, proven)
-        await self._answer_compact(reply, data, outcome, judged, proven, started)
+        await self._answer_compact(reply, data, outcome, judged.trust, started)
 
-    async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome,
-                              judged: Evaluation, proven: bool, started: float) -> None:
-        if self._reply_allowed(reply, judged, proven):
+    async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome, trust: Trust,
+                              started: float) -> None:
+        if self._reply_allowed(reply):  # compact replies never go onto AGH subjects
             signed = await self.crypto.run(sign_reply, encode_reply(outcome), request, self.key)
             await self.publish(reply, signed)
-        self._observe(outcome, judged.trust, started)
+        self._observe(outcome, trust, started)
 
     # ---- rejections and publishing -----------------------------------------------
     async def _in_worker(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
