@@ -19,7 +19,7 @@ import time
 
 from task_ingress.bench.workload import WORKSPACE
 from task_ingress.messages.peers import PeerCard
-from task_ingress.runtime.nats.server import _die_with_parent as die_with_parent
+from task_ingress.runtime.nats.server import die_with_parent
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

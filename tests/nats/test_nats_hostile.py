@@ -27,6 +27,7 @@ from task_ingress.runtime.nats.client import (
     connect,
 )
 from task_ingress.runtime.nats.compact import encode_compact
+from task_ingress.runtime.nats.handler import reply_target_allowed
 from task_ingress.runtime.nats.identity import unb64url
 from task_ingress.runtime.nats.policy import allow
 from task_ingress.testing import HOLD
@@ -517,3 +518,29 @@ def test_envelopes_judged_by_the_daemon_are_v0_and_v1_alike_for_the_nbsp_rule() 
     ok = {**env, "from": " peer-b\t", "body": {"peer_card": {
         **env["body"]["peer_card"], "peer_id": "peer-b"}}}
     assert wire.validate_object(ok).sender == "peer-b"
+
+
+def test_a_verified_sender_cannot_aim_answers_at_another_applications_subject(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    d = start_daemon()
+    peer = _verified(d, "peer")
+    assert _greet(nats_wire, peer)["task_write"] is True
+    hit = nats_wire.collect("orders.new")  # another application on the shared NATS server
+    _publish_with_reply(nats_wire, peer.daemon_subject(),
+                        encode(peer.task("task.create", {"title": "x"}, "r-0")), "orders.new")
+    _wait_for(lambda: len(_rows(d)) == 1)
+    _quiet(nats_wire)
+    assert hit == []
+    assert d.daemon.metrics.replies_refused._value.get() == 1
+
+
+@pytest.mark.parametrize(("reply", "allowed"), [
+    ("_INBOX.abc.1", True),
+    ("_INBOX." + "a" * 32 + ".1", True),
+    ("agh.network.v1.ws.ops.peer.x", False),  # never an AGH subject
+    ("orders.new", False),  # nor another application's
+    ("_INBOXX.a", False),
+    ("", False),
+])
+def test_answers_go_only_onto_nats_inboxes(reply: str, allowed: bool) -> None:
+    assert reply_target_allowed(reply) is allowed
