@@ -1,6 +1,6 @@
 """`task-ingress serve --cluster`: checks the cluster options, then runs a ClusterDaemon.
 
-Called by runtime/nats/cli.py's `serve` once the common settings are parsed; a usage problem
+Called by runtime/serve_cli.py's `serve` once the common settings are parsed; a usage problem
 exits 2, as does a daemon that cannot start (NATS or the database out of reach)."""
 
 from __future__ import annotations
