@@ -141,7 +141,6 @@ class IngressRuntime:
             limits=cfg.limits, max_batch=cfg.max_batch,
             channel_pipeline=cfg.channel_pipeline, max_channels=cfg.max_channels,
             max_channels_per_peer=cfg.max_channels_per_peer, audit_key=audit_key,
-            fail_commit_at=cfg.fail_commit_at,
             channel_actor_class=cfg.channel_actor_class,
             store_actor_class=store_class, store_proxy_class=cfg.store_proxy_class,
             audit_actor_class=audit_class, database_url=cfg.database_url,
