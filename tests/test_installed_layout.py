@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import itertools
 import re
+import tomllib
 from pathlib import Path
 
 import task_ingress
@@ -88,6 +89,17 @@ def _package_modules() -> dict[str, Path]:
                 parts.pop()
             modules["task_ingress." + ".".join(parts)] = path
     return modules
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    # An editable install imports an unlisted subpackage through its parent's folder, so
+    # only a real install (.ci/run) would miss it: read the hand-kept list itself.
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"task_ingress." + ".".join(p.parent.relative_to(REPO).parts)
+               for d in MAPPED for p in (REPO / d).rglob("__init__.py")
+               if "__pycache__" not in p.parts}
+    assert folders - set(setuptools["packages"]) == set()
+    assert {f"task_ingress.{d}" for d in MAPPED} <= set(setuptools["package-dir"])
 
 
 def test_old_top_level_names_are_not_importable_from_the_package() -> None:
