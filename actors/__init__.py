@@ -28,8 +28,13 @@ A rejection leaves the chain where it is decided: the router, Presence and Capab
 send it straight to Audit as a `Verdicts`, so every outcome is audited exactly once. A
 greet or leave travels the same chain as far as Capability, which answers the caller.
 
+On PostgreSQL (cluster mode) two stages have a twin that takes their place in the same
+chain, with the same messages: PgTaskStore (`pg_task_store.py`) and PgAudit
+(`pg_audit.py`), each transaction fenced by the shard's lease.
+
 Beside the stages: `base.py` (what every stage shares), `log.py` (structlog set-up),
-`rules/` (the pure gate and hash-chain rules) and `storage/` (schema, the store's SQL,
-the audit log's rows and checkpoint). Neither subpackage imports an actor, so the
-read-only tools (`task-ingress audit`, verify, the swarm's invariants) use them alone.
+`rules/` (the pure gate, hash-chain and shard rules) and `storage/` (the SQLite and
+PostgreSQL schemas, the store's SQL and batch, the audit logs' rows and checkpoint).
+Neither subpackage imports an actor, so the read-only tools (`task-ingress audit`,
+verify, the swarm's invariants) use them alone.
 """

@@ -44,10 +44,6 @@ from task_ingress.messages.reasons import Reason
 from task_ingress.messages.requests import AnyRequest, IngressContext
 
 
-class InjectedPgFailure(psycopg.Error):
-    """Raised by the fault-injection seam (`Settings.fail_commit_at`) before the commit."""
-
-
 def in_shard(flight: InFlight, fence: Fence, shards: int) -> bool:
     """True when the request's workspace belongs to the fence's shard."""
     return shard_of(flight.context.workspace, shards) == fence.shard
@@ -121,9 +117,6 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
                 boxes = [box for _, _, box in results if box is not None]
                 if boxes:
                     pg_store.advance_outbox(conn, fence.shard, max(boxes) + 1)
-                self.commits += 1
-                if self.settings and self.commits == self.settings.fail_commit_at:
-                    raise InjectedPgFailure("commit failure (injected)")
         except Fenced as exc:
             self.deposed = True
             self.log.warning("store.deposed", shard=fence.shard, epoch=fence.epoch,

@@ -64,10 +64,6 @@ def _request(flight: InFlight) -> AnyRequest:
     return request
 
 
-class InjectedCommitFailure(sqlite3.OperationalError):
-    """Raised by the fault-injection seam (`Settings.fail_commit_at`) in place of a disk error."""
-
-
 class TaskStore(GateActor):
     """Owner of the tasks, runs, accepted-request and outbox tables."""
 
@@ -79,7 +75,6 @@ class TaskStore(GateActor):
         self.limits = SPEC_LIMITS
         self.pending: list[InFlight] = []
         self.flush_queued = False
-        self.commits = 0
         self.log = get_logger(actor="task_store")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -127,9 +122,6 @@ class TaskStore(GateActor):
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = self.apply_in_order(conn, batch, now)
-            self.commits += 1
-            if self.settings and self.commits == self.settings.fail_commit_at:
-                raise InjectedCommitFailure("disk I/O error (injected)")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

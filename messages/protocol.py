@@ -63,7 +63,6 @@ class Settings(InternalMessage):
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     audit_key: str = Field(default="", description="Hex audit key (records, checkpoints).")
-    fail_commit_at: int = Field(default=0, description="Test seam: fail the N-th store commit.")
     # Actors by dotted class name: a multiprocess base creates them in child processes.
     channel_actor_class: str = Field(default=CHANNEL_ACTOR,
                                      description="The router's channel actors.")

@@ -90,10 +90,10 @@ app.command("swarm")(swarm_command)
 from task_ingress.bench.cli import bench_command  # noqa: E402
 
 app.command("bench")(bench_command)
-from task_ingress.runtime.nats.cli import serve  # noqa: E402  (cheap: imports typer only)
+from task_ingress.runtime.serve_cli import serve  # noqa: E402  (cheap: imports typer only)
 
 app.command(name="serve")(serve)
-from task_ingress.runtime.nats.client_cli import (  # noqa: E402  (cheap: typer only)
+from task_ingress.runtime.client_cli import (  # noqa: E402  (cheap: typer only)
     keygen,
     request_app,
     trust_app,

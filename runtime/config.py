@@ -105,8 +105,6 @@ class RuntimeConfig:
     max_metadata_entries: int = SPEC_LIMITS.max_metadata_entries
     max_metadata_bytes: int = SPEC_LIMITS.max_metadata_bytes
     max_envelope_bytes: int = SPEC_LIMITS.max_envelope_bytes
-    fail_commit_at: int = 0
-    """Test seam: make the N-th store commit fail as a disk error would (0: never)."""
     channel_actor_class: str = CHANNEL_ACTOR
     """Dotted name of the channel actor class (a ChannelIngress). Test seam: the race tests
     name task_ingress.testing.NaiveChannelIngress, which has no fence."""

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
-from task_ingress.actors.storage.auditlog import KEY_ENV, find_key, key_path
+from task_ingress.actors.storage.auditlog import KEY_ENV, find_key, given_key, key_path
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome, Run, Task
@@ -118,10 +118,11 @@ class IngressRuntime:
             # PostgreSQL: no file at all. The key cannot live "beside the store", so it must
             # be given; the chain's records are HMACed with it as the file store's are.
             self.store_path = ""
-            audit_key = cfg.audit_key or os.environ.get(KEY_ENV, "").strip()
-            if not audit_key:
+            given = given_key(cfg.audit_key)
+            if given is None:
                 raise RuntimeStartError(
                     f"a runtime on PostgreSQL needs its audit key: audit_key or ${KEY_ENV}")
+            audit_key = given[0]
             if store_class == STORE_ACTOR:
                 store_class = PG_STORE_ACTOR
             audit_class = PG_AUDIT_ACTOR
@@ -141,7 +142,6 @@ class IngressRuntime:
             limits=cfg.limits, max_batch=cfg.max_batch,
             channel_pipeline=cfg.channel_pipeline, max_channels=cfg.max_channels,
             max_channels_per_peer=cfg.max_channels_per_peer, audit_key=audit_key,
-            fail_commit_at=cfg.fail_commit_at,
             channel_actor_class=cfg.channel_actor_class,
             store_actor_class=store_class, store_proxy_class=cfg.store_proxy_class,
             audit_actor_class=audit_class, database_url=cfg.database_url,

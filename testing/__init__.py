@@ -11,6 +11,8 @@ only when a test names them in `RuntimeConfig`:
   the store (tests/cluster: a paused daemon always has admitted, uncommitted writes).
 - `RuntimeConfig(channel_actor_class=NAIVE_CHANNEL)`: channel actors without the fence.
 - `RuntimeConfig(store_actor_class=NAIVE_STORE)`: a check-then-act TaskStore.
+- `RuntimeConfig(store_actor_class=FAIL_SECOND_COMMIT)`: a TaskStore whose second batch
+  fails as a disk error would, before its commit.
 - `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
   exits between the store's commit and Audit's (tests/crash, docs/durability.md);
   `PG_EXIT_AFTER_STORE_COMMIT` the same on PostgreSQL (tests/cluster).
@@ -20,6 +22,7 @@ tests/race uses them to show that its checks catch a missing protection (docs/ra
 
 from task_ingress.testing.crash import CRASH_EXIT, CRASH_PREFIX, ExitAfterStoreCommit
 from task_ingress.testing.delay import Delay
+from task_ingress.testing.failing import FailSecondCommit
 from task_ingress.testing.hold import Hold
 from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.testing.naive import NaiveChannelIngress, NaiveTaskStore
@@ -32,13 +35,16 @@ NAIVE_CHANNEL = "task_ingress.testing.NaiveChannelIngress"
 """Dotted name of `NaiveChannelIngress`, for `RuntimeConfig.channel_actor_class`."""
 NAIVE_STORE = "task_ingress.testing.NaiveTaskStore"
 """Dotted name of `NaiveTaskStore`, for `RuntimeConfig.store_actor_class`."""
+FAIL_SECOND_COMMIT = "task_ingress.testing.FailSecondCommit"
+"""Dotted name of `FailSecondCommit`, for `RuntimeConfig.store_actor_class`."""
 EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.ExitAfterStoreCommit"
 """Dotted name of `ExitAfterStoreCommit`, for `RuntimeConfig.store_actor_class`."""
 PG_EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterStoreCommit"
 """Dotted name of `PgExitAfterStoreCommit` (a runtime on PostgreSQL), for
 `RuntimeConfig.store_actor_class`."""
 
-__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_STORE_COMMIT", "HOLD",
-           "NAIVE_CHANNEL", "NAIVE_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "Delay",
-           "ExitAfterStoreCommit", "Hold", "HoldArm", "HoldQuery", "HoldRelease", "HoldState",
-           "NaiveChannelIngress", "NaiveTaskStore"]
+__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_STORE_COMMIT",
+           "FAIL_SECOND_COMMIT", "HOLD", "NAIVE_CHANNEL", "NAIVE_STORE",
+           "PG_EXIT_AFTER_STORE_COMMIT", "Delay", "ExitAfterStoreCommit", "FailSecondCommit",
+           "Hold", "HoldArm", "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress",
+           "NaiveTaskStore"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import importlib.util
+import itertools
 import re
+import tomllib
 from pathlib import Path
 
 import task_ingress
@@ -71,9 +74,39 @@ def test_every_package_folder_of_the_repository_is_installed() -> None:
         assert module.__file__ is not None, dotted
 
 
+def _package_modules() -> dict[str, Path]:
+    """Every module of the installed package by dotted name. Found through each mapped
+    package's spec: with an editable install task_ingress/ holds only the root's files."""
+    modules = {("task_ingress" if p.stem == "__init__" else f"task_ingress.{p.stem}"): p
+               for p in Path(task_ingress.__file__).parent.glob("*.py")}
+    for top in MAPPED:
+        spec = importlib.util.find_spec(f"task_ingress.{top}")
+        assert spec is not None and spec.origin is not None, top
+        folder = Path(spec.origin).parent
+        for path in folder.rglob("*.py"):
+            parts = [top, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules["task_ingress." + ".".join(parts)] = path
+    return modules
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    # An editable install imports an unlisted subpackage through its parent's folder, so
+    # only a real install (.ci/run) would miss it: read the hand-kept list itself.
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"task_ingress." + ".".join(p.parent.relative_to(REPO).parts)
+               for d in MAPPED for p in (REPO / d).rglob("__init__.py")
+               if "__pycache__" not in p.parts}
+    assert folders - set(setuptools["packages"]) == set()
+    assert {f"task_ingress.{d}" for d in MAPPED} <= set(setuptools["package-dir"])
+
+
 def test_old_top_level_names_are_not_importable_from_the_package() -> None:
     # The package's own modules refer to each other only through task_ingress.*.
-    for path in Path(task_ingress.__file__).parent.rglob("*.py"):
+    paths = list(_package_modules().values())
+    assert len(paths) > 100, "the package's modules were not found"
+    for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -119,3 +152,48 @@ def test_no_production_module_imports_the_testing_module() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert not testing.fullmatch(node.value), f"{path}: names {node.value}"
+
+
+def _room(module: str) -> str:
+    """Where a module stands in the house: a folder below a top package (runtime.nats,
+    actors.storage) is one room, any other module is a room of its own."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:2]) if len(parts) >= 3 else ".".join(parts) or "task_ingress"
+
+
+def _imports_between_rooms() -> dict[str, dict[str, set[str]]]:
+    """room -> room it imports -> the importing modules (lazy imports in functions too)."""
+    modules = _package_modules()
+    edges: dict[str, dict[str, set[str]]] = {}
+    for name, path in modules.items():
+        for imported in _imported_modules(ast.parse(path.read_text())):
+            # `from pkg import mod` names the submodule, `from mod import f` names mod
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and _room(imported) != _room(name):
+                edges.setdefault(_room(name), {}).setdefault(_room(imported), set()).add(name)
+    return edges
+
+
+def test_the_package_imports_in_one_direction_with_no_circle_of_rooms() -> None:
+    # A strict stack: a lower layer never imports a higher one, so each folder reads without
+    # what is built on it (the NATS transport without cluster mode, the rules without actors).
+    edges = _imports_between_rooms()
+    assert "runtime.cluster" in edges.get("runtime.cli", {}), "the import graph was not read"
+    circles: list[str] = []
+
+    def visit(room: str, path: list[str]) -> None:
+        for target in edges.get(room, {}):
+            if target in path:
+                loop = [*path[path.index(target):], target]
+                circles.append(" -> ".join(loop) + "  (" + ", ".join(
+                    sorted(f for a, b in itertools.pairwise(loop)
+                           for f in edges[a][b])) + ")")
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(room)
+
+    done: set[str] = set()
+    for room in sorted(edges):
+        visit(room, [room])
+    assert circles == []

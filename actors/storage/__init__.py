@@ -1,4 +1,7 @@
-"""The store file: its schema (`schema`), the TaskStore's checks and writes inside one
-transaction (`store_ops`), the audit log's rows, meta and checkpoint (`auditlog`), and where
-a writer of the log starts, checked against its checkpoint (`chainstart`). Plain functions
-over an open SQLite connection; the actors own the connections."""
+"""Storage: the store file — its schema (`schema`), one TaskStore batch judged and written as
+a unit of work (`store_batch`) with the checks and writes inside its transaction
+(`store_ops`), the audit log's rows, meta and checkpoint (`auditlog`), where a writer of the
+log starts, checked against its checkpoint (`chainstart`), and the small private files
+beside it (`files`); and the same for PostgreSQL in cluster mode (`pg_schema`, the fenced
+write `pg_store`, one chain per shard `pg_auditlog`). Plain functions over an open
+connection; the actors own the connections."""

@@ -183,14 +183,24 @@ def key_path(store_path: str) -> str:
     return store_path + ".key"
 
 
+def given_key(explicit: str | None = None) -> tuple[str, str] | None:
+    """The audit key given outright and where it came from: `explicit`, else env
+    TASK_INGRESS_AUDIT_KEY; None when neither. A database has no key file beside it, so
+    this is its whole lookup. The text is not checked to be hex."""
+    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
+    if text:
+        return text, "the given key" if explicit else f"${KEY_ENV}"
+    return None
+
+
 def find_key(store_path: str, explicit: str | None = None) -> tuple[str, str] | None:
     """The audit key's text and where it came from, looked up in order: `explicit`,
     env TASK_INGRESS_AUDIT_KEY, the key file `<store>.key`. None when there is none;
     OSError when the key file exists but cannot be read. The text is not checked to be hex.
     """
-    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
-    if text:
-        return text, "the given key" if explicit else f"${KEY_ENV}"
+    given = given_key(explicit)
+    if given is not None:
+        return given
     path = key_path(store_path)
     try:
         with open(path, encoding="utf-8") as fh:

@@ -213,8 +213,8 @@ class StoreBatch:
             if reason is None and task is not None:
                 change = self._mutation(ctx, request, task, now)
         if change is None:
-            return Outcome(request_id=ctx.request_id, action=action, accepted=False,
-                           reason=reason), None
+            assert reason is not None, "a request without a change was rejected for a reason"
+            return Outcome.rejected(ctx.request_id, action, reason), None
         return Outcome(request_id=ctx.request_id, action=action, accepted=True,
                        task_id=change.task_id, run_id=change.run_id), change
 

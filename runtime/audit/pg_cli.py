@@ -8,12 +8,11 @@ install's `audit` commands work without it. Exit codes as SPEC §9: 0 every shar
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import typer
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
-from task_ingress.actors.storage.auditlog import KEY_ENV
+from task_ingress.actors.storage.auditlog import KEY_ENV, given_key
 from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
 from task_ingress.runtime.audit.query import AuditFilter, format_line
 
@@ -27,11 +26,11 @@ def _error(message: str) -> int:
 
 def _key(explicit: str | None) -> bytes | str:
     """The key's bytes, or why there is none (a usage error: a database has no key file)."""
-    text = (explicit or os.environ.get(KEY_ENV, "")).strip()
-    if not text:
+    given = given_key(explicit)
+    if given is None:
         return f"--database needs the audit key: --key HEX or ${KEY_ENV}"
     try:
-        raw = bytes.fromhex(text)
+        raw = bytes.fromhex(given[0])
     except ValueError:
         raw = b""
     return raw or ("--key must be the audit key in hex" if explicit

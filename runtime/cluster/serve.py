@@ -54,15 +54,13 @@ from task_ingress.runtime.nats.identity import (
     load_or_create_key,
     raw_public_key,
 )
+from task_ingress.runtime.nats.limits import PENDING_BYTES_LIMIT, PENDING_MSGS_LIMIT
 from task_ingress.runtime.nats.metrics import Metrics
 from task_ingress.runtime.nats.nkey import user_nkey
 from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 from task_ingress.runtime.nats.stopping import Stoppable
-
-PENDING_MSGS_LIMIT = 8192
-PENDING_BYTES_LIMIT = 16 * 1024 * 1024
 
 
 def default_node_id() -> str:

@@ -1,12 +1,11 @@
 """`task-ingress serve --cluster`: checks the cluster options, then runs a ClusterDaemon.
 
-Called by runtime/nats/cli.py's `serve` once the common settings are parsed; a usage problem
+Called by runtime/serve_cli.py's `serve` once the common settings are parsed; a usage problem
 exits 2, as does a daemon that cannot start (NATS or the database out of reach)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import typer
@@ -21,6 +20,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
                   workspaces: list[str]) -> None:
     """Validate the cluster options and serve until stopped; raises typer.Exit."""
     from task_ingress.actors.rules import gate
+    from task_ingress.actors.storage.auditlog import given_key
     from task_ingress.runtime.preflight import check_actor_base, check_writable
 
     if not cluster:
@@ -30,7 +30,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     if not settings.nats_url:
         raise UsageProblem("--cluster needs --nats-url: the daemons of a cluster share an "
                            "external NATS (a routed nats-server cluster; docs/cluster.md)")
-    if not os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip():
+    if given_key() is None:
         raise UsageProblem("--cluster needs the cluster's audit key in TASK_INGRESS_AUDIT_KEY "
                            "(hex, the same on every daemon: each shard's chain is keyed "
                            "with it; `openssl rand -hex 32` makes one)")

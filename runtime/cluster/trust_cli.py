@@ -1,6 +1,6 @@
 """`task-ingress trust add|remove|list --database URL`: the cluster's policy table.
 
-Called by the trust commands (runtime/nats/client_cli.py) once they have parsed handles and
+Called by the trust commands (runtime/client_cli.py) once they have parsed handles and
 keys as for a policy file; psycopg (the `cluster` extra) is imported here, when such a
 command runs. A database that cannot be reached is a usage problem (exit 2).
 """

@@ -6,6 +6,8 @@ policy: which verified keys may be granted task.write), taskmap (task requests a
 answers as `receipt`), compact (the opt-in msgpack fast path, not AGH), handler (judges one
 message), daemon (the serve loop and its greets), client (the peer side, shared by the
 `request` command and the swarm), swarm_transport, server (a local nats-server), settings,
-metrics, ready (the ready file), cli and client_cli (the commands).
+metrics, ready (the ready file). The commands that use it (`serve`, `keygen`, `trust`,
+`request`) are runtime/serve_cli.py and runtime/client_cli.py: they also reach cluster mode,
+which is built on this package, so they stand above both.
 Heavy imports (nats-py, prometheus-client) stay inside the modules that need them.
 """

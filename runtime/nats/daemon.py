@@ -49,6 +49,7 @@ from task_ingress.runtime.nats.identity import (
     load_or_create_key,
     raw_public_key,
 )
+from task_ingress.runtime.nats.limits import PENDING_BYTES_LIMIT, PENDING_MSGS_LIMIT
 from task_ingress.runtime.nats.metrics import Metrics
 from task_ingress.runtime.nats.nkey import user_nkey, user_seed
 from task_ingress.runtime.nats.policy import (
@@ -62,11 +63,6 @@ from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 from task_ingress.runtime.nats.stopping import Stoppable
 from task_ingress.runtime.store_lock import StoreLock
-
-PENDING_MSGS_LIMIT = 8192
-"""Messages one subscription holds while every handler slot is busy; beyond it the NATS
-client drops them (slow consumer, counted and audited in aggregate by the handler)."""
-PENDING_BYTES_LIMIT = 16 * 1024 * 1024
 
 
 class Daemon(Stoppable):

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PENDING_MSGS_LIMIT = 8192
+"""Messages one subscription holds while every handler slot is busy; beyond it the NATS
+client drops them (slow consumer, counted and audited in aggregate by the handler). The
+same for the single daemon and each cluster daemon."""
+PENDING_BYTES_LIMIT = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class HandlerLimits:

@@ -21,6 +21,7 @@ from task_ingress.messages import (
     UpdateTask,
 )
 from task_ingress.runtime import IngressRuntime
+from task_ingress.testing import FAIL_SECOND_COMMIT
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -277,7 +278,7 @@ def test_cancelled_task_cannot_be_updated(rt: IngressRuntime) -> None:
 def test_failed_commit_is_task_ingress_failed_and_nothing_half_applied(
     make_runtime: Callable[..., IngressRuntime],
 ) -> None:
-    rt = make_runtime(fail_commit_at=2)
+    rt = make_runtime(store_actor_class=FAIL_SECOND_COMMIT)
     rt.greet("ws", "ops", writer_card("peer-a"))
     assert rt.submit(ctx("r1"), CreateTask(title="ok")).accepted
     with one_rejection(rt, Reason.TASK_INGRESS_FAILED) as box:

@@ -146,7 +146,7 @@ def test_a_busy_daemon_stops_taking_messages_and_nats_drops_the_excess_counted_a
     """One slot, held by a write stuck before the store: the daemon takes no more messages,
     so NATS's per-subscription pending limit fills and the client drops the rest (slow
     consumer), each counted and reported, none holding a task of its own."""
-    from task_ingress.runtime.nats.daemon import PENDING_MSGS_LIMIT
+    from task_ingress.runtime.nats.limits import PENDING_MSGS_LIMIT
 
     d = start_daemon(max_in_flight_messages=1, unproven_rate=0, unproven_burst=1,
                      drop_report_interval=0.2, runtime_config={"store_proxy_class": HOLD})

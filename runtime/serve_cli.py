@@ -1,4 +1,5 @@
-"""`task-ingress serve`: the daemon over NATS (SPEC §9). Imports stay cheap until it runs."""
+"""`task-ingress serve`: the daemon over NATS, alone or with --cluster (SPEC §9). Imports
+stay cheap until it runs."""
 
 from __future__ import annotations
 
