@@ -9,7 +9,9 @@
 - Trust states (section 3.2): verified, unverified, rejected; `evaluate` runs the section 3.1
   step 6 decision and the section 4.7 verification steps in order, each failing on its own.
 
-Canonicalization is the `rfc8785` package (a maintained JCS implementation), not ours.
+Canonicalization is the `rfc8785` package (a maintained JCS implementation), not ours; for
+plain values (strings, safe integers, booleans, null, ASCII keys) `json.dumps` writes the
+same bytes faster (`canonical`; tests/nats/test_nats_canonical.py holds them equal).
 """
 
 from __future__ import annotations

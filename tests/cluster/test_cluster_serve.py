@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from task_ingress.actors.rules.shards import shard_of
-from task_ingress.runtime.cluster import pg_leases
+from task_ingress.runtime.cluster import pg_leases, pg_trust
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 
 from tests.cluster.cluster_support import Daemon
-from tests.cluster.load import Load, wait_until
+from tests.cluster.load import TRUST_POLL, Load, wait_until
+from tests.nats.conftest import WireTap, assert_all_agh_valid
+from tests.nats.nats_support import Peer, Wire, encode, presence, result
 
 SHARDS = 4
 # Two workspaces in each of the 4 shards (ws-0..7 leave shard 3 empty, and a daemon holding
@@ -83,3 +88,65 @@ def test_serve_cluster_usage_errors_exit_2() -> None:
 
 def test_the_test_workspaces_cover_every_shard_twice() -> None:
     assert sorted(shard_of(ws, SHARDS) for ws in WORKSPACES) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def _greet(wire: Wire, peer: Peer, ws: str, timeout: float = 20.0) -> dict[str, Any]:
+    """A greet sent as a NATS request, retried until the owner of the workspace's shard
+    answers (it has none while its lease is being taken)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return presence(wire.ask(peer.broadcast(ws=ws), peer.greet(ws=ws), timeout=1.0))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_cluster_daemons_are_agh_peers_and_publish_only_valid_agh_envelopes(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    # Issue 12 for serve --cluster: AGH peers greet, find the daemons by whois and write
+    # with JSON says in every workspace, whichever daemon holds its shard; everything the
+    # daemons publish (their greets, whois answers, receipts) passes AGH's envelope rules.
+    tap = WireTap(nats_cluster.urls[2], nats_cluster.token)
+    daemons = [start(cluster_dir, database, nats_cluster, f"node-{i}", i) for i in range(2)]
+    names: set[str] = set()
+    try:
+        infos = [d.wait_ready() for d in daemons]
+        names = {infos[0]["daemon_peer_id"], infos[0]["daemon_handle"]}
+        wait_until(lambda: None not in owners(database).values(), 20, "every shard held")
+        wire = tap.wire
+        verified = Peer("writer", daemon_handle=infos[0]["daemon_handle"])
+        with psycopg.connect(database, autocommit=True) as conn:
+            pg_trust.allow(conn, [verified.id], [verified.key.public_key().public_bytes_raw()])
+        time.sleep(TRUST_POLL * 3)  # every daemon has read the policy
+        plain = Peer("plain-peer", verified=False)
+        for ws in WORKSPACES:
+            assert _greet(wire, verified, ws)["task_write"] is True
+            receipt = wire.ask(verified.daemon_subject(ws=ws), verified.task(
+                "task.create", {"title": "t"}, f"r-{ws}", ws=ws))
+            assert receipt["body"] == {"for_id": f"r-{ws}", "status": "accepted"}
+            assert _greet(wire, plain, ws) == {"applied": True, "reason": None,
+                                               "task_write": False, "trust": "unverified"}
+            denied = wire.ask(plain.daemon_subject(ws=ws), plain.task(
+                "task.create", {"title": "t"}, f"p-{ws}", ws=ws))
+            assert denied["body"]["reason_code"] == "verification_failed"
+            assert result(denied)["trust"] == "unverified"
+            answers = wire.collect(plain.own_subject(ws=ws))
+            wire.publish(plain.daemon_subject(ws=ws), encode(plain.whois(plain.daemon, ws=ws)))
+            wait_until(lambda answers=answers: len(answers) == 1, 10, f"whois in {ws}")
+            assert json.loads(answers[0])["body"]["peer_card"]["peer_id"] == plain.daemon
+        wire.flush()
+    finally:
+        codes = [d.stop() for d in daemons]
+        tap.wire.flush()
+        tap.close()
+    assert codes == [0, 0], [d.log() for d in daemons]
+    published = tap.published_by(names)
+    # The daemons' own greets went to the broadcast subjects; answers to the peers.
+    kinds = {(e["protocol"], e["kind"], subject.endswith(".broadcast"))
+             for _, subject, e in published}
+    assert kinds == {(p, k, k == "greet") for p in ("agh-network/v0", "agh-network/v1")
+                     for k in ("greet", "whois", "receipt")}, kinds
+    assert assert_all_agh_valid(tap, names) == len(published)

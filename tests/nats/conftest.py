@@ -66,8 +66,8 @@ class WireTap:
     """Records every message the daemon published on AGH subjects and reply inboxes, with
     its arrival time."""
 
-    def __init__(self, server: NatsServer) -> None:
-        self.wire = Wire(server.url, server.token)
+    def __init__(self, url: str, token: str | None) -> None:
+        self.wire = Wire(url, token)
         self.seen: list[tuple[float, str, bytes]] = []
 
         async def cb(msg: Any) -> None:
@@ -122,7 +122,7 @@ def start_daemon(nats_server: NatsServer, tmp_path: Path
     `process_mode=` says otherwise (test_nats_serve's first test serves in both modes)."""
     running: list[RunningDaemon] = []
     before = _children()
-    tap = WireTap(nats_server)
+    tap = WireTap(nats_server.url, nats_server.token)
 
     def factory(**overrides: Any) -> RunningDaemon:
         values: dict[str, Any] = {
