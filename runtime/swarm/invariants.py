@@ -242,10 +242,14 @@ def bound_tasks_mutated_only_from_their_channel(
     run: list[AuditRecord], sent: list[Sent], stored: dict[str, str]
 ) -> Check:
     """Replay bindings in commit order: no cross-channel mutation of a bound task."""
+    # The binding each request asked for. Also for requests the swarm saw no acceptance of:
+    # a daemon killed after its commit never answers, yet its write stands (the next shard
+    # holder chains its record), with the binding asked for. An answered send wins a key.
     binds: dict[RequestKey, str | None] = {}
     for s in sent:
-        if s.accepted:
-            binds[request_key(s.workspace, s.channel, s.peer_id, s.request_id)] = s.bind
+        key = request_key(s.workspace, s.channel, s.peer_id, s.request_id)
+        if s.accepted or key not in binds:
+            binds[key] = s.bind
     binding: dict[str, str] = {}
     bad: list[str] = []
     mutations = 0

@@ -115,6 +115,19 @@ def test_mutation_from_another_channel_breaks_bound_task_check(kept: KeptRun) ->
     assert not check.ok and "ch-intruder" in " ".join(check.examples)
 
 
+def test_a_bound_create_whose_answer_was_lost_is_replayed_with_its_binding(
+        kept: KeptRun) -> None:
+    # A daemon killed after its commit never answers (cluster failover): the swarm saw no
+    # reply, yet the store holds the binding the request asked for, and that is right.
+    ev = kept.evidence()
+    created = next(s for s in ev.sent
+                   if s.accepted and s.kind == Action.CREATE.value and s.bind)
+    sent = [dataclasses.replace(s, accepted=None, reason=None, task_id=None)
+            if s is created else s for s in ev.sent]
+    check = bound_tasks_mutated_only_from_their_channel(ev.run_records, sent, ev.bindings)
+    assert check.ok, check.examples
+
+
 def test_write_without_covering_greet_breaks_presence_check(kept: KeptRun) -> None:
     ev = kept.evidence()
     accepted = next(r for r in ev.run_records if r.outcome == "accepted")
