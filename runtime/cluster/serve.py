@@ -46,7 +46,7 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.handler import JUDGED_MEMORY, EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
     fingerprint,
@@ -329,8 +329,12 @@ class ClusterDaemon(Stoppable):
             await asyncio.to_thread(runtime.start)
             if self.serving.get(lease.shard) is not serving:
                 return  # lost while starting: _close_shard closes it once we let go
+            # What the shard's earlier holders judged stays final (replays), before the
+            # first message.
+            judged = await asyncio.to_thread(runtime.audit, time.time() - JUDGED_MEMORY)
             for ws in workspaces:
                 serving.handlers[ws] = self._handler(runtime, serving)
+                serving.handlers[ws].remember_judged(r for r in judged if r.workspace == ws)
                 await self._subscribe(serving, ws, serving.handlers[ws])
             with contextlib.suppress(Exception):
                 await self._nc.flush()

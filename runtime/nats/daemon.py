@@ -40,7 +40,7 @@ from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.authz import Served, nkey_authorization
-from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.handler import JUDGED_MEMORY, EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
     fingerprint,
@@ -199,6 +199,9 @@ class Daemon(Stoppable):
                                   on_channel=self._greet_soon, clock=self.clock,
                                   limits=s.handler_limits())
         self._handler = handler
+        # Before the first message: what an earlier run judged stays final (replays).
+        judged = await asyncio.to_thread(self.runtime.audit, time.time() - JUDGED_MEMORY)
+        self.log.info("replay.window_restored", ids=handler.remember_judged(judged))
         subs = await self._subscribe(self._nc, handler, me)
         return subs, url
 
