@@ -60,7 +60,7 @@ from task_ingress.runtime.nats.policy import (
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.stopping import Stoppable
+from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
 from task_ingress.runtime.store_lock import StoreLock
 
 PENDING_MSGS_LIMIT = 8192
@@ -326,14 +326,11 @@ class Daemon(Stoppable):
                                return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when cancelled by a signal: nats-py would retry forever otherwise
             denied.cancel()
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await attempt
-            if attempt.cancelled() or attempt.exception() is not None:
+            await cancel_until_done(attempt)
+            if not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
                 with contextlib.suppress(Exception):  # a failed connect leaves its socket
                     await client.close()
-        if not attempt.cancelled() and attempt.exception() is None:
+        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
             connected = True
             return client
         if refused.is_set():
