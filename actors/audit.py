@@ -261,7 +261,8 @@ class Audit(GateActor):
         """Answer with every committed record, in commit order."""
         try:
             assert self.conn is not None
-            self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(read_records(self.conn))))
+            records = tuple(read_records(self.conn, msg.since))
+            self.send(sender, AuditRead(ticket=msg.ticket, records=records))
         except Exception as exc:
             self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 

@@ -204,7 +204,7 @@ class PgAudit(pg_store.PgSession, Audit):
             conn = self._connection()
             if conn is None or self.fence is None:
                 raise RuntimeError("the database cannot be reached")
-            records = pg_auditlog.read_shard_records(conn, self.fence.shard)
+            records = pg_auditlog.read_shard_records(conn, self.fence.shard, msg.since)
             self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(records)))
         except Exception as exc:
             self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))

@@ -347,9 +347,11 @@ class TaskLocked(InternalMessage):
 
 
 class ReadAudit(InternalMessage):
-    """Ask Audit for every committed record; reply `AuditRead`."""
+    """Ask Audit for every committed record (or those written at or after `since`, unix
+    seconds); reply `AuditRead`."""
 
     ticket: int
+    since: float = 0.0
 
 
 class AuditRead(InternalMessage):

@@ -364,10 +364,12 @@ class IngressRuntime:
         assert isinstance(reply, TaskLocked)
         return reply.found
 
-    def audit(self) -> list[AuditRecord]:
-        """Every audit record committed before the call, in commit order."""
+    def audit(self, since: float = 0.0) -> list[AuditRecord]:
+        """Every audit record committed before the call (written at or after `since`, unix
+        seconds), in commit order."""
         driver = self._running()
-        reply = self._ask(driver, driver.addresses.audit, ReadAudit(ticket=driver.next_ticket()))
+        reply = self._ask(driver, driver.addresses.audit,
+                          ReadAudit(ticket=driver.next_ticket(), since=since))
         assert isinstance(reply, AuditRead)
         return list(reply.records)
 

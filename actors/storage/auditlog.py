@@ -87,9 +87,10 @@ def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord.model_validate(values, strict=False)
 
 
-def read_records(conn: sqlite3.Connection) -> list[AuditRecord]:
-    """Every committed record in commit order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq").fetchall()
+def read_records(conn: sqlite3.Connection, since: float = 0.0) -> list[AuditRecord]:
+    """Every committed record (written at or after `since`, unix seconds) in commit order."""
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE at >= ? ORDER BY seq",
+                        (since,)).fetchall()
     return [record_from_row(r) for r in rows]
 
 

@@ -153,10 +153,12 @@ def append(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain,
     write_head(conn, key, chain)
 
 
-def read_shard_records(conn: psycopg.Connection[Any], shard: int) -> list[AuditRecord]:
-    """Every committed record of the shard's chain, in seq order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s ORDER BY seq",
-                        (shard,)).fetchall()
+def read_shard_records(conn: psycopg.Connection[Any], shard: int, since: float = 0.0
+                       ) -> list[AuditRecord]:
+    """Every committed record of the shard's chain (written at or after `since`, unix
+    seconds), in seq order."""
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s AND at >= %s "
+                        "ORDER BY seq", (shard, since)).fetchall()
     return [record_from_row(r) for r in rows]
 
 

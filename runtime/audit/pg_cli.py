@@ -93,8 +93,6 @@ def verify_database_command(url: str, key: str | None, as_json: bool,
                    "outbox rows")
         for problem in v.problems:
             typer.echo(f"shard {v.shard}: problem: {problem}")
-    if not verdicts:
-        typer.echo("no shards: not a cluster database?")
     total = sum(v.records for v in verdicts)
     if ok:
         typer.echo(f"OK: every shard's keyed chain, head row and store agree; audit records:\n"
@@ -102,7 +100,7 @@ def verify_database_command(url: str, key: str | None, as_json: bool,
         return EXIT_OK
     bad = [v.shard for v in verdicts if not v.ok]
     typer.echo(f"FAILED: shard(s) {', '.join(map(str, bad))} do not verify" if bad
-               else "FAILED: an anchored chain is gone")
+               else "FAILED: an anchored chain is gone" if verdicts else "FAILED: no shards")
     return EXIT_BAD
 
 

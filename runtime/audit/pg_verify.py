@@ -93,7 +93,12 @@ def verify_database(conn: psycopg.Connection[Any], key: bytes,
     orphans = tuple(Problem("anchor", None, f"no shard has the anchored chain "
                             f"{a.store_id}: its audit chain was deleted or replaced")
                     for a in anchors if a.store_id not in chains)
-    return DatabaseVerdict(shards=verdicts, problems=orphans)
+    # A cluster is set up with its shard count: no shard at all means its rows were
+    # deleted, and an empty verdict must not read as "every shard verifies".
+    gone = () if verdicts else (Problem("checkpoint", None, "no shards: the cluster's "
+                                        "configuration and every shard's rows are gone "
+                                        "(emptied?); nothing vouches for this database"),)
+    return DatabaseVerdict(shards=verdicts, problems=gone + orphans)
 
 
 def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,

@@ -46,7 +46,7 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
-from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.handler import JUDGED_MEMORY, EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
     fingerprint,
@@ -60,7 +60,7 @@ from task_ingress.runtime.nats.nkey import user_nkey
 from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.stopping import Stoppable
+from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
 
 
 def default_node_id() -> str:
@@ -282,15 +282,20 @@ class ClusterDaemon(Stoppable):
             options["token"] = s.nats_token.get_secret_value()
         self.announce(f"connecting to NATS at {mask_url(url)}")
         client = Client()
+        attempt = asyncio.ensure_future(client.connect(**options))
         try:
-            await asyncio.wait_for(client.connect(**options), s.nats_connect_timeout)
-        except Exception as exc:  # TimeoutError included
-            with contextlib.suppress(Exception):
-                await client.close()
-            raise RuntimeStartError(
-                f"no NATS server reachable at {mask_url(url)} within "
-                f"{s.nats_connect_timeout:g} s ({type(exc).__name__}: {exc})") from None
-        return client
+            await asyncio.wait({attempt}, timeout=s.nats_connect_timeout)
+        finally:  # also when cancelled by a signal: not wait_for, which can lose a cancel
+            await cancel_until_done(attempt)
+        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+            return client
+        with contextlib.suppress(Exception):
+            await client.close()
+        exc = attempt.exception() if attempt.done() and not attempt.cancelled() else None
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "TimeoutError"
+        raise RuntimeStartError(
+            f"no NATS server reachable at {mask_url(url)} within "
+            f"{s.nats_connect_timeout:g} s ({why})") from None
 
     def _ready_info(self, metrics_url: str | None) -> ClusterReadyInfo:
         s, c = self.settings, self.cluster
@@ -327,8 +332,12 @@ class ClusterDaemon(Stoppable):
             await asyncio.to_thread(runtime.start)
             if self.serving.get(lease.shard) is not serving:
                 return  # lost while starting: _close_shard closes it once we let go
+            # What the shard's earlier holders judged stays final (replays), before the
+            # first message.
+            judged = await asyncio.to_thread(runtime.audit, time.time() - JUDGED_MEMORY)
             for ws in workspaces:
                 serving.handlers[ws] = self._handler(runtime, serving)
+                serving.handlers[ws].remember_judged(r for r in judged if r.workspace == ws)
                 await self._subscribe(serving, ws, serving.handlers[ws])
             with contextlib.suppress(Exception):
                 await self._nc.flush()

@@ -40,7 +40,7 @@ from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.authz import Served, nkey_authorization
-from task_ingress.runtime.nats.handler import EnvelopeHandler
+from task_ingress.runtime.nats.handler import JUDGED_MEMORY, EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
     fingerprint,
@@ -61,7 +61,7 @@ from task_ingress.runtime.nats.policy import (
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.stopping import Stoppable
+from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
 from task_ingress.runtime.store_lock import StoreLock
 
 
@@ -195,6 +195,9 @@ class Daemon(Stoppable):
                                   on_channel=self._greet_soon, clock=self.clock,
                                   limits=s.handler_limits())
         self._handler = handler
+        # Before the first message: what an earlier run judged stays final (replays).
+        judged = await asyncio.to_thread(self.runtime.audit, time.time() - JUDGED_MEMORY)
+        self.log.info("replay.window_restored", ids=handler.remember_judged(judged))
         subs = await self._subscribe(self._nc, handler, me)
         return subs, url
 
@@ -319,14 +322,11 @@ class Daemon(Stoppable):
                                return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when cancelled by a signal: nats-py would retry forever otherwise
             denied.cancel()
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await attempt
-            if attempt.cancelled() or attempt.exception() is not None:
+            await cancel_until_done(attempt)
+            if not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
                 with contextlib.suppress(Exception):  # a failed connect leaves its socket
                     await client.close()
-        if not attempt.cancelled() and attempt.exception() is None:
+        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
             connected = True
             return client
         if refused.is_set():

@@ -46,13 +46,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
+from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.codec import decode_envelope, encode_reply
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.peers import PeerCard
@@ -83,12 +84,15 @@ from task_ingress.runtime.nats.limits import HandlerLimits
 from task_ingress.runtime.nats.metrics import Metrics
 from task_ingress.runtime.nats.offload import BatchOffload
 from task_ingress.runtime.nats.policy import TrustPolicy
-from task_ingress.runtime.nats.replay import JudgedWindow, Verdict
+from task_ingress.runtime.nats.replay import JudgedWindow, Verdict, earlier_verdicts
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 MAX_PENDING_WORK = 1024
 """Calls waiting for a worker thread; never reached while max_in_flight is below it."""
 MAX_CHANNELS_SEEN = 1024
+JUDGED_MEMORY = 2 * wire.MAX_REPLAY_AGE + 2
+"""Seconds after judging that an envelope can still pass the `ts` window (one dated up to
+300 s ahead stays fresh until 300 s after its `ts`)."""
 INBOX_PREFIX = "_INBOX."
 
 
@@ -135,7 +139,7 @@ class EnvelopeHandler:
                                   capacity=self.limits.greet_capacity, clock=clock)
         # Refusals of a full window are remembered as long as an envelope can stay fresh:
         # 600 s for one dated 300 s ahead.
-        self.judged = JudgedWindow(2 * wire.MAX_REPLAY_AGE + 2,
+        self.judged = JudgedWindow(JUDGED_MEMORY,
                                    capacity=self.limits.replay_capacity,
                                    per_peer=self.limits.replay_per_peer, clock=clock)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingress-io")
@@ -163,6 +167,16 @@ class EnvelopeHandler:
         self.executor.shutdown(wait=True, cancel_futures=False)
         self.crypto.close()
         self.greets.close()
+
+    def remember_judged(self, records: Iterable[AuditRecord]) -> int:
+        """Make the verdicts an earlier run of the daemon audited final again (SPEC 5): a
+        refusal captured before a restart must not be judged afresh after it. `records`:
+        the audit of the last `JUDGED_MEMORY` seconds, oldest first; only task requests
+        this handler would have put in its window count (not forged, dropped or malformed
+        messages, which never were). Returns how many ids it remembers."""
+        for key, verdict, lifetime in earlier_verdicts(records, JUDGED_MEMORY, time.time()):
+            self.judged.seed(key, verdict, lifetime)
+        return len(self.judged)
 
     def me(self, protocol: str) -> str:
         """The daemon's own peer ID on this protocol: plain on v0, its handle on v1."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.outcomes import Outcome
-from task_ingress.messages.reasons import Reason
+from task_ingress.messages.reasons import Action, Reason
 
 RequestKey = tuple[str, str, str, str]
 """(workspace, channel, peer ID, request ID)."""
@@ -50,6 +51,31 @@ class Verdict:
 
 OVERFLOWED = Verdict(False, Reason.OVERLOADED)
 """The verdict of an id refused because the window was full."""
+
+JUDGED_TRUST = frozenset({"verified", "unverified"})
+"""The trust of the senders whose requests the window holds (a forged envelope, trust
+`rejected`, never enters it: it must not make a victim's id final)."""
+TASK_ACTIONS = frozenset({Action.CREATE, Action.UPDATE, Action.CANCEL, Action.ENQUEUE})
+
+
+def earlier_verdicts(records: Iterable[AuditRecord], memory: float, now: float
+                     ) -> Iterator[tuple[RequestKey, Verdict, float]]:
+    """(key, verdict, seconds left) of each request id an earlier run judged, from its
+    audit records (oldest first), for as long as its envelope can still be fresh: `memory`
+    seconds after it was judged, from `now` (unix seconds). Only what the window would have
+    held: a task request of a verified or unverified sender, its first record (a replay's
+    record repeats it); not a forged, dropped, malformed or presence record."""
+    seen: set[RequestKey] = set()
+    for r in records:
+        if (r.trust not in JUDGED_TRUST or r.action not in TASK_ACTIONS or r.replay
+                or not r.peer_id or not r.request_id):
+            continue
+        key = (r.workspace, r.channel, r.peer_id, r.request_id)
+        left = r.at + memory - now
+        if key in seen or left <= 0:
+            continue
+        seen.add(key)
+        yield key, Verdict(r.outcome == "accepted", r.reason), left
 
 
 def _digest(parts: tuple[str, ...]) -> bytes:
@@ -151,6 +177,16 @@ class JudgedWindow:
         entry = self._entries.get(digest)
         if entry is not None:
             self._entries[digest] = (entry[0], verdict)
+
+    def seed(self, key: RequestKey, verdict: Verdict, lifetime: float) -> None:
+        """Remember a verdict reached before this window existed (by an earlier run of the
+        daemon) for `lifetime` seconds; the first verdict of an id stays. When the window
+        is full the id goes to the overflow filter: its replays are refused, never judged."""
+        if lifetime <= 0 or self.lookup(key) is not None:
+            return
+        if not self.admit(key):
+            return
+        self.start(key, verdict, lifetime)
 
     def discard(self, key: RequestKey) -> None:
         """Forget `key` (its judging failed before an outcome existed)."""

@@ -14,6 +14,22 @@ from typing import Any
 from task_ingress.runtime.nats.ready import remove_ready_file
 
 HARD_EXIT_STATUS = 130
+CANCEL_TRIES = 100
+CANCEL_PAUSE = 0.05
+
+
+async def cancel_until_done(task: asyncio.Future[Any]) -> bool:
+    """Cancel `task` and wait for it to end, cancelling again while it runs on: one
+    cancellation can be lost (Python 3.11's `asyncio.wait_for` returns its inner
+    future's outcome instead of raising CancelledError when both happen in one turn, and
+    nats-py's connect loop then simply tries the next server). True when it ended within
+    CANCEL_TRIES x CANCEL_PAUSE seconds."""
+    for _ in range(CANCEL_TRIES):
+        if task.done():
+            return True
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_PAUSE)
+    return task.done()
 
 
 class Stoppable:

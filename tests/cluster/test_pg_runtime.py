@@ -335,3 +335,21 @@ def test_a_runtime_on_postgresql_reads_back_its_tasks_and_runs(
         assert run is not None and run.task_id == created.task_id
         assert rt.get_task(WS, "no-such-task") is None
         assert rt.get_task(OTHER_WS, created.task_id) is None
+
+
+def test_a_new_holder_reads_the_records_its_predecessor_wrote_since_a_time(
+    pg_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    """What `serve --cluster` reads when it takes a shard, so that a refusal judged by the
+    former holder stays final for a replay sent to the new one."""
+    conn = _setup(database)
+    first = pg_runtime(_fence(conn, "node-a"))
+    first.submit(ctx("before", workspace=WS), CreateTask(title="t"))   # peer_not_found
+    time.sleep(0.01)
+    since = time.time()
+    first.submit(ctx("refused", workspace=WS), CreateTask(title="t"))
+    first.close()
+    second = pg_runtime(_take_over(conn, SHARD, "node-b"))
+    assert [r.request_id for r in second.audit(since)] == ["refused"]
+    assert [r.request_id for r in second.audit()] == ["before", "refused"]
+    conn.close()

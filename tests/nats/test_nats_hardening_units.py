@@ -9,13 +9,20 @@ import stat
 from pathlib import Path
 
 import pytest
-from task_ingress.messages.reasons import Reason
+from task_ingress.messages.audit import AuditRecord
+from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.budget import MAX_TALLY_KEYS, DropKey, DropTally, UnprovenBudget
 from task_ingress.runtime.nats.compact import CompactError, open_reply, sign_reply
 from task_ingress.runtime.nats.greets import MAX_IDS_PER_TS, GreetLedger, GreetMark, verdict
 from task_ingress.runtime.nats.identity import generate_key, load_private_key, raw_public_key
-from task_ingress.runtime.nats.replay import OVERFLOWED, JudgedWindow, OverflowFilter, Verdict
+from task_ingress.runtime.nats.replay import (
+    OVERFLOWED,
+    JudgedWindow,
+    OverflowFilter,
+    Verdict,
+    earlier_verdicts,
+)
 
 from tests.conftest import FakeClock
 
@@ -72,6 +79,49 @@ def test_the_judged_window_remembers_each_id_for_its_lifetime_and_never_forgets_
     assert len(window) == 1 and window.admit(_key(3))  # room again, per peer as well
     window.discard(_key(1))
     assert window.lookup(_key(1)) is None and len(window) == 0
+
+
+def _record(request_id: str, *, at: float = NOW, peer: str = "p", trust: str = "verified",
+            action: Action = Action.CREATE, outcome: str = "rejected",
+            reason: Reason | None = Reason.PEER_NOT_FOUND, replay: bool = False
+            ) -> AuditRecord:
+    return AuditRecord(seq=1, at=at, workspace="ws", channel="c", peer_id=peer,
+                       actor=f"peer:{peer}/channel:c", request_id=request_id, action=action,
+                       outcome=outcome, reason=reason, task_id=None, run_id=None,
+                       payload_size=0, replay=replay, trust=trust, prev_hash="", hash="")
+
+
+def test_an_earlier_runs_verdicts_are_the_task_requests_the_window_would_have_held() -> None:
+    records = [
+        _record("r-1"),                                               # a refusal: kept
+        _record("r-1", outcome="accepted", reason=None),              # not its first record
+        _record("r-2", outcome="accepted", reason=None, trust="unverified"),
+        _record("r-2", outcome="accepted", reason=None, replay=True),
+        _record("forged", trust="rejected"),                           # never in a window
+        _record("old", at=NOW - 603),                                   # no longer fresh
+        _record("dropped:unproven:v1.peer:9", peer="", action=Action.UNKNOWN,
+                reason=Reason.OVERLOADED),
+        _record("", action=Action.GREET, reason=Reason.OVERLOADED),
+        _record("embedded", trust="embedded"),
+        _record("garbled", trust="unverified", action=Action.UNKNOWN),
+    ]
+    found = list(earlier_verdicts(records, 602.0, NOW + 2))
+    assert found == [(("ws", "c", "p", "r-1"), Verdict(False, Reason.PEER_NOT_FOUND), 600.0),
+                     (("ws", "c", "p", "r-2"), Verdict(True, None), 600.0)]
+
+
+def test_a_seeded_verdict_is_final_for_its_lifetime_and_a_full_window_refuses_the_rest(
+        clock: FakeClock) -> None:
+    window = JudgedWindow(602.0, capacity=1, per_peer=1, clock=clock)
+    refused = Verdict(False, Reason.PEER_NOT_FOUND)
+    window.seed(_key(0), refused, 30.0)
+    window.seed(_key(0), Verdict(True, None), 30.0)   # the first verdict stays
+    window.seed(_key(1), refused, 30.0)               # full: refused, never judged
+    window.seed(_key(2), refused, 0.0)                # expired: nothing to remember
+    assert window.lookup(_key(0)) == refused and window.lookup(_key(1)) == OVERFLOWED
+    assert window.lookup(_key(2)) is None
+    clock.advance(31.0)
+    assert window.lookup(_key(0)) is None
 
 
 def test_the_overflow_filter_finds_what_was_added_for_at_least_one_window(

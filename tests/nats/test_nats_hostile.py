@@ -411,6 +411,24 @@ def test_a_refusal_dated_ahead_stays_final_for_as_long_as_its_ts_keeps_it_fresh(
     assert all(r.task_id is None for r in _rows(d))
 
 
+def test_a_refusal_captured_before_a_restart_stays_final_after_it(
+        start_daemon: Start, nats_wire: Wire) -> None:
+    d = start_daemon()
+    victim = _verified(d, "victim")
+    early = victim.task("task.create", {"title": "early"}, "r-early")  # before its greet
+    assert result(_ask(nats_wire, victim, early))["reason"] == Reason.PEER_NOT_FOUND
+    d.stop()
+    d = start_daemon()
+    assert _greet(nats_wire, victim)["task_write"] is True
+    replayed = _ask(nats_wire, victim, early)
+    assert replayed["body"]["status"] == "duplicate"
+    assert result(replayed)["reason"] == Reason.PEER_NOT_FOUND  # never a write
+    late = victim.task("task.create", {"title": "late"}, "r-late")
+    assert result(_ask(nats_wire, victim, late))["accepted"]
+    assert [(r.request_id, r.outcome) for r in _rows(d)] == [
+        ("r-early", "rejected"), ("r-early", "rejected"), ("r-late", "accepted")]
+
+
 # ---- F: expires_at never lifts the ts window --------------------------------------------
 def test_expires_at_never_makes_an_old_envelope_fresh_again(start_daemon: Start,
                                                            nats_wire: Wire) -> None:

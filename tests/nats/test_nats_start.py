@@ -3,6 +3,7 @@ and a signal honoured while it waits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from task_ingress.runtime.cli import app
 from task_ingress.runtime.cli_exit import one_line
 from task_ingress.runtime.nats.server import NatsServer
+from task_ingress.runtime.nats.stopping import cancel_until_done
 from task_ingress.runtime.ports import free_port
 from typer.testing import CliRunner
 
@@ -151,3 +153,25 @@ def test_serve_with_a_token_the_server_refuses_says_so(tmp_path: Path) -> None:
     assert _last_line(log).startswith(
         f"task-ingress: could not start: the NATS server at {server.url} refused the "
         "daemon's credentials")
+
+
+def test_a_connect_that_loses_a_cancellation_is_still_stopped() -> None:
+    """Python 3.11's wait_for can return its inner future's error instead of raising
+    CancelledError (both in one turn); nats-py's connect loop then tries again, so a single
+    cancel left `serve` connecting forever after a SIGTERM (1 run in ~20 under load)."""
+    async def connect_losing_one_cancel() -> None:
+        lost = 0
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                lost += 1
+                if lost > 1:
+                    raise
+
+    async def main() -> bool:
+        attempt = asyncio.ensure_future(connect_losing_one_cancel())
+        await asyncio.sleep(0.02)
+        return await asyncio.wait_for(cancel_until_done(attempt), 30) and attempt.cancelled()
+
+    assert asyncio.run(main())
