@@ -87,10 +87,25 @@ def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord.model_validate(values, strict=False)
 
 
+SINCE_CLOCK_SLACK = 3600.0
+"""How far back `at` may step between records (a wall clock set back) and a `since` read
+still find every record written at or after `since`."""
+
+
 def read_records(conn: sqlite3.Connection, since: float = 0.0) -> list[AuditRecord]:
-    """Every committed record (written at or after `since`, unix seconds) in commit order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE at >= ? ORDER BY seq",
-                        (since,)).fetchall()
+    """Every committed record (written at or after `since`, unix seconds) in commit order.
+
+    With `since`, the read starts after the newest record older than `since` minus
+    SINCE_CLOCK_SLACK, found from the tail (seq is the rowid), not by scanning a whole
+    log for a few minutes' records at a daemon's start (there is no index on `at`, which
+    would cost every write)."""
+    first = 0
+    if since > 0:
+        row = conn.execute("SELECT seq FROM audit WHERE at < ? ORDER BY seq DESC LIMIT 1",
+                           (since - SINCE_CLOCK_SLACK,)).fetchone()
+        first = int(row[0]) if row else 0
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND at >= ? "
+                        "ORDER BY seq", (first, since)).fetchall()
     return [record_from_row(r) for r in rows]
 
 
