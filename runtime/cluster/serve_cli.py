@@ -21,7 +21,8 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
                   workspaces: list[str]) -> None:
     """Validate the cluster options and serve until stopped; raises typer.Exit."""
     from task_ingress.actors.rules import gate
-    from task_ingress.runtime.preflight import check_actor_base, check_writable
+    from task_ingress.actors.rules.chain import ChainKey
+    from task_ingress.runtime.preflight import check_actor_base, check_key_file, check_writable
 
     if not cluster:
         raise UsageProblem("--shards, --lease-ttl and --node-id need --cluster")
@@ -30,10 +31,21 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     if not settings.nats_url:
         raise UsageProblem("--cluster needs --nats-url: the daemons of a cluster share an "
                            "external NATS (a routed nats-server cluster; docs/cluster.md)")
-    if not os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip():
+    audit_key = os.environ.get("TASK_INGRESS_AUDIT_KEY", "").strip()
+    if not audit_key:
         raise UsageProblem("--cluster needs the cluster's audit key in TASK_INGRESS_AUDIT_KEY "
                            "(hex, the same on every daemon: each shard's chain is keyed "
                            "with it; `openssl rand -hex 32` makes one)")
+    try:
+        ChainKey.from_hex(audit_key)
+    except ValueError:
+        # Every shard would refuse to start with it, again at every lease attempt.
+        raise UsageProblem("TASK_INGRESS_AUDIT_KEY is not hex: give the cluster's audit key "
+                           "as every daemon has it (`openssl rand -hex 32` made it)") from None
+    if settings.key_file is None:
+        # A key made per daemon would make each daemon a different AGH peer.
+        raise UsageProblem("--cluster needs --key-file: the cluster's key, the same file on "
+                           "every daemon (the first daemon creates it if it is missing)")
     for ws in workspaces:
         if not gate.is_workspace(ws):
             raise UsageProblem(f"malformed workspace {ws!r}")
@@ -56,6 +68,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     check_actor_base(settings.actor_base)
+    check_key_file(settings.key_path)
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
     shown = {**settings.public(), "cluster": True, "database": mask_url(opts.database),

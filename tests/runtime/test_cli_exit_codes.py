@@ -17,6 +17,7 @@ import typer
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.cli_exit import BUG_LINE, run
 from task_ingress.runtime.errors import RuntimeStartError
+from task_ingress.runtime.nats.identity import generate_key, save_key
 from task_ingress.runtime.nats.ready import ReadyInfo, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.preflight import ACTOR_BASES
@@ -56,9 +57,11 @@ def test_serve_with_an_unknown_actor_base_is_a_usage_error(work: Path) -> None:
 
 @pytest.mark.parametrize("command", [
     ["swarm", "--requests", "20", "--no-progress"],
+    ["swarm", "--requests", "20", "--no-progress", "--process-mode", "pipeline"],
     ["serve"],
+    ["serve", "--process-mode", "pipeline"],
     ["demo"],
-], ids=["swarm", "serve", "demo"])
+], ids=["swarm", "swarm pipeline", "serve", "serve pipeline", "demo"])
 def test_a_store_in_a_read_only_directory_is_one_line_and_leaves_nothing_behind(
         work: Path, tmp_path: Path, command: list[str]) -> None:
     ro = read_only_dir(tmp_path)
@@ -108,6 +111,73 @@ def test_a_usage_error_is_one_line_and_exit_2_never_1(work: Path, argv: list[str
     line = one_line(result.stderr)
     assert line.startswith("task-ingress") and "Traceback" not in result.stderr
     assert list(work.iterdir()) == []
+
+
+NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
+"""A PostgreSQL URL nothing answers at (port 1): no server is needed to meet these errors."""
+AUDIT = {"TASK_INGRESS_AUDIT_KEY": "ab" * 32}
+CLUSTER = ["serve", "--cluster", "--database", NO_DATABASE, "--nats-url", "nats://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    (["serve", "--cluster"], {}),
+    (["serve", "--cluster", "--database", NO_DATABASE], {}),
+    ([*CLUSTER, "--key-file", "{key}"], {}),
+    ([*CLUSTER, "--key-file", "{key}"], {"TASK_INGRESS_AUDIT_KEY": "zz"}),
+    (CLUSTER, AUDIT),
+    ([*CLUSTER, "--key-file", "no-such-dir/cluster.key"], AUDIT),
+    ([*CLUSTER, "--key-file", "{not_a_key}"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--lease-ttl", "-1"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--shards", "0"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--actor-base", "bogus"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--workspace", "Not A Workspace"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--ready-file", "no-such-dir/r.json"], AUDIT),
+    (["serve", "--shards", "4"], {}),
+    (["serve", "--process-mode", "bogus"], {}),
+    (["trust", "list", "--database", NO_DATABASE], {}),
+    (["trust", "add", "a@" + "0" * 32, "--database", NO_DATABASE], {}),
+    (["trust", "add", "a@" + "0" * 32, "--database", NO_DATABASE, "--trust-file", "t.json"],
+     {}),
+    (["audit", "verify", "--database", NO_DATABASE], AUDIT),
+    (["audit", "verify", "--database", NO_DATABASE, "--key", "zz"], {}),
+    (["audit", "verify", "--database", NO_DATABASE, "--store", "s.db"], AUDIT),
+    (["audit", "show", "--database", NO_DATABASE, "--reason", "peer_not_fond"], AUDIT),
+    (["audit", "show", "--database", NO_DATABASE], AUDIT),
+    (["audit", "head", "--database", NO_DATABASE], AUDIT),
+    (["cluster", "status"], {}),
+    (["cluster", "status", "--database", NO_DATABASE], {}),
+    (["bench", "--cluster"], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE, "--daemons", "0"], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE, "--systems", "baseline"], {}),
+    (["bench", "--daemons", "2"], {}),
+    (["swarm", "--process-mode", "bogus"], {}),
+    (["swarm", "--process-mode", "pipeline", "--actor-base", "multiprocQueueBase"], {}),
+    (["swarm", "--process-mode", "pipeline", "--store", "no-such-dir/s.db"], {}),
+    (["keygen", "--out", "{key}"], {}),
+    (["request", "create", "--daemon", "{not_a_key}", "--key", "{key}", "--channel", "ops",
+      "--title", "t"], {}),
+    (["request", "create", "--daemon", "no-such-ready-file.json", "--key", "{not_a_key}",
+      "--channel", "ops", "--title", "t"], {}),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else
+    ",".join(f"{k}={v[:4]}" for k, v in value.items()))
+def test_a_usage_error_of_cluster_mode_and_the_newer_options_is_one_line_and_exit_2(
+        work: Path, tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
+    # Each of these ended in a traceback or a daemon retrying forever before it was checked.
+    key, not_a_key = tmp_path / "cluster.key", tmp_path / "not-a.key"
+    save_key(str(key), generate_key())
+    not_a_key.write_text("not a key\n")
+    not_a_key.chmod(0o600)
+    args = [a.format(key=key, not_a_key=not_a_key) for a in argv]
+    result = cli(*args, cwd=work, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "Traceback" not in result.stderr
+    # `audit`'s own errors read `error: …` (docs/operating.md#exit-codes-of-task-ingress-audit)
+    assert line.startswith("task-ingress " + argv[0]) or (
+        argv[0] == "audit" and line.startswith("error: ")), line
+    assert list(work.iterdir()) == []
+    assert key.read_bytes() and not_a_key.read_text() == "not a key\n"
 
 
 @pytest.mark.parametrize("argv", [
