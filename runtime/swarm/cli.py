@@ -59,8 +59,15 @@ def _nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
 def _live_daemon(ready_file: str) -> str:
     """The workspace the daemon of `ready_file` serves; SwarmSetupError when the file cannot
     be read or its daemon is not running (a stale file: no point waiting for answers)."""
-    from task_ingress.runtime.nats.ready import read_live_ready_file
+    from task_ingress.runtime.nats.ready import cluster_node, read_live_ready_file
 
+    node = cluster_node(ready_file)
+    if node is not None:
+        # Its peers would not be trusted (the policy is in the database) and the invariants
+        # would look for a store file: a failed run (exit 1) for what is a usage error.
+        raise SwarmSetupError(f"--daemon {ready_file}: the daemon is cluster node {node}; "
+                              "the swarm drives a single `task-ingress serve` and reads its "
+                              "store file; load a cluster with `task-ingress bench --cluster`")
     try:
         return read_live_ready_file(ready_file).workspace
     except FileNotFoundError:

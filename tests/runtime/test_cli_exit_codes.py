@@ -267,6 +267,29 @@ def test_a_request_at_a_stale_ready_file_names_the_dead_pid_at_once(work: Path,
     assert result.stdout == "" and list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["swarm", "--daemon", "{ready}", "--no-progress"],
+    ["trust", "list", "--daemon", "{ready}"],
+    ["trust", "add", "--key", "{key}", "--daemon", "{ready}"],
+], ids=["swarm", "trust list", "trust add"])
+def test_a_cluster_daemons_ready_file_where_a_single_daemons_is_needed_is_one_line_and_exit_2(
+        work: Path, tmp_path: Path, argv: list[str]) -> None:
+    # The swarm used to run, enrol its peers in a trust file no cluster daemon reads, and
+    # fail (exit 1) on a store file it could not find; trust add failed on an empty path.
+    ready = _ready_file(tmp_path / "node.json", pid=os.getpid(), nats_url="nats://127.0.0.1:1",
+                        token="t", store=tmp_path / "store.db")
+    info = json.loads(ready.read_text())
+    ready.write_text(json.dumps({**info, "trust_file": "", "node_id": "node-7", "shards": 4}))
+    key = tmp_path / "k.key"
+    save_key(str(key), generate_key())
+    result = cli(*[a.format(ready=ready, key=key) for a in argv], cwd=work, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"task-ingress {argv[0]}")
+    assert "cluster node node-7" in line and "Traceback" not in result.stderr
+    assert list(work.iterdir()) == []
+
+
 def test_a_swarm_that_sent_nothing_fails_with_exit_1(work: Path, tmp_path: Path) -> None:
     # A NATS server with no daemon behind it (the store is there, the daemon answers
     # nothing): every greet fails, so no request is sent and every invariant holds vacuously.
