@@ -10,7 +10,7 @@ import os
 import sys
 
 import typer
-from task_ingress.runtime.cli_exit import UsageProblem
+from task_ingress.runtime.cli_exit import UsageProblem, one_line
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 
 DEFAULT_SHARDS = 16
@@ -50,7 +50,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
         if not gate.is_workspace(ws):
             raise UsageProblem(f"malformed workspace {ws!r}")
     try:
-        import psycopg  # noqa: F401  (the `cluster` extra)
+        import psycopg  # the `cluster` extra
     except ImportError:
         raise UsageProblem("--cluster needs psycopg: pip install 'task-ingress[cluster]'") \
             from None
@@ -71,6 +71,13 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     check_key_file(settings.key_path)
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
+    try:
+        # Before anything starts: a mistyped URL is one line, not the start-up's log lines
+        # (the trust reader's, NATS's) followed by the same verdict.
+        psycopg.connect(opts.database, autocommit=True, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        raise UsageProblem(f"cannot use the cluster database {mask_url(opts.database)}: "
+                           f"{one_line(str(exc))[:300]}") from None
     shown = {**settings.public(), "cluster": True, "database": mask_url(opts.database),
              "shards": opts.shards, "lease_ttl": opts.lease_ttl, "node_id": opts.node_id,
              "workspaces": list(opts.workspaces)}

@@ -127,6 +127,7 @@ CLUSTER = ["serve", "--cluster", "--database", NO_DATABASE, "--nats-url", "nats:
     (CLUSTER, AUDIT),
     ([*CLUSTER, "--key-file", "no-such-dir/cluster.key"], AUDIT),
     ([*CLUSTER, "--key-file", "{not_a_key}"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}"], AUDIT),  # nothing answers at the database URL
     ([*CLUSTER, "--key-file", "{key}", "--lease-ttl", "-1"], AUDIT),
     ([*CLUSTER, "--key-file", "{key}", "--shards", "0"], AUDIT),
     ([*CLUSTER, "--key-file", "{key}", "--actor-base", "bogus"], AUDIT),
