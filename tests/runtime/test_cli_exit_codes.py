@@ -185,6 +185,8 @@ def test_a_usage_error_of_cluster_mode_and_the_newer_options_is_one_line_and_exi
     ["--help"], ["swarm", "--help"], ["serve", "--help"], ["demo", "--help"],
     ["bench", "--help"], ["audit", "verify", "--help"], ["keygen", "--help"],
     ["trust", "add", "--help"], ["request", "create", "--help"],
+    ["cluster", "status", "--help"], ["audit", "show", "--help"], ["audit", "head", "--help"],
+    ["trust", "list", "--help"], ["request", "enqueue", "--help"],
 ], ids=lambda argv: " ".join(argv))
 def test_help_has_no_type_placeholders_on_flags(work: Path, argv: list[str]) -> None:
     result = cli(*argv, cwd=work)
