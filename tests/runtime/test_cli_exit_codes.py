@@ -155,6 +155,9 @@ CLUSTER = ["serve", "--cluster", "--database", NO_DATABASE, "--nats-url", "nats:
     (["swarm", "--process-mode", "bogus"], {}),
     (["swarm", "--process-mode", "pipeline", "--actor-base", "multiprocQueueBase"], {}),
     (["swarm", "--process-mode", "pipeline", "--store", "no-such-dir/s.db"], {}),
+    (["swarm", "--process-mode", "pipeline", "--transport", "nats", "--nats-url",
+      "nats://127.0.0.1:1"], {}),
+    (["swarm", "--transport", "nats", "--nats-url", "nats://127.0.0.1:1"], {}),
     (["keygen", "--out", "{key}"], {}),
     (["request", "create", "--daemon", "{not_a_key}", "--key", "{key}", "--channel", "ops",
       "--title", "t"], {}),
@@ -177,6 +180,10 @@ def test_a_usage_error_of_cluster_mode_and_the_newer_options_is_one_line_and_exi
     # `audit`'s own errors read `error: …` (docs/operating.md#exit-codes-of-task-ingress-audit)
     assert line.startswith("task-ingress " + argv[0]) or (
         argv[0] == "audit" and line.startswith("error: ")), line
+    if "--process-mode" in argv:
+        assert "--process-mode" in line or "--store" in line, line
+    if argv[:3] == ["swarm", "--transport", "nats"]:
+        assert "needs --daemon READY_FILE" in line, line
     assert list(work.iterdir()) == []
     assert key.read_bytes() and not_a_key.read_text() == "not a key\n"
 
