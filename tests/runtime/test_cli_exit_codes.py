@@ -180,7 +180,7 @@ def test_a_usage_error_of_cluster_mode_and_the_newer_options_is_one_line_and_exi
     # `audit`'s own errors read `error: …` (docs/operating.md#exit-codes-of-task-ingress-audit)
     assert line.startswith("task-ingress " + argv[0]) or (
         argv[0] == "audit" and line.startswith("error: ")), line
-    if "--process-mode" in argv:
+    if argv[0] == "swarm" and "--process-mode" in argv:
         assert "--process-mode" in line or "--store" in line, line
     if argv[:3] == ["swarm", "--transport", "nats"]:
         assert "needs --daemon READY_FILE" in line, line
