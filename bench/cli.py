@@ -44,6 +44,7 @@ def bench_command(
 ) -> None:
     """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable;
     or, with --cluster, 1..N cluster daemons side by side."""
+    _refuse_the_other_modes_options(cluster, locals())
     if cluster:
         from task_ingress.bench.cluster_cli import cluster_bench
 
@@ -81,3 +82,27 @@ def bench_command(
         out.print(f"JSON: {json_path}")
     if any(s.error for s in result.systems):
         raise typer.Exit(1)
+
+
+_SINGLE_ONLY = {"requests": "--requests", "channels": "--channels", "peers": "--peers",
+                "seed": "--seed", "systems": "--systems", "budget": "--budget",
+                "half_peak": "--no-half-peak", "ceiling_seconds": "--ceiling-seconds"}
+_CLUSTER_ONLY = {"daemons": "--daemons", "seconds": "--seconds"}
+
+
+def _refuse_the_other_modes_options(cluster: bool, given: dict[str, object]) -> None:
+    """Raise UsageProblem for an option the chosen mode ignores: the run would not measure
+    what was asked, and say so only minutes later (serve refuses --shards without --cluster
+    the same way). An option is taken as given when it differs from its default."""
+    import inspect
+
+    from task_ingress.runtime.cli_exit import UsageProblem
+
+    defaults = {name: p.default for name, p in inspect.signature(bench_command).parameters.items()}
+    options = _SINGLE_ONLY if cluster else _CLUSTER_ONLY
+    stray = [flag for name, flag in options.items() if given[name] != defaults[name]]
+    if stray:
+        where = "not used with --cluster" if cluster else "only for --cluster"
+        fix = "run without --cluster" if cluster else "add --cluster"
+        raise UsageProblem(f"{', '.join(stray)}: {where}; drop "
+                           f"{'it' if len(stray) == 1 else 'them'} or {fix}")

@@ -126,6 +126,17 @@ def _open_system(name: str, store: str, key: str) -> tuple[System, Callable[[], 
     return rt, rt.close
 
 
+def peak_error(peak: PhaseFigures, planned: int, budget: float) -> str:
+    """Why a system's peak phase does not count: its failed requests and, when it ran out of
+    time, that it did (a slow system used to read `0 of N requests failed`)."""
+    why = [f"{peak.failed} of {peak.requests} requests failed "
+           "(task_ingress_failed/overloaded/timeout)"] if peak.failed else []
+    if peak.timed_out:
+        why.append(f"timed out: {peak.requests} of {planned} requests sent within the "
+                   f"{budget:g} s --budget")
+    return "; ".join(why) + " in the peak phase"
+
+
 def bench_system(name: str, w: Workload, directory: str, budget: float,
                  half_peak: bool = True, on_phase: Callable[[str], None] | None = None
                  ) -> SystemResult:
@@ -145,8 +156,7 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
             on_phase(f"{name}: peak")
         result.peak = figures(run_phase(system, w, peers, "peak", w.requests, None, budget))
         if result.peak.failed or result.peak.timed_out:
-            result.error = (f"{result.peak.failed} of {result.peak.requests} requests failed "
-                            "(task_ingress_failed/overloaded/timeout) in the peak phase")
+            result.error = peak_error(result.peak, w.requests, budget)
         elif half_peak and result.peak.throughput > 0:
             result.half_rate = result.peak.throughput / 2
             if on_phase:

@@ -90,12 +90,18 @@ def _policy_path(trust_file: str | None, daemon: str | None,
         return ""  # the caller uses runtime/cluster/trust_cli.py instead of a file
     if trust_file:
         return trust_file
-    from task_ingress.runtime.nats.ready import read_ready_file
+    from task_ingress.runtime.nats.ready import cluster_node, read_ready_file
 
     try:  # the policy can be edited while the daemon is down: no pid check here
-        return read_ready_file(str(daemon)).trust_file
+        path = read_ready_file(str(daemon)).trust_file
     except (OSError, ValueError) as exc:
         raise _ready_problem(str(daemon), exc) from None
+    node = cluster_node(str(daemon))
+    if node is not None:
+        # A cluster's daemons read their policy from the database and have no trust file.
+        raise _fail(f"the daemon in {daemon} is cluster node {node}: a cluster's trust "
+                    "policy is in its database; give --database URL instead of --daemon")
+    return path
 
 
 @trust_app.command("add")

@@ -59,3 +59,18 @@ def check_store_writable(path: str, option: str = "--store") -> None:
     """A store file needs its directory writable too: SQLite and the audit put `-wal`,
     `-shm`, `.checkpoint` and `.key` files beside it."""
     check_writable(path, option)
+
+
+def check_key_file(path: str, option: str = "--key-file") -> None:
+    """A daemon's Ed25519 key: an existing file must be a readable key (it is only read), a
+    missing one must be creatable (the daemon makes it)."""
+    if not os.path.exists(path):
+        check_writable(path, option)
+        return
+    from task_ingress.runtime.nats.identity import load_private_key
+
+    try:
+        load_private_key(path)
+    except (OSError, ValueError) as exc:
+        raise UsageProblem(f"{option} {path}: not a readable Ed25519 key ({exc}); give "
+                           "another path or remove it to have a new key made") from None

@@ -84,7 +84,7 @@ def serve(
     from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
     from task_ingress.runtime.nats.daemon import Daemon
     from task_ingress.runtime.nats.settings import ServeSettings
-    from task_ingress.runtime.preflight import check_actor_base, check_writable
+    from task_ingress.runtime.preflight import check_actor_base, check_key_file, check_writable
 
     for option, value, allowed, env in (("--log-level", log_level, log.LEVELS, log.LEVEL_ENV),
                                         ("--log-format", log_format, log.FORMATS,
@@ -129,7 +129,7 @@ def serve(
     check_actor_base(settings.actor_base)
     check_writable(settings.store, "--store")
     check_writable(settings.trust_path, "--trust-file")
-    _check_key_file(settings.key_path)
+    check_key_file(settings.key_path)
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
     typer.echo("task-ingress serve: settings " + json.dumps(settings.public(), sort_keys=True),
@@ -140,21 +140,3 @@ def serve(
     sys.stderr.flush()
     raise typer.Exit(status)
 
-
-def _check_key_file(path: str) -> None:
-    """The daemon's key: an existing file must be a readable Ed25519 key (it is only read),
-    a missing one must be creatable."""
-    import os
-
-    from task_ingress.runtime.cli_exit import UsageProblem
-    from task_ingress.runtime.nats.identity import load_private_key
-    from task_ingress.runtime.preflight import check_writable
-
-    if not os.path.exists(path):
-        check_writable(path, "--key-file")
-        return
-    try:
-        load_private_key(path)
-    except (OSError, ValueError) as exc:
-        raise UsageProblem(f"--key-file {path}: not a readable Ed25519 key ({exc}); give "
-                           "another path or remove it to have a new key made") from None

@@ -249,7 +249,8 @@ def show(
         "--store", help="Path of the SQLite store file.")] = None,
     database: Annotated[str | None, typer.Option(
         "--database", help="A cluster's PostgreSQL URL instead of --store: records of "
-        "every shard, newest --limit per shard, each line naming its shard.")] = None,
+        "every shard, newest --limit per shard, each shard's table under a [shard N] "
+        "line.")] = None,
     peer: PeerOpt = None,
     channel: ChannelOpt = None,
     workspace: WorkspaceOpt = None,
@@ -273,14 +274,14 @@ def show(
                   proven_only=peer is not None and not include_unproven)
     if (store is None) == (database is None):
         raise UsageProblem("give exactly one of --store PATH and --database URL")
+    width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
     if database is not None:
         from task_ingress.runtime.audit.pg_cli import show_database_command
 
-        raise typer.Exit(show_database_command(database, flt, limit or None))
+        raise typer.Exit(show_database_command(database, flt, limit or None, width))
     assert store is not None
     with open_readonly(store) as conn:
         rows = list(query_records(conn, flt, last=limit or None))
-    width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
     typer.echo(f"audit of {store}")
     for line in table_lines(rows, width):
         typer.echo(line)

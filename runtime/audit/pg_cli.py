@@ -13,8 +13,10 @@ from typing import Any
 import typer
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.actors.storage.auditlog import KEY_ENV, given_key
+from task_ingress.messages.audit import AuditRecord
 from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
-from task_ingress.runtime.audit.query import AuditFilter, format_line
+from task_ingress.runtime.audit.query import AuditFilter
+from task_ingress.runtime.audit.table import table_lines
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
 
@@ -124,8 +126,9 @@ def head_database_command(url: str, key: str | None) -> int:
     return EXIT_OK
 
 
-def show_database_command(url: str, flt: AuditFilter, limit: int | None) -> int:
-    """Matching records of every shard, newest `limit` per shard, one line each."""
+def show_database_command(url: str, flt: AuditFilter, limit: int | None, width: int) -> int:
+    """Matching records of every shard, newest `limit` per shard: a `[shard N]` line, then
+    that shard's records as `audit show --store`'s table, `width` columns wide."""
     try:
         import psycopg
         from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
@@ -139,14 +142,15 @@ def show_database_command(url: str, flt: AuditFilter, limit: int | None) -> int:
                 "ORDER BY shard, seq", params).fetchall()
     except psycopg.Error as exc:
         return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
-    by_shard: dict[int, list[str]] = {}
+    by_shard: dict[int, list[AuditRecord]] = {}
     for row in rows:
-        by_shard.setdefault(int(row[0]), []).append(format_line(record_from_row(tuple(row[1:]))))
+        by_shard.setdefault(int(row[0]), []).append(record_from_row(tuple(row[1:])))
     count = 0
-    for shard, lines in sorted(by_shard.items()):
-        shown = lines[-limit:] if limit else lines
+    for shard, records in sorted(by_shard.items()):
+        shown = records[-limit:] if limit else records
         count += len(shown)
-        for line in shown:
-            typer.echo(f"[shard {shard}] {line}")
+        typer.echo(f"[shard {shard}]")
+        for line in table_lines(shown, width):
+            typer.echo(line)
     typer.echo(f"{count} record(s)")
     return EXIT_OK

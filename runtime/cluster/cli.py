@@ -10,7 +10,7 @@ import json
 from typing import Annotated, Any
 
 import typer
-from task_ingress.runtime.cli_exit import say
+from task_ingress.runtime.cli_exit import EXIT_USAGE, UsageProblem
 
 cluster_app = typer.Typer(
     help="Cluster mode (PostgreSQL leases): inspect shards and their owners.",
@@ -18,7 +18,7 @@ cluster_app = typer.Typer(
     add_completion=False,
 )
 
-EXIT_UNREACHABLE = 2
+EXIT_UNREACHABLE = EXIT_USAGE
 """The database cannot be reached, is not a cluster database, or psycopg is missing."""
 
 DatabaseOpt = Annotated[str, typer.Option(
@@ -37,22 +37,21 @@ def status_command(
 ) -> None:
     """Every shard's lease: owner node (none when free or expired), fencing epoch, how long
     it has been held, when it was last renewed and when it expires."""
+    # UsageProblem: one line `task-ingress cluster status: …`, exit 2 (EXIT_UNREACHABLE).
     try:
         import psycopg
         from task_ingress.runtime.cluster import pg_leases
     except ImportError:
-        say("cluster status needs psycopg: pip install 'task-ingress[cluster]'")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+        raise UsageProblem("needs psycopg: pip install 'task-ingress[cluster]'") from None
     try:
         with psycopg.connect(database, autocommit=True, connect_timeout=10) as conn:
             shards = pg_leases.shard_count(conn)
             rows = pg_leases.status(conn) if shards is not None else []
     except psycopg.Error as exc:
-        say(f"cannot read the cluster database: {exc}")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+        raise UsageProblem(f"cannot read the cluster database: {exc}") from None
     if shards is None:
-        say("not a cluster database (no shard leases): start a cluster daemon against it")
-        raise typer.Exit(EXIT_UNREACHABLE)
+        raise UsageProblem("not a cluster database (no shard leases): start a cluster daemon "
+                           "against it")
     if as_json:
         out: dict[str, Any] = {"shards": shards, "checked_at": rows[0].checked_at.isoformat()
                                if rows else None, "leases": [

@@ -85,7 +85,9 @@ class ClusterOptions:
             raise ValueError("a cluster daemon serves at least one --workspace")
         if not self.node_id or len(self.node_id) > 128:
             raise ValueError("--node-id must be 1-128 characters")
-        LeaseTiming(ttl=self.lease_ttl)  # refuses a TTL that is not positive
+        if not self.lease_ttl > 0:
+            raise ValueError("--lease-ttl must be a positive number of seconds")
+        LeaseTiming(ttl=self.lease_ttl)
 
     @property
     def timing(self) -> LeaseTiming:

@@ -9,7 +9,7 @@ import json
 import sys
 
 import typer
-from task_ingress.runtime.cli_exit import UsageProblem
+from task_ingress.runtime.cli_exit import UsageProblem, one_line
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 
 DEFAULT_SHARDS = 16
@@ -20,8 +20,9 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
                   workspaces: list[str]) -> None:
     """Validate the cluster options and serve until stopped; raises typer.Exit."""
     from task_ingress.actors.rules import gate
+    from task_ingress.actors.rules.chain import ChainKey
     from task_ingress.actors.storage.auditlog import given_key
-    from task_ingress.runtime.preflight import check_actor_base, check_writable
+    from task_ingress.runtime.preflight import check_actor_base, check_key_file, check_writable
 
     if not cluster:
         raise UsageProblem("--shards, --lease-ttl and --node-id need --cluster")
@@ -30,15 +31,26 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     if not settings.nats_url:
         raise UsageProblem("--cluster needs --nats-url: the daemons of a cluster share an "
                            "external NATS (a routed nats-server cluster; docs/cluster.md)")
-    if given_key() is None:
+    given = given_key()
+    if given is None:
         raise UsageProblem("--cluster needs the cluster's audit key in TASK_INGRESS_AUDIT_KEY "
                            "(hex, the same on every daemon: each shard's chain is keyed "
                            "with it; `openssl rand -hex 32` makes one)")
+    try:
+        ChainKey.from_hex(given[0])
+    except ValueError:
+        # Every shard would refuse to start with it, again at every lease attempt.
+        raise UsageProblem("TASK_INGRESS_AUDIT_KEY is not hex: give the cluster's audit key "
+                           "as every daemon has it (`openssl rand -hex 32` made it)") from None
+    if settings.key_file is None:
+        # A key made per daemon would make each daemon a different AGH peer.
+        raise UsageProblem("--cluster needs --key-file: the cluster's key, the same file on "
+                           "every daemon (the first daemon creates it if it is missing)")
     for ws in workspaces:
         if not gate.is_workspace(ws):
             raise UsageProblem(f"malformed workspace {ws!r}")
     try:
-        import psycopg  # noqa: F401  (the `cluster` extra)
+        import psycopg  # the `cluster` extra
     except ImportError:
         raise UsageProblem("--cluster needs psycopg: pip install 'task-ingress[cluster]'") \
             from None
@@ -56,8 +68,16 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     check_actor_base(settings.actor_base)
+    check_key_file(settings.key_path)
     if settings.ready_file:
         check_writable(settings.ready_file, "--ready-file")
+    try:
+        # Before anything starts: a mistyped URL is one line, not the start-up's log lines
+        # (the trust reader's, NATS's) followed by the same verdict.
+        psycopg.connect(opts.database, autocommit=True, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        raise UsageProblem(f"cannot use the cluster database {mask_url(opts.database)}: "
+                           f"{one_line(str(exc))[:300]}") from None
     shown = {**settings.public(), "cluster": True, "database": mask_url(opts.database),
              "shards": opts.shards, "lease_ttl": opts.lease_ttl, "node_id": opts.node_id,
              "workspaces": list(opts.workspaces)}

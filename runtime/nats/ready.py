@@ -59,6 +59,18 @@ def read_ready_file(path: str) -> ReadyInfo:
         return ReadyInfo.model_validate(json.load(fh))
 
 
+def cluster_node(path: str) -> str | None:
+    """The `node_id` of the cluster daemon that wrote the ready file at `path`, None for a
+    single daemon's (or an unreadable file: reading it properly says why)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    node = data.get("node_id") if isinstance(data, dict) else None
+    return str(node) if node else None
+
+
 class DaemonNotRunning(ValueError):
     """The ready file names a process that is gone: the daemon died without removing it."""
 

@@ -42,8 +42,13 @@ def _nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
     workspace = "default"
     if cfg.daemon:
         workspace = _live_daemon(cfg.daemon)
-    if not cfg.daemon and not cfg.nats_url:
-        raise SwarmSetupError("--transport nats needs --daemon READY_FILE or --nats-url URL")
+    if not cfg.daemon:
+        # The ready file names the daemon's handle and store: without them no request can
+        # be addressed and no invariant checked (--nats-url alone used to fail as "cannot
+        # reach the daemon over NATS: ValueError(…)" without trying to reach anything).
+        raise SwarmSetupError("--transport nats needs --daemon READY_FILE (the daemon's "
+                              "handle and store are in it); --nats-url only overrides its "
+                              "NATS URL")
     try:
         transport = NatsSwarmTransport(ready_file=cfg.daemon, nats_url=cfg.nats_url,
                                        workspace=workspace)
@@ -59,8 +64,15 @@ def _nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
 def _live_daemon(ready_file: str) -> str:
     """The workspace the daemon of `ready_file` serves; SwarmSetupError when the file cannot
     be read or its daemon is not running (a stale file: no point waiting for answers)."""
-    from task_ingress.runtime.nats.ready import read_live_ready_file
+    from task_ingress.runtime.nats.ready import cluster_node, read_live_ready_file
 
+    node = cluster_node(ready_file)
+    if node is not None:
+        # Its peers would not be trusted (the policy is in the database) and the invariants
+        # would look for a store file: a failed run (exit 1) for what is a usage error.
+        raise SwarmSetupError(f"--daemon {ready_file}: the daemon is cluster node {node}; "
+                              "the swarm drives a single `task-ingress serve` and reads its "
+                              "store file; load a cluster with `task-ingress bench --cluster`")
     try:
         return read_live_ready_file(ready_file).workspace
     except FileNotFoundError:
@@ -100,8 +112,9 @@ def swarm_command(
     plot: Annotated[str, typer.Option(help="PNG plot path ('' = none).")
                     ] = f"{REPORTS_DIR}/swarm-report.png",
     transport: Annotated[str, typer.Option(help="inproc or nats.")] = "inproc",
-    nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS server of a "
-                                                 "running daemon.")] = None,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="With --daemon: reach "
+                                                 "it at this NATS URL instead of its ready "
+                                                 "file's.")] = None,
     daemon: Annotated[str | None, typer.Option(help="Ready file of a running daemon "
                                                "(implies --transport nats).")] = None,
     ack_log: Annotated[str | None, typer.Option("--ack-log", help="Append one JSON line per "

@@ -61,5 +61,9 @@ class SwarmConfig:
             raise ValueError("--process-mode pipeline runs the actors on simpleSystemBase")
         if self.transport not in ("inproc", "nats"):
             raise ValueError(f"--transport is inproc or nats, not {self.transport!r}")
+        if self.process_mode != "inprocess" and (self.transport == "nats" or self.daemon):
+            # It would be ignored: the report would credit a mode the daemon does not run.
+            raise ValueError("--process-mode is for the in-process runtime; over NATS the "
+                             "daemon's is set by `task-ingress serve --process-mode`")
         if self.greet_interval <= 0:
             raise ValueError("--greet-interval must be positive")

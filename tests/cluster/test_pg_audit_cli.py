@@ -5,6 +5,7 @@ forged head row found (exit 1); no key or no database is a usage error (exit 2).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -67,8 +68,15 @@ def test_verify_checks_every_shard_and_prints_the_record_count_last(
     assert lines[-1] == "7"
     shown = _cli("audit", "show", "--database", database, "--reason", "peer_not_found")
     assert shown.returncode == 0, shown.stderr
-    assert [ln.split()[:2] for ln in shown.stdout.splitlines()[:-1]] == [
-        ["[shard", "0]"], ["[shard", "1]"]]
+    lines = shown.stdout.splitlines()
+    assert [ln for ln in lines if ln.startswith("[shard")] == ["[shard 0]", "[shard 1]"]
+    # Piped: each shard's records as `audit show --store`'s table, within 80 columns, no
+    # year, no word broken (it printed one 120-column line per record, full ISO time).
+    assert all(len(ln) <= 80 for ln in lines), lines
+    assert sum("rejected peer_not_found" in ln for ln in lines) == 2
+    assert all(f"req=s{shard}-x" in shown.stdout for shard in (0, 1))
+    assert not re.search(r"\d{4}-\d\d-\d\dT", shown.stdout)  # short times, no year
+    assert lines[-1] == "2 record(s)"
 
 
 def test_an_edited_audit_row_makes_verify_exit_1_naming_its_shard_and_record(

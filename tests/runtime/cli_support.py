@@ -14,17 +14,25 @@ CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 
 
-def user_env() -> dict[str, str]:
-    """The environment without our log settings (each test states what it needs)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TASK_INGRESS_LOG")}
+UNSET = ("TASK_INGRESS_LOG", "TASK_INGRESS_DATABASE", "TASK_INGRESS_AUDIT_KEY")
+"""Settings a user's shell may hold that would change what a command does."""
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment without our log, database and audit key settings, plus `extra`
+    (each test states what it needs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(UNSET)}
+    return {**env, **extra}
 
 
 def cli(*args: str, cwd: Path, timeout: float = 60,
-        preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `task-ingress ARGS` (as `python -m task_ingress`) and capture everything."""
+        preexec: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `task-ingress ARGS` (as `python -m task_ingress`) and capture everything; `env`
+    is added to the user's environment."""
     return subprocess.run([sys.executable, "-m", "task_ingress", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=user_env(),
-                          preexec_fn=preexec)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=user_env(**(env or {})), preexec_fn=preexec)
 
 
 def mode_bits_bind_root() -> None:

@@ -17,6 +17,7 @@ import typer
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.cli_exit import BUG_LINE, run
 from task_ingress.runtime.errors import RuntimeStartError
+from task_ingress.runtime.nats.identity import generate_key, save_key
 from task_ingress.runtime.nats.ready import ReadyInfo, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.preflight import ACTOR_BASES
@@ -56,9 +57,11 @@ def test_serve_with_an_unknown_actor_base_is_a_usage_error(work: Path) -> None:
 
 @pytest.mark.parametrize("command", [
     ["swarm", "--requests", "20", "--no-progress"],
+    ["swarm", "--requests", "20", "--no-progress", "--process-mode", "pipeline"],
     ["serve"],
+    ["serve", "--process-mode", "pipeline"],
     ["demo"],
-], ids=["swarm", "serve", "demo"])
+], ids=["swarm", "swarm pipeline", "serve", "serve pipeline", "demo"])
 def test_a_store_in_a_read_only_directory_is_one_line_and_leaves_nothing_behind(
         work: Path, tmp_path: Path, command: list[str]) -> None:
     ro = read_only_dir(tmp_path)
@@ -110,10 +113,87 @@ def test_a_usage_error_is_one_line_and_exit_2_never_1(work: Path, argv: list[str
     assert list(work.iterdir()) == []
 
 
+NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
+"""A PostgreSQL URL nothing answers at (port 1): no server is needed to meet these errors."""
+AUDIT = {"TASK_INGRESS_AUDIT_KEY": "ab" * 32}
+CLUSTER = ["serve", "--cluster", "--database", NO_DATABASE, "--nats-url", "nats://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    (["serve", "--cluster"], {}),
+    (["serve", "--cluster", "--database", NO_DATABASE], {}),
+    ([*CLUSTER, "--key-file", "{key}"], {}),
+    ([*CLUSTER, "--key-file", "{key}"], {"TASK_INGRESS_AUDIT_KEY": "zz"}),
+    (CLUSTER, AUDIT),
+    ([*CLUSTER, "--key-file", "no-such-dir/cluster.key"], AUDIT),
+    ([*CLUSTER, "--key-file", "{not_a_key}"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}"], AUDIT),  # nothing answers at the database URL
+    ([*CLUSTER, "--key-file", "{key}", "--lease-ttl", "-1"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--shards", "0"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--actor-base", "bogus"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--workspace", "Not A Workspace"], AUDIT),
+    ([*CLUSTER, "--key-file", "{key}", "--ready-file", "no-such-dir/r.json"], AUDIT),
+    (["serve", "--shards", "4"], {}),
+    (["serve", "--process-mode", "bogus"], {}),
+    (["trust", "list", "--database", NO_DATABASE], {}),
+    (["trust", "add", "a@" + "0" * 32, "--database", NO_DATABASE], {}),
+    (["trust", "add", "a@" + "0" * 32, "--database", NO_DATABASE, "--trust-file", "t.json"],
+     {}),
+    (["audit", "verify", "--database", NO_DATABASE], AUDIT),
+    (["audit", "verify", "--database", NO_DATABASE, "--key", "zz"], {}),
+    (["audit", "verify", "--database", NO_DATABASE, "--store", "s.db"], AUDIT),
+    (["audit", "show", "--database", NO_DATABASE, "--reason", "peer_not_fond"], AUDIT),
+    (["audit", "show", "--database", NO_DATABASE], AUDIT),
+    (["audit", "head", "--database", NO_DATABASE], AUDIT),
+    (["cluster", "status"], {}),
+    (["cluster", "status", "--database", NO_DATABASE], {}),
+    (["bench", "--cluster"], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE, "--daemons", "0"], {}),
+    (["bench", "--cluster", "--database", NO_DATABASE, "--systems", "baseline"], {}),
+    (["bench", "--daemons", "2"], {}),
+    (["swarm", "--process-mode", "bogus"], {}),
+    (["swarm", "--process-mode", "pipeline", "--actor-base", "multiprocQueueBase"], {}),
+    (["swarm", "--process-mode", "pipeline", "--store", "no-such-dir/s.db"], {}),
+    (["swarm", "--process-mode", "pipeline", "--transport", "nats", "--nats-url",
+      "nats://127.0.0.1:1"], {}),
+    (["swarm", "--transport", "nats", "--nats-url", "nats://127.0.0.1:1"], {}),
+    (["keygen", "--out", "{key}"], {}),
+    (["request", "create", "--daemon", "{not_a_key}", "--key", "{key}", "--channel", "ops",
+      "--title", "t"], {}),
+    (["request", "create", "--daemon", "no-such-ready-file.json", "--key", "{not_a_key}",
+      "--channel", "ops", "--title", "t"], {}),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else
+    ",".join(f"{k}={v[:4]}" for k, v in value.items()))
+def test_a_usage_error_of_cluster_mode_and_the_newer_options_is_one_line_and_exit_2(
+        work: Path, tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
+    # Each of these ended in a traceback or a daemon retrying forever before it was checked.
+    key, not_a_key = tmp_path / "cluster.key", tmp_path / "not-a.key"
+    save_key(str(key), generate_key())
+    not_a_key.write_text("not a key\n")
+    not_a_key.chmod(0o600)
+    args = [a.format(key=key, not_a_key=not_a_key) for a in argv]
+    result = cli(*args, cwd=work, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "Traceback" not in result.stderr
+    # `audit`'s own errors read `error: …` (docs/operating.md#exit-codes-of-task-ingress-audit)
+    assert line.startswith("task-ingress " + argv[0]) or (
+        argv[0] == "audit" and line.startswith("error: ")), line
+    if argv[0] == "swarm" and "--process-mode" in argv:
+        assert "--process-mode" in line or "--store" in line, line
+    if argv[:3] == ["swarm", "--transport", "nats"]:
+        assert "needs --daemon READY_FILE" in line, line
+    assert list(work.iterdir()) == []
+    assert key.read_bytes() and not_a_key.read_text() == "not a key\n"
+
+
 @pytest.mark.parametrize("argv", [
     ["--help"], ["swarm", "--help"], ["serve", "--help"], ["demo", "--help"],
     ["bench", "--help"], ["audit", "verify", "--help"], ["keygen", "--help"],
     ["trust", "add", "--help"], ["request", "create", "--help"],
+    ["cluster", "status", "--help"], ["audit", "show", "--help"], ["audit", "head", "--help"],
+    ["trust", "list", "--help"], ["request", "enqueue", "--help"],
 ], ids=lambda argv: " ".join(argv))
 def test_help_has_no_type_placeholders_on_flags(work: Path, argv: list[str]) -> None:
     result = cli(*argv, cwd=work)
@@ -195,6 +275,29 @@ def test_a_request_at_a_stale_ready_file_names_the_dead_pid_at_once(work: Path,
     assert line.startswith("task-ingress request create: ")
     assert f"the daemon in {ready} (pid {gone.pid}) is not running" in line
     assert result.stdout == "" and list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["swarm", "--daemon", "{ready}", "--no-progress"],
+    ["trust", "list", "--daemon", "{ready}"],
+    ["trust", "add", "--key", "{key}", "--daemon", "{ready}"],
+], ids=["swarm", "trust list", "trust add"])
+def test_a_cluster_daemons_ready_file_where_a_single_daemons_is_needed_is_one_line_and_exit_2(
+        work: Path, tmp_path: Path, argv: list[str]) -> None:
+    # The swarm used to run, enrol its peers in a trust file no cluster daemon reads, and
+    # fail (exit 1) on a store file it could not find; trust add failed on an empty path.
+    ready = _ready_file(tmp_path / "node.json", pid=os.getpid(), nats_url="nats://127.0.0.1:1",
+                        token="t", store=tmp_path / "store.db")
+    info = json.loads(ready.read_text())
+    ready.write_text(json.dumps({**info, "trust_file": "", "node_id": "node-7", "shards": 4}))
+    key = tmp_path / "k.key"
+    save_key(str(key), generate_key())
+    result = cli(*[a.format(ready=ready, key=key) for a in argv], cwd=work, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"task-ingress {argv[0]}")
+    assert "cluster node node-7" in line and "Traceback" not in result.stderr
+    assert list(work.iterdir()) == []
 
 
 def test_a_swarm_that_sent_nothing_fails_with_exit_1(work: Path, tmp_path: Path) -> None:
