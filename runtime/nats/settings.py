@@ -139,8 +139,15 @@ class ServeSettings(BaseSettings):
         return data
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+"""A password given as a parameter: `?password=…` in a URL, `password=…` or `password='…'`
+in a libpq key=value connection string."""
+
+
 def mask_url(url: str) -> str:
-    """`url` with any password replaced by ***."""
+    """`url` (or a libpq key=value connection string) with any password replaced by ***,
+    wherever it is given: in the user info or as a `password` parameter."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
         return url

@@ -19,7 +19,7 @@ from task_ingress.runtime.nats.compact import (
 )
 from task_ingress.runtime.nats.identity import Trust, generate_key, handle
 from task_ingress.runtime.nats.policy import TrustPolicy, allow, disallow, listed
-from task_ingress.runtime.nats.settings import ServeSettings
+from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 
 from tests.nats.agh_rules import agh_problems
 
@@ -249,6 +249,19 @@ def test_settings_come_from_env_and_print_without_secrets(
     assert "nats://user:***@127.0.0.1:4222" in printed
     with pytest.raises(ValueError):
         ServeSettings(workspace="Bad WS")
+
+
+@pytest.mark.parametrize(("given", "shown"), [
+    ("postgresql://app:hunter2@db:5432/ti", "postgresql://app:***@db:5432/ti"),
+    ("postgresql://db/ti?user=app&password=hunter2&sslmode=require",
+     "postgresql://db/ti?user=app&password=***&sslmode=require"),
+    ("host=db dbname=ti user=app password=hunter2", "host=db dbname=ti user=app password=***"),
+    ("host=db PASSWORD = 'hun ter\\'2' dbname=ti", "host=db PASSWORD = *** dbname=ti"),
+    ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+])
+def test_a_password_is_masked_wherever_a_connection_string_gives_it(given: str,
+                                                                      shown: str) -> None:
+    assert mask_url(given) == shown and "hunter" not in mask_url(given)
 
 
 def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
