@@ -46,6 +46,7 @@ from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.connecting import ConnectAttempt
 from task_ingress.runtime.nats.handler import EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
@@ -283,16 +284,21 @@ class ClusterDaemon(Stoppable):
         if s.nats_token is not None:
             options["token"] = s.nats_token.get_secret_value()
         self.announce(f"connecting to NATS at {mask_url(url)}")
-        client = Client()
+        # Not asyncio.wait_for: on its timeout it waits for a cancel nats-py may swallow
+        # (connecting.py), and the daemon would hang instead of exiting 2.
+        attempt = ConnectAttempt(Client(), options)
         try:
-            await asyncio.wait_for(client.connect(**options), s.nats_connect_timeout)
-        except Exception as exc:  # TimeoutError included
-            with contextlib.suppress(Exception):
-                await client.close()
-            raise RuntimeStartError(
-                f"no NATS server reachable at {mask_url(url)} within "
-                f"{s.nats_connect_timeout:g} s ({type(exc).__name__}: {exc})") from None
-        return client
+            await asyncio.wait({attempt.task}, timeout=s.nats_connect_timeout)
+        finally:
+            if not attempt.connected:
+                await attempt.give_up()
+        if attempt.connected:
+            return attempt.client
+        task = attempt.task
+        exc = (task.exception() if not task.cancelled() else None) or TimeoutError()
+        raise RuntimeStartError(
+            f"no NATS server reachable at {mask_url(url)} within "
+            f"{s.nats_connect_timeout:g} s ({type(exc).__name__}: {exc})") from None
 
     def _ready_info(self, metrics_url: str | None) -> ClusterReadyInfo:
         s, c = self.settings, self.cluster

@@ -40,6 +40,7 @@ from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.authz import Served, nkey_authorization
+from task_ingress.runtime.nats.connecting import ConnectAttempt
 from task_ingress.runtime.nats.handler import EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
@@ -315,24 +316,18 @@ class Daemon(Stoppable):
             # --nats-url's server listed: docs/operating.md).
             options["nkeys_seed_str"] = user_seed(key)
         self.announce(f"connecting to NATS at {mask_url(url)}")
-        client = Client()
-        attempt = asyncio.ensure_future(client.connect(**options))
+        attempt = ConnectAttempt(Client(), options)
         denied = asyncio.ensure_future(refused.wait())
         try:
-            await asyncio.wait({attempt, denied}, timeout=timeout,
+            await asyncio.wait({attempt.task, denied}, timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when cancelled by a signal: nats-py would retry forever otherwise
             denied.cancel()
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await attempt
-            if attempt.cancelled() or attempt.exception() is not None:
-                with contextlib.suppress(Exception):  # a failed connect leaves its socket
-                    await client.close()
-        if not attempt.cancelled() and attempt.exception() is None:
+            if not attempt.connected:
+                await attempt.give_up()
+        if attempt.connected:
             connected = True
-            return client
+            return attempt.client
         if refused.is_set():
             raise RuntimeStartError(f"the NATS server at {mask_url(url)} refused the daemon's "
                                     "credentials (--nats-token, or its nkey "
