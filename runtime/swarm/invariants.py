@@ -242,10 +242,10 @@ def bound_tasks_mutated_only_from_their_channel(
     run: list[AuditRecord], sent: list[Sent], stored: dict[str, str]
 ) -> Check:
     """Replay bindings in commit order: no cross-channel mutation of a bound task."""
-    binds: dict[RequestKey, str | None] = {}
-    for s in sent:
-        if s.accepted:
-            binds[request_key(s.workspace, s.channel, s.peer_id, s.request_id)] = s.bind
+    # What each request asked for, answered or not: a write committed whose answer was lost
+    # (its daemon SIGKILLed in between) is in the audit, and binds as it asked.
+    binds = {request_key(s.workspace, s.channel, s.peer_id, s.request_id): s.bind
+             for s in sent}
     binding: dict[str, str] = {}
     bad: list[str] = []
     mutations = 0

@@ -115,6 +115,18 @@ def test_mutation_from_another_channel_breaks_bound_task_check(kept: KeptRun) ->
     assert not check.ok and "ch-intruder" in " ".join(check.examples)
 
 
+def test_a_bound_create_committed_but_never_answered_still_replays_as_bound(
+        kept: KeptRun) -> None:
+    """A daemon killed between a create's commit and its answer: the swarm saw no reply,
+    yet the task is stored with the binding the request asked for (cluster swarm test)."""
+    ev = kept.evidence()
+    lost = next(s for s in ev.sent if s.accepted and s.kind == Action.CREATE.value and s.bind)
+    sent = [dataclasses.replace(s, accepted=None, reason=None, task_id=None, run_id=None)
+            if s is lost else s for s in ev.sent]
+    check = bound_tasks_mutated_only_from_their_channel(ev.run_records, sent, ev.bindings)
+    assert check.ok, check
+
+
 def test_write_without_covering_greet_breaks_presence_check(kept: KeptRun) -> None:
     ev = kept.evidence()
     accepted = next(r for r in ev.run_records if r.outcome == "accepted")
