@@ -154,20 +154,23 @@ class NatsSwarmTransport:
 
     def greet(self, workspace: str, channel: str, card: PeerCard) -> None:
         """Signed greet; returns once the daemon applied it, then heartbeats until leave."""
-        data = self._greet_bytes(workspace, channel, card)
         key = (workspace, channel, card.peer_id)
-        verdict = self._call(self._greet(key, card, data), self.request_timeout + 1)
+        verdict = self._call(self._greet(key, card), self.request_timeout + 1)
         if not verdict.get("applied"):
             with self._greeted_lock:
                 self._greeted.pop(key, None)
             raise RuntimeError(f"daemon refused greet of {card.peer_id!r}: {verdict!r}")
 
-    async def _greet(self, key: tuple[str, str, str], card: PeerCard, data: bytes) -> Any:
+    async def _greet(self, key: tuple[str, str, str], card: PeerCard) -> Any:
         # From now on heartbeats carry the new card; a heartbeat with the old card that is
         # already on its way must land first, or it would undo a card that drops task.write.
         with self._greeted_lock:
             self._greeted[key] = (card, time.monotonic())
         await self._settle_heartbeats(key)
+        # Dated only now, after those heartbeats: one built after this greet's bytes would
+        # carry a later ts (a new second), and the daemon applies only a peer's newest
+        # greet, so it would refuse this one as stale.
+        data = self._greet_bytes(key[0], key[1], card)
         try:
             return await self._greet_request(key[0], key[1], data)
         except BaseException:

@@ -96,25 +96,37 @@ def _signed_raw(peer: Peer, env: dict[str, Any], extra: bytes) -> bytes:
 # ---- A: unproven traffic gets work only within a budget ---------------------------------
 def test_an_unproven_burst_beyond_the_budget_is_dropped_and_audited_in_one_record_per_subject(
         start_daemon: Start, nats_wire: Wire) -> None:
-    d = start_daemon(unproven_rate=0, unproven_burst=5, drop_report_interval=0.2)
+    # The report is the one written at shutdown: a periodic one starts its interval at the
+    # first drop, and a loaded machine can spread a burst over two (CI saw 20 + 5). The
+    # periodic reports are summed in the slow-consumer test below.
+    d = start_daemon(unproven_rate=0, unproven_burst=5, drop_report_interval=3600)
     mallory = Peer("mallory", verified=False)
     for i in range(30):  # each would be one audited rejection: capability_denied / peer_not_found
         nats_wire.publish(mallory.daemon_subject(),
                           encode(mallory.task("task.create", {"title": "t"}, f"m-{i}")))
-    _wait_for(lambda: sum(_dropped(r) for r in _rows(d)) == 25)
-    rows = _rows(d)
-    judged = [r for r in rows if not r.request_id.startswith("dropped:")]
-    assert len(judged) == 5 and {r.peer_id for r in judged} == {"mallory"}
+    dropped = d.daemon.metrics.dropped.labels("unproven")
+    _wait_for(lambda: dropped._value.get() == 25)
+    _wait_for(lambda: len(_rows(d)) == 5)  # the five the budget let through, judged
+    # Proven traffic never spends the budget: an allowed peer is served as before.
+    a = _verified(d, "alice")
+    assert _greet(nats_wire, a)["task_write"] is True
+    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))["accepted"]
+    assert dropped._value.get() == 25
+    runtime = d.runtime
+    d.stop()
+    from task_ingress.runtime.audit.query import AuditFilter, query_records
+    from task_ingress.runtime.audit.read import open_readonly
+
+    with open_readonly(runtime.store_path) as conn:
+        rows = list(query_records(conn, AuditFilter()))
+    judged = [r for r in rows if r.peer_id == "mallory"]
+    assert len(judged) == 5 and not any(r.request_id.startswith("dropped:") for r in judged)
     [report] = [r for r in rows if r.request_id.startswith("dropped:")]
     assert report.request_id == "dropped:unproven:v0.peer:25"
     assert (report.peer_id, report.channel, report.reason, report.action, report.trust) == (
         "", "ops", Reason.OVERLOADED, Action.UNKNOWN, "unverified")
     assert Reason.TASK_INGRESS_UNAVAILABLE not in {r.reason for r in rows}
-    assert d.daemon.metrics.dropped.labels("unproven")._value.get() == 25
-    # Proven traffic never spends the budget: an allowed peer is served as before.
-    a = _verified(d, "alice")
-    assert _greet(nats_wire, a)["task_write"] is True
-    assert result(_ask(nats_wire, a, a.task("task.create", {"title": "t"}, "r-1")))["accepted"]
+    assert [r.request_id for r in rows if r.peer_id == a.id] == ["r-1"]
 
 
 def test_drops_not_yet_reported_are_audited_when_the_daemon_stops(start_daemon: Start,
