@@ -78,6 +78,18 @@ def read_head_row(conn: psycopg.Connection[Any], shard: int) -> ChainHeadRow | N
     return ChainHeadRow(str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]))
 
 
+def heads_verifying(conn: psycopg.Connection[Any], key: ChainKey) -> tuple[int, int]:
+    """(how many shards' head rows verify under `key`, how many there are); (0, 0) before
+    any chain exists (no `audit_chains` table or no row)."""
+    found = conn.execute("SELECT to_regclass('audit_chains')").fetchone()
+    if found is None or found[0] is None:
+        return 0, 0
+    rows = conn.execute("SELECT chain_id, seq, hash, at, mac FROM audit_chains").fetchall()
+    heads = [ChainHeadRow(str(r[0]), int(r[1]), str(r[2]), float(r[3]), str(r[4]))
+             for r in rows]
+    return sum(head.verifies(key) for head in heads), len(heads)
+
+
 def _last_record(conn: psycopg.Connection[Any], shard: int) -> dict[str, Any] | None:
     row = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s "
                        "ORDER BY seq DESC LIMIT 1", (shard,)).fetchone()

@@ -22,6 +22,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     from task_ingress.actors.rules import gate
     from task_ingress.actors.rules.chain import ChainKey
     from task_ingress.actors.storage.auditlog import given_key
+    from task_ingress.actors.storage.pg_auditlog import heads_verifying
     from task_ingress.runtime.preflight import check_actor_base, check_key_file, check_writable
 
     if not cluster:
@@ -74,10 +75,18 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
     try:
         # Before anything starts: a mistyped URL is one line, not the start-up's log lines
         # (the trust reader's, NATS's) followed by the same verdict.
-        psycopg.connect(opts.database, autocommit=True, connect_timeout=10).close()
+        with psycopg.connect(opts.database, autocommit=True, connect_timeout=10) as conn:
+            verifying, heads = heads_verifying(conn, ChainKey.from_hex(given[0]))
     except psycopg.Error as exc:
         raise UsageProblem(f"cannot use the cluster database {mask_url(opts.database)}: "
                            f"{one_line(str(exc))[:300]}") from None
+    if heads and not verifying:
+        # Not one shard could be served: each would refuse its chain at every lease attempt,
+        # forever. One shard that does not verify while others do is tampering, not this:
+        # the daemon serves the rest and `audit verify --database` names it.
+        raise UsageProblem(f"TASK_INGRESS_AUDIT_KEY does not match this cluster's audit "
+                           f"chains (none of {heads} shard head rows verifies under it): give "
+                           "the audit key every daemon of the cluster has")
     shown = {**settings.public(), "cluster": True, "database": mask_url(opts.database),
              "shards": opts.shards, "lease_ttl": opts.lease_ttl, "node_id": opts.node_id,
              "workspaces": list(opts.workspaces)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -84,6 +85,27 @@ def test_serve_cluster_usage_errors_exit_2() -> None:
                           "--nats-url", "nats://127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "TASK_INGRESS_AUDIT_KEY" in out.stderr
+
+
+def test_serve_cluster_with_an_audit_key_no_chain_verifies_under_exits_2(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    first = start(cluster_dir, database, nats_cluster, "node-0", 0)
+    try:
+        first.wait_ready()
+        wait_until(lambda: set(owners(database).values()) == {"node-0"}, 20, "shards owned")
+    finally:
+        assert first.stop() == 0, first.log()
+    (cluster_dir / "audit.key").write_text(secrets.token_hex(32))  # hex, but not the cluster's
+    wrong = start(cluster_dir, database, nats_cluster, "node-1", 1)
+    try:  # it used to start and refuse every shard's chain at every lease attempt, forever
+        code = wrong.proc.wait(60)
+    finally:
+        if wrong.proc.poll() is None:
+            wrong.stop()
+    assert code == 2, wrong.log()
+    assert "does not match this cluster's audit chains" in wrong.log()
+    assert not wrong.ready_file.exists()
 
 
 def test_the_test_workspaces_cover_every_shard_twice() -> None:
