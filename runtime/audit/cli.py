@@ -10,6 +10,7 @@ on stderr naming the problem and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -17,7 +18,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, ParamSpec, TextIO, TypeVar
 
 import typer
@@ -56,7 +57,8 @@ PIPED_WIDTH = 80
 P = ParamSpec("P")
 R = TypeVar("R")
 
-StoreOpt = Annotated[str, typer.Option("--store", help="Path of the SQLite store file.")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Path of the SQLite store file (or --database URL, a cluster's).")]
 PeerOpt = Annotated[str | None, typer.Option("--peer", help="Only this peer ID.")]
 ChannelOpt = Annotated[str | None, typer.Option("--channel", help="Only this channel.")]
 WorkspaceOpt = Annotated[str | None, typer.Option("--workspace", help="Only this workspace.")]
@@ -108,6 +110,11 @@ def _exits(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
+def _one_source(store: str | None, database: str | None) -> None:
+    if (store is None) == (database is None):
+        raise UsageProblem("give exactly one of --store PATH and --database URL")
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300]
 
@@ -131,8 +138,7 @@ DatabaseOpt = Annotated[str | None, typer.Option(
 @audit_app.command()
 @_exits
 def verify(
-    store: Annotated[str | None, typer.Option(
-        "--store", help="Path of the SQLite store file.")] = None,
+    store: StoreOpt = None,
     database: DatabaseOpt = None,
     key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -159,8 +165,7 @@ def verify(
     With --database (a cluster): every shard's chain, its head row and the store, one
     line per shard; exit 1 when any shard fails.
     """
-    if (store is None) == (database is None):
-        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    _one_source(store, database)
     if database is not None:
         if expect_seq is not None or expect_head is not None or allow_legacy:
             raise UsageProblem("--expect-seq, --expect-head and --allow-legacy apply to "
@@ -210,8 +215,7 @@ def _failed(first: Problem) -> str:
 @audit_app.command()
 @_exits
 def head(
-    store: Annotated[str | None, typer.Option(
-        "--store", help="Path of the SQLite store file.")] = None,
+    store: StoreOpt = None,
     key: KeyOpt = None,
     database: Annotated[str | None, typer.Option(
         "--database", help="A cluster's PostgreSQL URL instead of --store: one line per "
@@ -224,8 +228,7 @@ def head(
     fails. Exit 1 (and nothing on stdout) when the log does not verify. With --database,
     one line per shard chain, for `audit verify --database URL --anchors FILE`.
     """
-    if (store is None) == (database is None):
-        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    _one_source(store, database)
     if database is not None:
         from task_ingress.runtime.audit.pg_cli import head_database_command
 
@@ -245,8 +248,7 @@ def head(
 @audit_app.command()
 @_exits
 def show(
-    store: Annotated[str | None, typer.Option(
-        "--store", help="Path of the SQLite store file.")] = None,
+    store: StoreOpt = None,
     database: Annotated[str | None, typer.Option(
         "--database", help="A cluster's PostgreSQL URL instead of --store: records of "
         "every shard, newest --limit per shard, each shard's table under a [shard N] "
@@ -272,8 +274,7 @@ def show(
     _at_least("-n/--limit", limit, 0)
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until,
                   proven_only=peer is not None and not include_unproven)
-    if (store is None) == (database is None):
-        raise UsageProblem("give exactly one of --store PATH and --database URL")
+    _one_source(store, database)
     width = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
     if database is not None:
         from task_ingress.runtime.audit.pg_cli import show_database_command
@@ -291,7 +292,11 @@ def show(
 @audit_app.command()
 @_exits
 def tail(
-    store: StoreOpt,
+    store: StoreOpt = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: the newest "
+        "records across shards by time, each line starting [shard N]; -f follows every "
+        "shard.")] = None,
     lines: Annotated[int, typer.Option("-n", "--lines", help="Show the newest N.")] = 10,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new records.")]
     = False,
@@ -309,11 +314,21 @@ def tail(
     _at_least("-n/--lines", lines, 0)
     _at_least("--for", for_seconds, 0)
     flt = _filter(peer, channel, workspace, reason, outcome)
+    _one_source(store, database)
+    deadline = None if for_seconds is None else time.monotonic() + for_seconds
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import tail_database_command
+
+        def go_on() -> bool:
+            return deadline is None or time.monotonic() < deadline
+
+        raise typer.Exit(tail_database_command(database, flt, lines, as_json,
+                                               go_on if follow else None, FOLLOW_POLL))
+    assert store is not None
     fmt: Callable[[AuditRecord], str] = export_line if as_json else format_line
     last_seq = _emit(store, flt, 0, lines, fmt)
     if not follow:
         return
-    deadline = None if for_seconds is None else time.monotonic() + for_seconds
     while deadline is None or time.monotonic() < deadline:
         time.sleep(FOLLOW_POLL)
         try:
@@ -343,7 +358,10 @@ def _emit(store: str, flt: AuditFilter, after_seq: int, last: int | None,
 @audit_app.command()
 @_exits
 def export(
-    store: StoreOpt,
+    store: StoreOpt = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="A cluster's PostgreSQL URL instead of --store: every shard's "
+        "records, shard by shard in chain order, each line with its `shard`.")] = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None,
     peer: PeerOpt = None,
@@ -357,17 +375,30 @@ def export(
 ) -> None:
     """Matching records as JSON Lines, one record per line, SPEC §7 field names."""
     flt = _filter(peer, channel, workspace, reason, outcome, action, since, until)
-    with open_readonly(store) as conn:
-        if output is None:
-            _write_export(conn, flt, sys.stdout)
-            return
-        try:
-            fh = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below)
-        except OSError as exc:
-            raise _fail_usage(f"cannot write {output}: {exc.strerror or exc}; check that "
-                              "its directory exists and is writable") from None
-        with fh:
-            _write_export(conn, flt, fh)
+    _one_source(store, database)
+    if database is not None:
+        from task_ingress.runtime.audit.pg_cli import export_database_command
+
+        with _output(output) as out:
+            raise typer.Exit(export_database_command(database, flt, out))
+    assert store is not None
+    with open_readonly(store) as conn, _output(output) as out:
+        _write_export(conn, flt, out)
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or the file at `path` (a usage error when it cannot be written)."""
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        fh = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed below)
+    except OSError as exc:
+        raise _fail_usage(f"cannot write {path}: {exc.strerror or exc}; check that "
+                          "its directory exists and is writable") from None
+    with fh:
+        yield fh
 
 
 def _write_export(conn: sqlite3.Connection, flt: AuditFilter, out: TextIO) -> None:

@@ -1,4 +1,5 @@
-"""`task-ingress audit verify|show --database URL`: the audit of a cluster database.
+"""`task-ingress audit verify|head|show|tail|export --database URL`: the audit of a cluster
+database.
 
 psycopg (the `cluster` extra) is imported here only, when such a command runs, so the base
 install's `audit` commands work without it. Exit codes as SPEC §9: 0 every shard verifies,
@@ -7,15 +8,19 @@ install's `audit` commands work without it. Exit codes as SPEC §9: 0 every shar
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import typer
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
 from task_ingress.actors.storage.auditlog import KEY_ENV, given_key
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
-from task_ingress.runtime.audit.query import AuditFilter
+from task_ingress.runtime.audit.query import AuditFilter, format_line
 from task_ingress.runtime.audit.table import table_lines
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
@@ -153,4 +158,83 @@ def show_database_command(url: str, flt: AuditFilter, limit: int | None, width: 
         for line in table_lines(shown, width):
             typer.echo(line)
     typer.echo(f"{count} record(s)")
+    return EXIT_OK
+
+
+
+def _shard_records(url: str, flt: AuditFilter, after: dict[int, int] | None = None,
+                   newest: int | None = None
+                   ) -> tuple[list[tuple[int, AuditRecord]], dict[int, int]] | int:
+    """(the matching records as (shard, record) in (shard, seq) order, each shard's newest
+    seq when they were read): only records after each shard's `after` seq, only the newest
+    `newest` across shards by time when given. Or the exit code of a usage problem."""
+    try:
+        import psycopg
+        from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
+    except ImportError:
+        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
+    where, params = flt.where()
+    # Each shard's range (after, head]: a record committed after the heads were read is
+    # left for the next read, never skipped.
+    sql = (f"SELECT shard, {AUDIT_COLUMNS} FROM audit WHERE {where.replace('?', '%s')} "
+           "AND seq > COALESCE((%s::jsonb ->> shard::text)::bigint, 0) "
+           "AND seq <= COALESCE((%s::jsonb ->> shard::text)::bigint, 0)")
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            heads = {int(s): int(n) for s, n in conn.execute(
+                "SELECT shard, MAX(seq) FROM audit GROUP BY shard").fetchall()}
+            args = [*params, json.dumps({str(s): n for s, n in (after or {}).items()}),
+                    json.dumps({str(s): n for s, n in heads.items()})]
+            if newest is not None:
+                sql = f"SELECT * FROM ({sql} ORDER BY at DESC, shard, seq DESC LIMIT %s) AS n"
+                args.append(newest)
+            rows: list[Any] = conn.execute(sql + " ORDER BY shard, seq", args).fetchall()
+    except psycopg.Error as exc:
+        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+    return [(int(row[0]), record_from_row(tuple(row[1:]))) for row in rows], heads
+
+
+def shard_export_line(shard: int, rec: AuditRecord) -> str:
+    """`export_line` with the record's shard: seq counts per shard, so (shard, seq) names a
+    record of a cluster."""
+    return json.dumps({"shard": shard, **rec.model_dump(mode="json")}, separators=(",", ":"))
+
+
+def export_database_command(url: str, flt: AuditFilter, out: TextIO) -> int:
+    """Every shard's matching records as JSON Lines (with `shard`), shard by shard in
+    chain order, to `out`."""
+    found = _shard_records(url, flt)
+    if isinstance(found, int):
+        return found
+    for shard, rec in found[0]:
+        out.write(shard_export_line(shard, rec) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def tail_database_command(url: str, flt: AuditFilter, lines: int, as_json: bool,
+                          go_on: Callable[[], bool] | None, poll: float) -> int:
+    """The newest `lines` matching records across shards (by time), one per line; with
+    `go_on`, then each shard's new records as they commit, while `go_on()` is true. A
+    database that cannot be read while following is tried again at the next poll (it may
+    be restarting or failing over)."""
+    def line(shard: int, rec: AuditRecord) -> str:
+        return shard_export_line(shard, rec) if as_json \
+            else f"[shard {shard}] {format_line(rec)}"
+
+    found = _shard_records(url, flt, newest=lines)
+    if isinstance(found, int):
+        return found
+    shown, after = found
+    for shard, rec in sorted(shown, key=lambda sr: (sr[1].at, sr[0], sr[1].seq)):
+        typer.echo(line(shard, rec))
+    while go_on is not None and go_on():
+        time.sleep(poll)
+        with contextlib.redirect_stderr(io.StringIO()):  # one line per failed poll is noise
+            found = _shard_records(url, flt, after)
+        if isinstance(found, int):
+            continue
+        for shard, rec in found[0]:
+            typer.echo(line(shard, rec))
+        after = {**after, **found[1]}
     return EXIT_OK

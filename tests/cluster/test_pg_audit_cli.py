@@ -1,9 +1,10 @@
-"""`task-ingress audit verify|show --database URL` through the console script, on chains a
+"""`task-ingress audit verify|show|tail|export --database URL` through the console script, on chains a
 runtime on PostgreSQL wrote: every shard verified on its own; an edit, a deleted tail or a
 forged head row found (exit 1); no key or no database is a usage error (exit 2)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -219,3 +220,55 @@ def test_a_shard_emptied_whole_fails_only_against_an_anchor_kept_outside_the_dat
     assert done.returncode == 1, done.stdout
     assert "problem: anchor: store: no shard has the anchored chain" in done.stdout
     assert done.stdout.splitlines()[-1] == "FAILED: an anchored chain is gone"
+
+
+def test_export_database_writes_every_shards_records_with_their_shard(
+    cluster: psycopg.Connection[Any], database: str, tmp_path: Path,
+) -> None:
+    done = _cli("audit", "export", "--database", database)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["shard"], r["seq"]) for r in rows] == [
+        (0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2), (1, 3)]
+    assert {r["request_id"] for r in rows} >= {"s0-0", "s1-x"}
+    ghosts = _cli("audit", "export", "--database", database, "--peer", "ghost",
+                  "-o", str(tmp_path / "ghosts.jsonl"))
+    assert ghosts.returncode == 0, ghosts.stderr
+    lines = (tmp_path / "ghosts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == ["s0-x", "s1-x"]
+    missing = _cli("audit", "export", "--database", database, "-o", str(tmp_path / "no/x"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    both = _cli("audit", "export", "--database", database, "--store", str(tmp_path / "s.db"))
+    assert both.returncode == 2 and "exactly one of" in both.stderr
+
+
+def test_tail_database_shows_the_newest_across_shards_and_follows_every_shard(
+    cluster: psycopg.Connection[Any], database: str,
+    make_runtime: Callable[..., IngressRuntime],
+) -> None:
+    newest = _cli("audit", "tail", "--database", database, "-n", "3")
+    assert newest.returncode == 0, newest.stderr
+    assert [ln.split()[0] for ln in newest.stdout.splitlines()] == ["[shard"] * 3
+    assert newest.stdout.splitlines()[-1].endswith("req=s1-x")  # the last one written
+    env = {**os.environ, "TASK_INGRESS_AUDIT_KEY": KEY}
+    with subprocess.Popen(
+            [sys.executable, "-m", "task_ingress", "audit", "tail", "--database", database,
+             "-n", "1", "-f", "--for", "30", "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follower:
+        try:
+            assert follower.stdout is not None
+            # Its first line (the newest record) comes after it read each shard's head.
+            assert json.loads(follower.stdout.readline())["request_id"] == "s1-x"
+            lease = pg_leases.acquire(cluster, 2, "node-2", 60, time.monotonic())
+            assert lease is not None
+            rt = make_runtime(database_url=database, fence=lease.fence, audit_key=KEY)
+            rt.greet(WORKSPACES[2], "ops", writer_card("peer-a"))
+            for i in range(2):
+                assert rt.submit(ctx(f"s2-{i}", workspace=WORKSPACES[2]),
+                                 CreateTask(title="t")).accepted
+            rt.close()
+            got = [json.loads(follower.stdout.readline()) for _ in range(2)]
+        finally:
+            follower.kill()
+    assert [(r["shard"], r["seq"], r["request_id"]) for r in got] == [
+        (2, 1, "s2-0"), (2, 2, "s2-1")]
