@@ -1,6 +1,6 @@
 """`task-ingress audit verify|show|tail|export --database URL` through the console script,
-on chains a runtime on PostgreSQL wrote: every shard verified on its own; an edit, a deleted tail or a
-forged head row found (exit 1); no key or no database is a usage error (exit 2)."""
+on chains a runtime on PostgreSQL wrote: every shard verified on its own; an edit, a deleted
+tail or a forged head row found (exit 1); no key or no database is a usage error (exit 2)."""
 
 from __future__ import annotations
 
