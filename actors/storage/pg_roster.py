@@ -13,7 +13,7 @@ Head rows without a roster mean either a database written before the roster exis
 roster deleted by someone who can write the database: the two cannot be told apart from
 inside it, so nothing re-writes the roster then (that would bless a shard emptied after
 deleting it) and every runtime refuses its shard. The operator adopts the chains there
-once, deliberately (runtime/audit/pg_adopt.py: only when everything else verifies), which
+once, deliberately (runtime/cluster/adopt.py: only when everything else verifies), which
 pins the chain ids of the head rows there and starts a genesis chain for each shard
 without one. A shard emptied before adoption cannot be told from one never written:
 docs/cluster.md says so.

@@ -19,9 +19,9 @@ from task_ingress.actors.storage import pg_auditlog, pg_roster
 from task_ingress.actors.storage.chainstart import ChainRefused
 from task_ingress.messages import CreateTask
 from task_ingress.runtime import IngressRuntime
-from task_ingress.runtime.audit.pg_adopt import adopt_roster
 from task_ingress.runtime.audit.pg_verify import verify_database
 from task_ingress.runtime.cluster import pg_leases
+from task_ingress.runtime.cluster.adopt import adopt_roster
 from task_ingress.runtime.cluster.setup import ensure_cluster_database
 from task_ingress.runtime.errors import RuntimeStartError
 
