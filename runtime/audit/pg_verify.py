@@ -132,8 +132,9 @@ def roster_problems(conn: psycopg.Connection[Any], key: ChainKey, shards: Sequen
     elif configured is not None and roster.shards != configured:
         everywhere = (f"the chain roster names {roster.shards} shards, the cluster is set up "
                       f"for {configured} (shard count changed?)")
-    if everywhere is not None or roster is None:
-        return {shard: (Problem("roster", None, everywhere or ""),) for shard in shards}
+    if everywhere is not None:
+        return {shard: (Problem("roster", None, everywhere),) for shard in shards}
+    assert roster is not None  # `everywhere` is set when it is None
     out: dict[int, tuple[Problem, ...]] = {}
     for shard in shards:
         head = pg_auditlog.read_head_row(conn, shard)

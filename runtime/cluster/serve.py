@@ -39,6 +39,7 @@ from pydantic import Field
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.actors.storage.auditlog import given_key
 from task_ingress.runtime import eventloop
 from task_ingress.runtime.cluster.keeper import GIVEN_BACK, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
@@ -127,8 +128,9 @@ def _audit_key() -> ChainKey | None:
     """The cluster's audit key (TASK_INGRESS_AUDIT_KEY, which every shard's runtime reads
     too), for the keeper to write the chain roster at start; None when absent or not hex
     (then the first shard's runtime writes it, or refuses to start)."""
+    given = given_key()
     try:
-        return ChainKey.from_hex(os.environ.get("TASK_INGRESS_AUDIT_KEY", ""))
+        return None if given is None else ChainKey.from_hex(given[0])
     except ValueError:
         return None
 
