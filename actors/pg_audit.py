@@ -2,9 +2,11 @@
 
 Accepts what Audit accepts and answers the same way (a reply never precedes its durable
 record), with the chain in PostgreSQL (actors/storage/pg_auditlog.py):
-- `Wiring` -> connects; in one fenced transaction checks the shard's chain against its
-  head row (refusing to extend a chain that does not end there) or starts it; then chains
-  the outbox rows a previous holder (or a crash) left for the shard; replies `Started`.
+- `Wiring` -> connects; in one fenced transaction writes the chain roster if the cluster
+  has none (pg_roster: every shard's genesis row), then checks the shard's chain against
+  the roster and its head row (refusing to extend a chain deleted, replaced, or not ending
+  there); then chains the outbox rows a previous holder (or a crash) left for the shard;
+  replies `Started`.
 - every group commit is ONE transaction that starts with `pg_store.lock_fence` (the
   shard's lease row `FOR UPDATE`, compared with the runtime's fence), checks the head row
   still names this actor's head, deletes the batch's outbox rows still waiting, inserts
@@ -31,6 +33,7 @@ from task_ingress.actors.storage import pg_auditlog, pg_store
 from task_ingress.actors.storage.auditlog import audit_fields
 from task_ingress.actors.storage.chainstart import ChainRefused
 from task_ingress.actors.storage.pg_auditlog import ShardChain
+from task_ingress.actors.storage.pg_roster import rostered_chain_id
 from task_ingress.actors.storage.pg_schema import ensure_store_schema
 from task_ingress.actors.storage.pg_store import Fenced
 from task_ingress.actors.storage.schema import decode_outbox
@@ -82,7 +85,9 @@ class PgAudit(pg_store.PgSession, Audit):
             ensure_store_schema(self.pg)
             with self.pg.transaction():
                 pg_store.lock_fence(self.pg, fence)
-                self.chain = pg_auditlog.open_shard_chain(self.pg, fence.shard, self.key)
+                chain_id = rostered_chain_id(self.pg, self.key, fence.shard)
+                self.chain = pg_auditlog.open_shard_chain(self.pg, fence.shard, self.key,
+                                                          chain_id)
             self.seq, self.head = self.chain.seq, self.chain.head
             self._drain_outbox()
             self.send(sender, Started(ticket=msg.ticket))

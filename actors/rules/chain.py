@@ -38,6 +38,7 @@ _SORTED_WITHOUT_TRUST = tuple(k for k in _SORTED_FIELDS if k != "trust")
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _GENESIS_DOMAIN = b"task-ingress audit genesis\n"
 _CHECKPOINT_DOMAIN = "task-ingress audit checkpoint v2"
+_ROSTER_DOMAIN = "task-ingress audit roster v1"
 _BLOCK = 64  # sha256's block size, as HMAC pads the key to it
 
 
@@ -101,6 +102,14 @@ class ChainKey:
     def checkpoint_ok(self, store_id: str, seq: int, head: str, at: float, mac: str) -> bool:
         """True when `mac` authenticates this checkpoint under this key."""
         return hmac.compare_digest(self.checkpoint_mac(store_id, seq, head, at), mac)
+
+    def roster_mac(self, chain_ids: list[str], at: float) -> str:
+        """HMAC authenticating "the cluster has exactly these shard chains, shard i's id at
+        index i" (its own domain: no checkpoint MAC ever verifies as a roster's)."""
+        mac = self._base.copy()
+        mac.update(f"{_ROSTER_DOMAIN}\n{at:.6f}\n".encode()
+                   + json.dumps(chain_ids, separators=(",", ":")).encode())
+        return mac.hexdigest()
 
 
 class ChainWalk:

@@ -6,7 +6,8 @@ records of one shard never verify as another's. `audit_chains` holds each chain'
 an HMAC under the audit key — the file store's checkpoint — and is rewritten in the same
 transaction as every append, so it always names the head exactly: a deleted tail, a deleted
 or forged head row, or records added past it are found by `open_shard_chain` (which refuses
-to extend such a chain) and by `audit verify --database`.
+to extend such a chain) and by `audit verify --database`. A chain deleted whole, head row
+and all, is found against the roster (pg_roster.py), which names every shard's chain.
 
 Only the shard's lease holder appends, inside a transaction fenced by
 `pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
@@ -16,7 +17,6 @@ transaction.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,24 +115,25 @@ def write_head(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain) 
          key.checkpoint_mac(chain.chain_id, chain.seq, chain.head, at)))
 
 
-def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey) -> ShardChain:
-    """The shard's chain head, checked; a new chain (its row written) when it has none.
+def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey,
+                     chain_id: str) -> ShardChain:
+    """The shard's chain head, checked against `chain_id`, the chain the roster names for
+    the shard (pg_roster.rostered_chain_id; the roster wrote every shard's genesis row).
 
-    Raises ChainRefused when the chain must not be extended: its row's MAC fails (wrong
-    key, forged), records exist without a row (row deleted), or the newest record is not
-    the one the row names (tail deleted, records added or rewritten past the head). Call
-    inside a fenced transaction."""
+    Raises ChainRefused when the chain must not be extended: no head row (the shard's chain
+    deleted whole, or records left without it), a head row of another chain (replaced), its
+    MAC fails (wrong key, forged), or the newest record is not the one the row names (tail
+    deleted, records added or rewritten past the head). Call inside a fenced transaction."""
     row = read_head_row(conn, shard)
     last = _last_record(conn, shard)
     hint = f"run `task-ingress audit verify --database URL` (shard {shard})"
     if row is None:
-        if last is not None:
-            raise ChainRefused(f"the audit chain of shard {shard} has records but no head row "
-                               f"(deleted?); {hint}")
-        chain_id = secrets.token_hex(16)
-        chain = ShardChain(shard, chain_id, 0, genesis_hash(chain_id))
-        write_head(conn, key, chain)
-        return chain
+        what = "has records but" if last is not None else "has"
+        raise ChainRefused(f"the audit chain of shard {shard} {what} no head row (deleted? "
+                           f"the roster names chain {chain_id}); {hint}")
+    if row.chain_id != chain_id:
+        raise ChainRefused(f"the head row of shard {shard} names chain {row.chain_id}, the "
+                           f"roster {chain_id} (chain replaced); {hint}")
     if not row.verifies(key):
         raise ChainRefused(f"the head row of shard {shard}'s audit chain does not verify "
                            f"under this key (wrong key, or forged); {hint}")

@@ -105,6 +105,15 @@ CREATE TABLE IF NOT EXISTS audit_chains (
     at double precision NOT NULL,
     mac text NOT NULL
 );
+-- The roster (actors/storage/pg_roster.py): written once, with the key, when the chains
+-- are set up: every shard's chain id in shard order, MAC'd under the audit key, so a
+-- shard whose chain was deleted whole (head row and all) is missed, not taken as unwritten.
+CREATE TABLE IF NOT EXISTS audit_roster (
+    id integer PRIMARY KEY CHECK (id = 1),
+    chain_ids text[] NOT NULL,
+    at double precision NOT NULL,
+    mac text NOT NULL
+);
 """
 
 

@@ -8,6 +8,10 @@ Per shard, nothing excused by anything stored in the database:
 - head row (`audit_chains`, rewritten in every append's transaction): its MAC holds and it
   names the chain's last record exactly (a deleted tail, records added past it, or a
   deleted head row with records left fail);
+- roster (written once with the key when the chains were set up: every shard's chain id):
+  it verifies under the key and names the cluster's shard count, and every shard has a
+  head row of the chain it names (a shard emptied whole, head row and all, fails; so does
+  a chain replaced by a fresh one);
 - anchors (head lines `audit head --database` printed, kept outside the database): each
   names a shard chain that still exists, still reaches its seq with its hash there;
 - store: every accepted request of the shard (`accepted_requests`) has its accepted record
@@ -22,14 +26,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, ChainWalk, genesis_hash
 from task_ingress.actors.rules.gate import safe_field
 from task_ingress.actors.rules.shards import shard_of
-from task_ingress.actors.storage import pg_auditlog
+from task_ingress.actors.storage import pg_auditlog, pg_roster
+from task_ingress.actors.storage.pg_schema import configured_shards
 from task_ingress.actors.storage.schema import decode_outbox
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.anchor import Anchor
@@ -55,8 +60,10 @@ class ShardVerdict(ProblemList):
 
 
 def shards_to_check(conn: psycopg.Connection[Any]) -> list[int]:
-    """Every shard the cluster has, has a chain, or has records or accepted requests of."""
-    found: set[int] = set()
+    """Every shard the cluster has, the roster names, has a chain, or has records or
+    accepted requests of."""
+    roster = pg_roster.read_roster(conn)
+    found: set[int] = set(range(roster.shards)) if roster is not None else set()
     row = conn.execute("SELECT value FROM cluster_config WHERE key = 'shards'").fetchone()
     if row is not None:
         found |= set(range(int(row[0])))
@@ -87,8 +94,12 @@ def verify_database(conn: psycopg.Connection[Any], key: bytes,
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         rows = store_rows(conn)
+        shards = shards_to_check(conn)
+        missed = roster_problems(conn, chain_key, shards)
         verdicts = tuple(verify_shard(conn, chain_key, shard, anchors, rows)
-                         for shard in shards_to_check(conn))
+                         for shard in shards)
+        verdicts = tuple(replace(v, problems=missed.get(v.shard, ()) + v.problems)
+                         for v in verdicts)
     chains = {v.chain_id for v in verdicts}
     orphans = tuple(Problem("anchor", None, f"no shard has the anchored chain "
                             f"{a.store_id}: its audit chain was deleted or replaced")
@@ -99,6 +110,46 @@ def verify_database(conn: psycopg.Connection[Any], key: bytes,
                                         "configuration and every shard's rows are gone "
                                         "(emptied?); nothing vouches for this database"),)
     return DatabaseVerdict(shards=verdicts, problems=gone + orphans)
+
+
+def roster_problems(conn: psycopg.Connection[Any], key: ChainKey, shards: Sequence[int]
+                    ) -> dict[int, tuple[Problem, ...]]:
+    """Each shard's disagreement with the chain roster (actors/storage/pg_roster.py): a
+    shard whose chain is gone whole (no head row) or was replaced (another chain id), a
+    shard the roster does not name; every shard's, when the roster is missing, does not
+    verify under the key, or names another shard count than the cluster's (nothing then
+    vouches that each shard's chain is the one set up)."""
+    roster = pg_roster.read_roster(conn)
+    configured = configured_shards(conn)
+    everywhere: str | None = None
+    if roster is None:
+        everywhere = ("no chain roster (deleted, or the database predates it: start one "
+                      "daemon with the audit key, which writes it from the head rows there): "
+                      "nothing vouches that every shard's chain is still here")
+    elif not roster.verifies(key):
+        everywhere = ("the chain roster's MAC does not verify under this key (wrong key, or "
+                      "forged)")
+    elif configured is not None and roster.shards != configured:
+        everywhere = (f"the chain roster names {roster.shards} shards, the cluster is set up "
+                      f"for {configured} (shard count changed?)")
+    if everywhere is not None:
+        return {shard: (Problem("roster", None, everywhere),) for shard in shards}
+    assert roster is not None  # `everywhere` is set when it is None
+    out: dict[int, tuple[Problem, ...]] = {}
+    for shard in shards:
+        head = pg_auditlog.read_head_row(conn, shard)
+        if shard >= roster.shards:
+            why = "the chain roster names no such shard"
+        elif head is None:
+            why = (f"the roster names chain {roster.chain_ids[shard]} but the shard has no "
+                   "head row: its audit chain was deleted whole (emptied)")
+        elif head.chain_id != roster.chain_ids[shard]:
+            why = (f"the head row names chain {head.chain_id}, the roster "
+                   f"{roster.chain_ids[shard]}: the shard's audit chain was replaced")
+        else:
+            continue
+        out[shard] = (Problem("roster", None, why),)
+    return out
 
 
 def verify_shard(conn: psycopg.Connection[Any], key: ChainKey, shard: int,

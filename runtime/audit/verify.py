@@ -72,7 +72,7 @@ class Problem:
     """One disagreement; `seq` names the audit record concerned, when there is one."""
 
     kind: str
-    """'key', 'chain', 'checkpoint', 'anchor', 'legacy' or 'store'."""
+    """'key', 'chain', 'checkpoint', 'anchor', 'legacy', 'roster' or 'store'."""
     seq: int | None
     detail: str
 

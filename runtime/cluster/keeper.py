@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.runtime.cluster import pg_leases, pg_nodes
 from task_ingress.runtime.cluster.lease import (
     Lease,
@@ -102,8 +103,12 @@ class LeaseKeeper:
     def __init__(self, *, database: str, node: str, shards: int, timing: LeaseTiming,
                  on_acquired: Started, on_lost: Stopped,
                  clock: Callable[[], float] = time.monotonic,
-                 acquire: Callable[..., Lease | None] | None = None) -> None:
+                 acquire: Callable[..., Lease | None] | None = None,
+                 audit_key: ChainKey | None = None) -> None:
         self.database = database
+        self.audit_key = audit_key
+        """Writes the chain roster at start when the database has none (None: the first
+        runtime to open a shard writes it)."""
         self.acquire = acquire or acquire_or_clear
         """`acquire_or_clear` (a test may wrap it, to stop the daemon mid-acquire)."""
         self.node = node
@@ -151,7 +156,8 @@ class LeaseKeeper:
         """Set the schema up and take a first share; raises when the database cannot be
         reached (the daemon exits 2) or holds another shard count (ShardCountMismatch)."""
         start_limit = max(10.0, self.timing.ttl)
-        await self._db(ensure_cluster_database, self.shards, timeout=start_limit)
+        await self._db(ensure_cluster_database, self.shards, self.audit_key,
+                       timeout=start_limit)
         await self._db(pg_nodes.ensure_nodes_schema, timeout=start_limit)
         await self._round()
         self._tasks = [asyncio.create_task(self._rounds()),

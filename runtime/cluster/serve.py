@@ -37,7 +37,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.actors.storage.auditlog import given_key
 from task_ingress.runtime import eventloop
 from task_ingress.runtime.cluster.keeper import GIVEN_BACK, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
@@ -120,6 +122,17 @@ def shard_runtime_config(settings: ServeSettings, cluster: ClusterOptions, lease
         local_peer_id=settings.peer_id, greet_interval=settings.greet_interval, clock=clock,
         peer_rate=settings.peer_rate, peer_burst=settings.peer_burst,
         max_in_flight_per_peer=settings.max_in_flight_per_peer)
+
+
+def _audit_key() -> ChainKey | None:
+    """The cluster's audit key (TASK_INGRESS_AUDIT_KEY, which every shard's runtime reads
+    too), for the keeper to write the chain roster at start; None when absent or not hex
+    (then the first shard's runtime writes it, or refuses to start)."""
+    given = given_key()
+    try:
+        return None if given is None else ChainKey.from_hex(given[0])
+    except ValueError:
+        return None
 
 
 def with_timeouts(url: str, ttl: float) -> str:
@@ -221,7 +234,8 @@ class ClusterDaemon(Stoppable):
             self._nc = await self._connect(s.nats_url)
             self.keeper = LeaseKeeper(
                 database=c.database, node=c.node_id, shards=c.shards, timing=c.timing,
-                on_acquired=self._start_shard, on_lost=self._stop_shard, clock=self.clock)
+                on_acquired=self._start_shard, on_lost=self._stop_shard, clock=self.clock,
+                audit_key=_audit_key())
             try:
                 await asyncio.wait_for(self.keeper.start(), max(15.0, c.lease_ttl))
             except Exception as exc:

@@ -1,13 +1,18 @@
-"""The lease keeper against a real PostgreSQL: stopping it never leaves a lease behind."""
+"""The lease keeper against a real PostgreSQL: stopping it never leaves a lease behind;
+given the audit key, its start sets every shard's chain up (the roster)."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from typing import Any
 
 import psycopg
+from task_ingress.actors.rules.chain import ChainKey
+from task_ingress.actors.storage.pg_auditlog import read_head_row
+from task_ingress.actors.storage.pg_roster import read_roster
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.keeper import LeaseKeeper, acquire_or_clear
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
@@ -54,3 +59,31 @@ def test_a_lease_acquired_while_the_keeper_stops_is_released_not_left_to_expire(
     with psycopg.connect(database, autocommit=True) as conn:
         owners = {s.shard: s.owner for s in pg_leases.status(conn)}
     assert owners == {0: None, 1: None}, owners
+
+
+def test_a_keeper_given_the_audit_key_sets_every_shards_chain_up_at_start(
+    database: str,
+) -> None:
+    """The daemon's start writes the chain roster before any shard's runtime opens a
+    chain: a shard never served is pinned too, so emptying it later is found."""
+    key = ChainKey(secrets.token_bytes(32))
+
+    async def noop_start(lease: Lease) -> None:
+        return None
+
+    async def noop_stop(shard: int, why: str) -> None:
+        return None
+
+    async def scenario() -> None:
+        keeper = LeaseKeeper(database=database, node="a", shards=3,
+                             timing=LeaseTiming(ttl=30.0), on_acquired=noop_start,
+                             on_lost=noop_stop, audit_key=key)
+        await keeper.start()
+        await keeper.stop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(database, autocommit=True) as conn:
+        roster = read_roster(conn)
+        heads = [read_head_row(conn, shard) for shard in range(3)]
+    assert roster is not None and roster.verifies(key)
+    assert [h.chain_id if h else None for h in heads] == list(roster.chain_ids)

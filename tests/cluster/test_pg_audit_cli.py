@@ -147,7 +147,8 @@ def test_anchors_kept_outside_the_database_catch_a_rollback_the_head_rows_cannot
     head = _cli("audit", "head", "--database", database)
     assert head.returncode == 0, head.stderr
     lines = head.stdout.splitlines()
-    assert len(lines) == 2 and "seq=6 " in lines[0]     # shards 0 and 1; 2 has no chain
+    # Every shard has a chain from the first start on (the roster wrote shard 2's genesis).
+    assert len(lines) == 3 and "seq=6 " in lines[0] and "seq=0 " in lines[2]
     anchors = tmp_path / "anchors.txt"
     anchors.write_text(head.stdout)
     assert _cli("audit", "verify", "--database", database, "--anchors",
@@ -184,7 +185,7 @@ def _empty(conn: psycopg.Connection[Any], shard: int | None) -> None:
     for table in ("audit", "audit_chains", "accepted_requests", "outbox"):
         conn.execute(f"DELETE FROM {table} {where}", params)
     if shard is None:
-        for table in ("runs", "tasks", "cluster_config"):
+        for table in ("runs", "tasks", "cluster_config", "audit_roster"):
             conn.execute(f"DELETE FROM {table}")
     else:
         conn.execute("DELETE FROM runs WHERE task_id IN (SELECT task_id FROM tasks "
@@ -203,7 +204,7 @@ def test_a_database_with_every_row_deleted_fails_verification(
     assert _cli("audit", "head", "--database", database).returncode == 1
 
 
-def test_a_shard_emptied_whole_fails_only_against_an_anchor_kept_outside_the_database(
+def test_a_shard_emptied_whole_fails_verification_without_an_anchor(
     cluster: psycopg.Connection[Any], database: str, tmp_path: Path,
 ) -> None:
     head = _cli("audit", "head", "--database", database)
@@ -211,15 +212,17 @@ def test_a_shard_emptied_whole_fails_only_against_an_anchor_kept_outside_the_dat
     anchors = tmp_path / "anchors.txt"
     anchors.write_text(head.stdout)
     _empty(cluster, 0)
-    # The head rows live in the database: a shard emptied with its head row reads as one
-    # nobody wrote yet (the limit docs/cluster.md and docs/operating.md state).
+    # Records, head row and store rows gone: the roster, MAC'd under the key when the
+    # chains were set up, still names shard 0's chain.
     inside = _cli("audit", "verify", "--database", database)
-    assert inside.returncode == 0, inside.stdout
-    assert inside.stdout.startswith("shard 0: OK: 0 records")
+    assert inside.returncode == 1, inside.stdout
+    assert ("shard 0: problem: roster: store: the roster names chain ") in inside.stdout
+    assert "its audit chain was deleted whole (emptied)" in inside.stdout
+    assert "shard 1: OK" in inside.stdout and "shard 2: OK" in inside.stdout
+    assert inside.stdout.splitlines()[-1] == "FAILED: shard(s) 0 do not verify"
     done = _cli("audit", "verify", "--database", database, "--anchors", str(anchors))
     assert done.returncode == 1, done.stdout
     assert "problem: anchor: store: no shard has the anchored chain" in done.stdout
-    assert done.stdout.splitlines()[-1] == "FAILED: an anchored chain is gone"
 
 
 def test_export_database_writes_every_shards_records_with_their_shard(
@@ -272,3 +275,44 @@ def test_tail_database_shows_the_newest_across_shards_and_follows_every_shard(
             follower.kill()
     assert [(r["shard"], r["seq"], r["request_id"]) for r in got] == [
         (2, 1, "s2-0"), (2, 2, "s2-1")]
+
+
+def test_a_shard_chain_replaced_by_another_genuine_chain_fails_verification(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    # Without the key, shard 1 emptied and given a copy of shard 2's genuine genesis head
+    # row: every MAC holds and the shard looks unwritten, but its chain is not shard 1's.
+    _empty(cluster, 1)
+    cluster.execute("INSERT INTO audit_chains (shard, chain_id, seq, hash, at, mac) SELECT "
+                    "1, chain_id, seq, hash, at, mac FROM audit_chains WHERE shard = 2")
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout
+    assert "shard 1: problem: roster: store: the head row names chain " in done.stdout
+    assert "the shard's audit chain was replaced" in done.stdout
+    assert done.stdout.splitlines()[-1] == "FAILED: shard(s) 1 do not verify"
+
+
+def test_a_roster_forged_or_deleted_without_the_key_fails_every_shard(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    # Naming a fresh chain for shard 0 (to start it over) needs a MAC only the key makes.
+    cluster.execute("UPDATE audit_roster SET chain_ids[1] = %s", (secrets.token_hex(16),))
+    forged = _cli("audit", "verify", "--database", database)
+    assert forged.returncode == 1, forged.stdout
+    for shard in range(SHARDS):
+        assert (f"shard {shard}: problem: roster: store: the chain roster's MAC does not "
+                "verify") in forged.stdout
+    cluster.execute("DELETE FROM audit_roster")
+    gone = _cli("audit", "verify", "--database", database)
+    assert gone.returncode == 1, gone.stdout
+    assert "shard 0: problem: roster: store: no chain roster" in gone.stdout
+    assert gone.stdout.splitlines()[-1] == "FAILED: shard(s) 0, 1, 2 do not verify"
+
+
+def test_a_roster_of_another_shard_count_fails_verification(
+    cluster: psycopg.Connection[Any], database: str,
+) -> None:
+    cluster.execute("UPDATE cluster_config SET value = '4' WHERE key = 'shards'")
+    done = _cli("audit", "verify", "--database", database)
+    assert done.returncode == 1, done.stdout
+    assert "the chain roster names 3 shards, the cluster is set up for 4" in done.stdout
