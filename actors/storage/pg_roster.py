@@ -87,7 +87,8 @@ def ensure_roster(conn: psycopg.Connection[Any], key: ChainKey, shards: int,
             raise ChainRefused(
                 f"{len(present)} shard(s) have audit chains but the cluster has no chain "
                 "roster (deleted, or the database predates it): check it with `task-ingress "
-                "audit verify --database URL`, then adopt its chains once (docs/cluster.md)")
+                "audit verify --database URL`, then adopt its chains once: `task-ingress "
+                "cluster adopt-roster --database URL`")
         if present and not any(h.verifies(key) for h in present):
             raise ChainRefused(f"none of the {len(present)} shard head rows verifies under "
                                "this audit key: not writing the chain roster with it (wrong "

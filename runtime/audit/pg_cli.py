@@ -44,7 +44,7 @@ def _key(explicit: str | None) -> bytes | str:
                    else f"${KEY_ENV} must be the audit key in hex; fix or unset it")
 
 
-def _anchors(path: str | None) -> list[Anchor] | str:
+def read_anchors(path: str | None) -> list[Anchor] | str:
     """The head lines in the file (blank lines skipped), or why they cannot be read."""
     if path is None:
         return []
@@ -63,7 +63,7 @@ def _verified(url: str, key: str | None, anchors_file: str | None = None
     raw = _key(key)
     if isinstance(raw, str):
         return _error(raw)
-    anchors = _anchors(anchors_file)
+    anchors = read_anchors(anchors_file)
     if isinstance(anchors, str):
         return _error(anchors)
     try:

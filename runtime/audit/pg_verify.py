@@ -123,9 +123,9 @@ def roster_problems(conn: psycopg.Connection[Any], key: ChainKey, shards: Sequen
     configured = configured_shards(conn)
     everywhere: str | None = None
     if roster is None:
-        everywhere = ("no chain roster (deleted, or the database predates it: start one "
-                      "daemon with the audit key, which writes it from the head rows there): "
-                      "nothing vouches that every shard's chain is still here")
+        everywhere = ("no chain roster (deleted, or the database predates it; once the rest "
+                      "verifies, `task-ingress cluster adopt-roster --database URL` pins the "
+                      "chains there): nothing vouches that every shard's chain is still here")
     elif not roster.verifies(key):
         everywhere = ("the chain roster's MAC does not verify under this key (wrong key, or "
                       "forged)")

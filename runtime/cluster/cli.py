@@ -1,4 +1,5 @@
-"""`task-ingress cluster status`: one row per shard — owner, epoch, lease age (SPEC §9).
+"""`task-ingress cluster status`: one row per shard — owner, epoch, lease age (SPEC §9);
+`task-ingress cluster adopt-roster`: pin the audit chains of a database without a roster.
 
 Only this module knows typer; psycopg (the `cluster` extra) is imported when the command
 runs, so the base install's command line works without it.
@@ -68,3 +69,58 @@ def status_command(
     held = sum(1 for r in rows if r.owner is not None)
     typer.echo(f"{held} of {shards} shards held by {len({r.owner for r in rows if r.owner})} "
                "node(s)")
+
+
+@cluster_app.command("adopt-roster")
+def adopt_roster_command(
+    database: DatabaseOpt,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="The cluster's audit key, hex (default: $TASK_INGRESS_AUDIT_KEY).")]
+    = None,
+    anchors: Annotated[str | None, typer.Option(
+        "--anchors", help="Head lines kept outside the database (`audit head --database`): "
+        "checked before anything is adopted.")] = None,
+) -> None:
+    """Pin the audit chains of a cluster database that has no roster (written before the
+    roster existed, or its roster deleted), once, deliberately: only when everything else
+    verifies under the key. Exit 0 pinned (or a roster already there), 1 not adopted (the
+    database does not verify), 2 usage. A shard emptied whole before this runs cannot be
+    told from one never written: check the database against anchors kept elsewhere."""
+    from task_ingress.actors.storage.auditlog import given_key
+    from task_ingress.actors.storage.chainstart import ChainRefused
+    from task_ingress.runtime.audit.pg_cli import read_anchors
+
+    given = given_key(key)
+    if given is None:
+        raise UsageProblem("needs the audit key: --key HEX or $TASK_INGRESS_AUDIT_KEY")
+    try:
+        raw = bytes.fromhex(given[0])
+    except ValueError:
+        raw = b""
+    if not raw:
+        raise UsageProblem(f"{given[1]} is not the audit key in hex")
+    kept = read_anchors(anchors)
+    if isinstance(kept, str):
+        raise UsageProblem(kept)
+    try:
+        import psycopg
+        from task_ingress.actors.storage import pg_roster
+        from task_ingress.runtime.cluster import pg_leases
+        from task_ingress.runtime.cluster.adopt import adopt_roster
+    except ImportError:
+        raise UsageProblem("needs psycopg: pip install 'task-ingress[cluster]'") from None
+    try:
+        with psycopg.connect(database, autocommit=True, connect_timeout=10) as conn:
+            if pg_leases.shard_count(conn) is None:
+                raise UsageProblem("not a cluster database (no shard leases)")
+            if pg_roster.read_roster(conn) is not None:
+                typer.echo("a roster is already there: nothing adopted")
+                return
+            roster = adopt_roster(conn, raw, tuple(kept))
+    except psycopg.Error as exc:
+        raise UsageProblem(f"cannot use the cluster database: {exc}") from None
+    except ChainRefused as exc:
+        typer.echo(f"task-ingress cluster adopt-roster: not adopted: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"roster written: the chains of {len(roster.chain_ids)} shards pinned under "
+               "the key; `task-ingress audit verify --database URL` checks them from now on")

@@ -5,7 +5,10 @@ are adopted only deliberately, and only when everything else verifies."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -161,3 +164,31 @@ def test_chains_without_a_roster_are_refused_until_adopted_and_adopted_only_when
         assert _problems(conn) == []
         _write(make_runtime, database, conn, "node-c", 1)
         assert _problems(conn) == []
+
+
+def test_cluster_adopt_roster_pins_verifying_chains_once_and_refuses_an_edited_one(
+    make_runtime: Callable[..., IngressRuntime], database: str,
+) -> None:
+    def adopt(*extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TASK_INGRESS_AUDIT_KEY": KEY}
+        return subprocess.run([sys.executable, "-m", "task_ingress", "cluster",
+                               "adopt-roster", "--database", database, *extra],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        pg_leases.ensure_schema(conn, SHARDS)
+        _write(make_runtime, database, conn, "node-a", 2)
+        conn.execute("DELETE FROM audit_roster")  # as a database older than the roster
+        conn.execute("UPDATE audit SET reason = 'x' WHERE shard = %s AND seq = 1", (SHARD,))
+        refused = adopt()
+        assert refused.returncode == 1, refused.stderr
+        assert "not adopted" in refused.stderr and len(refused.stderr.splitlines()) == 1
+        assert pg_roster.read_roster(conn) is None
+        conn.execute("UPDATE audit SET reason = NULL WHERE shard = %s AND seq = 1", (SHARD,))
+        wrong = adopt("--key", "zz")
+        assert wrong.returncode == 2 and "hex" in wrong.stderr
+        done = adopt()
+        assert done.returncode == 0, done.stderr
+        assert "roster written" in done.stdout and _problems(conn) == []
+        again = adopt()
+        assert again.returncode == 0 and "already there" in again.stdout
