@@ -8,8 +8,6 @@ install's `audit` commands work without it. Exit codes as SPEC §9: 0 every shar
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +29,14 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _key(explicit: str | None) -> bytes | str:
+NO_PSYCOPG = "--database needs psycopg: pip install 'task-ingress[cluster]'"
+
+
+def _unreadable(exc: Exception) -> str:
+    return f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}"
+
+
+def database_key(explicit: str | None) -> bytes | str:
     """The key's bytes, or why there is none (a usage error: a database has no key file)."""
     given = given_key(explicit)
     if given is None:
@@ -60,7 +65,7 @@ def read_anchors(path: str | None) -> list[Anchor] | str:
 def _verified(url: str, key: str | None, anchors_file: str | None = None
               ) -> tuple[Any, bytes] | int:
     """(the database's verdict, the key), or the exit code of a usage problem."""
-    raw = _key(key)
+    raw = database_key(key)
     if isinstance(raw, str):
         return _error(raw)
     anchors = read_anchors(anchors_file)
@@ -70,12 +75,12 @@ def _verified(url: str, key: str | None, anchors_file: str | None = None
         import psycopg
         from task_ingress.runtime.audit.pg_verify import verify_database
     except ImportError:
-        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
+        return _error(NO_PSYCOPG)
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             return verify_database(conn, raw, anchors), raw
     except psycopg.Error as exc:
-        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+        return _error(_unreadable(exc))
 
 
 def verify_database_command(url: str, key: str | None, as_json: bool,
@@ -134,22 +139,12 @@ def head_database_command(url: str, key: str | None) -> int:
 def show_database_command(url: str, flt: AuditFilter, limit: int | None, width: int) -> int:
     """Matching records of every shard, newest `limit` per shard: a `[shard N]` line, then
     that shard's records as `audit show --store`'s table, `width` columns wide."""
-    try:
-        import psycopg
-        from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
-    except ImportError:
-        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
-    where, params = flt.where()
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            rows: list[Any] = conn.execute(
-                f"SELECT shard, {AUDIT_COLUMNS} FROM audit WHERE {where.replace('?', '%s')} "
-                "ORDER BY shard, seq", params).fetchall()
-    except psycopg.Error as exc:
-        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+    found = _shard_records(url, flt)
+    if isinstance(found, str):
+        return _error(found)
     by_shard: dict[int, list[AuditRecord]] = {}
-    for row in rows:
-        by_shard.setdefault(int(row[0]), []).append(record_from_row(tuple(row[1:])))
+    for shard, rec in found[0]:
+        by_shard.setdefault(shard, []).append(rec)
     count = 0
     for shard, records in sorted(by_shard.items()):
         shown = records[-limit:] if limit else records
@@ -161,38 +156,44 @@ def show_database_command(url: str, flt: AuditFilter, limit: int | None, width: 
     return EXIT_OK
 
 
-
-def _shard_records(url: str, flt: AuditFilter, after: dict[int, int] | None = None,
+def _shard_records(url: str, flt: AuditFilter, *, after: dict[int, int] | None = None,
                    newest: int | None = None
-                   ) -> tuple[list[tuple[int, AuditRecord]], dict[int, int]] | int:
-    """(the matching records as (shard, record) in (shard, seq) order, each shard's newest
-    seq when they were read): only records after each shard's `after` seq, only the newest
-    `newest` across shards by time when given. Or the exit code of a usage problem."""
+                   ) -> tuple[list[tuple[int, AuditRecord]], dict[int, int]] | str:
+    """The matching records as (shard, record) in (shard, seq) order, and each shard's head
+    seq when they were read. For `tail` (`after` or `newest` given) only each shard's range
+    (after, head] — a record committed after the heads were read is left for the next read,
+    never skipped — and only the newest `newest` across shards by time; otherwise every
+    matching record there is. Or why the database cannot be read."""
     try:
         import psycopg
         from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, record_from_row
+        from task_ingress.actors.storage.pg_schema import configured_shards
     except ImportError:
-        return _error("--database needs psycopg: pip install 'task-ingress[cluster]'")
+        return NO_PSYCOPG
     where, params = flt.where()
-    # Each shard's range (after, head]: a record committed after the heads were read is
-    # left for the next read, never skipped.
-    sql = (f"SELECT shard, {AUDIT_COLUMNS} FROM audit WHERE {where.replace('?', '%s')} "
-           "AND seq > COALESCE((%s::jsonb ->> shard::text)::bigint, 0) "
-           "AND seq <= COALESCE((%s::jsonb ->> shard::text)::bigint, 0)")
+    sql = f"SELECT shard, {AUDIT_COLUMNS} FROM audit WHERE {where.replace('?', '%s')}"
+    args: list[object] = list(params)
+    heads: dict[int, int] = {}
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            heads = {int(s): int(n) for s, n in conn.execute(
-                "SELECT shard, MAX(seq) FROM audit GROUP BY shard").fetchall()}
-            args = [*params, json.dumps({str(s): n for s, n in (after or {}).items()}),
-                    json.dumps({str(s): n for s, n in heads.items()})]
+            if after is not None or newest is not None:
+                # Each shard's newest seq by the (shard, seq) key, one index probe per
+                # shard: not a scan of every record at each poll of `tail -f`.
+                heads = {int(s): int(n) for s, n in conn.execute(
+                    "SELECT s, (SELECT max(seq) FROM audit WHERE shard = s) "
+                    "FROM generate_series(0, %s - 1) AS s", (configured_shards(conn) or 0,)
+                ).fetchall() if n is not None}
+                sql += (" AND seq > COALESCE((%s::jsonb ->> shard::text)::bigint, 0)"
+                        " AND seq <= COALESCE((%s::jsonb ->> shard::text)::bigint, 0)")
+                args += [json.dumps({str(k): n for k, n in (after or {}).items()}),
+                         json.dumps({str(k): n for k, n in heads.items()})]
             if newest is not None:
                 sql = f"SELECT * FROM ({sql} ORDER BY at DESC, shard, seq DESC LIMIT %s) AS n"
                 args.append(newest)
             rows: list[Any] = conn.execute(sql + " ORDER BY shard, seq", args).fetchall()
     except psycopg.Error as exc:
-        return _error(f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}")
+        return _unreadable(exc)
     return [(int(row[0]), record_from_row(tuple(row[1:]))) for row in rows], heads
-
 
 def shard_export_line(shard: int, rec: AuditRecord) -> str:
     """`export_line` with the record's shard: seq counts per shard, so (shard, seq) names a
@@ -204,8 +205,8 @@ def export_database_command(url: str, flt: AuditFilter, out: TextIO) -> int:
     """Every shard's matching records as JSON Lines (with `shard`), shard by shard in
     chain order, to `out`."""
     found = _shard_records(url, flt)
-    if isinstance(found, int):
-        return found
+    if isinstance(found, str):
+        return _error(found)
     for shard, rec in found[0]:
         out.write(shard_export_line(shard, rec) + "\n")
     out.flush()
@@ -223,16 +224,15 @@ def tail_database_command(url: str, flt: AuditFilter, lines: int, as_json: bool,
             else f"[shard {shard}] {format_line(rec)}"
 
     found = _shard_records(url, flt, newest=lines)
-    if isinstance(found, int):
-        return found
+    if isinstance(found, str):
+        return _error(found)
     shown, after = found
     for shard, rec in sorted(shown, key=lambda sr: (sr[1].at, sr[0], sr[1].seq)):
         typer.echo(line(shard, rec))
     while go_on is not None and go_on():
         time.sleep(poll)
-        with contextlib.redirect_stderr(io.StringIO()):  # one line per failed poll is noise
-            found = _shard_records(url, flt, after)
-        if isinstance(found, int):
+        found = _shard_records(url, flt, after=after)
+        if isinstance(found, str):
             continue
         for shard, rec in found[0]:
             typer.echo(line(shard, rec))

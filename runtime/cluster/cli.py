@@ -86,19 +86,12 @@ def adopt_roster_command(
     verifies under the key. Exit 0 pinned (or a roster already there), 1 not adopted (the
     database does not verify), 2 usage. A shard emptied whole before this runs cannot be
     told from one never written: check the database against anchors kept elsewhere."""
-    from task_ingress.actors.storage.auditlog import given_key
     from task_ingress.actors.storage.chainstart import ChainRefused
-    from task_ingress.runtime.audit.pg_cli import read_anchors
+    from task_ingress.runtime.audit.pg_cli import database_key, read_anchors
 
-    given = given_key(key)
-    if given is None:
-        raise UsageProblem("needs the audit key: --key HEX or $TASK_INGRESS_AUDIT_KEY")
-    try:
-        raw = bytes.fromhex(given[0])
-    except ValueError:
-        raw = b""
-    if not raw:
-        raise UsageProblem(f"{given[1]} is not the audit key in hex")
+    raw = database_key(key)
+    if isinstance(raw, str):
+        raise UsageProblem(raw)
     kept = read_anchors(anchors)
     if isinstance(kept, str):
         raise UsageProblem(kept)
