@@ -29,6 +29,10 @@ SERVE_PROCESS_MODE_ENV = "TASK_INGRESS_PROCESS_MODE"
 class DaemonSystem:
     """`task-ingress serve` on `store` plus a NATS client; `close` stops both."""
 
+    runtime_in_children = True
+    """The system under test is the daemon and its nats-server (child processes); the
+    client's NATS transport thread in the bench's own process is client work."""
+
     def __init__(self, store: str, audit_key: str, *, process_mode: str | None = None,
                  request_timeout: float = 10.0) -> None:
         from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport

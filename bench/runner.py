@@ -55,6 +55,9 @@ class PhaseFigures:
     timed_out: bool
     cpu_ms_per_request: float
     """CPU (all threads, actor processes included) per request: load-independent cost."""
+    runtime_cpu_ms_per_request: float = 0.0
+    """The same less the bench's own client work (`PhaseResult.runtime_cpu_s`): what the
+    system under test spends per request."""
 
 
 @dataclass
@@ -101,6 +104,7 @@ def figures(phase: PhaseResult) -> PhaseFigures:
         p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99),
         max_ms=float(hist.get_max_value()) / 1000.0 if n else 0.0, timed_out=phase.timed_out,
         cpu_ms_per_request=phase.cpu_s * 1000.0 / n if n else 0.0,
+        runtime_cpu_ms_per_request=phase.runtime_cpu_s * 1000.0 / n if n else 0.0,
     )
 
 

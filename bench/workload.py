@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 from task_ingress.messages.codec import decode_reply, encode_envelope
@@ -69,6 +69,13 @@ class PhaseResult:
     timed_out: bool = False
     cpu_s: float = 0.0
     """CPU seconds of this process and its children (actor processes) during the phase."""
+    client_cpu_s: float = 0.0
+    """CPU seconds the caller threads spent on the bench's own client work: everything of
+    a request but its `deliver` call (choosing and encoding it, reading the reply)."""
+    runtime_cpu_s: float = 0.0
+    """CPU seconds of the system under test alone: `cpu_s` less `client_cpu_s`, or, for a
+    system that runs in child processes (`runtime_in_children`), those processes' CPU
+    (the client's NATS transport thread, signing and checking, is client work too)."""
 
 
 @dataclass
@@ -113,14 +120,24 @@ def next_request(peer: BenchPeer, rng: random.Random, phase: str) -> tuple[str, 
 
 
 def _one(system: System, peer: BenchPeer, rng: random.Random, phase: str,
-         result: PhaseResult, lock: threading.Lock, started: float) -> None:
+         result: PhaseResult, lock: threading.Lock, started: float) -> float:
+    """One request, start to finish; the CPU seconds this thread spent outside `deliver`."""
+    cpu_begin = time.thread_time()
     rid, request = next_request(peer, rng, phase)
     env = encode_envelope(request, rid)
+    cpu_deliver = time.thread_time()
     try:
-        reply = decode_reply(system.deliver(env, workspace=WORKSPACE, channel=peer.channel,
-                                            peer_id=peer.peer_id))
+        answer = system.deliver(env, workspace=WORKSPACE, channel=peer.channel,
+                                peer_id=peer.peer_id)
     except Exception:
-        reply = {"accepted": False, "reason": "task_ingress_failed"}
+        answer = None
+    cpu_delivered = time.thread_time()
+    reply: dict[str, Any] = {"accepted": False, "reason": "task_ingress_failed"}
+    try:
+        if answer is not None:
+            reply = decode_reply(answer)
+    except Exception:
+        pass  # an unreadable reply counts as failed, like a call that raised
     latency = time.perf_counter() - started
     accepted = bool(reply.get("accepted"))
     if accepted and isinstance(request, CreateTask) and isinstance(reply.get("task_id"), str):
@@ -131,6 +148,7 @@ def _one(system: System, peer: BenchPeer, rng: random.Random, phase: str,
             result.accepted += 1
         elif reply.get("reason") in FAILURES:
             result.failed += 1
+    return time.thread_time() - cpu_begin - (cpu_delivered - cpu_deliver)
 
 
 def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
@@ -153,11 +171,12 @@ def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
         rng = random.Random(w.seed * 7919 + t + zlib.crc32(phase.encode()))
         interval = threads / rate if rate else 0.0
         offset = interval * t / threads
+        client_cpu = 0.0
         for k in range(per_thread[t]):
             now = time.perf_counter()
             if now >= deadline:
                 result.timed_out = True
-                return
+                break
             if rate:
                 scheduled = t0 + offset + k * interval
                 if scheduled > now:
@@ -165,26 +184,34 @@ def run_phase(system: System, w: Workload, peers: list[BenchPeer], phase: str,
                 started = scheduled
             else:
                 started = time.perf_counter()
-            _one(system, mine[k % len(mine)], rng, phase, result, lock, started)
+            client_cpu += _one(system, mine[k % len(mine)], rng, phase, result, lock, started)
+        with lock:
+            result.client_cpu_s += client_cpu
 
     pool = [threading.Thread(target=work, args=(t,), name=f"bench-{t}") for t in range(threads)]
     # Actor processes of a multiprocess base are no children of ours (Thespian daemonizes)
     actors = list(getattr(system, "actor_pids", list)())
-    cpu_before = tree_cpu_seconds(actors)
+    own_before, others_before = tree_cpu_seconds(actors)
     begin = time.perf_counter()
     for th in pool:
         th.start()
     for th in pool:
         th.join()
     result.elapsed = time.perf_counter() - max(begin, t0 - 0.05)
-    result.cpu_s = tree_cpu_seconds(actors) - cpu_before
+    own_after, others_after = tree_cpu_seconds(actors)
+    result.cpu_s = own_after + others_after - own_before - others_before
+    result.runtime_cpu_s = (others_after - others_before
+                            if getattr(system, "runtime_in_children", False)
+                            else result.cpu_s - result.client_cpu_s)
     return result
 
 
-def tree_cpu_seconds(extra_pids: list[int] | None = None) -> float:
-    """User + system CPU seconds of this process, its live children and `extra_pids`."""
+def tree_cpu_seconds(extra_pids: list[int] | None = None) -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its live children and
+    `extra_pids` together."""
     me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
+    own = float(sum(me.cpu_times()[:2]))
+    total = 0.0
     procs = me.children(recursive=True)
     seen = {p.pid for p in procs}
     for pid in extra_pids or ():
@@ -196,4 +223,4 @@ def tree_cpu_seconds(extra_pids: list[int] | None = None) -> float:
             total += sum(proc.cpu_times()[:2])
         except psutil.Error:
             continue
-    return float(total)
+    return own, total
