@@ -129,6 +129,10 @@ class Driver:
         self.inbox.put(call)
         return call.future
 
+    def running(self) -> bool:
+        """Started, not stopped and not stopped on its own (see `IngressRuntime.alive`)."""
+        return self.ready.is_set() and self.start_error is None and not self.closed.is_set()
+
     def _refuse_if_closed(self) -> None:
         if self.closed.is_set():
             raise RuntimeClosed("the runtime is closed")

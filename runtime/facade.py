@@ -379,6 +379,14 @@ class IngressRuntime:
         that count every process's CPU. Empty once closed."""
         return self._driver.actor_pids() if self._driver is not None else []
 
+    def alive(self) -> bool:
+        """True while the runtime answers calls: started and not closed, and not stopped on
+        its own either (its pipeline process died, its driver thread failed: every call then
+        raises RuntimeClosed, and only a new runtime serves again). For supervisors: a
+        daemon exits when its runtime is no longer alive, so that it gets restarted."""
+        driver = self._driver
+        return driver is not None and driver.running()
+
     def statistics(self) -> RuntimeStatistics:
         """Calls queued for the driver and requests admitted but unanswered, right now, and
         the channel actors, presence entries and cards held at the last sweep (all 0

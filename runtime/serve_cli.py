@@ -76,7 +76,8 @@ def serve(
         "--cluster: this daemon's name in the lease table (default: hostname-pid).")),
 ) -> None:
     """Serve task ingress over NATS (AGH network v0 and v1) until SIGTERM/SIGINT/SIGHUP;
-    then drain, exit 0."""
+    then drain, exit 0 (exit 1 when its runtime stopped on its own, e.g. a killed pipeline
+    process: a supervisor should restart it)."""
     import os
 
     from pydantic import ValidationError

@@ -12,7 +12,9 @@ the daemon greets (AGH heartbeat) on join and every greet_interval in each chann
 serves: the `--channel`s, or with none every channel where it has seen a peer (greeting at
 once on the first sight of one).
 
-A first signal during start-up stops it there: what came up is closed, exit 0.
+A first signal during start-up stops it there: what came up is closed, exit 0. A runtime
+that stops on its own while serving (its pipeline process killed, its driver failed)
+stops the daemon the same graceful way, exit 1, so that a supervisor restarts it.
 Stop (first SIGTERM/SIGINT/SIGHUP, or `request_stop()`): readiness off, unsubscribe (the
 server sends no more; messages already received are still judged), answer every in-flight
 request, flush NATS, close the runtime (store and audit flushed, checkpoint written), stop
@@ -64,6 +66,12 @@ from task_ingress.runtime.nats.settings import ServeSettings, mask_url
 from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
 from task_ingress.runtime.store_lock import StoreLock
 
+RUNTIME_POLL = 0.25
+"""Seconds between two looks at whether the runtime is still alive."""
+RUNTIME_DIED_STATUS = 1
+"""`serve`'s exit status after its runtime stopped on its own (systemd's
+Restart=on-failure restarts it; 2 stays "could not start")."""
+
 
 class Daemon(Stoppable):
     """`task-ingress serve`: construct with settings, then `await run()` (or `run_sync`)."""
@@ -93,6 +101,9 @@ class Daemon(Stoppable):
         self._operator_key: Ed25519PrivateKey | None = None
         self._key: Ed25519PrivateKey | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self.runtime_died = False
+        """Set when the runtime stopped on its own while serving: `run` then returns
+        RUNTIME_DIED_STATUS instead of 0."""
         self.log = get_logger(component="nats.daemon")
 
     # ---- control -----------------------------------------------------------------
@@ -107,8 +118,8 @@ class Daemon(Stoppable):
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> int:
         """Serve until stopped; returns 0 after a graceful stop (also one asked for during
-        start-up); raises RuntimeStartError when it cannot start (store in use, NATS out of
-        reach)."""
+        start-up), RUNTIME_DIED_STATUS after a stop because the runtime stopped on its own;
+        raises RuntimeStartError when it cannot start (store in use, NATS out of reach)."""
         s = self.settings
         stop = self._arm_stop()
         self.log.info("serve.settings", **s.public())
@@ -138,16 +149,34 @@ class Daemon(Stoppable):
                           + (f"; metrics {metrics_url}" if metrics_url else ""))
             self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
+            watcher = asyncio.create_task(self._watch_runtime(self.runtime))
             await stop.wait()
+            watcher.cancel()
             greeter.cancel()
             self._tasks.discard(greeter)
             self.announce("draining: answering in-flight requests")
             await self._drain(self._nc, subs)
             self.announce(f"stopped after {self._answered()} answered requests")
-            return 0
+            return RUNTIME_DIED_STATUS if self.runtime_died else 0
         finally:
             self.metrics.set_ready(False)
             await self._shutdown(self._nc, self._handler)
+
+    async def _watch_runtime(self, runtime: IngressRuntime) -> None:
+        """Stop the daemon, to exit RUNTIME_DIED_STATUS, once its runtime has stopped on its
+        own (its pipeline process was killed, its driver failed): every request would be
+        answered `task_ingress_failed` from then on while the daemon looked alive to its
+        supervisor, which restarts only a daemon that exits."""
+        while runtime.alive():
+            await asyncio.sleep(RUNTIME_POLL)
+        if self._closing:
+            return
+        self.runtime_died = True
+        self.log.error("serve.runtime_died", hint="the log line driver.crashed says why")
+        self.announce(f"its runtime stopped on its own (see the log line driver.crashed); "
+                      f"stopping, exit {RUNTIME_DIED_STATUS} so that a supervisor restarts it")
+        assert self._stop is not None
+        self._stop.set()
 
     async def _unless_stopped(self, coro: Any) -> Any:
         """`coro`'s result, or None when a stop was asked for first (`coro` is cancelled)."""

@@ -1,4 +1,5 @@
-"""`task-ingress serve` as a subprocess: SIGTERM under load loses no acknowledged write."""
+"""`task-ingress serve` as a subprocess: SIGTERM under load loses no acknowledged write; a
+runtime that dies under it makes it exit 1 rather than serve failures forever."""
 
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ KEY = "11" * 32
 PEERS = [f"peer-{i}" for i in range(4)]
 
 
-def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def _start_serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     store, ready = tmp_path / "store.db", tmp_path / "daemon.json"
     env = {**os.environ, "TASK_INGRESS_AUDIT_KEY": KEY, "TASK_INGRESS_LOG_LEVEL": "warning"}
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "task_ingress", "serve", "--store", str(store),
-             "--ready-file", str(ready)],
+             "--ready-file", str(ready), *extra],
             cwd=os.getcwd(), env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while not ready.exists():
@@ -119,3 +120,29 @@ def test_a_second_signal_exits_at_once_without_losing_acknowledged_writes(
     assert not any(psutil.pid_exists(pid) for pid in children), "nats-server left running"
     assert not (tmp_path / "daemon.json").exists()  # removed on the hard exit too
     _assert_acknowledged_writes_durable(store, acks)
+
+
+def test_a_killed_pipeline_process_stops_serve_with_exit_1_and_nothing_left_running(
+        tmp_path: Path) -> None:
+    proc, _store, ready = _start_serve(tmp_path, "--process-mode", "pipeline")
+    children: list[psutil.Process] = []
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        pipeline = [c for c in children if "task_ingress.runtime.pipeline.child" in c.cmdline()]
+        assert len(pipeline) == 1, [c.cmdline() for c in children]
+        pipeline[0].kill()
+        # Before: serve went on answering every request task_ingress_failed, never exiting,
+        # so systemd's Restart=on-failure never brought a working daemon back.
+        status = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    log = (tmp_path / "serve.log").read_text()
+    assert status == 1, log[-2000:]
+    assert "stopped on its own" in log
+    assert not any(c.is_running() for c in children), "nats-server left running"
+    assert not ready.exists()

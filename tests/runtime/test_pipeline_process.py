@@ -70,12 +70,14 @@ def test_a_dead_pipeline_process_fails_every_waiting_caller_at_once(
     waiting: list[Future[Any]] = [h.submit(ctx(f"w-{p}", peer=p), CreateTask(title="held"))
                                   for p in ("pa", "pb", "pc")]
     assert h.held() == ("w-pa", "w-pb", "w-pc")
+    assert rt.alive()
     [pid] = rt.actor_pids()
     os.kill(pid, signal.SIGKILL)
     for future in waiting:
         assert isinstance(future.exception(timeout=DEATH_WAIT), RuntimeClosed)
     with pytest.raises(RuntimeClosed):
         rt.submit(ctx("later", peer="pa"), CreateTask(title="t"))
+    assert not rt.alive()  # what a supervising daemon looks at (it then exits 1)
     rt.close()
     assert rt.actor_pids() == [] and not psutil.pid_exists(pid)  # reaped, not a zombie
 

@@ -45,6 +45,14 @@ def test_a_runtime_not_running_reports_nothing_and_the_record_is_frozen() -> Non
         stats.calls_waiting = 1  # type: ignore[misc]
 
 
+def test_a_runtime_is_alive_only_between_start_and_close() -> None:
+    rt = IngressRuntime(RuntimeConfig())
+    assert not rt.alive()
+    with rt:
+        assert rt.alive()
+    assert not rt.alive()
+
+
 @pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_the_held_counts_are_those_of_the_last_sweep(
     make_runtime: Callable[..., IngressRuntime], clock: FakeClock, mode: str
