@@ -24,7 +24,12 @@ from typing import Any
 
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
-from task_ingress.actors.storage.auditlog import AUDIT_COLUMNS, AUDIT_NAMES, record_from_row
+from task_ingress.actors.storage.auditlog import (
+    AUDIT_COLUMNS,
+    AUDIT_NAMES,
+    SINCE_CLOCK_SLACK,
+    record_from_row,
+)
 from task_ingress.actors.storage.chainstart import ChainRefused
 from task_ingress.actors.storage.pg_store import execute_rows
 from task_ingress.messages.audit import AuditRecord
@@ -169,9 +174,21 @@ def append(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain,
 def read_shard_records(conn: psycopg.Connection[Any], shard: int, since: float = 0.0
                        ) -> list[AuditRecord]:
     """Every committed record of the shard's chain (written at or after `since`, unix
-    seconds), in seq order."""
-    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s AND at >= %s "
-                        "ORDER BY seq", (shard, since)).fetchall()
+    seconds), in seq order.
+
+    With `since`, the read starts after the newest record older than `since` minus
+    SINCE_CLOCK_SLACK, found from the tail of the (shard, seq) key, as the SQLite log does
+    (`auditlog.read_records`): a daemon taking a shard over reads the last minutes of its
+    chain, not the whole chain (there is no index on `at`, which would cost every write),
+    so a takeover does not slow down as the chain grows."""
+    first = 0
+    if since > 0:
+        row = conn.execute("SELECT seq FROM audit WHERE shard = %s AND at < %s "
+                           "ORDER BY seq DESC LIMIT 1",
+                           (shard, since - SINCE_CLOCK_SLACK)).fetchone()
+        first = int(row[0]) if row else 0
+    rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s AND seq > %s "
+                        "AND at >= %s ORDER BY seq", (shard, first, since)).fetchall()
     return [record_from_row(r) for r in rows]
 
 
