@@ -101,6 +101,7 @@ class Daemon(Stoppable):
         self._operator_key: Ed25519PrivateKey | None = None
         self._key: Ed25519PrivateKey | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._runtime_watch: asyncio.Task[None] | None = None
         self.runtime_died = False
         """Set when the runtime stopped on its own while serving: `run` then returns
         RUNTIME_DIED_STATUS instead of 0."""
@@ -149,9 +150,9 @@ class Daemon(Stoppable):
                           + (f"; metrics {metrics_url}" if metrics_url else ""))
             self.log.info("serve.ready", nats_url=mask_url(url), workspace=s.workspace,
                           subjects=[sub.subject for sub in subs], store=self.runtime.store_path)
-            watcher = asyncio.create_task(self._watch_runtime(self.runtime))
+            self._runtime_watch = asyncio.create_task(self._watch_runtime(self.runtime))
             await stop.wait()
-            watcher.cancel()
+            self._runtime_watch.cancel()
             greeter.cancel()
             self._tasks.discard(greeter)
             self.announce("draining: answering in-flight requests")
@@ -448,8 +449,9 @@ class Daemon(Stoppable):
     async def _shutdown(self, nc: Any, handler: EnvelopeHandler | None) -> None:
         self._closing = True
         try:
-            if self._watcher is not None:
-                self._watcher.cancel()
+            for watch in (self._watcher, self._runtime_watch):
+                if watch is not None:
+                    watch.cancel()
             for task in list(self._tasks):
                 task.cancel()
             if nc is not None:
