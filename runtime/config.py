@@ -20,8 +20,12 @@ from task_ingress.runtime.flow import FlowLimits
 
 _FLOW = FlowLimits()  # the admission defaults live in one place: FlowLimits
 PROCESS_MODES = ("inprocess", "pipeline")
-DEFAULT_LINGER = 0.001
-"""`batch_linger` in-process, when not given."""
+DEFAULT_LINGER = 0.002
+"""`batch_linger` in-process, when not given. 2 ms rather than 1: sixteen closed-loop
+callers sharing the driver's interpreter take ~1.6 ms to all send again, so at 1 ms the
+batches averaged 11 and the driver paid its per-batch cost more often (bench, 7 pairs
+alternating 1 and 2 ms: 1.66x -> 1.84x the lock baseline, median; half-peak p99 6.9-10.4
+ms -> 6.7-8.9 ms; docs/benchmarks.md). Longer (4, 8 ms) gained nothing more."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,9 @@ class RuntimeConfig:
     """Seconds the driver may wait for callers it has just answered to send again, so their
     requests share the next group commit (waiting at most 0.2 ms for each next one; only
     while fewer have come back than were answered). 0 = send what is there at once.
-    None: 1 ms in-process, 0 in pipeline mode, where the pipeline process takes whatever
-    has arrived each time it is free and a lingering driver only left it idle (bench peak,
-    2 pairs: 1,779 and 1,997 req/s lingering, 2,184 and 2,576 not)."""
+    None: 2 ms in-process (DEFAULT_LINGER), 0 in pipeline mode, where the pipeline process
+    takes whatever has arrived each time it is free and a lingering driver only left it
+    idle (bench peak, 2 pairs: 1,779 and 1,997 req/s lingering, 2,184 and 2,576 not)."""
     channel_pipeline: int = CHANNEL_PIPELINE
     """Admitted requests of one channel in flight at once (arrival order is kept; a presence
     change still waits for all of them). 1 = strictly one request at a time, end to end.
