@@ -458,11 +458,7 @@ class ClusterDaemon(Stoppable):
             return
         if why == RUNTIME_DIED:
             self.log.error("shard.runtime_died", shard=shard, epoch=serving.lease.epoch)
-        if serving.greeter is not None:
-            serving.greeter.cancel()
-        for sub in serving.subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await self._unsubscribe(serving)
         self.log.info("shard.stopped_serving", shard=shard, epoch=serving.lease.epoch,
                       reason=why)
         if why in (GIVEN_BACK, SHUTDOWN):
@@ -472,12 +468,25 @@ class ClusterDaemon(Stoppable):
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    @staticmethod
+    async def _unsubscribe(serving: ShardServing) -> None:
+        """End the shard's greets and the subscriptions it has so far (each once)."""
+        if serving.greeter is not None:
+            serving.greeter.cancel()
+        subs, serving.subs = serving.subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def _close_shard(self, serving: ShardServing, *, drain: bool) -> None:
         # As the single daemon does: the handlers close first (their worker threads finish
         # greets and rejections the runtime still answers), then the runtime. Closed the
         # other way round, a greet waiting on a stopped runtime holds handler.close for the
         # runtime's whole request timeout (seen as a daemon that did not stop in 30 s).
         async with self._lock(serving.lease.shard):
+            # A start still under way when the shard was lost went on subscribing (and began
+            # greeting) after _stop_shard's pass; it has finished now (it held the lock).
+            await self._unsubscribe(serving)
             if drain and serving.tasks:
                 await asyncio.wait(set(serving.tasks), timeout=self.settings.drain_timeout)
             for handler in serving.handlers.values():

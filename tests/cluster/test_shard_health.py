@@ -4,8 +4,10 @@ runtime under a new epoch (the keeper's `healthy` check, the cluster daemon's an
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,3 +212,63 @@ def test_a_shard_whose_runtime_stopped_on_its_own_is_served_again_by_a_fresh_run
         load.close()
     assert cluster_daemon.stop() == 0
     assert set(owners(database).values()) == {None}
+
+
+def daemon_subjects(nats: NatsCluster, node: str) -> list[str]:
+    """Every subject the daemon's NATS connection subscribes to, by nats-server's monitor
+    (the daemon connects to the first server)."""
+    url = f"http://127.0.0.1:{nats.monitor[0]}/connz?subs=1"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        conns = json.load(resp)["connections"]
+    return [subject for conn in conns if conn.get("name") == f"task-ingress-cluster-{node}"
+            for subject in conn.get("subscriptions_list", [])]
+
+
+def test_a_shard_lost_while_its_runtime_was_still_subscribing_leaves_no_subscription_behind(
+    cluster_daemon: RunningCluster, database: str, nats_cluster: NatsCluster,
+    cluster_dir: Path,
+) -> None:
+    """A shard's fresh runtime dies after it started but before its workspaces were
+    subscribed (the test closes it there): the shard is lost while its start goes on
+    subscribing and starts greeting. Once the shard is served again, each of its workspaces
+    has one set of subscriptions — the serving one's — and the lost start's greeter ended."""
+    daemon = cluster_daemon.daemon
+    wait_until(lambda: all(serving_started(daemon, s) for s in range(SHARDS)), 20,
+               "every shard served by a started runtime")
+    shard = shard_of("ws-1", SHARDS)
+    shard_ws = [ws for ws in WORKSPACES if shard_of(ws, SHARDS) == shard]
+    per_ws = {ws: sum(1 for s in daemon_subjects(nats_cluster, "node-0")
+                      if ws in s.split(".")) for ws in shard_ws}
+    assert all(per_ws.values()), per_ws
+    first = daemon.serving[shard]
+    caught: list[ShardServing] = []
+    subscribe = daemon._subscribe
+
+    async def die_before_subscribing(serving: ShardServing, ws: str, handler: Any) -> None:
+        if serving.lease.shard == shard and serving is not first and not caught:
+            caught.append(serving)
+            assert serving.runtime is not None
+            await asyncio.to_thread(serving.runtime.close)
+            await poll(lambda: daemon.serving.get(shard) is not serving, 20, "shard lost")
+        await subscribe(serving, ws, handler)
+
+    daemon._subscribe = die_before_subscribing  # type: ignore[method-assign]
+    assert first.runtime is not None
+    first.runtime.close()
+    wait_until(lambda: bool(caught) and (s := serving_started(daemon, shard)) is not None
+               and s is not caught[0] and s is not first, 20,
+               f"shard {shard} served by a third runtime")
+    third = daemon.serving[shard]
+    assert third.lease.epoch > caught[0].lease.epoch > first.lease.epoch
+    load = Load(cluster_dir / "node-0.ready.json", nats_cluster.urls[1], shard_ws, database)
+    try:
+        load.greet_all()  # answered: the third runtime's workspaces are subscribed
+        for ws in shard_ws:
+            assert load.send(ws)["accepted"]
+    finally:
+        load.close()
+    wait_until(lambda: caught[0].greeter is not None and caught[0].greeter.done(), 10,
+               "the lost start's greeter ended")
+    now = {ws: sum(1 for s in daemon_subjects(nats_cluster, "node-0")
+                   if ws in s.split(".")) for ws in shard_ws}
+    assert now == per_ws
