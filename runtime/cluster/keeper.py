@@ -10,7 +10,10 @@ Two asyncio tasks on the daemon's loop:
 - the *watchdog* (every `check`, a few tens of milliseconds): any held lease whose last good
   renew was *sent* more than TTL/2 ago (lease.should_serve) stops being served, whatever the
   database is doing. It never waits for the database, so a hung connection (a partition, a
-  paused PostgreSQL) cannot keep a shard served past TTL/2.
+  paused PostgreSQL) cannot keep a shard served past TTL/2. It also asks the daemon whether
+  each held shard's runtime is still fine (`healthy`): a shard whose runtime stopped on its
+  own is given up and its lease released at once, so that a daemon (this one too, at its
+  next round) takes it and starts a fresh runtime, instead of renewing a dead shard forever.
 
 Database calls run on the keeper's own threads, each bounded by a timeout; a call that times
 out abandons its connection (its thread ends when the socket does: TCP keepalives and
@@ -45,12 +48,19 @@ from task_ingress.runtime.cluster.setup import ensure_cluster_database
 T = TypeVar("T")
 Started = Callable[[Lease], Awaitable[None]]
 Stopped = Callable[[int, str], Awaitable[None]]
+Healthy = Callable[[int], bool]
 
 LOST_REFUSED = "renew_refused"
 LOST_LATE = "renew_late"
 START_FAILED = "start_failed"
+RUNTIME_DIED = "runtime_died"
 GIVEN_BACK = "rebalance"
 SHUTDOWN = "shutdown"
+
+
+def always_healthy(shard: int) -> bool:
+    """The default health check: every shard's runtime is fine."""
+    return True
 
 
 def lock_wait_ms(timing: LeaseTiming) -> int:
@@ -104,8 +114,12 @@ class LeaseKeeper:
                  on_acquired: Started, on_lost: Stopped,
                  clock: Callable[[], float] = time.monotonic,
                  acquire: Callable[..., Lease | None] | None = None,
-                 audit_key: ChainKey | None = None) -> None:
+                 audit_key: ChainKey | None = None,
+                 healthy: Healthy = always_healthy) -> None:
         self.database = database
+        self.healthy = healthy
+        """shard -> is the runtime serving it fine. Asked by the watchdog, on the loop, for
+        every held shard every `check`: it must answer at once and not raise."""
         self.audit_key = audit_key
         """Writes the chain roster at start when the database has none (None: the first
         runtime to open a shard writes it)."""
@@ -215,6 +229,8 @@ class LeaseKeeper:
             for lease in list(self.held.values()):
                 if not should_serve(lease, now, self.timing):
                     await self._lose(lease, LOST_LATE)
+                elif not self.healthy(lease.shard):
+                    await self._lose(lease, RUNTIME_DIED)
 
     async def _lose(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.shard) != lease:
@@ -222,7 +238,9 @@ class LeaseKeeper:
         del self.held[lease.shard]
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
         await self.on_lost(lease.shard, why)
-        if why == LOST_LATE:  # maybe still ours in the database: free it for the others now
+        # Maybe (late) or surely (runtime died) still ours in the database: free it now, for
+        # the others and for our own next round, rather than letting it expire.
+        if why in (LOST_LATE, RUNTIME_DIED):
             self._spawn(self._release_quietly(lease))
 
     async def _release_quietly(self, lease: Lease) -> None:

@@ -14,7 +14,11 @@ and that workspace's subjects, built as the single daemon builds them. When the 
 a lease is lost (refused renew, or TTL/2 without a good one) the shard's subscriptions go at
 once and its runtime is closed in the background: requests in flight get the runtime's
 answer — under a fenced store, `task_ingress_unavailable` for any write the lease no longer
-covers — and later ones `task_ingress_unavailable`.
+covers — and later ones `task_ingress_unavailable`. A shard whose runtime stopped on its own
+(its driver thread failed; `IngressRuntime.alive()` turned False) is given up the same way and
+its lease released at once (the keeper's `healthy` check): a daemon — this one too — takes
+it again with a fresh runtime under a new epoch, instead of it answering
+`task_ingress_unavailable` until the daemon restarts.
 
 Stop (SIGTERM/SIGINT/SIGHUP): readiness off, every shard drained (unsubscribe, answer what
 is in flight), runtimes closed, leases released (others take them at once), heartbeat row
@@ -41,7 +45,7 @@ from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import shard_of
 from task_ingress.actors.storage.auditlog import given_key
 from task_ingress.runtime import eventloop
-from task_ingress.runtime.cluster.keeper import GIVEN_BACK, SHUTDOWN, LeaseKeeper
+from task_ingress.runtime.cluster.keeper import GIVEN_BACK, RUNTIME_DIED, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
 from task_ingress.runtime.cluster.pg_trust import DatabaseTrustPolicy
 from task_ingress.runtime.config import RuntimeConfig
@@ -178,6 +182,9 @@ class ShardServing:
 
     lease: Lease
     runtime: IngressRuntime | None = None
+    started: bool = False
+    """Set once `runtime.start` returned: only a started runtime can have died (one still
+    starting on its thread is not alive yet, and is not unhealthy)."""
     handlers: dict[str, EnvelopeHandler] = field(default_factory=dict)
     subs: list[Any] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -235,7 +242,7 @@ class ClusterDaemon(Stoppable):
             self.keeper = LeaseKeeper(
                 database=c.database, node=c.node_id, shards=c.shards, timing=c.timing,
                 on_acquired=self._start_shard, on_lost=self._stop_shard, clock=self.clock,
-                audit_key=_audit_key())
+                audit_key=_audit_key(), healthy=self._shard_healthy)
             try:
                 await asyncio.wait_for(self.keeper.start(), max(15.0, c.lease_ttl))
             except Exception as exc:
@@ -346,6 +353,7 @@ class ClusterDaemon(Stoppable):
             config = shard_runtime_config(self.settings, self.cluster, lease, self.clock)
             runtime = serving.runtime = IngressRuntime(config)
             await asyncio.to_thread(runtime.start)
+            serving.started = True
             if self.serving.get(lease.shard) is not serving:
                 return  # lost while starting: _close_shard closes it once we let go
             # What the shard's earlier holders judged stays final (replays), before the
@@ -360,6 +368,15 @@ class ClusterDaemon(Stoppable):
             serving.greeter = asyncio.create_task(self._greet_loop(serving))
             self.log.info("shard.serving", shard=lease.shard, epoch=lease.epoch,
                           workspaces=workspaces)
+
+    def _shard_healthy(self, shard: int) -> bool:
+        """The keeper's health check: False only while this daemon serves `shard` with a
+        runtime that finished starting and stopped on its own since (a shard with no
+        workspaces has no runtime; one we stopped serving is no longer ours to judge)."""
+        serving = self.serving.get(shard)
+        if serving is None or serving.runtime is None or not serving.started:
+            return True
+        return serving.runtime.alive()
 
     def _handler(self, runtime: IngressRuntime, serving: ShardServing) -> EnvelopeHandler:
         s = self.settings
@@ -434,16 +451,14 @@ class ClusterDaemon(Stoppable):
 
     async def _stop_shard(self, shard: int, why: str) -> None:
         """Stop serving `shard`: unsubscribe now; then, gracefully (a rebalance or shutdown)
-        answer what is in flight before the runtime closes, or else (the lease is lost) close
-        it in the background at once."""
+        answer what is in flight before the runtime closes, or else (the lease is lost, or
+        the runtime died) close it in the background at once."""
         serving = self.serving.pop(shard, None)
         if serving is None:
             return
-        if serving.greeter is not None:
-            serving.greeter.cancel()
-        for sub in serving.subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        if why == RUNTIME_DIED:
+            self.log.error("shard.runtime_died", shard=shard, epoch=serving.lease.epoch)
+        await self._unsubscribe(serving)
         self.log.info("shard.stopped_serving", shard=shard, epoch=serving.lease.epoch,
                       reason=why)
         if why in (GIVEN_BACK, SHUTDOWN):
@@ -453,12 +468,25 @@ class ClusterDaemon(Stoppable):
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    @staticmethod
+    async def _unsubscribe(serving: ShardServing) -> None:
+        """End the shard's greets and the subscriptions it has so far (each once)."""
+        if serving.greeter is not None:
+            serving.greeter.cancel()
+        subs, serving.subs = serving.subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def _close_shard(self, serving: ShardServing, *, drain: bool) -> None:
         # As the single daemon does: the handlers close first (their worker threads finish
         # greets and rejections the runtime still answers), then the runtime. Closed the
         # other way round, a greet waiting on a stopped runtime holds handler.close for the
         # runtime's whole request timeout (seen as a daemon that did not stop in 30 s).
         async with self._lock(serving.lease.shard):
+            # A start still under way when the shard was lost went on subscribing (and began
+            # greeting) after _stop_shard's pass; it has finished now (it held the lock).
+            await self._unsubscribe(serving)
             if drain and serving.tasks:
                 await asyncio.wait(set(serving.tasks), timeout=self.settings.drain_timeout)
             for handler in serving.handlers.values():
