@@ -252,6 +252,11 @@ def test_a_captured_older_greet_cannot_restore_task_write_on_the_shards_next_own
         assert write["accepted"] is True, write
         loaded = [e for e in second.events("shard.greet_marks_loaded") if e["workspace"] == ws]
         assert [e["marks"] for e in loaded] == [1]
+        # A greet whose mark cannot be written is not applied (a restart could forget it).
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE greet_marks RENAME TO greet_marks_away")
+        assert presence(wire.ask(peer.broadcast(ws=ws), peer.greet((), ws=ws))) == {
+            "applied": False, "reason": "failed", "task_write": False, "trust": "verified"}
     finally:
         wire.close()
         first.stop()
