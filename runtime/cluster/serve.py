@@ -20,6 +20,10 @@ its lease released at once (the keeper's `healthy` check): a daemon — this one
 it again with a fresh runtime under a new epoch, instead of it answering
 `task_ingress_unavailable` until the daemon restarts.
 
+Each handler's greet ledger starts from the marks the shard's earlier holders wrote to the
+database (pg_greets.py), read before the shard serves: a captured older greet stays `stale`
+across a failover or a rebalance, as across the single daemon's restart.
+
 Stop (SIGTERM/SIGINT/SIGHUP): readiness off, every shard drained (unsubscribe, answer what
 is in flight), runtimes closed, leases released (others take them at once), heartbeat row
 removed, ready file removed, exit 0. A second signal exits 130 at once.
@@ -47,11 +51,13 @@ from task_ingress.actors.storage.auditlog import given_key
 from task_ingress.runtime import eventloop
 from task_ingress.runtime.cluster.keeper import GIVEN_BACK, RUNTIME_DIED, SHUTDOWN, LeaseKeeper
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
+from task_ingress.runtime.cluster.pg_greets import GreetDatabase
 from task_ingress.runtime.cluster.pg_trust import DatabaseTrustPolicy
 from task_ingress.runtime.config import RuntimeConfig
 from task_ingress.runtime.errors import RuntimeStartError
 from task_ingress.runtime.facade import IngressRuntime
 from task_ingress.runtime.nats import envelope as wire
+from task_ingress.runtime.nats.greets import GreetLedger
 from task_ingress.runtime.nats.handler import JUDGED_MEMORY, EnvelopeHandler
 from task_ingress.runtime.nats.identity import (
     b64url,
@@ -214,6 +220,8 @@ class ClusterDaemon(Stoppable):
         self._key: Ed25519PrivateKey | None = None
         self._me = ""
         self._policy: PolledTrust | None = None
+        # The greet marks every held shard's handlers write (opened at the first use).
+        self._greet_marks = GreetDatabase(with_timeouts(cluster.database, cluster.lease_ttl))
         self.log = get_logger(component="cluster.serve", node=cluster.node_id)
 
     # ---- control -------------------------------------------------------------------
@@ -283,6 +291,7 @@ class ClusterDaemon(Stoppable):
             self.metrics.close()
             if self._policy is not None:
                 self._policy.stop()
+            await asyncio.to_thread(self._greet_marks.close)
         finally:
             if self.settings.ready_file:
                 remove_ready_file(self.settings.ready_file, os.getpid())
@@ -359,8 +368,9 @@ class ClusterDaemon(Stoppable):
             # What the shard's earlier holders judged stays final (replays), before the
             # first message.
             judged = await asyncio.to_thread(runtime.audit, time.time() - JUDGED_MEMORY)
+            greets = await asyncio.to_thread(self._greet_ledgers, lease.shard, workspaces)
             for ws in workspaces:
-                serving.handlers[ws] = self._handler(runtime, serving)
+                serving.handlers[ws] = self._handler(runtime, serving, greets[ws])
                 serving.handlers[ws].remember_judged(r for r in judged if r.workspace == ws)
                 await self._subscribe(serving, ws, serving.handlers[ws])
             with contextlib.suppress(Exception):
@@ -378,12 +388,27 @@ class ClusterDaemon(Stoppable):
             return True
         return serving.runtime.alive()
 
-    def _handler(self, runtime: IngressRuntime, serving: ShardServing) -> EnvelopeHandler:
+    def _greet_ledgers(self, shard: int, workspaces: list[str]) -> dict[str, GreetLedger]:
+        """A greet ledger per workspace of `shard`, holding the marks its earlier holders
+        wrote (a captured older greet stays `stale` across a failover); on a worker thread,
+        before the shard serves. Raises when the database cannot be read: then the shard is
+        not served (keeper: start failed)."""
+        capacity = self.settings.handler_limits().greet_capacity
+        ledgers: dict[str, GreetLedger] = {}
+        for ws in workspaces:
+            ledger = GreetLedger(self._greet_marks.store(ws),
+                                 greet_interval=self.settings.greet_interval,
+                                 capacity=capacity, clock=self.clock)
+            marks = ledger.load()
+            self.log.info("shard.greet_marks_loaded", shard=shard, workspace=ws, marks=marks)
+            ledgers[ws] = ledger
+        return ledgers
+
+    def _handler(self, runtime: IngressRuntime, serving: ShardServing,
+                 greets: GreetLedger) -> EnvelopeHandler:
         s = self.settings
         assert self._policy is not None and self._key is not None
         limits = s.handler_limits()
-        # Presence starts empty with every acquire, so the greet marks do too (in memory).
-        limits = type(limits)(**{**limits.__dict__, "greet_file": None})
 
         def on_channel(protocol: str, channel: str) -> None:
             if s.channels:
@@ -397,7 +422,8 @@ class ClusterDaemon(Stoppable):
         return EnvelopeHandler(runtime=runtime, policy=policy, key=self._key,
                                peer_id=s.peer_id, handle=self._me, publish=self._nc.publish,
                                metrics=self.metrics, greet_interval=s.greet_interval,
-                               on_channel=on_channel, clock=self.clock, limits=limits)
+                               on_channel=on_channel, clock=self.clock, limits=limits,
+                               greets=greets)
 
     async def _subscribe(self, serving: ShardServing, ws: str, handler: EnvelopeHandler) -> None:
         s = self.settings

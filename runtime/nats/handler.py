@@ -78,7 +78,7 @@ from task_ingress.runtime.nats.compact import (
     evaluate_compact,
     sign_reply,
 )
-from task_ingress.runtime.nats.greets import GreetLedger, GreetMark
+from task_ingress.runtime.nats.greets import GreetFile, GreetLedger, GreetMark
 from task_ingress.runtime.nats.identity import PROFILE, Evaluation, Trust, evaluate, sign
 from task_ingress.runtime.nats.limits import HandlerLimits
 from task_ingress.runtime.nats.metrics import Metrics
@@ -109,14 +109,18 @@ def reply_target_allowed(reply: str) -> bool:
 
 
 class EnvelopeHandler:
-    """Everything between NATS bytes and the runtime for one daemon."""
+    """Everything between NATS bytes and the runtime for one daemon.
+
+    `greets`: a greet ledger its owner built and loaded (a cluster shard's, whose marks are
+    in the database); None: one kept in `limits.greet_file`, loaded here."""
 
     def __init__(self, *, runtime: IngressRuntime, policy: TrustPolicy, key: Ed25519PrivateKey,
                  peer_id: str, handle: str, publish: Publish, metrics: Metrics,
                  greet_interval: float, max_envelope_bytes: int = wire.MAX_ENVELOPE_BYTES,
                  workers: int = 8, on_channel: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 limits: HandlerLimits | None = None) -> None:
+                 limits: HandlerLimits | None = None,
+                 greets: GreetLedger | None = None) -> None:
         self.rt = runtime
         self.policy = policy
         self.key = key
@@ -135,8 +139,15 @@ class EnvelopeHandler:
         self.slots = asyncio.Semaphore(self.limits.max_in_flight)
         self.handling = 0
         self.peak_handling = 0
-        self.greets = GreetLedger(self.limits.greet_file, greet_interval=greet_interval,
-                                  capacity=self.limits.greet_capacity, clock=clock)
+        if greets is None:  # the single daemon's: its file, read now
+            greet_file = self.limits.greet_file
+            greets = GreetLedger(
+                GreetFile(greet_file, capacity=self.limits.greet_capacity)
+                if greet_file is not None else None,
+                greet_interval=greet_interval, capacity=self.limits.greet_capacity,
+                clock=clock)
+            greets.load()
+        self.greets = greets
         # Refusals of a full window are remembered as long as an envelope can stay fresh:
         # 600 s for one dated 300 s ahead.
         self.judged = JudgedWindow(JUDGED_MEMORY,

@@ -1,4 +1,5 @@
-"""Failover of real cluster daemons: SIGKILL of an owner mid-load, and what reaches the store.
+"""Failover of real cluster daemons: SIGKILL of an owner mid-load, and what reaches the store;
+a captured older greet replayed to the shard's next owner.
 
 Daemons run as processes (`python -m task_ingress serve --cluster`), lease TTL 2 s, three
 routed nats-servers, the session's PostgreSQL. The load is bounded in requests and seconds.
@@ -11,11 +12,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.runtime.cluster import pg_trust
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
 
 from tests.cluster.cluster_support import Daemon, TcpProxy
-from tests.cluster.load import Load, wait_until
+from tests.cluster.load import TRUST_POLL, Load, wait_until
 from tests.cluster.pg_support import PostgresServer
 from tests.cluster.stores import (
     audit_chains_verify,
@@ -23,6 +26,7 @@ from tests.cluster.stores import (
     stored_request_ids,
 )
 from tests.cluster.test_cluster_serve import WORKSPACES, owners, start
+from tests.nats.nats_support import Peer, Wire, presence, result
 
 SHARDS = 4
 TTL = 2.0
@@ -201,3 +205,60 @@ def test_a_daemon_cut_off_from_postgresql_stops_serving_before_its_lease_can_be_
           f"taken over {max(taken.values()) - cut_at:.2f} s after it (TTL {TTL} s)")
     assert fencing_problems(database, SHARDS) == []
     assert set(load.accepted()) <= stored_request_ids(database)
+
+
+def test_a_captured_older_greet_cannot_restore_task_write_on_the_shards_next_owner(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    # Issue 13 G across a failover: the owner that applied a peer's greets is SIGKILLed;
+    # the next owner of the shard loads their marks from the database before it serves.
+    ws = WORKSPACES[0]
+    first = start(cluster_dir, database, nats_cluster, "node-0", 0, lease_ttl=TTL)
+    second = None
+    wire = Wire(nats_cluster.urls[2], nats_cluster.token)
+    try:
+        info = first.wait_ready()
+        wait_until(lambda: set(owners(database).values()) == {"node-0"}, 20,
+                   "every shard held by node-0")
+        peer = Peer("alice", daemon_handle=info["daemon_handle"])
+        with psycopg.connect(database, autocommit=True) as conn:
+            pg_trust.allow(conn, [peer.id], [peer.key.public_key().public_bytes_raw()])
+        time.sleep(TRUST_POLL * 3)  # node-0 has read the policy
+        now = int(time.time())
+        captured = peer.finish({**peer.greet(("task.write",), ws=ws), "proof": None,
+                                "ts": now - 20})
+        newer = peer.finish({**peer.greet((), ws=ws), "proof": None, "ts": now - 10})
+        assert presence(wire.ask(peer.broadcast(ws=ws), captured))["task_write"] is True
+        assert presence(wire.ask(peer.broadcast(ws=ws), newer)) == {
+            "applied": True, "reason": None, "task_write": False, "trust": "verified"}
+
+        second = start(cluster_dir, database, nats_cluster, "node-1", 1, lease_ttl=TTL)
+        second.wait_ready()
+        first.signal(signal.SIGKILL)
+        first.proc.wait(10)
+        shard = shard_of(ws, SHARDS)
+        wait_until(lambda: any(e.get("shard") == shard for e in second.events("shard.serving")),
+                   TTL + 10, f"node-1 serving shard {shard}")
+        assert presence(wire.ask(peer.broadcast(ws=ws), captured)) == {
+            "applied": False, "reason": "stale", "task_write": False, "trust": "verified"}
+        assert presence(wire.ask(peer.broadcast(ws=ws), newer))["reason"] == "duplicate"
+        write = result(wire.ask(peer.daemon_subject(ws=ws), peer.task(
+            "task.create", {"title": "t"}, "r-1", ws=ws)))
+        assert write["accepted"] is False and write["reason"] == "peer_not_found"
+        # The new owner orders greets, it does not refuse them: the peer's next greet counts.
+        assert presence(wire.ask(peer.broadcast(ws=ws), peer.greet(ws=ws)))["task_write"]
+        write = result(wire.ask(peer.daemon_subject(ws=ws), peer.task(
+            "task.create", {"title": "t"}, "r-2", ws=ws)))
+        assert write["accepted"] is True, write
+        loaded = [e for e in second.events("shard.greet_marks_loaded") if e["workspace"] == ws]
+        assert [e["marks"] for e in loaded] == [1]
+        # A greet whose mark cannot be written is not applied (a restart could forget it).
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE greet_marks RENAME TO greet_marks_away")
+        assert presence(wire.ask(peer.broadcast(ws=ws), peer.greet((), ws=ws))) == {
+            "applied": False, "reason": "failed", "task_write": False, "trust": "verified"}
+    finally:
+        wire.close()
+        first.stop()
+        code = second.stop() if second is not None else 0
+    assert code == 0, second.log() if second is not None else ""

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from task_ingress.actors.rules.shards import shard_of
 from task_ingress.runtime.cluster import pg_leases, pg_trust
 from task_ingress.runtime.cluster.nats_cluster import NatsCluster
+from task_ingress.runtime.cluster.setup import ensure_cluster_database
 
 from tests.cluster.cluster_support import Daemon
 from tests.cluster.load import TRUST_POLL, Load, wait_until
@@ -172,3 +174,34 @@ def test_cluster_daemons_are_agh_peers_and_publish_only_valid_agh_envelopes(
     assert kinds == {(p, k, k == "greet") for p in ("agh-network/v0", "agh-network/v1")
                      for k in ("greet", "whois", "receipt")}, kinds
     assert assert_all_agh_valid(tap, names) == len(published)
+
+
+def test_a_shard_whose_greet_marks_cannot_be_read_is_not_served_until_they_can(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    # Serving without the marks would let a captured older greet through (pg_greets.py).
+    with psycopg.connect(database, autocommit=True) as conn:
+        ensure_cluster_database(conn, SHARDS)
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'greet marks unreadable'; END $$")
+        conn.execute("CREATE TRIGGER unreadable BEFORE DELETE ON greet_marks "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+    d = start(cluster_dir, database, nats_cluster, "node-0", 0)
+    wire = Wire(nats_cluster.urls[2], nats_cluster.token)
+    try:
+        info = d.wait_ready()
+        wait_until(lambda: len(d.events("shard.start_failed")) >= SHARDS, 20,
+                   "every shard's start failed")
+        assert d.events("shard.serving") == []
+        assert "greet marks unreadable" in d.events("shard.start_failed")[0]["error"]
+        peer = Peer("plain-peer", verified=False, daemon=info["daemon_peer_id"])
+        with pytest.raises(Exception):  # noqa: B017 - nobody answers: no responders
+            wire.ask(peer.broadcast(ws=WORKSPACES[0]), peer.greet(ws=WORKSPACES[0]),
+                     timeout=1.0)
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER unreadable ON greet_marks")
+        assert _greet(wire, peer, WORKSPACES[0])["applied"] is True
+    finally:
+        wire.close()
+        code = d.stop()
+    assert code == 0, d.log()

@@ -14,7 +14,16 @@ from task_ingress.messages.reasons import Action, Reason
 from task_ingress.runtime.nats import envelope as wire
 from task_ingress.runtime.nats.budget import MAX_TALLY_KEYS, DropKey, DropTally, UnprovenBudget
 from task_ingress.runtime.nats.compact import CompactError, open_reply, sign_reply
-from task_ingress.runtime.nats.greets import MAX_IDS_PER_TS, GreetLedger, GreetMark, verdict
+from task_ingress.runtime.nats.greets import (
+    MAX_IDS_PER_TS,
+    GreetFile,
+    GreetLedger,
+    GreetMark,
+    PeerKey,
+    Persisted,
+    merged,
+    verdict,
+)
 from task_ingress.runtime.nats.identity import generate_key, load_private_key, raw_public_key
 from task_ingress.runtime.nats.replay import (
     OVERFLOWED,
@@ -154,11 +163,64 @@ def test_a_greet_applies_only_when_newer_than_the_last_applied_one() -> None:
                    "g-x") == "full"
 
 
+def _file_ledger(path: str, clock: FakeClock, wall: list[float]) -> GreetLedger:
+    ledger = GreetLedger(GreetFile(path, wall=lambda: wall[0]), greet_interval=30.0,
+                         clock=clock, wall=lambda: wall[0])
+    ledger.load()
+    return ledger
+
+
+def test_a_persisted_mark_keeps_the_newest_ts_and_the_ids_applied_at_it() -> None:
+    assert merged(None, 100, "g-1") == (100, ["g-1"])
+    assert merged((100, ["g-1"]), 100, "g-2") == (100, ["g-1", "g-2"])
+    assert merged((100, ["g-1"]), 100, "g-1") == (100, ["g-1"])  # a racing second writer
+    assert merged((100, ["g-1"]), 99, "g-0") == (100, ["g-1"])  # an older ts never wins
+    assert merged((100, ["g-1", "g-2"]), 101, "g-3") == (101, ["g-3"])
+    full = (100, [f"g{i}" for i in range(MAX_IDS_PER_TS)])
+    assert merged(full, 100, "g-x") == (100, [*full[1][1:], "g-x"])
+
+
+class _Remembered:
+    """A GreetStore kept in a dict: what the ledger hands a store, and takes from it."""
+
+    def __init__(self, marks: dict[PeerKey, Persisted]) -> None:
+        self.marks = marks
+        self.closed = False
+
+    def load(self) -> dict[PeerKey, Persisted]:
+        return dict(self.marks)
+
+    def persist(self, key: PeerKey, ts: int, env_id: str, card: str) -> None:
+        self.marks[key] = merged(self.marks.get(key), ts, env_id)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_greet_ledger_judges_a_stores_marks_as_greets_applied_before(
+        clock: FakeClock) -> None:
+    key = ("ws", "ops", "alice")
+    store = _Remembered({key: (NOW - 10, ["g-2"])})
+    ledger = GreetLedger(store, greet_interval=30.0, clock=clock, wall=lambda: float(NOW))
+    assert ledger.judge(key, NOW - 20, "g-1") is None  # nothing loaded yet
+    assert ledger.load() == 1
+    assert ledger.judge(key, NOW - 20, "g-1") == "stale"
+    assert ledger.judge(key, NOW - 10, "g-2") == "duplicate"
+    mark = ledger.get(key)
+    assert mark is not None and not mark.granted  # its presence did not survive
+    assert ledger.judge(key, NOW - 5, "g-3") is None
+    ledger.note(key, NOW - 5, "g-3")
+    ledger.persist(key, NOW - 5, "g-3", "card")
+    assert store.marks[key] == (NOW - 5, ["g-3"])
+    ledger.close()
+    assert store.closed
+
+
 def test_the_greet_ledger_survives_a_restart_and_a_torn_last_line(tmp_path: Path,
                                                                    clock: FakeClock) -> None:
     path = str(tmp_path / "store.db.greets")
     wall = [float(NOW)]
-    ledger = GreetLedger(path, greet_interval=30.0, clock=clock, wall=lambda: wall[0])
+    ledger = _file_ledger(path, clock, wall)
     key = ("ws", "ops", "alice")
     assert ledger.judge(key, NOW - 20, "g-1") is None
     mark = ledger.note(key, NOW - 20, "g-1")
@@ -171,7 +233,7 @@ def test_the_greet_ledger_survives_a_restart_and_a_torn_last_line(tmp_path: Path
     ledger.close()
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"k": ["ws", "ops", "alice"], "ts": ')  # a crash mid-line
-    again = GreetLedger(path, greet_interval=30.0, clock=clock, wall=lambda: wall[0])
+    again = _file_ledger(path, clock, wall)
     assert again.judge(key, NOW - 20, "g-1") == "stale"
     assert again.judge(key, NOW - 10, "g-2") == "duplicate"
     assert again.judge(key, NOW - 10, "g-3") is None
@@ -179,8 +241,7 @@ def test_the_greet_ledger_survives_a_restart_and_a_torn_last_line(tmp_path: Path
     with open(path, encoding="utf-8") as fh:
         assert [json.loads(line)["ts"] for line in fh] == [NOW - 10]  # compacted
     wall[0] += 400.0  # past every ts window: nothing left to remember
-    assert len(GreetLedger(path, greet_interval=30.0, clock=clock,
-                           wall=lambda: wall[0])) == 0
+    assert len(_file_ledger(path, clock, wall)) == 0
 
 
 def test_a_full_greet_ledger_refuses_new_peers_and_keeps_its_marks(clock: FakeClock) -> None:
