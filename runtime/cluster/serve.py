@@ -72,7 +72,7 @@ from task_ingress.runtime.nats.nkey import user_nkey
 from task_ingress.runtime.nats.policy import TrustPolicy
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
+from task_ingress.runtime.nats.stopping import Stoppable, connect_within
 
 
 def default_node_id() -> str:
@@ -314,17 +314,10 @@ class ClusterDaemon(Stoppable):
             options["token"] = s.nats_token.get_secret_value()
         self.announce(f"connecting to NATS at {mask_url(url)}")
         client = Client()
-        attempt = asyncio.ensure_future(client.connect(**options))
-        try:
-            await asyncio.wait({attempt}, timeout=s.nats_connect_timeout)
-        finally:  # also when cancelled by a signal: not wait_for, which can lose a cancel
-            await cancel_until_done(attempt)
-        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+        failure = await connect_within(client, options, s.nats_connect_timeout)
+        if failure is None:
             return client
-        with contextlib.suppress(Exception):
-            await client.close()
-        exc = attempt.exception() if attempt.done() and not attempt.cancelled() else None
-        why = f"{type(exc).__name__}: {exc}" if exc is not None else "TimeoutError"
+        why = f"{type(failure).__name__}: {failure}".removesuffix(": ")
         raise RuntimeStartError(
             f"no NATS server reachable at {mask_url(url)} within "
             f"{s.nats_connect_timeout:g} s ({why})") from None

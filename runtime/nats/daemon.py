@@ -63,7 +63,7 @@ from task_ingress.runtime.nats.policy import (
 from task_ingress.runtime.nats.ready import ReadyInfo, remove_ready_file, write_ready_file
 from task_ingress.runtime.nats.server import NatsServer
 from task_ingress.runtime.nats.settings import ServeSettings, mask_url
-from task_ingress.runtime.nats.stopping import Stoppable, cancel_until_done
+from task_ingress.runtime.nats.stopping import Stoppable, connect_within
 from task_ingress.runtime.store_lock import StoreLock
 
 RUNTIME_POLL = 0.25
@@ -345,18 +345,7 @@ class Daemon(Stoppable):
             options["nkeys_seed_str"] = user_seed(key)
         self.announce(f"connecting to NATS at {mask_url(url)}")
         client = Client()
-        attempt = asyncio.ensure_future(client.connect(**options))
-        denied = asyncio.ensure_future(refused.wait())
-        try:
-            await asyncio.wait({attempt, denied}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when cancelled by a signal: nats-py would retry forever otherwise
-            denied.cancel()
-            await cancel_until_done(attempt)
-            if not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
-                with contextlib.suppress(Exception):  # a failed connect leaves its socket
-                    await client.close()
-        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+        if await connect_within(client, options, timeout, refused) is None:
             connected = True
             return client
         if refused.is_set():

@@ -1,7 +1,10 @@
 """How a daemon (`serve`, `serve --cluster`) is stopped: the first SIGTERM/SIGINT/SIGHUP or
 `request_stop()` begins a graceful stop (drain, release, exit 0); a second signal exits at
 once with status 130, after removing the ready file so no client waits on a daemon that is
-gone."""
+gone.
+
+`connect_within` is the bounded NATS connect both daemons start with: a stop signal or its
+timeout ends it for good (nats-py swallows a single cancel)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,34 @@ async def cancel_until_done(task: asyncio.Future[Any]) -> bool:
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_PAUSE)
     return task.done()
+
+
+async def connect_within(client: Any, options: dict[str, Any], timeout: float,
+                         refused: asyncio.Event | None = None) -> BaseException | None:
+    """`client.connect(**options)` for at most `timeout` seconds, or until `refused` is set;
+    then the attempt is cancelled until it has really ended (`cancel_until_done`: nats-py
+    would otherwise go on retrying), also when the caller is cancelled by a signal, and a
+    client that did not connect is closed (a failed connect leaves its socket). None when
+    it connected, else why not (a TimeoutError when it ran out of time or was refused)."""
+    attempt = asyncio.ensure_future(client.connect(**options))
+    denied = asyncio.ensure_future(refused.wait()) if refused is not None else None
+    connected = False
+    try:
+        await asyncio.wait({attempt} if denied is None else {attempt, denied},
+                           timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if denied is not None:
+            denied.cancel()
+        await cancel_until_done(attempt)
+        connected = (attempt.done() and not attempt.cancelled()
+                     and attempt.exception() is None)
+        if not connected:
+            with contextlib.suppress(Exception):
+                await client.close()
+    if connected:
+        return None
+    exc = attempt.exception() if attempt.done() and not attempt.cancelled() else None
+    return exc if exc is not None else TimeoutError()
 
 
 class Stoppable:

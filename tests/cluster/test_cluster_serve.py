@@ -73,6 +73,18 @@ def test_serve_cluster_without_a_reachable_database_exits_2(
     assert not d.ready_file.exists()
 
 
+def test_serve_cluster_without_a_reachable_nats_exits_2_after_its_connect_timeout(
+    database: str, nats_cluster: NatsCluster, cluster_dir: Path
+) -> None:
+    d = Daemon(workdir=cluster_dir, node="node-x", database=database,
+               nats_url="nats://127.0.0.1:1", token=nats_cluster.token, shards=SHARDS,
+               workspaces=WORKSPACES, key_file=cluster_dir / "cluster.key",
+               trust_file=cluster_dir / "trust.json", extra=["--nats-connect-timeout", "1"])
+    assert d.proc.wait(60) == 2, d.log()
+    assert "no NATS server reachable at nats://127.0.0.1:1 within 1 s" in d.log()
+    assert not d.ready_file.exists()
+
+
 def test_serve_cluster_usage_errors_exit_2() -> None:
     out = subprocess.run([sys.executable, "-m", "task_ingress", "serve", "--cluster",
                           "--database", "postgresql://x@127.0.0.1:1/x"],
