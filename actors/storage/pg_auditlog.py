@@ -73,14 +73,21 @@ class ChainHeadRow:
         """True when the row's MAC holds under `key`."""
         return key.checkpoint_ok(self.chain_id, self.seq, self.hash, self.at, self.mac)
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ChainHeadRow:
+        """A row selected as HEAD_COLUMNS."""
+        return cls(str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]))
+
+
+HEAD_COLUMNS = "chain_id, seq, hash, at, mac"
+"""What `ChainHeadRow.from_row` reads, in its order."""
+
 
 def read_head_row(conn: psycopg.Connection[Any], shard: int) -> ChainHeadRow | None:
     """The shard's chain row, or None when it has no chain yet."""
-    row = conn.execute("SELECT chain_id, seq, hash, at, mac FROM audit_chains WHERE shard = %s",
+    row = conn.execute(f"SELECT {HEAD_COLUMNS} FROM audit_chains WHERE shard = %s",
                        (shard,)).fetchone()
-    if row is None:
-        return None
-    return ChainHeadRow(str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]))
+    return None if row is None else ChainHeadRow.from_row(row)
 
 
 def heads_verifying(conn: psycopg.Connection[Any], key: ChainKey) -> tuple[int, int]:
@@ -89,9 +96,8 @@ def heads_verifying(conn: psycopg.Connection[Any], key: ChainKey) -> tuple[int, 
     found = conn.execute("SELECT to_regclass('audit_chains')").fetchone()
     if found is None or found[0] is None:
         return 0, 0
-    rows = conn.execute("SELECT chain_id, seq, hash, at, mac FROM audit_chains").fetchall()
-    heads = [ChainHeadRow(str(r[0]), int(r[1]), str(r[2]), float(r[3]), str(r[4]))
-             for r in rows]
+    rows = conn.execute(f"SELECT {HEAD_COLUMNS} FROM audit_chains").fetchall()
+    heads = [ChainHeadRow.from_row(r) for r in rows]
     return sum(head.verifies(key) for head in heads), len(heads)
 
 

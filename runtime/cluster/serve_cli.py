@@ -38,7 +38,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
                            "(hex, the same on every daemon: each shard's chain is keyed "
                            "with it; `openssl rand -hex 32` makes one)")
     try:
-        ChainKey.from_hex(given[0])
+        key = ChainKey.from_hex(given[0])
     except ValueError:
         # Every shard would refuse to start with it, again at every lease attempt.
         raise UsageProblem("TASK_INGRESS_AUDIT_KEY is not hex: give the cluster's audit key "
@@ -76,7 +76,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
         # Before anything starts: a mistyped URL is one line, not the start-up's log lines
         # (the trust reader's, NATS's) followed by the same verdict.
         with psycopg.connect(opts.database, autocommit=True, connect_timeout=10) as conn:
-            verifying, heads = heads_verifying(conn, ChainKey.from_hex(given[0]))
+            verifying, heads = heads_verifying(conn, key)
     except psycopg.Error as exc:
         raise UsageProblem(f"cannot use the cluster database {mask_url(opts.database)}: "
                            f"{one_line(str(exc))[:300]}") from None
