@@ -68,9 +68,10 @@ def check_event_loop_choice() -> None:
         raise UsageProblem(str(exc)) from None
 
 
-def one_line(text: str) -> str:
-    """`text` folded onto one line (error messages of libraries can span several)."""
-    return " ".join(str(text).split())
+def one_line(text: str, limit: int | None = None) -> str:
+    """`text` folded onto one line (error messages of libraries can span several), cut to
+    `limit` characters when given (a database's error can quote a whole statement)."""
+    return " ".join(str(text).split())[:limit]
 
 
 def say(line: str) -> None:

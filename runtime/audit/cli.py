@@ -38,7 +38,7 @@ from task_ingress.runtime.audit.query import (
 from task_ingress.runtime.audit.read import BadKey, StoreUnreadable, load_key, open_readonly
 from task_ingress.runtime.audit.table import table_lines
 from task_ingress.runtime.audit.verify import Problem, VerifyResult, verify_store
-from task_ingress.runtime.cli_exit import UsageProblem
+from task_ingress.runtime.cli_exit import UsageProblem, one_line
 
 audit_app = typer.Typer(
     help="Verify and inspect the keyed, chained audit log of a store file (read-only).",
@@ -95,7 +95,8 @@ def _exits(command: Callable[P, R]) -> Callable[P, R]:
         except (BadQuery, BadKey, BadAnchor, StoreUnreadable) as exc:
             raise _fail_usage(str(exc)) from None
         except (sqlite3.Error, ValidationError) as exc:
-            raise _fail_usage(f"not a readable task-ingress store: {_one_line(exc)}") from None
+            raise _fail_usage("not a readable task-ingress store: "
+                              f"{one_line(str(exc), 300)}") from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -113,10 +114,6 @@ def _exits(command: Callable[P, R]) -> Callable[P, R]:
 def _one_source(store: str | None, database: str | None) -> None:
     if (store is None) == (database is None):
         raise UsageProblem("give exactly one of --store PATH and --database URL")
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _at_least(option: str, value: float | None, least: float) -> None:

@@ -20,6 +20,7 @@ from task_ingress.messages.audit import AuditRecord
 from task_ingress.runtime.audit.anchor import Anchor, BadAnchor, head_line, parse_head_line
 from task_ingress.runtime.audit.query import AuditFilter, format_line
 from task_ingress.runtime.audit.table import table_lines
+from task_ingress.runtime.cli_exit import one_line
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
 
@@ -33,7 +34,7 @@ NO_PSYCOPG = "--database needs psycopg: pip install 'task-ingress[cluster]'"
 
 
 def _unreadable(exc: Exception) -> str:
-    return f"cannot read the cluster database: {' '.join(str(exc).split())[:300]}"
+    return f"cannot read the cluster database: {one_line(str(exc), 300)}"
 
 
 def database_key(explicit: str | None) -> bytes | str:

@@ -79,7 +79,7 @@ def serve_cluster(settings: ServeSettings, *, cluster: bool, database: str | Non
             verifying, heads = heads_verifying(conn, key)
     except psycopg.Error as exc:
         raise UsageProblem(f"cannot use the cluster database {mask_url(opts.database)}: "
-                           f"{one_line(str(exc))[:300]}") from None
+                           f"{one_line(str(exc), 300)}") from None
     if heads and not verifying:
         # Not one shard could be served: each would refuse its chain at every lease attempt,
         # forever. One shard that does not verify while others do is tampering, not this:

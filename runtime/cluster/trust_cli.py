@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from task_ingress.runtime.cli_exit import UsageProblem
+from task_ingress.runtime.cli_exit import UsageProblem, one_line
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ def _connected(url: str) -> Iterator[Any]:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             yield conn
     except psycopg.Error as exc:
-        raise UsageProblem(f"cannot use the cluster database: {' '.join(str(exc).split())[:300]}"
+        raise UsageProblem(f"cannot use the cluster database: {one_line(str(exc), 300)}"
                            ) from None
 
 
