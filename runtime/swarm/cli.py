@@ -121,6 +121,11 @@ def swarm_command(
                                                 "reply here, flushed.")] = None,
     greet_interval: Annotated[float, typer.Option("--greet-interval", help="In-process "
                                                   "runtime's greet interval, seconds.")] = 1.0,
+    leave: Annotated[str | None, typer.Option(help="How a churning peer leaves: revoke (a "
+                                              "leave message) or silence (it stops "
+                                              "greeting and expires, as over NATS). "
+                                              "Default: revoke in-process, silence over "
+                                              "NATS.")] = None,
     progress: Annotated[bool, typer.Option(help="Live progress display.")] = True,
 ) -> None:
     """Run a simulated peer swarm, show live progress, print a report, check invariants.
@@ -146,7 +151,7 @@ def swarm_command(
             actor_base=actor_base, process_mode=process_mode, store=store, seed=seed,
             json_path=json_path or None,
             plot_path=plot or None, ack_log=ack_log, transport=transport, nats_url=nats_url,
-            daemon=daemon, greet_interval=greet_interval, progress=progress,
+            daemon=daemon, greet_interval=greet_interval, leave=leave, progress=progress,
         )
     except ValueError as exc:
         raise SwarmSetupError(str(exc)) from None

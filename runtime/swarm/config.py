@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+LEAVES = ("revoke", "silence")
+"""The values of SwarmConfig.leave (`--leave`)."""
 DEFAULT_GREET_INTERVAL = 1.0
 """Seconds. Short on purpose (AGH's is 30 s) so that heartbeats, silence and expiry all
 happen inside a default run of a few seconds."""
@@ -38,6 +40,13 @@ class SwarmConfig:
     daemon: str | None = None
     greet_interval: float = DEFAULT_GREET_INTERVAL
     """In-process runtimes only; over NATS the daemon's interval is read from the transport."""
+    leave: str | None = None
+    """How a churning peer leaves: "revoke" (a leave message; no write of the peer is
+    accepted after it returns) or "silence" (the peer stops greeting and the runtime expires
+    it, 2 x greet_interval later). None: the transport's own — revoke in-process, silence
+    over NATS, where AGH has no leave message. An in-process swarm with "silence" runs the
+    workload a swarm over NATS runs: its peers sit out the same expiry waits (the side-by-side
+    comparison of `task-ingress bench --swarm`)."""
     capless_share: float = 0.125
     """Share of peers whose card lacks task.write (or its proof): they only send bad
     requests, each expected `capability_denied`."""
@@ -67,3 +76,13 @@ class SwarmConfig:
                              "daemon's is set by `task-ingress serve --process-mode`")
         if self.greet_interval <= 0:
             raise ValueError("--greet-interval must be positive")
+        if self.leave not in (None, *LEAVES):
+            raise ValueError(f"--leave is {' or '.join(LEAVES)}, not {self.leave!r}")
+        if self.leave == "revoke" and self.transport == "nats":
+            raise ValueError("--leave revoke is for the in-process runtime: AGH's network has "
+                             "no leave message, so over NATS a leave is silence")
+
+    @property
+    def leave_revokes(self) -> bool:
+        """Whether a churning peer's leave is a revocation (else it goes silent)."""
+        return (self.leave or ("silence" if self.transport == "nats" else "revoke")) == "revoke"

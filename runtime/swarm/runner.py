@@ -349,7 +349,8 @@ class Swarm:
         if cfg.churn <= 0:
             why.update(left_peer="--churn is 0", expired_peer="--churn is 0")
         if not s.leave_revokes:
-            why["left_peer"] = ("over NATS a leave is silence, not a revocation: the "
+            why["left_peer"] = ("a leave is silence in this run (always over NATS; "
+                                "--leave silence in-process), not a revocation: the "
                                 "expired_peer probe tests it instead")
         if not s.allow_silence:
             why["expired_peer"] = (f"expiry ({expiry:g} s, 2 x the greet interval) is "
@@ -374,7 +375,7 @@ def make_inproc(cfg: SwarmConfig, workdir: str) -> tuple[SwarmTransport, str | N
     rc = RuntimeConfig(store_path=store, durable=True, actor_base=cfg.actor_base,
                        process_mode=cfg.process_mode,
                        greet_interval=cfg.greet_interval, audit_key=key)
-    return InProcTransport(rc), key
+    return InProcTransport(rc, leave_revokes=cfg.leave_revokes), key
 
 
 def run_swarm(

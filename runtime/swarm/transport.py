@@ -6,8 +6,9 @@ same protocol against a running daemon. Attributes the swarm reads besides the m
 - `greet_interval: float` — the runtime's greet interval (seconds); peers re-greet well
   within it and the invariant checker models expiry at 2 x greet_interval.
 - `leave_revokes: bool` (optional, default False when absent) — True when `leave` makes
-  the peer invisible by the time it returns (in-process). Over NATS a leave is the peer
-  going silent, so only expiry revokes and the checker must not count the leave.
+  the peer invisible by the time it returns (in-process, unless `--leave silence`). Over
+  NATS a leave is the peer going silent, so only expiry revokes and the checker must not
+  count the leave.
 - `peer_name(peer_id) -> str` (optional) — the ID the transport's peer really has (over
   NATS a verified handle `peer_id@fingerprint`); the swarm names its peers with it.
 """
@@ -51,10 +52,10 @@ class SwarmTransport(Protocol):
 class InProcTransport:
     """The swarm's default: an `IngressRuntime` in this process, driven through `deliver`."""
 
-    leave_revokes = True
-
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, *, leave_revokes: bool = True) -> None:
         self.config = config
+        self.leave_revokes = leave_revokes
+        """False: `leave` sends nothing and the peer expires, as over NATS (--leave silence)."""
         self.greet_interval = config.greet_interval
         self.runtime = IngressRuntime(config)
         self.runtime.start()
@@ -64,8 +65,10 @@ class InProcTransport:
         self.runtime.greet(workspace, channel, card)
 
     def leave(self, workspace: str, channel: str, peer_id: str) -> None:
-        """Leave through the facade (no later write of the peer is accepted)."""
-        self.runtime.leave(workspace, channel, peer_id)
+        """Leave through the facade (no later write of the peer is accepted); with
+        `leave_revokes` False, nothing: the peer only stops greeting (the swarm stops it)."""
+        if self.leave_revokes:
+            self.runtime.leave(workspace, channel, peer_id)
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
         """The runtime's wire path."""

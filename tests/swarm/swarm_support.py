@@ -48,7 +48,8 @@ def run_kept(directory: str, **overrides: object) -> KeptRun:
     key = secrets.token_hex(32)
     transport = InProcTransport(RuntimeConfig(store_path=store, durable=True,
                                               greet_interval=cfg.greet_interval,
-                                              audit_key=key))
+                                              audit_key=key),
+                               leave_revokes=cfg.leave_revokes)
     try:
         swarm = Swarm(cfg, transport, directory, key)
         swarm.run()
