@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def bench_command(
@@ -41,10 +44,25 @@ def bench_command(
                        ] = "1,2,3",
     seconds: Annotated[float, typer.Option(help="--cluster: seconds of load per count.")
                        ] = 10.0,
+    swarm: Annotated[bool, typer.Option("--swarm", help="Bench the swarm instead "
+                                        "(bench/swarm_side.py): in-process and over NATS "
+                                        "(serve on loopback) side by side, --rounds times; "
+                                        "uses --requests (per swarm), --seed and --json.")
+                     ] = False,
+    rounds: Annotated[int, typer.Option(help="--swarm: rounds (each runs every swarm once).")
+                      ] = 3,
+    churn: Annotated[float, typer.Option(help="--swarm: the swarms' churn (0: the paths "
+                                         "themselves; above 0 the expiry waits of leaving "
+                                         "peers hold both sides back).")] = 0.0,
 ) -> None:
-    """Side-by-side benchmark: runtime (simple, multiproc) vs the lock baseline, durable;
-    or, with --cluster, 1..N cluster daemons side by side."""
-    _refuse_the_other_modes_options(cluster, locals())
+    """Side-by-side benchmark: runtime (simple, pipeline, multiproc) vs the lock baseline,
+    durable; with --cluster, 1..N cluster daemons side by side; with --swarm, the swarm
+    in-process and over NATS side by side."""
+    mode = _mode(cluster, swarm)
+    _refuse_the_other_modes_options(mode, locals())
+    if swarm:
+        _swarm_bench(requests, rounds, seed, churn, json_path)
+        return
     if cluster:
         from task_ingress.bench.cluster_cli import cluster_bench
 
@@ -76,21 +94,45 @@ def bench_command(
                        on_phase=lambda what: err.print(f"[dim]bench: {what} ..."))
     print_bench(result, out)
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump(to_json(result), fh, indent=2)
-            fh.write("\n")
-        out.print(f"JSON: {json_path}")
+        _write_json(json_path, to_json(result), out)
     if any(s.error for s in result.systems):
         raise typer.Exit(1)
 
 
-_SINGLE_ONLY = {"requests": "--requests", "channels": "--channels", "peers": "--peers",
-                "seed": "--seed", "systems": "--systems", "budget": "--budget",
-                "half_peak": "--no-half-peak", "ceiling_seconds": "--ceiling-seconds"}
-_CLUSTER_ONLY = {"daemons": "--daemons", "seconds": "--seconds"}
+def _write_json(path: str, data: object, out: Console) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    out.print(f"JSON: {path}")
 
 
-def _refuse_the_other_modes_options(cluster: bool, given: dict[str, object]) -> None:
+_USED_BY = {
+    "requests": ("single", "swarm"), "threads": ("single", "cluster"), "channels": ("single",),
+    "peers": ("single",), "seed": ("single", "swarm"), "systems": ("single",),
+    "budget": ("single",), "half_peak": ("single",), "ceiling_seconds": ("single",),
+    "daemons": ("cluster",), "seconds": ("cluster",), "rounds": ("swarm",), "churn": ("swarm",),
+}
+"""Which modes use each option (--json: all; --database is not checked, it may come from
+the environment)."""
+_FLAGS = {"requests": "--requests", "threads": "--threads", "channels": "--channels",
+          "peers": "--peers", "seed": "--seed", "systems": "--systems", "budget": "--budget",
+          "half_peak": "--no-half-peak", "ceiling_seconds": "--ceiling-seconds",
+          "daemons": "--daemons", "seconds": "--seconds", "rounds": "--rounds",
+          "churn": "--churn"}
+_MODE_FLAG = {"cluster": "--cluster", "swarm": "--swarm"}
+MAX_SWARM_ROUNDS = 20
+"""Each round is three swarms (about half a minute at the defaults)."""
+
+
+def _mode(cluster: bool, swarm: bool) -> str:
+    from task_ingress.runtime.cli_exit import UsageProblem
+
+    if cluster and swarm:
+        raise UsageProblem("--cluster and --swarm are two different benches: give one")
+    return "cluster" if cluster else "swarm" if swarm else "single"
+
+
+def _refuse_the_other_modes_options(mode: str, given: dict[str, object]) -> None:
     """Raise UsageProblem for an option the chosen mode ignores: the run would not measure
     what was asked, and say so only minutes later (serve refuses --shards without --cluster
     the same way). An option is taken as given when it differs from its default."""
@@ -99,10 +141,43 @@ def _refuse_the_other_modes_options(cluster: bool, given: dict[str, object]) -> 
     from task_ingress.runtime.cli_exit import UsageProblem
 
     defaults = {name: p.default for name, p in inspect.signature(bench_command).parameters.items()}
-    options = _SINGLE_ONLY if cluster else _CLUSTER_ONLY
-    stray = [flag for name, flag in options.items() if given[name] != defaults[name]]
-    if stray:
-        where = "not used with --cluster" if cluster else "only for --cluster"
-        fix = "run without --cluster" if cluster else "add --cluster"
-        raise UsageProblem(f"{', '.join(stray)}: {where}; drop "
-                           f"{'it' if len(stray) == 1 else 'them'} or {fix}")
+    stray = [name for name, modes in _USED_BY.items()
+             if mode not in modes and given[name] != defaults[name]]
+    if not stray:
+        return
+    flags = ", ".join(_FLAGS[name] for name in stray)
+    them = "it" if len(stray) == 1 else "them"
+    if mode in _MODE_FLAG:
+        raise UsageProblem(f"{flags}: not used with {_MODE_FLAG[mode]}; drop {them} or run "
+                           f"without {_MODE_FLAG[mode]}")
+    modes = " or ".join(sorted({_MODE_FLAG[m] for name in stray for m in _USED_BY[name]
+                                if m in _MODE_FLAG}))
+    raise UsageProblem(f"{flags}: only for {modes}; drop {them} or add {modes}")
+
+
+def _swarm_bench(requests: int, rounds: int, seed: int, churn: float,
+                 json_path: str | None) -> None:
+    """`bench --swarm`: run the rounds, print the table, write the JSON; exit 1 when a swarm
+    failed (its invariants, or it could not run)."""
+    from rich.console import Console
+    from task_ingress.bench.report import print_swarm_bench
+    from task_ingress.bench.swarm_side import run_swarm_bench
+    from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
+    from task_ingress.runtime.preflight import check_writable
+
+    if requests < 1 or not 1 <= rounds <= MAX_SWARM_ROUNDS:
+        raise UsageProblem(f"--requests must be at least 1 and --rounds 1..{MAX_SWARM_ROUNDS}")
+    if not 0.0 <= churn <= 1.0:
+        raise UsageProblem("--churn is a fraction in 0..1")
+    check_event_loop_choice()
+    if json_path:
+        check_writable(json_path, "--json")
+    out = Console(width=max(Console().width, 132))  # the side-by-side table is wide
+    err = Console(stderr=True)
+    bench = run_swarm_bench(requests, rounds, seed, churn,
+                            on_phase=lambda what: err.print(f"[dim]bench --swarm: {what} ..."))
+    print_swarm_bench(bench, out)
+    if json_path:
+        _write_json(json_path, bench.to_json(), out)
+    if bench.failures:
+        raise typer.Exit(1)

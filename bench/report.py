@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 from task_ingress.bench.runner import BenchResult
+from task_ingress.bench.swarm_side import VS_REVOKE, VS_SILENCE, SideRun, SwarmBench, sides
 
 
 def print_bench(result: BenchResult, console: Console) -> None:
@@ -44,3 +45,45 @@ def print_bench(result: BenchResult, console: Console) -> None:
         console.print(f"SQLite durable ceiling (WAL, synchronous=FULL): "
                       f"{c.single_commits_per_s:,.0f} commits/s one row per transaction; "
                       f"{c.batched_rows_per_s:,.0f} rows/s in batches of {c.batch_size}")
+
+
+def print_swarm_bench(bench: SwarmBench, console: Console) -> None:
+    """Each round's swarms (req/s), the ratios per round and their medians."""
+    churned = bench.churn > 0
+    table = Table(title=(f"task-ingress bench --swarm: {bench.requests:,} requests per swarm, "
+                         f"churn {bench.churn:g}, seed {bench.seed}, swarm defaults "
+                         f"otherwise"))
+    table.add_column("round", justify="right")
+    table.add_column("load", justify="right")
+    shown = sides(bench.churn)
+    for side in shown:
+        table.add_column(f"{side if churned else side.removesuffix('-revoke')} req/s",
+                         justify="right")
+    pairs = [VS_SILENCE, VS_REVOKE] if churned else [VS_REVOKE]
+    for a, b in pairs:
+        table.add_column(f"{a} x {b if churned else b.removesuffix('-revoke')}",
+                         justify="right")
+    table.caption = (
+        "like for like: nats x inproc-silence (both swarms' peers sit out their expiry "
+        "after a leave, which caps both: see bench/swarm_side.py); nats x inproc-revoke "
+        "compares two different workloads; load: 1-minute load average at the round's start"
+        if churned else "the same workload on both sides (churn 0: no peer leaves); load: "
+        "1-minute load average at the round's start")
+
+    def cell(run: SideRun | None) -> str:
+        if run is None:
+            return "-"
+        return f"{run.throughput:,.0f}" if run.ok else f"[red]{run.throughput:,.0f} FAILED"
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for rnd in bench.rounds:
+        table.add_row(str(rnd.index), f"{rnd.load:.1f}",
+                      *[cell(rnd.runs.get(side)) for side in shown],
+                      *[ratio(rnd.ratio(pair)) for pair in pairs])
+    table.add_row("median", "", *[""] * len(shown),
+                  *[ratio(bench.median(pair)) for pair in pairs], style="bold")
+    console.print(table)
+    for failure in bench.failures:
+        console.print(f"[red]{failure}", highlight=False)

@@ -32,7 +32,9 @@ class SwarmSetupError(UsageProblem):
     """The swarm cannot start: say why in one line (not: an invariant failed)."""
 
 
-def _nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
+def nats_factory(cfg: SwarmConfig, workdir: str) -> tuple[object, str | None]:
+    """`run_swarm`'s transport factory for a swarm over NATS against the daemon of
+    `cfg.daemon` (its ready file); SwarmSetupError when that daemon cannot be used."""
     try:
         from task_ingress.runtime.nats.swarm_transport import NatsSwarmTransport
     except ImportError as exc:
@@ -158,7 +160,7 @@ def swarm_command(
     _preflight(cfg)
     if cfg.transport == "nats":
         check_event_loop_choice()
-    factory = _nats_factory if cfg.transport == "nats" else make_inproc
+    factory = nats_factory if cfg.transport == "nats" else make_inproc
     live = Live(console=err, refresh_per_second=4, transient=False) if progress else None
 
     def tick(snap: Snapshot) -> None:
