@@ -19,11 +19,8 @@ import hashlib
 from dataclasses import dataclass
 
 import msgpack
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from task_ingress.runtime.nats import ed25519
 from task_ingress.runtime.nats.envelope import ascii_strip
 from task_ingress.runtime.nats.identity import (
     Evaluation,
@@ -124,9 +121,7 @@ def evaluate_compact(c: Compact, *, workspace: str, channel: str) -> Evaluation:
         return Evaluation(Trust.REJECTED, "from's fingerprint does not match the pubkey")
     data = signing_bytes(workspace=workspace, channel=channel, sender=c.sender, to=c.to,
                          ts=c.ts, pubkey=c.pubkey, inner=c.inner)
-    try:
-        Ed25519PublicKey.from_public_bytes(c.pubkey).verify(c.signature, data)
-    except (InvalidSignature, ValueError):
+    if not ed25519.valid(c.pubkey, c.signature, data):
         return Evaluation(Trust.REJECTED, "signature does not verify")
     return Evaluation(Trust.VERIFIED, fingerprint=claimed_fp)
 
@@ -157,9 +152,6 @@ def open_reply(data: bytes, *, request: bytes, public_key: bytes) -> bytes:
         raise CompactError("reply is not a signed compact reply")
     if obj["answers"] != answers(request):
         raise CompactError("reply answers another request")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            obj["sig"], REPLY_DOMAIN + obj["answers"] + obj["reply"])
-    except (InvalidSignature, ValueError):
-        raise CompactError("reply is not signed by the daemon") from None
+    if not ed25519.valid(public_key, obj["sig"], REPLY_DOMAIN + obj["answers"] + obj["reply"]):
+        raise CompactError("reply is not signed by the daemon")
     return bytes(obj["reply"])

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from task_ingress.actors.rules import gate
+from task_ingress.runtime.nats import ed25519
 from task_ingress.runtime.nats.envelope import ascii_strip
 
 PROFILE = "agh-network.trust.ed25519-jcs/v1"
@@ -274,8 +274,6 @@ def evaluate(envelope: dict[str, Any]) -> Evaluation:
         content = signed_content(envelope)  # step 7
     except Exception:  # rfc8785 refuses values JCS cannot carry (huge ints, NaN)
         return Evaluation(Trust.REJECTED, "envelope cannot be canonicalized")
-    try:  # step 8
-        Ed25519PublicKey.from_public_bytes(pubkey).verify(signature, content)
-    except (InvalidSignature, ValueError):
+    if not ed25519.valid(pubkey, signature, content):  # step 8
         return Evaluation(Trust.REJECTED, "signature does not verify")
     return Evaluation(Trust.VERIFIED, fingerprint=digest[:32])
