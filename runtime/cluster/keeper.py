@@ -119,7 +119,8 @@ class LeaseKeeper:
         self.database = database
         self.healthy = healthy
         """shard -> is the runtime serving it fine. Asked by the watchdog, on the loop, for
-        every held shard every `check`: it must answer at once and not raise."""
+        every held shard every `check`: it must answer at once. A check that raises counts
+        as False (logged `keeper.health_check_failed`)."""
         self.audit_key = audit_key
         """Writes the chain roster at start when the database has none (None: the first
         runtime to open a shard writes it)."""
@@ -225,23 +226,51 @@ class LeaseKeeper:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(self.check)
-            now = self.clock()
             for lease in list(self.held.values()):
-                if not should_serve(lease, now, self.timing):
-                    await self._lose(lease, LOST_LATE)
-                elif not self.healthy(lease.shard):
-                    await self._lose(lease, RUNTIME_DIED)
+                # Only cancellation may end this loop: it is what stops serving a lease that
+                # went late, and fencing counts on the holder stopping in time. A failure
+                # with one lease must not leave the others (or the next pass) unwatched.
+                try:
+                    await self._watch(lease)
+                except Exception as exc:
+                    self.log.error("keeper.watchdog_failed", shard=lease.shard,
+                                   error=repr(exc))
+
+    async def _watch(self, lease: Lease) -> None:
+        if not should_serve(lease, self.clock(), self.timing):
+            await self._lose(lease, LOST_LATE)
+        elif not self._healthy(lease.shard):
+            await self._lose(lease, RUNTIME_DIED)
+
+    def _healthy(self, shard: int) -> bool:
+        try:
+            return self.healthy(shard)
+        except Exception as exc:
+            # A check that cannot answer counts as a dead runtime. Wrongly giving up a live
+            # shard costs one restart under a new epoch (the fence keeps the old runtime's
+            # writes out); wrongly keeping a dead one leaves it unserved, lease and all,
+            # until the daemon restarts.
+            self.log.error("keeper.health_check_failed", shard=shard, error=repr(exc))
+            return False
 
     async def _lose(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.shard) != lease:
             return
         del self.held[lease.shard]
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
-        await self.on_lost(lease.shard, why)
-        # Maybe (late) or surely (runtime died) still ours in the database: free it now, for
-        # the others and for our own next round, rather than letting it expire.
-        if why in (LOST_LATE, RUNTIME_DIED):
-            self._spawn(self._release_quietly(lease))
+        try:
+            await self.on_lost(lease.shard, why)
+        except Exception as exc:
+            # The lease is dropped all the same: whatever the daemon failed to stop, the
+            # fence keeps its writes out once another holder takes the shard.
+            self.log.error("shard.stop_failed", shard=lease.shard, epoch=lease.epoch,
+                           reason=why, error=repr(exc))
+        finally:
+            # Maybe (late) or surely (runtime died) still ours in the database: free it now,
+            # for the others and for our own next round, rather than letting it expire —
+            # also when on_lost failed or the watchdog was cancelled meanwhile (stop()).
+            if why in (LOST_LATE, RUNTIME_DIED):
+                self._spawn(self._release_quietly(lease))
 
     async def _release_quietly(self, lease: Lease) -> None:
         with contextlib.suppress(Exception):
