@@ -276,8 +276,6 @@ class LeaseKeeper:
             return
         del self.held[lease.shard]
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
-        if why == RUNTIME_DIED:
-            self._back_off(lease.shard)
         try:
             await self.on_lost(lease.shard, why)
         except Exception as exc:
@@ -291,6 +289,8 @@ class LeaseKeeper:
             # also when on_lost failed or the watchdog was cancelled meanwhile (stop()).
             if why in (LOST_LATE, RUNTIME_DIED):
                 self._spawn(self._release_quietly(lease))
+            if why == RUNTIME_DIED:  # before the release runs: no round sees it free unpaused
+                self._back_off(lease.shard)
 
     def _back_off(self, shard: int) -> None:
         """Leave `shard` alone for a while: its runtime died (backoff.py)."""
