@@ -6,14 +6,17 @@ Two asyncio tasks on the daemon's loop:
 - the *round* (every `tick`, a quarter of the renew interval or less): renew every held
   lease that is due (TTL/3 after its last good renew), heartbeat (`pg_nodes`), give back
   shards above the fair share while none is free, then try free or expired shards up to
-  ceil(shards / live daemons). A refused renew stops serving that shard at once.
+  ceil(shards / live daemons) — but not one whose runtime died here lately: after each
+  death it is left to the others for a pause that doubles with consecutive deaths
+  (backoff.py). A refused renew stops serving that shard at once.
 - the *watchdog* (every `check`, a few tens of milliseconds): any held lease whose last good
   renew was *sent* more than TTL/2 ago (lease.should_serve) stops being served, whatever the
   database is doing. It never waits for the database, so a hung connection (a partition, a
   paused PostgreSQL) cannot keep a shard served past TTL/2. It also asks the daemon whether
   each held shard's runtime is still fine (`healthy`): a shard whose runtime stopped on its
-  own is given up and its lease released at once, so that a daemon (this one too, at its
-  next round) takes it and starts a fresh runtime, instead of renewing a dead shard forever.
+  own (or whose check raises) is given up and its lease released at once, so that a daemon
+  (this one too, after its pause) takes it and starts a fresh runtime, instead of renewing
+  a dead shard forever.
 
 Database calls run on the keeper's own threads, each bounded by a timeout; a call that times
 out abandons its connection (its thread ends when the socket does: TCP keepalives and
@@ -34,6 +37,12 @@ import psycopg
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.runtime.cluster import pg_leases, pg_nodes
+from task_ingress.runtime.cluster.backoff import (
+    BACKOFF_CAP,
+    Backoff,
+    after_death,
+    not_backing_off,
+)
 from task_ingress.runtime.cluster.lease import (
     Lease,
     LeaseTiming,
@@ -115,11 +124,13 @@ class LeaseKeeper:
                  clock: Callable[[], float] = time.monotonic,
                  acquire: Callable[..., Lease | None] | None = None,
                  audit_key: ChainKey | None = None,
-                 healthy: Healthy = always_healthy) -> None:
+                 healthy: Healthy = always_healthy,
+                 backoff_cap: float = BACKOFF_CAP) -> None:
         self.database = database
         self.healthy = healthy
         """shard -> is the runtime serving it fine. Asked by the watchdog, on the loop, for
-        every held shard every `check`: it must answer at once and not raise."""
+        every held shard every `check`: it must answer at once. A check that raises counts
+        as False (logged `keeper.health_check_failed`)."""
         self.audit_key = audit_key
         """Writes the chain roster at start when the database has none (None: the first
         runtime to open a shard writes it)."""
@@ -134,6 +145,14 @@ class LeaseKeeper:
         self.tick = min(timing.renew_interval / 4, 0.5)
         self.check = min(timing.stop_serving_after / 20, 0.05)
         self.held: dict[int, Lease] = {}
+        self.backoff_cap = backoff_cap
+        """The longest pause before this daemon tries again a shard whose runtime keeps
+        dying, and how long a shard must be served for its deaths to count from one again
+        (backoff.py)."""
+        # Per shard: its pause after its runtime died here, and when this daemon last
+        # acquired it (how long it was served before it died).
+        self._backoffs: dict[int, Backoff] = {}
+        self._acquired_at: dict[int, float] = {}
         self.live_nodes = 1
         self._conn: psycopg.Connection[Any] | None = None
         # Threads of our own: an abandoned (hung) call must not starve the loop's default
@@ -225,23 +244,62 @@ class LeaseKeeper:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(self.check)
-            now = self.clock()
             for lease in list(self.held.values()):
-                if not should_serve(lease, now, self.timing):
-                    await self._lose(lease, LOST_LATE)
-                elif not self.healthy(lease.shard):
-                    await self._lose(lease, RUNTIME_DIED)
+                # Only cancellation may end this loop: it is what stops serving a lease that
+                # went late, and fencing counts on the holder stopping in time. A failure
+                # with one lease must not leave the others (or the next pass) unwatched.
+                try:
+                    await self._watch(lease)
+                except Exception as exc:
+                    self.log.error("keeper.watchdog_failed", shard=lease.shard,
+                                   error=repr(exc))
+
+    async def _watch(self, lease: Lease) -> None:
+        if not should_serve(lease, self.clock(), self.timing):
+            await self._lose(lease, LOST_LATE)
+        elif not self._healthy(lease.shard):
+            await self._lose(lease, RUNTIME_DIED)
+
+    def _healthy(self, shard: int) -> bool:
+        try:
+            return self.healthy(shard)
+        except Exception as exc:
+            # A check that cannot answer counts as a dead runtime. Wrongly giving up a live
+            # shard costs one restart under a new epoch (the fence keeps the old runtime's
+            # writes out); wrongly keeping a dead one leaves it unserved, lease and all,
+            # until the daemon restarts.
+            self.log.error("keeper.health_check_failed", shard=shard, error=repr(exc))
+            return False
 
     async def _lose(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.shard) != lease:
             return
         del self.held[lease.shard]
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
-        await self.on_lost(lease.shard, why)
-        # Maybe (late) or surely (runtime died) still ours in the database: free it now, for
-        # the others and for our own next round, rather than letting it expire.
-        if why in (LOST_LATE, RUNTIME_DIED):
-            self._spawn(self._release_quietly(lease))
+        try:
+            await self.on_lost(lease.shard, why)
+        except Exception as exc:
+            # The lease is dropped all the same: whatever the daemon failed to stop, the
+            # fence keeps its writes out once another holder takes the shard.
+            self.log.error("shard.stop_failed", shard=lease.shard, epoch=lease.epoch,
+                           reason=why, error=repr(exc))
+        finally:
+            # Maybe (late) or surely (runtime died) still ours in the database: free it now,
+            # for the others and for our own next round, rather than letting it expire —
+            # also when on_lost failed or the watchdog was cancelled meanwhile (stop()).
+            if why in (LOST_LATE, RUNTIME_DIED):
+                self._spawn(self._release_quietly(lease))
+            if why == RUNTIME_DIED:  # before the release runs: no round sees it free unpaused
+                self._back_off(lease.shard)
+
+    def _back_off(self, shard: int) -> None:
+        """Leave `shard` alone for a while: its runtime died (backoff.py)."""
+        now = self.clock()
+        served_for = now - self._acquired_at.get(shard, now)
+        backoff = self._backoffs[shard] = after_death(
+            self._backoffs.get(shard), served_for, now, self.tick, self.backoff_cap)
+        self.log.warning("shard.backoff", shard=shard, deaths=backoff.deaths,
+                         seconds=round(backoff.until - now, 3))
 
     async def _release_quietly(self, lease: Lease) -> None:
         with contextlib.suppress(Exception):
@@ -269,7 +327,10 @@ class LeaseKeeper:
             lease = self.held.pop(shard)
             self.log.info("lease.given_back", shard=shard, epoch=lease.epoch, share=share)
             self._spawn(self._give_back(lease))
-        for shard in shards_to_acquire(frozenset(self.held), free, share, self.node):
+        # A shard whose runtime keeps dying here is left to the others for a while; it still
+        # counts as free for giving back (it is free for every other daemon).
+        wanted = not_backing_off(free, self._backoffs, self.clock())
+        for shard in shards_to_acquire(frozenset(self.held), wanted, share, self.node):
             if self._stopping:
                 return
             sent = self.clock()
@@ -280,6 +341,7 @@ class LeaseKeeper:
                 return
             if got is not None:
                 self.held[shard] = got
+                self._acquired_at[shard] = sent
                 self.log.info("lease.acquired", shard=shard, epoch=got.epoch, share=share)
                 self._spawn(self._serve(got))
 
