@@ -216,7 +216,8 @@ class LeaseKeeper:
             await asyncio.gather(*self._side, return_exceptions=True)
         held, self.held = dict(self.held), {}
         self.log.info("keeper.draining", shards=sorted(held))
-        await asyncio.gather(*(self.on_lost(shard, SHUTDOWN) for shard in held))
+        # Every shard is stopped and every lease released even when one stop fails.
+        await asyncio.gather(*(self._stop_serving(lease, SHUTDOWN) for lease in held.values()))
         for lease in held.values():
             with contextlib.suppress(Exception):
                 await self._db(pg_leases.release, lease)
@@ -277,12 +278,7 @@ class LeaseKeeper:
         del self.held[lease.shard]
         self.log.warning("lease.lost", shard=lease.shard, epoch=lease.epoch, reason=why)
         try:
-            await self.on_lost(lease.shard, why)
-        except Exception as exc:
-            # The lease is dropped all the same: whatever the daemon failed to stop, the
-            # fence keeps its writes out once another holder takes the shard.
-            self.log.error("shard.stop_failed", shard=lease.shard, epoch=lease.epoch,
-                           reason=why, error=repr(exc))
+            await self._stop_serving(lease, why)
         finally:
             # Maybe (late) or surely (runtime died) still ours in the database: free it now,
             # for the others and for our own next round, rather than letting it expire —
@@ -362,5 +358,17 @@ class LeaseKeeper:
 
     async def _give_back(self, lease: Lease) -> None:
         """Drain the shard, then release it (a rebalance: someone short of shards takes it)."""
-        await self.on_lost(lease.shard, GIVEN_BACK)
-        await self._release_quietly(lease)
+        try:
+            await self._stop_serving(lease, GIVEN_BACK)
+        finally:
+            await self._release_quietly(lease)
+
+    async def _stop_serving(self, lease: Lease, why: str) -> None:
+        """`on_lost` for a lease already dropped from `held`; a failure is logged, not
+        raised: the lease is released all the same, since whatever the daemon failed to
+        stop, the fence keeps its writes out once another holder takes the shard."""
+        try:
+            await self.on_lost(lease.shard, why)
+        except Exception as exc:
+            self.log.error("shard.stop_failed", shard=lease.shard, epoch=lease.epoch,
+                           reason=why, error=repr(exc))

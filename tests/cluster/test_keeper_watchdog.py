@@ -9,7 +9,13 @@ from typing import Any
 
 import psycopg
 import structlog
-from task_ingress.runtime.cluster.keeper import LOST_LATE, RUNTIME_DIED, LeaseKeeper
+from task_ingress.runtime.cluster.keeper import (
+    GIVEN_BACK,
+    LOST_LATE,
+    RUNTIME_DIED,
+    SHUTDOWN,
+    LeaseKeeper,
+)
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
 
 from tests.cluster.test_shard_health import poll
@@ -111,3 +117,65 @@ def test_a_shard_whose_stop_raises_is_still_dropped_and_released_and_the_watchdo
     assert len(failed) == 1
     assert (failed[0]["shard"], failed[0]["reason"]) == (1, RUNTIME_DIED)
     assert "could not stop serving" in failed[0]["error"]
+
+
+def _raising_on(why_raises: str, lost: list[tuple[int, str]]) -> Any:
+    async def on_lost(shard: int, why: str) -> None:
+        lost.append((shard, why))
+        if why == why_raises:
+            raise RuntimeError(f"could not stop serving shard {shard}")
+    return on_lost
+
+
+def test_a_stop_that_raises_at_shutdown_still_releases_every_lease(database: str) -> None:
+    """At `stop()` every shard's stop raises: the keeper still releases both leases (TTL 30 s:
+    only a release lets another daemon take them within the wait) and stop() returns."""
+    lost: list[tuple[int, str]] = []
+
+    async def scenario() -> None:
+        a = LeaseKeeper(database=database, node="a", shards=2, timing=LeaseTiming(ttl=30.0),
+                        on_acquired=nothing_to_start, on_lost=_raising_on(SHUTDOWN, lost))
+        await a.start()
+        await poll(lambda: set(a.held) == {0, 1}, 20, "both shards held by a")
+        await a.stop()
+        b = LeaseKeeper(database=database, node="b", shards=2, timing=LeaseTiming(ttl=30.0),
+                        on_acquired=nothing_to_start, on_lost=_raising_on("", []))
+        await b.start()
+        try:
+            await poll(lambda: set(b.held) == {0, 1}, 20, "both shards taken by b")
+        finally:
+            await b.stop()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+    assert sorted(lost) == [(0, SHUTDOWN), (1, SHUTDOWN)]
+    assert sorted(e["shard"] for e in logs if e["event"] == "shard.stop_failed") == [0, 1]
+
+
+def test_a_stop_that_raises_when_giving_a_shard_back_still_releases_it(database: str) -> None:
+    """A second daemon joins, so the first gives one of its two shards back; that shard's stop
+    raises. The lease is released all the same: the newcomer takes it well within the 30 s
+    TTL."""
+    lost: list[tuple[int, str]] = []
+
+    async def scenario() -> None:
+        a = LeaseKeeper(database=database, node="a", shards=2, timing=LeaseTiming(ttl=30.0),
+                        on_acquired=nothing_to_start, on_lost=_raising_on(GIVEN_BACK, lost))
+        await a.start()
+        b: LeaseKeeper | None = None
+        try:
+            await poll(lambda: set(a.held) == {0, 1}, 20, "both shards held by a")
+            b = LeaseKeeper(database=database, node="b", shards=2,
+                            timing=LeaseTiming(ttl=30.0), on_acquired=nothing_to_start,
+                            on_lost=_raising_on("", []))
+            await b.start()
+            await poll(lambda: len(b.held) == 1 if b else False, 20, "one shard taken by b")
+        finally:
+            if b is not None:
+                await b.stop()
+            await a.stop()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+    assert [why for _, why in lost].count(GIVEN_BACK) == 1
+    assert [e["reason"] for e in logs if e["event"] == "shard.stop_failed"] == [GIVEN_BACK]
