@@ -176,6 +176,8 @@ def run_side(side: str, requests: int, seed: int, churn: float) -> SideRun:
         return SideRun(side=side, transport="nats" if side == "nats" else "inproc",
                        throughput=0.0, p50_ms=0.0, ok=False,
                        problem=f"{type(exc).__name__}: {exc}"[:300])
+    if result.interrupted:  # Ctrl-C: the swarm stopped early; so does the bench (exit 130)
+        raise KeyboardInterrupt
     broken = [c.name for c in result.checks if not c.ok]
     problem = "; ".join(result.run_problems + ([f"invariant(s) broken: {', '.join(broken)}"]
                                                if broken else []))

@@ -89,3 +89,23 @@ def test_bench_swarm_usage_problems_are_one_line_and_exit_2(argv: list[str], tol
     result = CliRunner().invoke(app, ["bench", *argv])
     assert result.exit_code == 2, result.output
     assert told in result.output
+
+
+def test_a_swarm_stopped_by_ctrl_c_stops_the_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The swarm turns Ctrl-C into an interrupted result (its report is still written); the
+    # bench must not go on to its next swarm as if nothing happened.
+    from types import SimpleNamespace
+
+    from task_ingress.bench import swarm_side
+    from task_ingress.runtime.swarm import runner
+
+    ran: list[str] = []
+
+    def interrupted_swarm(cfg: object, *args: object) -> object:
+        ran.append("swarm")
+        return SimpleNamespace(interrupted=True)
+
+    monkeypatch.setattr(runner, "run_swarm", interrupted_swarm)
+    with pytest.raises(KeyboardInterrupt):
+        swarm_side.run_swarm_bench(requests=10, rounds=2, seed=1, churn=0.0)
+    assert ran == ["swarm"]
