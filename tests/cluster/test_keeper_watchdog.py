@@ -18,7 +18,7 @@ from task_ingress.runtime.cluster.keeper import (
 )
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
 
-from tests.cluster.test_shard_health import poll
+from tests.cluster.test_shard_health import poll, reacquired_after_its_runtime_died
 
 
 async def nothing_to_start(lease: Lease) -> None:
@@ -99,11 +99,7 @@ def test_a_shard_whose_stop_raises_is_still_dropped_and_released_and_the_watchdo
                              on_lost=on_lost, healthy=lambda shard: shard not in sick)
         await keeper.start()
         try:
-            await poll(lambda: set(keeper.held) == {0, 1}, 20, "both shards held")
-            before = dict(keeper.held)
-            sick.add(1)
-            await poll(lambda: any(lease.shard == 1 and lease.epoch > before[1].epoch
-                                   for lease in acquired), 20, "shard 1 acquired again")
+            before = await reacquired_after_its_runtime_died(keeper, sick, acquired)
             assert keeper.held[1].epoch == before[1].epoch + 1
             sick.add(0)
             await poll(lambda: (0, RUNTIME_DIED) in lost, 20, "shard 0 lost")

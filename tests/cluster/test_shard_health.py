@@ -41,6 +41,19 @@ async def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def reacquired_after_its_runtime_died(keeper: LeaseKeeper, sick: set[int],
+                                            acquired: list[Lease], shard: int = 1
+                                            ) -> dict[int, Lease]:
+    """With both shards held, mark `shard`'s runtime dead and wait (bounded) until the keeper
+    has acquired it again under a newer epoch; the leases held before."""
+    await poll(lambda: set(keeper.held) == {0, 1}, 20, "both shards held")
+    before = dict(keeper.held)
+    sick.add(shard)
+    await poll(lambda: any(lease.shard == shard and lease.epoch > before[shard].epoch
+                           for lease in acquired), 20, f"shard {shard} acquired again")
+    return before
+
+
 def test_a_keeper_gives_up_a_shard_whose_runtime_died_and_takes_it_again_under_a_new_epoch(
     database: str,
 ) -> None:
@@ -64,11 +77,7 @@ def test_a_keeper_gives_up_a_shard_whose_runtime_died_and_takes_it_again_under_a
                              on_lost=on_lost, healthy=lambda shard: shard not in sick)
         await keeper.start()
         try:
-            await poll(lambda: set(keeper.held) == {0, 1}, 20, "both shards held")
-            before = dict(keeper.held)
-            sick.add(1)
-            await poll(lambda: any(lease.shard == 1 and lease.epoch > before[1].epoch
-                                   for lease in acquired), 20, "shard 1 acquired again")
+            before = await reacquired_after_its_runtime_died(keeper, sick, acquired)
             assert lost == [(1, RUNTIME_DIED)]
             assert keeper.held[1].epoch == before[1].epoch + 1
             assert keeper.held[0].epoch == before[0].epoch
