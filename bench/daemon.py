@@ -26,6 +26,20 @@ STOP_TIMEOUT = 30.0
 SERVE_PROCESS_MODE_ENV = "TASK_INGRESS_PROCESS_MODE"
 
 
+def last_line(path: str, limit: int = 300) -> str:
+    """The last non-empty line of a log file, cut at `limit` ('' when none): what a failed
+    child said last, for an error that outlives its temp directory."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = [line for line in fh.read().decode("utf-8", "replace").splitlines()
+                     if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:limit] if lines else ""
+
+
 class ServeChild:
     """`task-ingress serve` in a child process, ready (its ready file written) once built.
 
@@ -55,8 +69,8 @@ class ServeChild:
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.ready_file):
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with status {self.process.returncode} "
-                                   f"(log: {self.log_file})")
+                raise RuntimeError(f"serve exited with status {self.process.returncode}: "
+                                   f"{last_line(self.log_file)} (log: {self.log_file})")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"serve not ready in {START_TIMEOUT:g} s")
             time.sleep(0.05)

@@ -109,3 +109,14 @@ def test_a_swarm_stopped_by_ctrl_c_stops_the_bench(monkeypatch: pytest.MonkeyPat
     with pytest.raises(KeyboardInterrupt):
         swarm_side.run_swarm_bench(requests=10, rounds=2, seed=1, churn=0.0)
     assert ran == ["swarm"]
+
+
+def test_a_serve_that_cannot_start_fails_its_side_with_what_it_said(tmp_path: Path) -> None:
+    # The side's temp directory (and serve's log in it) is gone once the bench reports, so
+    # the problem must carry serve's own last words. A bad event-loop choice stops serve at
+    # once (exit 2) with one line.
+    from task_ingress.bench.daemon import ServeChild
+
+    with pytest.raises(RuntimeError, match=r"serve exited with status 2: .*EVENT_LOOP"):
+        ServeChild(str(tmp_path / "s.db"), ["--log-level", "warning"],
+                   {"TASK_INGRESS_EVENT_LOOP": "no-such-loop"})
