@@ -110,6 +110,7 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
         conn = self._connection()
         if conn is None:
             return self._unavailable(batch, "store.database_unreachable")
+
         def work(qmark: sqlite3.Connection, next_outbox: int) -> tuple[list[Applied], int]:
             self._next_outbox = next_outbox
             results = self.apply_in_order(qmark, batch, time.time())

@@ -12,7 +12,8 @@ and all, is found against the roster (pg_roster.py), which names every shard's c
 Only the shard's lease holder appends, inside a transaction fenced by
 `pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
 fork the chain. Functions take a connection and never commit: the caller owns the
-transaction.
+transaction; except `append_fenced`, which is an append's whole fenced transaction
+(pg_store.FencedTransaction).
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def append_fenced(
     records_for: Callable[[list[tuple[int, bytes]]], list[dict[str, Any]]],
 ) -> list[tuple[int, bytes]]:
     """One append's fenced transaction, in two round trips: BEGIN, the fence, the head row
-    and the outbox rows taken (`take_outbox`: those of `boxed` still waiting, or with
+    and the outbox rows taken (`_take_statement`: those of `boxed` still waiting, or with
     `boxed` None all of the shard's); then the records `records_for(taken)` gives, sealed
     in the chain, and the head row moved, with COMMIT. Returns the rows taken.
 
