@@ -10,10 +10,11 @@ record), with the chain in PostgreSQL (actors/storage/pg_auditlog.py):
 - every group commit is ONE transaction that starts with `pg_store.lock_fence` (the
   shard's lease row `FOR UPDATE`, compared with the runtime's fence), checks the head row
   still names this actor's head, deletes the batch's outbox rows still waiting, inserts
-  the records and moves the head row. A deposed holder therefore never appends: the
-  chain cannot fork. What it cannot audit it answers `task_ingress_unavailable`, counts
-  (`fenced_off`) and logs (`audit.fenced_off`); the outbox rows of writes its store did
-  commit stay behind for the shard's next holder to chain.
+  the records and moves the head row, in two round trips (pg_auditlog.append_fenced). A
+  deposed holder therefore never appends: the chain cannot fork. What it cannot audit it
+  answers `task_ingress_unavailable`, counts (`fenced_off`) and logs (`audit.fenced_off`);
+  the outbox rows of writes its store did commit stay behind for the shard's next holder
+  to chain.
 - a lost connection: accepted writes (outbox rows) are retried, on a new connection,
   until they are chained or the lease is found gone; everything else is answered
   `task_ingress_unavailable` at once.
@@ -22,7 +23,6 @@ There is no checkpoint file: the head row, rewritten in every append, is the che
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
@@ -32,7 +32,7 @@ from task_ingress.actors.rules.shards import Fence
 from task_ingress.actors.storage import pg_auditlog, pg_store
 from task_ingress.actors.storage.auditlog import audit_fields
 from task_ingress.actors.storage.chainstart import ChainRefused
-from task_ingress.actors.storage.pg_auditlog import ShardChain
+from task_ingress.actors.storage.pg_auditlog import ChainMoved, ShardChain
 from task_ingress.actors.storage.pg_roster import rostered_chain_id
 from task_ingress.actors.storage.pg_schema import ensure_store_schema
 from task_ingress.actors.storage.pg_store import Fenced
@@ -48,10 +48,6 @@ from task_ingress.messages.protocol import (
     Wiring,
 )
 from task_ingress.messages.reasons import Reason
-
-
-class ChainMoved(Exception):
-    """The shard's head row no longer names this actor's head: someone else appended."""
 
 
 class PgAudit(pg_store.PgSession, Audit):
@@ -97,33 +93,21 @@ class PgAudit(pg_store.PgSession, Audit):
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:
-        """One fenced transaction that chains the batch's records, or (`boxed` None) every
-        outbox row of the shard; returns the outbox rows it took. The chain's position is
-        restored when the transaction does not commit."""
+        """One fenced transaction (`pg_auditlog.append_fenced`) that chains the batch's
+        records, or (`boxed` None) every outbox row of the shard; returns the outbox rows it
+        took. The chain's position is restored when the transaction does not commit."""
         fence, chain, key = self.fence, self.chain, self.key
         assert fence is not None and chain is not None and key is not None
-        seq, head = chain.seq, chain.head
-        try:
-            with conn.transaction():
-                pg_store.lock_fence(conn, fence)
-                if pg_auditlog.current_head(conn, fence.shard) != (chain.seq, chain.head):
-                    raise ChainMoved(f"the head row of shard {fence.shard} moved past seq "
-                                     f"{chain.seq} without this runtime")
-                taken = pg_auditlog.take_outbox(conn, fence.shard, boxed)
-                if boxed is None:
-                    fields = self._decoded(taken)
-                else:
-                    waiting = {i for i, _ in taken}
-                    fields = [audit_fields(v.flight, v.outcome) for v in batch
-                              # an outbox row already chained by a drain is not chained twice
-                              if v.outbox_id is None or v.outbox_id in waiting]
-                if fields:
-                    at = time.time()
-                    pg_auditlog.append(conn, key, chain, [chain.seal(key, f, at)
-                                                          for f in fields])
-        except BaseException:
-            chain.seq, chain.head = seq, head
-            raise
+
+        def records_for(taken: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+            if boxed is None:
+                return self._decoded(taken)
+            waiting = {i for i, _ in taken}
+            return [audit_fields(v.flight, v.outcome) for v in batch
+                    # an outbox row already chained by a drain is not chained twice
+                    if v.outbox_id is None or v.outbox_id in waiting]
+
+        taken = pg_auditlog.append_fenced(conn, fence, key, chain, boxed, records_for)
         self.seq, self.head = chain.seq, chain.head
         return taken
 

@@ -6,7 +6,9 @@ batch judged as one unit of work by store_batch, an outbox row per accepted writ
   database whose shards include the fence's; replies `Started`.
 - every batch (and every operator lock) is ONE transaction that starts with
   `pg_store.lock_fence`: the shard's lease row locked `FOR UPDATE` and compared with the
-  runtime's fence (shard, owner, epoch). If another holder has taken the shard, nothing is
+  runtime's fence (shard, owner, epoch). A batch's transaction is `pg_store.write_batch`:
+  three round trips for a batch of creates (BEGIN with the fence and the outbox counter;
+  the batch's reads; its writes with COMMIT). If another holder has taken the shard, nothing is
   written and every request of the batch is answered `task_ingress_unavailable` — and so
   is every later one: an epoch never comes back, so this store is deposed for good.
 - a request for a workspace of another shard is answered `task_ingress_unavailable`
@@ -29,7 +31,7 @@ from task_ingress.actors.storage import pg_store, store_ops
 from task_ingress.actors.storage.pg_schema import configured_shards, ensure_store_schema
 from task_ingress.actors.storage.pg_store import Fenced, QmarkConnection
 from task_ingress.actors.storage.store_batch import StoreBatch
-from task_ingress.actors.task_store import TaskStore
+from task_ingress.actors.task_store import Applied, TaskStore
 from task_ingress.messages.protocol import (
     Flush,
     InFlight,
@@ -108,15 +110,15 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
         conn = self._connection()
         if conn is None:
             return self._unavailable(batch, "store.database_unreachable")
+
+        def work(qmark: sqlite3.Connection, next_outbox: int) -> tuple[list[Applied], int]:
+            self._next_outbox = next_outbox
+            results = self.apply_in_order(qmark, batch, time.time())
+            boxes = [box for _, _, box in results if box is not None]
+            return results, max(boxes, default=next_outbox - 1) + 1
+
         try:
-            with conn.transaction():
-                pg_store.lock_fence(conn, fence)
-                self._next_outbox = pg_store.next_outbox_id(conn, fence.shard)
-                results = self.apply_in_order(
-                    cast(sqlite3.Connection, QmarkConnection(conn)), batch, time.time())
-                boxes = [box for _, _, box in results if box is not None]
-                if boxes:
-                    pg_store.advance_outbox(conn, fence.shard, max(boxes) + 1)
+            results = pg_store.write_batch(conn, fence, work)
         except Fenced as exc:
             self.deposed = True
             self.log.warning("store.deposed", shard=fence.shard, epoch=fence.epoch,

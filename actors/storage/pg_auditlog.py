@@ -12,18 +12,20 @@ and all, is found against the roster (pg_roster.py), which names every shard's c
 Only the shard's lease holder appends, inside a transaction fenced by
 `pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
 fork the chain. Functions take a connection and never commit: the caller owns the
-transaction.
+transaction; except `append_fenced`, which is an append's whole fenced transaction
+(pg_store.FencedTransaction).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
+from task_ingress.actors.rules.shards import Fence
 from task_ingress.actors.storage.auditlog import (
     AUDIT_COLUMNS,
     AUDIT_NAMES,
@@ -31,7 +33,7 @@ from task_ingress.actors.storage.auditlog import (
     record_from_row,
 )
 from task_ingress.actors.storage.chainstart import ChainRefused
-from task_ingress.actors.storage.pg_store import execute_rows
+from task_ingress.actors.storage.pg_store import FencedTransaction, Statement
 from task_ingress.messages.audit import AuditRecord
 
 INSERT_SHARD_AUDIT = (
@@ -113,17 +115,21 @@ def _fields(row: tuple[Any, ...]) -> dict[str, Any]:
     return fields
 
 
+def head_statement(key: ChainKey, chain: ShardChain) -> Statement:
+    """The statement that stores the chain's head, authenticated under `key`."""
+    at = time.time()
+    return ("INSERT INTO audit_chains (shard, chain_id, seq, hash, at, mac) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (shard) DO UPDATE SET "
+            "seq = EXCLUDED.seq, hash = EXCLUDED.hash, at = EXCLUDED.at, mac = EXCLUDED.mac "
+            "WHERE audit_chains.chain_id = EXCLUDED.chain_id",
+            (chain.shard, chain.chain_id, chain.seq, chain.head, at,
+             key.checkpoint_mac(chain.chain_id, chain.seq, chain.head, at)))
+
+
 def write_head(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain) -> None:
     """Authenticate the chain's head under `key` and store it (in the append's
     transaction)."""
-    at = time.time()
-    conn.execute(
-        "INSERT INTO audit_chains (shard, chain_id, seq, hash, at, mac) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (shard) DO UPDATE SET "
-        "seq = EXCLUDED.seq, hash = EXCLUDED.hash, at = EXCLUDED.at, mac = EXCLUDED.mac "
-        "WHERE audit_chains.chain_id = EXCLUDED.chain_id",
-        (chain.shard, chain.chain_id, chain.seq, chain.head, at,
-         key.checkpoint_mac(chain.chain_id, chain.seq, chain.head, at)))
+    conn.execute(*head_statement(key, chain))
 
 
 def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey,
@@ -160,21 +166,56 @@ def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey,
     return ShardChain(shard, row.chain_id, row.seq, row.hash)
 
 
+def _head_read(shard: int) -> Statement:
+    return ("SELECT seq, hash FROM audit_chains WHERE shard = %s", (shard,))
+
+
+def _head_of(rows: list[tuple[Any, ...]]) -> tuple[int, str] | None:
+    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
 def current_head(conn: psycopg.Connection[Any], shard: int) -> tuple[int, str] | None:
     """(seq, hash) the shard's head row names now, or None."""
-    row = conn.execute("SELECT seq, hash FROM audit_chains WHERE shard = %s",
-                       (shard,)).fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
+    return _head_of(conn.execute(*_head_read(shard)).fetchall())
 
 
-def append(conn: psycopg.Connection[Any], key: ChainKey, chain: ShardChain,
-           records: list[dict[str, Any]]) -> None:
-    """Insert sealed records (`ShardChain.seal`) and move the head row to the chain's head."""
-    # Not executemany: its pipeline would leave the session without its idle timeout
-    # (pg_store's docstring).
-    execute_rows(conn, INSERT_SHARD_AUDIT,
-                 [(chain.shard, *(r[name] for name in AUDIT_NAMES)) for r in records])
-    write_head(conn, key, chain)
+class ChainMoved(Exception):
+    """The shard's head row no longer names this writer's head: someone else appended."""
+
+
+def append_fenced(
+    conn: psycopg.Connection[Any], fence: Fence, key: ChainKey, chain: ShardChain,
+    boxed: list[int] | None,
+    records_for: Callable[[list[tuple[int, bytes]]], list[dict[str, Any]]],
+) -> list[tuple[int, bytes]]:
+    """One append's fenced transaction, in two round trips: BEGIN, the fence, the head row
+    and the outbox rows taken (`_take_statement`: those of `boxed` still waiting, or with
+    `boxed` None all of the shard's); then the records `records_for(taken)` gives, sealed
+    in the chain, and the head row moved, with COMMIT. Returns the rows taken.
+
+    Raises `Fenced`, `ChainMoved` (the head row does not name `chain`'s head) or psycopg's
+    errors; on any, nothing is written, and `chain`'s position is left where it was."""
+    seq, head = chain.seq, chain.head
+    try:
+        with FencedTransaction(conn, fence) as tx:
+            take = _take_statement(fence.shard, boxed)
+            got = tx.begin(_head_read(fence.shard), *([take] if take else []))
+            if _head_of(got[0]) != (chain.seq, chain.head):
+                raise ChainMoved(f"the head row of shard {fence.shard} moved past seq "
+                                 f"{chain.seq} without this runtime")
+            taken = _taken(got[1]) if take else []
+            fields = records_for(taken)
+            if fields:
+                at = time.time()
+                sealed = [chain.seal(key, f, at) for f in fields]
+                tx.write_rows(INSERT_SHARD_AUDIT, [(chain.shard, *(r[name] for name in
+                                                                   AUDIT_NAMES))
+                                                   for r in sealed])
+                tx.write(*head_statement(key, chain))
+    except BaseException:
+        chain.seq, chain.head = seq, head
+        raise
+    return taken
 
 
 def read_shard_records(conn: psycopg.Connection[Any], shard: int, since: float = 0.0
@@ -213,16 +254,16 @@ def shard_rows(conn: psycopg.Connection[Any], shard: int, batch: int = 5000
             yield fields
 
 
-def take_outbox(conn: psycopg.Connection[Any], shard: int, ids: list[int] | None = None
-                ) -> list[tuple[int, bytes]]:
-    """Delete the shard's outbox rows (all, or those of `ids` still there) and return them,
-    in id order: the caller chains them in the same transaction."""
+def _take_statement(shard: int, ids: list[int] | None) -> Statement | None:
+    """Delete the shard's outbox rows (all, or those of `ids` still there), returning them:
+    the caller chains them in the same transaction. None when `ids` is empty."""
     if ids is None:
-        rows = conn.execute("DELETE FROM outbox WHERE shard = %s RETURNING id, record",
-                            (shard,)).fetchall()
-    elif ids:
-        rows = conn.execute("DELETE FROM outbox WHERE shard = %s AND id = ANY(%s) "
-                            "RETURNING id, record", (shard, ids)).fetchall()
-    else:
-        rows = []
+        return "DELETE FROM outbox WHERE shard = %s RETURNING id, record", (shard,)
+    if ids:
+        return ("DELETE FROM outbox WHERE shard = %s AND id = ANY(%s) RETURNING id, record",
+                (shard, ids))
+    return None
+
+
+def _taken(rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes]]:
     return sorted((int(i), bytes(r)) for i, r in rows)

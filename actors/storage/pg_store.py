@@ -20,16 +20,29 @@ itself, never re-arms it. A client that goes silent right there (paused, partiti
 its session "idle in transaction" with no timeout, holding the lease row, until TCP gave up.
 So fenced transactions never use pipeline mode: `execute_rows` sends a batch as one
 multi-row INSERT (or one statement per row), each ending in ReadyForQuery.
+
+Round trips, not PostgreSQL's work, were the cost of a fenced transaction (docs/cluster.md,
+"Where one daemon's time goes"): a batch of one cost nine store statements and seven audit
+statements, each a message and a wait, while the server spent about 0.03 ms on each. A
+`FencedTransaction` therefore sends its statements in as few messages as the work allows: BEGIN,
+the fence's lock and the reads that need nothing from the client in one; the writes, held
+back until the end, with COMMIT in another. Each is one simple-protocol query (parameters
+bound client-side, several statements in one Query message): it ends in ReadyForQuery, like
+any single statement, so the idle timeout stays armed; statements in one message still run
+one after the other, so the lock is taken before anything else runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, cast
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from task_ingress.actors.rules.shards import Fence, shard_of
 from task_ingress.actors.storage import store_batch, store_ops
 from task_ingress.messages.limits import Limits
@@ -46,18 +59,27 @@ class QmarkConnection:
     `executemany(sql, rows)` and read `fetchone()`/`fetchall()`/`rowcount` of the result,
     which psycopg's cursor also has."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any],
+                 writes: FencedTransaction | None = None) -> None:
         self.conn = conn
+        self.writes = writes
+        """Where `executemany` queues its rows (sent with the COMMIT); None: sent at once."""
         self._sql: dict[str, str] = {}
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
-        """Run one statement with `?` placeholders."""
+        """Run one statement with `?` placeholders (after any queued writes: a read sees
+        them)."""
+        if self.writes is not None:
+            self.writes.flush()
         return self.conn.execute(self._translate(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         """Run one statement with `?` placeholders once per row (a batch of one's writes),
-        without pipeline mode (`execute_rows`)."""
-        execute_rows(self.conn, self._translate(sql), list(rows))
+        without pipeline mode (`execute_rows`), or queue it on the transaction."""
+        if self.writes is not None:
+            self.writes.write_rows(self._translate(sql), list(rows))
+        else:
+            execute_rows(self.conn, self._translate(sql), list(rows))
 
     def _translate(self, sql: str) -> str:
         translated = self._sql.get(sql)
@@ -71,20 +93,27 @@ MAX_ROWS_PER_INSERT = 500
 """Rows per multi-row INSERT (PostgreSQL takes at most 65,535 parameters a statement)."""
 
 
-def execute_rows(conn: psycopg.Connection[Any], sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """`sql` (`%s` placeholders) once per row, never in pipeline mode (see the module's
-    docstring): an `INSERT ... VALUES (...)` as multi-row INSERTs, anything else one
-    statement per row."""
+Statement = tuple[str, Sequence[Any]]
+"""One SQL statement (`%s` placeholders) and its parameters."""
+
+
+def row_statements(sql: str, rows: Sequence[Sequence[Any]]) -> list[Statement]:
+    """`sql` (`%s` placeholders) once per row as statements: an `INSERT ... VALUES (...)`
+    as multi-row INSERTs, anything else one statement per row."""
     match = _VALUES.match(sql)
     if match is None:
-        for row in rows:
-            conn.execute(sql, row)
-        return
+        return [(sql, row) for row in rows]
     head, values = match.groups()
-    for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
-        chunk = rows[start:start + MAX_ROWS_PER_INSERT]
-        conn.execute(head + ", ".join([values] * len(chunk)),
-                     [value for row in chunk for value in row])
+    return [(head + ", ".join([values] * len(chunk)), [value for row in chunk for value in row])
+            for chunk in (rows[start:start + MAX_ROWS_PER_INSERT]
+                          for start in range(0, len(rows), MAX_ROWS_PER_INSERT))]
+
+
+def execute_rows(conn: psycopg.Connection[Any], sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`sql` (`%s` placeholders) once per row, never in pipeline mode (see the module's
+    docstring): `row_statements`, one message each."""
+    for statement, params in row_statements(sql, rows):
+        conn.execute(statement, params)
 
 
 class Fenced(Exception):
@@ -137,6 +166,21 @@ class PgSession:
         return self.pg
 
 
+def fence_statement(fence: Fence) -> Statement:
+    """lock_fence's statement: the shard's lease row, locked, with the transaction-local
+    settings of its shard and epoch (a refused fence's rolled-back transaction keeps none)."""
+    return ("SELECT owner, epoch, set_config('task_ingress.shard', %s, true), "
+            "set_config('task_ingress.epoch', %s, true) FROM shard_leases WHERE shard = %s "
+            "FOR UPDATE", (str(fence.shard), str(fence.epoch), fence.shard))
+
+
+def check_fence(row: Sequence[Any] | None, fence: Fence) -> None:
+    """Raise `Fenced` unless the lease row (`fence_statement`'s) names `fence`'s holding."""
+    if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
+        raise Fenced(f"shard {fence.shard} is held by {row[0] if row else '?'} under epoch "
+                     f"{row[1] if row else '?'}, not by {fence.owner} under {fence.epoch}")
+
+
 def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
     """The first statement of every fenced transaction: lock the shard's lease row and
     raise `Fenced` unless it still names `fence`'s owner and epoch.
@@ -144,34 +188,117 @@ def lock_fence(conn: psycopg.Connection[Any], fence: Fence) -> None:
     Until the transaction ends, a takeover's UPDATE of the row waits, so nothing the
     transaction writes can commit after another holder took the shard. Also sets the
     transaction's shard and epoch, which the fenced tables' column defaults read."""
-    # One round trip: the settings are transaction-local, so a refused fence (whose
-    # transaction the caller rolls back) leaves none behind.
-    row = conn.execute(
-        "SELECT owner, epoch, set_config('task_ingress.shard', %s, true), "
-        "set_config('task_ingress.epoch', %s, true) FROM shard_leases WHERE shard = %s "
-        "FOR UPDATE", (str(fence.shard), str(fence.epoch), fence.shard)).fetchone()
-    if row is None or row[0] != fence.owner or int(row[1]) != fence.epoch:
-        raise Fenced(f"shard {fence.shard} is held by {row[0] if row else '?'} under epoch "
-                     f"{row[1] if row else '?'}, not by {fence.owner} under {fence.epoch}")
+    sql, params = fence_statement(fence)
+    check_fence(conn.execute(sql, params).fetchone(), fence)
+
+
+class FencedTransaction:
+    """A fenced transaction in two messages (module docstring): `begin` sends BEGIN, the
+    fence and the caller's first reads; `write_rows`/`write` hold writes back; leaving the
+    `with` block sends them with COMMIT, or, on an exception, rolls back.
+
+    Reads in between (`QmarkConnection(conn, tx).execute`) are messages of their own, after
+    any writes held back (`flush`). Nothing else may use the connection meanwhile."""
+
+    def __init__(self, conn: psycopg.Connection[Any], fence: Fence) -> None:
+        self.conn = conn
+        self.fence = fence
+        self._cursor = psycopg.ClientCursor(conn)
+        self._writes: list[Statement] = []
+        self._begun = False
+
+    def begin(self, *reads: Statement) -> list[list[tuple[Any, ...]]]:
+        """BEGIN, lock_fence, then `reads` (run under the lock), in one message; the rows of
+        each read. Raises `Fenced` (the caller's `with` then rolls back) like lock_fence."""
+        assert not self._begun, "one begin per transaction"
+        self._begun = True
+        results = self._send([("BEGIN", ()), fence_statement(self.fence), *reads])
+        fence_rows = results[1][1]
+        check_fence(fence_rows[0] if fence_rows else None, self.fence)
+        return [rows for _, rows in results[2:]]
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue one statement (`%s` placeholders) to send with the COMMIT."""
+        self._writes.append((sql, params))
+
+    def write_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Queue `sql` once per row (`row_statements`) to send with the COMMIT."""
+        self._writes.extend(row_statements(sql, rows))
+
+    def flush(self) -> None:
+        """Send the writes held back now (before a read that must see them)."""
+        if self._writes:
+            writes, self._writes = self._writes, []
+            self._send(writes)
+
+    def qmark(self) -> QmarkConnection:
+        """store_ops'/store_batch's connection for this transaction: reads at once, writes
+        held back for the COMMIT."""
+        return QmarkConnection(self.conn, self)
+
+    def _send(self, statements: list[Statement]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """One message: (command status, rows) of each statement."""
+        cursor = self._cursor
+        cursor.execute("; ".join(sql for sql, _ in statements),
+                       [value for _, params in statements for value in params])
+        results: list[tuple[str, list[tuple[Any, ...]]]] = []
+        while True:
+            rows = cursor.fetchall() if cursor.description is not None else []
+            results.append((cursor.statusmessage or "", rows))
+            if not cursor.nextset():
+                return results
+
+    def __enter__(self) -> FencedTransaction:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None and self._begun:
+            try:
+                writes, self._writes = self._writes, []
+                status = self._send([*writes, ("COMMIT", ())])[-1][0]
+            except BaseException:
+                self._rollback()
+                raise
+            if status != "COMMIT":  # "ROLLBACK": the transaction had failed, nothing landed
+                raise psycopg.DatabaseError(f"COMMIT answered {status!r}")
+            return
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if not lost(self.conn) and self.conn.info.transaction_status != TransactionStatus.IDLE:
+            # The caller reports the error that brought it here.
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("ROLLBACK")
+
+
+R = TypeVar("R")
+
+
+def write_batch(conn: psycopg.Connection[Any], fence: Fence,
+                work: Callable[[sqlite3.Connection, int], tuple[R, int]]) -> R:
+    """A store batch's fenced transaction, in three messages for a batch of creates: BEGIN,
+    the fence and the shard's outbox counter; `work`'s reads (store_batch's load); its writes,
+    the counter's advance and COMMIT.
+
+    `work(conn, next_outbox)` judges the batch on `conn` (writes there are held back),
+    numbering outbox rows from `next_outbox`, and returns (its result, the first outbox id it
+    left free). Raises `Fenced` or psycopg's errors; on any, nothing is written."""
+    with FencedTransaction(conn, fence) as tx:
+        (counter,) = tx.begin(("SELECT last FROM outbox_seq WHERE shard = %s", (fence.shard,)))
+        next_outbox = int(counter[0][0]) + 1 if counter else 1
+        result, free = work(cast(sqlite3.Connection, tx.qmark()), next_outbox)
+        if free > next_outbox:
+            # Ids below `free` are taken, never reused, even once chained.
+            tx.write("UPDATE outbox_seq SET last = %s WHERE shard = %s AND last < %s",
+                     (free - 1, fence.shard, free - 1))
+    return result
 
 
 def ensure_outbox_counter(conn: psycopg.Connection[Any], shard: int) -> None:
     """The shard's outbox id counter row (a no-op once it exists)."""
     conn.execute("INSERT INTO outbox_seq (shard) VALUES (%s) ON CONFLICT (shard) DO NOTHING",
                  (shard,))
-
-
-def next_outbox_id(conn: psycopg.Connection[Any], shard: int) -> int:
-    """Where the shard's outbox ids go on (inside a fenced transaction, which serializes the
-    shard's writers)."""
-    row = conn.execute("SELECT last FROM outbox_seq WHERE shard = %s", (shard,)).fetchone()
-    return int(row[0]) + 1 if row else 1
-
-
-def advance_outbox(conn: psycopg.Connection[Any], shard: int, next_id: int) -> None:
-    """Record that ids below `next_id` are taken (never reused, even once chained)."""
-    conn.execute("UPDATE outbox_seq SET last = %s WHERE shard = %s AND last < %s",
-                 (next_id - 1, shard, next_id - 1))
 
 
 def apply_fenced(

@@ -141,14 +141,15 @@ def test_a_holder_paused_inside_its_write_transaction_does_not_stall_the_takeove
         paused.close()
 
 
-@pytest.mark.parametrize("insert", ["store batch", "audit records"])
+@pytest.mark.parametrize("insert", ["store batch", "audit records", "one-message begin"])
 def test_a_holder_cut_off_right_after_a_batch_insert_is_ended_by_the_idle_timeout(
     database: str, postgres: PostgresServer, insert: str,
 ) -> None:
     """A batch written in pipeline mode (psycopg's executemany) ends with Sync + Flush, and
     the Flush disarms idle_in_transaction_session_timeout: a holder cut off right there kept
     its session, and the lease row, with no timeout (found in the partition test). The
-    batch writes of the store and the audit must leave the timeout armed."""
+    batch writes of the store and the audit must leave the timeout armed, and so must the
+    one message that begins a fenced transaction (BEGIN, the fence, the first reads)."""
     name = f"cut-{secrets.token_hex(4)}"
     proxy = TcpProxy(postgres.port)
     cut: psycopg.Connection[Any] | None = None
@@ -157,12 +158,16 @@ def test_a_holder_cut_off_right_after_a_batch_insert_is_ended_by_the_idle_timeou
         with _setup(database) as conn:
             lease = _acquire(conn, "a", ttl=30)
             cut = pg_store.connect_store(url, idle_in_transaction_timeout=0.3)
-            cut.execute("BEGIN")
-            pg_store.lock_fence(cut, lease.fence)
+            if insert == "one-message begin":
+                pg_store.FencedTransaction(cut, lease.fence).begin(
+                    ("SELECT last FROM outbox_seq WHERE shard = %s", (SHARD,)))
+            else:
+                cut.execute("BEGIN")
+                pg_store.lock_fence(cut, lease.fence)
             if insert == "store batch":
                 pg_store.QmarkConnection(cut).executemany(
                     "INSERT INTO outbox (id, record) VALUES (?, ?)", [(1, b"x"), (2, b"y")])
-            else:
+            elif insert == "audit records":
                 records = [dict.fromkeys(AUDIT_NAMES, "x")
                            | {"seq": i, "at": 0.0, "payload_size": 0, "replay": False}
                            for i in (1, 2)]
