@@ -125,11 +125,13 @@ def shard_runtime_config(settings: ServeSettings, cluster: ClusterOptions, lease
                          clock: Callable[[], float]) -> RuntimeConfig:
     """The runtime of one held shard: its writes and audit go to PostgreSQL, every
     transaction fenced by the lease (shard, owner, epoch); the audit key is the cluster's
-    (TASK_INGRESS_AUDIT_KEY, the same on every daemon)."""
+    (TASK_INGRESS_AUDIT_KEY, the same on every daemon); `--process-mode` as serve was told
+    (pipeline: a process per held shard)."""
     return RuntimeConfig(
         database_url=with_timeouts(cluster.database, cluster.lease_ttl), fence=lease.fence,
         database_idle_timeout=cluster.lease_ttl / 4, actor_base=settings.actor_base,
-        local_peer_id=settings.peer_id, greet_interval=settings.greet_interval, clock=clock,
+        process_mode=settings.process_mode, local_peer_id=settings.peer_id,
+        greet_interval=settings.greet_interval, clock=clock,
         peer_rate=settings.peer_rate, peer_burst=settings.peer_burst,
         max_in_flight_per_peer=settings.max_in_flight_per_peer)
 
