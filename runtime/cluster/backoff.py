@@ -1,4 +1,5 @@
-"""How long a daemon leaves alone a shard whose runtime keeps dying (pure; clocks are arguments).
+"""How long a daemon leaves alone a shard whose runtime keeps dying or will not start (pure;
+clocks are arguments).
 
 A shard lost because its runtime died (`runtime_died`) is released at once, so any
 daemon may take it at its next round. Without a pause this daemon would be one of them,
@@ -18,6 +19,9 @@ to notice and fix the cause.
 Consecutive deaths start again from one when the shard was served for `cap` or longer
 before it died: such a shard was not in a die-at-start loop, and it cannot die more often
 than once a `cap` anyway, which is the rate the longest delay allows.
+
+A runtime that would not start at all (`start_failed`) counts as a death too, with a
+shorter cap (START_FAILED_CAP): its cause is more often passing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from dataclasses import dataclass
 BACKOFF_CAP = 60.0
 """The longest pause, in seconds; also how long a shard must be served for its deaths to
 count from one again (module docstring)."""
+START_FAILED_CAP = 10.0
+"""The longest pause after a shard's runtime would not start (`start_failed`): such a
+failure is often a passing database problem (unreadable greet marks while PostgreSQL
+restarts), so the shard is tried again within seconds, yet a lasting cause (a chain that
+does not verify under the key) costs a start every 10 s instead of every round."""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ Two asyncio tasks on the daemon's loop:
 - the *round* (every `tick`, a quarter of the renew interval or less): renew every held
   lease that is due (TTL/3 after its last good renew), heartbeat (`pg_nodes`), give back
   shards above the fair share while none is free, then try free or expired shards up to
-  ceil(shards / live daemons) — but not one whose runtime died here lately: after each
-  death it is left to the others for a pause that doubles with consecutive deaths
-  (backoff.py). A refused renew stops serving that shard at once.
+  ceil(shards / live daemons) — but not one whose runtime died or would not start here
+  lately: after each such loss it is left to the others for a pause that doubles with
+  consecutive losses (backoff.py). A refused renew stops serving that shard at once.
 - the *watchdog* (every `check`, a few tens of milliseconds): any held lease whose last good
   renew was *sent* more than TTL/2 ago (lease.should_serve) stops being served, whatever the
   database is doing. It never waits for the database, so a hung connection (a partition, a
@@ -39,6 +39,7 @@ from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.runtime.cluster import pg_leases, pg_nodes
 from task_ingress.runtime.cluster.backoff import (
     BACKOFF_CAP,
+    START_FAILED_CAP,
     Backoff,
     after_death,
     not_backing_off,
@@ -285,16 +286,19 @@ class LeaseKeeper:
             # also when on_lost failed or the watchdog was cancelled meanwhile (stop()).
             if why in (LOST_LATE, RUNTIME_DIED):
                 self._spawn(self._release_quietly(lease))
-            if why == RUNTIME_DIED:  # before the release runs: no round sees it free unpaused
-                self._back_off(lease.shard)
+            if why in (RUNTIME_DIED, START_FAILED):  # before the release: no round sees
+                self._back_off(lease.shard, why)     # it free and unpaused
 
-    def _back_off(self, shard: int) -> None:
-        """Leave `shard` alone for a while: its runtime died (backoff.py)."""
+    def _back_off(self, shard: int, why: str) -> None:
+        """Leave `shard` alone for a while: its runtime died or would not start (backoff.py;
+        a start failure, often a passing database problem, pauses at most START_FAILED_CAP)."""
         now = self.clock()
         served_for = now - self._acquired_at.get(shard, now)
+        cap = self.backoff_cap if why == RUNTIME_DIED else min(self.backoff_cap,
+                                                                 START_FAILED_CAP)
         backoff = self._backoffs[shard] = after_death(
-            self._backoffs.get(shard), served_for, now, self.tick, self.backoff_cap)
-        self.log.warning("shard.backoff", shard=shard, deaths=backoff.deaths,
+            self._backoffs.get(shard), served_for, now, self.tick, cap)
+        self.log.warning("shard.backoff", shard=shard, reason=why, deaths=backoff.deaths,
                          seconds=round(backoff.until - now, 3))
 
     async def _release_quietly(self, lease: Lease) -> None:

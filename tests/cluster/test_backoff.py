@@ -12,12 +12,18 @@ import pytest
 import structlog
 from task_ingress.runtime.cluster.backoff import (
     BACKOFF_CAP,
+    START_FAILED_CAP,
     Backoff,
     after_death,
     backoff_delay,
     not_backing_off,
 )
-from task_ingress.runtime.cluster.keeper import RUNTIME_DIED, SHUTDOWN, LeaseKeeper
+from task_ingress.runtime.cluster.keeper import (
+    RUNTIME_DIED,
+    SHUTDOWN,
+    START_FAILED,
+    LeaseKeeper,
+)
 from task_ingress.runtime.cluster.lease import Lease, LeaseTiming
 
 from tests.cluster.test_shard_health import poll
@@ -153,3 +159,64 @@ def test_a_daemon_whose_runtime_of_a_shard_keeps_dying_leaves_it_to_a_daemon_wit
     asyncio.run(scenario())
     assert acquired[0][0] == "a"
     assert acquired[-1][0] == "b"
+
+
+def test_a_shard_whose_runtime_will_not_start_is_tried_again_after_growing_pauses(
+    database: str,
+) -> None:
+    """A real keeper (rounds every 0.5 s, pause cap 2 s) whose start of shard 1 raises four
+    times: each retry comes no earlier than 0.5, 1, 2, 2 s after the previous one (before,
+    every round: a start and an error line twice a second for as long as the cause lasted),
+    `shard.backoff` says so with reason `start_failed`, and the fifth start serves it."""
+    at: list[float] = []
+    served: set[int] = set()
+
+    async def on_acquired(lease: Lease) -> None:
+        if lease.shard == 1:
+            at.append(time.monotonic())
+            if len(at) <= 4:
+                raise RuntimeError("greet marks unreadable")
+        served.add(lease.shard)
+
+    async def on_lost(shard: int, why: str) -> None:
+        served.discard(shard)
+
+    async def scenario() -> None:
+        keeper = LeaseKeeper(database=database, node="a", shards=2,
+                             timing=LeaseTiming(ttl=30.0), on_acquired=on_acquired,
+                             on_lost=on_lost, backoff_cap=2.0)
+        await keeper.start()
+        try:
+            await poll(lambda: 1 in served, 30, "shard 1 served at its fifth start")
+        finally:
+            await keeper.stop()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+    assert len(at) == 5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+    assert all(gap >= pause for gap, pause in zip(gaps, [0.5, 1.0, 2.0, 2.0], strict=True)), gaps
+    backoffs = [(e["reason"], e["deaths"], e["seconds"]) for e in logs
+                if e["event"] == "shard.backoff"]
+    assert backoffs == [(START_FAILED, 1, 0.5), (START_FAILED, 2, 1.0),
+                        (START_FAILED, 3, 2.0), (START_FAILED, 4, 2.0)]
+
+
+async def nothing_to_start(lease: Lease) -> None:
+    return None
+
+
+async def nothing_lost(shard: int, why: str) -> None:
+    return None
+
+
+def test_a_start_failure_pauses_at_most_ten_seconds_a_death_up_to_the_cap() -> None:
+    """The keeper's own choice of cap by reason (no database needed: nothing is started)."""
+    keeper = LeaseKeeper(database="postgresql://unused", node="a", shards=2,
+                         timing=LeaseTiming(ttl=30.0), on_acquired=nothing_to_start,
+                         on_lost=nothing_lost, clock=lambda: 100.0)
+    for why, longest in ((START_FAILED, START_FAILED_CAP), (RUNTIME_DIED, BACKOFF_CAP)):
+        keeper._backoffs.clear()
+        for _ in range(12):
+            keeper._back_off(1, why)
+        assert keeper._backoffs[1].until - 100.0 == longest, why
