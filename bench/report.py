@@ -85,5 +85,15 @@ def print_swarm_bench(bench: SwarmBench, console: Console) -> None:
     table.add_row("median", "", *[""] * len(shown),
                   *[ratio(bench.median(pair)) for pair in pairs], style="bold")
     console.print(table)
+    cpu = []
+    for side in shown:
+        got = bench.median_cpu(side)
+        if got is not None:
+            own, daemon = got
+            cpu.append(f"{side} {own:.2f}" if daemon is None else
+                       f"{side}: client {own:.2f} + serve and its nats-server {daemon:.2f}")
+    if cpu:
+        console.print("CPU per request, ms (medians; whole runs: start, swarm, checks): "
+                      + "; ".join(cpu), highlight=False)
     for failure in bench.failures:
         console.print(f"[red]{failure}", highlight=False)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from task_ingress.bench.daemon import ServeChild
+from task_ingress.bench.workload import tree_cpu_seconds
 from task_ingress.runtime.swarm.config import DEFAULT_GREET_INTERVAL, SwarmConfig
 
 SIDES = ("inproc-revoke", "inproc-silence", "nats")
@@ -66,6 +67,12 @@ class SideRun:
     """Every invariant held and the run did something."""
     problem: str = ""
     """Why not ok: the broken invariants, the run's problem, or the error that stopped it."""
+    cpu_ms: float = 0.0
+    """This process's CPU per request sent, ms, over the whole run (start, swarm, checks):
+    the whole in-process swarm, or over NATS the swarm's client."""
+    daemon_cpu_ms: float | None = None
+    """Over NATS: serve's CPU per request, ms, its nats-server (and any pipeline process)
+    included, over the same run; None in-process."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,15 @@ class SwarmBench:
         """The median of the rounds' ratios for `pair` (None: no round gave one)."""
         values = [r for r in (rnd.ratio(pair) for rnd in self.rounds) if r is not None]
         return statistics.median(values) if values else None
+
+    def median_cpu(self, side: str) -> tuple[float, float | None] | None:
+        """The median (cpu_ms, daemon_cpu_ms) of `side`'s good runs (None: no good run)."""
+        runs = [rnd.runs[side] for rnd in self.rounds if side in rnd.runs and rnd.runs[side].ok]
+        if not runs:
+            return None
+        daemon = [r.daemon_cpu_ms for r in runs if r.daemon_cpu_ms is not None]
+        return (statistics.median(r.cpu_ms for r in runs),
+                statistics.median(daemon) if daemon else None)
 
     @property
     def failures(self) -> list[str]:
@@ -151,6 +167,8 @@ def run_side(side: str, requests: int, seed: int, churn: float) -> SideRun:
 
     base = dict(requests=requests, seed=seed, churn=churn, progress=False)
     result: SwarmResult
+    own_before, _ = tree_cpu_seconds()
+    daemon_cpu: float | None = None
     try:
         if side == "nats":
             work = tempfile.mkdtemp(prefix="task-ingress-bench-swarm-")
@@ -162,9 +180,12 @@ def run_side(side: str, requests: int, seed: int, churn: float) -> SideRun:
                     "--greet-interval", f"{DEFAULT_GREET_INTERVAL:g}", "--log-level",
                     "warning"])
                 try:
+                    # serve and its children are this process's only children meanwhile
+                    _, daemon_before = tree_cpu_seconds()
                     cfg = SwarmConfig(transport="nats", daemon=serve.ready_file,
                                       **base)  # type: ignore[arg-type]
                     result = run_swarm(cfg, nats_factory)  # type: ignore[arg-type]
+                    daemon_cpu = tree_cpu_seconds()[1] - daemon_before
                 finally:
                     serve.stop()
             finally:
@@ -176,12 +197,16 @@ def run_side(side: str, requests: int, seed: int, churn: float) -> SideRun:
         return SideRun(side=side, transport="nats" if side == "nats" else "inproc",
                        throughput=0.0, p50_ms=0.0, ok=False,
                        problem=f"{type(exc).__name__}: {exc}"[:300])
+    own_cpu = tree_cpu_seconds()[0] - own_before
     if result.interrupted:  # Ctrl-C: the swarm stopped early; so does the bench (exit 130)
         raise KeyboardInterrupt
+    sent = max(1, result.stats.requests)
     broken = [c.name for c in result.checks if not c.ok]
     problem = "; ".join(result.run_problems + ([f"invariant(s) broken: {', '.join(broken)}"]
                                                if broken else []))
     return SideRun(side=side, transport=result.transport,
                    throughput=round(result.throughput, 1),
                    p50_ms=round(result.stats.percentile_ms(50), 2), ok=result.ok,
-                   problem=problem)
+                   problem=problem, cpu_ms=round(1000 * own_cpu / sent, 3),
+                   daemon_cpu_ms=(None if daemon_cpu is None
+                                  else round(1000 * daemon_cpu / sent, 3)))

@@ -52,6 +52,8 @@ def test_a_failed_swarm_gives_no_ratio_and_is_listed() -> None:
     assert bench.median(VS_SILENCE) == pytest.approx(0.75)
     assert bench.median(VS_REVOKE) == pytest.approx((0.45 + 500 / 900) / 2)
     assert bench.failures == ["round 2 inproc-silence: invariant(s) broken: x"]
+    assert bench.median_cpu("inproc-silence") == (0.0, None)  # the failed run is left out
+    assert bench.median_cpu("absent") is None
     data = bench.to_json()
     assert data["like_for_like"] == "nats_x_inproc_silence"
     assert data["rounds"][1]["nats_x_inproc_silence"] is None
@@ -71,6 +73,11 @@ def test_bench_swarm_runs_each_swarm_and_reports_the_ratios_of_its_figures(
     for run in runs.values():
         assert run["ok"] is True and run["throughput"] > 0, run
     assert [runs[s]["transport"] for s in SIDES] == ["inproc", "inproc", "nats"]
+    # CPU: this process for every side; serve's tree only over NATS (it is a child then).
+    assert all(runs[s]["cpu_ms"] > 0 for s in SIDES)
+    assert runs["inproc-revoke"]["daemon_cpu_ms"] is None
+    assert runs["nats"]["daemon_cpu_ms"] > 0
+    assert "CPU per request, ms" in result.output
     ratio = runs["nats"]["throughput"] / runs["inproc-silence"]["throughput"]
     assert data["median"]["nats_x_inproc_silence"] == pytest.approx(ratio)
     assert data["failures"] == []
