@@ -77,7 +77,8 @@ class SideRun:
 
 @dataclass(frozen=True)
 class SwarmRound:
-    """Three swarms run one after the other, and the machine's load when the round began."""
+    """The swarms of one round, run one after the other, and the machine's load when the
+    round began."""
 
     index: int
     order: tuple[str, ...]
