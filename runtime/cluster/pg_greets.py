@@ -6,8 +6,14 @@ effect, as the single daemon appends it to its file, so that whoever holds a sha
 captured older greet is `stale` there too. One row per (workspace, channel, peer): the
 newest `ts` and the greet ids persisted at it, merged in the upsert as `greets.merged` says
 (an older `ts` never wins, so an old owner still finishing a greet cannot undo a newer mark).
-The writes are not fenced by the lease: a mark only ever makes the ledger stricter, and it
-is the mark of a greet its peer signed.
+A shard's holder writes its marks fenced by its lease: in one transaction that holds the
+shard's lease row with FOR SHARE and finds it still naming this holder and epoch. So a mark
+commits either before a takeover of the shard (whose UPDATE of the row waits for it), and
+the next holder, which loads the marks after its acquire committed, knows it; or it is
+refused, and the old holder does not apply the greet. Before, an old holder still finishing
+a greet could commit its mark after the next holder had loaded the marks: for that greet's
+peer the next holder's ledger knew less than had been applied (a captured older greet
+signed in between could pass there).
 
 Bounded: rows whose `ts` left the window (`greets.horizon`) never decide a verdict again; a
 shard's new holder deletes its workspaces' ones when it loads them, and each workspace's
@@ -29,6 +35,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
+from task_ingress.actors.rules.shards import Fence
+from task_ingress.actors.storage.pg_store import check_fence
 from task_ingress.runtime.nats.envelope import MAX_REPLAY_AGE
 from task_ingress.runtime.nats.greets import MAX_IDS_PER_TS, PeerKey, Persisted, horizon
 
@@ -68,11 +76,21 @@ def ensure_greets_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(SCHEMA)
 
 
-def write_mark(conn: psycopg.Connection[Any], key: PeerKey, ts: int, env_id: str) -> None:
+def write_mark(conn: psycopg.Connection[Any], key: PeerKey, ts: int, env_id: str,
+               fence: Fence | None = None) -> None:
     """Merge `env_id` at `ts` into `key`'s row, committed when it returns (the caller's
-    connection is in autocommit)."""
+    connection is in autocommit); with `fence`, only while the shard's lease row names
+    that holding (`Fenced` otherwise, nothing written)."""
     ws, channel, peer = key
-    conn.execute(UPSERT, {"ws": ws, "channel": channel, "peer": peer, "ts": ts, "id": env_id})
+    params = {"ws": ws, "channel": channel, "peer": peer, "ts": ts, "id": env_id}
+    if fence is None:
+        conn.execute(UPSERT, params)
+        return
+    with conn.transaction():
+        row = conn.execute("SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR SHARE",
+                           (fence.shard,)).fetchone()
+        check_fence(row, fence)
+        conn.execute(UPSERT, params)
 
 
 def prune(conn: psycopg.Connection[Any], workspace: str, oldest: float) -> int:
@@ -105,9 +123,10 @@ class GreetDatabase:
         self._lock = threading.Lock()
         self._closed = False
 
-    def store(self, workspace: str) -> PgGreetStore:
-        """The marks of `workspace` (what one envelope handler's ledger reads and writes)."""
-        return PgGreetStore(self, workspace)
+    def store(self, workspace: str, fence: Fence | None = None) -> PgGreetStore:
+        """The marks of `workspace` (what one envelope handler's ledger reads and writes),
+        written under `fence` when given (the holding of the shard serving it)."""
+        return PgGreetStore(self, workspace, fence)
 
     def run(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
         """`call(connection)` under the lock; on a broken connection that was open before,
@@ -143,9 +162,11 @@ class GreetDatabase:
 class PgGreetStore:
     """The `GreetStore` of one workspace of a cluster shard, in `greet_marks`."""
 
-    def __init__(self, db: GreetDatabase, workspace: str) -> None:
+    def __init__(self, db: GreetDatabase, workspace: str, fence: Fence | None = None) -> None:
         self.db = db
         self.workspace = workspace
+        self.fence = fence
+        """The shard's holding its marks are written under (None: unfenced)."""
         self._pruned_at = float("-inf")
 
     def load(self) -> dict[PeerKey, Persisted]:
@@ -166,7 +187,7 @@ class PgGreetStore:
             raise ValueError(f"a mark of workspace {key[0]!r} in {self.workspace!r}'s store")
 
         def write(conn: psycopg.Connection[Any]) -> None:
-            write_mark(conn, key, ts, env_id)
+            write_mark(conn, key, ts, env_id, self.fence)
             now = self.db.wall()
             if now - self._pruned_at >= MAX_REPLAY_AGE:
                 prune(conn, self.workspace, horizon(now))

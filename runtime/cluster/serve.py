@@ -363,7 +363,7 @@ class ClusterDaemon(Stoppable):
             # What the shard's earlier holders judged stays final (replays), before the
             # first message.
             judged = await asyncio.to_thread(runtime.audit, time.time() - JUDGED_MEMORY)
-            greets = await asyncio.to_thread(self._greet_ledgers, lease.shard, workspaces)
+            greets = await asyncio.to_thread(self._greet_ledgers, lease, workspaces)
             for ws in workspaces:
                 serving.handlers[ws] = self._handler(runtime, serving, greets[ws])
                 serving.handlers[ws].remember_judged(r for r in judged if r.workspace == ws)
@@ -383,15 +383,17 @@ class ClusterDaemon(Stoppable):
             return True
         return serving.runtime.alive()
 
-    def _greet_ledgers(self, shard: int, workspaces: list[str]) -> dict[str, GreetLedger]:
-        """A greet ledger per workspace of `shard`, holding the marks its earlier holders
-        wrote (a captured older greet stays `stale` across a failover); on a worker thread,
-        before the shard serves. Raises when the database cannot be read: then the shard is
-        not served (keeper: start failed)."""
+    def _greet_ledgers(self, lease: Lease, workspaces: list[str]) -> dict[str, GreetLedger]:
+        """A greet ledger per workspace of the leased shard, holding the marks its earlier
+        holders wrote (a captured older greet stays `stale` across a failover) and writing
+        its own under the lease (pg_greets.py); on a worker thread, before the shard serves.
+        Raises when the database cannot be read: then the shard is not served (keeper:
+        start failed)."""
+        shard = lease.shard
         capacity = self.settings.handler_limits().greet_capacity
         ledgers: dict[str, GreetLedger] = {}
         for ws in workspaces:
-            ledger = GreetLedger(self._greet_marks.store(ws),
+            ledger = GreetLedger(self._greet_marks.store(ws, lease.fence),
                                  greet_interval=self.settings.greet_interval,
                                  capacity=capacity, clock=self.clock)
             marks = ledger.load()

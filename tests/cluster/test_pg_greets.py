@@ -7,6 +7,8 @@ import random
 
 import psycopg
 import pytest
+from task_ingress.actors.storage.pg_store import Fenced
+from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.pg_greets import GreetDatabase, write_mark
 from task_ingress.runtime.cluster.setup import ensure_cluster_database
 from task_ingress.runtime.nats.envelope import MAX_REPLAY_AGE
@@ -128,3 +130,29 @@ def test_the_shared_connection_is_reopened_after_it_broke_and_a_failed_write_rai
     with pytest.raises(psycopg.OperationalError):
         nowhere.store(KEY[0]).persist(KEY, NOW, "g-1", "card")
     nowhere.close()
+
+
+def test_a_holders_marks_are_written_under_its_lease_and_refused_after_a_takeover(
+        database: str) -> None:
+    """A mark commits only while the shard's lease row names the writer's holding: an old
+    holder still finishing a greet after a takeover is refused (its greet is then not
+    applied), so the next holder, which loaded the marks after it acquired, never knows less
+    than was applied. Before, the write was not fenced and landed after the load."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        ensure_cluster_database(conn, shards=2)
+        old = pg_leases.acquire(conn, 0, "node-a", ttl=30.0, sent_at=0.0)
+        assert old is not None
+    db = GreetDatabase(database, wall=lambda: float(NOW))
+    try:
+        db.store(KEY[0], old.fence).persist(KEY, NOW, "g-1", "card")
+        with psycopg.connect(database, autocommit=True) as conn:
+            assert pg_leases.release(conn, old)
+            new = pg_leases.acquire(conn, 0, "node-b", ttl=30.0, sent_at=0.0)
+            assert new is not None and new.epoch == old.epoch + 1
+        with pytest.raises(Fenced):
+            db.store(KEY[0], old.fence).persist(KEY, NOW + 1, "g-2", "card")
+        assert _rows(database) == {KEY: (NOW, ["g-1"])}
+        db.store(KEY[0], new.fence).persist(KEY, NOW + 1, "g-2", "card")
+        assert _rows(database) == {KEY: (NOW + 1, ["g-2"])}
+    finally:
+        db.close()
