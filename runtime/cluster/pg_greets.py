@@ -6,7 +6,7 @@ effect, as the single daemon appends it to its file, so that whoever holds a sha
 captured older greet is `stale` there too. One row per (workspace, channel, peer): the
 newest `ts` and the greet ids persisted at it, merged in the upsert as `greets.merged` says
 (an older `ts` never wins, so an old owner still finishing a greet cannot undo a newer mark).
-A shard's holder writes its marks fenced by its lease: in one transaction that holds the
+A shard's holder writes its marks fenced by its lease: in one statement that holds the
 shard's lease row with FOR SHARE and finds it still naming this holder and epoch. So a mark
 commits either before a takeover of the shard (whose UPDATE of the row waits for it), and
 the next holder, which loads the marks after its acquire committed, knows it; or it is
@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from task_ingress.actors.rules.shards import Fence
-from task_ingress.actors.storage.pg_store import check_fence
+from task_ingress.actors.storage.pg_store import Fenced
 from task_ingress.runtime.nats.envelope import MAX_REPLAY_AGE
 from task_ingress.runtime.nats.greets import MAX_IDS_PER_TS, PeerKey, Persisted, horizon
 
@@ -55,15 +55,30 @@ CREATE TABLE IF NOT EXISTS greet_marks (
 
 # greets.merged in one statement: a newer ts replaces the row, the same ts appends a new
 # id (the last MAX_IDS_PER_TS kept), an older ts or a known id leaves the row as it is.
-UPSERT = f"""
-INSERT INTO greet_marks AS g (workspace, channel, peer_id, ts, ids)
-VALUES (%(ws)s, %(channel)s, %(peer)s, %(ts)s, ARRAY[%(id)s]::text[])
+_MERGE = f"""
 ON CONFLICT (workspace, channel, peer_id) DO UPDATE SET
     ids = CASE WHEN EXCLUDED.ts > g.ts THEN EXCLUDED.ids
                ELSE (g.ids || EXCLUDED.ids)[
                    greatest(1, cardinality(g.ids) + 2 - {MAX_IDS_PER_TS}):] END,
     ts = EXCLUDED.ts
 WHERE EXCLUDED.ts > g.ts OR (EXCLUDED.ts = g.ts AND NOT %(id)s = ANY(g.ids))
+"""
+UPSERT = """
+INSERT INTO greet_marks AS g (workspace, channel, peer_id, ts, ids)
+VALUES (%(ws)s, %(channel)s, %(peer)s, %(ts)s, ARRAY[%(id)s]::text[])
+""" + _MERGE
+# The same under a lease, as ONE statement (autocommit: its own transaction, which never
+# sits idle holding the lease row, whatever happens to this process between round trips):
+# the row is locked FOR SHARE, the mark merged only if the row names the holding, and the
+# answer says whether it did (the merge itself may rightly change nothing).
+FENCED_UPSERT = """
+WITH lease AS (SELECT shard FROM shard_leases
+               WHERE shard = %(shard)s AND owner = %(owner)s AND epoch = %(epoch)s
+               FOR SHARE),
+     mark AS (INSERT INTO greet_marks AS g (workspace, channel, peer_id, ts, ids)
+              SELECT %(ws)s, %(channel)s, %(peer)s, %(ts)s, ARRAY[%(id)s]::text[] FROM lease
+              """ + _MERGE + """ RETURNING 1)
+SELECT count(*) FROM lease
 """
 
 T = TypeVar("T")
@@ -82,15 +97,16 @@ def write_mark(conn: psycopg.Connection[Any], key: PeerKey, ts: int, env_id: str
     connection is in autocommit); with `fence`, only while the shard's lease row names
     that holding (`Fenced` otherwise, nothing written)."""
     ws, channel, peer = key
-    params = {"ws": ws, "channel": channel, "peer": peer, "ts": ts, "id": env_id}
+    params: dict[str, Any] = {"ws": ws, "channel": channel, "peer": peer, "ts": ts,
+                              "id": env_id}
     if fence is None:
         conn.execute(UPSERT, params)
         return
-    with conn.transaction():
-        row = conn.execute("SELECT owner, epoch FROM shard_leases WHERE shard = %s FOR SHARE",
-                           (fence.shard,)).fetchone()
-        check_fence(row, fence)
-        conn.execute(UPSERT, params)
+    row = conn.execute(FENCED_UPSERT, {**params, "shard": fence.shard, "owner": fence.owner,
+                                       "epoch": fence.epoch}).fetchone()
+    if row is None or int(row[0]) != 1:
+        raise Fenced(f"shard {fence.shard} is no longer held by {fence.owner} under epoch "
+                     f"{fence.epoch}: greet mark not written")
 
 
 def prune(conn: psycopg.Connection[Any], workspace: str, oldest: float) -> int:

@@ -154,5 +154,9 @@ def test_a_holders_marks_are_written_under_its_lease_and_refused_after_a_takeove
         assert _rows(database) == {KEY: (NOW, ["g-1"])}
         db.store(KEY[0], new.fence).persist(KEY, NOW + 1, "g-2", "card")
         assert _rows(database) == {KEY: (NOW + 1, ["g-2"])}
+        # Under a valid lease the merge rule still holds: an older ts changes nothing, and
+        # is not mistaken for a refused fence.
+        db.store(KEY[0], new.fence).persist(KEY, NOW, "g-0", "card")
+        assert _rows(database) == {KEY: (NOW + 1, ["g-2"])}
     finally:
         db.close()
