@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -204,6 +205,23 @@ def daemon_counts(text: str) -> list[int]:
     return counts
 
 
+def spread_workspaces(count: int, shards: int) -> list[str]:
+    """`count` workspace names (`ws-N`, N as small as it can be) that fall evenly on the
+    `shards`: the k-th name on shard k mod `shards`. Names taken in order (`ws-0` ...
+    `ws-11`) hash into only 8 of 12 shards, so a bench of "12 shards" loaded 8 runtimes."""
+    from task_ingress.actors.rules.shards import shard_of
+
+    names: list[str] = []
+    taken: set[int] = set()
+    for k in range(count):
+        want = k % shards
+        n = next(i for i in itertools.count() if i not in taken
+                 and shard_of(f"ws-{i}", shards) == want)
+        taken.add(n)
+        names.append(f"ws-{n}")
+    return names
+
+
 def run_cluster_bench(server_url: str, counts: list[int], *, seconds: float = 10.0,
                       senders: int = 16, shards: int = 12, workspaces: int = 12,
                       lease_ttl: float = 10.0, json_path: str | None = None
@@ -214,7 +232,7 @@ def run_cluster_bench(server_url: str, counts: list[int], *, seconds: float = 10
     from task_ingress.runtime.cluster.nats_cluster import NatsCluster
     from task_ingress.runtime.nats.identity import generate_key, save_key
 
-    served = [f"ws-{i}" for i in range(workspaces)]
+    served = spread_workspaces(workspaces, shards)
     results: list[dict[str, Any]] = []
     nats = NatsCluster(3).start()
     try:
