@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 from task_ingress.bench.runner import BenchResult
-from task_ingress.bench.swarm_side import VS_REVOKE, VS_SILENCE, SideRun, SwarmBench, sides
+from task_ingress.bench.swarm_side import SideRun, SwarmBench, pairs, sides
 
 
 def print_bench(result: BenchResult, console: Console) -> None:
@@ -50,6 +50,10 @@ def print_bench(result: BenchResult, console: Console) -> None:
 def print_swarm_bench(bench: SwarmBench, console: Console) -> None:
     """Each round's swarms (req/s), the ratios per round and their medians."""
     churned = bench.churn > 0
+
+    def label(side: str) -> str:  # without churn the one in-process swarm needs no qualifier
+        return side if churned else side.removesuffix("-revoke")
+
     table = Table(title=(f"task-ingress bench --swarm: {bench.requests:,} requests per swarm, "
                          f"churn {bench.churn:g}, seed {bench.seed}, swarm defaults "
                          f"otherwise"))
@@ -57,12 +61,10 @@ def print_swarm_bench(bench: SwarmBench, console: Console) -> None:
     table.add_column("load", justify="right")
     shown = sides(bench.churn)
     for side in shown:
-        table.add_column(f"{side if churned else side.removesuffix('-revoke')} req/s",
-                         justify="right")
-    pairs = [VS_SILENCE, VS_REVOKE] if churned else [VS_REVOKE]
-    for a, b in pairs:
-        table.add_column(f"{a} x {b if churned else b.removesuffix('-revoke')}",
-                         justify="right")
+        table.add_column(f"{label(side)} req/s", justify="right")
+    ratios = pairs(bench.churn)
+    for a, b in ratios:
+        table.add_column(f"{a} x {label(b)}", justify="right")
     table.caption = (
         "like for like: nats x inproc-silence (both swarms' peers sit out their expiry "
         "after a leave, which caps both: see bench/swarm_side.py); nats x inproc-revoke "
@@ -81,9 +83,9 @@ def print_swarm_bench(bench: SwarmBench, console: Console) -> None:
     for rnd in bench.rounds:
         table.add_row(str(rnd.index), f"{rnd.load:.1f}",
                       *[cell(rnd.runs.get(side)) for side in shown],
-                      *[ratio(rnd.ratio(pair)) for pair in pairs])
+                      *[ratio(rnd.ratio(pair)) for pair in ratios])
     table.add_row("median", "", *[""] * len(shown),
-                  *[ratio(bench.median(pair)) for pair in pairs], style="bold")
+                  *[ratio(bench.median(pair)) for pair in ratios], style="bold")
     console.print(table)
     cpu = []
     for side in shown:

@@ -53,6 +53,17 @@ def like_for_like(churn: float) -> tuple[str, str]:
     return VS_SILENCE if churn > 0 else VS_REVOKE
 
 
+def pairs(churn: float) -> tuple[tuple[str, str], ...]:
+    """The ratios a bench shows, like for like first: with churn also the two default
+    swarms' (a different workload on each side)."""
+    return (VS_SILENCE, VS_REVOKE) if churn > 0 else (VS_REVOKE,)
+
+
+def pair_name(pair: tuple[str, str]) -> str:
+    """A ratio's JSON key: `nats_x_inproc_silence`."""
+    return "_x_".join(pair).replace("-", "_")
+
+
 @dataclass(frozen=True)
 class SideRun:
     """One swarm of a round."""
@@ -124,17 +135,15 @@ class SwarmBench:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON `--json` writes."""
-        pairs = {"nats_x_inproc_revoke": VS_REVOKE, "nats_x_inproc_silence": VS_SILENCE}
-        if self.churn <= 0:
-            del pairs["nats_x_inproc_silence"]
+        shown = pairs(self.churn)
         return {
             "requests": self.requests, "seed": self.seed, "churn": self.churn,
-            "like_for_like": "_x_".join(like_for_like(self.churn)).replace("-", "_"),
+            "like_for_like": pair_name(like_for_like(self.churn)),
             "rounds": [{"round": r.index, "order": list(r.order), "load": r.load,
                         "runs": {k: asdict(v) for k, v in r.runs.items()},
-                        **{name: r.ratio(pair) for name, pair in pairs.items()}}
+                        **{pair_name(pair): r.ratio(pair) for pair in shown}}
                        for r in self.rounds],
-            "median": {name: self.median(pair) for name, pair in pairs.items()},
+            "median": {pair_name(pair): self.median(pair) for pair in shown},
             "failures": self.failures,
         }
 
