@@ -47,7 +47,7 @@ def to_json(result: SwarmResult) -> dict[str, Any]:
             "bad_share": cfg.bad_share, "actor_base": cfg.actor_base,
             "process_mode": cfg.process_mode, "seed": cfg.seed,
             "transport": result.transport, "greet_interval": result.greet_interval,
-            "store": cfg.store, "leave": "revoke" if cfg.leave_revokes else "silence",
+            "store": cfg.store, "leave": "revoke" if result.leave_revokes else "silence",
         },
         "unsent_bad_kinds": dict(result.unsent_notes),
         "run_problems": result.run_problems,
@@ -125,7 +125,7 @@ def _figures(result: SwarmResult) -> Table:
         ("latency p50 / p90 / p99", f"{q(50):.2f} / {q(90):.2f} / {q(99):.2f} ms"),
         ("latency p99.9 / max", f"{q(99.9):.2f} / {s.max_ms():.2f} ms"),
         ("greets / leaves / failed", f"{s.greets:,} / {s.leaves:,} / {s.presence_errors:,}"
-                                     + ("" if cfg.leave_revokes else " (leave = silence)")),
+                                     + ("" if result.leave_revokes else " (leave = silence)")),
         ("RSS start -> end", f"{result.rss_start_mb:.0f} -> {result.rss_end_mb:.0f} MB"),
     ]
     for name, value in rows:

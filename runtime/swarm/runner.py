@@ -74,6 +74,8 @@ class SwarmResult:
     """Ctrl-C stopped the run before its request count or duration."""
     unsent_notes: dict[str, str] = field(default_factory=dict)
     """Bad kinds this run could not send, and why (e.g. over NATS a leave is silence)."""
+    leave_revokes: bool = True
+    """Whether this run's leaves revoked (its transport's), else they were silences."""
 
     @property
     def run_problems(self) -> list[str]:
@@ -400,6 +402,7 @@ def run_swarm(
             greet_interval=swarm.greet_interval, store_path=swarm.store_path,
             transport=cfg.transport, rss_timeline=swarm.rss_timeline,
             interrupted=swarm.interrupted, unsent_notes=swarm.unsent_notes(),
+            leave_revokes=swarm.leave_revokes,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
