@@ -18,19 +18,23 @@ Each hop carries one message per batch and nobody waits for an answer (no star o
         │ InFlights
         ▼
     TaskStore               task_store.py  rules 5-10 and the write: one transaction
-        │ Verdicts, one per commit                  per batch, with an outbox row
-        ▼
-    Audit                   audit.py       hash chain, group commit; then answers:
+        │ Verdicts, one per commit  ▲ChainLease     per batch, with the batch's records
+        ▼                          │LeaseWanted     chained under Audit's lease
+    Audit                   audit.py       owns the hash chain, group commit; then answers:
         ├── Replies ──▶ runtime driver (the callers)
         └── Dones ────▶ IngressRouter ── Dones ──▶ ChannelIngress (next may start)
 
 A rejection leaves the chain where it is decided: the router, Presence and Capability
 send it straight to Audit as a `Verdicts`, so every outcome is audited exactly once. A
 greet or leave travels the same chain as far as Capability, which answers the caller.
+Audit lends the chain's head to TaskStore for each batch and commits nothing while it is
+out, so the store's one transaction holds the writes and their records (one commit, one
+fsync per batch) and the chain still has one writer at a time (docs/durability.md).
 
 On PostgreSQL (cluster mode) two stages have a twin that takes their place in the same
 chain, with the same messages: PgTaskStore (`pg_task_store.py`) and PgAudit
-(`pg_audit.py`), each transaction fenced by the shard's lease.
+(`pg_audit.py`), each transaction fenced by the shard's lease. PgTaskStore does not
+chain: it writes an outbox row per accepted write, which PgAudit chains in its own commit.
 
 Beside the stages: `base.py` (what every stage shares), `log.py` (structlog set-up),
 `rules/` (the pure gate, hash-chain and shard rules) and `storage/` (the SQLite and

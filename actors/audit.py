@@ -9,6 +9,16 @@ Accepts:
   transaction, then each destination gets one message for the whole commit: `Replies` (to
   the requests' `reply_to`) and `Dones` (to the router, which frees their channel slots).
   A reply never precedes its durable record (SPEC §6).
+- `LeaseWanted` (from TaskStore) -> commits what is buffered, then lends the chain's head
+  (`ChainLease`): the store appends its batch's records in its own transaction and gives
+  the lease back with that batch's `Verdicts` (`chained`: durable already, answered at
+  once). While a lease is out Audit commits nothing, so the chain has one writer at a
+  time. A lease whose store died (a `Probe` or `Rewire` arrives, or another store asks) is
+  taken back from the database: the records the dead store committed become the head, and
+  go to the router with the next `ProbeDone` so their requests get the outcome recorded.
+- `LeaseDropped` (from TaskStore at shutdown) -> the lease is back, unused.
+- `Rewire` (from the router: the TaskStore was restarted) -> takes back a lease the dead
+  store held.
 - `ReadAudit` (from the runtime) -> `AuditRead` with every committed record.
 - `Flush` (from itself) -> group commit.
 - `Probe` (from TaskStore, started by the router) -> commits and answers what is buffered,
@@ -27,6 +37,7 @@ from task_ingress.actors.log import get_logger, info_enabled
 from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage.auditlog import (
+    AUDIT_COLUMNS,
     INSERT_AUDIT,
     audit_fields,
     read_records,
@@ -37,16 +48,20 @@ from task_ingress.actors.storage.schema import connect, decode_outbox
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
+    ChainLease,
     Dones,
     Drained,
     Flush,
     InFlight,
+    LeaseDropped,
+    LeaseWanted,
     Probe,
     ProbeDone,
     QueryFailed,
     ReadAudit,
     Replied,
     Replies,
+    Rewire,
     Settings,
     Started,
     Verdict,
@@ -72,6 +87,10 @@ class Audit(GateActor):
         self.flush_queued = False
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
+        self.lent: ChainLease | None = None
+        self.lessee: Any = None
+        self.orphans: list[Drained] = []
+        """Records a dead store chained under a lease and never reported: for the router."""
         self.log = get_logger(actor="audit")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -118,8 +137,7 @@ class Audit(GateActor):
     def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Give the record its place in the chain (seq, prev_hash, hash) and advance the head."""
         assert self.key is not None
-        record = dict(fields, seq=self.seq + 1, at=time.time(), prev_hash=self.head)
-        record["hash"] = self.key.seal(record)
+        record = self.key.link(fields, self.seq + 1, self.head, time.time())
         self.seq += 1
         self.head = record["hash"]
         self.unchecked += 1
@@ -131,15 +149,84 @@ class Audit(GateActor):
 
     def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
         """Judged requests (one message per store commit or gate batch): buffered, in order,
-        until the Flush behind them."""
+        until the Flush behind them; a store's batch chained under a lease: answered now."""
+        if msg.lease is not None:
+            self._lease_back(msg, sender)
+            return
         self.pending.extend(msg.items)
         if not self.flush_queued:
             self.flush_queued = True
             self.send(self.myAddress, Flush())
 
+    def _lease_back(self, msg: Verdicts, sender: Any) -> None:
+        """The store's batch with the lease it chained under, advanced when it committed."""
+        assert msg.lease is not None
+        ours = (self.lent is not None and msg.lease.lease_id == self.lent.lease_id
+                and sender == self.lessee)
+        if ours:
+            self.lent = self.lessee = None
+        if msg.chained:
+            if not ours:  # taken back already: the router has these records as orphans
+                self.log.warning("audit.late_lease", records=len(msg.items))
+                return
+            self.seq, self.head = msg.lease.seq, msg.lease.head
+            self.unchecked += len(msg.items)
+            self._answer([(v, v.outcome) for v in msg.items])
+            self._checkpoint(force=False)
+        else:  # nothing committed (a failed batch): its failures are chained here
+            self.pending.extend(msg.items)
+        if self.pending:
+            self.receiveMsg_Flush(Flush(), sender)
+
+    def receiveMsg_LeaseWanted(self, msg: LeaseWanted, sender: Any) -> None:
+        """Commit what is buffered, then lend the head to the store for its next batch."""
+        if self.lent is not None:  # its store died holding it, or never got it
+            self._take_back("another lease asked for")
+        self.receiveMsg_Flush(Flush(), sender)
+        self.lent = ChainLease(lease_id=msg.lease_id, seq=self.seq, head=self.head)
+        self.lessee = sender
+        self.send(sender, self.lent)
+
+    def receiveMsg_LeaseDropped(self, msg: LeaseDropped, sender: Any) -> None:
+        """The store will not use the lease (shutdown): Audit may commit again."""
+        if self.lent is not None and self.lent.lease_id == msg.lease_id and sender == self.lessee:
+            self.lent = self.lessee = None
+            if self.pending:
+                self.receiveMsg_Flush(Flush(), sender)
+
+    def receiveMsg_Rewire(self, msg: Rewire, sender: Any) -> None:
+        """The TaskStore was restarted: a lease the dead one held comes back from the file."""
+        if self.lent is not None and self.lessee != msg.store:
+            self._take_back("the store was restarted")
+        if self.pending:
+            self.receiveMsg_Flush(Flush(), sender)
+
+    def _take_back(self, why: str) -> None:
+        """Take back a lease from a store that died: whatever it chained under it and
+        committed is in the file after the head Audit lent; that becomes the head, and the
+        records are kept for the router (`orphans`), whose requests were never answered."""
+        assert self.conn is not None
+        rows = self.conn.execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq", (self.seq,)
+        ).fetchall()
+        names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
+        for row in rows:
+            r = dict(zip(names, row, strict=True))
+            self.orphans.append(Drained(
+                workspace=r["workspace"], channel=r["channel"], peer_id=r["peer_id"],
+                request_id=r["request_id"], action=r["action"], task_id=r["task_id"],
+                run_id=r["run_id"], reason=r["reason"], replay=bool(r["replay"])))
+            self.seq, self.head = int(r["seq"]), str(r["hash"])
+            self.unchecked += 1
+        self.lent = self.lessee = None
+        self.log.warning("audit.lease_taken_back", why=why, records=len(rows))
+
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
-        """Group commit: chain and commit every buffered verdict, then answer each."""
+        """Group commit: chain and commit every buffered verdict, then answer each (not
+        while the chain is lent: the lease comes back with the store's batch)."""
         self.flush_queued = False
+        if self.lent is not None:
+            return
         batch, self.pending = self.pending, []
         if not batch:
             return
@@ -147,6 +234,11 @@ class Audit(GateActor):
             answers = [(v, v.outcome) for v in batch]
         else:
             answers = self._uncommitted(batch)
+        self._answer(answers)
+        self._checkpoint(force=False)
+
+    def _answer(self, answers: list[tuple[Verdict, Outcome]]) -> None:
+        """Send the answers of durable (or failed) outcomes: one message per destination."""
         log_info = info_enabled()
         replies: list[tuple[Any, Replied]] = []
         dones: list[tuple[Any, int]] = []
@@ -164,7 +256,6 @@ class Audit(GateActor):
             self.send(to, Replies(items=tuple(items)))
         for to, tickets in group_by_address(dones):
             self.send(to, Dones(tickets=tuple(tickets)))
-        self._checkpoint(force=False)
 
     def _uncommitted(self, batch: list[Verdict]) -> list[tuple[Verdict, Outcome]]:
         """A batch whose records did not commit: what to answer now (the rest is retried).
@@ -243,18 +334,23 @@ class Audit(GateActor):
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Commit and answer everything received before the marker, chain what a dead store
-        committed but never reported (its outbox rows), then report back."""
+        committed but never reported (its outbox rows), then report back with those and the
+        records of a lease taken back.
+
+        A live store passes the probe on only after giving back the lease it asked for, so
+        a lease still out here belongs to a store that died."""
+        if self.lent is not None:
+            self._take_back("a probe came through the new store")
         self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
         keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
-        self.send(msg.reply_to, ProbeDone(
-            probe_id=msg.probe_id,
-            drained=tuple(Drained(**{k: f[k] for k in keys}) for f in drained),
-        ))
+        found = [Drained(**{k: f[k] for k in keys}) for f in drained] + self.orphans
+        self.orphans = []
+        self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id, drained=tuple(found)))
 
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
         """Retry a failed audit commit of writes the store already made durable."""
-        if self.pending and not self.flush_queued:
+        if self.pending and not self.flush_queued and self.lent is None:
             self.receiveMsg_Flush(Flush(), sender)
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:

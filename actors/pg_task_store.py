@@ -55,6 +55,7 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
     """Owner of the tasks, runs, accepted-request and outbox rows of one shard's holding."""
 
     UNREACHABLE = "store.database_unreachable"
+    chains = False  # its writes and Audit's records are two fenced transactions (outbox)
 
     def __init__(self) -> None:
         super().__init__()

@@ -30,9 +30,10 @@ Accepts:
   * the TaskStore died: a new one is started and Capability rewired to it, then every
     channel actor gets a `Probe`, answers which requests it sent on before it
     (`ProbeSuspects`) and sends it down the pipeline. Suspects still unanswered when it
-    comes back were lost in the dead store — unless Audit found their committed write in
-    the outbox (`ProbeDone.drained`): those are answered accepted, with the record Audit
-    chained for them; the rest `task_ingress_failed`.
+    comes back were lost in the dead store — unless their outcome was committed
+    (`ProbeDone.drained`: a write Audit found in the outbox and chained, or a record the
+    store chained under a lease Audit took back): those are answered with the outcome
+    recorded; the rest `task_ingress_failed`.
 """
 
 from __future__ import annotations
@@ -447,6 +448,8 @@ class IngressRouter(GateActor):
         assert self.wiring is not None
         # Rewire goes out before any probe: Capability sees it before the probe reaches it.
         self.send(self.wiring.capability, Rewire(store=store))
+        # Audit takes back a chain lease the dead store held (also done at the probe).
+        self.send(self.audit, Rewire(store=store))
         for key, address in self.channels.items():
             if address is None:
                 continue
@@ -482,9 +485,12 @@ class IngressRouter(GateActor):
             found = self.recovered.pop(
                 (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id), None)
             if found is not None:
-                # Committed by the dead store; Audit has just chained its record.
+                # Committed by the dead store, with its record: the outcome it recorded.
                 outcome = Outcome(request_id=ctx.request_id, action=flight.submission.action,
-                                  accepted=True, task_id=found.task_id, run_id=found.run_id)
+                                  accepted=found.reason is None,
+                                  reason=None if found.reason is None else Reason(found.reason),
+                                  task_id=found.task_id, run_id=found.run_id,
+                                  replay=found.replay)
                 self.send(flight.reply_to, Replied(ticket=ticket, outcome=outcome))
                 self._finish((ticket,))
                 continue

@@ -2,18 +2,24 @@
 
 Accepts:
 - `Wiring` (from the runtime) -> opens the store file; replies `Started`.
-- `InFlights` (from Capability) -> buffered; on
-  `Flush` every buffered request is judged (replay, rules 5-10) and applied in arrival
-  order inside ONE transaction, a few statements per batch (store_batch.StoreBatch; a
-  request that raises fails alone), with an outbox row per accepted mutation; after COMMIT
-  they go to Audit as one `Verdicts` message. A failed commit
-  turns that batch's acceptances into `task_ingress_failed`, with nothing applied.
-  On a durable store the batch commits with synchronous=NORMAL (no fsync): Audit's
-  synchronous=FULL commit of the same batch's records, which every reply waits for, fsyncs
-  the one WAL file and with it this commit's frames (docs/durability.md).
+- `InFlights` (from Capability) -> buffered, and the chain's head asked of Audit
+  (`LeaseWanted`); on `ChainLease` every buffered request is judged (replay, rules 5-10)
+  and applied in arrival order inside ONE transaction, a few statements per batch
+  (store_batch.StoreBatch; a request that raises fails alone), together with the chained
+  audit record of every outcome of the batch; after COMMIT (synchronous=FULL: the batch's
+  one fsync) they go to Audit as one `Verdicts` message that gives the lease back,
+  advanced. A failed commit turns the batch into `task_ingress_failed`, nothing applied and
+  nothing chained (Audit chains those). docs/durability.md says why this is one writer of
+  the chain at a time and what a crash leaves.
+- A store that does not chain (`chains = False`: the PostgreSQL twin) flushes on `Flush`
+  (from itself) instead, writing an outbox row per accepted mutation that Audit chains;
+  on a durable SQLite store such a batch commits with synchronous=NORMAL (no fsync):
+  Audit's synchronous=FULL commit of its records fsyncs the one WAL file.
 - `GetTask` / `GetRun` / `LockTask` (from the runtime, via the router, its parent and
   supervisor) -> `TaskFound` / `RunFound` / `TaskLocked` to the message's `reply_to`.
 - `Flush` (from itself).
+- `Probe` (from Capability) -> passed to Audit behind this store's verdicts: held while a
+  lease is asked for, sent on after that batch.
 """
 
 from __future__ import annotations
@@ -24,18 +30,22 @@ from typing import Any
 
 from task_ingress.actors.base import GateActor, failed_verdict
 from task_ingress.actors.log import get_logger
+from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage import store_ops
-from task_ingress.actors.storage.auditlog import audit_fields
+from task_ingress.actors.storage.auditlog import INSERT_AUDIT, audit_fields
 from task_ingress.actors.storage.schema import connect, encode_outbox
 from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.messages.limits import SPEC_LIMITS
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
+    ChainLease,
     Flush,
     GetRun,
     GetTask,
     InFlight,
     InFlights,
+    LeaseDropped,
+    LeaseWanted,
     LockTask,
     Probe,
     QueryFailed,
@@ -65,7 +75,12 @@ def _request(flight: InFlight) -> AnyRequest:
 
 
 class TaskStore(GateActor):
-    """Owner of the tasks, runs, accepted-request and outbox tables."""
+    """Owner of the tasks, runs, accepted-request and outbox tables; appends the audit
+    records of its batches under a lease of the chain Audit owns."""
+
+    chains = True
+    """Chain each batch's records in its own transaction under a `ChainLease` (one commit
+    per batch). False: write outbox rows for Audit to chain (two commits per batch)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,6 +90,14 @@ class TaskStore(GateActor):
         self.limits = SPEC_LIMITS
         self.pending: list[InFlight] = []
         self.flush_queued = False
+        self.key: ChainKey | None = None
+        self.batch_sync = BATCH_SYNC
+        self.lease_ids = 0
+        self.lease_asked: int | None = None
+        """The lease this store waits for; only that one is used (a stale one is dropped)."""
+        self.lease: ChainLease | None = None
+        """While a batch is applied under a lease: the head it chains from, then after."""
+        self.held_probes: list[Probe] = []
         self.log = get_logger(actor="task_store")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -83,45 +106,84 @@ class TaskStore(GateActor):
             s = msg.settings
             self.settings, self.audit = s, msg.audit
             self.limits = s.limits
+            if self.chains:
+                try:
+                    self.key = ChainKey.from_hex(s.audit_key)
+                except ValueError:
+                    raise ValueError("the audit key is missing or not hex") from None
+                # Its commit is the batch's only one: it carries the fsync.
+                self.batch_sync = "FULL"
             self.conn = connect(s.store_path, s.durable)
             if s.durable:
                 # One fsync per batch, not two: see the module docstring.
-                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
+                self.conn.execute(f"PRAGMA synchronous={self.batch_sync}")
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
 
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
-        """Buffer admitted requests until the Flush behind them."""
+        """Buffer admitted requests until the lease (or, not chaining, the Flush) behind them."""
         self.pending.extend(msg.items)
-        if not self.flush_queued:
-            self.flush_queued = True
-            self.send(self.myAddress, Flush())
+        if self.key is None:
+            if not self.flush_queued:
+                self.flush_queued = True
+                self.send(self.myAddress, Flush())
+        elif self.lease_asked is None:
+            self.lease_ids += 1
+            self.lease_asked = self.lease_ids
+            self.send(self.audit, LeaseWanted(lease_id=self.lease_asked))
+
+    def receiveMsg_ChainLease(self, msg: ChainLease, sender: Any) -> None:
+        """The chain's head, lent: apply and chain everything buffered in one transaction,
+        give the lease back with the verdicts, then pass on the probes held behind them."""
+        if msg.lease_id != self.lease_asked:
+            self.log.warning("store.stale_lease", lease_id=msg.lease_id)
+            return
+        self.lease_asked = None
+        batch, self.pending = self.pending, []
+        self.lease = msg
+        try:
+            verdicts = self._judged(batch)
+            back = self.lease
+        finally:
+            self.lease = None
+        self.send(self.audit, Verdicts(items=tuple(verdicts), lease=back,
+                                       chained=back.seq != msg.seq))
+        probes, self.held_probes = self.held_probes, []
+        for probe in probes:
+            self.send(self.audit, probe)
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
         self.flush_queued = False
         batch, self.pending = self.pending, []
+        if batch:
+            self.send(self.audit, Verdicts(items=tuple(self._judged(batch))))
+
+    def _judged(self, batch: list[InFlight]) -> list[Verdict]:
+        """`_apply_batch`, with a bug answered as a failure of the whole batch."""
         if not batch:
-            return
+            return []
         try:
-            verdicts = self._apply_batch(batch)
+            return self._apply_batch(batch)
         except Exception as exc:  # a bug, not a disk error: answer everyone, apply nothing
             if self.conn is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self.log.error("store.batch_failed", error=repr(exc),
                            request_ids=[f.context.request_id for f in batch])
-            verdicts = [failed_verdict(f) for f in batch]
-        self.send(self.audit, Verdicts(items=tuple(verdicts)))
+            return [failed_verdict(f) for f in batch]
 
     def _apply_batch(self, batch: list[InFlight]) -> list[Verdict]:
         conn = self.conn
         assert conn is not None
         now = time.time()
         results: list[Applied] = []
+        lease = self.lease
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = self.apply_in_order(conn, batch, now)
+            if lease is not None:
+                lease = self._chain(conn, lease, results)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -131,8 +193,24 @@ class TaskStore(GateActor):
                 request_ids=[f.context.request_id for f in batch],
             )
             return [failed_verdict(f) for f in batch]
+        self.lease = lease
         return [Verdict(flight=f, outcome=o, outbox_id=box)
                 for f, o, box in results]
+
+    def _chain(self, conn: sqlite3.Connection, lease: ChainLease, results: list[Applied]
+               ) -> ChainLease:
+        """Append the batch's records after the lent head (inside its transaction); the
+        lease advanced past them."""
+        assert self.key is not None
+        seq, head, at = lease.seq, lease.head, time.time()
+        records = []
+        for flight, outcome, _ in results:
+            seq += 1
+            record = self.key.link(audit_fields(flight, outcome), seq, head, at)
+            head = record["hash"]
+            records.append(record)
+        conn.executemany(INSERT_AUDIT, records)
+        return ChainLease(lease_id=lease.lease_id, seq=seq, head=head)
 
     def apply_in_order(
         self, conn: sqlite3.Connection, batch: list[InFlight], now: float
@@ -154,13 +232,16 @@ class TaskStore(GateActor):
                    items: list[tuple[IngressContext, AnyRequest]]) -> StoreBatch:
         """What the batch's requests can look at (`StoreBatch.load`); the PostgreSQL store
         overrides it to number outbox rows from its own counter."""
-        return StoreBatch.load(conn, items)
+        # Under a lease no outbox row is written: no need to read where their ids go on.
+        return StoreBatch.load(conn, items, next_outbox=None if self.lease is None else 0)
 
     def _judge_and_apply(self, work: StoreBatch, flight: InFlight, now: float) -> Applied:
         """Judge one request; apply an acceptance to the batch with its outbox record."""
         try:
             outcome, change = work.judge(flight.context, _request(flight), self.limits, now)
-            record = None if change is None else self.outbox_record(flight, outcome)
+            # Under a lease the batch chains its own records: no outbox row to drain.
+            boxed = change is not None and self.lease is None
+            record = self.outbox_record(flight, outcome) if boxed else None
         except Exception as exc:
             self.log.error(
                 "store.request_failed", error=repr(exc), request_id=flight.context.request_id,
@@ -179,7 +260,11 @@ class TaskStore(GateActor):
         return encode_outbox(audit_fields(flight, outcome))
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
-        """Commit what is buffered, then pass the marker on behind its verdicts."""
+        """Commit what is buffered, then pass the marker on behind its verdicts (behind the
+        batch a lease was asked for, when one was)."""
+        if self.lease_asked is not None:
+            self.held_probes.append(msg)
+            return
         self.receiveMsg_Flush(Flush(), sender)
         self.send(self.audit, msg)
 
@@ -224,12 +309,21 @@ class TaskStore(GateActor):
             self.send(msg.reply_to or sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
         finally:
             if durable and self.conn is not None:
-                self.conn.execute(f"PRAGMA synchronous={BATCH_SYNC}")
+                self.conn.execute(f"PRAGMA synchronous={self.batch_sync}")
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        """Shutdown: apply what is buffered so nothing admitted is lost, then close."""
+        """Shutdown: apply what is buffered so nothing admitted is lost, then close.
+
+        No lease can be waited for now: the batch goes with outbox rows, after telling
+        Audit that the lease asked for (if one was) will not be used, so it may chain them."""
+        if self.lease_asked is not None:
+            self.send(self.audit, LeaseDropped(lease_id=self.lease_asked))
+            self.lease_asked = None
         if self.pending:
             self.receiveMsg_Flush(Flush(), sender)
+        for probe in self.held_probes:
+            self.send(self.audit, probe)
+        self.held_probes = []
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -175,11 +175,40 @@ class Verdict(InternalMessage):
     outbox_id: int | None = None
 
 
+class ChainLease(InternalMessage):
+    """Audit to TaskStore: the chain's head, lent for ONE batch (docs/durability.md).
+
+    The store chains its batch's records from (`seq`, `head`) in the batch's own
+    transaction and gives the lease back, advanced, with the batch's `Verdicts`. Audit
+    commits nothing while a lease is out, so the chain has one writer at a time."""
+
+    lease_id: int
+    seq: int
+    head: str
+
+
+class LeaseWanted(InternalMessage):
+    """TaskStore to Audit: it has requests to commit; lend it the chain (`ChainLease`)."""
+
+    lease_id: int
+
+
+class LeaseDropped(InternalMessage):
+    """TaskStore to Audit, at shutdown: the lease asked for will not be used."""
+
+    lease_id: int
+
+
 class Verdicts(InternalMessage):
     """Judged requests on their way to Audit as one message, in order: one store commit's,
     or the rejections (and failures) one actor decided for one batch."""
 
     items: tuple[Verdict, ...]
+    lease: ChainLease | None = Field(default=None, description=(
+        "A lease given back (TaskStore): the head after its batch; the same lease when "
+        "nothing was chained."))
+    chained: bool = Field(default=False, description=(
+        "The items' records were committed by the store under `lease`: durable already."))
 
 
 class Replied(InternalMessage):
@@ -386,7 +415,8 @@ class Probe(InternalMessage):
 
 
 class Drained(InternalMessage):
-    """An accepted write Audit chained from the outbox: its store died before reporting it."""
+    """An outcome committed for a store that died before reporting it: an accepted write
+    Audit chained from the outbox, or any record the store chained under a lease."""
 
     workspace: str
     channel: str
@@ -395,6 +425,8 @@ class Drained(InternalMessage):
     action: str
     task_id: str | None
     run_id: str | None
+    reason: str | None = Field(default=None, description="The rejection's; None: accepted.")
+    replay: bool = False
 
 
 class ProbeDone(InternalMessage):

@@ -14,18 +14,27 @@ only when a test names them in `RuntimeConfig`:
 - `RuntimeConfig(store_actor_class=FAIL_SECOND_COMMIT)`: a TaskStore whose second batch
   fails as a disk error would, before its commit.
 - `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
-  exits between the store's commit and Audit's (tests/crash, docs/durability.md);
-  `PG_EXIT_AFTER_STORE_COMMIT` the same on PostgreSQL (tests/cluster).
+  exits right after its batch's commit, before Audit hears of it (tests/crash,
+  docs/durability.md); `EXIT_AFTER_OUTBOX_COMMIT` the same for a store writing outbox rows,
+  `PG_EXIT_AFTER_STORE_COMMIT` on PostgreSQL (tests/cluster).
+- `RuntimeConfig(store_actor_class=OUTBOX_STORE)`: a TaskStore that writes outbox rows for
+  Audit to chain instead of chaining under a lease (the PostgreSQL twin's way).
 
 tests/race uses them to show that its checks catch a missing protection (docs/race-freedom.md).
 """
 
-from task_ingress.testing.crash import CRASH_EXIT, CRASH_PREFIX, ExitAfterStoreCommit
+from task_ingress.testing.crash import (
+    CRASH_EXIT,
+    CRASH_PREFIX,
+    ExitAfterOutboxCommit,
+    ExitAfterStoreCommit,
+)
 from task_ingress.testing.delay import Delay
 from task_ingress.testing.failing import FailSecondCommit
 from task_ingress.testing.hold import Hold
 from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
 from task_ingress.testing.naive import NaiveChannelIngress, NaiveTaskStore
+from task_ingress.testing.outbox import OutboxTaskStore
 
 DELAY = "task_ingress.testing.Delay"
 """Dotted name of `Delay`, for `RuntimeConfig.store_proxy_class`."""
@@ -39,12 +48,17 @@ FAIL_SECOND_COMMIT = "task_ingress.testing.FailSecondCommit"
 """Dotted name of `FailSecondCommit`, for `RuntimeConfig.store_actor_class`."""
 EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.ExitAfterStoreCommit"
 """Dotted name of `ExitAfterStoreCommit`, for `RuntimeConfig.store_actor_class`."""
+EXIT_AFTER_OUTBOX_COMMIT = "task_ingress.testing.ExitAfterOutboxCommit"
+"""Dotted name of `ExitAfterOutboxCommit`, for `RuntimeConfig.store_actor_class`."""
+OUTBOX_STORE = "task_ingress.testing.OutboxTaskStore"
+"""Dotted name of `OutboxTaskStore`, for `RuntimeConfig.store_actor_class`."""
 PG_EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterStoreCommit"
 """Dotted name of `PgExitAfterStoreCommit` (a runtime on PostgreSQL), for
 `RuntimeConfig.store_actor_class`."""
 
-__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_STORE_COMMIT",
-           "FAIL_SECOND_COMMIT", "HOLD", "NAIVE_CHANNEL", "NAIVE_STORE",
-           "PG_EXIT_AFTER_STORE_COMMIT", "Delay", "ExitAfterStoreCommit", "FailSecondCommit",
-           "Hold", "HoldArm", "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress",
-           "NaiveTaskStore"]
+__all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_OUTBOX_COMMIT",
+           "EXIT_AFTER_STORE_COMMIT", "FAIL_SECOND_COMMIT", "HOLD", "NAIVE_CHANNEL",
+           "NAIVE_STORE", "OUTBOX_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "Delay",
+           "ExitAfterOutboxCommit", "ExitAfterStoreCommit", "FailSecondCommit", "Hold",
+           "HoldArm", "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress",
+           "NaiveTaskStore", "OutboxTaskStore"]

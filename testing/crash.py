@@ -1,12 +1,14 @@
-"""`ExitAfterStoreCommit`: a TaskStore that ends its process between the store's commit and
-Audit's, for the crash test of the one-fsync-per-batch design (docs/durability.md).
+"""`ExitAfterStoreCommit`: a TaskStore that ends its process right after its batch's commit,
+before the verdicts leave for Audit, for the crash tests of docs/durability.md.
 
 A runtime started with `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)` behaves
 like production until a batch holding an accepted request whose ID starts with
 `CRASH_PREFIX` commits: then the process running the store calls `os._exit(CRASH_EXIT)`
 before the batch's verdicts leave for Audit. On simpleSystemBase (and in the pipeline
-process) that is the whole pipeline: nothing of that batch was answered, its writes are in
-the store and their audit records only in the outbox.
+process) that is the whole pipeline: nothing of that batch was answered, and its writes are
+in the store with their chained records (committed under Audit's lease).
+`EXIT_AFTER_OUTBOX_COMMIT` does the same as a store that does not chain (the PostgreSQL
+twin's way): the records are then only in the outbox, for Audit's start-up drain.
 """
 
 from __future__ import annotations
@@ -36,3 +38,9 @@ class ExitAfterStoreCommit(TaskStore):
         verdicts = super()._apply_batch(batch)
         exit_if_marked(verdicts)
         return verdicts
+
+
+class ExitAfterOutboxCommit(ExitAfterStoreCommit):
+    """`ExitAfterStoreCommit` as a store that writes outbox rows instead of chaining."""
+
+    chains = False

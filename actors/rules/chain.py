@@ -93,6 +93,14 @@ class ChainKey:
         outer.update(inner.digest())
         return outer.hexdigest()
 
+    def link(self, fields: dict[str, Any], seq: int, prev_hash: str, at: float
+             ) -> dict[str, Any]:
+        """The record of `fields` at place `seq` after `prev_hash`, sealed: what Audit
+        appends, and what TaskStore appends in its own transaction under a lease."""
+        record = dict(fields, seq=seq, at=at, prev_hash=prev_hash)
+        record["hash"] = self.seal(record)
+        return record
+
     def checkpoint_mac(self, store_id: str, seq: int, head: str, at: float) -> str:
         """HMAC authenticating "store `store_id` had reached (seq, head) at time `at`"."""
         mac = self._base.copy()

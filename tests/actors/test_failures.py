@@ -4,12 +4,14 @@ leave the runtime serving; nothing is ever applied twice."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 import pytest
 from task_ingress.actors import capability, task_store
 from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.messages import CreateTask, Reason
 from task_ingress.runtime import IngressRuntime
+from task_ingress.testing import OUTBOX_STORE
 
 from tests.actors.test_supervision import submit_as_one_batch
 from tests.conftest import ctx, writer_card
@@ -104,9 +106,14 @@ def test_a_request_raising_after_it_was_judged_fails_alone_within_its_batch(
 
 
 def test_audit_commit_failure_never_answers_a_kept_write_failed(
-    rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from task_ingress.actors.audit import Audit
+
+    # The write's record is Audit's to commit only on the outbox path (a chaining store
+    # commits it with the write): the path a PostgreSQL store and a shutdown take.
+    rt = make_runtime(store_actor_class=OUTBOX_STORE)
+    rt.greet("ws", "ops", writer_card("peer-a"))
 
     original = Audit._insert
     failures: list[int] = []

@@ -10,8 +10,10 @@ from task_ingress.actors.presence import Presence
 from task_ingress.actors.router import lost_tickets
 from task_ingress.actors.task_store import TaskStore
 from task_ingress.messages import CreateTask, IngressContext, Outcome, Reason
+from task_ingress.messages.protocol import ChainLease
 from task_ingress.runtime import IngressRuntime
 from task_ingress.runtime.inbox import Call
+from task_ingress.testing import OUTBOX_STORE
 from thespian.actors import ActorExitRequest
 
 from tests.conftest import ctx, writer_card
@@ -70,31 +72,42 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
 
 def _crash_store_on_first_flush(monkeypatch: pytest.MonkeyPatch, commit_first: bool) -> None:
     """Make the store die like a killed process on its first batch: buffer lost, and (with
-    `commit_first`) only after committing the batch without reporting it."""
+    `commit_first`) only after committing the batch without reporting it. A chaining store
+    dies holding Audit's lease (its records committed with the batch, or nothing); an
+    outbox store's batch leaves outbox rows."""
     crashed: list[bool] = []
-    original = TaskStore.receiveMsg_Flush
+    originals = {"receiveMsg_Flush": TaskStore.receiveMsg_Flush,
+                 "receiveMsg_ChainLease": TaskStore.receiveMsg_ChainLease}
 
-    def flush(self: TaskStore, msg: Any, sender: Any) -> None:
-        if crashed:
-            original(self, msg, sender)
-            return
-        crashed.append(True)
-        if commit_first:
-            self._apply_batch(self.pending)  # committed with outbox rows, verdicts never sent
-        self.pending = []
-        self.send(self.myAddress, ActorExitRequest())
+    def batch_then_die(name: str) -> Callable[[TaskStore, Any, Any], None]:
+        def handler(self: TaskStore, msg: Any, sender: Any) -> None:
+            if crashed:
+                originals[name](self, msg, sender)
+                return
+            crashed.append(True)
+            if commit_first:
+                self.lease = msg if isinstance(msg, ChainLease) else None
+                self._apply_batch(self.pending)  # committed, verdicts never sent
+            self.pending = []
+            self.send(self.myAddress, ActorExitRequest())
+        return handler
 
     def die(self: TaskStore, msg: Any, sender: Any) -> None:
         if self.conn is not None:
             self.conn.close()  # no flush: a crash does not tidy up
             self.conn = None
 
-    monkeypatch.setattr(TaskStore, "receiveMsg_Flush", flush)
+    for name in originals:
+        monkeypatch.setattr(TaskStore, name, batch_then_die(name))
     monkeypatch.setattr(TaskStore, "receiveMsg_ActorExitRequest", die)
 
 
-def _two_channels(make_runtime: Callable[..., IngressRuntime]) -> IngressRuntime:
-    rt = make_runtime()
+STORES = [pytest.param(None, id="chaining"), pytest.param(OUTBOX_STORE, id="outbox")]
+
+
+def _two_channels(make_runtime: Callable[..., IngressRuntime], store: str | None = None
+                  ) -> IngressRuntime:
+    rt = make_runtime(**({} if store is None else {"store_actor_class": store}))
     for channel in ("ops", "dev"):
         for peer in ("peer-a", "peer-b"):
             rt.greet("ws", channel, writer_card(peer))
@@ -106,10 +119,12 @@ def _batch() -> list[tuple[IngressContext, Any]]:
             for p in ("peer-a", "peer-b") for c in ("ops", "dev")]
 
 
+@pytest.mark.parametrize("store", STORES)
 def test_store_death_fails_its_uncommitted_batch_and_a_new_store_serves(
-    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch,
+    store: str | None
 ) -> None:
-    rt = _two_channels(make_runtime)
+    rt = _two_channels(make_runtime, store)
     _crash_store_on_first_flush(monkeypatch, commit_first=False)
     outcomes = submit_as_one_batch(rt, _batch())
     assert {o.reason for o in outcomes} == {Reason.TASK_INGRESS_FAILED}
@@ -120,10 +135,12 @@ def test_store_death_fails_its_uncommitted_batch_and_a_new_store_serves(
     assert out.accepted and rt.get_task("ws", out.task_id or "") is not None
 
 
+@pytest.mark.parametrize("store", STORES)
 def test_store_death_after_commit_answers_the_committed_writes_accepted_once(
-    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch,
+    store: str | None
 ) -> None:
-    rt = _two_channels(make_runtime)
+    rt = _two_channels(make_runtime, store)
     _crash_store_on_first_flush(monkeypatch, commit_first=True)
     outcomes = submit_as_one_batch(rt, _batch())
     monkeypatch.undo()

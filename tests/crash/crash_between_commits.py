@@ -3,7 +3,7 @@ store commit ends the pipeline's process before Audit's commit
 (task_ingress.testing.ExitAfterStoreCommit).
 
 Usage: python crash_between_commits.py --store PATH --ack-log PATH
-       [--process-mode inprocess|pipeline]
+       [--process-mode inprocess|pipeline] [--store-class DOTTED]
 
 Every reply received is logged to the ack log (one JSON line, flushed) before the next
 request is sent. In-process the seam ends this process with `testing.CRASH_EXIT`; in
@@ -35,10 +35,11 @@ def main() -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--ack-log", required=True)
     parser.add_argument("--process-mode", default="inprocess")
+    parser.add_argument("--store-class", default=EXIT_AFTER_STORE_COMMIT)
     args = parser.parse_args()
     lock = threading.Lock()
     config = RuntimeConfig(store_path=args.store, process_mode=args.process_mode,
-                           store_actor_class=EXIT_AFTER_STORE_COMMIT, request_timeout=60.0)
+                           store_actor_class=args.store_class, request_timeout=60.0)
     closed: list[str] = []
     with open(args.ack_log, "a", encoding="utf-8") as acks, IngressRuntime(config) as rt:
 

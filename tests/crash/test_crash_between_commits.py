@@ -1,7 +1,10 @@
-"""One fsync per batch (docs/durability.md): the store commits a batch without an fsync
-and Audit's durable commit that follows carries it. A process that dies between the two
-commits has answered nothing of that batch, and the next start chains every accepted write
-of it from the outbox, so no write is ever separated from its audit record.
+"""One fsync per batch (docs/durability.md). A chaining store commits its batch's writes
+with their chained records under Audit's lease: a process that dies right after that
+commit has answered nothing of the batch, and its writes and records are both there. A
+store writing outbox rows (the PostgreSQL twin's way, and every store at shutdown) commits
+without an fsync and Audit's durable commit carries it: a process that dies between the two
+commits has answered nothing, and the next start chains every accepted write of it from the
+outbox. Either way no write is ever separated from its audit record.
 
 A process kill keeps the page cache, so this shows the ordering and the recovery, not the
 fsync: docs/durability.md gives the WAL argument for power loss.
@@ -21,7 +24,12 @@ from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.audit.read import open_readonly
 from task_ingress.runtime.audit.verify import verify_store
 from task_ingress.runtime.config import PROCESS_MODES
-from task_ingress.testing import CRASH_EXIT, CRASH_PREFIX
+from task_ingress.testing import (
+    CRASH_EXIT,
+    CRASH_PREFIX,
+    EXIT_AFTER_OUTBOX_COMMIT,
+    EXIT_AFTER_STORE_COMMIT,
+)
 
 WRITER = Path(__file__).with_name("crash_between_commits.py")
 
@@ -38,12 +46,47 @@ def run_writer(tmp: Path, *extra: str) -> tuple[Path, list[dict[str, object]]]:
 
 
 @pytest.mark.parametrize("mode", PROCESS_MODES)
-def test_crash_between_store_and_audit_commit_answers_nothing_and_loses_nothing(
+def test_crash_after_a_chained_commit_answers_nothing_and_keeps_writes_with_records(
+    tmp_path: Path, mode: str
+) -> None:
+    store, acks = run_writer(tmp_path, "--process-mode", mode,
+                             "--store-class", EXIT_AFTER_STORE_COMMIT)
+    assert len(acks) == 8 and all(a["accepted"] for a in acks)
+    assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
+        "a request of the batch that crashed after its commit was answered"
+
+    # As the crash left it: the batch's writes and their records, chained, no outbox row.
+    with open_readonly(str(store)) as conn:
+        boxed = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        audited = {r[0]: r[1:] for r in conn.execute(
+            "SELECT request_id, outcome, task_id, run_id FROM audit")}
+        accepted_rows = {r[0] for r in conn.execute(
+            "SELECT request_id FROM accepted_requests")}
+    crashed = {r for r in accepted_rows if r.startswith(CRASH_PREFIX)}
+    assert boxed == 0 and crashed and crashed <= set(audited)
+    assert all(audited[r][0] == "accepted" for r in crashed)
+    assert {str(a["request_id"]) for a in acks} <= set(audited)
+    before = verify_store(str(store))
+    assert before.ok and before.pending_outbox == 0, [str(p) for p in before.problems]
+
+    # The next start goes on from them: the chain verifies, the writes are readable.
+    with IngressRuntime(RuntimeConfig(store_path=str(store))) as rt:
+        for r in crashed:
+            _, task_id, run_id = audited[r]
+            assert rt.get_task("ws", str(task_id)) is not None
+            if run_id:
+                assert rt.get_run("ws", str(run_id)) is not None
+    _cli_verifies(store, len(audited))
+
+
+@pytest.mark.parametrize("mode", PROCESS_MODES)
+def test_crash_between_outbox_store_and_audit_commit_answers_nothing_and_loses_nothing(
     tmp_path: Path, mode: str
 ) -> None:
     # In-process the whole writer dies; in pipeline mode the pipeline process does, and
     # every caller waiting on it is told RuntimeClosed (the writer checks that).
-    store, acks = run_writer(tmp_path, "--process-mode", mode)
+    store, acks = run_writer(tmp_path, "--process-mode", mode,
+                             "--store-class", EXIT_AFTER_OUTBOX_COMMIT)
     assert len(acks) == 8 and all(a["accepted"] for a in acks)
     assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
         "a request of the batch that crashed between the commits was answered"
@@ -77,7 +120,12 @@ def test_crash_between_store_and_audit_commit_answers_nothing_and_loses_nothing(
                 assert rt.get_run("ws", str(b["run_id"])) is not None
     with open_readonly(str(store)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    _cli_verifies(store, len(acks) + len(boxed))
+
+
+def _cli_verifies(store: Path, records: int) -> None:
+    """`task-ingress audit verify` exits 0 and counts `records`."""
     cli = subprocess.run([sys.executable, "-m", "task_ingress", "audit", "verify",
                           "--store", str(store)], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    assert cli.stdout.strip().splitlines()[-1].endswith(str(len(acks) + len(boxed)))
+    assert cli.stdout.strip().splitlines()[-1].endswith(str(records))
