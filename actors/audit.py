@@ -163,12 +163,13 @@ class Audit(GateActor):
         assert msg.lease is not None
         ours = (self.lent is not None and msg.lease.lease_id == self.lent.lease_id
                 and sender == self.lessee)
-        if ours:
-            self.lent = self.lessee = None
+        if not ours:
+            # Taken back already, so its store is dead: the router answers every request it
+            # took (with the records it committed, found as orphans; failed otherwise).
+            self.log.warning("audit.late_lease", records=len(msg.items))
+            return
+        self.lent = self.lessee = None
         if msg.chained:
-            if not ours:  # taken back already: the router has these records as orphans
-                self.log.warning("audit.late_lease", records=len(msg.items))
-                return
             self.seq, self.head = msg.lease.seq, msg.lease.head
             self.unchecked += len(msg.items)
             self._answer([(v, v.outcome) for v in msg.items])

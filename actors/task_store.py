@@ -142,16 +142,17 @@ class TaskStore(GateActor):
         self.lease_asked = None
         batch, self.pending = self.pending, []
         self.lease = msg
+        verdicts = [failed_verdict(f) for f in batch]
         try:
             verdicts = self._judged(batch)
-            back = self.lease
         finally:
-            self.lease = None
-        self.send(self.audit, Verdicts(items=tuple(verdicts), lease=back,
-                                       chained=back.seq != msg.seq))
-        probes, self.held_probes = self.held_probes, []
-        for probe in probes:
-            self.send(self.audit, probe)
+            # Whatever happened, the lease goes back: Audit commits nothing while it is out.
+            back, self.lease = self.lease or msg, None
+            self.send(self.audit, Verdicts(items=tuple(verdicts), lease=back,
+                                           chained=back.seq != msg.seq))
+            probes, self.held_probes = self.held_probes, []
+            for probe in probes:
+                self.send(self.audit, probe)
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Judge and apply the buffered requests in one transaction, then hand them to Audit."""
@@ -193,9 +194,9 @@ class TaskStore(GateActor):
                 request_ids=[f.context.request_id for f in batch],
             )
             return [failed_verdict(f) for f in batch]
-        self.lease = lease
-        return [Verdict(flight=f, outcome=o, outbox_id=box)
-                for f, o, box in results]
+        verdicts = [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
+        self.lease = lease  # advanced only with the verdicts its records describe in hand
+        return verdicts
 
     def _chain(self, conn: sqlite3.Connection, lease: ChainLease, results: list[Applied]
                ) -> ChainLease:

@@ -1,0 +1,211 @@
+"""The chain lease between TaskStore and Audit, message by message (docs/durability.md).
+
+The two production actors run outside any actor system here: their `send` is captured and
+a test delivers each message when it chooses, so an interleaving a live system produces
+only now and then (a rejection reaching Audit while the chain is lent, a probe overtaking
+a lease, a store dying holding one) is played exactly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from task_ingress.actors.audit import Audit
+from task_ingress.actors.base import rejected_verdict
+from task_ingress.actors.task_store import TaskStore
+from task_ingress.messages import CreateTask, IngressContext, Reason
+from task_ingress.messages.protocol import (
+    ChainLease,
+    InFlight,
+    InFlights,
+    LeaseDropped,
+    LeaseWanted,
+    Probe,
+    ProbeDone,
+    Replies,
+    Rewire,
+    Settings,
+    Started,
+    Submission,
+    Verdicts,
+    Wiring,
+)
+from task_ingress.messages.reasons import Action
+from task_ingress.runtime.audit.read import open_readonly
+from task_ingress.runtime.audit.verify import verify_store
+from thespian.actors import ActorExitRequest
+
+
+class Wire:
+    """Actors by name, and every message they sent, in order, until delivered."""
+
+    def __init__(self) -> None:
+        self.actors: dict[str, Any] = {}
+        self.queue: deque[tuple[str, str, Any]] = deque()  # (to, from, message)
+        self.outside: list[tuple[str, Any]] = []  # to names that are not actors here
+
+    def add(self, name: str, actor: Any) -> Any:
+        actor._myRef = SimpleNamespace(address=name)  # what Actor.myAddress reads
+        actor.send = lambda to, msg: self.queue.append((to, name, msg))
+        self.actors[name] = actor
+        return actor
+
+    def deliver(self, count: int = 1) -> None:
+        """Deliver the next `count` messages addressed to actors (others are kept aside)."""
+        for _ in range(count):
+            to, sender, msg = self.queue.popleft()
+            if to in self.actors:
+                self.actors[to].receiveMessage(msg, sender)
+            else:
+                self.outside.append((to, msg))
+
+    def next_is(self, to: str, kind: type) -> Any:
+        assert self.queue, "nothing was sent"
+        assert self.queue[0][0] == to and isinstance(self.queue[0][2], kind), self.queue[0]
+        return self.queue[0][2]
+
+    def settle(self) -> None:
+        while self.queue:
+            self.deliver()
+
+    def replied(self) -> list[str]:
+        """Request IDs answered so far, in answer order."""
+        return [item.outcome.request_id for _, msg in self.outside
+                if isinstance(msg, Replies) for item in msg.items]
+
+
+def flight(request_id: str, peer: str = "pa") -> InFlight:
+    ctx = IngressContext(workspace="ws", peer_id=peer, channel="ops", request_id=request_id)
+    sub = Submission(ticket=len(request_id), context=ctx, request=CreateTask(title="t"),
+                     action=Action.CREATE, payload_size=1, now=0.0)
+    return InFlight(submission=sub, context=ctx, reply_to="caller", router=None, checked=True)
+
+
+@pytest.fixture
+def wire(tmp_path: Path) -> Iterator[Wire]:
+    w = Wire()
+    settings = Settings(store_path=str(tmp_path / "store.db"), durable=True,
+                        local_peer_id="local", greet_interval=30.0, tasks_enabled=True,
+                        audit_key=secrets.token_hex(32))
+    audit, store = w.add("audit", Audit()), w.add("store", TaskStore())
+    for name, actor in (("audit", audit), ("store", store)):
+        actor.receiveMessage(Wiring(ticket=1, settings=settings, audit="audit"), "runtime")
+        started = w.queue.pop()
+        assert isinstance(started[2], Started) and not started[2].error, (name, started)
+    yield w
+    for actor in (store, audit):
+        if actor.conn is not None:
+            actor.conn.close()
+
+
+def records(wire: Wire) -> list[tuple[int, str, str]]:
+    path = wire.actors["audit"].settings.store_path
+    with open_readonly(path) as conn:
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in conn.execute(
+            "SELECT seq, request_id, outcome FROM audit ORDER BY seq")]
+
+
+def verified(wire: Wire) -> bool:
+    """`audit verify` of the store with the key it was written under."""
+    settings = wire.actors["audit"].settings
+    result = verify_store(settings.store_path, key=settings.audit_key)
+    assert result.ok, [str(p) for p in result.problems]
+    return True
+
+
+def test_a_batch_and_its_records_commit_in_the_stores_one_transaction(wire: Wire) -> None:
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"), flight("b"))), "cap")
+    assert wire.next_is("audit", LeaseWanted)
+    wire.deliver()  # Audit lends
+    lease = wire.next_is("store", ChainLease)
+    assert (lease.seq, wire.actors["audit"].lent) == (0, lease)
+    wire.deliver()  # the store applies and chains
+    back = wire.next_is("audit", Verdicts)
+    assert back.chained and back.lease.seq == 2
+    assert records(wire) == [(1, "a", "accepted"), (2, "b", "accepted")]
+    with open_readonly(wire.actors["audit"].settings.store_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    wire.settle()
+    assert wire.replied() == ["a", "b"] and wire.actors["audit"].lent is None
+    assert verified(wire)
+
+
+def test_audit_commits_nothing_while_the_chain_is_lent(wire: Wire) -> None:
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    wire.deliver()  # Audit lends the head at seq 0
+    # A rejection decided before the store reaches Audit while the lease is out.
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    wire.actors["audit"].receiveMessage(Verdicts(items=(rejected,)), "router")
+    while not isinstance(wire.queue[0][2], ChainLease):
+        wire.deliver()  # Audit's own Flush finds the chain lent: nothing committed
+    assert records(wire) == [] and wire.replied() == []
+    wire.settle()
+    # The store's write took seq 1 from the lent head; the rejection came after it.
+    assert records(wire) == [(1, "w", "accepted"), (2, "r", "rejected")]
+    assert wire.replied() == ["w", "r"]
+    assert verified(wire)
+
+
+def test_a_probe_reaching_the_store_waits_behind_the_batch_its_lease_is_for(
+    wire: Wire,
+) -> None:
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    wire.actors["store"].receiveMessage(Probe(probe_id=7, reply_to="router"), "cap")
+    assert [type(m) for _, _, m in wire.queue] == [LeaseWanted]  # the probe is held
+    wire.settle()
+    done = [m for to, m in wire.outside if isinstance(m, ProbeDone)]
+    assert wire.replied() == ["w"] and len(done) == 1 and done[0].drained == ()
+
+
+def test_a_stale_lease_is_never_used(wire: Wire) -> None:
+    store = wire.actors["store"]
+    store.receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    asked = wire.next_is("audit", LeaseWanted).lease_id
+    store.receiveMessage(ChainLease(lease_id=asked + 1, seq=0, head="x"), "audit")
+    assert records(wire) == [] and store.pending and store.lease_asked == asked
+
+
+def test_a_lease_whose_store_died_is_taken_back_with_what_it_committed(wire: Wire) -> None:
+    audit = wire.actors["audit"]
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"), flight("b"))), "cap")
+    wire.deliver(2)  # lent, applied and chained, committed ...
+    late = wire.queue.popleft()  # ... and the store dies before its verdicts arrive
+    assert isinstance(late[2], Verdicts) and late[2].chained
+    audit.receiveMessage(Rewire(store="store-2"), "router")
+    assert audit.lent is None and audit.seq == 2
+    assert [(o.request_id, o.reason) for o in audit.orphans] == [("a", None), ("b", None)]
+    # Were its verdicts still on their way, they are not answered a second time.
+    audit.receiveMessage(late[2], late[1])
+    audit.receiveMessage(Probe(probe_id=3, reply_to="router"), "store-2")
+    wire.settle()
+    done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+    assert [d.request_id for d in done[0].drained] == ["a", "b"] and not audit.orphans
+    assert wire.replied() == []  # the router answers them, from the probe's report
+    # The chain goes on from the dead store's records.
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    audit.receiveMessage(Verdicts(items=(rejected,)), "router")
+    wire.settle()
+    assert records(wire)[-1] == (3, "r", "rejected")
+    assert verified(wire)
+
+
+def test_a_store_shutting_down_with_a_lease_asked_drops_it_and_writes_outbox_rows(
+    wire: Wire,
+) -> None:
+    store = wire.actors["store"]
+    store.receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    wire.deliver()  # the lease is lent, on its way to a store that is stopping
+    store.receiveMessage(ActorExitRequest(), "system")
+    kinds = [type(m) for _, _, m in wire.queue]
+    assert kinds == [ChainLease, LeaseDropped, Verdicts]
+    wire.queue.popleft()  # the stopped store never reads it
+    wire.settle()
+    assert records(wire) == [(1, "w", "accepted")] and wire.replied() == ["w"]
+    with open_readonly(wire.actors["audit"].settings.store_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
