@@ -45,15 +45,25 @@ def run_writer(tmp: Path, *extra: str) -> tuple[Path, list[dict[str, object]]]:
     return store, [json.loads(line) for line in acks.read_text().splitlines()]
 
 
+def crash_after_commit(tmp: Path, mode: str, store_class: str
+                       ) -> tuple[Path, list[dict[str, object]]]:
+    """Run the writer with this crashing store until its marked batch commits; check that
+    every earlier request was answered accepted and none of the crashed batch was.
+
+    In-process the whole writer dies; in pipeline mode the pipeline process does, and every
+    caller waiting on it is told RuntimeClosed (the writer checks that)."""
+    store, acks = run_writer(tmp, "--process-mode", mode, "--store-class", store_class)
+    assert len(acks) == 8 and all(a["accepted"] for a in acks)
+    assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
+        "a request of the batch that crashed after its commit was answered"
+    return store, acks
+
+
 @pytest.mark.parametrize("mode", PROCESS_MODES)
 def test_crash_after_a_chained_commit_answers_nothing_and_keeps_writes_with_records(
     tmp_path: Path, mode: str
 ) -> None:
-    store, acks = run_writer(tmp_path, "--process-mode", mode,
-                             "--store-class", EXIT_AFTER_STORE_COMMIT)
-    assert len(acks) == 8 and all(a["accepted"] for a in acks)
-    assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
-        "a request of the batch that crashed after its commit was answered"
+    store, acks = crash_after_commit(tmp_path, mode, EXIT_AFTER_STORE_COMMIT)
 
     # As the crash left it: the batch's writes and their records, chained, no outbox row.
     with open_readonly(str(store)) as conn:
@@ -83,13 +93,7 @@ def test_crash_after_a_chained_commit_answers_nothing_and_keeps_writes_with_reco
 def test_crash_between_outbox_store_and_audit_commit_answers_nothing_and_loses_nothing(
     tmp_path: Path, mode: str
 ) -> None:
-    # In-process the whole writer dies; in pipeline mode the pipeline process does, and
-    # every caller waiting on it is told RuntimeClosed (the writer checks that).
-    store, acks = run_writer(tmp_path, "--process-mode", mode,
-                             "--store-class", EXIT_AFTER_OUTBOX_COMMIT)
-    assert len(acks) == 8 and all(a["accepted"] for a in acks)
-    assert not any(str(a["request_id"]).startswith(CRASH_PREFIX) for a in acks), \
-        "a request of the batch that crashed between the commits was answered"
+    store, acks = crash_after_commit(tmp_path, mode, EXIT_AFTER_OUTBOX_COMMIT)
 
     # As the crash left it: the batch's writes are in the store, their records only in the
     # outbox, and what it holds verifies.
