@@ -262,3 +262,22 @@ def test_a_checkpoint_that_cannot_be_written_at_a_lease_return_still_answers_the
     assert tried and records(wire) == [(1, "w", "accepted"), (2, "r", "rejected")]
     assert wire.replied() == ["w", "r"]
     assert verified(wire)
+
+
+def test_a_batch_whose_verdicts_cannot_be_built_commits_nothing_and_the_chain_goes_on(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(**fields: Any) -> Any:
+        raise RuntimeError("a bug building the verdicts")
+
+    monkeypatch.setattr("task_ingress.actors.task_store.Verdict", broken)
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"),)), "cap")
+    wire.settle()
+    monkeypatch.undo()
+    # Answered failed, with a record Audit chained: the batch itself committed nothing, or
+    # its records would sit in the file past the head Audit still holds.
+    assert records(wire) == [(1, "a", "rejected")] and wire.replied() == ["a"]
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("b"),)), "cap")
+    wire.settle()
+    assert records(wire) == [(1, "a", "rejected"), (2, "b", "accepted")]
+    assert verified(wire)
