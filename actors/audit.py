@@ -319,7 +319,7 @@ class Audit(GateActor):
 
     def _checkpoint(self, force: bool) -> None:
         """Write (store, seq, head, HMAC) beside the store every N records / T seconds / on
-        exit."""
+        exit; a write that fails is logged and tried again at the next commit."""
         settings = self.settings
         if settings is None or self.key is None:
             return
@@ -329,7 +329,14 @@ class Audit(GateActor):
         )
         if not (force or (due and self.unchecked)):
             return
-        write_checkpoint(settings.store_path, self.key, self.store_id, self.seq, self.head)
+        try:
+            write_checkpoint(settings.store_path, self.key, self.store_id, self.seq, self.head)
+        except OSError as exc:
+            # A checkpoint only bounds what the next start re-checks: it is retried at the
+            # next commit. Raising here would cut short the handler that committed (a lease
+            # never lent leaves the store waiting for good; a probe never reported).
+            self.log.error("audit.checkpoint_failed", error=repr(exc), seq=self.seq)
+            return
         self.unchecked = 0
         self.last_checkpoint = time.monotonic()
 

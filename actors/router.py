@@ -122,6 +122,15 @@ def reap_candidates(
             and now - last_greet.get(key, float("-inf")) >= expiry]
 
 
+def recovery_key(workspace: str, channel: str, peer_id: str, request_id: str
+                 ) -> tuple[str, str, str, str]:
+    """Who sent which request, as its audit record holds it (`auditlog.audit_fields`): a
+    recovered outcome (`Drained`, read back from a record) names its request this way, and
+    an admitted ID may hold characters the record keeps escaped (`gate.safe_field`)."""
+    return (gate.safe_field(workspace), gate.safe_field(channel), gate.safe_field(peer_id),
+            gate.safe_field(request_id))
+
+
 def lost_tickets(suspects: set[int], unanswered: dict[int, InFlight]) -> list[int]:
     """Suspects still unanswered once the probe is back: they never left the dead actor."""
     return sorted(t for t in suspects if t in unanswered)
@@ -170,8 +179,9 @@ class IngressRouter(GateActor):
         # Admitted requests not yet answered (bounded by the runtime's in-flight caps).
         self.unanswered: dict[int, InFlight] = {}
         self.probes: dict[int, PendingProbe] = {}
-        # Writes a dead store committed, as found in the outbox by whichever probe got there
-        # first; shared by all probes of one failure, dropped when none is pending.
+        # Outcomes a dead store committed, as found (outbox rows, records under a taken-back
+        # lease) by whichever probe got there first, by `recovery_key`; shared by all probes
+        # of one failure, dropped when none is pending.
         self.recovered: dict[tuple[str, str, str, str], Drained] = {}
         self.probe_ids = itertools.count(1)
         self.stopping = False
@@ -483,7 +493,7 @@ class IngressRouter(GateActor):
             flight = self.unanswered[ticket]
             ctx = flight.context
             found = self.recovered.pop(
-                (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id), None)
+                recovery_key(ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id), None)
             if found is not None:
                 # Committed by the dead store, with its record: the outcome it recorded.
                 outcome = Outcome(request_id=ctx.request_id, action=flight.submission.action,

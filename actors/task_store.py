@@ -185,6 +185,9 @@ class TaskStore(GateActor):
             results = self.apply_in_order(conn, batch, now)
             if lease is not None:
                 lease = self._chain(conn, lease, results)
+            # Built before COMMIT: a batch committed must give the lease back advanced, or
+            # Audit would chain again from a head its records are already past.
+            verdicts = [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -194,7 +197,6 @@ class TaskStore(GateActor):
                 request_ids=[f.context.request_id for f in batch],
             )
             return [failed_verdict(f) for f in batch]
-        verdicts = [Verdict(flight=f, outcome=o, outbox_id=box) for f, o, box in results]
         self.lease = lease  # advanced only with the verdicts its records describe in hand
         return verdicts
 

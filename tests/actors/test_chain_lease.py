@@ -209,3 +209,75 @@ def test_a_store_shutting_down_with_a_lease_asked_drops_it_and_writes_outbox_row
     assert records(wire) == [(1, "w", "accepted")] and wire.replied() == ["w"]
     with open_readonly(wire.actors["audit"].settings.store_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+def _checkpoints_fail(wire: Wire, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every record due for a checkpoint, and writing one fails (a full disk: SQLite may
+    still commit into its WAL's space while a new file cannot be made). Returns the seqs
+    whose checkpoint was attempted."""
+    audit = wire.actors["audit"]
+    audit.settings = audit.settings.model_copy(update={"checkpoint_every": 1})
+    tried: list[int] = []
+
+    def no_space(path: str, key: Any, store_id: str, seq: int, head: str) -> Any:
+        tried.append(seq)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("task_ingress.actors.audit.write_checkpoint", no_space)
+    return tried
+
+
+def test_a_checkpoint_that_cannot_be_written_before_a_lease_still_lends_the_chain(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tried = _checkpoints_fail(wire, monkeypatch)
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    wire.actors["audit"].receiveMessage(Verdicts(items=(rejected,)), "router")
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    # The store's LeaseWanted reached Audit ahead of Audit's own Flush: Audit commits the
+    # rejection before lending, and its checkpoint fails.
+    wanted = next(m for m in wire.queue if isinstance(m[2], LeaseWanted))
+    wire.queue.remove(wanted)
+    wire.actors["audit"].receiveMessage(wanted[2], wanted[1])
+    assert tried == [1]
+    # Without the lease the store would wait for good: nothing else makes it ask again.
+    assert [to for to, _, m in wire.queue if isinstance(m, ChainLease)] == ["store"]
+    wire.settle()
+    assert records(wire) == [(1, "r", "rejected"), (2, "w", "accepted")]
+    assert wire.replied() == ["r", "w"] and wire.actors["audit"].lent is None
+    assert verified(wire)
+
+
+def test_a_checkpoint_that_cannot_be_written_at_a_lease_return_still_answers_the_rest(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    wire.deliver()  # Audit lends the head at seq 0
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    wire.actors["audit"].receiveMessage(Verdicts(items=(rejected,)), "router")
+    while not isinstance(wire.queue[0][2], ChainLease):
+        wire.deliver()  # the rejection waits behind the lease
+    tried = _checkpoints_fail(wire, monkeypatch)
+    wire.settle()  # the lease comes back, its checkpoint fails
+    assert tried and records(wire) == [(1, "w", "accepted"), (2, "r", "rejected")]
+    assert wire.replied() == ["w", "r"]
+    assert verified(wire)
+
+
+def test_a_batch_whose_verdicts_cannot_be_built_commits_nothing_and_the_chain_goes_on(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(**fields: Any) -> Any:
+        raise RuntimeError("a bug building the verdicts")
+
+    monkeypatch.setattr("task_ingress.actors.task_store.Verdict", broken)
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"),)), "cap")
+    wire.settle()
+    monkeypatch.undo()
+    # Answered failed, with a record Audit chained: the batch itself committed nothing, or
+    # its records would sit in the file past the head Audit still holds.
+    assert records(wire) == [(1, "a", "rejected")] and wire.replied() == ["a"]
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("b"),)), "cap")
+    wire.settle()
+    assert records(wire) == [(1, "a", "rejected"), (2, "b", "accepted")]
+    assert verified(wire)

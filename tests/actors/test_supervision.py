@@ -151,3 +151,24 @@ def test_store_death_after_commit_answers_the_committed_writes_accepted_once(
         task = rt.get_task("ws", o.task_id or "")
         assert task is not None and task.metadata["ingress.request_id"] == o.request_id
     assert rt.submit(ctx("later"), CreateTask(title="t")).accepted
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_store_death_after_commit_recovers_ids_whose_record_holds_them_escaped(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch,
+    store: str | None
+) -> None:
+    # SPEC 2 admits format characters (here U+200B) in workspace and request IDs; the
+    # record holds them escaped (gate.safe_field), and so does what a probe recovers.
+    rt = make_runtime(**({} if store is None else {"store_actor_class": store}))
+    workspace = "w\u200bs"
+    rt.greet(workspace, "ops", writer_card("peer-a"))
+    _crash_store_on_first_flush(monkeypatch, commit_first=True)
+    request = ctx("r\u200b1", workspace=workspace)
+    [outcome] = submit_as_one_batch(rt, [(request, CreateTask(title="t"))])
+    monkeypatch.undo()
+    assert outcome.accepted and outcome.task_id, outcome
+    assert outcome.request_id == request.request_id
+    records = rt.audit()
+    assert [(r.request_id, r.outcome) for r in records] == [("r\\u200b1", "accepted")]
+    assert rt.get_task(workspace, outcome.task_id) is not None
