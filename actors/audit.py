@@ -371,8 +371,15 @@ class Audit(GateActor):
             self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        """Shutdown: flush what is buffered, write the final checkpoint, close the file."""
+        """Shutdown: flush what is buffered, write the final checkpoint, close the file.
+
+        A lease still out now (its store stopped first, or died) is taken back first, so
+        the rejections waiting behind it are recorded. Were the store still to commit under
+        it, its first record would meet the one Audit wrote at the same seq (the primary
+        key): its transaction fails whole, and the chain does not fork."""
         if self.pending:
+            if self.lent is not None:
+                self._take_back("shutdown")
             self.receiveMsg_Flush(Flush(), sender)
         if self.conn is not None:
             self._checkpoint(force=True)

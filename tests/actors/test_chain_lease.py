@@ -281,3 +281,24 @@ def test_a_batch_whose_verdicts_cannot_be_built_commits_nothing_and_the_chain_go
     wire.settle()
     assert records(wire) == [(1, "a", "rejected"), (2, "b", "accepted")]
     assert verified(wire)
+
+
+def test_audit_stopping_with_the_chain_lent_records_what_waits_and_the_chain_never_forks(
+    wire: Wire,
+) -> None:
+    audit, store = wire.actors["audit"], wire.actors["store"]
+    store.receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    wire.deliver()  # lent; the ChainLease waits in the queue
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    audit.receiveMessage(Verdicts(items=(rejected,)), "router")
+    audit.receiveMessage(ActorExitRequest(), "system")
+    assert records(wire) == [(1, "r", "rejected")]
+    # The store, stopping later, still uses the lease it got: its batch fails whole.
+    lease = next(m for to, _, m in wire.queue if to == "store")
+    assert isinstance(lease, ChainLease)
+    store.receiveMessage(lease, "audit")
+    to, _, back = wire.queue[-1]
+    assert to == "audit" and isinstance(back, Verdicts)
+    assert not back.chained and [v.outcome.reason for v in back.items] == [
+        Reason.TASK_INGRESS_FAILED]
+    assert records(wire) == [(1, "r", "rejected")] and verified(wire)
