@@ -33,7 +33,8 @@ Accepts:
     comes back were lost in the dead store — unless their outcome was committed
     (`ProbeDone.drained`: a write Audit found in the outbox and chained, or a record the
     store chained under a lease Audit took back): those are answered with the outcome
-    recorded; the rest `task_ingress_failed`.
+    recorded; the rest `task_ingress_failed`. A probe still out when the store died (a
+    channel actor died just before) may have died with it: it is sent again.
 """
 
 from __future__ import annotations
@@ -460,6 +461,12 @@ class IngressRouter(GateActor):
         self.send(self.wiring.capability, Rewire(store=store))
         # Audit takes back a chain lease the dead store held (also done at the probe).
         self.send(self.audit, Rewire(store=store))
+        # A probe still out may have died with the store (a channel actor died just
+        # before): it goes again, behind the Rewire. A second ProbeDone finds it settled.
+        for probe_id, probe in self.probes.items():
+            if probe.done is None:
+                self.send(self.wiring.presence, Probe(probe_id=probe_id,
+                                                      reply_to=self.myAddress))
         for key, address in self.channels.items():
             if address is None:
                 continue

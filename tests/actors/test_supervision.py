@@ -70,6 +70,38 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
     assert rt.submit(ctx("after"), CreateTask(title="t")).accepted
 
 
+def test_a_probe_lost_in_a_dead_store_goes_again_and_the_dead_channels_requests_are_answered(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(channel_pipeline=1, max_in_flight_per_peer=64)
+    rt.greet("ws", "ops", writer_card("peer-a"))
+    original = Presence.receiveMsg_InFlights
+    killed: list[str] = []
+
+    def kill_channel_on_first(self: Presence, msg: Any, sender: Any) -> None:
+        if not killed:
+            killed.extend(f.context.request_id for f in msg.items)
+            self.send(sender, ActorExitRequest())
+        original(self, msg, sender)
+
+    def die_on_first_probe(self: TaskStore, msg: Any, sender: Any) -> None:
+        # The store dies with the probe the channel actor's death sent down (and whatever
+        # it had buffered): nothing comes back for that probe from this store.
+        monkeypatch.setattr(TaskStore, "receiveMsg_Probe", original_probe)
+        self.pending = []
+        self.send(self.myAddress, ActorExitRequest())
+
+    original_probe = TaskStore.receiveMsg_Probe
+    monkeypatch.setattr(Presence, "receiveMsg_InFlights", kill_channel_on_first)
+    monkeypatch.setattr(TaskStore, "receiveMsg_Probe", die_on_first_probe)
+    outcomes = submit_as_one_batch(rt, [(ctx(f"r{i}"), CreateTask(title="t")) for i in range(40)])
+    monkeypatch.undo()
+    assert killed and Reason.TASK_INGRESS_FAILED in {o.reason for o in outcomes}
+    records = rt.audit()
+    assert sorted(r.request_id for r in records) == sorted(o.request_id for o in outcomes)
+    assert rt.submit(ctx("after"), CreateTask(title="t")).accepted
+
+
 def _crash_store_on_first_flush(monkeypatch: pytest.MonkeyPatch, commit_first: bool) -> None:
     """Make the store die like a killed process on its first batch: buffer lost, and (with
     `commit_first`) only after committing the batch without reporting it. A chaining store
