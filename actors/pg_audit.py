@@ -18,6 +18,12 @@ record), with the chain in PostgreSQL (actors/storage/pg_auditlog.py):
 - a lost connection: accepted writes (outbox rows) are retried, on a new connection,
   until they are chained or the lease is found gone; everything else is answered
   `task_ingress_unavailable` at once.
+- `LeaseWanted` -> lends the shard chain's position; the store chains its batch in its own
+  fenced transaction (pg_auditlog.write_chained) and gives the lease back advanced. A
+  lease given back unused, or taken back from a dead store, is settled by a fenced read
+  of the records after the lent head (pg_auditlog.records_after): records a store of this
+  holding committed there become the head, and their requests are answered as recorded
+  (by the router, for a dead store's), never recorded twice.
 There is no checkpoint file: the head row, rewritten in every append, is the checkpoint.
 """
 

@@ -1,21 +1,26 @@
 """PgTaskStore: the TaskStore of a runtime on PostgreSQL (cluster mode), fenced by its lease.
 
-Accepts what TaskStore accepts, with the same batching (one transaction per `Flush`, the
-batch judged as one unit of work by store_batch, an outbox row per accepted write), but:
+Accepts what TaskStore accepts, with the same batching (the batch judged as one unit of
+work by store_batch, chained under PgAudit's `ChainLease`), but:
 - `Wiring` -> connects to `Settings.database_url` and checks the database is a cluster
   database whose shards include the fence's; replies `Started`.
 - every batch (and every operator lock) is ONE transaction that starts with
   `pg_store.lock_fence`: the shard's lease row locked `FOR UPDATE` and compared with the
-  runtime's fence (shard, owner, epoch). A batch's transaction is `pg_store.write_batch`:
-  three round trips for a batch of creates (BEGIN with the fence and the outbox counter;
-  the batch's reads; its writes with COMMIT). If another holder has taken the shard, nothing is
-  written and every request of the batch is answered `task_ingress_unavailable` — and so
-  is every later one: an epoch never comes back, so this store is deposed for good.
+  runtime's fence (shard, owner, epoch). Under a lease a batch's transaction is
+  `pg_auditlog.write_chained`: three round trips for a batch of creates (BEGIN with the
+  fence and the shard's head row, refused as `ChainMoved` unless it names the lent head;
+  the batch's reads; its writes, the sealed record of every outcome of the batch and the
+  head row moved, with COMMIT), and the lease goes back advanced. If another holder has
+  taken the shard, nothing is written and every request of the batch is answered
+  `task_ingress_unavailable` — and so is every later one: an epoch never comes back, so
+  this store is deposed for good. A moved head row is answered the same way (not deposed:
+  PgAudit, given the lease back unused, finds out whose records moved it).
 - a request for a workspace of another shard is answered `task_ingress_unavailable`
-  (another daemon owns it); so is a batch whose connection was lost (if its commit did
-  land, a retry with the same request ID is answered as a replay).
-The outbox row of an accepted write commits with it; the shard's audit chain is written by
-PgAudit (actors/pg_audit.py), which chains it, or, after a crash, by the shard's next holder.
+  (another daemon owns it), and recorded in the batch; so is a batch whose connection was
+  lost (if its commit did land, PgAudit reads its records back and answers as recorded).
+- Without a lease (shutdown, or `chains = False`) a batch is `pg_store.write_batch`: an
+  outbox row per accepted write commits with it, and PgAudit (actors/pg_audit.py) chains
+  it, or, after a crash, the shard's next holder.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ and all, is found against the roster (pg_roster.py), which names every shard's c
 Only the shard's lease holder appends, inside a transaction fenced by
 `pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
 fork the chain. Functions take a connection and never commit: the caller owns the
-transaction; except `append_fenced`, which is an append's whole fenced transaction
-(pg_store.FencedTransaction).
+transaction; except `append_fenced` (PgAudit's append), `write_chained` (a store batch
+chained under PgAudit's lease) and `records_after` (the read-back of a lease), each a whole
+fenced transaction (pg_store.FencedTransaction).
 """
 
 from __future__ import annotations
