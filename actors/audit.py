@@ -72,6 +72,15 @@ from task_ingress.messages.protocol import (
 AUDIT_RETRY_SECONDS = 0.2
 
 
+def drained_of(record: dict[str, Any]) -> Drained:
+    """What the router needs of a record a dead store committed: whose request, and the
+    outcome recorded for it."""
+    return Drained(
+        workspace=record["workspace"], channel=record["channel"], peer_id=record["peer_id"],
+        request_id=record["request_id"], action=record["action"], task_id=record["task_id"],
+        run_id=record["run_id"], reason=record["reason"], replay=bool(record["replay"]))
+
+
 class Audit(GateActor):
     """Owner of the keyed chain; the only writer of audit rows and checkpoints."""
 
@@ -213,10 +222,7 @@ class Audit(GateActor):
         names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
         for row in rows:
             r = dict(zip(names, row, strict=True))
-            self.orphans.append(Drained(
-                workspace=r["workspace"], channel=r["channel"], peer_id=r["peer_id"],
-                request_id=r["request_id"], action=r["action"], task_id=r["task_id"],
-                run_id=r["run_id"], reason=r["reason"], replay=bool(r["replay"])))
+            self.orphans.append(drained_of(r))
             self.seq, self.head = int(r["seq"]), str(r["hash"])
             self.unchecked += 1
         self.lent = self.lessee = None

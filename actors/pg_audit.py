@@ -18,6 +18,12 @@ record), with the chain in PostgreSQL (actors/storage/pg_auditlog.py):
 - a lost connection: accepted writes (outbox rows) are retried, on a new connection,
   until they are chained or the lease is found gone; everything else is answered
   `task_ingress_unavailable` at once.
+- `LeaseWanted` -> lends the shard chain's position; the store chains its batch in its own
+  fenced transaction (pg_auditlog.write_chained) and gives the lease back advanced. A
+  lease given back unused, or taken back from a dead store, is settled by a fenced read
+  of the records after the lent head (pg_auditlog.records_after): records a store of this
+  holding committed there become the head, and their requests are answered as recorded
+  (by the router, for a dead store's), never recorded twice.
 There is no checkpoint file: the head row, rewritten in every append, is the checkpoint.
 """
 
@@ -26,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from task_ingress.actors.audit import Audit
+from task_ingress.actors.audit import Audit, drained_of
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import Fence
 from task_ingress.actors.storage import pg_auditlog, pg_store
@@ -41,10 +47,12 @@ from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
     Flush,
+    LeaseWanted,
     QueryFailed,
     ReadAudit,
     Started,
     Verdict,
+    Verdicts,
     Wiring,
 )
 from task_ingress.messages.reasons import Reason
@@ -64,6 +72,10 @@ class PgAudit(pg_store.PgSession, Audit):
         """The lease (or the chain) moved on once: nothing is ever appended again."""
         self.fenced_off = 0
         """Records not written (and answered `task_ingress_unavailable`) once deposed."""
+        self.unsure = False
+        """A lease came back unused from a store that may have committed under it (its
+        connection lost after COMMIT) or was taken back unread: the records after the head
+        are read (`_adopt`) before the chain is appended to or lent again."""
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
         """Connect, check or start the shard's chain, chain left-over outbox rows."""
@@ -91,11 +103,94 @@ class PgAudit(pg_store.PgSession, Audit):
             why = str(exc) if isinstance(exc, ChainRefused | Fenced) else repr(exc)
             self.send(sender, Started(ticket=msg.ticket, error=f"audit: {why}"))
 
+    def receiveMsg_LeaseWanted(self, msg: LeaseWanted, sender: Any) -> None:
+        """As Audit's, lending a head checked first when a lease came back in doubt."""
+        if self.lent is None and self.unsure:
+            self._settle()
+        super().receiveMsg_LeaseWanted(msg, sender)
+
+    def _lease_back(self, msg: Verdicts, sender: Any) -> None:
+        """As Audit's; a lease back unused (the store was fenced off, found the chain moved,
+        lost its connection or failed) is settled first: what the store may have committed
+        under it all the same is read back (`_adopt`), and its requests answered as
+        recorded, never recorded twice."""
+        assert msg.lease is not None and self.chain is not None
+        lent = self.lent
+        if (msg.chained or lent is None or msg.lease.lease_id != lent.lease_id
+                or sender != self.lessee):
+            super()._lease_back(msg, sender)
+            self.chain.seq, self.chain.head = self.seq, self.head
+            return
+        self.lent = self.lessee = None
+        self.unsure = True
+        found = self._settle()
+        if found is None:
+            # Unreadable now, as an append on a lost connection: answered unavailable,
+            # nothing recorded; the next append or lease reads back first.
+            self._answer([(v, _unavailable(v)) for v in msg.items])
+            if self.pending:
+                self.receiveMsg_Flush(Flush(), sender)
+            return
+        recorded = {_request_key(r): r for r in found}
+        done = [(v, _recorded(v, recorded[key])) for v in msg.items
+                if (key := _verdict_key(v)) in recorded]
+        if done:
+            self._answer(done)
+        rest = tuple(v for v in msg.items if _verdict_key(v) not in recorded)
+        # Give Audit the lease back again (it was cleared above) with what is left.
+        self.lent, self.lessee = lent, sender
+        super()._lease_back(Verdicts(items=rest, lease=msg.lease), sender)
+
+    def _settle(self) -> list[dict[str, Any]] | None:
+        """`_adopt` on the current connection: the records found after the head (empty
+        when deposed now), or None when the database cannot be read now."""
+        conn = None if self.deposed else self._connection()
+        if self.deposed:
+            return []
+        if conn is None:
+            return None
+        try:
+            return self._adopt(conn)
+        except (Fenced, ChainMoved) as exc:
+            self.log.error("audit.chain_moved" if isinstance(exc, ChainMoved)
+                           else "audit.fenced", error=str(exc))
+            self._depose(str(exc))
+            return []
+        except psycopg.Error as exc:
+            self.log.error("audit.settle_failed", error=repr(exc))
+            return None
+
+    def _adopt(self, conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+        """Read the records after the head (`pg_auditlog.records_after`, fenced) that a
+        store of this holding committed under a lease not given back advanced; they become
+        the head. Raises as records_after."""
+        fence, chain, key = self.fence, self.chain, self.key
+        assert fence is not None and chain is not None and key is not None
+        records = pg_auditlog.records_after(conn, fence, key, self.seq, self.head)
+        if records:
+            self.seq, self.head = int(records[-1]["seq"]), str(records[-1]["hash"])
+            chain.seq, chain.head = self.seq, self.head
+            self.log.warning("audit.lease_records_adopted", records=len(records))
+        self.unsure = False
+        return records
+
+    def _take_back(self, why: str) -> None:
+        """Audit's, on the shard's chain: what a dead store committed under the lease is
+        read back (fenced) and becomes the head; its records go to the router."""
+        self.lent = self.lessee = None
+        self.unsure = True
+        found = self._settle()
+        self.orphans.extend(drained_of(r) for r in found or [])
+        self.log.warning("audit.lease_taken_back", why=why, records=len(found or []),
+                         read=found is not None)
+
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:
         """One fenced transaction (`pg_auditlog.append_fenced`) that chains the batch's
         records, or (`boxed` None) every outbox row of the shard; returns the outbox rows it
         took. The chain's position is restored when the transaction does not commit."""
+        if self.unsure:
+            self._adopt(conn)
         fence, chain, key = self.fence, self.chain, self.key
         assert fence is not None and chain is not None and key is not None
 
@@ -189,22 +284,52 @@ class PgAudit(pg_store.PgSession, Audit):
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record of the shard's chain, in seq order."""
-        try:
-            conn = self._connection()
-            if conn is None or self.fence is None:
-                raise RuntimeError("the database cannot be reached")
-            records = pg_auditlog.read_shard_records(conn, self.fence.shard, msg.since)
-            self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(records)))
-        except Exception as exc:
-            self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+        for attempt in (1, 2):
+            try:
+                conn = self._connection()
+                if conn is None or self.fence is None:
+                    raise RuntimeError("the database cannot be reached")
+                records = pg_auditlog.read_shard_records(conn, self.fence.shard, msg.since)
+                self.send(sender, AuditRead(ticket=msg.ticket, records=tuple(records)))
+                return
+            except Exception as exc:
+                # A connection found lost by this read (the store now writes the records,
+                # so a read may be the first use in a while) is retried once, reconnected.
+                if attempt == 1 and isinstance(exc, psycopg.Error) and pg_store.lost(self.pg):
+                    continue
+                self.send(sender, QueryFailed(ticket=msg.ticket, error=repr(exc)))
+                return
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        """Shutdown: commit and answer what is buffered, then close."""
+        """Shutdown: commit and answer what is buffered, then close (a lease still out is
+        taken back first, as Audit does: were its store still to commit under it, it would
+        find the head row moved and write nothing)."""
         if self.pending:
+            if self.lent is not None:
+                self._take_back("shutdown")
             self.receiveMsg_Flush(Flush(), sender)
         if self.pg is not None:
             self.pg.close()
             self.pg = None
+
+
+def _request_key(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (record["workspace"], record["channel"], record["peer_id"], record["request_id"])
+
+
+def _verdict_key(verdict: Verdict) -> tuple[str, str, str, str]:
+    # audit_fields' safe forms: the record names the request as the store wrote it.
+    fields = audit_fields(verdict.flight, verdict.outcome)
+    return (fields["workspace"], fields["channel"], fields["peer_id"], fields["request_id"])
+
+
+def _recorded(verdict: Verdict, record: dict[str, Any]) -> Outcome:
+    """The outcome a record states, for its request's answer."""
+    return Outcome(request_id=verdict.outcome.request_id, action=verdict.outcome.action,
+                   accepted=record["reason"] is None,
+                   reason=None if record["reason"] is None else Reason(record["reason"]),
+                   task_id=record["task_id"], run_id=record["run_id"],
+                   replay=bool(record["replay"]))
 
 
 def _unavailable(verdict: Verdict) -> Outcome:

@@ -11,7 +11,7 @@ Accepts:
   advanced. A failed commit turns the batch into `task_ingress_failed`, nothing applied and
   nothing chained (Audit chains those). docs/durability.md says why this is one writer of
   the chain at a time and what a crash leaves.
-- A store that does not chain (`chains = False`: the PostgreSQL twin) flushes on `Flush`
+- A store that does not chain (`chains = False`: a test store) flushes on `Flush`
   (from itself) instead, writing an outbox row per accepted mutation that Audit chains;
   on a durable SQLite store such a batch commits with synchronous=NORMAL (no fsync):
   Audit's synchronous=FULL commit of its records fsyncs the one WAL file.

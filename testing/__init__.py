@@ -16,9 +16,11 @@ only when a test names them in `RuntimeConfig`:
 - `RuntimeConfig(store_actor_class=EXIT_AFTER_STORE_COMMIT)`: a TaskStore whose process
   exits right after its batch's commit, before Audit hears of it (tests/crash,
   docs/durability.md); `EXIT_AFTER_OUTBOX_COMMIT` the same for a store writing outbox rows,
-  `PG_EXIT_AFTER_STORE_COMMIT` on PostgreSQL (tests/cluster).
+  `PG_EXIT_AFTER_STORE_COMMIT` and `PG_EXIT_AFTER_OUTBOX_COMMIT` on PostgreSQL
+  (tests/cluster).
 - `RuntimeConfig(store_actor_class=OUTBOX_STORE)`: a TaskStore that writes outbox rows for
-  Audit to chain instead of chaining under a lease (the PostgreSQL twin's way).
+  Audit to chain instead of chaining under a lease (what every store does at shutdown);
+  `PG_OUTBOX_STORE` the same on PostgreSQL.
 
 tests/race uses them to show that its checks catch a missing protection (docs/race-freedom.md).
 """
@@ -55,10 +57,18 @@ OUTBOX_STORE = "task_ingress.testing.OutboxTaskStore"
 PG_EXIT_AFTER_STORE_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterStoreCommit"
 """Dotted name of `PgExitAfterStoreCommit` (a runtime on PostgreSQL), for
 `RuntimeConfig.store_actor_class`."""
+PG_EXIT_AFTER_OUTBOX_COMMIT = "task_ingress.testing.pg_crash.PgExitAfterOutboxCommit"
+"""Dotted name of `PgExitAfterOutboxCommit` (a runtime on PostgreSQL), for
+`RuntimeConfig.store_actor_class`."""
+
+PG_OUTBOX_STORE = "task_ingress.testing.pg_outbox.PgOutboxTaskStore"
+"""Dotted name of `PgOutboxTaskStore` (a runtime on PostgreSQL), for
+`RuntimeConfig.store_actor_class`."""
 
 __all__ = ["CRASH_EXIT", "CRASH_PREFIX", "DELAY", "EXIT_AFTER_OUTBOX_COMMIT",
            "EXIT_AFTER_STORE_COMMIT", "FAIL_SECOND_COMMIT", "HOLD", "NAIVE_CHANNEL",
-           "NAIVE_STORE", "OUTBOX_STORE", "PG_EXIT_AFTER_STORE_COMMIT", "Delay",
+           "NAIVE_STORE", "OUTBOX_STORE", "PG_EXIT_AFTER_OUTBOX_COMMIT",
+           "PG_EXIT_AFTER_STORE_COMMIT", "PG_OUTBOX_STORE", "Delay",
            "ExitAfterOutboxCommit", "ExitAfterStoreCommit", "FailSecondCommit", "Hold",
            "HoldArm", "HoldQuery", "HoldRelease", "HoldState", "NaiveChannelIngress",
            "NaiveTaskStore", "OutboxTaskStore"]

@@ -7,8 +7,8 @@ like production until a batch holding an accepted request whose ID starts with
 before the batch's verdicts leave for Audit. On simpleSystemBase (and in the pipeline
 process) that is the whole pipeline: nothing of that batch was answered, and its writes are
 in the store with their chained records (committed under Audit's lease).
-`EXIT_AFTER_OUTBOX_COMMIT` does the same as a store that does not chain (the PostgreSQL
-twin's way): the records are then only in the outbox, for Audit's start-up drain.
+`EXIT_AFTER_OUTBOX_COMMIT` does the same as a store that does not chain (every store's
+way at shutdown): the records are then only in the outbox, for Audit's start-up drain.
 """
 
 from __future__ import annotations

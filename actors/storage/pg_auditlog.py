@@ -12,16 +12,18 @@ and all, is found against the roster (pg_roster.py), which names every shard's c
 Only the shard's lease holder appends, inside a transaction fenced by
 `pg_store.lock_fence`: that lock also serializes the appends, so a deposed holder can never
 fork the chain. Functions take a connection and never commit: the caller owns the
-transaction; except `append_fenced`, which is an append's whole fenced transaction
-(pg_store.FencedTransaction).
+transaction; except `append_fenced` (PgAudit's append), `write_chained` (a store batch
+chained under PgAudit's lease) and `records_after` (the read-back of a lease), each a whole
+fenced transaction (pg_store.FencedTransaction).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 from task_ingress.actors.rules.chain import ChainKey, genesis_hash
@@ -167,7 +169,7 @@ def open_shard_chain(conn: psycopg.Connection[Any], shard: int, key: ChainKey,
 
 
 def _head_read(shard: int) -> Statement:
-    return ("SELECT seq, hash FROM audit_chains WHERE shard = %s", (shard,))
+    return ("SELECT seq, hash, chain_id FROM audit_chains WHERE shard = %s", (shard,))
 
 
 def _head_of(rows: list[tuple[Any, ...]]) -> tuple[int, str] | None:
@@ -216,6 +218,67 @@ def append_fenced(
         chain.seq, chain.head = seq, head
         raise
     return taken
+
+
+R = TypeVar("R")
+
+
+def write_chained(
+    conn: psycopg.Connection[Any], fence: Fence, key: ChainKey, seq: int, head: str,
+    work: Callable[[sqlite3.Connection], tuple[R, list[dict[str, Any]]]],
+) -> tuple[R, ShardChain]:
+    """A store batch's fenced transaction under a chain lease (docs/cluster.md), in three
+    messages for a batch of creates: BEGIN, the fence and the shard's head row; `work`'s
+    reads (store_batch's load); its writes, the records of every outcome it gives, sealed
+    after (`seq`, `head`), and the head row moved, with COMMIT.
+
+    `work(conn)` judges the batch on `conn` (writes there are held back) and returns (its
+    result, the audit fields of each outcome, in order). Returns the result and the chain's
+    position after the records. Raises `Fenced`, `ChainMoved` (the head row does not name
+    (`seq`, `head`): nothing is judged) or psycopg's errors; on any, nothing is written."""
+    with FencedTransaction(conn, fence) as tx:
+        (head_rows,) = tx.begin(_head_read(fence.shard))
+        if _head_of(head_rows) != (seq, head):
+            raise ChainMoved(f"the head row of shard {fence.shard} is not at seq {seq} "
+                             "as lent: the chain moved without this store")
+        chain = ShardChain(fence.shard, str(head_rows[0][2]), seq, head)
+        result, fields = work(cast(sqlite3.Connection, tx.qmark()))
+        if fields:
+            at = time.time()
+            sealed = [chain.seal(key, f, at) for f in fields]
+            tx.write_rows(INSERT_SHARD_AUDIT, [(chain.shard, *(r[name] for name in AUDIT_NAMES))
+                                               for r in sealed])
+            tx.write(*head_statement(key, chain))
+    return result, chain
+
+
+def records_after(conn: psycopg.Connection[Any], fence: Fence, key: ChainKey,
+                  seq: int, head: str) -> list[dict[str, Any]]:
+    """The shard's records after (`seq`, `head`), read under the fence: what a store of
+    this holding chained under a lease Audit takes back (its store died, or lost its
+    connection after sending COMMIT). Two messages.
+
+    Under the fence only this holding appends, so what follows the lent head is its
+    store's; it is still checked: each record must seal under `key` and link from the one
+    before (the first from `head`), and the head row must name the last. Raises `Fenced`,
+    `ChainMoved` (they do not) or psycopg's errors."""
+    with FencedTransaction(conn, fence) as tx:
+        head_rows, rows = tx.begin(
+            _head_read(fence.shard),
+            (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE shard = %s AND seq > %s ORDER BY seq",
+             (fence.shard, seq)))
+    records = [_fields(r) for r in rows]
+    at_seq, at_head = seq, head
+    for record in records:
+        if (record["seq"] != at_seq + 1 or record["prev_hash"] != at_head
+                or key.seal(record) != record["hash"]):
+            raise ChainMoved(f"record {record['seq']} of shard {fence.shard} does not follow "
+                             f"seq {at_seq} of this runtime's chain")
+        at_seq, at_head = int(record["seq"]), str(record["hash"])
+    if _head_of(head_rows) != (at_seq, at_head):
+        raise ChainMoved(f"the head row of shard {fence.shard} does not name seq {at_seq}, "
+                         "the last record after the lent head")
+    return records
 
 
 def read_shard_records(conn: psycopg.Connection[Any], shard: int, since: float = 0.0

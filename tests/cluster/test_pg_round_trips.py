@@ -1,7 +1,7 @@
 """Round trips of the fenced transactions, counted in libpq's own trace of the connection
-(every message PostgreSQL answers ends in ReadyForQuery): a store batch of creates and an
-audit append each take a fixed few, whatever the batch's size, and still commit all or
-nothing under the fence."""
+(every message PostgreSQL answers ends in ReadyForQuery): a store batch of creates chained
+under the lease, or (the outbox path) a store batch and its audit append, each take a fixed
+few, whatever the batch's size, and still commit all or nothing under the fence."""
 
 from __future__ import annotations
 
@@ -119,6 +119,45 @@ def test_a_store_batch_of_creates_and_its_audit_append_take_three_and_two_round_
         assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
         assert pg_auditlog.current_head(conn, SHARD) == (chain.seq, chain.head) == (size,
                                                                                     chain.head)
+        verdict = verify_shard(conn, key, SHARD)
+        assert verdict.ok and verdict.records == size, verdict.problems
+        assert fencing_violations(conn, SHARDS) == []
+
+
+@pytest.mark.parametrize("size", [1, 6])
+def test_a_store_batch_of_creates_chained_under_the_lease_takes_three_round_trips_in_all(
+    database: str, size: int,
+) -> None:
+    conn, fence = _setup(database)
+    key = ChainKey(secrets.token_bytes(32))
+    items = [(IngressContext(workspace=WS, peer_id="peer-a", channel="ops",
+                             request_id=f"r-{i}"), CreateTask(title=f"t{i}"))
+             for i in range(size)]
+
+    def work(qmark: sqlite3.Connection) -> tuple[None, list[dict[str, Any]]]:
+        batch = StoreBatch.load(qmark, items, next_outbox=0)
+        fields = []
+        for ctx, request in items:
+            outcome, change = batch.judge(ctx, request, SPEC_LIMITS, time.time())
+            assert change is not None and batch.apply(change, None) is None
+            fields.append({"workspace": WS, "channel": "ops", "peer_id": "peer-a",
+                           "actor": "a", "request_id": ctx.request_id,
+                           "action": outcome.action.value, "outcome": "accepted",
+                           "reason": None, "task_id": outcome.task_id, "run_id": None,
+                           "payload_size": 1, "replay": False, "trust": None})
+        batch.write(qmark)
+        return None, fields
+
+    with conn:
+        chain = _chain(conn, fence, key)
+        with _counting(conn) as trips:
+            _, after = pg_auditlog.write_chained(conn, fence, key, chain.seq, chain.head, work)
+        # BEGIN + fence + head row; the batch's reads; writes + records + head row + COMMIT.
+        assert trips[0] == 3
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (size,)
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        assert pg_auditlog.current_head(conn, SHARD) == (after.seq, after.head) == (
+            size, after.head)
         verdict = verify_shard(conn, key, SHARD)
         assert verdict.ok and verdict.records == size, verdict.problems
         assert fencing_violations(conn, SHARDS) == []

@@ -32,7 +32,12 @@ from task_ingress.runtime import IngressRuntime, RuntimeConfig
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.history import fencing_violations
 from task_ingress.runtime.errors import RuntimeStartError
-from task_ingress.testing import CRASH_EXIT
+from task_ingress.testing import (
+    CRASH_EXIT,
+    PG_EXIT_AFTER_OUTBOX_COMMIT,
+    PG_EXIT_AFTER_STORE_COMMIT,
+    PG_OUTBOX_STORE,
+)
 
 from tests.conftest import FakeClock, ctx, writer_card
 
@@ -248,23 +253,31 @@ def test_a_runtime_without_an_audit_key_or_with_a_stale_fence_does_not_start(
         RuntimeConfig(database_url="postgresql://x/y")
 
 
+@pytest.mark.parametrize("store", [PG_EXIT_AFTER_STORE_COMMIT, PG_EXIT_AFTER_OUTBOX_COMMIT],
+                         ids=["chained", "outbox"])
 def test_a_write_whose_holder_died_before_its_audit_is_chained_by_the_next_holder(
-    pg_runtime: Callable[..., IngressRuntime], database: str,
+    pg_runtime: Callable[..., IngressRuntime], database: str, store: str,
 ) -> None:
     with _setup(database) as conn:
         fence = _fence(conn, "node-a")
         done = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("pg_crash_writer.py")), database,
-             str(fence.shard), fence.owner, str(fence.epoch), KEY, WS],
+             str(fence.shard), fence.owner, str(fence.epoch), KEY, WS, store],
             capture_output=True, text=True, timeout=120)
         assert done.returncode == CRASH_EXIT, done.stderr[-2000:]
         answers = [json.loads(line) for line in done.stdout.splitlines()]
         assert answers == [{"request_id": "r-1", "accepted": True}]   # the marked one: none
-        # The write and its outbox row committed together; its record is not chained yet.
         titles = {r[0] for r in conn.execute("SELECT title FROM tasks").fetchall()}
         assert titles == {"r-1", "crash-1"}
-        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
-        assert [r["request_id"] for r in pg_auditlog.shard_rows(conn, SHARD)] == ["r-1"]
+        chained = [r["request_id"] for r in pg_auditlog.shard_rows(conn, SHARD)]
+        if store == PG_EXIT_AFTER_STORE_COMMIT:
+            # The write and its record committed together under the lease: no outbox row.
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+            assert chained == ["r-1", "crash-1"]
+        else:
+            # The write and its outbox row committed together; its record is not chained yet.
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+            assert chained == ["r-1"]
         rt = pg_runtime(_take_over(conn, SHARD, "node-b"))
         records = rt.audit()
         assert [(r.request_id, r.outcome) for r in records] == [
@@ -299,11 +312,15 @@ def test_a_write_on_a_lost_connection_is_unavailable_and_the_next_one_reconnects
         _assert_chain_verifies(conn, SHARD, 2)
 
 
+@pytest.mark.parametrize("store", [None, PG_OUTBOX_STORE], ids=["chained", "outbox"])
 def test_an_accepted_write_whose_audit_connection_was_lost_is_chained_on_reconnect(
-    pg_runtime: Callable[..., IngressRuntime], database: str,
+    pg_runtime: Callable[..., IngressRuntime], database: str, store: str | None,
 ) -> None:
+    # Chained, the store writes the record itself and PgAudit's next read reconnects;
+    # through the outbox, PgAudit's append is retried on a new connection.
     with _setup(database) as conn:
-        rt = pg_runtime(_fence(conn, "node-a"))
+        rt = pg_runtime(_fence(conn, "node-a"),
+                        **({} if store is None else {"store_actor_class": store}))
         rt.greet(WS, "ops", writer_card("peer-a"))
         assert rt.submit(ctx("r-1", workspace=WS), CreateTask(title="one")).accepted
         audit_pid = conn.execute(

@@ -1,7 +1,7 @@
 """One fsync per batch (docs/durability.md). A chaining store commits its batch's writes
 with their chained records under Audit's lease: a process that dies right after that
 commit has answered nothing of the batch, and its writes and records are both there. A
-store writing outbox rows (the PostgreSQL twin's way, and every store at shutdown) commits
+store writing outbox rows (every store's way at shutdown) commits
 without an fsync and Audit's durable commit carries it: a process that dies between the two
 commits has answered nothing, and the next start chains every accepted write of it from the
 outbox. Either way no write is ever separated from its audit record.
