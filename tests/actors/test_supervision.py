@@ -36,11 +36,9 @@ def test_lost_tickets_are_the_suspects_still_unanswered() -> None:
     assert lost_tickets({1, 2, 3}, {2: object(), 3: object(), 9: object()}) == [2, 3]  # type: ignore[dict-item]
 
 
-def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recovers(
-    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rt = make_runtime(channel_pipeline=1, max_in_flight_per_peer=64)
-    rt.greet("ws", "ops", writer_card("peer-a"))
+def _kill_channel_on_first_batch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the first channel actor that hands Presence a batch die right after; returns
+    (once it happened) the request IDs of that batch."""
     original = Presence.receiveMsg_InFlights
     killed: list[str] = []
 
@@ -52,6 +50,15 @@ def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recove
         original(self, msg, sender)
 
     monkeypatch.setattr(Presence, "receiveMsg_InFlights", kill_channel_on_first)
+    return killed
+
+
+def test_requests_held_by_a_dead_channel_actor_get_failed_and_the_channel_recovers(
+    make_runtime: Callable[..., IngressRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(channel_pipeline=1, max_in_flight_per_peer=64)
+    rt.greet("ws", "ops", writer_card("peer-a"))
+    killed = _kill_channel_on_first_batch(monkeypatch)
     # Several requests of one channel in one batch, so some wait inside the channel actor.
     outcomes = submit_as_one_batch(rt, [(ctx(f"r{i}"), CreateTask(title="t")) for i in range(40)])
     monkeypatch.undo()
@@ -75,14 +82,7 @@ def test_a_probe_lost_in_a_dead_store_goes_again_and_the_dead_channels_requests_
 ) -> None:
     rt = make_runtime(channel_pipeline=1, max_in_flight_per_peer=64)
     rt.greet("ws", "ops", writer_card("peer-a"))
-    original = Presence.receiveMsg_InFlights
-    killed: list[str] = []
-
-    def kill_channel_on_first(self: Presence, msg: Any, sender: Any) -> None:
-        if not killed:
-            killed.extend(f.context.request_id for f in msg.items)
-            self.send(sender, ActorExitRequest())
-        original(self, msg, sender)
+    killed = _kill_channel_on_first_batch(monkeypatch)
 
     def die_on_first_probe(self: TaskStore, msg: Any, sender: Any) -> None:
         # The store dies with the probe the channel actor's death sent down (and whatever
@@ -92,7 +92,6 @@ def test_a_probe_lost_in_a_dead_store_goes_again_and_the_dead_channels_requests_
         self.send(self.myAddress, ActorExitRequest())
 
     original_probe = TaskStore.receiveMsg_Probe
-    monkeypatch.setattr(Presence, "receiveMsg_InFlights", kill_channel_on_first)
     monkeypatch.setattr(TaskStore, "receiveMsg_Probe", die_on_first_probe)
     outcomes = submit_as_one_batch(rt, [(ctx(f"r{i}"), CreateTask(title="t")) for i in range(40)])
     monkeypatch.undo()
