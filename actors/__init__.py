@@ -33,8 +33,8 @@ fsync per batch) and the chain still has one writer at a time (docs/durability.m
 
 On PostgreSQL (cluster mode) two stages have a twin that takes their place in the same
 chain, with the same messages: PgTaskStore (`pg_task_store.py`) and PgAudit
-(`pg_audit.py`), each transaction fenced by the shard's lease. PgTaskStore does not
-chain: it writes an outbox row per accepted write, which PgAudit chains in its own commit.
+(`pg_audit.py`), each transaction fenced by the shard's lease; PgTaskStore chains its batch
+under PgAudit's lease in one fenced transaction, as TaskStore does under Audit's.
 
 Beside the stages: `base.py` (what every stage shares), `log.py` (structlog set-up),
 `rules/` (the pure gate, hash-chain and shard rules) and `storage/` (the SQLite and
