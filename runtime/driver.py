@@ -14,7 +14,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from task_ingress.messages.protocol import (
     Submission,
     Sweep,
 )
+from task_ingress.runtime.answer import Answer
 from task_ingress.runtime.errors import IngressTimeout, RuntimeClosed, RuntimeStartError
 from task_ingress.runtime.flow import FlowControl, FlowLimits, PeerKey
 from task_ingress.runtime.host import ActorHost, Stamped
@@ -108,12 +108,12 @@ class Driver:
         return self._addresses
 
     def submit(self, message: Submission | PresenceChange, peer: PeerKey | None = None
-               ) -> Future[Any]:
+               ) -> Answer:
         """Queue a request or presence change for the router's next batch; the future
         resolves with its answer. `peer` is the admission key (None: holds no slot)."""
         return self._put(Call(message=message, peer=peer))
 
-    def ask(self, to: Any, message: Any) -> Future[Any]:
+    def ask(self, to: Any, message: Any) -> Answer:
         """Queue a query (it carries a `ticket`) for one actor; the future resolves with
         the reply of that ticket."""
         return self._put(Call(message=message, to=to))
@@ -124,7 +124,7 @@ class Driver:
         self._refuse_if_closed()
         self.inbox.put_together(calls)
 
-    def _put(self, call: Call) -> Future[Any]:
+    def _put(self, call: Call) -> Answer:
         self._refuse_if_closed()
         self.inbox.put(call)
         return call.future
@@ -146,7 +146,7 @@ class Driver:
                                  presence_entries=max(0, held.peers),
                                  peer_cards=max(0, held.cards))
 
-    def wait(self, future: Future[Any]) -> Any:
+    def wait(self, future: Answer) -> Any:
         """Block for a reply, converting a timeout into IngressTimeout."""
         try:
             return future.result(timeout=self.request_timeout)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import queue
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from task_ingress.runtime.answer import Answer
 from task_ingress.runtime.flow import PeerKey
 from thespian.actors import ActorAddress
 
@@ -24,12 +24,12 @@ LINGER_GAP = 0.0002
 
 @dataclass
 class Call:
-    """One caller's message for the actors, and the future its reply resolves."""
+    """One caller's message for the actors, and the `Answer` its reply resolves."""
 
     message: Any
     to: ActorAddress | None = None
     """None: a Submission or PresenceChange, sent to the router in the next SubmitBatch."""
-    future: Future[Any] = field(default_factory=Future)
+    future: Answer = field(default_factory=Answer)
     peer: PeerKey | None = None
     deadline: float = 0.0
 

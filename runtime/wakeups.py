@@ -1,7 +1,7 @@
 """Answers from the driver thread to event loops: one wake-up of a loop per reply batch.
 
 `IngressRuntime.asubmit` waits on an asyncio future while the driver thread resolves the
-request's `concurrent.futures.Future`. `asyncio.wrap_future` wakes the loop once per
+request's `Answer` (runtime/answer.py). `asyncio.wrap_future` woke the loop once per
 request (a `call_soon_threadsafe`: a lock, a deque append and a write to the loop's
 self-pipe, then a turn of the loop for each). The driver answers a whole group commit at
 once, so `LoopWakeups` queues the answers and wakes each loop once for all of them: while
@@ -21,8 +21,9 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
+
+from task_ingress.runtime.answer import Answer
 
 _batch = threading.local()
 """The wake-ups held back on this thread while it resolves a batch (None: none)."""
@@ -46,24 +47,24 @@ def one_wakeup_per_loop() -> Iterator[None]:
 
 
 class LoopWakeups:
-    """Hands completed `concurrent.futures.Future`s to one event loop in batches."""
+    """Hands completed `Answer`s to one event loop in batches."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._done: deque[tuple[Future[Any], asyncio.Future[Any]]] = deque()
+        self._done: deque[tuple[Answer, asyncio.Future[Any]]] = deque()
         self._scheduled = False
         self.wakeups = 0
         """Times the loop was woken (for measurements)."""
 
-    def watch(self, future: Future[Any]) -> asyncio.Future[Any]:
+    def watch(self, future: Answer) -> asyncio.Future[Any]:
         """An asyncio future (on this loop) that gets `future`'s outcome. Cancelling it
         leaves `future` alone: the driver still resolves it and frees its slot."""
         mirror: asyncio.Future[Any] = self.loop.create_future()
         future.add_done_callback(lambda done: self._completed(done, mirror))
         return mirror
 
-    def _completed(self, done: Future[Any], mirror: asyncio.Future[Any]) -> None:
+    def _completed(self, done: Answer, mirror: asyncio.Future[Any]) -> None:
         # Any thread (the driver's, or the loop's own if `done` was already resolved).
         with self._lock:
             self._done.append((done, mirror))

@@ -13,13 +13,13 @@ delay) go straight to the driver and return futures.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any
 
 from task_ingress.messages import AuditRecord, IngressContext, Outcome, PeerCard
 from task_ingress.messages.protocol import PresenceApplied, PresenceChange, Replied
 from task_ingress.messages.requests import AnyRequest
 from task_ingress.runtime import IngressRuntime
+from task_ingress.runtime.answer import Answer
 from task_ingress.runtime.driver import Driver
 from task_ingress.testing import HOLD, HoldArm, HoldQuery, HoldRelease, HoldState
 
@@ -70,7 +70,7 @@ class RaceHarness:
         self._hold(lambda t: HoldQuery(ticket=t))
 
     # ---- non-blocking calls ------------------------------------------------------
-    def submit(self, context: IngressContext, request: AnyRequest) -> Future[Any]:
+    def submit(self, context: IngressContext, request: AnyRequest) -> Answer:
         """Queue a request exactly as `IngressRuntime.submit` does, without waiting."""
         key = (context.workspace, context.channel, context.peer_id, context.request_id)
         self.requests[key] = request
@@ -80,29 +80,29 @@ class RaceHarness:
         """Submit and wait (setup steps), remembering the request for the checkers."""
         return outcome(self.submit(context, request))
 
-    def greet(self, workspace: str, channel: str, card: PeerCard) -> Future[Any]:
+    def greet(self, workspace: str, channel: str, card: PeerCard) -> Answer:
         """Queue a greet as `IngressRuntime.greet` does, without waiting."""
         return self._presence(workspace, channel, card.peer_id, card)
 
-    def leave(self, workspace: str, channel: str, peer_id: str) -> Future[Any]:
+    def leave(self, workspace: str, channel: str, peer_id: str) -> Answer:
         """Queue a leave as `IngressRuntime.leave` does, without waiting."""
         return self._presence(workspace, channel, peer_id, None)
 
     def _presence(self, workspace: str, channel: str, peer_id: str,
-                  card: PeerCard | None) -> Future[Any]:
+                  card: PeerCard | None) -> Answer:
         change = PresenceChange(ticket=self.driver.next_ticket(), workspace=workspace,
                                 channel=channel, peer_id=peer_id, card=card, now=0.0)
         return self.driver.submit(change)
 
 
-def outcome(future: Future[Any]) -> Outcome:
+def outcome(future: Answer) -> Outcome:
     """The Outcome a submit future resolves to."""
     reply = future.result(WAIT)
     assert isinstance(reply, Replied), reply
     return reply.outcome
 
 
-def applied(future: Future[Any]) -> None:
+def applied(future: Answer) -> None:
     """Wait for a greet/leave future; it must have taken effect."""
     reply = future.result(WAIT)
     assert isinstance(reply, PresenceApplied), reply

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
 import uvloop
 from task_ingress.messages import CreateTask, IngressContext, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.answer import Answer
 from task_ingress.runtime.errors import IngressTimeout
 from task_ingress.runtime.wakeups import LoopWakeups, one_wakeup_per_loop
 from task_ingress.testing import HOLD
@@ -106,7 +106,7 @@ def test_futures_resolved_in_one_batch_wake_a_running_loop_once(
     thread.start()
     try:
         wakeups = LoopWakeups(loop)
-        sources: list[Future[Any]] = [Future() for _ in range(6)]
+        sources = [Answer() for _ in range(6)]
         mirrors = [asyncio.run_coroutine_threadsafe(_watch(wakeups, f), loop).result(5)
                    for f in sources]
         with one_wakeup_per_loop():
@@ -126,7 +126,7 @@ def test_futures_resolved_in_one_batch_wake_a_running_loop_once(
         loop.close()
 
 
-async def _watch(wakeups: LoopWakeups, future: Future[Any]) -> asyncio.Future[Any]:
+async def _watch(wakeups: LoopWakeups, future: Answer) -> asyncio.Future[Any]:
     return wakeups.watch(future)
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any
 
 import psutil
 import pytest
 from task_ingress.messages import CreateTask, EnqueueRun, Reason, UpdateTask
 from task_ingress.messages.codec import decode_reply
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.answer import Answer
 from task_ingress.runtime.errors import RuntimeClosed
 from task_ingress.testing import HOLD
 
@@ -67,7 +66,7 @@ def test_a_dead_pipeline_process_fails_every_waiting_caller_at_once(
         rt.greet("ws", "ops", writer_card(peer))
     h = RaceHarness(rt)
     h.hold()
-    waiting: list[Future[Any]] = [h.submit(ctx(f"w-{p}", peer=p), CreateTask(title="held"))
+    waiting: list[Answer] = [h.submit(ctx(f"w-{p}", peer=p), CreateTask(title="held"))
                                   for p in ("pa", "pb", "pc")]
     assert h.held() == ("w-pa", "w-pb", "w-pc")
     assert rt.alive()
