@@ -91,7 +91,7 @@ class TaskStore(GateActor):
         self.pending: list[InFlight] = []
         self.flush_queued = False
         self.key: ChainKey | None = None
-        self.batch_sync = BATCH_SYNC
+        """The audit key when this store chains (set at Wiring), None when it does not."""
         self.lease_ids = 0
         self.lease_asked: int | None = None
         """The lease this store waits for; only that one is used (a stale one is dropped)."""
@@ -111,8 +111,6 @@ class TaskStore(GateActor):
                     self.key = ChainKey.from_hex(s.audit_key)
                 except ValueError:
                     raise ValueError("the audit key is missing or not hex") from None
-                # Its commit is the batch's only one: it carries the fsync.
-                self.batch_sync = "FULL"
             self.conn = connect(s.store_path, s.durable)
             if s.durable:
                 # One fsync per batch, not two: see the module docstring.
@@ -120,6 +118,12 @@ class TaskStore(GateActor):
             self.send(sender, Started(ticket=msg.ticket))
         except Exception as exc:
             self.send(sender, Started(ticket=msg.ticket, error=f"task store: {exc!r}"))
+
+    @property
+    def batch_sync(self) -> str:
+        """synchronous= of its batch commits on a durable store: a chaining store's commit is
+        the batch's only one and carries the fsync; an outbox batch leaves it to Audit's."""
+        return "FULL" if self.key is not None else BATCH_SYNC
 
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
         """Buffer admitted requests until the lease (or, not chaining, the Flush) behind them."""
@@ -142,11 +146,13 @@ class TaskStore(GateActor):
         self.lease_asked = None
         batch, self.pending = self.pending, []
         self.lease = msg
-        verdicts = [failed_verdict(f) for f in batch]
+        verdicts: list[Verdict] | None = None
         try:
             verdicts = self._judged(batch)
         finally:
             # Whatever happened, the lease goes back: Audit commits nothing while it is out.
+            if verdicts is None:  # _judged answers a bug itself: only a BaseException is here
+                verdicts = [failed_verdict(f) for f in batch]
             back, self.lease = self.lease or msg, None
             self.send(self.audit, Verdicts(items=tuple(verdicts), lease=back,
                                            chained=back.seq != msg.seq))
