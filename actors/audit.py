@@ -38,6 +38,7 @@ from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage.auditlog import (
     AUDIT_COLUMNS,
+    AUDIT_NAMES,
     INSERT_AUDIT,
     audit_fields,
     read_records,
@@ -70,15 +71,6 @@ from task_ingress.messages.protocol import (
 )
 
 AUDIT_RETRY_SECONDS = 0.2
-
-
-def drained_of(record: dict[str, Any]) -> Drained:
-    """What the router needs of a record a dead store committed: whose request, and the
-    outcome recorded for it."""
-    return Drained(
-        workspace=record["workspace"], channel=record["channel"], peer_id=record["peer_id"],
-        request_id=record["request_id"], action=record["action"], task_id=record["task_id"],
-        run_id=record["run_id"], reason=record["reason"], replay=bool(record["replay"]))
 
 
 class Audit(GateActor):
@@ -219,10 +211,9 @@ class Audit(GateActor):
         rows = self.conn.execute(
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq", (self.seq,)
         ).fetchall()
-        names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
         for row in rows:
-            r = dict(zip(names, row, strict=True))
-            self.orphans.append(drained_of(r))
+            r = dict(zip(AUDIT_NAMES, row, strict=True))
+            self.orphans.append(Drained.from_record(r))
             self.seq, self.head = int(r["seq"]), str(r["hash"])
             self.unchecked += 1
         self.lent = self.lessee = None
@@ -357,8 +348,7 @@ class Audit(GateActor):
             self._take_back("a probe came through the new store")
         self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
-        keys = ("workspace", "channel", "peer_id", "request_id", "action", "task_id", "run_id")
-        found = [Drained(**{k: f[k] for k in keys}) for f in drained] + self.orphans
+        found = [Drained.from_record(f) for f in drained] + self.orphans
         self.orphans = []
         self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id, drained=tuple(found)))
 

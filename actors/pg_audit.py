@@ -32,11 +32,11 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from task_ingress.actors.audit import Audit, drained_of
+from task_ingress.actors.audit import Audit
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import Fence
 from task_ingress.actors.storage import pg_auditlog, pg_store
-from task_ingress.actors.storage.auditlog import audit_fields
+from task_ingress.actors.storage.auditlog import audit_fields, record_key
 from task_ingress.actors.storage.chainstart import ChainRefused
 from task_ingress.actors.storage.pg_auditlog import ChainMoved, ShardChain
 from task_ingress.actors.storage.pg_roster import rostered_chain_id
@@ -46,6 +46,7 @@ from task_ingress.actors.storage.schema import decode_outbox
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     AuditRead,
+    Drained,
     Flush,
     LeaseWanted,
     QueryFailed,
@@ -131,12 +132,12 @@ class PgAudit(pg_store.PgSession, Audit):
             if self.pending:
                 self.receiveMsg_Flush(Flush(), sender)
             return
-        recorded = {_request_key(r): r for r in found}
-        done = [(v, _recorded(v, recorded[key])) for v in msg.items
-                if (key := _verdict_key(v)) in recorded]
+        recorded = {d.key: d for d in map(Drained.from_record, found)}
+        done = [(v, recorded[key].outcome(v.outcome.request_id, v.outcome.action))
+                for v in msg.items if (key := record_key(v.flight.context)) in recorded]
         if done:
             self._answer(done)
-        rest = tuple(v for v in msg.items if _verdict_key(v) not in recorded)
+        rest = tuple(v for v in msg.items if record_key(v.flight.context) not in recorded)
         # Give Audit the lease back again (it was cleared above) with what is left.
         self.lent, self.lessee = lent, sender
         super()._lease_back(Verdicts(items=rest, lease=msg.lease), sender)
@@ -180,7 +181,7 @@ class PgAudit(pg_store.PgSession, Audit):
         self.lent = self.lessee = None
         self.unsure = True
         found = self._settle()
-        self.orphans.extend(drained_of(r) for r in found or [])
+        self.orphans.extend(Drained.from_record(r) for r in found or [])
         self.log.warning("audit.lease_taken_back", why=why, records=len(found or []),
                          read=found is not None)
 
@@ -311,25 +312,6 @@ class PgAudit(pg_store.PgSession, Audit):
         if self.pg is not None:
             self.pg.close()
             self.pg = None
-
-
-def _request_key(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (record["workspace"], record["channel"], record["peer_id"], record["request_id"])
-
-
-def _verdict_key(verdict: Verdict) -> tuple[str, str, str, str]:
-    # audit_fields' safe forms: the record names the request as the store wrote it.
-    fields = audit_fields(verdict.flight, verdict.outcome)
-    return (fields["workspace"], fields["channel"], fields["peer_id"], fields["request_id"])
-
-
-def _recorded(verdict: Verdict, record: dict[str, Any]) -> Outcome:
-    """The outcome a record states, for its request's answer."""
-    return Outcome(request_id=verdict.outcome.request_id, action=verdict.outcome.action,
-                   accepted=record["reason"] is None,
-                   reason=None if record["reason"] is None else Reason(record["reason"]),
-                   task_id=record["task_id"], run_id=record["run_id"],
-                   replay=bool(record["replay"]))
 
 
 def _unavailable(verdict: Verdict) -> Outcome:

@@ -52,6 +52,7 @@ from task_ingress.actors.base import (
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.shards import shard_of
+from task_ingress.actors.storage.auditlog import record_key
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import (
     ChannelCount,
@@ -123,15 +124,6 @@ def reap_candidates(
             and now - last_greet.get(key, float("-inf")) >= expiry]
 
 
-def recovery_key(workspace: str, channel: str, peer_id: str, request_id: str
-                 ) -> tuple[str, str, str, str]:
-    """Who sent which request, as its audit record holds it (`auditlog.audit_fields`): a
-    recovered outcome (`Drained`, read back from a record) names its request this way, and
-    an admitted ID may hold characters the record keeps escaped (`gate.safe_field`)."""
-    return (gate.safe_field(workspace), gate.safe_field(channel), gate.safe_field(peer_id),
-            gate.safe_field(request_id))
-
-
 def lost_tickets(suspects: set[int], unanswered: dict[int, InFlight]) -> list[int]:
     """Suspects still unanswered once the probe is back: they never left the dead actor."""
     return sorted(t for t in suspects if t in unanswered)
@@ -181,7 +173,7 @@ class IngressRouter(GateActor):
         self.unanswered: dict[int, InFlight] = {}
         self.probes: dict[int, PendingProbe] = {}
         # Outcomes a dead store committed, as found (outbox rows, records under a taken-back
-        # lease) by whichever probe got there first, by `recovery_key`; shared by all probes
+        # lease) by whichever probe got there first, by `record_key`; shared by all probes
         # of one failure, dropped when none is pending.
         self.recovered: dict[tuple[str, str, str, str], Drained] = {}
         self.probe_ids = itertools.count(1)
@@ -494,20 +486,15 @@ class IngressRouter(GateActor):
             return
         del self.probes[probe_id]
         for d in probe.done.drained:
-            self.recovered[(d.workspace, d.channel, d.peer_id, d.request_id)] = d
+            self.recovered[d.key] = d
         lost: list[Verdict] = []
         for ticket in lost_tickets(probe.suspects, self.unanswered):
             flight = self.unanswered[ticket]
             ctx = flight.context
-            found = self.recovered.pop(
-                recovery_key(ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id), None)
+            found = self.recovered.pop(record_key(ctx), None)
             if found is not None:
                 # Committed by the dead store, with its record: the outcome it recorded.
-                outcome = Outcome(request_id=ctx.request_id, action=flight.submission.action,
-                                  accepted=found.reason is None,
-                                  reason=None if found.reason is None else Reason(found.reason),
-                                  task_id=found.task_id, run_id=found.run_id,
-                                  replay=found.replay)
+                outcome = found.outcome(ctx.request_id, flight.submission.action)
                 self.send(flight.reply_to, Replied(ticket=ticket, outcome=outcome))
                 self._finish((ticket,))
                 continue

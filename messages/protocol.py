@@ -12,6 +12,7 @@ Rejections leave the pipeline early and go straight to Audit as Verdicts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
@@ -427,6 +428,25 @@ class Drained(InternalMessage):
     run_id: str | None
     reason: str | None = Field(default=None, description="The rejection's; None: accepted.")
     replay: bool = False
+
+    @classmethod
+    def from_record(cls, fields: Mapping[str, Any]) -> Drained:
+        """The outcome a record's fields state (an audit row's, or an outbox row's)."""
+        return cls(workspace=fields["workspace"], channel=fields["channel"],
+                   peer_id=fields["peer_id"], request_id=fields["request_id"],
+                   action=fields["action"], task_id=fields["task_id"], run_id=fields["run_id"],
+                   reason=fields["reason"], replay=bool(fields["replay"]))
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """Whose request, as its record names it (`auditlog.record_key`)."""
+        return (self.workspace, self.channel, self.peer_id, self.request_id)
+
+    def outcome(self, request_id: str, action: Action) -> Outcome:
+        """The outcome recorded, as the answer to the request it names."""
+        return Outcome(request_id=request_id, action=action, accepted=self.reason is None,
+                       reason=None if self.reason is None else Reason(self.reason),
+                       task_id=self.task_id, run_id=self.run_id, replay=self.replay)
 
 
 class ProbeDone(InternalMessage):

@@ -21,6 +21,7 @@ from task_ingress.actors.storage.files import replace_private_file
 from task_ingress.messages.audit import AuditRecord
 from task_ingress.messages.outcomes import Outcome
 from task_ingress.messages.protocol import InFlight
+from task_ingress.messages.requests import IngressContext
 
 AUDIT_COLUMNS = (
     "seq, at, workspace, channel, peer_id, actor, request_id, action, outcome, reason, "
@@ -69,6 +70,14 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
         "replay": outcome.replay,
         "trust": ctx.trust,
     }
+
+
+def record_key(ctx: IngressContext) -> tuple[str, str, str, str]:
+    """Who sent which request, as its record names it (`audit_fields` keeps every identifier
+    in safe form, and an admitted ID may hold characters that form escapes): what a
+    recovered outcome (`Drained.key`) is matched against."""
+    return (gate.safe_field(ctx.workspace), gate.safe_field(ctx.channel),
+            gate.safe_field(ctx.peer_id), gate.safe_field(ctx.request_id))
 
 
 def readable_columns(conn: sqlite3.Connection) -> str:
