@@ -206,14 +206,7 @@ def append_fenced(
                 raise ChainMoved(f"the head row of shard {fence.shard} moved past seq "
                                  f"{chain.seq} without this runtime")
             taken = _taken(got[1]) if take else []
-            fields = records_for(taken)
-            if fields:
-                at = time.time()
-                sealed = [chain.seal(key, f, at) for f in fields]
-                tx.write_rows(INSERT_SHARD_AUDIT, [(chain.shard, *(r[name] for name in
-                                                                   AUDIT_NAMES))
-                                                   for r in sealed])
-                tx.write(*head_statement(key, chain))
+            _append(tx, key, chain, records_for(taken))
     except BaseException:
         chain.seq, chain.head = seq, head
         raise
@@ -243,13 +236,20 @@ def write_chained(
                              "as lent: the chain moved without this store")
         chain = ShardChain(fence.shard, str(head_rows[0][2]), seq, head)
         result, fields = work(cast(sqlite3.Connection, tx.qmark()))
-        if fields:
-            at = time.time()
-            sealed = [chain.seal(key, f, at) for f in fields]
-            tx.write_rows(INSERT_SHARD_AUDIT, [(chain.shard, *(r[name] for name in AUDIT_NAMES))
-                                               for r in sealed])
-            tx.write(*head_statement(key, chain))
+        _append(tx, key, chain, fields)
     return result, chain
+
+
+def _append(tx: FencedTransaction, key: ChainKey, chain: ShardChain,
+            fields: list[dict[str, Any]]) -> None:
+    """Queue the records of `fields`, sealed after `chain`'s head (which moves), and the
+    head row's move, for the transaction's COMMIT message."""
+    if fields:
+        at = time.time()
+        sealed = [chain.seal(key, f, at) for f in fields]
+        tx.write_rows(INSERT_SHARD_AUDIT, [(chain.shard, *(r[name] for name in AUDIT_NAMES))
+                                           for r in sealed])
+        tx.write(*head_statement(key, chain))
 
 
 def records_after(conn: psycopg.Connection[Any], fence: Fence, key: ChainKey,
