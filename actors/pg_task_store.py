@@ -115,12 +115,9 @@ class PgTaskStore(pg_store.PgSession, TaskStore):
             for f in batch if not in_shard(f, fence, self.shards)}
         if ours and self.lease is not None:
             return self._apply_chained(batch, ours, verdicts, fence)
-        if ours:
-            for verdict in self._apply_ours(ours, fence):
-                verdicts[id(verdict.flight)] = verdict
         # Nothing of the shard under a lease: nothing written, the lease goes back unused
         # and PgAudit chains the batch's rejections itself.
-        return [verdicts[id(f)] for f in batch]
+        return self._merged(batch, verdicts, self._apply_ours(ours, fence) if ours else [])
 
     def _refused(self, batch: list[InFlight]) -> list[Verdict] | None:
         """The batch's answers when this store cannot write now (deposed, no database)."""
