@@ -23,10 +23,11 @@ PRODUCTION = ("actors", "messages", "runtime", "bench", "src")
 
 
 def _installed() -> importlib.metadata.Distribution:
-    """The installed distribution (not the egg-info a build leaves in this checkout)."""
+    """The installed distribution (not the egg-info a build leaves in this checkout). The
+    README's venv lives in the checkout (`.venv`): a site-packages there is an install."""
     for dist in importlib.metadata.distributions(name="task-ingress"):
         where = Path(str(dist.locate_file(""))).resolve()
-        if where != REPO and REPO not in where.parents:
+        if where != REPO and (REPO not in where.parents or "site-packages" in where.parts):
             return dist
     raise AssertionError("task-ingress is not installed outside the checkout")
 
@@ -124,7 +125,11 @@ def test_suite_runs_against_the_installed_package_not_a_checkout_copy() -> None:
     actors = importlib.import_module("task_ingress.actors")
     assert actors.__file__ is not None
     if _editable_mapping(dist) is None:
-        assert REPO not in Path(actors.__file__).resolve().parents
+        # From the install's site-packages (which may sit in the checkout's .venv), never
+        # from the checkout's own folders.
+        site = Path(str(dist.locate_file(""))).resolve()
+        assert site in Path(actors.__file__).resolve().parents
+        assert Path(actors.__file__).resolve().parent != REPO / "actors"
     else:
         assert Path(actors.__file__).resolve().parent == REPO / "actors"
 
