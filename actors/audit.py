@@ -16,6 +16,8 @@ Accepts:
   time. A lease whose store died (a `Probe` or `Rewire` arrives, or another store asks) is
   taken back from the database: the records the dead store committed become the head, and
   go to the router with the next `ProbeDone` so their requests get the outcome recorded.
+  A take-back that cannot read the file is retried on a wakeup; meanwhile nothing is lent
+  or committed and probes wait.
 - `LeaseDropped` (from TaskStore at shutdown) -> the lease is back, unused.
 - `Rewire` (from the router: the TaskStore was restarted) -> takes back a lease the dead
   store held.
@@ -92,6 +94,11 @@ class Audit(GateActor):
         self.lessee: Any = None
         self.orphans: list[Drained] = []
         """Records a dead store chained under a lease and never reported: for the router."""
+        self.reclaiming = ""
+        """Why a lease is being taken back, while reading it back failed: retried on a
+        wakeup; until then nothing is committed or lent (`waiting`) and probes wait."""
+        self.waiting: tuple[LeaseWanted, Any] | None = None
+        self.held_probes: list[Probe] = []
         self.log = get_logger(actor="audit")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -182,8 +189,9 @@ class Audit(GateActor):
 
     def receiveMsg_LeaseWanted(self, msg: LeaseWanted, sender: Any) -> None:
         """Commit what is buffered, then lend the head to the store for its next batch."""
-        if self.lent is not None:  # its store died holding it, or never got it
-            self._take_back("another lease asked for")
+        if self.lent is not None and not self._take_back("another lease asked for"):
+            self.waiting = (msg, sender)  # lent once the lease is read back
+            return
         self.receiveMsg_Flush(Flush(), sender)
         self.lent = ChainLease(lease_id=msg.lease_id, seq=self.seq, head=self.head)
         self.lessee = sender
@@ -198,19 +206,33 @@ class Audit(GateActor):
 
     def receiveMsg_Rewire(self, msg: Rewire, sender: Any) -> None:
         """The TaskStore was restarted: a lease the dead one held comes back from the file."""
-        if self.lent is not None and self.lessee != msg.store:
-            self._take_back("the store was restarted")
+        if (self.lent is not None and self.lessee != msg.store
+                and not self._take_back("the store was restarted")):
+            return
         if self.pending:
             self.receiveMsg_Flush(Flush(), sender)
 
-    def _take_back(self, why: str) -> None:
+    def _take_back(self, why: str) -> bool:
         """Take back a lease from a store that died: whatever it chained under it and
         committed is in the file after the head Audit lent; that becomes the head, and the
-        records are kept for the router (`orphans`), whose requests were never answered."""
+        records are kept for the router (`orphans`), whose requests were never answered.
+
+        False when the file cannot be read: the lease stays out (lending or committing from
+        the old head could not be right: the dead store's records may be past it, and every
+        later transaction would fail on their seq) and the read is tried again on a wakeup,
+        so a passing error (a lock, a full disk freed) stalls writes only while it lasts."""
         assert self.conn is not None
-        rows = self.conn.execute(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq", (self.seq,)
-        ).fetchall()
+        try:
+            rows = self.conn.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq", (self.seq,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self.log.error("audit.take_back_failed", why=why, error=repr(exc), seq=self.seq)
+            if not self.reclaiming:  # one retry chain: the wakeup schedules the next
+                self.wakeupAfter(AUDIT_RETRY_SECONDS)
+            self.reclaiming = why
+            return False
+        self.reclaiming = ""
         for row in rows:
             r = dict(zip(AUDIT_NAMES, row, strict=True))
             self.orphans.append(Drained.from_record(r))
@@ -218,6 +240,7 @@ class Audit(GateActor):
             self.unchecked += 1
         self.lent = self.lessee = None
         self.log.warning("audit.lease_taken_back", why=why, records=len(rows))
+        return True
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         """Group commit: chain and commit every buffered verdict, then answer each (not
@@ -344,8 +367,9 @@ class Audit(GateActor):
 
         A live store passes the probe on only after giving back the lease it asked for, so
         a lease still out here belongs to a store that died."""
-        if self.lent is not None:
-            self._take_back("a probe came through the new store")
+        if self.lent is not None and not self._take_back("a probe came through the new store"):
+            self.held_probes.append(msg)  # reported once the lease is read back
+            return
         self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
         found = [Drained.from_record(f) for f in drained] + self.orphans
@@ -353,8 +377,28 @@ class Audit(GateActor):
         self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id, drained=tuple(found)))
 
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
-        """Retry a failed audit commit of writes the store already made durable."""
+        """Retry a lease's take-back that could not read the file, or a failed audit commit
+        of writes the store already made durable."""
+        if self.reclaiming:
+            # The lease may have come back meanwhile (its store was alive after all).
+            if self.lent is not None and not self._take_back(self.reclaiming):
+                self.wakeupAfter(AUDIT_RETRY_SECONDS)
+                return
+            self.reclaiming = ""
+            self._after_take_back(sender)
+            return
         if self.pending and not self.flush_queued and self.lent is None:
+            self.receiveMsg_Flush(Flush(), sender)
+
+    def _after_take_back(self, sender: Any) -> None:
+        """What waited for a lease to be read back: the probes, then the lease asked for."""
+        probes, self.held_probes = self.held_probes, []
+        for probe in probes:
+            self.receiveMsg_Probe(probe, sender)
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            self.receiveMsg_LeaseWanted(*waiting)
+        elif self.pending:
             self.receiveMsg_Flush(Flush(), sender)
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:

@@ -175,15 +175,18 @@ class PgAudit(pg_store.PgSession, Audit):
         self.unsure = False
         return records
 
-    def _take_back(self, why: str) -> None:
+    def _take_back(self, why: str) -> bool:
         """Audit's, on the shard's chain: what a dead store committed under the lease is
-        read back (fenced) and becomes the head; its records go to the router."""
+        read back (fenced) and becomes the head; its records go to the router. Always
+        True: a read that fails leaves the chain `unsure`, and the next fenced append reads
+        it back first (`_adopt`), so nothing waits here."""
         self.lent = self.lessee = None
         self.unsure = True
         found = self._settle()
         self.orphans.extend(Drained.from_record(r) for r in found or [])
         self.log.warning("audit.lease_taken_back", why=why, records=len(found or []),
                          read=found is not None)
+        return True
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:

@@ -9,6 +9,7 @@ a lease, a store dying holding one) is played exactly.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from task_ingress.messages.protocol import (
 from task_ingress.messages.reasons import Action
 from task_ingress.runtime.audit.read import open_readonly
 from task_ingress.runtime.audit.verify import verify_store
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 
 class Wire:
@@ -53,6 +54,8 @@ class Wire:
     def add(self, name: str, actor: Any) -> Any:
         actor._myRef = SimpleNamespace(address=name)  # what Actor.myAddress reads
         actor.send = lambda to, msg: self.queue.append((to, name, msg))
+        actor.wakeupAfter = lambda delay, payload=None: self.queue.append(
+            (name, name, WakeupMessage(delay, payload)))
         self.actors[name] = actor
         return actor
 
@@ -302,3 +305,60 @@ def test_audit_stopping_with_the_chain_lent_records_what_waits_and_the_chain_nev
     assert not back.chained and [v.outcome.reason for v in back.items] == [
         Reason.TASK_INGRESS_FAILED]
     assert records(wire) == [(1, "r", "rejected")] and verified(wire)
+
+
+class UnreadableTail:
+    """Audit's connection, with the read of the records after a lent head failing `times`
+    times (a disk error, a lock held too long) and everything else passed through."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int) -> None:
+        self.conn, self.times = conn, times
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "WHERE seq > ?" in sql and self.times:
+            self.times -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def _store_dies_holding_the_lease(wire: Wire, times: int) -> Any:
+    """Two writes committed under a lease whose store dies before reporting them; Audit's
+    reads of them back fail `times` times. Returns Audit."""
+    audit = wire.actors["audit"]
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"), flight("b"))), "cap")
+    wire.deliver(2)  # lent, applied, chained and committed ...
+    wire.queue.popleft()  # ... and its verdicts are lost with the store
+    audit.conn = UnreadableTail(audit.conn, times)
+    return audit
+
+
+def test_a_lease_that_cannot_be_read_back_is_lent_again_once_it_can(wire: Wire) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=2)
+    audit.receiveMessage(LeaseWanted(lease_id=9), "store-2")
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    audit.receiveMessage(Verdicts(items=(rejected,)), "router")
+    wire.deliver(2)  # Audit's Flush (nothing: still lent), the first retry (fails again)
+    # Nothing lent or committed from a head the dead store's records may be past.
+    assert audit.lent is not None and records(wire) == [(1, "a", "accepted"),
+                                                        (2, "b", "accepted")]
+    assert not [m for _, m in wire.outside if isinstance(m, ChainLease)]
+    wire.settle()  # the next retry reads them back
+    lent = [(to, m.lease_id, m.seq) for to, m in wire.outside if isinstance(m, ChainLease)]
+    # The rejection waiting behind the lease commits first, after the dead store's records.
+    assert lent == [("store-2", 9, 3)] and records(wire)[-1] == (3, "r", "rejected")
+    assert [o.request_id for o in audit.orphans] == ["a", "b"]
+    assert verified(wire)
+
+
+def test_a_probe_waits_for_a_lease_that_cannot_be_read_back(wire: Wire) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=1)
+    audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")
+    assert not [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+    wire.settle()
+    done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+    # Reported with the dead store's records, so the router answers them as recorded.
+    assert len(done) == 1 and [d.request_id for d in done[0].drained] == ["a", "b"]
+    assert audit.lent is None and not audit.orphans and wire.replied() == []
