@@ -367,7 +367,8 @@ class Audit(GateActor):
 
         A live store passes the probe on only after giving back the lease it asked for, so
         a lease still out here belongs to a store that died."""
-        if self.lent is not None and not self._take_back("a probe came through the new store"):
+        if self.reclaiming or (self.lent is not None
+                               and not self._take_back("a probe came through the new store")):
             self.held_probes.append(msg)  # reported once the lease is read back
             return
         self.receiveMsg_Flush(Flush(), sender)
@@ -379,16 +380,19 @@ class Audit(GateActor):
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
         """Retry a lease's take-back that could not read the file, or a failed audit commit
         of writes the store already made durable."""
-        if self.reclaiming:
-            # The lease may have come back meanwhile (its store was alive after all).
-            if self.lent is not None and not self._take_back(self.reclaiming):
-                self.wakeupAfter(AUDIT_RETRY_SECONDS)
-                return
-            self.reclaiming = ""
-            self._after_take_back(sender)
+        if self.reclaiming and not self._read_back():
+            self.wakeupAfter(AUDIT_RETRY_SECONDS)
             return
-        if self.pending and not self.flush_queued and self.lent is None:
+        self.reclaiming = ""
+        if self.held_probes or self.waiting is not None:
+            self._after_take_back(sender)
+        elif self.pending and not self.flush_queued and self.lent is None:
             self.receiveMsg_Flush(Flush(), sender)
+
+    def _read_back(self) -> bool:
+        """Try again a take-back whose read failed; True once done (or the lease came back
+        meanwhile: its store was alive after all)."""
+        return self.lent is None or self._take_back(self.reclaiming)
 
     def _after_take_back(self, sender: Any) -> None:
         """What waited for a lease to be read back: the probes, then the lease asked for."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from task_ingress.actors.audit import Audit
+from task_ingress.actors.audit import AUDIT_RETRY_SECONDS, Audit
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import Fence
 from task_ingress.actors.storage import pg_auditlog, pg_store
@@ -146,20 +146,26 @@ class PgAudit(pg_store.PgSession, Audit):
         """`_adopt` on the current connection: the records found after the head (empty
         when deposed now), or None when the database cannot be read now."""
         conn = None if self.deposed else self._connection()
-        if self.deposed:
-            return []
-        if conn is None:
+        found: list[dict[str, Any]] = []
+        if conn is None and not self.deposed:
             return None
         try:
-            return self._adopt(conn)
+            if conn is not None:
+                found = self._adopt(conn)
         except (Fenced, ChainMoved) as exc:
             self.log.error("audit.chain_moved" if isinstance(exc, ChainMoved)
                            else "audit.fenced", error=str(exc))
             self._depose(str(exc))
-            return []
         except psycopg.Error as exc:
             self.log.error("audit.settle_failed", error=repr(exc))
             return None
+        if self.reclaiming:
+            # A dead store's lease still unread: what is found is (also) its records, for
+            # the router. A live store's among them are answered by Audit first (its Dones
+            # reach the router before the ProbeDone), so the router finds them answered.
+            self.orphans.extend(Drained.from_record(r) for r in found)
+            self.reclaiming = ""
+        return found
 
     def _adopt(self, conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         """Read the records after the head (`pg_auditlog.records_after`, fenced) that a
@@ -177,16 +183,28 @@ class PgAudit(pg_store.PgSession, Audit):
 
     def _take_back(self, why: str) -> bool:
         """Audit's, on the shard's chain: what a dead store committed under the lease is
-        read back (fenced) and becomes the head; its records go to the router. Always
-        True: a read that fails leaves the chain `unsure`, and the next fenced append reads
-        it back first (`_adopt`), so nothing waits here."""
+        read back (fenced) and becomes the head; its records go to the router.
+
+        False while the database cannot be read: the chain is `unsure` (the next append,
+        or lease, reads it back first) and, as Audit's, the read is retried on a wakeup and
+        probes wait for it, so the router never answers failed (and records again) a
+        request whose write the dead store committed."""
         self.lent = self.lessee = None
         self.unsure = True
+        first = not self.reclaiming
+        self.reclaiming = why  # whichever read succeeds first hands the records on
         found = self._settle()
-        self.orphans.extend(Drained.from_record(r) for r in found or [])
         self.log.warning("audit.lease_taken_back", why=why, records=len(found or []),
                          read=found is not None)
+        if found is None:
+            if first:  # one retry chain: the wakeup schedules the next
+                self.wakeupAfter(AUDIT_RETRY_SECONDS)
+            return False
         return True
+
+    def _read_back(self) -> bool:
+        """A take-back's read tried again (the lease itself is back already)."""
+        return self._settle() is not None
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:

@@ -289,3 +289,33 @@ def test_a_store_losing_its_connection_after_its_commit_landed_is_answered_as_re
                                                                  for o in outcomes)
         assert rt.submit(ctx("later", workspace=WS), CreateTask(title="t")).accepted
         assert _verified(conn) == 5
+
+
+def test_a_store_dying_while_its_records_cannot_be_read_back_is_answered_as_recorded_later(
+    make_runtime: Callable[..., IngressRuntime], database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, fence = _setup(database)
+    original = pg_auditlog.records_after
+    failures: list[bool] = []
+
+    def unreadable_twice(*args: Any) -> Any:
+        if len(failures) < 2:  # the take-back's read, then its first retry
+            failures.append(True)
+            raise psycopg.OperationalError("the database cannot be read now")
+        return original(*args)
+
+    with conn:
+        rt = _runtime(make_runtime, database, fence)
+        crashed = _die_after_commit(monkeypatch)
+        monkeypatch.setattr(pg_auditlog, "records_after", unreadable_twice)
+        outcomes = submit_as_one_batch(rt, _batch())
+        monkeypatch.undo()
+        # The router waited for the read instead of answering the dead store's requests
+        # failed (and recording them a second time, against what the store committed).
+        assert crashed and len(failures) == 2
+        assert all(o.accepted and o.task_id for o in outcomes), outcomes
+        assert sorted(r.request_id for r in rt.audit()) == sorted(o.request_id
+                                                                 for o in outcomes)
+        assert rt.submit(ctx("later", workspace=WS), CreateTask(title="t")).accepted
+        assert _verified(conn) == 5
