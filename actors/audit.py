@@ -118,8 +118,9 @@ class Audit(GateActor):
             why = str(exc) if isinstance(exc, ChainRefused) else repr(exc)
             self.send(sender, Started(ticket=msg.ticket, error=f"audit: {why}"))
 
-    def _drain_outbox(self) -> list[dict[str, Any]]:
-        """Chain the outbox rows nobody reported (crash, dead store); return their fields."""
+    def _drain_outbox(self) -> list[tuple[int, dict[str, Any]]]:
+        """Chain the outbox rows nobody reported (crash, dead store); return each one's id
+        and fields."""
         assert self.conn is not None
         rows = self.conn.execute("SELECT id, record FROM outbox ORDER BY id").fetchall()
         if not rows:
@@ -140,7 +141,7 @@ class Audit(GateActor):
             raise
         self._checkpoint(force=True)
         self.log.warning("audit.outbox_drained", records=len(fields))
-        return fields
+        return [(int(r[0]), f) for r, f in zip(rows, fields, strict=True)]
 
     def _chain(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Give the record its place in the chain (seq, prev_hash, hash) and advance the head."""
@@ -373,7 +374,15 @@ class Audit(GateActor):
             return
         self.receiveMsg_Flush(Flush(), sender)
         drained = self._drain_outbox()
-        found = [Drained.from_record(f) for f in drained] + self.orphans
+        # Rows of writes whose verdicts Audit holds for a commit retry: durable now, so
+        # answered here, once (the router learns it from the Dones ahead of ProbeDone);
+        # reported to the router as well, they would be answered twice.
+        held = {v.outbox_id: v for v in self.pending if v.outbox_id is not None}
+        chained = {i for i, _ in drained if i in held}
+        if chained:
+            self.pending = [v for v in self.pending if v.outbox_id not in chained]
+            self._answer([(held[i], held[i].outcome) for i in sorted(chained)])
+        found = [Drained.from_record(f) for i, f in drained if i not in held] + self.orphans
         self.orphans = []
         self.send(msg.reply_to, ProbeDone(probe_id=msg.probe_id, drained=tuple(found)))
 

@@ -238,7 +238,7 @@ class PgAudit(pg_store.PgSession, Audit):
             fields.append(dict({"trust": None}, **decoded))
         return fields
 
-    def _drain_outbox(self) -> list[dict[str, Any]]:
+    def _drain_outbox(self) -> list[tuple[int, dict[str, Any]]]:
         """Chain every outbox row of the shard (a previous holder's, or a dead store's)."""
         conn = None if self.deposed else self._connection()
         if conn is None:
@@ -255,7 +255,7 @@ class PgAudit(pg_store.PgSession, Audit):
             return []
         if taken:
             self.log.warning("audit.outbox_drained", records=len(taken))
-        return self._decoded(taken)
+        return list(zip((i for i, _ in taken), self._decoded(taken), strict=True))
 
     def _commit(self, batch: list[Verdict]) -> bool:
         conn = None if self.deposed else self._connection()

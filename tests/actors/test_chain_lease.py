@@ -362,3 +362,31 @@ def test_a_probe_waits_for_a_lease_that_cannot_be_read_back(wire: Wire) -> None:
     # Reported with the dead store's records, so the router answers them as recorded.
     assert len(done) == 1 and [d.request_id for d in done[0].drained] == ["a", "b"]
     assert audit.lent is None and not audit.orphans and wire.replied() == []
+
+
+def test_a_write_held_for_a_commit_retry_and_chained_by_a_probe_is_answered_once(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    audit, store = wire.actors["audit"], wire.actors["store"]
+    store.key = None  # not chaining: the outbox path (as testing.OUTBOX_STORE)
+    calls: list[int] = []
+    real = audit._outbox_rows
+
+    def busy_twice(ids: list[int]) -> set[int]:
+        calls.append(len(ids))
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(ids)
+
+    monkeypatch.setattr(audit, "_outbox_rows", busy_twice)
+    store.receiveMessage(InFlights(items=(flight("w"),)), "cap")
+    while not calls:
+        wire.deliver()  # the write commits with its outbox row; Audit's commit fails
+    assert wire.replied() == [] and [v.outbox_id for v in audit.pending] == [1]
+    # A probe comes through before the retry; its commit fails too, its drain does not.
+    audit.receiveMessage(Probe(probe_id=5, reply_to="router"), "store")
+    wire.settle()
+    done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+    assert len(done) == 1 and done[0].drained == ()  # not the router's to answer ...
+    assert wire.replied() == ["w"]  # ... answered once, by Audit
+    assert records(wire) == [(1, "w", "accepted")] and verified(wire)
