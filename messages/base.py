@@ -16,7 +16,10 @@ class Message(BaseModel):
 
 
 class InternalMessage(BaseModel):
-    """Base of actor-protocol messages; may carry Thespian actor addresses."""
+    """Base of the pydantic actor-protocol messages; may carry Thespian actor addresses.
+
+    The ones built per request or per batch are plain classes instead (`messages/frozen.py`).
+    """
 
     model_config = ConfigDict(
         frozen=True, strict=True, extra="forbid", arbitrary_types_allowed=True

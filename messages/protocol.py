@@ -8,6 +8,11 @@ Audit -Dones-> router -Dones-> ChannelIngress so the channel takes its next mess
 Each hop carries a batch (per channel up to Presence, which merges the channels' batches
 on to the store; per commit after it).
 Rejections leave the pipeline early and go straight to Audit as Verdicts.
+
+The messages built once per request or per batch on that path (`Submission`, `InFlight`,
+`Verdict`, `Replied` and their batch containers, and the chain lease's two) are plain
+frozen slotted classes (`messages/frozen.py`: no per-field type check, built only by our
+own code from edge-validated parts); the rest are strict pydantic models.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from pydantic import Field
 from task_ingress.messages.audit import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, AuditRecord
 from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.frozen import FrozenMessage
 from task_ingress.messages.limits import SPEC_LIMITS, Limits
 from task_ingress.messages.outcomes import Outcome, Run, Task
 from task_ingress.messages.peers import PeerCard
@@ -100,7 +106,7 @@ class Started(InternalMessage):
         "A PostgreSQL TaskStore's: the cluster's shard count (0: not sharded)."))
 
 
-class Submission(InternalMessage):
+class Submission(FrozenMessage):
     """One request handed to the router, stamped by the driver with its clock reading."""
 
     ticket: int
@@ -109,7 +115,8 @@ class Submission(InternalMessage):
     action: Action
     payload_size: int
     now: float
-    preset: Reason | None = Field(default=None, description="Rejection decided before the gate.")
+    preset: Reason | None = None
+    """Rejection decided before the gate."""
 
 
 class PresenceChange(InternalMessage):
@@ -139,26 +146,28 @@ class PresenceChange(InternalMessage):
                           preset=reason)
 
 
-class SubmitBatch(InternalMessage):
+class SubmitBatch(FrozenMessage):
     """Everything the driver found waiting, sent as one message so the store can group-commit."""
 
     items: tuple[Submission | PresenceChange, ...]
 
 
-class InFlight(InternalMessage):
+class InFlight(FrozenMessage):
     """A submission travelling the gate pipeline with the addresses needed to answer it."""
 
     submission: Submission
-    context: IngressContext = Field(description="Trimmed, grammar-checked context.")
+    context: IngressContext
+    """Trimmed, grammar-checked context."""
     reply_to: Any
-    router: Any = Field(default=None, description=(
-        "The router's address, for an admitted request: Audit reports its ticket done there "
-        "and the router frees the channel actor's slot (the one edge against the flow)."))
-    checked: bool = Field(default=False, description="The router found the context "
-                          "grammatical (rule 1): later stages need not check it again.")
+    router: Any = None
+    """The router's address, for an admitted request: Audit reports its ticket done there
+    and the router frees the channel actor's slot (the one edge against the flow)."""
+    checked: bool = False
+    """The router found the context grammatical (rule 1): later stages need not check it
+    again."""
 
 
-class InFlights(InternalMessage):
+class InFlights(FrozenMessage):
     """Admitted requests travelling a hop together, in arrival order: one channel's up to
     Presence, which merges the channels' batches before Capability.
 
@@ -168,7 +177,7 @@ class InFlights(InternalMessage):
     items: tuple[InFlight, ...]
 
 
-class Verdict(InternalMessage):
+class Verdict(FrozenMessage):
     """A judged request on its way to Audit; `outbox_id` marks a committed mutation."""
 
     flight: InFlight
@@ -176,7 +185,7 @@ class Verdict(InternalMessage):
     outbox_id: int | None = None
 
 
-class ChainLease(InternalMessage):
+class ChainLease(FrozenMessage):
     """Audit to TaskStore: the chain's head, lent for ONE batch (docs/durability.md).
 
     The store chains its batch's records from (`seq`, `head`) in the batch's own
@@ -188,7 +197,7 @@ class ChainLease(InternalMessage):
     head: str
 
 
-class LeaseWanted(InternalMessage):
+class LeaseWanted(FrozenMessage):
     """TaskStore to Audit: it has requests to commit; lend it the chain (`ChainLease`)."""
 
     lease_id: int
@@ -200,26 +209,26 @@ class LeaseDropped(InternalMessage):
     lease_id: int
 
 
-class Verdicts(InternalMessage):
+class Verdicts(FrozenMessage):
     """Judged requests on their way to Audit as one message, in order: one store commit's,
     or the rejections (and failures) one actor decided for one batch."""
 
     items: tuple[Verdict, ...]
-    lease: ChainLease | None = Field(default=None, description=(
-        "A lease given back (TaskStore): the head after its batch; the same lease when "
-        "nothing was chained."))
-    chained: bool = Field(default=False, description=(
-        "The items' records were committed by the store under `lease`: durable already."))
+    lease: ChainLease | None = None
+    """A lease given back (TaskStore): the head after its batch; the same lease when
+    nothing was chained."""
+    chained: bool = False
+    """The items' records were committed by the store under `lease`: durable already."""
 
 
-class Replied(InternalMessage):
+class Replied(FrozenMessage):
     """Audit's answer to the driver: the outcome of ticket, durable in the audit log."""
 
     ticket: int
     outcome: Outcome
 
 
-class Replies(InternalMessage):
+class Replies(FrozenMessage):
     """Audit's answers to one caller from one group commit, in commit order.
 
     One message per commit instead of one per request: every send costs a dispatch (and on
@@ -228,7 +237,7 @@ class Replies(InternalMessage):
     items: tuple[Replied, ...]
 
 
-class Dones(InternalMessage):
+class Dones(FrozenMessage):
     """The tickets one group commit finished (Audit -> router -> each channel actor)."""
 
     tickets: tuple[int, ...]

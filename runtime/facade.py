@@ -304,9 +304,13 @@ class IngressRuntime:
         For transports that judge something the gate cannot see, such as an envelope whose
         signature fails: the rejection is audited exactly like the gate's own.
         """
+        # The edge's type check: `Submission` is a plain class that trusts its builder.
+        if not (isinstance(action, Action) and isinstance(reason, Reason)
+                and type(payload_size) is int):
+            raise TypeError("reject takes an Action, a Reason and an int payload_size")
         driver = self._running()
         sub, key = self._submission(driver, context, None, reason, payload_size)
-        sub = sub.model_copy(update={"action": action})
+        sub = sub.replace(action=action)
         return self._outcome(driver, driver.submit(sub, key))
 
     def deliver(self, envelope: bytes, *, workspace: str, channel: str, peer_id: str) -> bytes:
@@ -322,7 +326,7 @@ class IngressRuntime:
                 driver, context, decoded.request, decoded.rejection, decoded.size
             )
             if decoded.request is None:
-                sub = sub.model_copy(update={"action": decoded.action})
+                sub = sub.replace(action=decoded.action)
             outcome = self._outcome(driver, driver.submit(sub, key))
         except RuntimeClosed:
             outcome = Outcome.rejected(gate.safe_field(decoded.request_id), decoded.action,

@@ -96,7 +96,7 @@ class InProcessHost:
         stamped: list[Submission | PresenceChange] = []
         for msg, now, preset in batch:
             if isinstance(msg, Submission):
-                stamped.append(msg.model_copy(update={"now": now, "preset": preset}))
+                stamped.append(msg.replace(now=now, preset=preset))
             else:
                 stamped.append(msg.model_copy(update={"now": now}))
         if stamped:

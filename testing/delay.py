@@ -14,6 +14,7 @@ from typing import Any
 
 from task_ingress.actors.base import GateActor
 from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.frozen import FrozenMessage
 from task_ingress.messages.protocol import InFlights, Started, Wiring
 
 DELAY_SECONDS = 0.3
@@ -38,7 +39,7 @@ class Delay(GateActor):
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Other store-bound protocol messages go on at once (they follow their batch)."""
-        if isinstance(message, InternalMessage):
+        if isinstance(message, InternalMessage | FrozenMessage):
             self.send(self.store, message)
         else:
             super().receiveUnrecognizedMessage(message, sender)

@@ -19,6 +19,7 @@ from typing import Any
 from task_ingress.actors.base import GateActor
 from task_ingress.actors.log import get_logger
 from task_ingress.messages.base import InternalMessage
+from task_ingress.messages.frozen import FrozenMessage
 from task_ingress.messages.protocol import InFlight, InFlights, Started, Wiring
 from task_ingress.testing.messages import HoldArm, HoldQuery, HoldRelease, HoldState
 
@@ -31,7 +32,8 @@ class Hold(GateActor):
         self.store: Any = None
         self.holding = False
         self.held: list[InFlight] = []
-        self.behind: list[tuple[int, InternalMessage]] = []  # (held requests ahead, message)
+        # (held requests ahead, message)
+        self.behind: list[tuple[int, InternalMessage | FrozenMessage]] = []
         self.log = get_logger(actor="hold")
 
     def receiveMsg_Wiring(self, msg: Wiring, sender: Any) -> None:
@@ -55,7 +57,7 @@ class Hold(GateActor):
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Pass other store-bound protocol messages on, in order with the held requests."""
-        if not isinstance(message, InternalMessage):
+        if not isinstance(message, InternalMessage | FrozenMessage):
             super().receiveUnrecognizedMessage(message, sender)
         elif self.held:
             self.behind.append((len(self.held), message))

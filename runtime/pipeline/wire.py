@@ -1,9 +1,10 @@
 """What crosses the pipe between the embedding process and the pipeline process.
 
 Each frame is one `pickle` of a list of items, in order. Hot items are plain tuples; the
-models are rebuilt on the other side with their validated constructors (pickling a
-pydantic model and loading it again costs ~50 us per request; this ~10). Rare messages
-(queries, presence changes, test seams) travel as pickled models.
+pydantic models inside them (context, request, outcome) are rebuilt on the other side with
+their validated constructors (pickling a pydantic model and loading it again costs ~50 us
+per request; this ~10). Rare messages (queries, presence changes, test seams) travel as
+pickled models.
 
 Embedding -> pipeline:
 - `("B", [submission or presence item, ...])`: one batch for the router, in order;
