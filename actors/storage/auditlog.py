@@ -9,6 +9,7 @@ read the log without importing any actor.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sqlite3
 import time
@@ -33,7 +34,21 @@ INSERT_AUDIT = (
     f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES "
     + "(" + ", ".join(f":{name}" for name in AUDIT_NAMES) + ")"
 )
-"""Inserts one record given as a dict of every column (executemany for a batch)."""
+"""Inserts one record given as a dict of every column: the form that names its parameters
+(the benchmark's lock baseline inserts so). The runtime's own writers use INSERT_AUDIT_ROW."""
+INSERT_AUDIT_ROW = (
+    f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (" + ", ".join("?" * len(AUDIT_NAMES)) + ")"
+)
+"""Inserts one record given as `audit_row(record)` (executemany for a batch). Positional:
+sqlite3 binds a named parameter by a dict lookup per column per row, ~1.7 µs a record more
+at seventeen columns, on the hot path of every chained batch."""
+_ROW = operator.itemgetter(*AUDIT_NAMES)
+
+
+def audit_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    """A record's values in AUDIT_NAMES order: the parameters of INSERT_AUDIT_ROW."""
+    row: tuple[Any, ...] = _ROW(record)
+    return row
 
 KEY_ENV = "TASK_INGRESS_AUDIT_KEY"
 
