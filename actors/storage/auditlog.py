@@ -76,9 +76,11 @@ def audit_fields(flight: InFlight, outcome: Outcome) -> dict[str, Any]:
         "peer_id": peer_id,
         "actor": actor,
         "request_id": gate.safe_field(ctx.request_id),
-        "action": outcome.action.value,
+        # str() of a StrEnum member is its code as a plain str (tests pin it), as `.value`
+        # is, without Enum's Python-level descriptor (~0.1 us a read on every record).
+        "action": str(outcome.action),
         "outcome": "accepted" if outcome.accepted else "rejected",
-        "reason": outcome.reason.value if outcome.reason else None,
+        "reason": str(outcome.reason) if outcome.reason else None,
         "task_id": outcome.task_id,
         "run_id": outcome.run_id,
         "payload_size": flight.submission.payload_size,

@@ -313,8 +313,9 @@ class StoreBatch:
                 run_id = existing[0]
         key = (ctx.workspace, ctx.channel, ctx.peer_id, ctx.request_id)
         if key not in self.replays:
-            self.replays[key] = (change.action.value, change.task_id, run_id)
-            self.accepted.append((*key, change.action.value, change.task_id, run_id))
+            action = str(change.action)  # its code, as auditlog.audit_fields reads it
+            self.replays[key] = (action, change.task_id, run_id)
+            self.accepted.append((*key, action, change.task_id, run_id))
         if outbox_record is None:
             return None
         assert self.outbox_ok, "loaded with outbox=False"
