@@ -105,18 +105,35 @@ class ChainKey:
 
     def seal(self, fields: dict[str, Any]) -> str:
         """A record's `hash`: HMAC over its canonical JSON (prev_hash included)."""
+        return self._mac(canonical(fields))
+
+    def _mac(self, blob: bytes) -> str:
         inner = self._inner.copy()
-        inner.update(canonical(fields))
+        inner.update(blob)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
 
     def link(self, fields: dict[str, Any], seq: int, prev_hash: str, at: float
              ) -> dict[str, Any]:
-        """The record of `fields` at place `seq` after `prev_hash`, sealed: what Audit
-        appends, and what TaskStore appends in its own transaction under a lease."""
-        record = dict(fields, seq=seq, at=at, prev_hash=prev_hash)
-        record["hash"] = self.seal(record)
+        """The record of `fields` at place `seq` after `prev_hash`, sealed: every chained
+        field and `hash` (other keys of `fields` are not part of a record and are left
+        out). What Audit appends, and what TaskStore appends in its own transaction under
+        a lease.
+
+        Built once with its keys already in canonical (sorted) order and encoded as it is,
+        not copied and then copied again sorted (`seal`): one dict per record on the hot
+        path, not two (tests pin its hash to `seal`'s and to json.dumps)."""
+        record = {
+            "action": fields["action"], "actor": fields["actor"], "at": at,
+            "channel": fields["channel"], "outcome": fields["outcome"],
+            "payload_size": fields["payload_size"], "peer_id": fields["peer_id"],
+            "prev_hash": prev_hash, "reason": fields["reason"], "replay": fields["replay"],
+            "request_id": fields["request_id"], "run_id": fields["run_id"], "seq": seq,
+            "task_id": fields["task_id"], "trust": fields["trust"],
+            "workspace": fields["workspace"],
+        }
+        record["hash"] = self._mac(_ENCODE(record).encode())
         return record
 
     def checkpoint_mac(self, store_id: str, seq: int, head: str, at: float) -> str:
