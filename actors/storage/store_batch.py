@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from task_ingress.actors.rules import gate
+from task_ingress.actors.rules import gate, jsontext
 from task_ingress.actors.rules.gate import StoredTask
 from task_ingress.actors.storage.store_ops import RUN_COLUMNS, TASK_COLUMNS, new_id
 from task_ingress.messages.limits import Limits
@@ -44,6 +44,10 @@ _REPLAY_ONE = ("SELECT action, task_id, run_id FROM accepted_requests WHERE work
 _TASK_ONE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"
 _RUN_ONE = ("SELECT run_id, task_id FROM runs WHERE workspace = ? AND channel = ? AND "
             "peer_id = ? AND idempotency_key = ?")
+
+_metadata_text = jsontext.encoder((", ", ": "))
+"""A task's stored metadata text: json.dumps's, without its per-call set-up (~1.2 us of a
+create or update; rules/jsontext.py)."""
 
 IN_CHUNK = 256
 """Most keys per `IN (...)` query (4 bound values each, far below SQLite's 32,766)."""
@@ -268,7 +272,7 @@ class StoreBatch:
                 description=(task.description if request.description is None
                              else request.description),
                 network_channel=task.network_channel if binding is None else binding,
-                metadata=json.dumps(gate.trusted_metadata(payload_meta, ctx)),
+                metadata=_metadata_text(gate.trusted_metadata(payload_meta, ctx)),
             )
             return Change(context=ctx, action=action, task_id=task.task_id, patch=patch)
         if isinstance(request, CancelTask):
@@ -393,7 +397,7 @@ def _create(ctx: IngressContext, request: CreateTask, now: float) -> Change:
         description=request.description,
         network_channel=ctx.channel if request.network_channel.strip() else "",
         status="open", priority=request.priority,
-        metadata=json.dumps(gate.trusted_metadata(request.metadata, ctx)), version=1, locked=0,
+        metadata=_metadata_text(gate.trusted_metadata(request.metadata, ctx)), version=1, locked=0,
         cancel_reason="", created_at=now, updated_at=now,
     )
     return Change(context=ctx, action=request.action, task_id=task_id, new_task=row)
