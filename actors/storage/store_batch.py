@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from task_ingress.actors.rules import gate, jsontext
-from task_ingress.actors.rules.gate import StoredTask
 from task_ingress.actors.storage.store_ops import RUN_COLUMNS, TASK_COLUMNS, new_id
 from task_ingress.messages.limits import Limits
 from task_ingress.messages.outcomes import Outcome
@@ -55,7 +54,8 @@ IN_CHUNK = 256
 
 @dataclass(slots=True)
 class TaskRow:
-    """A task as the batch sees it (a `TASK_COLUMNS` row; metadata kept as stored JSON)."""
+    """A task as the batch sees it (a `TASK_COLUMNS` row; metadata kept as stored JSON).
+    Rules 9-10 judge it as it is (gate.TaskFacts)."""
 
     task_id: str
     workspace: str
@@ -70,11 +70,6 @@ class TaskRow:
     cancel_reason: str
     created_at: float
     updated_at: float
-
-    def stored(self) -> StoredTask:
-        """The facts rules 6-10 judge."""
-        return StoredTask(workspace=self.workspace, network_channel=self.network_channel,
-                          status=self.status, version=self.version, locked=bool(self.locked))
 
     def values(self) -> tuple[Any, ...]:
         """The row in `TASK_COLUMNS` order."""
@@ -237,13 +232,12 @@ class StoreBatch:
         task = self.task(ctx.workspace, request.task_id.strip())
         if task is None:
             return Reason.TASK_NOT_FOUND, None
-        stored = task.stored()
         reason = (
             gate.check_binding(task.network_channel, ctx.channel, request)
             or gate.check_payload(request, limits)
-            or gate.check_version(request, stored)
+            or gate.check_version(request, task)
             or self._check_idempotency_key(ctx, request, task)
-            or gate.authorize(request, stored)
+            or gate.authorize(request, task)
         )
         return reason, task
 
