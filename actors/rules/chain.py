@@ -116,8 +116,13 @@ class ChainKey:
             "task_id": fields["task_id"], "trust": fields["trust"],
             "workspace": fields["workspace"],
         }
-        record["hash"] = self._mac(_ENCODE(record).encode())
+        record["hash"] = self.seal_ordered(record)
         return record
+
+    def seal_ordered(self, fields: dict[str, Any]) -> str:
+        """`seal` of a dict holding exactly the chained fields, already in canonical (sorted)
+        key order: encoded as it is. For builders of records whose order tests pin."""
+        return self._mac(_ENCODE(fields).encode())
 
     def checkpoint_mac(self, store_id: str, seq: int, head: str, at: float) -> str:
         """HMAC authenticating "store `store_id` had reached (seq, head) at time `at`"."""

@@ -1,5 +1,7 @@
 """The runtime writes audit records positionally (`audit_row` + INSERT_AUDIT_ROW): a record
-so written is stored, read back and verified exactly as one inserted by column name."""
+so written is stored, read back and verified exactly as one inserted by column name; and the
+store's one-go builder (`chained_row`) gives exactly the record `link` makes of
+`audit_fields`."""
 
 from __future__ import annotations
 
@@ -12,11 +14,15 @@ from task_ingress.actors.storage.auditlog import (
     AUDIT_COLUMNS,
     INSERT_AUDIT,
     INSERT_AUDIT_ROW,
+    audit_fields,
     audit_row,
+    chained_row,
     read_records,
 )
 from task_ingress.actors.storage.schema import migrate
-from task_ingress.messages import Action, Reason
+from task_ingress.messages import Action, CreateTask, Outcome, Reason
+from task_ingress.messages.protocol import InFlight, Submission
+from task_ingress.messages.requests import IngressContext
 
 KEY = ChainKey(b"r" * 32)
 _TEXT = st.text(max_size=30)
@@ -57,3 +63,29 @@ def test_a_record_inserted_by_position_reads_back_as_one_inserted_by_name(
     assert [r.model_dump(mode="json") for r in read] == records
     for stored in read:
         assert KEY.seal(stored.model_dump(mode="json")) == stored.hash
+
+
+_ID = st.text(max_size=20) | st.sampled_from(["ws", "ops", "peer-a", "r-1", " padded "])
+
+
+@settings(max_examples=150, deadline=None)
+@given(workspace=_ID, channel=_ID, peer=_ID, request_id=_ID, checked=st.booleans(),
+       trust=st.sampled_from(["embedded", "verified", "unverified", "rejected"]),
+       action=st.sampled_from(list(Action)), reason=st.none() | st.sampled_from(list(Reason)),
+       task_id=_OPT, run_id=_OPT, replay=st.booleans(), size=st.integers(0, 2**20),
+       seq=st.integers(1, 2**40), prev=_TEXT,
+       at=st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_the_stores_record_built_in_one_go_is_the_linked_audit_fields(
+        workspace: str, channel: str, peer: str, request_id: str, checked: bool, trust: str,
+        action: Action, reason: Reason | None, task_id: str | None, run_id: str | None,
+        replay: bool, size: int, seq: int, prev: str, at: float) -> None:
+    ctx = IngressContext(workspace=workspace, peer_id=peer, channel=channel,
+                         request_id=request_id, trust=trust)
+    sub = Submission(ticket=1, context=ctx, request=CreateTask(title="t"), action=action,
+                     payload_size=size, now=0.0)
+    flight = InFlight(submission=sub, context=ctx, reply_to=None, checked=checked)
+    outcome = Outcome(request_id=request_id, action=action, accepted=reason is None,
+                      reason=reason, task_id=task_id, run_id=run_id, replay=replay)
+    record = KEY.link(audit_fields(flight, outcome), seq, prev, at)
+    assert chained_row(KEY, flight, outcome, seq, prev, at) == (audit_row(record),
+                                                                record["hash"])
