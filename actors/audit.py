@@ -41,8 +41,9 @@ from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage.auditlog import (
     AUDIT_COLUMNS,
     AUDIT_NAMES,
-    INSERT_AUDIT,
+    INSERT_AUDIT_ROW,
     audit_fields,
+    audit_row,
     read_records,
     write_checkpoint,
 )
@@ -154,7 +155,7 @@ class Audit(GateActor):
 
     def _insert(self, records: list[dict[str, Any]]) -> None:
         assert self.conn is not None
-        self.conn.executemany(INSERT_AUDIT, records)
+        self.conn.executemany(INSERT_AUDIT_ROW, [audit_row(r) for r in records])
 
     def receiveMsg_Verdicts(self, msg: Verdicts, sender: Any) -> None:
         """Judged requests (one message per store commit or gate batch): buffered, in order,

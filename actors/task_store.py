@@ -32,7 +32,7 @@ from task_ingress.actors.base import GateActor, failed_verdict
 from task_ingress.actors.log import get_logger
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.storage import store_ops
-from task_ingress.actors.storage.auditlog import INSERT_AUDIT, audit_fields
+from task_ingress.actors.storage.auditlog import INSERT_AUDIT_ROW, audit_fields, chained_row
 from task_ingress.actors.storage.schema import connect, encode_outbox
 from task_ingress.actors.storage.store_batch import StoreBatch
 from task_ingress.messages.limits import SPEC_LIMITS
@@ -212,13 +212,12 @@ class TaskStore(GateActor):
         lease advanced past them."""
         assert self.key is not None
         seq, head, at = lease.seq, lease.head, time.time()
-        records = []
+        rows = []
         for flight, outcome, _ in results:
             seq += 1
-            record = self.key.link(audit_fields(flight, outcome), seq, head, at)
-            head = record["hash"]
-            records.append(record)
-        conn.executemany(INSERT_AUDIT, records)
+            row, head = chained_row(self.key, flight, outcome, seq, head, at)
+            rows.append(row)
+        conn.executemany(INSERT_AUDIT_ROW, rows)
         return ChainLease(lease_id=lease.lease_id, seq=seq, head=head)
 
     def apply_in_order(

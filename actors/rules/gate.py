@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from task_ingress.messages.limits import CardLimits, Limits
 from task_ingress.messages.peers import PeerCard
@@ -47,6 +48,26 @@ WHITESPACE = " \t\n\r\x0b\x0c"
 TRUSTED_ACTOR_KEY = "ingress.actor"
 TRUSTED_ORIGIN_KEY = "ingress.origin"
 TRUSTED_REQUEST_KEY = "ingress.request_id"
+
+
+class TaskFacts(Protocol):
+    """What rules 9-10 read of a stored task: a `StoredTask`, or the store's own row
+    (store_batch.TaskRow), which it judges as it is rather than copy into one per request."""
+
+    @property
+    def status(self) -> str:
+        """'open' or 'canceled'."""
+        ...
+
+    @property
+    def version(self) -> int:
+        """The task's version."""
+        ...
+
+    @property
+    def locked(self) -> int:
+        """Truthy when the operator locked the task."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -229,7 +250,7 @@ def check_payload(request: AnyRequest, limits: Limits) -> Reason | None:
     return None if ok else Reason.VALIDATION_FAILED
 
 
-def check_version(request: AnyRequest, task: StoredTask) -> Reason | None:
+def check_version(request: AnyRequest, task: TaskFacts) -> Reason | None:
     """Rule 9, store side: an `expected_version` that is not current is a stale write."""
     stale = (
         isinstance(request, UpdateTask)
@@ -239,7 +260,7 @@ def check_version(request: AnyRequest, task: StoredTask) -> Reason | None:
     return Reason.VALIDATION_FAILED if stale else None
 
 
-def authorize(request: AnyRequest, task: StoredTask) -> Reason | None:
+def authorize(request: AnyRequest, task: TaskFacts) -> Reason | None:
     """Rule 10: the task domain's own authorization of a network actor.
 
     Documented rules: a task the operator locked accepts no network write, and a

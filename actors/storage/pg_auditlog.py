@@ -56,8 +56,7 @@ class ShardChain:
 
     def seal(self, key: ChainKey, fields: dict[str, Any], at: float) -> dict[str, Any]:
         """Give the record its place in the chain (seq, at, prev_hash, hash); advance."""
-        record = dict(fields, seq=self.seq + 1, at=at, prev_hash=self.head)
-        record["hash"] = key.seal(record)
+        record = key.link(fields, self.seq + 1, self.head, at)
         self.seq += 1
         self.head = record["hash"]
         return record

@@ -40,11 +40,12 @@ def test_a_raising_gate_actor_answers_failed_and_keeps_serving(
 def test_a_failure_after_the_write_rolls_the_write_back(
     rt: IngressRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The write is judged, then building its outbox row fails: the write is never applied.
-    def broken_fields(*args: object) -> dict[str, object]:
-        raise ValueError("outbox row cannot be built")
+    # The write is judged, then building its audit record (chained in the batch's own
+    # transaction: auditlog.chained_row) fails: the write is never applied.
+    def broken_record(*args: object) -> tuple[object, str]:
+        raise ValueError("audit record cannot be built")
 
-    monkeypatch.setattr(task_store, "audit_fields", broken_fields)
+    monkeypatch.setattr(task_store, "chained_row", broken_record)
     out = rt.submit(ctx("r-1"), CreateTask(title="t"))
     assert out.reason == Reason.TASK_INGRESS_FAILED
     assert _tasks(rt) == 0

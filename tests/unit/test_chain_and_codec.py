@@ -67,6 +67,25 @@ def test_record_seal_is_hmac_sha256_of_sorted_compact_ascii_json(fields: dict[st
     assert record_hash(fields) == hashlib.sha256(old_blob.encode()).hexdigest()
 
 
+@given(st.fixed_dictionaries({
+    "workspace": _TEXT, "channel": _TEXT, "peer_id": _TEXT, "actor": _TEXT,
+    "request_id": _TEXT, "action": _TEXT, "outcome": _TEXT, "reason": _OPT,
+    "task_id": _OPT, "run_id": _OPT, "payload_size": st.integers(0, 2**31),
+    "replay": st.booleans(), "trust": _OPT,
+}), st.integers(1, 2**53), _TEXT, st.floats(allow_nan=False, allow_infinity=False))
+def test_a_linked_record_is_its_fields_placed_and_sealed_over_sorted_json(
+        fields: dict[str, object], seq: int, prev: str, at: float) -> None:
+    # `link` builds the record in canonical key order itself (not through `canonical`):
+    # its hash must still be the HMAC of json.dumps(sort_keys=True) of exactly these fields.
+    record = KEY.link(fields, seq, prev, at)
+    placed = dict(fields, seq=seq, at=at, prev_hash=prev)
+    assert {k: v for k, v in record.items() if k != "hash"} == placed
+    blob = json.dumps(placed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert record["hash"] == hmac.new(b"k" * 32, blob.encode(), hashlib.sha256).hexdigest()
+    assert record["hash"] == KEY.seal(record)
+    assert KEY.link(dict(fields, unchained="x"), seq, prev, at) == record  # not a field
+
+
 def test_a_legacy_hash_leaves_out_only_an_empty_trust_and_the_seal_never_does() -> None:
     fields = _chain(2)[1].model_dump(mode="json")
     assert fields["trust"] is None

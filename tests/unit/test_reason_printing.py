@@ -23,3 +23,12 @@ def test_an_outcome_serialises_reasons_as_codes() -> None:
     out = Outcome(request_id="r", action=Action.CREATE, accepted=False,
                   reason=Reason.CAPABILITY_DENIED)
     assert json.loads(out.model_dump_json())["reason"] == "capability_denied"
+
+
+def test_str_of_every_code_is_its_value_as_a_plain_str() -> None:
+    # The store writes str(member) into audit records and accepted-request rows (cheaper
+    # than `.value`): it must be the very code, and an exact str, which sqlite3 and
+    # psycopg bind as text without adapting a subclass.
+    for member in [*Action, *Reason]:
+        text = str(member)
+        assert text == member.value and type(text) is str

@@ -1,0 +1,22 @@
+"""An encoder made once (rules/jsontext.py) writes exactly json.dumps's text."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from task_ingress.actors.rules.jsontext import encoder
+
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.text()
+            | st.floats(allow_nan=True, allow_infinity=True))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+_SEPARATORS = [(",", ":"), (", ", ": ")]
+
+
+@given(_VALUES, st.sampled_from(_SEPARATORS), st.booleans())
+def test_an_encoder_made_once_writes_what_json_dumps_writes(
+        value: object, separators: tuple[str, str], ascii_only: bool) -> None:
+    expected = json.dumps(value, separators=separators, ensure_ascii=ascii_only)
+    assert encoder(separators, ensure_ascii=ascii_only)(value) == expected
