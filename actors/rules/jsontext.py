@@ -22,9 +22,11 @@ def encoder(separators: tuple[str, str], ensure_ascii: bool = True
     stdlib = json.JSONEncoder(separators=separators, ensure_ascii=ensure_ascii)
     try:
         from _json import encode_basestring, encode_basestring_ascii, make_encoder
-    except ImportError:  # an interpreter without the C accelerator: the stdlib's own path
+        # CPython's private constructor, called as json.encoder does in 3.11-3.13; were its
+        # signature to change, the stdlib's own (slower, same text) path is taken instead.
+        encode = make_encoder(None, stdlib.default,
+                              encode_basestring_ascii if ensure_ascii else encode_basestring,
+                              None, key_separator, item_separator, False, False, True)
+    except (ImportError, TypeError):  # no C accelerator, or not the one we know
         return stdlib.encode
-    encode = make_encoder(None, stdlib.default,
-                          encode_basestring_ascii if ensure_ascii else encode_basestring,
-                          None, key_separator, item_separator, False, False, True)
     return lambda obj: "".join(encode(obj, 0))

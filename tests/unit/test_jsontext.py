@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from task_ingress.actors.rules.jsontext import encoder
@@ -20,3 +22,17 @@ def test_an_encoder_made_once_writes_what_json_dumps_writes(
         value: object, separators: tuple[str, str], ascii_only: bool) -> None:
     expected = json.dumps(value, separators=separators, ensure_ascii=ascii_only)
     assert encoder(separators, ensure_ascii=ascii_only)(value) == expected
+
+
+@pytest.mark.parametrize("broken", ["missing", "other signature"])
+def test_without_the_c_encoder_we_know_the_stdlib_path_writes_the_same_text(
+        broken: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if broken == "missing":
+        monkeypatch.setitem(sys.modules, "_json", None)  # import fails
+    else:
+        def changed(*args: object) -> object:
+            raise TypeError(f"make_encoder() takes 10 arguments ({len(args)} given)")
+
+        monkeypatch.setattr("_json.make_encoder", changed)
+    value = {"b": [1, 2.5, "é"], "a": None}
+    assert encoder((",", ":"))(value) == json.dumps(value, separators=(",", ":"))
