@@ -425,10 +425,18 @@ class Audit(GateActor):
             self.receiveMsg_Flush(Flush(), sender)
 
     def _release_probes(self, sender: Any) -> None:
-        """Report the probes held while a lease was read back, in arrival order."""
+        """Report the probes held while a lease was read back, in arrival order.
+
+        One whose report fails is lost, as a probe whose handler fails always is
+        (GateActor), but only it: raising here would also strand the lease asked for
+        behind it (nothing asks again: the new store would wait for good)."""
         probes, self.held_probes = self.held_probes, []
         for probe in probes:
-            self.receiveMsg_Probe(probe, sender)
+            try:
+                self.receiveMsg_Probe(probe, sender)
+            except Exception as exc:
+                self.log.error("actor.handler_failed", message_type="Probe", request_ids=[],
+                               error=repr(exc))
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""

@@ -444,3 +444,30 @@ def test_a_lease_back_from_its_store_ends_a_read_back_that_failed(wire: Wire) ->
     wire.settle()  # the retry must not take the live store's lease back
     assert wire.replied() == ["a", "c"] and audit.lent is None
     assert records(wire) == [(1, "a", "accepted"), (2, "c", "accepted")] and verified(wire)
+
+
+@pytest.mark.parametrize("unreadable", [1, 2], ids=["read at the ask", "read at a retry"])
+def test_a_held_probe_that_fails_does_not_keep_the_chain_from_the_new_store(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch, unreadable: int,
+) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=unreadable)
+    store = _second_store(wire)
+    audit.receiveMessage(Rewire(store="store-2"), "router")  # its read fails: retried
+    audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")  # held
+    real = audit._drain_outbox
+    failures: list[bool] = []
+
+    def fails_once() -> Any:
+        if not failures:
+            failures.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real()
+
+    monkeypatch.setattr(audit, "_drain_outbox", fails_once)
+    _ask_now(wire, store, "c")  # the read succeeds (now or at a retry); reporting the held
+    # probe fails
+    wire.settle()
+    # The probe is lost, as any probe whose report fails; the lease is not: the new
+    # store's batch commits and is answered.
+    assert failures and wire.replied() == ["c"] and audit.lent is None
+    assert records(wire)[-1] == (3, "c", "accepted") and verified(wire)
