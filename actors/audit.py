@@ -194,6 +194,17 @@ class Audit(GateActor):
         if self.lent is not None and not self._take_back("another lease asked for"):
             self.waiting = (msg, sender)  # lent once the lease is read back
             return
+        if self.held_probes or self.reclaiming:
+            # Settle a read back still owed first (or one the lease's return made moot) and
+            # report the probes held for it, which came before this ask: a held probe
+            # reported with the chain lent again, or a retry finding it lent, would take
+            # this live store's lease back and drop its batch's answers.
+            if self._read_back():
+                self.reclaiming = ""
+                self._release_probes(sender)
+            elif self.held_probes:
+                self.waiting = (msg, sender)
+                return
         self.receiveMsg_Flush(Flush(), sender)
         self.lent = ChainLease(lease_id=msg.lease_id, seq=self.seq, head=self.head)
         self.lessee = sender
@@ -406,14 +417,26 @@ class Audit(GateActor):
 
     def _after_take_back(self, sender: Any) -> None:
         """What waited for a lease to be read back: the probes, then the lease asked for."""
-        probes, self.held_probes = self.held_probes, []
-        for probe in probes:
-            self.receiveMsg_Probe(probe, sender)
+        self._release_probes(sender)
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
             self.receiveMsg_LeaseWanted(*waiting)
         elif self.pending:
             self.receiveMsg_Flush(Flush(), sender)
+
+    def _release_probes(self, sender: Any) -> None:
+        """Report the probes held while a lease was read back, in arrival order.
+
+        One whose report fails is lost, as a probe whose handler fails always is
+        (GateActor), but only it: raising here would also strand the lease asked for
+        behind it (nothing asks again: the new store would wait for good)."""
+        probes, self.held_probes = self.held_probes, []
+        for probe in probes:
+            try:
+                self.receiveMsg_Probe(probe, sender)
+            except Exception as exc:
+                self.log.error("actor.handler_failed", message_type="Probe", request_ids=[],
+                               error=repr(exc))
 
     def receiveMsg_ReadAudit(self, msg: ReadAudit, sender: Any) -> None:
         """Answer with every committed record, in commit order."""

@@ -106,8 +106,8 @@ class PgAudit(pg_store.PgSession, Audit):
 
     def receiveMsg_LeaseWanted(self, msg: LeaseWanted, sender: Any) -> None:
         """As Audit's, lending a head checked first when a lease came back in doubt."""
-        if self.lent is None and self.unsure:
-            self._settle()
+        if self.lent is None and self.unsure and not self.reclaiming:
+            self._settle()  # a take-back's read still owed is tried by Audit's (`_read_back`)
         super().receiveMsg_LeaseWanted(msg, sender)
 
     def _lease_back(self, msg: Verdicts, sender: Any) -> None:
@@ -159,12 +159,7 @@ class PgAudit(pg_store.PgSession, Audit):
         except psycopg.Error as exc:
             self.log.error("audit.settle_failed", error=repr(exc))
             return None
-        if self.reclaiming:
-            # A dead store's lease still unread: what is found is (also) its records, for
-            # the router. A live store's among them are answered by Audit first (its Dones
-            # reach the router before the ProbeDone), so the router finds them answered.
-            self.orphans.extend(Drained.from_record(r) for r in found)
-            self.reclaiming = ""
+        self.reclaiming = ""  # read (`_adopt` handed the records on), or deposed: unreadable
         return found
 
     def _adopt(self, conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -179,6 +174,14 @@ class PgAudit(pg_store.PgSession, Audit):
             chain.seq, chain.head = self.seq, self.head
             self.log.warning("audit.lease_records_adopted", records=len(records))
         self.unsure = False
+        if self.reclaiming:
+            # A dead store's lease still unread: what is found is (also) its records, for
+            # the router, whichever read finds them (a take-back's retry, or an append's
+            # read-back first). A live store's among them are answered by Audit first (its
+            # Dones reach the router before the ProbeDone), so the router finds them
+            # answered.
+            self.orphans.extend(Drained.from_record(r) for r in records)
+            self.reclaiming = ""
         return records
 
     def _take_back(self, why: str) -> bool:
@@ -203,8 +206,9 @@ class PgAudit(pg_store.PgSession, Audit):
         return True
 
     def _read_back(self) -> bool:
-        """A take-back's read tried again (the lease itself is back already)."""
-        return self._settle() is not None
+        """A take-back's read tried again, when one is still owed (the lease itself is back
+        already): one attempt per handler, a connection attempt may take seconds."""
+        return not self.reclaiming or self._settle() is not None
 
     def _append(self, conn: psycopg.Connection[Any], batch: list[Verdict],
                 boxed: list[int] | None) -> list[tuple[int, bytes]]:

@@ -390,3 +390,84 @@ def test_a_write_held_for_a_commit_retry_and_chained_by_a_probe_is_answered_once
     assert len(done) == 1 and done[0].drained == ()  # not the router's to answer ...
     assert wire.replied() == ["w"]  # ... answered once, by Audit
     assert records(wire) == [(1, "w", "accepted")] and verified(wire)
+
+
+def _second_store(wire: Wire) -> Any:
+    """A restarted store, as the router starts one: the same file, its own name."""
+    store = wire.add("store-2", TaskStore())
+    store.receiveMessage(Wiring(ticket=1, settings=wire.actors["audit"].settings,
+                                audit="audit"), "runtime")
+    started = wire.queue.pop()
+    assert isinstance(started[2], Started) and not started[2].error, started
+    return store
+
+
+def _ask_now(wire: Wire, store: Any, request_id: str) -> None:
+    """`store` takes a batch; its LeaseWanted reaches Audit at once (ahead of whatever
+    Audit has queued for itself)."""
+    store.receiveMessage(InFlights(items=(flight(request_id),)), "cap")
+    to, sender, wanted = wire.queue.pop()
+    assert to == "audit" and isinstance(wanted, LeaseWanted)
+    wire.actors["audit"].receiveMessage(wanted, sender)
+
+
+def test_a_probe_held_for_a_read_back_is_reported_before_the_chain_is_lent_again(
+    wire: Wire,
+) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=1)
+    store = _second_store(wire)
+    audit.receiveMessage(Rewire(store="store-2"), "router")  # its read fails: retried
+    # The new store passes a probe on, then asks for the chain; by now the file reads.
+    audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")
+    _ask_now(wire, store, "c")
+    wire.settle()
+    done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+    assert len(done) == 1 and [d.request_id for d in done[0].drained] == ["a", "b"]
+    # The probe came before the new store's ask: reported before the lease went out, it
+    # cannot take that live store's lease back (dropping its batch's answers).
+    assert wire.replied() == ["c"] and audit.lent is None
+    assert records(wire)[-1] == (3, "c", "accepted") and verified(wire)
+
+
+def test_a_lease_back_from_its_store_ends_a_read_back_that_failed(wire: Wire) -> None:
+    audit = wire.actors["audit"]
+    wire.actors["store"].receiveMessage(InFlights(items=(flight("a"),)), "cap")
+    wire.deliver(2)  # lent, applied, chained and committed; its verdicts on their way
+    late = wire.queue.popleft()
+    store = _second_store(wire)
+    audit.conn = UnreadableTail(audit.conn, 1)
+    audit.receiveMessage(Rewire(store="store-2"), "router")  # its read fails: retried
+    # The old store's verdicts were still in transit: the lease is back, read or not.
+    audit.receiveMessage(late[2], late[1])
+    assert audit.lent is None and not audit.orphans
+    _ask_now(wire, store, "c")  # lent to the new store
+    wire.settle()  # the retry must not take the live store's lease back
+    assert wire.replied() == ["a", "c"] and audit.lent is None
+    assert records(wire) == [(1, "a", "accepted"), (2, "c", "accepted")] and verified(wire)
+
+
+@pytest.mark.parametrize("unreadable", [1, 2], ids=["read at the ask", "read at a retry"])
+def test_a_held_probe_that_fails_does_not_keep_the_chain_from_the_new_store(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch, unreadable: int,
+) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=unreadable)
+    store = _second_store(wire)
+    audit.receiveMessage(Rewire(store="store-2"), "router")  # its read fails: retried
+    audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")  # held
+    real = audit._drain_outbox
+    failures: list[bool] = []
+
+    def fails_once() -> Any:
+        if not failures:
+            failures.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real()
+
+    monkeypatch.setattr(audit, "_drain_outbox", fails_once)
+    _ask_now(wire, store, "c")  # the read succeeds (now or at a retry); reporting the held
+    # probe fails
+    wire.settle()
+    # The probe is lost, as any probe whose report fails; the lease is not: the new
+    # store's batch commits and is answered.
+    assert failures and wire.replied() == ["c"] and audit.lent is None
+    assert records(wire)[-1] == (3, "c", "accepted") and verified(wire)

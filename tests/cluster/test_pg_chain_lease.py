@@ -9,12 +9,15 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 from task_ingress.actors import pg_task_store
+from task_ingress.actors.base import rejected_verdict
+from task_ingress.actors.pg_audit import PgAudit
 from task_ingress.actors.pg_task_store import PgTaskStore
 from task_ingress.actors.rules.chain import ChainKey
 from task_ingress.actors.rules.shards import Fence, shard_of
@@ -23,14 +26,31 @@ from task_ingress.actors.storage.auditlog import AUDIT_NAMES
 from task_ingress.actors.storage.pg_roster import rostered_chain_id
 from task_ingress.actors.storage.pg_schema import ensure_store_schema
 from task_ingress.actors.storage.store_batch import StoreBatch
-from task_ingress.messages import CreateTask, IngressContext, Reason
+from task_ingress.messages import CreateTask, IngressContext, Outcome, Reason
 from task_ingress.messages.limits import SPEC_LIMITS
+from task_ingress.messages.protocol import (
+    ChainLease,
+    Flush,
+    InFlight,
+    LeaseWanted,
+    Probe,
+    ProbeDone,
+    Rewire,
+    Settings,
+    Started,
+    Submission,
+    Verdict,
+    Verdicts,
+    Wiring,
+)
+from task_ingress.messages.reasons import Action
 from task_ingress.runtime import IngressRuntime
 from task_ingress.runtime.audit.pg_verify import verify_shard
 from task_ingress.runtime.cluster import pg_leases
 from task_ingress.runtime.cluster.history import fencing_violations
 from thespian.actors import ActorExitRequest
 
+from tests.actors.test_chain_lease import Wire
 from tests.actors.test_supervision import submit_as_one_batch
 from tests.conftest import ctx, writer_card
 
@@ -319,3 +339,117 @@ def test_a_store_dying_while_its_records_cannot_be_read_back_is_answered_as_reco
                                                                  for o in outcomes)
         assert rt.submit(ctx("later", workspace=WS), CreateTask(title="t")).accepted
         assert _verified(conn) == 5
+
+
+# --- PgAudit message by message (tests/actors/test_chain_lease.py's Wire) ---------------
+
+def _wired_audit(wire: Wire, database: str, fence: Fence, store_path: str) -> PgAudit:
+    audit = wire.add("audit", PgAudit())
+    settings = Settings(store_path=store_path, durable=False, local_peer_id="local",
+                        greet_interval=30.0, tasks_enabled=True, audit_key=AUDIT_KEY,
+                        database_url=database, fence=(fence.shard, fence.owner, fence.epoch))
+    audit.receiveMessage(Wiring(ticket=1, settings=settings, audit="audit"), "runtime")
+    started = wire.queue.pop()[2]
+    assert isinstance(started, Started) and not started.error, started
+    return audit
+
+
+def _rejected(request_id: str) -> Verdict:
+    context = ctx(request_id, peer="peer-b", workspace=WS)
+    sub = Submission(ticket=9, context=context, request=CreateTask(title="t"),
+                     action=Action.CREATE, payload_size=1, now=0.0)
+    return rejected_verdict(InFlight(submission=sub, context=context, reply_to="caller"),
+                            Reason.PEER_NOT_FOUND)
+
+
+def test_a_dead_stores_records_read_back_by_an_append_still_go_to_the_router(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, fence = _setup(database)
+    wire = Wire()
+    audit = _wired_audit(wire, database, fence, str(tmp_path / "unused.db"))
+    try:
+        audit.receiveMessage(LeaseWanted(lease_id=1), "store")
+        lease = wire.queue.pop()[2]
+        assert isinstance(lease, ChainLease)
+        # The store commits two creates under the lease and dies before reporting them.
+        _chained_creates(conn, fence, ChainKey.from_hex(AUDIT_KEY), (lease.seq, lease.head),
+                         ["a", "b"])
+        original = pg_auditlog.records_after
+        failures: list[bool] = []
+
+        def unreadable_once(*args: Any) -> Any:
+            if not failures:
+                failures.append(True)
+                raise psycopg.OperationalError("the database cannot be read now")
+            return original(*args)
+
+        monkeypatch.setattr(pg_auditlog, "records_after", unreadable_once)
+        audit.receiveMessage(Rewire(store="store-2"), "router")  # the read fails: retried
+        # A gate's rejection commits before the retry: its append reads the records first.
+        audit.receiveMessage(Verdicts(items=(_rejected("r-x"),)), "router")
+        to, sender, flush = wire.queue.pop()
+        assert (to, type(flush)) == ("audit", Flush)
+        audit.receiveMessage(flush, sender)
+        audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")
+        wire.settle()
+        done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+        # The router answers the dead store's requests as recorded, not failed (which
+        # would record them a second time).
+        assert failures and len(done) == 1
+        assert sorted(d.request_id for d in done[0].drained) == ["r-a", "r-b"]
+        assert wire.replied() == ["r-x"] and _verified(conn) == 3
+    finally:
+        if audit.pg is not None:
+            audit.pg.close()
+        conn.close()
+
+
+def test_a_probe_held_for_a_read_back_is_reported_before_the_chain_is_lent_again(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, fence = _setup(database)
+    key = ChainKey.from_hex(AUDIT_KEY)
+    wire = Wire()
+    audit = _wired_audit(wire, database, fence, str(tmp_path / "unused.db"))
+    try:
+        audit.receiveMessage(LeaseWanted(lease_id=1), "store")
+        lease = wire.queue.pop()[2]
+        assert isinstance(lease, ChainLease)
+        _chained_creates(conn, fence, key, (lease.seq, lease.head), ["a", "b"])  # then dies
+        original = pg_auditlog.records_after
+        failures: list[bool] = []
+
+        def unreadable_once(*args: Any) -> Any:
+            if not failures:
+                failures.append(True)
+                raise psycopg.OperationalError("the database cannot be read now")
+            return original(*args)
+
+        monkeypatch.setattr(pg_auditlog, "records_after", unreadable_once)
+        audit.receiveMessage(Rewire(store="store-2"), "router")  # the read fails: retried
+        # The new store passes a probe on, then asks for the chain; now it reads.
+        audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")
+        audit.receiveMessage(LeaseWanted(lease_id=1), "store-2")
+        wire.settle()  # the retry, had it been left the probe, would find the chain lent
+        done = [m for _, m in wire.outside if isinstance(m, ProbeDone)]
+        assert failures and len(done) == 1
+        assert sorted(d.request_id for d in done[0].drained) == ["r-a", "r-b"]
+        [lent] = [m for to, m in wire.outside if to == "store-2" and isinstance(m, ChainLease)]
+        assert lent.seq == 2
+        # The new store's batch, chained under its lease, is answered when it comes back.
+        chain = _chained_creates(conn, fence, key, (lent.seq, lent.head), ["c"])
+        context = ctx("r-c", workspace=WS)
+        sub = Submission(ticket=3, context=context, request=CreateTask(title="c"),
+                         action=Action.CREATE, payload_size=1, now=0.0)
+        written = Verdict(flight=InFlight(submission=sub, context=context, reply_to="caller"),
+                          outcome=Outcome(request_id="r-c", action=Action.CREATE,
+                                          accepted=True, task_id="t-c"))
+        audit.receiveMessage(Verdicts(items=(written,), lease=ChainLease(
+            lease_id=1, seq=chain.seq, head=chain.head), chained=True), "store-2")
+        wire.settle()
+        assert wire.replied() == ["r-c"] and audit.lent is None and _verified(conn) == 3
+    finally:
+        if audit.pg is not None:
+            audit.pg.close()
+        conn.close()
