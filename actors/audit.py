@@ -458,6 +458,12 @@ class Audit(GateActor):
             if self.lent is not None:
                 self._take_back("shutdown")
             self.receiveMsg_Flush(Flush(), sender)
+        if self.pending or self.held_probes:
+            # The lease could not be read back (or a commit kept failing): these outcomes
+            # go unrecorded and their callers learn the runtime closed. Said, not silent.
+            self.log.error("audit.shutdown_unrecorded", records=len(self.pending),
+                           probes=len(self.held_probes),
+                           request_ids=[v.flight.context.request_id for v in self.pending])
         if self.conn is not None:
             self._checkpoint(force=True)
             self.conn.close()

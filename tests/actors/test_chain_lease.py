@@ -471,3 +471,16 @@ def test_a_held_probe_that_fails_does_not_keep_the_chain_from_the_new_store(
     # store's batch commits and is answered.
     assert failures and wire.replied() == ["c"] and audit.lent is None
     assert records(wire)[-1] == (3, "c", "accepted") and verified(wire)
+
+
+def test_audit_stopping_while_a_lease_cannot_be_read_back_says_what_goes_unrecorded(
+    wire: Wire, capsys: pytest.CaptureFixture[str],
+) -> None:
+    audit = _store_dies_holding_the_lease(wire, times=99)
+    rejected = rejected_verdict(flight("r", peer="pb"), Reason.PEER_NOT_FOUND)
+    audit.receiveMessage(Verdicts(items=(rejected,)), "router")
+    audit.receiveMessage(ActorExitRequest(), "system")
+    assert [r for r in records(wire) if r[1] == "r"] == []  # not chained from a stale head
+    logged = [line for line in capsys.readouterr().err.splitlines()
+              if "audit.shutdown_unrecorded" in line]
+    assert len(logged) == 1 and '"records": 1' in logged[0] and '"r"' in logged[0]
