@@ -369,22 +369,7 @@ def test_a_dead_stores_records_read_back_by_an_append_still_go_to_the_router(
     wire = Wire()
     audit = _wired_audit(wire, database, fence, str(tmp_path / "unused.db"))
     try:
-        audit.receiveMessage(LeaseWanted(lease_id=1), "store")
-        lease = wire.queue.pop()[2]
-        assert isinstance(lease, ChainLease)
-        # The store commits two creates under the lease and dies before reporting them.
-        _chained_creates(conn, fence, ChainKey.from_hex(AUDIT_KEY), (lease.seq, lease.head),
-                         ["a", "b"])
-        original = pg_auditlog.records_after
-        failures: list[bool] = []
-
-        def unreadable_once(*args: Any) -> Any:
-            if not failures:
-                failures.append(True)
-                raise psycopg.OperationalError("the database cannot be read now")
-            return original(*args)
-
-        monkeypatch.setattr(pg_auditlog, "records_after", unreadable_once)
+        failures = _store_dies_unreadable_once(wire, audit, conn, fence, monkeypatch)
         audit.receiveMessage(Rewire(store="store-2"), "router")  # the read fails: retried
         # A gate's rejection commits before the retry: its append reads the records first.
         audit.receiveMessage(Verdicts(items=(_rejected("r-x"),)), "router")
@@ -413,20 +398,7 @@ def test_a_probe_held_for_a_read_back_is_reported_before_the_chain_is_lent_again
     wire = Wire()
     audit = _wired_audit(wire, database, fence, str(tmp_path / "unused.db"))
     try:
-        audit.receiveMessage(LeaseWanted(lease_id=1), "store")
-        lease = wire.queue.pop()[2]
-        assert isinstance(lease, ChainLease)
-        _chained_creates(conn, fence, key, (lease.seq, lease.head), ["a", "b"])  # then dies
-        original = pg_auditlog.records_after
-        failures: list[bool] = []
-
-        def unreadable_once(*args: Any) -> Any:
-            if not failures:
-                failures.append(True)
-                raise psycopg.OperationalError("the database cannot be read now")
-            return original(*args)
-
-        monkeypatch.setattr(pg_auditlog, "records_after", unreadable_once)
+        failures = _store_dies_unreadable_once(wire, audit, conn, fence, monkeypatch)
         audit.receiveMessage(Rewire(store="store-2"), "router")  # the read fails: retried
         # The new store passes a probe on, then asks for the chain; now it reads.
         audit.receiveMessage(Probe(probe_id=4, reply_to="router"), "store-2")
@@ -453,3 +425,25 @@ def test_a_probe_held_for_a_read_back_is_reported_before_the_chain_is_lent_again
         if audit.pg is not None:
             audit.pg.close()
         conn.close()
+
+
+def _store_dies_unreadable_once(wire: Wire, audit: Any, conn: psycopg.Connection[Any],
+                                fence: Fence, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The chain lent to "store", which commits two creates under it ("r-a", "r-b") and dies
+    before reporting them; PgAudit's first read of them back fails. Returns the failures."""
+    audit.receiveMessage(LeaseWanted(lease_id=1), "store")
+    lease = wire.queue.pop()[2]
+    assert isinstance(lease, ChainLease)
+    _chained_creates(conn, fence, ChainKey.from_hex(AUDIT_KEY), (lease.seq, lease.head),
+                     ["a", "b"])
+    original = pg_auditlog.records_after
+    failures: list[bool] = []
+
+    def unreadable_once(*args: Any) -> Any:
+        if not failures:
+            failures.append(True)
+            raise psycopg.OperationalError("the database cannot be read now")
+        return original(*args)
+
+    monkeypatch.setattr(pg_auditlog, "records_after", unreadable_once)
+    return failures
