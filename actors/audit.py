@@ -200,7 +200,6 @@ class Audit(GateActor):
             # reported with the chain lent again, or a retry finding it lent, would take
             # this live store's lease back and drop its batch's answers.
             if self._read_back():
-                self.reclaiming = ""
                 self._release_probes(sender)
             elif self.held_probes:
                 self.waiting = (msg, sender)
@@ -404,7 +403,6 @@ class Audit(GateActor):
         if self.reclaiming and not self._read_back():
             self.wakeupAfter(AUDIT_RETRY_SECONDS)
             return
-        self.reclaiming = ""
         if self.held_probes or self.waiting is not None:
             self._after_take_back(sender)
         elif self.pending and not self.flush_queued and self.lent is None:
@@ -412,8 +410,11 @@ class Audit(GateActor):
 
     def _read_back(self) -> bool:
         """Try again a take-back whose read failed; True once done (or the lease came back
-        meanwhile: its store was alive after all)."""
-        return self.lent is None or self._take_back(self.reclaiming)
+        meanwhile: its store was alive after all), with nothing left owed (`reclaiming`)."""
+        if self.lent is None:
+            self.reclaiming = ""
+            return True
+        return self._take_back(self.reclaiming)
 
     def _after_take_back(self, sender: Any) -> None:
         """What waited for a lease to be read back: the probes, then the lease asked for."""
