@@ -101,7 +101,7 @@ def pre_gate_reason(sub: Submission, tasks_enabled: bool,
     for a workspace of another shard is one this runtime's task service cannot take."""
     if sub.preset is not None:
         return sub.preset
-    if sub.request is None or gate.check_context(sub.context) is not None:
+    if sub.request is None or not (sub.checked or gate.check_context(sub.context) is None):
         return Reason.INVALID_REQUEST
     if not tasks_enabled:
         return Reason.TASK_INGRESS_UNAVAILABLE
@@ -286,7 +286,7 @@ class IngressRouter(GateActor):
         """A rejection decided here (as a Verdict), or the admitted request (as an InFlight,
         remembered as unanswered)."""
         assert self.wiring is not None and self.settings is not None
-        ctx = gate.normalize_context(sub.context)
+        ctx = sub.context if sub.checked else gate.normalize_context(sub.context)
         reason = pre_gate_reason(sub, self.settings.tasks_enabled, self.serving)
         if reason is not None:
             # A refused greet or leave has no request ID; its record still names the

@@ -117,6 +117,11 @@ class Submission(FrozenMessage):
     now: float
     preset: Reason | None = None
     """Rejection decided before the gate."""
+    checked: bool = False
+    """True only when its builder trimmed `context` and found rule 1 holds for it
+    (`gate.checked_context`): the router then takes both as they are rather than trim and
+    check the same identifiers again. Only the runtime's edge (`IngressRuntime`) sets it;
+    a submission built any other way is checked by the router."""
 
 
 class PresenceChange(InternalMessage):

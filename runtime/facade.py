@@ -52,7 +52,7 @@ from task_ingress.runtime.errors import (
     RuntimeClosed,
     RuntimeStartError,
 )
-from task_ingress.runtime.flow import FlowLimits, PeerKey, peer_key
+from task_ingress.runtime.flow import FlowLimits, PeerKey
 from task_ingress.runtime.host import ActorHost, InProcessHost
 from task_ingress.runtime.pipeline.host import PipelineHost
 from task_ingress.runtime.wakeups import LoopWakeups
@@ -280,12 +280,16 @@ class IngressRuntime:
         action = request.action if is_request else Action.UNKNOWN
         if payload_size is None:
             payload_size = _payload_size(request) if is_request else 0
+        # Rule 1 is worked out here, once: the router takes the trimmed context and this
+        # verdict as they are (`Submission.checked`), and a malformed context holds no
+        # admission slot (the router rejects it before any channel).
+        context, grammatical = gate.checked_context(context)
         sub = Submission(
             ticket=driver.next_ticket(), context=context,
             request=request if is_request else None, action=action,
-            payload_size=payload_size, now=0.0, preset=preset,
+            payload_size=payload_size, now=0.0, preset=preset, checked=grammatical,
         )
-        return sub, peer_key(gate.normalize_context(context))
+        return sub, (context.workspace, context.channel, context.peer_id) if grammatical else None
 
     def _outcome(self, driver: Driver, future: Any) -> Outcome:
         return self._unwrap_outcome(driver.wait(future))

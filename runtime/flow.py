@@ -12,9 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
-from task_ingress.actors.rules import gate
 from task_ingress.messages.reasons import Reason
-from task_ingress.messages.requests import IngressContext
 
 ChannelKey = tuple[str, str]
 PeerKey = tuple[str, str, str]
@@ -51,14 +49,6 @@ class FlowLimits:
     # answered; an AGH peer re-greets each of its channels every greet_interval / 2.
     greet_rate: float = 20.0
     greet_burst: float = 200.0
-
-
-def peer_key(ctx: IngressContext) -> PeerKey | None:
-    """The admission key of a (normalized) well-formed context; None for one the router
-    rejects anyway (it never reaches a channel, so it holds no slot)."""
-    if gate.check_context(ctx) is None:
-        return (ctx.workspace, ctx.channel, ctx.peer_id)
-    return None
 
 
 class FlowControl:

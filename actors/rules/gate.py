@@ -101,11 +101,6 @@ def is_request_id(value: str) -> bool:
     return REQUEST_ID_RE.fullmatch(value) is not None
 
 
-def is_optional_id(value: str) -> bool:
-    """Optional IDs (work, trace, causation, idempotency) follow the request-ID rule when set."""
-    return trim(value) == "" or is_request_id(trim(value))
-
-
 def trim(value: str) -> str:
     """`value` without surrounding ASCII whitespace."""
     return value.strip(WHITESPACE)
@@ -113,33 +108,46 @@ def trim(value: str) -> str:
 
 def normalize_context(ctx: IngressContext) -> IngressContext:
     """Trim every identifier, as the grammar is checked after trimming."""
-    fields = (ctx.workspace, ctx.peer_id, ctx.channel, ctx.request_id, ctx.work_id,
-              ctx.trace_id, ctx.causation_id)
-    if list(map(trim, fields)) == list(fields):
+    w, p, c, r = ctx.workspace, ctx.peer_id, ctx.channel, ctx.request_id
+    wk, tr, ca = ctx.work_id, ctx.trace_id, ctx.causation_id
+    if (trim(w) == w and trim(p) == p and trim(c) == c and trim(r) == r
+            and trim(wk) == wk and trim(tr) == tr and trim(ca) == ca):
         return ctx  # the common case: nothing to trim, no new model to build
     return IngressContext(
-        workspace=trim(ctx.workspace),
-        peer_id=trim(ctx.peer_id),
-        channel=trim(ctx.channel),
-        request_id=trim(ctx.request_id),
-        work_id=trim(ctx.work_id),
-        trace_id=trim(ctx.trace_id),
-        causation_id=trim(ctx.causation_id),
-        trust=ctx.trust,
+        workspace=trim(w), peer_id=trim(p), channel=trim(c), request_id=trim(r),
+        work_id=trim(wk), trace_id=trim(tr), causation_id=trim(ca), trust=ctx.trust,
     )
 
 
 def check_context(ctx: IngressContext) -> Reason | None:
     """Rule 1: workspace, peer, channel and request ID present and grammatical."""
+    return None if _grammatical(normalize_context(ctx)) else Reason.INVALID_REQUEST
+
+
+def checked_context(ctx: IngressContext) -> tuple[IngressContext, bool]:
+    """`ctx` trimmed (`normalize_context`), and whether rule 1 holds for it
+    (`check_context`), trimming once: what the runtime's edge works out for every request,
+    so that the router can take both as they are (`Submission.checked`)."""
     ctx = normalize_context(ctx)
-    ok = (
+    return ctx, _grammatical(ctx)
+
+
+def _grammatical(ctx: IngressContext) -> bool:
+    """Rule 1 on a context already trimmed."""
+    return (
         is_workspace(ctx.workspace)
         and is_peer_id(ctx.peer_id)
         and is_channel(ctx.channel)
         and is_request_id(ctx.request_id)
-        and all(is_optional_id(v) for v in (ctx.work_id, ctx.trace_id, ctx.causation_id))
+        and _optional_ok(ctx.work_id) and _optional_ok(ctx.trace_id)
+        and _optional_ok(ctx.causation_id)
     )
-    return None if ok else Reason.INVALID_REQUEST
+
+
+def _optional_ok(value: str) -> bool:
+    """Optional IDs (work, trace, causation; already trimmed) follow the request-ID rule
+    when set."""
+    return value == "" or REQUEST_ID_RE.fullmatch(value) is not None
 
 
 def check_presence(workspace: str, channel: str, peer_id: str) -> Reason | None:

@@ -66,7 +66,7 @@ def encode_stamped(msg: Submission | PresenceChange, now: float, preset: Reason 
     request = msg.request
     return ("s", msg.ticket, _context_values(ctx),
             msg.action.value, None if request is None else request.model_dump(),
-            msg.payload_size, now, None if preset is None else preset.value)
+            msg.payload_size, now, None if preset is None else preset.value, msg.checked)
 
 
 def decode_stamped(item: Item) -> Submission | PresenceChange:
@@ -74,13 +74,13 @@ def decode_stamped(item: Item) -> Submission | PresenceChange:
     if item[0] == "p":
         change: PresenceChange = item[1]
         return change
-    _, ticket, ctx, action, body, size, now, preset = item
+    _, ticket, ctx, action, body, size, now, preset, checked = item
     act = Action(action)
     request = None if body is None else REQUEST_BY_ACTION[act](**body)
     return Submission(ticket=ticket, context=IngressContext(**dict(zip(CONTEXT_FIELDS, ctx,
                                                                         strict=True))),
                       request=request, action=act, payload_size=size, now=now,
-                      preset=None if preset is None else Reason(preset))
+                      preset=None if preset is None else Reason(preset), checked=checked)
 
 
 # ---- replies (pipeline -> embedding) -----------------------------------------------------

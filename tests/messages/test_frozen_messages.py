@@ -140,7 +140,8 @@ def test_repr_names_the_class_and_every_field() -> None:
 
 def test_a_submission_crosses_the_pipeline_pipe_equal() -> None:
     for sub, preset in ((SUBMISSION, None), (SUBMISSION.replace(request=None),
-                                             Reason.VALIDATION_FAILED)):
+                                             Reason.VALIDATION_FAILED),
+                        (SUBMISSION.replace(checked=True), None)):
         item = wire.decode_stamped(wire.loads(wire.dumps([
             wire.encode_stamped(sub, 42.0, preset)]))[0])
         assert item == sub.replace(now=42.0, preset=preset)
@@ -187,7 +188,7 @@ def test_a_message_class_refuses_private_field_names_and_field_inheritance() -> 
 
 def test_the_hot_path_messages_keep_their_field_names() -> None:
     assert type(SUBMISSION)._fields == ("ticket", "context", "request", "action", "payload_size",
-                                   "now", "preset")
+                                   "now", "preset", "checked")
     assert type(FLIGHT)._fields == ("submission", "context", "reply_to", "router", "checked")
     assert type(VERDICT)._fields == ("flight", "outcome", "outbox_id")
     assert type(REPLIED)._fields == ("ticket", "outcome")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from task_ingress.actors.rules import gate
 from task_ingress.actors.rules.gate import StoredTask
 from task_ingress.messages import (
@@ -118,6 +120,26 @@ def test_rule1_context_must_be_complete_and_grammatical(
     fields: dict[str, str], reason: Reason | None
 ) -> None:
     assert gate.check_context(_ctx(**fields)) == reason
+
+
+_IDS = st.sampled_from(["ws", " ws", "ws\t", "peer-a", "Peer", "ops", "o/ps", "r-1", "",
+                        "  ", "a\x01", "\u00a0ops", "x" * 128, "x" * 129, "t\u2028"])
+
+
+@given(workspace=_IDS, peer_id=_IDS, channel=_IDS, request_id=_IDS, work_id=_IDS,
+       trace_id=_IDS, causation_id=_IDS)
+def test_checked_context_is_normalize_then_rule1_in_one_pass(**fields: str) -> None:
+    ctx = IngressContext(**fields)
+    trimmed, grammatical = gate.checked_context(ctx)
+    assert trimmed == gate.normalize_context(ctx)
+    assert grammatical is (gate.check_context(ctx) is None)
+    assert all(getattr(trimmed, name) == gate.trim(value) for name, value in fields.items())
+
+
+def test_a_context_with_nothing_to_trim_is_taken_as_it_is() -> None:
+    ctx = _ctx(work_id="w-1")
+    assert gate.normalize_context(ctx) is ctx
+    assert gate.checked_context(ctx) == (ctx, True)
 
 
 def test_rule4_task_write_needs_a_non_empty_proof() -> None:
