@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 
 import msgpack
 import pytest
@@ -20,8 +21,19 @@ from task_ingress.actors.rules.chain import (
     legacy_checkpoint_ok,
     record_hash,
 )
-from task_ingress.messages import Action, AuditRecord, CreateTask, Reason, UpdateTask
-from task_ingress.messages.codec import decode_envelope, encode_envelope
+from task_ingress.messages import (
+    Action,
+    AuditRecord,
+    CancelTask,
+    CreateTask,
+    EnqueueRun,
+    Outcome,
+    Reason,
+    UpdateTask,
+    codec,
+)
+from task_ingress.messages.codec import decode_envelope, encode_envelope, encode_reply
+from task_ingress.messages.requests import AnyRequest
 
 KEY = ChainKey(b"k" * 32)
 GENESIS = genesis_hash("store-a")
@@ -192,6 +204,11 @@ GOOD = {"v": 1, "kind": "task.create", "request_id": "r", "body": {"title": "t"}
          Reason.VALIDATION_FAILED),                                       # oversized envelope
         (b"\x91" * 5000 + b"\x80", Reason.INVALID_REQUEST),               # deep nesting
         (_pack({**GOOD, "request_id": b"bytes"}), Reason.INVALID_REQUEST),
+        (_pack({**GOOD, "kind": ["task.create"]}), Reason.INVALID_REQUEST),  # unhashable
+        (_pack({**GOOD, "kind": 1}), Reason.INVALID_REQUEST),
+        (_pack({**GOOD, "kind": "greet"}), Reason.INVALID_REQUEST),   # no request kind
+        (_pack({**GOOD, "kind": "unknown"}), Reason.INVALID_REQUEST),
+        (_pack({k: v for k, v in GOOD.items() if k != "body"}), Reason.INVALID_REQUEST),
     ],
 )
 def test_malformed_bytes_are_classified_never_raised(data: bytes, reason: Reason) -> None:
@@ -207,3 +224,40 @@ def test_a_well_typed_body_breaking_a_payload_rule_still_decodes() -> None:
 
 def test_non_bytes_input_is_invalid_not_an_exception() -> None:
     assert decode_envelope("text").rejection == Reason.INVALID_REQUEST  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("request_", [CreateTask(title="t"), UpdateTask(task_id="t-1"),
+                                      CancelTask(task_id="t-1"),
+                                      EnqueueRun(task_id="t-1", idempotency_key="k")])
+def test_each_request_kind_decodes_to_its_own_action_member(request_: AnyRequest) -> None:
+    decoded = decode_envelope(encode_envelope(request_, "r-1"))
+    assert decoded.action is request_.action and type(decoded.action) is Action
+    assert decoded.request == request_ and type(decoded.request) is type(request_)
+
+
+@given(request_id=st.text(max_size=40), action=st.sampled_from(list(Action)),
+       reason=st.none() | st.sampled_from(list(Reason)),
+       task_id=st.none() | st.text(max_size=20), run_id=st.none() | st.text(max_size=20),
+       replay=st.booleans())
+def test_a_reply_is_the_msgpack_map_peers_read(
+        request_id: str, action: Action, reason: Reason | None, task_id: str | None,
+        run_id: str | None, replay: bool) -> None:
+    outcome = Outcome(request_id=request_id, action=action, accepted=reason is None,
+                      reason=reason, task_id=task_id, run_id=run_id, replay=replay)
+    assert encode_reply(outcome) == _pack({
+        "v": 1, "request_id": request_id, "accepted": reason is None,
+        "reason": None if reason is None else reason.value, "task_id": task_id,
+        "run_id": run_id})
+
+
+def test_each_thread_encodes_replies_with_its_own_packer() -> None:
+    # A packer keeps a buffer between calls: one shared by the callers of `deliver`
+    # would be one more thing to keep thread-safe.
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(codec._packer()))
+               for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len({id(p) for p in seen}) == 4 and codec._packer() is codec._packer()
