@@ -49,7 +49,9 @@ def bench_command(
                                         "(serve on loopback) side by side, --rounds times; "
                                         "uses --requests (per swarm), --seed and --json.")
                      ] = False,
-    rounds: Annotated[int, typer.Option(help="--swarm: rounds (each runs every swarm once).")
+    rounds: Annotated[int, typer.Option(help="Rounds, each running every system (with "
+                                        "--swarm: every swarm) once, alternating their "
+                                        "order; ratios are the medians of the rounds'.")
                       ] = 3,
     churn: Annotated[float, typer.Option(help="--swarm: the swarms' churn (0: the paths "
                                          "themselves; above 0 the expiry waits of leaving "
@@ -85,13 +87,16 @@ def bench_command(
                            f"{', '.join(SYSTEMS)}")
     if min(requests, threads, channels, peers) < 1:
         raise UsageProblem("--requests, --threads, --channels and --peers must be at least 1")
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise UsageProblem(f"--rounds 1..{MAX_ROUNDS}")
     if any(s.startswith("daemon-") for s in chosen):
         check_event_loop_choice()
     if json_path:
         check_writable(json_path, "--json")
     w = Workload(requests=requests, threads=threads, channels=channels, peers=peers, seed=seed)
     result = run_bench(w, chosen, budget, half_peak, ceiling_seconds,
-                       on_phase=lambda what: err.print(f"[dim]bench: {what} ..."))
+                       on_phase=lambda what: err.print(f"[dim]bench: {what} ..."),
+                       rounds=rounds)
     print_bench(result, out)
     if json_path:
         _write_json(json_path, to_json(result), out)
@@ -110,7 +115,8 @@ _USED_BY = {
     "requests": ("single", "swarm"), "threads": ("single", "cluster"), "channels": ("single",),
     "peers": ("single",), "seed": ("single", "swarm"), "systems": ("single",),
     "budget": ("single",), "half_peak": ("single",), "ceiling_seconds": ("single",),
-    "daemons": ("cluster",), "seconds": ("cluster",), "rounds": ("swarm",), "churn": ("swarm",),
+    "daemons": ("cluster",), "seconds": ("cluster",), "rounds": ("single", "swarm"),
+    "churn": ("swarm",),
 }
 """Which modes use each option (--json: all; --database is not checked, it may come from
 the environment)."""
@@ -120,8 +126,9 @@ _FLAGS = {"requests": "--requests", "threads": "--threads", "channels": "--chann
           "daemons": "--daemons", "seconds": "--seconds", "rounds": "--rounds",
           "churn": "--churn"}
 _MODE_FLAG = {"cluster": "--cluster", "swarm": "--swarm"}
-MAX_SWARM_ROUNDS = 20
-"""Each round runs two swarms (three with churn): 15-40 s at the defaults on 2 cores."""
+MAX_ROUNDS = 20
+"""A round of the default bench runs every system once (~50 s at the defaults on 2 cores);
+one of --swarm runs two swarms (three with churn): 15-40 s."""
 
 
 def _mode(cluster: bool, swarm: bool) -> str:
@@ -165,8 +172,8 @@ def _swarm_bench(requests: int, rounds: int, seed: int, churn: float,
     from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
     from task_ingress.runtime.preflight import check_writable
 
-    if requests < 1 or not 1 <= rounds <= MAX_SWARM_ROUNDS:
-        raise UsageProblem(f"--requests must be at least 1 and --rounds 1..{MAX_SWARM_ROUNDS}")
+    if requests < 1 or not 1 <= rounds <= MAX_ROUNDS:
+        raise UsageProblem(f"--requests must be at least 1 and --rounds 1..{MAX_ROUNDS}")
     if not 0.0 <= churn <= 1.0:
         raise UsageProblem("--churn is a fraction in 0..1")
     check_event_loop_choice()

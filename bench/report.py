@@ -11,23 +11,26 @@ from task_ingress.bench.swarm_side import SideRun, SwarmBench, pairs, sides
 def print_bench(result: BenchResult, console: Console) -> None:
     """Throughput, p50/p99 at peak and at half peak, ratios to the baseline, the ceiling."""
     w = result.workload
-    base = result.by_name("baseline")
-    base_tp = base.peak.throughput if base and base.peak else 0.0
+    n = len(result.rounds)
     table = Table(title=(f"task-ingress bench: {w.requests:,} requests, {w.threads} threads, "
-                         f"{w.peers} peers, {w.channels} channels, durable file stores"))
+                         f"{w.peers} peers, {w.channels} channels, durable file stores"
+                         + (f"; medians of {n} rounds" if n > 1 else "")))
     table.add_column("system", no_wrap=True, min_width=17)
     for col in ("req/s", "x base", "p50", "p99", "half req/s", "half p50", "half p99",
                 "CPU/req", "runtime CPU/req", "failed"):
         table.add_column(col, justify="right")
     table.caption = ("latencies and CPU per request in ms (CPU: every process; runtime "
                      "CPU: without the bench's client work); half = open loop at half the "
-                     "peak rate, latency from the scheduled send")
+                     "peak rate, latency from the scheduled send"
+                     + ("; x base: the median of each round's ratio, failed: all rounds'"
+                        if n > 1 else ""))
     for s in result.systems:
         if s.peak is None:
             table.add_row(s.name, "[red]" + (s.error or "no result"), *[""] * 9)
             continue
         p, h = s.peak, s.half
-        ratio = f"{p.throughput / base_tp:.2f}" if base_tp else "-"
+        median = result.median_ratio(s.name)
+        ratio = "-" if median is None else f"{median:.2f}"
         table.add_row(
             s.name, f"{p.throughput:,.0f}" + (" (timed out)" if p.timed_out else ""), ratio,
             f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}",
@@ -37,6 +40,8 @@ def print_bench(result: BenchResult, console: Console) -> None:
             str(p.failed + (h.failed if h else 0)),
         )
     console.print(table)
+    if n > 1:
+        console.print(_rounds_table(result))
     for s in result.systems:
         if s.error:
             console.print(f"[red]{s.name}: {s.error}")
@@ -45,6 +50,30 @@ def print_bench(result: BenchResult, console: Console) -> None:
         console.print(f"SQLite durable ceiling (WAL, synchronous=FULL): "
                       f"{c.single_commits_per_s:,.0f} commits/s one row per transaction; "
                       f"{c.batched_rows_per_s:,.0f} rows/s in batches of {c.batch_size}")
+
+
+def _rounds_table(result: BenchResult) -> Table:
+    """Each round's peak req/s per system and its ratio to the baseline of the same round."""
+    names = [s.name for s in result.systems]
+    table = Table(title="rounds (odd: systems in the order given, even: reversed)")
+    table.add_column("round", justify="right")
+    table.add_column("load", justify="right")
+    for name in names:
+        table.add_column(f"{name} req/s", justify="right")
+    ratios = [name for name in names if name != "baseline"]
+    for name in ratios:
+        table.add_column(f"{name} x base", justify="right")
+    for rnd in result.rounds:
+        cells = []
+        for name in names:
+            ran = rnd.by_name(name)
+            cells.append("-" if ran is None or ran.peak is None else
+                         f"{ran.peak.throughput:,.0f}" + (" [red]failed" if ran.error else ""))
+        for name in ratios:
+            ratio = rnd.ratio(name)
+            cells.append("-" if ratio is None else f"{ratio:.2f}")
+        table.add_row(str(rnd.index), f"{rnd.load:.1f}", *cells)
+    return table
 
 
 def print_swarm_bench(bench: SwarmBench, console: Console) -> None:

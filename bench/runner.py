@@ -11,9 +11,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import psutil
@@ -71,17 +72,50 @@ class SystemResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class BenchRound:
+    """Every system once, one after the other (odd rounds in the order asked, even rounds
+    reversed, so a machine that slows down or speeds up during the bench favours no
+    system), and the machine's 1-minute load average when the round began."""
+
+    index: int
+    order: tuple[str, ...]
+    load: float
+    systems: tuple[SystemResult, ...]
+
+    def by_name(self, name: str) -> SystemResult | None:
+        """The result of one system in this round, if it ran."""
+        return next((s for s in self.systems if s.name == name), None)
+
+    def ratio(self, name: str) -> float | None:
+        """The system's peak throughput over the baseline's in this round; None when
+        either did not run, failed, or the baseline answered nothing."""
+        mine, base = self.by_name(name), self.by_name("baseline")
+        if (mine is None or base is None or mine.peak is None or base.peak is None
+                or mine.error or base.error or base.peak.throughput <= 0):
+            return None
+        return mine.peak.throughput / base.peak.throughput
+
+
 @dataclass
 class BenchResult:
-    """Everything `bench` prints and writes."""
+    """Everything `bench` prints and writes: each round, and per system its figures over
+    all rounds (`combine`)."""
 
     workload: Workload
     systems: list[SystemResult] = field(default_factory=list)
     ceiling: Ceiling | None = None
+    rounds: list[BenchRound] = field(default_factory=list)
 
     def by_name(self, name: str) -> SystemResult | None:
         """The result of one system, if it ran."""
         return next((s for s in self.systems if s.name == name), None)
+
+    def median_ratio(self, name: str) -> float | None:
+        """The median over the rounds of the system's throughput over the baseline's in
+        the same round (None: no round gave one)."""
+        values = [r for r in (rnd.ratio(name) for rnd in self.rounds) if r is not None]
+        return statistics.median(values) if values else None
 
 
 def figures(phase: PhaseResult) -> PhaseFigures:
@@ -200,8 +234,9 @@ def _reap(procs: list[psutil.Process]) -> None:
 
 def run_bench(w: Workload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, budget: float = 60.0,
               half_peak: bool = True, ceiling_seconds: float = 1.5,
-              on_phase: Callable[[str], None] | None = None) -> BenchResult:
-    """The whole benchmark in one temp dir (removed afterwards)."""
+              on_phase: Callable[[str], None] | None = None, rounds: int = 1) -> BenchResult:
+    """The whole benchmark in one temp dir (removed afterwards): the ceiling once, then
+    `rounds` rounds of every system (`BenchRound`), each system on a fresh store."""
     directory = tempfile.mkdtemp(prefix="task-ingress-bench-")
     out = BenchResult(w)
     try:
@@ -209,29 +244,80 @@ def run_bench(w: Workload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, budget: f
             if on_phase:
                 on_phase("SQLite durable commit ceiling")
             out.ceiling = measure_ceiling(directory, ceiling_seconds)
-        for name in systems:
-            out.systems.append(bench_system(name, w, directory, budget, half_peak, on_phase))
+        for index in range(1, rounds + 1):
+            order = systems if index % 2 else tuple(reversed(systems))
+            load = os.getloadavg()[0]
+            where = os.path.join(directory, f"round-{index}")
+            os.mkdir(where)
+            prefix = f"round {index}/{rounds}: " if rounds > 1 else ""
+            tell = None if on_phase is None else _prefixed(on_phase, prefix)
+            ran = [bench_system(name, w, where, budget, half_peak, tell) for name in order]
+            out.rounds.append(BenchRound(index=index, order=order, load=round(load, 2),
+                                         systems=tuple(ran)))
+        out.systems = [combine([r.by_name(name) for r in out.rounds]) for name in systems]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return out
 
 
+def _prefixed(on_phase: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda what: on_phase(prefix + what)
+
+
+_COUNTS = ("requests", "accepted", "failed", "elapsed_s")
+"""PhaseFigures fields summed over the rounds (every failed request shows); the rest are
+medians, `timed_out` true when any round's was."""
+
+
+def combine(results: list[SystemResult | None]) -> SystemResult:
+    """One system's figures over all rounds: medians of its rates, latencies and CPU, totals
+    of its counts, and every round's error ("round N: ..."). One round: that round."""
+    ran = [r for r in results if r is not None]
+    if len(ran) == 1:
+        return ran[0]
+    errors = [f"round {i}: {r.error}" for i, r in enumerate(results, 1)
+              if r is not None and r.error]
+    peaks = [r.peak for r in ran if r.peak is not None]
+    halves = [r.half for r in ran if r.half is not None]
+    return SystemResult(ran[0].name, peak=_combine_phases(peaks), half=_combine_phases(halves),
+                        half_rate=statistics.median(r.half_rate for r in ran),
+                        error="; ".join(errors) or None)
+
+
+def _combine_phases(phases: list[PhaseFigures]) -> PhaseFigures | None:
+    if not phases:
+        return None
+    values: dict[str, Any] = {}
+    for f in fields(PhaseFigures):
+        column = [getattr(p, f.name) for p in phases]
+        values[f.name] = (any(column) if f.name == "timed_out" else
+                          sum(column) if f.name in _COUNTS else statistics.median(column))
+    return replace(phases[0], **values)
+
+
 def to_json(result: BenchResult) -> dict[str, Any]:
-    """The JSON form: figures per system, ratios to the baseline, the ceiling."""
+    """The JSON form: figures per system over all rounds (medians; counts summed), each
+    system's median ratio to the baseline, every round's figures, the ceiling."""
     from dataclasses import asdict
 
-    base = result.by_name("baseline")
-    base_tp = base.peak.throughput if base and base.peak else 0.0
+    def entry(s: SystemResult) -> dict[str, Any]:
+        return {"error": s.error, "half_rate": round(s.half_rate, 1),
+                "peak": asdict(s.peak) if s.peak else None,
+                "half_peak": asdict(s.half) if s.half else None}
+
     systems = {}
     for s in result.systems:
-        entry: dict[str, Any] = {"error": s.error, "half_rate": round(s.half_rate, 1),
-                                 "peak": asdict(s.peak) if s.peak else None,
-                                 "half_peak": asdict(s.half) if s.half else None}
-        if s.peak and base_tp:
-            entry["throughput_vs_baseline"] = round(s.peak.throughput / base_tp, 2)
-        systems[s.name] = entry
+        systems[s.name] = entry(s)
+        ratio = result.median_ratio(s.name)
+        if ratio is not None:
+            systems[s.name]["throughput_vs_baseline"] = round(ratio, 2)
     return {
         "workload": asdict(result.workload),
         "systems": systems,
+        "rounds": [{"round": r.index, "order": list(r.order), "load": r.load,
+                    "systems": {s.name: {**entry(s), "throughput_vs_baseline": (
+                        None if r.ratio(s.name) is None else round(r.ratio(s.name) or 0, 2))}
+                                for s in r.systems}}
+                   for r in result.rounds],
         "ceiling": asdict(result.ceiling) if result.ceiling else None,
     }

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from task_ingress.bench.runner import PhaseFigures, peak_error
+from dataclasses import replace
+
+from task_ingress.bench.runner import (
+    BenchResult,
+    BenchRound,
+    PhaseFigures,
+    SystemResult,
+    combine,
+    peak_error,
+)
+from task_ingress.bench.workload import Workload
 
 
 def _peak(*, requests: int, failed: int, timed_out: bool) -> PhaseFigures:
@@ -23,3 +33,28 @@ def test_failed_requests_are_counted_and_a_timeout_added() -> None:
         "3 of 100 requests failed (task_ingress_failed/overloaded/timeout) in the peak phase")
     both = peak_error(_peak(requests=90, failed=3, timed_out=True), 100, 5.0)
     assert both.startswith("3 of 90 requests failed") and "timed out: 90 of 100" in both
+
+
+def test_rounds_combine_into_medians_totals_and_every_rounds_error() -> None:
+    rounds = [SystemResult("runtime-simple", peak=_peak(requests=100, failed=0, timed_out=False)),
+              SystemResult("runtime-simple", peak=_peak(requests=90, failed=2, timed_out=True),
+                           error="2 of 90 requests failed"),
+              SystemResult("runtime-simple", peak=_peak(requests=120, failed=1, timed_out=False))]
+    both = combine([*rounds, None])  # a round where the system did not run adds nothing
+    assert both.peak is not None and both.half is None
+    assert (both.peak.requests, both.peak.failed, both.peak.accepted) == (310, 3, 307)
+    assert both.peak.throughput == 100 / 30.0  # the median round's, not a mean
+    assert both.peak.timed_out and both.error == "round 2: 2 of 90 requests failed"
+    assert combine([rounds[0]]) is rounds[0]
+
+
+def test_a_round_ratio_needs_both_systems_to_have_run_cleanly() -> None:
+    ok = _peak(requests=100, failed=0, timed_out=False)
+    base = SystemResult("baseline", peak=_peak(requests=50, failed=0, timed_out=False))
+    rnd = BenchRound(index=1, order=("a", "baseline"), load=0.0,
+                     systems=(SystemResult("a", peak=ok), base,
+                              SystemResult("b", peak=ok, error="did not finish")))
+    assert rnd.ratio("a") == 2.0
+    assert rnd.ratio("b") is None and rnd.ratio("c") is None
+    result = BenchResult(Workload(), rounds=[rnd, replace(rnd, index=2)])
+    assert result.median_ratio("a") == 2.0 and result.median_ratio("b") is None

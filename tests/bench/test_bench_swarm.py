@@ -88,7 +88,10 @@ def test_bench_swarm_runs_each_swarm_and_reports_the_ratios_of_its_figures(
     (["--swarm", "--rounds", "0"], "--rounds 1..20"),
     (["--swarm", "--churn", "2"], "--churn is a fraction"),
     (["--swarm", "--systems", "baseline"], "--systems: not used with --swarm"),
-    (["--rounds", "2"], "--rounds: only for --swarm"),
+    (["--rounds", "0"], "--rounds 1..20"),
+    (["--rounds", "21"], "--rounds 1..20"),
+    (["--cluster", "--database", "postgresql://nowhere/x", "--rounds", "2"],
+     "--rounds: not used with --cluster"),
     (["--churn", "0.1"], "--churn: only for --swarm"),
 ])
 def test_bench_swarm_usage_problems_are_one_line_and_exit_2(argv: list[str], told: str
