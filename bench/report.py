@@ -55,14 +55,16 @@ def print_bench(result: BenchResult, console: Console) -> None:
 def _rounds_table(result: BenchResult) -> Table:
     """Each round's peak req/s per system and its ratio to the baseline of the same round."""
     names = [s.name for s in result.systems]
-    table = Table(title="rounds (odd: systems in the order given, even: reversed)")
+    table = Table(title="rounds (odd: systems in the order given, even: reversed)",
+                  caption="load: 1-minute load average when the round began (the bench's "
+                  "own earlier rounds count in it)")
     table.add_column("round", justify="right")
     table.add_column("load", justify="right")
-    for name in names:
-        table.add_column(f"{name} req/s", justify="right")
+    for name in names:  # "runtime-" left out: seven full names do not fit 132 columns
+        table.add_column(f"{name.removeprefix('runtime-')}\nreq/s", justify="right")
     ratios = [name for name in names if name != "baseline"]
     for name in ratios:
-        table.add_column(f"{name} x base", justify="right")
+        table.add_column(f"{name.removeprefix('runtime-')}\nx base", justify="right")
     for rnd in result.rounds:
         cells = []
         for name in names:
