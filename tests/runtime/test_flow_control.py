@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from task_ingress.messages import Action, CreateTask, Reason
 from task_ingress.runtime import IngressRuntime, PresenceRefused
 from task_ingress.runtime.config import PROCESS_MODES
@@ -24,6 +26,43 @@ def test_bucket_refills_at_rate_up_to_burst() -> None:
     assert refill(TokenBucket(0.0, 10.0), 11.0, rate=2.0, burst=3.0).tokens == 2.0
     # A clock reading from the past never refills.
     assert refill(TokenBucket(1.0, 10.0), 5.0, rate=2.0, burst=3.0).tokens == 1.0
+
+
+@given(steps=st.lists(st.tuples(st.floats(-2.0, 3.0), st.booleans()), max_size=40),
+       rate=st.sampled_from([0.0, 0.5, 2.0, 1000.0]), burst=st.sampled_from([1.0, 3.0, 2.5]))
+def test_taking_a_token_refills_in_place_exactly_as_refill_says(
+        steps: list[tuple[float, bool]], rate: float, burst: float) -> None:
+    # Reference: a fresh bucket per call from the pure `refill`; `_take` mutates its own.
+    flow = FlowControl(FlowLimits(peer_rate=rate, peer_burst=burst, max_per_peer=10**6,
+                                  max_per_channel=10**6, max_total=10**6))
+    model: TokenBucket | None = None
+    now = 100.0
+    for delta, answered in steps:
+        now += delta  # the clock may step back: a bucket never refills from the past
+        if rate > 0:
+            model = refill(model or TokenBucket(burst, now), now, rate, burst)
+            expected = None if model.tokens >= 1.0 else Reason.OVERLOADED
+            if expected is None:
+                model = TokenBucket(model.tokens - 1.0, model.stamp)
+        else:
+            expected = None
+        assert flow.admit(PEER, now) == expected
+        if expected is None and answered:
+            flow.release(PEER)
+        if rate > 0:
+            assert model is not None
+            assert flow.buckets[("ws", "", "peer-a")] == model
+
+
+def test_release_forgets_a_key_whose_count_reaches_zero() -> None:
+    flow = FlowControl(FlowLimits(peer_rate=0))
+    flow.admit(PEER, 0.0)
+    flow.admit(PEER, 0.0)
+    flow.release(PEER)
+    assert (flow.per_peer[PEER], flow.per_channel[("ws", "ops")], flow.total) == (1, 1, 1)
+    flow.release(PEER)
+    assert PEER not in flow.per_peer and ("ws", "ops") not in flow.per_channel
+    assert flow.total == 0
 
 
 def test_per_peer_in_flight_cap_refuses_the_excess_and_release_frees_it() -> None:
