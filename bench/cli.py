@@ -62,6 +62,10 @@ def bench_command(
     in-process and over NATS side by side."""
     mode = _mode(cluster, swarm)
     _refuse_the_other_modes_options(mode, locals())
+    if not 1 <= rounds <= MAX_ROUNDS:  # the default bench's and --swarm's (cluster: refused)
+        from task_ingress.runtime.cli_exit import UsageProblem
+
+        raise UsageProblem(f"--rounds 1..{MAX_ROUNDS}")
     if swarm:
         _swarm_bench(requests, rounds, seed, churn, json_path)
         return
@@ -87,8 +91,6 @@ def bench_command(
                            f"{', '.join(SYSTEMS)}")
     if min(requests, threads, channels, peers) < 1:
         raise UsageProblem("--requests, --threads, --channels and --peers must be at least 1")
-    if not 1 <= rounds <= MAX_ROUNDS:
-        raise UsageProblem(f"--rounds 1..{MAX_ROUNDS}")
     if any(s.startswith("daemon-") for s in chosen):
         check_event_loop_choice()
     if json_path:
@@ -172,8 +174,8 @@ def _swarm_bench(requests: int, rounds: int, seed: int, churn: float,
     from task_ingress.runtime.cli_exit import UsageProblem, check_event_loop_choice
     from task_ingress.runtime.preflight import check_writable
 
-    if requests < 1 or not 1 <= rounds <= MAX_ROUNDS:
-        raise UsageProblem(f"--requests must be at least 1 and --rounds 1..{MAX_ROUNDS}")
+    if requests < 1:
+        raise UsageProblem("--requests must be at least 1")
     if not 0.0 <= churn <= 1.0:
         raise UsageProblem("--churn is a fraction in 0..1")
     check_event_loop_choice()

@@ -305,18 +305,21 @@ def to_json(result: BenchResult) -> dict[str, Any]:
                 "peak": asdict(s.peak) if s.peak else None,
                 "half_peak": asdict(s.half) if s.half else None}
 
+    def rounded(ratio: float | None) -> float | None:
+        return None if ratio is None else round(ratio, 2)
+
     systems = {}
     for s in result.systems:
         systems[s.name] = entry(s)
-        ratio = result.median_ratio(s.name)
+        ratio = rounded(result.median_ratio(s.name))
         if ratio is not None:
-            systems[s.name]["throughput_vs_baseline"] = round(ratio, 2)
+            systems[s.name]["throughput_vs_baseline"] = ratio
     return {
         "workload": asdict(result.workload),
         "systems": systems,
         "rounds": [{"round": r.index, "order": list(r.order), "load": r.load,
-                    "systems": {s.name: {**entry(s), "throughput_vs_baseline": (
-                        None if r.ratio(s.name) is None else round(r.ratio(s.name) or 0, 2))}
+                    "systems": {s.name: {**entry(s),
+                                         "throughput_vs_baseline": rounded(r.ratio(s.name))}
                                 for s in r.systems}}
                    for r in result.rounds],
         "ceiling": asdict(result.ceiling) if result.ceiling else None,
