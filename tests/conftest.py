@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -11,6 +12,13 @@ from task_ingress.messages import IngressContext, PeerCard
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
 
 os.environ.setdefault("TASK_INGRESS_LOG_LEVEL", "warning")
+
+# A shell starts a background job (`python -m pytest &`) with SIGINT ignored, and a child
+# inherits that: the commands the Ctrl-C tests start would then never see the SIGINT they
+# are sent and would hang until killed. A handled signal is reset to the default at exec,
+# so with a handler here every child starts with Python's usual KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 WRITER = ["task.write"]
 
