@@ -13,7 +13,10 @@ Accepts:
   behind it wait for it. So a change never lands between a request's checks and its
   commit, and every later request is checked after it.
 - `Dones` (from Audit via the router) -> requests are answered; start what the queue
-  allows.
+  allows. The router holds a channel's `Dones` back while nothing here waits for them
+  (none of the channel's requests is unanswered and no presence change was routed here
+  behind one) and hands them over with its next message: as `InFlights.dones`, taken
+  before the items, or as a `Dones` ahead of anything else.
 - `Retire` (from the router's sweep) -> with nothing queued or in flight, passed on to
   Presence behind every presence change already sent there (Presence answers whether the
   channel is vacant); otherwise answered `Retired(vacant=False)` at once.
@@ -72,7 +75,10 @@ class ChannelIngress(GateActor):
         self.pipeline = max(1, msg.settings.channel_pipeline)
 
     def receiveMsg_InFlights(self, msg: InFlights, sender: Any) -> None:
-        """Start the requests now, or queue them behind what must go first."""
+        """Take the answered tickets it carries, then start the requests now, or queue them
+        behind what must go first."""
+        if msg.dones:
+            self._answered(msg.dones)
         self.queue.extend(msg.items)
         self._pump()
 
@@ -83,11 +89,14 @@ class ChannelIngress(GateActor):
 
     def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
         """Requests of this channel are answered; start what the queue allows."""
-        for ticket in msg.tickets:
+        self._answered(msg.tickets)
+        self._pump()
+
+    def _answered(self, tickets: tuple[int, ...]) -> None:
+        for ticket in tickets:
             if ticket not in self.in_flight:
                 self.log.warning("ingress.unexpected_done", ticket=ticket)
             self.in_flight.pop(ticket, None)
-        self._pump()
 
     def receiveMsg_Probe(self, msg: Probe, sender: Any) -> None:
         """Tell the router which requests went on before the marker, then send it after them

@@ -12,7 +12,11 @@ Accepts:
   has no visible peer: its requests are `peer_not_found` here and a leave there changes
   nothing (answered at once).
 - `Dones` (from Audit, one per group commit) -> regrouped per channel and forwarded to
-  the channel actors.
+  the channel actors; a channel's are held back while nothing there waits for them (none
+  of its requests is still unanswered, and no presence change was routed to it while one
+  was: `holds_dones`) and go with the next message the router sends it (in its
+  `InFlights`, or as a `Dones` just before anything else). An idle channel thus costs no
+  message per commit.
 - `Sweep` (from the driver's timer, or `IngressRuntime.sweep()`) -> passed to Presence
   (expiry), and a `Retire` to each channel actor that may be idle: nothing of it
   unanswered, no greet routed to it for 2 x greet_interval. `Retired(vacant=True)` for an
@@ -124,6 +128,16 @@ def reap_candidates(
             and now - last_greet.get(key, float("-inf")) >= expiry]
 
 
+def holds_dones(open_requests: int, fenced: bool) -> bool:
+    """Whether the router may hold a channel's `Dones` back until its next message there.
+
+    Only when nothing in the channel actor can be waiting for them: every request routed
+    there is answered (`open_requests` 0; so none is queued behind a busy peer or a full
+    pipeline), and no presence change was routed there while a request was unanswered
+    (`fenced`: it may wait at the fence for exactly these tickets)."""
+    return open_requests == 0 and not fenced
+
+
 def lost_tickets(suspects: set[int], unanswered: dict[int, InFlight]) -> list[int]:
     """Suspects still unanswered once the probe is back: they never left the dead actor."""
     return sorted(t for t in suspects if t in unanswered)
@@ -171,6 +185,11 @@ class IngressRouter(GateActor):
         self.retiring: dict[ChannelKey, int] = {}  # channel -> the sweep that asked it
         # Admitted requests not yet answered (bounded by the runtime's in-flight caps).
         self.unanswered: dict[int, InFlight] = {}
+        # Per channel: how many of `unanswered` are its; whether a presence change went to
+        # it while one was; the answered tickets held back for its next message.
+        self.open_requests: dict[ChannelKey, int] = {}
+        self.fenced: set[ChannelKey] = set()
+        self.held_dones: dict[ChannelKey, list[int]] = {}
         self.probes: dict[int, PendingProbe] = {}
         # Outcomes a dead store committed, as found (outbox rows, records under a taken-back
         # lease) by whichever probe got there first, by `record_key`; shared by all probes
@@ -263,12 +282,28 @@ class IngressRouter(GateActor):
             return
         if change.card is not None:
             self.last_greet[key] = change.now
+        if self.open_requests.get(key):
+            self.fenced.add(key)  # it may wait there for these requests' Dones
         self._to_channel(key, target, flight)
 
     def _to_channel(self, key: ChannelKey, address: Any, msg: Any) -> None:
-        """Every send to a channel actor goes here: it voids a `Retire` answer under way."""
+        """Every send to a channel actor goes here: it voids a `Retire` answer under way,
+        and the channel's held-back `Dones` go first (inside an `InFlights`)."""
+        held = self.held_dones.pop(key, None)
+        if held:
+            if isinstance(msg, InFlights):
+                msg = msg.replace(dones=tuple(held))
+            elif isinstance(msg, Dones):
+                msg = Dones(tickets=(*held, *msg.tickets))
+            else:
+                self.send(address, Dones(tickets=tuple(held)))
         self.last_send[key] = next(self.send_seq)
         self.send(address, msg)
+
+    def _forget_channel(self, key: ChannelKey) -> None:
+        """Its actor is gone: a new one starts with nothing in flight."""
+        self.held_dones.pop(key, None)
+        self.fenced.discard(key)
 
     def _send_group(self, key: ChannelKey, flights: list[InFlight], rejected: list[Verdict]
                     ) -> None:
@@ -277,7 +312,8 @@ class IngressRouter(GateActor):
         target = self._started_channel(key)
         if target is None:
             for flight in flights:
-                self.unanswered.pop(flight.submission.ticket, None)
+                if self.unanswered.pop(flight.submission.ticket, None) is not None:
+                    self._closed_requests(key, 1)
                 rejected.append(failed_verdict(flight))
             return
         self._to_channel(key, target, InFlights(items=tuple(flights)))
@@ -306,6 +342,8 @@ class IngressRouter(GateActor):
         flight = InFlight(submission=sub, context=ctx, reply_to=reply_to,
                           router=self.myAddress, checked=True)
         self.unanswered[sub.ticket] = flight
+        key = (ctx.workspace, ctx.channel)
+        self.open_requests[key] = self.open_requests.get(key, 0) + 1
         return flight
 
     def receiveMsg_Dones(self, msg: Dones, sender: Any) -> None:
@@ -320,9 +358,23 @@ class IngressRouter(GateActor):
                 key = (flight.context.workspace, flight.context.channel)
                 by_channel.setdefault(key, []).append(ticket)
         for key, done in by_channel.items():
+            self._closed_requests(key, len(done))
             target = self.channels.get(key)
-            if target is not None:
+            if target is None:
+                continue
+            if holds_dones(self.open_requests.get(key, 0), key in self.fenced):
+                self.held_dones.setdefault(key, []).extend(done)
+            else:
+                if not self.open_requests.get(key):
+                    self.fenced.discard(key)  # these Dones let its presence change pass
                 self._to_channel(key, target, Dones(tickets=tuple(done)))
+
+    def _closed_requests(self, key: ChannelKey, count: int) -> None:
+        left = self.open_requests.get(key, 0) - count
+        if left > 0:
+            self.open_requests[key] = left
+        else:
+            self.open_requests.pop(key, None)
 
     def receiveMsg_Sweep(self, msg: Sweep, sender: Any) -> None:
         """Expire peers (Presence) and ask the channel actors that may be idle to retire."""
@@ -339,6 +391,9 @@ class IngressRouter(GateActor):
         busy = {(f.context.workspace, f.context.channel) for f in self.unanswered.values()}
         for key in reap_candidates(self.channels, busy, self.retiring, self.last_greet,
                                    msg.now, 2 * self.settings.greet_interval):
+            held = self.held_dones.pop(key, None)
+            if held:  # it is idle only once it knows: Retire checks its in-flight requests
+                self.send(self.channels[key], Dones(tickets=tuple(held)))
             nonce = next(self.send_seq)
             self.last_send[key] = nonce
             self.retiring[key] = sweep_id
@@ -360,6 +415,7 @@ class IngressRouter(GateActor):
 
     def _reap(self, key: ChannelKey, address: Any) -> None:
         del self.channels[key]
+        self._forget_channel(key)
         self.keys.pop(str(address), None)  # its exit is no failure
         self.last_send.pop(key, None)
         self.last_greet.pop(key, None)
@@ -411,6 +467,7 @@ class IngressRouter(GateActor):
             return
         self.channels[key] = None  # the slot stays: its peers may still be visible
         self.last_send.pop(key, None)
+        self._forget_channel(key)
         if key in self.retiring:
             self._sweep_part_done(self.retiring.pop(key))
         suspects = {t for t, f in self.unanswered.items()

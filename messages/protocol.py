@@ -180,6 +180,10 @@ class InFlights(FrozenMessage):
     multiprocess bases a pickle and a pipe write between processes)."""
 
     items: tuple[InFlight, ...]
+    dones: tuple[int, ...] = ()
+    """Router to a channel actor only: tickets of the channel answered since the router
+    last told it, to be taken as a `Dones` before the items (the router holds a channel's
+    `Dones` back while nothing there waits for them, and sends them with its next work)."""
 
 
 class Verdict(FrozenMessage):
