@@ -24,6 +24,7 @@ from task_ingress.messages.protocol import (
     Wiring,
 )
 from task_ingress.messages.reasons import Action
+from thespian.actors import ChildActorExited
 
 from tests.conftest import ctx
 
@@ -147,12 +148,7 @@ def test_held_dones_go_ahead_of_a_retire_so_an_idle_channel_can_be_reaped(
 def test_a_dead_channel_actors_held_dones_are_dropped(router: Recording) -> None:
     router.receiveMsg_SubmitBatch(SubmitBatch(items=(request(1),)), "driver")
     router.receiveMsg_Dones(Dones(tickets=(1,)), "audit")
-    old = router.channels[CHANNEL]
-
-    class Exited:
-        childAddress = old
-
-    router.receiveMsg_ChildActorExited(Exited(), None)
+    router.receiveMsg_ChildActorExited(ChildActorExited(router.channels[CHANNEL]), None)
     router.sent.clear()
     router.receiveMsg_SubmitBatch(SubmitBatch(items=(request(2),)), "driver")
     # A fresh actor: its Wiring, then the request without the old actor's tickets.
