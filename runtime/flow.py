@@ -8,7 +8,6 @@ refusal is still audited by the caller.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -57,8 +56,11 @@ class FlowControl:
     def __init__(self, limits: FlowLimits) -> None:
         self.limits = limits
         self.total = 0
-        self.per_channel: Counter[ChannelKey] = Counter()
-        self.per_peer: Counter[PeerKey] = Counter()
+        # Plain dicts, a missing key read as 0 with `get`: a Counter answers a missing key
+        # through its Python-level `__missing__`, four calls per request here, as a
+        # channel's counts are usually back to none between batches.
+        self.per_channel: dict[ChannelKey, int] = {}
+        self.per_peer: dict[PeerKey, int] = {}
         self.buckets: dict[PeerKey, TokenBucket] = {}
         self.greet_buckets: dict[PeerKey, TokenBucket] = {}
 
@@ -66,14 +68,16 @@ class FlowControl:
         """Take a slot for a request of `peer` = (workspace, channel, peer_id), or refuse."""
         lim = self.limits
         channel = (peer[0], peer[1])
-        if (self.total >= lim.max_total or self.per_channel[channel] >= lim.max_per_channel
-                or self.per_peer[peer] >= lim.max_per_peer):
+        in_channel = self.per_channel.get(channel, 0)
+        of_peer = self.per_peer.get(peer, 0)
+        if (self.total >= lim.max_total or in_channel >= lim.max_per_channel
+                or of_peer >= lim.max_per_peer):
             return Reason.OVERLOADED
         if not _take(self.buckets, peer, now, lim.peer_rate, lim.peer_burst):
             return Reason.OVERLOADED
         self.total += 1
-        self.per_channel[channel] += 1
-        self.per_peer[peer] += 1
+        self.per_channel[channel] = in_channel + 1
+        self.per_peer[peer] = of_peer + 1
         return None
 
     def release(self, peer: PeerKey) -> None:
@@ -123,9 +127,9 @@ def _take(buckets: dict[PeerKey, TokenBucket], peer: PeerKey, now: float, rate: 
     return True
 
 
-def _decrement(counter: Counter[K], key: K) -> None:
-    left = counter[key] - 1
+def _decrement(counter: dict[K, int], key: K) -> None:
+    left = counter.get(key, 0) - 1
     if left > 0:
         counter[key] = left
     else:
-        counter.pop(key, None)  # Counter's own `del` is a Python-level method
+        counter.pop(key, None)
