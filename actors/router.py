@@ -44,6 +44,7 @@ Accepts:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,8 @@ def pre_gate_reason(sub: Submission, tasks_enabled: bool,
 
 
 def reap_candidates(
-    channels: dict[ChannelKey, Any], busy: set[ChannelKey], retiring: dict[ChannelKey, int],
+    channels: dict[ChannelKey, Any], busy: Container[ChannelKey],
+    retiring: dict[ChannelKey, int],
     last_greet: dict[ChannelKey, float], now: float, expiry: float,
 ) -> list[ChannelKey]:
     """Channel actors worth asking to retire: alive, nothing of theirs unanswered, not
@@ -388,9 +390,9 @@ class IngressRouter(GateActor):
             self._answer_sweep(oldest, self.sweeps.pop(oldest))
         self.send(self.wiring.presence, Sweep(now=msg.now, ticket=sweep_id,
                                               reply_to=self.myAddress))
-        busy = {(f.context.workspace, f.context.channel) for f in self.unanswered.values()}
-        for key in reap_candidates(self.channels, busy, self.retiring, self.last_greet,
-                                   msg.now, 2 * self.settings.greet_interval):
+        # A channel with a request unanswered is busy: `open_requests` counts them.
+        for key in reap_candidates(self.channels, self.open_requests.keys(), self.retiring,
+                                   self.last_greet, msg.now, 2 * self.settings.greet_interval):
             held = self.held_dones.pop(key, None)
             if held:  # it is idle only once it knows: Retire checks its in-flight requests
                 self.send(self.channels[key], Dones(tickets=tuple(held)))
