@@ -40,6 +40,9 @@ def print_bench(result: BenchResult, console: Console) -> None:
             str(p.failed + (h.failed if h else 0)),
         )
     console.print(table)
+    batches = batch_line(result)
+    if batches:
+        console.print(batches)
     if n > 1:
         console.print(_rounds_table(result))
     for s in result.systems:
@@ -50,6 +53,21 @@ def print_bench(result: BenchResult, console: Console) -> None:
         console.print(f"SQLite durable ceiling (WAL, synchronous=FULL): "
                       f"{c.single_commits_per_s:,.0f} commits/s one row per transaction; "
                       f"{c.batched_rows_per_s:,.0f} rows/s in batches of {c.batch_size}")
+
+
+def batch_line(result: BenchResult) -> str:
+    """Each runtime's mean batch and runtime CPU per request, at peak and at half peak: a
+    batching runtime's cost per request grows as its batches shrink, so half of the peak
+    rate can ask more than half of its capacity ('' when no system reported batches)."""
+    parts = [f"{s.name} {s.peak.mean_batch:.1f} -> {s.half.mean_batch:.1f} calls, "
+             f"{s.peak.runtime_cpu_ms_per_request:.2f} -> "
+             f"{s.half.runtime_cpu_ms_per_request:.2f} ms"
+             for s in result.systems
+             if s.peak is not None and s.half is not None and s.peak.mean_batch > 0]
+    if not parts:
+        return ""
+    return ("mean batch (calls per hand-off to the actors) and runtime CPU/req, peak -> "
+            "half peak: " + "; ".join(parts))
 
 
 def _rounds_table(result: BenchResult) -> Table:

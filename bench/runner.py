@@ -59,6 +59,9 @@ class PhaseFigures:
     runtime_cpu_ms_per_request: float = 0.0
     """The same less the bench's own client work (`PhaseResult.runtime_cpu_s`): what the
     system under test spends per request."""
+    mean_batch: float = 0.0
+    """Calls per hand-off from the runtime's driver to its actors in this phase
+    (`RuntimeStatistics`); 0 for a system without them (the baseline, a daemon)."""
 
 
 @dataclass
@@ -118,8 +121,29 @@ class BenchResult:
         return statistics.median(values) if values else None
 
 
-def figures(phase: PhaseResult) -> PhaseFigures:
-    """Percentiles (HDR histogram) and rates of a phase."""
+Totals = tuple[int, int]
+"""(calls, batches) a runtime's driver has dispatched since it started."""
+
+
+def dispatch_totals(system: System) -> Totals | None:
+    """What the runtime under test has dispatched so far; None for a system without
+    `statistics()` (the baseline, a daemon over NATS)."""
+    read = getattr(system, "statistics", None)
+    if read is None:
+        return None
+    stats = read()
+    return int(stats.calls_dispatched), int(stats.batches_dispatched)
+
+
+def mean_batch(before: Totals | None, after: Totals | None) -> float:
+    """Calls per batch between two readings of `dispatch_totals` (0: none to tell)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def figures(phase: PhaseResult, batch: float = 0.0) -> PhaseFigures:
+    """Percentiles (HDR histogram) and rates of a phase; `batch` its mean batch."""
     from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no stubs
 
     hist = HdrHistogram(1, 120_000_000, 3)
@@ -139,6 +163,7 @@ def figures(phase: PhaseResult) -> PhaseFigures:
         max_ms=float(hist.get_max_value()) / 1000.0 if n else 0.0, timed_out=phase.timed_out,
         cpu_ms_per_request=phase.cpu_s * 1000.0 / n if n else 0.0,
         runtime_cpu_ms_per_request=phase.runtime_cpu_s * 1000.0 / n if n else 0.0,
+        mean_batch=batch,
     )
 
 
@@ -192,7 +217,10 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
         greet_all(system, peers)
         if on_phase:
             on_phase(f"{name}: peak")
-        result.peak = figures(run_phase(system, w, peers, "peak", w.requests, None, budget))
+        start = dispatch_totals(system)
+        peak = run_phase(system, w, peers, "peak", w.requests, None, budget)
+        middle = dispatch_totals(system)
+        result.peak = figures(peak, mean_batch(start, middle))
         if result.peak.failed or result.peak.timed_out:
             result.error = peak_error(result.peak, w.requests, budget)
         elif half_peak and result.peak.throughput > 0:
@@ -201,7 +229,7 @@ def bench_system(name: str, w: Workload, directory: str, budget: float,
                 on_phase(f"{name}: half peak ({result.half_rate:,.0f} req/s)")
             half = run_phase(system, w, peers, "half", max(w.requests // 2, 1),
                              result.half_rate, budget)
-            result.half = figures(half)
+            result.half = figures(half, mean_batch(middle, dispatch_totals(system)))
     except Exception as exc:
         result.error = f"failed: {exc!r:.200}"
     finally:

@@ -54,6 +54,14 @@ class RuntimeStatistics:
     """(workspace, channel, peer) greets remembered, counted at the last sweep."""
     peer_cards: int = 0
     """Peer cards held, counted at the last sweep."""
+    calls_dispatched: int = 0
+    """Requests and presence changes handed to the actors since start (a running total)."""
+    batches_dispatched: int = 0
+    """The hand-offs they went in since start (a running total): calls over batches is the
+    mean batch, over which each group commit spreads its fsync. A small one under load
+    means each request pays more of it (docs/benchmarks.md, "Session 12"). In pipeline
+    mode a hand-off is one frame to the pipeline process, which may merge frames that
+    arrive together into one batch of its own."""
 
 
 class Driver:
@@ -85,6 +93,9 @@ class Driver:
         self.pending: dict[int, Call] = {}
         self.held = ChannelCount(ticket=0, channel_actors=0, peers=0, cards=0)
         self.sweep_ticket = 0  # the periodic sweep in progress (one at a time)
+        # Running totals for statistics(): written by the driver thread only, read anywhere.
+        self.calls_dispatched = 0
+        self.batches_dispatched = 0
         self.log = get_logger(component="driver")
 
     # ---- caller side -------------------------------------------------------------
@@ -144,7 +155,9 @@ class Driver:
                                  requests_in_flight=self.flow.total,
                                  channel_actors=held.channel_actors,
                                  presence_entries=max(0, held.peers),
-                                 peer_cards=max(0, held.cards))
+                                 peer_cards=max(0, held.cards),
+                                 calls_dispatched=self.calls_dispatched,
+                                 batches_dispatched=self.batches_dispatched)
 
     def wait(self, future: Answer) -> Any:
         """Block for a reply, converting a timeout into IngressTimeout."""
@@ -255,6 +268,9 @@ class Driver:
                 self._sweep(msg)
             else:
                 asks.append((call.to, msg))
+        if batch:
+            self.calls_dispatched += len(batch)
+            self.batches_dispatched += 1
         if asks or batch:
             self.host.dispatch(asks, batch)
 

@@ -1,15 +1,18 @@
-"""What `task-ingress bench` says when a system's peak phase does not count (exit 1)."""
+"""What `task-ingress bench` says when a system's peak phase does not count (exit 1), and
+how it sums up rounds and batches."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from task_ingress.bench.report import batch_line
 from task_ingress.bench.runner import (
     BenchResult,
     BenchRound,
     PhaseFigures,
     SystemResult,
     combine,
+    mean_batch,
     peak_error,
 )
 from task_ingress.bench.workload import Workload
@@ -58,3 +61,23 @@ def test_a_round_ratio_needs_both_systems_to_have_run_cleanly() -> None:
     assert rnd.ratio("b") is None and rnd.ratio("c") is None
     result = BenchResult(Workload(), rounds=[rnd, replace(rnd, index=2)])
     assert result.median_ratio("a") == 2.0 and result.median_ratio("b") is None
+
+
+def test_the_mean_batch_is_calls_over_hand_offs_between_two_readings() -> None:
+    assert mean_batch((10, 2), (40, 5)) == 10.0
+    assert mean_batch(None, None) == 0.0  # a system without statistics (the baseline)
+    assert mean_batch((10, 2), (10, 2)) == 0.0  # nothing handed off in between
+
+
+def test_the_batch_line_names_each_runtime_at_peak_and_half_peak_and_no_baseline() -> None:
+    def phase(batch: float, cpu: float) -> PhaseFigures:
+        return replace(_peak(requests=100, failed=0, timed_out=False), mean_batch=batch,
+                       runtime_cpu_ms_per_request=cpu)
+
+    result = BenchResult(Workload(), systems=[
+        SystemResult("runtime-simple", peak=phase(11.6, 0.36), half=phase(2.6, 0.71)),
+        SystemResult("baseline", peak=phase(0.0, 0.6), half=phase(0.0, 0.6))])
+    line = batch_line(result)
+    assert line.endswith("runtime-simple 11.6 -> 2.6 calls, 0.36 -> 0.71 ms")
+    assert "baseline" not in line
+    assert batch_line(BenchResult(Workload(), systems=result.systems[1:])) == ""

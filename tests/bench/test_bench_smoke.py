@@ -52,6 +52,10 @@ def test_bench_runs_runtime_and_baseline_side_by_side(tmp_path: Path) -> None:
         assert entry["peak"]["requests"] == 60 and entry["half_peak"]["requests"] == 30
         assert entry["peak"]["failed"] == 0
         assert "throughput_vs_baseline" in entry
+    # a runtime hands its actors at least one call a batch; the baseline has no batches
+    assert systems["runtime-simple"]["peak"]["mean_batch"] >= 1.0
+    assert systems["runtime-pipeline"]["half_peak"]["mean_batch"] >= 1.0
+    assert systems["baseline"]["peak"]["mean_batch"] == 0.0
     ceiling = data["ceiling"]
     assert isinstance(ceiling, dict) and ceiling["single_commits_per_s"] > 0
 

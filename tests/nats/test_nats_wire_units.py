@@ -264,7 +264,7 @@ def test_a_password_is_masked_wherever_a_connection_string_gives_it(given: str,
     assert mask_url(given) == shown and "hunter" not in mask_url(given)
 
 
-def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
+def test_metrics_read_the_runtime_queue_depths_and_dispatch_totals_at_scrape_time() -> None:
     from task_ingress.runtime.driver import RuntimeStatistics
     from task_ingress.runtime.nats.metrics import Metrics
 
@@ -272,7 +272,8 @@ def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
         """Reports whatever the test sets, as IngressRuntime.statistics() would."""
 
         def __init__(self) -> None:
-            self.now = RuntimeStatistics(calls_waiting=3, requests_in_flight=2)
+            self.now = RuntimeStatistics(calls_waiting=3, requests_in_flight=2,
+                                         calls_dispatched=40, batches_dispatched=5)
 
         def statistics(self) -> RuntimeStatistics:
             return self.now
@@ -283,10 +284,15 @@ def test_metrics_read_the_runtime_queue_depths_at_scrape_time() -> None:
     text = metrics.exposition().decode()
     assert "task_ingress_runtime_queue 3.0" in text
     assert "task_ingress_runtime_admitted 2.0" in text
-    runtime.now = RuntimeStatistics(calls_waiting=2, requests_in_flight=0)
+    assert "task_ingress_runtime_dispatched_calls_total 40.0" in text
+    assert "task_ingress_runtime_dispatched_batches_total 5.0" in text
+    runtime.now = RuntimeStatistics(calls_waiting=2, requests_in_flight=0,
+                                    calls_dispatched=43, batches_dispatched=7)
     text = metrics.exposition().decode()
     assert "task_ingress_runtime_queue 2.0" in text
     assert "task_ingress_runtime_admitted 0.0" in text
+    assert "task_ingress_runtime_dispatched_calls_total 43.0" in text
+    assert "task_ingress_runtime_dispatched_batches_total 7.0" in text
 
 
 def test_requests_counted_through_cached_label_children_show_in_the_exposition() -> None:

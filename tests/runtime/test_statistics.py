@@ -14,6 +14,7 @@ from task_ingress.runtime import driver as driver_module
 from task_ingress.runtime.config import PROCESS_MODES
 from task_ingress.testing import HOLD
 
+from tests.actors.test_supervision import submit_as_one_batch
 from tests.conftest import FakeClock, ctx, writer_card
 from tests.race.race_harness import RaceHarness, outcome
 
@@ -84,3 +85,27 @@ def test_the_timer_sweep_refreshes_the_held_counts_of_an_idle_runtime(
         time.sleep(0.01)
     stats = rt.statistics()
     assert (stats.channel_actors, stats.presence_entries, stats.peer_cards) == (3, 3, 3)
+
+
+@pytest.mark.parametrize("mode", PROCESS_MODES)
+def test_dispatch_totals_count_every_call_once_and_every_hand_off_once(
+    make_runtime: Callable[..., IngressRuntime], mode: str
+) -> None:
+    rt = make_runtime(process_mode=mode)
+    start = rt.statistics()
+    peers = ("peer-a", "peer-b", "peer-c")
+    for peer in peers:  # one at a time: each greet its own hand-off
+        rt.greet("ws", "ops", writer_card(peer))
+    greeted = rt.statistics()
+    assert (greeted.calls_dispatched - start.calls_dispatched,
+            greeted.batches_dispatched - start.batches_dispatched) == (3, 3)
+    outcomes = submit_as_one_batch(rt, [(ctx("r-1", peer), CreateTask(title="t"))
+                                        for peer in peers])
+    assert all(o.accepted for o in outcomes)
+    batched = rt.statistics()
+    assert (batched.calls_dispatched - greeted.calls_dispatched,
+            batched.batches_dispatched - greeted.batches_dispatched) == (3, 1)
+    rt.get_task("ws", outcomes[0].task_id or "")  # a query is no call of a batch
+    rt.sweep()  # nor is the housekeeping sweep
+    assert rt.statistics().calls_dispatched == batched.calls_dispatched
+    assert rt.statistics().batches_dispatched == batched.batches_dispatched
