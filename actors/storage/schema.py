@@ -123,6 +123,19 @@ def decode_outbox(blob: object) -> dict[str, Any] | None:
     return fields if isinstance(fields, dict) else None
 
 
+WAL_CHECKPOINT_PAGES = 4000
+"""Pages the WAL file may hold before the commit that passes them checkpoints it into the
+database (SQLite's default is 1,000). That commit stalls for the checkpoint: a copy of each
+page the WAL holds and an fsync of the database, ~8-9 ms on the 2-vCPU VM of
+docs/benchmarks.md and about as long for 4,000 frames as for 1,000, since under load most
+frames are new versions of the same hot pages (the audit table's last page, the indexes'
+upper levels). Small batches rewrite those pages often: at half the bench's peak rate
+(~2 requests a batch) 1,000 pages meant ~5 checkpoints a second, and the requests queued
+behind each stall set the half-peak p99 (in-process 12.5-16.1 ms; 9.1-10.9, once 15.2, at
+4,000 pages: docs/benchmarks.md, "Session 12"). The cost: a WAL file of up to ~16 MB
+(4 KiB pages) beside the database while it is open (docs/operating.md)."""
+
+
 def connect(path: str, durable: bool) -> sqlite3.Connection:
     """Open the store file in WAL mode, autocommit off, and bring the schema up to date.
 
@@ -134,6 +147,7 @@ def connect(path: str, durable: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     migrate(conn)
     return conn
 

@@ -11,6 +11,7 @@ import pytest
 from task_ingress.actors.storage.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    WAL_CHECKPOINT_PAGES,
     connect,
     decode_outbox,
     encode_outbox,
@@ -77,3 +78,21 @@ def test_the_runtime_serves_a_version_1_store_and_it_verifies(
     result = verify_store(str(path))
     assert result.ok and result.records == 1, result.problems
     assert os.path.exists(f"{path}.checkpoint")
+
+
+def test_the_wal_is_checkpointed_only_past_its_page_budget_not_sqlites_1000(
+    tmp_path: Path,
+) -> None:
+    conn = connect(str(tmp_path / "store.db"), durable=False)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    wal = tmp_path / "store.db-wal"
+    # One page a commit at least: far past SQLite's default 1,000 pages, short of ours.
+    for i in range(1_500):
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{i}", "v" * 64))
+    assert wal.stat().st_size > 1_400 * page  # not checkpointed (and restarted) at 1,000
+    for i in range(1_500, WAL_CHECKPOINT_PAGES + 500):
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{i}", "v" * 64))
+    # Past the budget a commit checkpointed it: the file restarted from its start and
+    # never grew far beyond the budget.
+    assert wal.stat().st_size < (WAL_CHECKPOINT_PAGES + 100) * (page + 24)
+    conn.close()
