@@ -131,9 +131,10 @@ docs/benchmarks.md and about as long for 4,000 frames as for 1,000, since under 
 frames are new versions of the same hot pages (the audit table's last page, the indexes'
 upper levels). Small batches rewrite those pages often: at half the bench's peak rate
 (~2 requests a batch) 1,000 pages meant ~5 checkpoints a second, and the requests queued
-behind each stall set the half-peak p99 (in-process 12.5-16.1 ms; 9.1-10.9, once 15.2, at
-4,000 pages: docs/benchmarks.md, "Session 12"). The cost: a WAL file of up to ~16 MB
-(4 KiB pages) beside the database while it is open (docs/operating.md)."""
+behind each stall set the half-peak p99. In-process, over alternating runs: median 13.2 ms
+at 1,000 pages (10 runs), 10.5 at 4,000 (20), 10.1 at 10,000 (10); docs/benchmarks.md,
+"Session 12". 4,000 keeps the WAL file at up to ~16 MB (4 KiB pages) beside the database
+while it is open (docs/operating.md); 10,000 would keep ~40 MB for no clear gain."""
 
 
 def connect(path: str, durable: bool) -> sqlite3.Connection:
