@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from task_ingress.messages import CreateTask
 from task_ingress.runtime import IngressRuntime, RuntimeConfig
+from task_ingress.runtime.config import PROCESS_MODES
 
 from tests.conftest import ctx, writer_card
 
@@ -75,3 +76,15 @@ def test_checkpoints_leave_no_temporary_files_behind(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "store.db", "store.db.checkpoint", "store.db.key"]
     assert not (tmp_path / "store.db.checkpoint").is_symlink()
+
+
+@pytest.mark.parametrize("mode", PROCESS_MODES)
+def test_a_clean_close_leaves_no_wal_or_shm_beside_the_store(tmp_path: Path, mode: str) -> None:
+    # docs/operating.md: the -wal file (up to ~16 MB) lives only while the store is open.
+    store = tmp_path / "store.db"
+    with IngressRuntime(RuntimeConfig(store_path=str(store), process_mode=mode)) as rt:
+        rt.greet("ws", "ops", writer_card("peer-a"))
+        assert rt.submit(ctx("r-1"), CreateTask(title="t")).accepted
+        assert (tmp_path / "store.db-wal").exists()
+    assert not (tmp_path / "store.db-wal").exists()
+    assert not (tmp_path / "store.db-shm").exists()
